@@ -1,0 +1,1 @@
+//! Environment codec (being written).

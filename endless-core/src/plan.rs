@@ -1,0 +1,1 @@
+//! fd renumbering plan (being written).
