@@ -1,0 +1,950 @@
+//! The restart lifecycle: a sans-IO state machine.
+//!
+//! One [`Lifecycle`] lives in every server process. It is told what happened
+//! ([`Lifecycle::handle`], [`Lifecycle::handle_timeout`]) and answers with what to do
+//! ([`Lifecycle::poll_output`], [`Lifecycle::poll_timeout`]). It never reads the clock,
+//! never does I/O and never spawns: time arrives as an argument and every effect leaves as
+//! an [`Action`] for the adapter to carry out.
+//!
+//! ```text
+//!            Restart                 child ready
+//!  Running ───────────▶ Forking ─────────────────▶ Draining ── drained / deadline / hammer ──▶ Stopped
+//!     ▲                    │                          ▲
+//!     └── child failed, ───┘                          │
+//!         exited, timed out                           │
+//!  Running / Forking ──────────── Stop ───────────────┘
+//! ```
+//!
+//! # The drive loop
+//!
+//! After every call to `handle` or `handle_timeout`, poll [`Lifecycle::poll_output`] until it
+//! returns `None` and carry out each [`Action`] in order; then ask
+//! [`Lifecycle::poll_timeout`] when to call `handle_timeout` next. Inputs that result from
+//! an action (a [`Input::ChildSpawned`] after [`Action::SpawnChild`]) are handed in as soon
+//! as they are known, in the order they happened.
+//!
+//! Deadlines are only acted on in `handle_timeout`: an input that arrives after a deadline
+//! but before `handle_timeout` was called is taken as it is (a child that reports ready a
+//! moment late is still a good child). Calling `handle_timeout` early, or twice, is harmless.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::time::{Duration, Instant};
+
+/// A process id, as the operating system numbers them.
+pub type Pid = u32;
+
+/// How long a new process may take to report ready before it is killed, unless configured.
+pub const DEFAULT_UPGRADE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long a draining process waits for its connections before it closes them, unless
+/// configured.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What a stop request means while the process is already draining.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum RepeatedStop {
+    /// Refuse it: the drain goes on until it ends or its deadline passes. The right choice
+    /// under a service manager that signals every process of a service at once.
+    #[default]
+    Ignore,
+    /// Treat it as a hammer: close what is left and exit now (a second Ctrl-C).
+    Hammer,
+}
+
+/// Configuration of a [`Lifecycle`].
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use endless_core::{Config, RepeatedStop};
+///
+/// let config = Config::new()
+///     .upgrade_timeout(Duration::from_secs(10))
+///     .drain_timeout(None) // never hammer: wait for every connection
+///     .repeated_stop(RepeatedStop::Hammer);
+/// assert_eq!(config.get_drain_timeout(), None);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    upgrade_timeout: Duration,
+    drain_timeout: Option<Duration>,
+    repeated_stop: RepeatedStop,
+    forced_exit_code: i32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Config {
+    /// The defaults: a 60 s upgrade timeout, a 60 s drain timeout, a repeated stop is
+    /// refused, exit code 0 even when the drain was cut short.
+    pub const fn new() -> Self {
+        Self {
+            upgrade_timeout: DEFAULT_UPGRADE_TIMEOUT,
+            drain_timeout: Some(DEFAULT_DRAIN_TIMEOUT),
+            repeated_stop: RepeatedStop::Ignore,
+            forced_exit_code: 0,
+        }
+    }
+
+    /// How long a new process may take, from the restart request, to report ready. When
+    /// it passes, the new process is killed and this one goes on serving.
+    #[must_use]
+    pub const fn upgrade_timeout(mut self, timeout: Duration) -> Self {
+        self.upgrade_timeout = timeout;
+        self
+    }
+
+    /// How long a draining process waits for its connections to finish before it closes
+    /// them (the "hammer"). `None` waits for ever: only an explicit hammer request cuts the
+    /// drain short.
+    #[must_use]
+    pub const fn drain_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.drain_timeout = timeout;
+        self
+    }
+
+    /// What a stop request means while the process is already draining.
+    #[must_use]
+    pub const fn repeated_stop(mut self, meaning: RepeatedStop) -> Self {
+        self.repeated_stop = meaning;
+        self
+    }
+
+    /// The exit code of a process whose drain was cut short (by the deadline or a hammer
+    /// request). A clean drain always exits with 0.
+    #[must_use]
+    pub const fn forced_exit_code(mut self, code: i32) -> Self {
+        self.forced_exit_code = code;
+        self
+    }
+
+    /// The configured upgrade timeout.
+    pub const fn get_upgrade_timeout(&self) -> Duration {
+        self.upgrade_timeout
+    }
+
+    /// The configured drain timeout (`None`: never hammer).
+    pub const fn get_drain_timeout(&self) -> Option<Duration> {
+        self.drain_timeout
+    }
+
+    /// The configured meaning of a stop request while draining.
+    pub const fn get_repeated_stop(&self) -> RepeatedStop {
+        self.repeated_stop
+    }
+
+    /// The configured exit code after a forced close.
+    pub const fn get_forced_exit_code(&self) -> i32 {
+        self.forced_exit_code
+    }
+}
+
+/// How this process came to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Origin {
+    /// Started by an operator or a service manager (possibly with systemd sockets).
+    Fresh,
+    /// Spawned by a previous generation, which waits for this process to report ready.
+    Inherited,
+}
+
+/// A request from the operator or the application. Adapters map signals onto these
+/// (endless' defaults: `SIGHUP` restart, `SIGTERM`/`SIGINT` stop, `SIGUSR2` hammer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Request {
+    /// Start a new generation of the server and hand over to it once it is ready.
+    Restart,
+    /// Stop gracefully: stop accepting, finish the connections, exit.
+    Stop,
+    /// While draining: close whatever is left now and exit.
+    Hammer,
+}
+
+/// How a child process ended, as the adapter observed it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ChildStatus {
+    /// It exited with this code.
+    Exited(i32),
+    /// It was killed by this signal.
+    Signaled(i32),
+    /// The adapter could not tell.
+    Unknown,
+}
+
+impl fmt::Display for ChildStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Exited(code) => write!(f, "exited with code {code}"),
+            Self::Signaled(signal) => write!(f, "was killed by signal {signal}"),
+            Self::Unknown => f.write_str("ended"),
+        }
+    }
+}
+
+/// Why a child process that is still running is deemed to have failed before it reported
+/// ready.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ChildFailure {
+    /// Its readiness channel was closed before it said "ready".
+    ChannelClosed,
+    /// It wrote something that is not a valid readiness message.
+    BadMessage(String),
+}
+
+impl fmt::Display for ChildFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::ChannelClosed => f.write_str("closed its readiness channel before it was ready"),
+            Self::BadMessage(what) => write!(f, "sent a bad readiness message: {what}"),
+        }
+    }
+}
+
+/// Something that happened, handed to [`Lifecycle::handle`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Input {
+    /// The operator or the application asks for something.
+    Request(Request),
+    /// The application is initialised and serving: announce it (to the parent, if this
+    /// process was spawned by one, and to the service manager).
+    Ready,
+    /// The child asked for by [`Action::SpawnChild`] is running with this pid.
+    ChildSpawned {
+        /// Its pid.
+        pid: Pid,
+    },
+    /// The child asked for by [`Action::SpawnChild`] could not be started.
+    SpawnFailed {
+        /// What went wrong, for the event and the logs.
+        reason: String,
+    },
+    /// The child said "ready" on its readiness channel.
+    ChildReady {
+        /// Its pid.
+        pid: Pid,
+    },
+    /// The child is running but broke the readiness protocol.
+    ChildFailed {
+        /// Its pid.
+        pid: Pid,
+        /// What it did.
+        reason: ChildFailure,
+    },
+    /// A child was reaped.
+    ChildExited {
+        /// Its pid.
+        pid: Pid,
+        /// How it ended.
+        status: ChildStatus,
+    },
+    /// Every tracked connection has closed (report it once connections hit zero after
+    /// [`Action::StopAccepting`], or at once if there were none).
+    Drained,
+}
+
+impl Input {
+    /// The kind of this input, without its data.
+    pub fn kind(&self) -> InputKind {
+        match self {
+            Self::Request(Request::Restart) => InputKind::Restart,
+            Self::Request(Request::Stop) => InputKind::Stop,
+            Self::Request(Request::Hammer) => InputKind::Hammer,
+            Self::Ready => InputKind::Ready,
+            Self::ChildSpawned { .. } => InputKind::ChildSpawned,
+            Self::SpawnFailed { .. } => InputKind::SpawnFailed,
+            Self::ChildReady { .. } => InputKind::ChildReady,
+            Self::ChildFailed { .. } => InputKind::ChildFailed,
+            Self::ChildExited { .. } => InputKind::ChildExited,
+            Self::Drained => InputKind::Drained,
+        }
+    }
+}
+
+/// The kind of an [`Input`], without its data (for events about refused inputs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+#[allow(missing_docs)] // each variant names the `Input` / `Request` it stands for
+pub enum InputKind {
+    Restart,
+    Stop,
+    Hammer,
+    Ready,
+    ChildSpawned,
+    SpawnFailed,
+    ChildReady,
+    ChildFailed,
+    ChildExited,
+    Drained,
+}
+
+/// The four phases of the lifecycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Phase {
+    /// Serving; a restart may be requested.
+    Running,
+    /// Serving while a new generation starts; waiting for it to report ready.
+    Forking,
+    /// No longer accepting; finishing the connections in hand.
+    Draining,
+    /// Done: the process exits.
+    Stopped,
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Running => "running",
+            Self::Forking => "forking",
+            Self::Draining => "draining",
+            Self::Stopped => "stopped",
+        })
+    }
+}
+
+/// Why this process drains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum DrainCause {
+    /// A new generation took over the listeners.
+    HandedOver {
+        /// The pid of the new generation.
+        successor: Pid,
+    },
+    /// The service is stopping.
+    Shutdown,
+}
+
+/// How a drain ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ExitReason {
+    /// Every connection finished.
+    Drained,
+    /// A hammer request closed what was left.
+    Hammered,
+    /// The drain deadline passed and what was left was closed.
+    DeadlinePassed,
+}
+
+/// Why an upgrade (a restart attempt) failed. The old process goes on serving.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum UpgradeFailure {
+    /// The child could not be started.
+    SpawnFailed(String),
+    /// The child exited before it reported ready.
+    ChildExited(ChildStatus),
+    /// The child broke the readiness protocol.
+    ChildFailed(ChildFailure),
+    /// The child did not report ready within the upgrade timeout.
+    TimedOut,
+    /// A stop request arrived while the child was starting.
+    Cancelled,
+}
+
+impl fmt::Display for UpgradeFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::SpawnFailed(reason) => {
+                write!(f, "the new process could not be started: {reason}")
+            }
+            Self::ChildExited(status) => write!(f, "the new process {status} before it was ready"),
+            Self::ChildFailed(failure) => write!(f, "the new process {failure}"),
+            Self::TimedOut => f.write_str("the new process did not become ready in time"),
+            Self::Cancelled => f.write_str("the upgrade was cancelled by a stop request"),
+        }
+    }
+}
+
+/// Why an input was refused or ignored. Refusing is always safe: the machine's state is
+/// unchanged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// A restart needs the application to have reported ready first.
+    NotReady,
+    /// A restart is already under way.
+    UpgradeInProgress,
+    /// The process is draining.
+    Draining,
+    /// The process has stopped.
+    Stopped,
+    /// The application already reported ready.
+    AlreadyReady,
+    /// Only meaningful while draining.
+    NotDraining,
+    /// The input names a child that is not the one being waited for (a late message
+    /// from a child that was already given up on).
+    UnknownChild(Pid),
+    /// No child is being started.
+    NoSpawnPending,
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NotReady => f.write_str("the application has not reported ready yet"),
+            Self::UpgradeInProgress => f.write_str("a restart is already in progress"),
+            Self::Draining => f.write_str("the process is draining"),
+            Self::Stopped => f.write_str("the process has stopped"),
+            Self::AlreadyReady => f.write_str("ready was already reported"),
+            Self::NotDraining => f.write_str("the process is not draining"),
+            Self::UnknownChild(pid) => write!(f, "pid {pid} is not the child being waited for"),
+            Self::NoSpawnPending => f.write_str("no child is being started"),
+        }
+    }
+}
+
+/// What the service manager (systemd, a pid file) should be told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Status {
+    /// This process serves the service (first start, a new generation taking over — which
+    /// also makes it the main process — or an old one that kept serving after a failed
+    /// restart).
+    Ready,
+    /// A restart began.
+    Reloading,
+    /// The service is stopping (never sent by a process that handed over).
+    Stopping,
+}
+
+/// Something the adapter must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Action {
+    /// Start the new generation: the same executable, arguments and working directory,
+    /// with the listeners and a readiness channel. Report [`Input::ChildSpawned`] or
+    /// [`Input::SpawnFailed`].
+    SpawnChild,
+    /// Kill this child (it may still run) and reap it.
+    KillChild {
+        /// Its pid.
+        pid: Pid,
+    },
+    /// Stop accepting new connections. Do not close the listening sockets: the new
+    /// generation accepts on the same ones, including what is queued in the kernel.
+    StopAccepting,
+    /// Close idle connections gracefully (an HTTP server answers the next request on a
+    /// keep-alive connection with `Connection: close`, HTTP/2 sends GOAWAY).
+    CloseIdle,
+    /// Close every remaining connection now.
+    ForceClose,
+    /// Tell the parent process that this one is ready (on the inherited channel).
+    NotifyParent,
+    /// Tell the service manager (and update the pid file).
+    Announce(Status),
+    /// Exit the process.
+    Exit {
+        /// The exit code.
+        code: i32,
+        /// Why the drain ended.
+        reason: ExitReason,
+        /// Why the process drained.
+        cause: DrainCause,
+    },
+}
+
+/// Something that happened inside the lifecycle, for hooks and logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// A request arrived; what it leads to follows (a state change or a refusal).
+    Requested(Request),
+    /// An input was refused or ignored; nothing changed.
+    Refused {
+        /// What was refused.
+        input: InputKind,
+        /// Why.
+        reason: Refusal,
+    },
+    /// The phase changed.
+    StateChanged {
+        /// The phase left.
+        from: Phase,
+        /// The phase entered.
+        to: Phase,
+    },
+    /// The new generation is running.
+    ChildSpawned {
+        /// Its pid.
+        pid: Pid,
+    },
+    /// The new generation reported ready.
+    ChildReady {
+        /// Its pid.
+        pid: Pid,
+    },
+    /// A restart attempt failed; this process goes on serving and may be restarted again.
+    UpgradeFailed {
+        /// The child's pid, if it was known.
+        pid: Option<Pid>,
+        /// Why it failed.
+        reason: UpgradeFailure,
+    },
+    /// A child turned up that nobody waits for (spawned after its upgrade was given up);
+    /// it is killed.
+    UnexpectedChild {
+        /// Its pid.
+        pid: Pid,
+    },
+    /// The generation this process handed over to exited while this one drains.
+    SuccessorExited {
+        /// Its pid.
+        pid: Pid,
+        /// How it ended.
+        status: ChildStatus,
+    },
+    /// The remaining connections are being closed.
+    ForceClosing {
+        /// Why: [`ExitReason::Hammered`] or [`ExitReason::DeadlinePassed`].
+        reason: ExitReason,
+    },
+}
+
+/// One output of the lifecycle: something to do, or something to know.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// Carry this out.
+    Action(Action),
+    /// Observe this (hooks, logging).
+    Event(Event),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Readiness {
+    /// The application has not said it is ready.
+    Pending,
+    /// Ready was announced.
+    Announced,
+}
+
+#[derive(Debug, Clone)]
+enum State {
+    Running {
+        readiness: Readiness,
+    },
+    Forking {
+        /// `None` until the adapter reports the spawn.
+        child: Option<Pid>,
+        deadline: Option<Instant>,
+    },
+    Draining {
+        cause: DrainCause,
+        deadline: Option<Instant>,
+    },
+    Stopped,
+}
+
+impl State {
+    fn phase(&self) -> Phase {
+        match self {
+            Self::Running { .. } => Phase::Running,
+            Self::Forking { .. } => Phase::Forking,
+            Self::Draining { .. } => Phase::Draining,
+            Self::Stopped => Phase::Stopped,
+        }
+    }
+}
+
+/// The restart lifecycle of one server process.
+///
+/// The methods come in four groups, as in quinn-proto's `Connection`: getters (`&self`),
+/// [`handle`](Self::handle) and [`handle_timeout`](Self::handle_timeout) for what
+/// happened, and [`poll_output`](Self::poll_output) / [`poll_timeout`](Self::poll_timeout)
+/// for what to do. The [crate docs](crate#the-drive-loop) show the drive loop.
+///
+/// # Examples
+///
+/// A restart, step by step:
+///
+/// ```
+/// use std::time::Instant;
+/// use endless_core::{Action, Config, Input, Lifecycle, Origin, Output, Phase, Request};
+///
+/// let now = Instant::now();
+/// let mut lc = Lifecycle::new(Config::new(), Origin::Fresh);
+/// let actions = |lc: &mut Lifecycle| {
+///     std::iter::from_fn(|| lc.poll_output())
+///         .filter_map(|o| match o { Output::Action(a) => Some(a), Output::Event(_) => None })
+///         .collect::<Vec<_>>()
+/// };
+///
+/// lc.handle(Input::Ready, now);
+/// lc.handle(Input::Request(Request::Restart), now);
+/// assert!(actions(&mut lc).contains(&Action::SpawnChild));
+/// lc.handle(Input::ChildSpawned { pid: 4242 }, now);
+/// lc.handle(Input::ChildReady { pid: 4242 }, now);
+/// assert_eq!(actions(&mut lc), [Action::StopAccepting, Action::CloseIdle]);
+/// assert_eq!(lc.phase(), Phase::Draining);
+/// lc.handle(Input::Drained, now);
+/// assert!(matches!(actions(&mut lc)[..], [Action::Exit { code: 0, .. }]));
+/// ```
+#[derive(Debug, Clone)]
+pub struct Lifecycle {
+    config: Config,
+    origin: Origin,
+    state: State,
+    outputs: VecDeque<Output>,
+}
+
+impl Lifecycle {
+    /// A lifecycle in [`Phase::Running`]. The application owes one [`Input::Ready`]; a
+    /// process of [`Origin::Inherited`] then also tells its parent.
+    pub fn new(config: Config, origin: Origin) -> Self {
+        Self {
+            config,
+            origin,
+            state: State::Running {
+                readiness: Readiness::Pending,
+            },
+            outputs: VecDeque::new(),
+        }
+    }
+
+    // ---- getters ----
+
+    /// The current phase.
+    pub fn phase(&self) -> Phase {
+        self.state.phase()
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// How this process came to be.
+    pub fn origin(&self) -> Origin {
+        self.origin
+    }
+
+    /// The child being waited for while [`Phase::Forking`], once spawned.
+    pub fn child(&self) -> Option<Pid> {
+        match self.state {
+            State::Forking { child, .. } => child,
+            _ => None,
+        }
+    }
+
+    /// Why the process drains, while [`Phase::Draining`].
+    pub fn drain_cause(&self) -> Option<DrainCause> {
+        match self.state {
+            State::Draining { cause, .. } => Some(cause),
+            _ => None,
+        }
+    }
+
+    /// Whether the application has reported ready (and the readiness was announced).
+    pub fn is_ready(&self) -> bool {
+        !matches!(
+            self.state,
+            State::Running {
+                readiness: Readiness::Pending
+            }
+        )
+    }
+
+    /// Whether the lifecycle has ended; the process should exit once the outputs are
+    /// carried out.
+    pub fn is_stopped(&self) -> bool {
+        matches!(self.state, State::Stopped)
+    }
+
+    // ---- input ----
+
+    /// Hands in something that happened at `now`.
+    pub fn handle(&mut self, input: Input, now: Instant) {
+        let kind = input.kind();
+        match input {
+            Input::Request(request) => {
+                self.event(Event::Requested(request));
+                match request {
+                    Request::Restart => self.on_restart(now),
+                    Request::Stop => self.on_stop(now),
+                    Request::Hammer => self.on_hammer(),
+                }
+            }
+            Input::Ready => self.on_ready(),
+            Input::ChildSpawned { pid } => self.on_child_spawned(pid),
+            Input::SpawnFailed { reason } => {
+                if matches!(self.state, State::Forking { child: None, .. }) {
+                    self.upgrade_failed(None, UpgradeFailure::SpawnFailed(reason), false);
+                } else {
+                    self.refuse(kind, Refusal::NoSpawnPending);
+                }
+            }
+            Input::ChildReady { pid } => self.on_child_ready(pid, now),
+            Input::ChildFailed { pid, reason } => {
+                if self.is_pending_child(pid) {
+                    self.upgrade_failed(Some(pid), UpgradeFailure::ChildFailed(reason), true);
+                } else {
+                    self.refuse(kind, Refusal::UnknownChild(pid));
+                }
+            }
+            Input::ChildExited { pid, status } => self.on_child_exited(pid, status),
+            Input::Drained => {
+                if matches!(self.state, State::Draining { .. }) {
+                    self.stop(ExitReason::Drained);
+                } else {
+                    self.refuse(kind, Refusal::NotDraining);
+                }
+            }
+        }
+    }
+
+    /// Acts on every deadline that has passed at `now`. Spurious calls do nothing.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        match self.state {
+            State::Forking {
+                child,
+                deadline: Some(deadline),
+            } if now >= deadline => {
+                self.upgrade_failed(child, UpgradeFailure::TimedOut, true);
+            }
+            State::Draining {
+                deadline: Some(deadline),
+                ..
+            } if now >= deadline => {
+                self.event(Event::ForceClosing {
+                    reason: ExitReason::DeadlinePassed,
+                });
+                self.action(Action::ForceClose);
+                self.stop(ExitReason::DeadlinePassed);
+            }
+            _ => {}
+        }
+    }
+
+    // ---- output ----
+
+    /// The next thing to do or to know, in order; `None` when there is nothing left.
+    #[must_use]
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) must be called next, if ever.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match self.state {
+            State::Forking { deadline, .. } | State::Draining { deadline, .. } => deadline,
+            State::Running { .. } | State::Stopped => None,
+        }
+    }
+
+    // ---- transitions (private) ----
+
+    fn on_restart(&mut self, now: Instant) {
+        match self.state {
+            State::Running {
+                readiness: Readiness::Pending,
+            } => self.refuse(InputKind::Restart, Refusal::NotReady),
+            State::Running {
+                readiness: Readiness::Announced,
+            } => {
+                self.enter(State::Forking {
+                    child: None,
+                    deadline: now.checked_add(self.config.upgrade_timeout),
+                });
+                self.action(Action::Announce(Status::Reloading));
+                self.action(Action::SpawnChild);
+            }
+            State::Forking { .. } => self.refuse(InputKind::Restart, Refusal::UpgradeInProgress),
+            State::Draining { .. } => self.refuse(InputKind::Restart, Refusal::Draining),
+            State::Stopped => self.refuse(InputKind::Restart, Refusal::Stopped),
+        }
+    }
+
+    fn on_stop(&mut self, now: Instant) {
+        match self.state {
+            State::Running { .. } => self.drain(DrainCause::Shutdown, now),
+            State::Forking { child, .. } => {
+                self.event(Event::UpgradeFailed {
+                    pid: child,
+                    reason: UpgradeFailure::Cancelled,
+                });
+                // A child spawned later is killed as unexpected (`on_child_spawned`).
+                if let Some(pid) = child {
+                    self.action(Action::KillChild { pid });
+                }
+                self.drain(DrainCause::Shutdown, now);
+            }
+            State::Draining { .. } => match self.config.repeated_stop {
+                RepeatedStop::Ignore => self.refuse(InputKind::Stop, Refusal::Draining),
+                RepeatedStop::Hammer => self.hammer(),
+            },
+            State::Stopped => self.refuse(InputKind::Stop, Refusal::Stopped),
+        }
+    }
+
+    fn on_hammer(&mut self) {
+        match self.state {
+            State::Draining { .. } => self.hammer(),
+            State::Stopped => self.refuse(InputKind::Hammer, Refusal::Stopped),
+            State::Running { .. } | State::Forking { .. } => {
+                self.refuse(InputKind::Hammer, Refusal::NotDraining);
+            }
+        }
+    }
+
+    fn on_ready(&mut self) {
+        match self.state {
+            State::Running {
+                readiness: Readiness::Pending,
+            } => {
+                self.state = State::Running {
+                    readiness: Readiness::Announced,
+                };
+                // The service manager learns first: a new generation must be the main
+                // process before its parent, told next, exits.
+                self.action(Action::Announce(Status::Ready));
+                if self.origin == Origin::Inherited {
+                    self.action(Action::NotifyParent);
+                }
+            }
+            State::Running {
+                readiness: Readiness::Announced,
+            }
+            | State::Forking { .. } => self.refuse(InputKind::Ready, Refusal::AlreadyReady),
+            State::Draining { .. } => self.refuse(InputKind::Ready, Refusal::Draining),
+            State::Stopped => self.refuse(InputKind::Ready, Refusal::Stopped),
+        }
+    }
+
+    fn on_child_spawned(&mut self, pid: Pid) {
+        match &mut self.state {
+            State::Forking {
+                child: child @ None,
+                ..
+            } => {
+                *child = Some(pid);
+                self.event(Event::ChildSpawned { pid });
+            }
+            // Already known: a duplicate report is harmless.
+            State::Forking {
+                child: Some(known), ..
+            } if *known == pid => {
+                self.refuse(InputKind::ChildSpawned, Refusal::UpgradeInProgress);
+            }
+            // Nobody waits for this one (its upgrade was given up, or it is a second
+            // child): it must not live on with our listeners.
+            _ => {
+                self.event(Event::UnexpectedChild { pid });
+                self.action(Action::KillChild { pid });
+            }
+        }
+    }
+
+    fn on_child_ready(&mut self, pid: Pid, now: Instant) {
+        if self.is_pending_child(pid) {
+            self.event(Event::ChildReady { pid });
+            self.drain(DrainCause::HandedOver { successor: pid }, now);
+        } else {
+            self.refuse(InputKind::ChildReady, Refusal::UnknownChild(pid));
+        }
+    }
+
+    fn on_child_exited(&mut self, pid: Pid, status: ChildStatus) {
+        match self.state {
+            State::Forking {
+                child: Some(child), ..
+            } if child == pid => {
+                self.upgrade_failed(Some(pid), UpgradeFailure::ChildExited(status), false);
+            }
+            State::Draining {
+                cause: DrainCause::HandedOver { successor },
+                ..
+            } if successor == pid => self.event(Event::SuccessorExited { pid, status }),
+            _ => self.refuse(InputKind::ChildExited, Refusal::UnknownChild(pid)),
+        }
+    }
+
+    fn is_pending_child(&self, pid: Pid) -> bool {
+        matches!(self.state, State::Forking { child: Some(child), .. } if child == pid)
+    }
+
+    /// Forking → Running after a failed upgrade; `kill` when the child may still run.
+    fn upgrade_failed(&mut self, pid: Option<Pid>, reason: UpgradeFailure, kill: bool) {
+        self.event(Event::UpgradeFailed { pid, reason });
+        self.enter(State::Running {
+            readiness: Readiness::Announced,
+        });
+        if let (true, Some(pid)) = (kill, pid) {
+            self.action(Action::KillChild { pid });
+        }
+        // The old process is still (or again) the one serving the service.
+        self.action(Action::Announce(Status::Ready));
+    }
+
+    fn drain(&mut self, cause: DrainCause, now: Instant) {
+        let deadline = self
+            .config
+            .drain_timeout
+            .and_then(|timeout| now.checked_add(timeout));
+        self.enter(State::Draining { cause, deadline });
+        if cause == DrainCause::Shutdown {
+            self.action(Action::Announce(Status::Stopping));
+        }
+        self.action(Action::StopAccepting);
+        self.action(Action::CloseIdle);
+    }
+
+    fn hammer(&mut self) {
+        self.event(Event::ForceClosing {
+            reason: ExitReason::Hammered,
+        });
+        self.action(Action::ForceClose);
+        self.stop(ExitReason::Hammered);
+    }
+
+    /// Draining → Stopped.
+    fn stop(&mut self, reason: ExitReason) {
+        let State::Draining { cause, .. } = self.state else {
+            return;
+        };
+        let code = match reason {
+            ExitReason::Drained => 0,
+            ExitReason::Hammered | ExitReason::DeadlinePassed => self.config.forced_exit_code,
+        };
+        self.enter(State::Stopped);
+        self.action(Action::Exit {
+            code,
+            reason,
+            cause,
+        });
+    }
+
+    fn enter(&mut self, state: State) {
+        let from = self.state.phase();
+        let to = state.phase();
+        self.state = state;
+        if from != to {
+            self.event(Event::StateChanged { from, to });
+        }
+    }
+
+    fn refuse(&mut self, input: InputKind, reason: Refusal) {
+        self.event(Event::Refused { input, reason });
+    }
+
+    fn event(&mut self, event: Event) {
+        self.outputs.push_back(Output::Event(event));
+    }
+
+    fn action(&mut self, action: Action) {
+        self.outputs.push_back(Output::Action(action));
+    }
+}

@@ -1,0 +1,402 @@
+//! Model-based property test of the lifecycle (proptest-state-machine, as in firezone's
+//! connlib tests): arbitrary interleavings of every input and of passing time are applied
+//! both to a small reference model and to the real machine. After every step the two must
+//! agree, and the real machine's outputs, replayed against a simulated world of child
+//! processes, must keep the lifecycle's promises:
+//!
+//! - at most one child process at a time, and only known, live children are ever killed;
+//! - listeners stop accepting only after the current child reported ready, or on a stop;
+//! - the process exits only when drained, on a hammer, or once the drain deadline passed;
+//! - after any failed upgrade the process is running and a restart spawns a child again;
+//! - a process owes its parent exactly one "ready";
+//! - nothing panics, and no deadline is left in the past after `handle_timeout`.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use endless_core::{
+    Action, ChildFailure, ChildStatus, Config, Event, Input, Lifecycle, Origin, Output, Phase,
+    RepeatedStop, Request, UpgradeFailure,
+};
+use proptest::prelude::*;
+use proptest_state_machine::{ReferenceStateMachine, StateMachineTest, prop_state_machine};
+
+/// Pids come from a small set so that stale, duplicate and foreign pids are frequent.
+const PIDS: std::ops::RangeInclusive<u32> = 100..=103;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ModelPhase {
+    Running {
+        ready: bool,
+    },
+    Forking {
+        child: Option<u32>,
+        deadline: Option<u64>,
+    },
+    Draining {
+        successor: Option<u32>,
+        deadline: Option<u64>,
+    },
+    Stopped,
+}
+
+#[derive(Debug, Clone)]
+struct Model {
+    inherited: bool,
+    upgrade_ms: u64,
+    drain_ms: Option<u64>,
+    repeated_stop_hammers: bool,
+    now: u64,
+    phase: ModelPhase,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Transition {
+    Restart,
+    Stop,
+    Hammer,
+    Ready,
+    Spawned(u32),
+    SpawnFailed,
+    ChildReady(u32),
+    ChildFailed(u32),
+    ChildExited(u32),
+    Drained,
+    Tick(u64),
+    Timeout,
+}
+
+impl Model {
+    fn config(&self) -> Config {
+        Config::new()
+            .upgrade_timeout(Duration::from_millis(self.upgrade_ms))
+            .drain_timeout(self.drain_ms.map(Duration::from_millis))
+            .repeated_stop(if self.repeated_stop_hammers {
+                RepeatedStop::Hammer
+            } else {
+                RepeatedStop::Ignore
+            })
+    }
+
+    fn drain(&self, successor: Option<u32>) -> ModelPhase {
+        ModelPhase::Draining {
+            successor,
+            deadline: self.drain_ms.map(|d| self.now + d),
+        }
+    }
+
+    fn child(&self) -> Option<u32> {
+        match self.phase {
+            ModelPhase::Forking { child, .. } => child,
+            _ => None,
+        }
+    }
+
+    fn deadline(&self) -> Option<u64> {
+        match self.phase {
+            ModelPhase::Forking { deadline, .. } | ModelPhase::Draining { deadline, .. } => {
+                deadline
+            }
+            _ => None,
+        }
+    }
+}
+
+struct LifecycleModel;
+
+impl ReferenceStateMachine for LifecycleModel {
+    type State = Model;
+    type Transition = Transition;
+
+    fn init_state() -> BoxedStrategy<Model> {
+        (
+            any::<bool>(),
+            0u64..50,
+            prop::option::weighted(0.8, 0u64..50),
+            any::<bool>(),
+        )
+            .prop_map(
+                |(inherited, upgrade_ms, drain_ms, repeated_stop_hammers)| Model {
+                    inherited,
+                    upgrade_ms,
+                    drain_ms,
+                    repeated_stop_hammers,
+                    now: 0,
+                    phase: ModelPhase::Running { ready: false },
+                },
+            )
+            .boxed()
+    }
+
+    fn transitions(state: &Model) -> BoxedStrategy<Transition> {
+        // Mostly the pid the machine waits for, sometimes any other.
+        let pid = match state.child() {
+            Some(child) => prop_oneof![3 => Just(child), 1 => PIDS].boxed(),
+            None => PIDS.boxed(),
+        };
+        prop_oneof![
+            3 => Just(Transition::Restart),
+            1 => Just(Transition::Stop),
+            1 => Just(Transition::Hammer),
+            2 => Just(Transition::Ready),
+            3 => pid.clone().prop_map(Transition::Spawned),
+            1 => Just(Transition::SpawnFailed),
+            3 => pid.clone().prop_map(Transition::ChildReady),
+            1 => pid.clone().prop_map(Transition::ChildFailed),
+            1 => pid.prop_map(Transition::ChildExited),
+            2 => Just(Transition::Drained),
+            3 => (0u64..80).prop_map(Transition::Tick),
+            2 => Just(Transition::Timeout),
+        ]
+        .boxed()
+    }
+
+    fn apply(mut m: Model, t: &Transition) -> Model {
+        use ModelPhase::*;
+        let running = Running { ready: true };
+        m.phase = match (*t, m.phase) {
+            (Transition::Tick(ms), phase) => {
+                m.now += ms;
+                phase
+            }
+            (Transition::Restart, Running { ready: true }) => Forking {
+                child: None,
+                deadline: Some(m.now + m.upgrade_ms),
+            },
+            (Transition::Stop, Running { .. } | Forking { .. }) => m.drain(None),
+            (Transition::Stop, Draining { .. }) if m.repeated_stop_hammers => Stopped,
+            (Transition::Hammer, Draining { .. }) => Stopped,
+            (Transition::Ready, Running { ready: false }) => running,
+            (
+                Transition::Spawned(pid),
+                Forking {
+                    child: None,
+                    deadline,
+                },
+            ) => Forking {
+                child: Some(pid),
+                deadline,
+            },
+            (Transition::SpawnFailed, Forking { child: None, .. }) => running,
+            (Transition::ChildReady(pid), Forking { child: Some(c), .. }) if c == pid => {
+                m.drain(Some(pid))
+            }
+            (
+                Transition::ChildFailed(pid) | Transition::ChildExited(pid),
+                Forking { child: Some(c), .. },
+            ) if c == pid => running,
+            (Transition::Drained, Draining { .. }) => Stopped,
+            (
+                Transition::Timeout,
+                Forking {
+                    deadline: Some(d), ..
+                },
+            ) if m.now >= d => running,
+            (
+                Transition::Timeout,
+                Draining {
+                    deadline: Some(d), ..
+                },
+            ) if m.now >= d => Stopped,
+            (_, phase) => phase,
+        };
+        m
+    }
+}
+
+/// The real machine plus a simulated world built from what it asked for.
+struct World {
+    lc: Lifecycle,
+    t0: Instant,
+    /// Children that run: reported spawned, neither killed, reaped nor handed over to.
+    live: BTreeSet<u32>,
+    /// The child this process handed over to: it outlives us by design.
+    successor: Option<u32>,
+    /// When the current drain began (ms), to check exits against the deadline.
+    drain_started: Option<u64>,
+    exited: bool,
+    notified_parent: u32,
+}
+
+struct LifecycleTest;
+
+impl StateMachineTest for LifecycleTest {
+    type SystemUnderTest = World;
+    type Reference = LifecycleModel;
+
+    fn init_test(m: &Model) -> World {
+        let origin = if m.inherited {
+            Origin::Inherited
+        } else {
+            Origin::Fresh
+        };
+        World {
+            lc: Lifecycle::new(m.config(), origin),
+            t0: Instant::now(),
+            live: BTreeSet::new(),
+            successor: None,
+            drain_started: None,
+            exited: false,
+            notified_parent: 0,
+        }
+    }
+
+    fn apply(mut w: World, m: &Model, t: Transition) -> World {
+        // `m` is the model *after* the transition; `now` is unchanged by all but Tick.
+        let now = w.t0 + Duration::from_millis(m.now);
+        let child_before = w.lc.child();
+        let input = match t {
+            Transition::Restart => Some(Input::Request(Request::Restart)),
+            Transition::Stop => Some(Input::Request(Request::Stop)),
+            Transition::Hammer => Some(Input::Request(Request::Hammer)),
+            Transition::Ready => Some(Input::Ready),
+            Transition::Spawned(pid) => {
+                w.live.insert(pid);
+                Some(Input::ChildSpawned { pid })
+            }
+            Transition::SpawnFailed => Some(Input::SpawnFailed {
+                reason: "simulated".into(),
+            }),
+            Transition::ChildReady(pid) => Some(Input::ChildReady { pid }),
+            Transition::ChildFailed(pid) => Some(Input::ChildFailed {
+                pid,
+                reason: ChildFailure::ChannelClosed,
+            }),
+            Transition::ChildExited(pid) => {
+                // Only a child that runs can exit; a reaped pid is gone.
+                if w.live.remove(&pid) || w.successor == Some(pid) {
+                    Some(Input::ChildExited {
+                        pid,
+                        status: ChildStatus::Exited(1),
+                    })
+                } else {
+                    None
+                }
+            }
+            Transition::Drained => Some(Input::Drained),
+            Transition::Tick(_) => None,
+            Transition::Timeout => {
+                w.lc.handle_timeout(now);
+                if let Some(next) = w.lc.poll_timeout() {
+                    assert!(next > now, "a deadline was left in the past");
+                }
+                None
+            }
+        };
+        if let Some(input) = input {
+            w.lc.handle(input, now);
+        }
+
+        while let Some(output) = w.lc.poll_output() {
+            match output {
+                Output::Action(action) => {
+                    if w.exited {
+                        assert!(
+                            matches!(action, Action::KillChild { .. }),
+                            "{action:?} after exit"
+                        );
+                    }
+                    match action {
+                        Action::SpawnChild => {
+                            assert!(w.live.is_empty(), "spawning beside {:?}", w.live);
+                        }
+                        Action::KillChild { pid } => {
+                            assert!(w.live.remove(&pid), "killed {pid}, not a live child");
+                        }
+                        Action::StopAccepting => {
+                            let allowed = matches!(t, Transition::Stop)
+                                || matches!(t, Transition::ChildReady(pid) if child_before == Some(pid));
+                            assert!(allowed, "stopped accepting on {t:?}");
+                            if let Transition::ChildReady(pid) = t {
+                                assert!(w.live.remove(&pid), "handed over to a dead child");
+                                w.successor = Some(pid);
+                            }
+                            w.drain_started = Some(m.now);
+                        }
+                        Action::Exit { .. } => {
+                            let deadline_passed = match (w.drain_started, m.drain_ms) {
+                                (Some(start), Some(ms)) => m.now >= start + ms,
+                                _ => false,
+                            };
+                            let allowed = match t {
+                                Transition::Drained | Transition::Hammer => true,
+                                Transition::Stop => m.repeated_stop_hammers,
+                                Transition::Timeout => deadline_passed,
+                                _ => false,
+                            };
+                            assert!(allowed, "exited on {t:?}");
+                            w.exited = true;
+                        }
+                        Action::NotifyParent => {
+                            assert!(m.inherited, "a fresh process has no parent to notify");
+                            w.notified_parent += 1;
+                            assert_eq!(w.notified_parent, 1, "ready told twice");
+                        }
+                        _ => {}
+                    }
+                }
+                Output::Event(Event::UpgradeFailed { reason, .. }) => {
+                    if reason != UpgradeFailure::Cancelled {
+                        assert_eq!(w.lc.phase(), Phase::Running);
+                        let mut probe = w.lc.clone();
+                        probe.handle(Input::Request(Request::Restart), now);
+                        let spawned = std::iter::from_fn(|| probe.poll_output())
+                            .any(|o| o == Output::Action(Action::SpawnChild));
+                        assert!(spawned, "no restart possible after {reason:?}");
+                    }
+                }
+                Output::Event(_) => {}
+            }
+        }
+        w
+    }
+
+    fn check_invariants(w: &World, m: &Model) {
+        let phase = match m.phase {
+            ModelPhase::Running { .. } => Phase::Running,
+            ModelPhase::Forking { .. } => Phase::Forking,
+            ModelPhase::Draining { .. } => Phase::Draining,
+            ModelPhase::Stopped => Phase::Stopped,
+        };
+        assert_eq!(w.lc.phase(), phase);
+        assert_eq!(w.lc.child(), m.child());
+        assert_eq!(
+            w.lc.poll_timeout(),
+            m.deadline().map(|ms| w.t0 + Duration::from_millis(ms))
+        );
+        if let ModelPhase::Running { ready } = m.phase {
+            assert_eq!(w.lc.is_ready(), ready);
+        }
+        if let ModelPhase::Draining { successor, .. } = m.phase {
+            let cause = w.lc.drain_cause().expect("draining has a cause");
+            let expected = match successor {
+                Some(successor) => endless_core::DrainCause::HandedOver { successor },
+                None => endless_core::DrainCause::Shutdown,
+            };
+            assert_eq!(cause, expected);
+        }
+        // At most one child besides the successor, and it is the one the machine waits for.
+        assert!(w.live.len() <= 1, "children {:?}", w.live);
+        if let Some(&pid) = w.live.iter().next() {
+            assert_eq!(
+                w.lc.child(),
+                Some(pid),
+                "child {pid} runs but the machine does not wait for it"
+            );
+            assert!(w.successor.is_none(), "a child beside the successor");
+        }
+        assert_eq!(w.exited, w.lc.is_stopped());
+    }
+}
+
+prop_state_machine! {
+    #![proptest_config(ProptestConfig {
+        cases: 2_000,
+        max_shrink_iters: 20_000,
+        failure_persistence: None,
+        .. ProptestConfig::default()
+    })]
+
+    #[test]
+    fn lifecycle_matches_its_model(sequential 1..60 => LifecycleTest);
+}

@@ -1,0 +1,579 @@
+//! Transcript tests: each scenario drives a lifecycle with a fake clock and compares
+//! everything it emitted, in order, with a constant list. A change in behaviour shows as a
+//! readable diff of two lists.
+
+use std::time::{Duration, Instant};
+
+use endless_core::{
+    Action::{self, *},
+    ChildFailure, ChildStatus, Config, DrainCause, Event, ExitReason, Input, InputKind, Lifecycle,
+    Origin, Output, Phase, Refusal, RepeatedStop, Request, Status, UpgradeFailure,
+};
+
+const UPGRADE: Duration = Duration::from_secs(10);
+const DRAIN: Duration = Duration::from_secs(30);
+const CHILD: u32 = 4242;
+
+/// A lifecycle with a fake clock that starts at `t0`.
+struct Harness {
+    lc: Lifecycle,
+    now: Instant,
+    t0: Instant,
+}
+
+impl Harness {
+    fn new(config: Config, origin: Origin) -> Self {
+        let t0 = Instant::now();
+        Self {
+            lc: Lifecycle::new(config, origin),
+            now: t0,
+            t0,
+        }
+    }
+
+    fn fresh() -> Self {
+        Self::new(
+            Config::new()
+                .upgrade_timeout(UPGRADE)
+                .drain_timeout(Some(DRAIN)),
+            Origin::Fresh,
+        )
+    }
+
+    /// A fresh process that reported ready (its outputs are dropped).
+    fn ready() -> Self {
+        let mut h = Self::fresh();
+        h.input(Input::Ready);
+        h
+    }
+
+    fn drain_outputs(&mut self) -> Vec<Output> {
+        std::iter::from_fn(|| self.lc.poll_output()).collect()
+    }
+
+    fn input(&mut self, input: Input) -> Vec<Output> {
+        self.lc.handle(input, self.now);
+        self.drain_outputs()
+    }
+
+    fn request(&mut self, request: Request) -> Vec<Output> {
+        self.input(Input::Request(request))
+    }
+
+    /// Jumps to the next deadline and handles it (`step()` of quinn's test harness).
+    fn step(&mut self) -> Vec<Output> {
+        let deadline = self.lc.poll_timeout().expect("a deadline is armed");
+        assert!(deadline >= self.now, "deadline in the past");
+        self.now = deadline;
+        self.lc.handle_timeout(self.now);
+        self.drain_outputs()
+    }
+
+    fn advance(&mut self, by: Duration) {
+        self.now += by;
+    }
+
+    fn elapsed(&self) -> Duration {
+        self.now - self.t0
+    }
+}
+
+fn a(action: Action) -> Output {
+    Output::Action(action)
+}
+
+fn e(event: Event) -> Output {
+    Output::Event(event)
+}
+
+fn changed(from: Phase, to: Phase) -> Output {
+    e(Event::StateChanged { from, to })
+}
+
+fn refused(input: InputKind, reason: Refusal) -> Output {
+    e(Event::Refused { input, reason })
+}
+
+fn requested(request: Request) -> Output {
+    e(Event::Requested(request))
+}
+
+/// The outputs of a restart request in a ready, running process.
+fn restart_begins() -> Vec<Output> {
+    vec![
+        requested(Request::Restart),
+        changed(Phase::Running, Phase::Forking),
+        a(Announce(Status::Reloading)),
+        a(SpawnChild),
+    ]
+}
+
+fn handed_over() -> DrainCause {
+    DrainCause::HandedOver { successor: CHILD }
+}
+
+#[test]
+fn first_start_announces_ready_once() {
+    let mut h = Harness::fresh();
+    assert_eq!(h.input(Input::Ready), [a(Announce(Status::Ready))]);
+    assert_eq!(
+        h.input(Input::Ready),
+        [refused(InputKind::Ready, Refusal::AlreadyReady)]
+    );
+    assert_eq!(h.lc.poll_timeout(), None);
+}
+
+#[test]
+fn clean_restart() {
+    let mut h = Harness::ready();
+    assert_eq!(h.request(Request::Restart), restart_begins());
+    assert_eq!(h.lc.poll_timeout(), Some(h.t0 + UPGRADE));
+    assert_eq!(
+        h.input(Input::ChildSpawned { pid: CHILD }),
+        [e(Event::ChildSpawned { pid: CHILD })]
+    );
+    h.advance(Duration::from_secs(1));
+    assert_eq!(
+        h.input(Input::ChildReady { pid: CHILD }),
+        [
+            e(Event::ChildReady { pid: CHILD }),
+            changed(Phase::Forking, Phase::Draining),
+            a(StopAccepting),
+            a(CloseIdle),
+        ]
+    );
+    assert_eq!(h.lc.drain_cause(), Some(handed_over()));
+    assert_eq!(
+        h.lc.poll_timeout(),
+        Some(h.t0 + Duration::from_secs(1) + DRAIN)
+    );
+    h.advance(Duration::from_secs(2));
+    assert_eq!(
+        h.input(Input::Drained),
+        [
+            changed(Phase::Draining, Phase::Stopped),
+            a(Exit {
+                code: 0,
+                reason: ExitReason::Drained,
+                cause: handed_over(),
+            }),
+        ]
+    );
+    assert!(h.lc.is_stopped());
+    assert_eq!(h.lc.poll_timeout(), None);
+}
+
+#[test]
+fn child_crash_before_ready_keeps_serving_and_a_later_restart_works() {
+    let mut h = Harness::ready();
+    h.request(Request::Restart);
+    h.input(Input::ChildSpawned { pid: CHILD });
+    assert_eq!(
+        h.input(Input::ChildExited {
+            pid: CHILD,
+            status: ChildStatus::Exited(1),
+        }),
+        [
+            e(Event::UpgradeFailed {
+                pid: Some(CHILD),
+                reason: UpgradeFailure::ChildExited(ChildStatus::Exited(1)),
+            }),
+            changed(Phase::Forking, Phase::Running),
+            a(Announce(Status::Ready)),
+        ]
+    );
+    assert_eq!(h.lc.poll_timeout(), None);
+    assert_eq!(h.request(Request::Restart), restart_begins());
+}
+
+#[test]
+fn child_that_breaks_the_readiness_protocol_is_killed() {
+    let mut h = Harness::ready();
+    h.request(Request::Restart);
+    h.input(Input::ChildSpawned { pid: CHILD });
+    assert_eq!(
+        h.input(Input::ChildFailed {
+            pid: CHILD,
+            reason: ChildFailure::ChannelClosed,
+        }),
+        [
+            e(Event::UpgradeFailed {
+                pid: Some(CHILD),
+                reason: UpgradeFailure::ChildFailed(ChildFailure::ChannelClosed),
+            }),
+            changed(Phase::Forking, Phase::Running),
+            a(KillChild { pid: CHILD }),
+            a(Announce(Status::Ready)),
+        ]
+    );
+    // Its exit, reaped later, is a late input and changes nothing.
+    assert_eq!(
+        h.input(Input::ChildExited {
+            pid: CHILD,
+            status: ChildStatus::Signaled(9),
+        }),
+        [refused(
+            InputKind::ChildExited,
+            Refusal::UnknownChild(CHILD)
+        )]
+    );
+    assert_eq!(h.lc.phase(), Phase::Running);
+}
+
+#[test]
+fn spawn_failure_keeps_serving() {
+    let mut h = Harness::ready();
+    h.request(Request::Restart);
+    assert_eq!(
+        h.input(Input::SpawnFailed {
+            reason: "No such file or directory".into(),
+        }),
+        [
+            e(Event::UpgradeFailed {
+                pid: None,
+                reason: UpgradeFailure::SpawnFailed("No such file or directory".into()),
+            }),
+            changed(Phase::Forking, Phase::Running),
+            a(Announce(Status::Ready)),
+        ]
+    );
+    assert_eq!(h.request(Request::Restart), restart_begins());
+}
+
+#[test]
+fn upgrade_timeout_kills_the_child() {
+    let mut h = Harness::ready();
+    h.request(Request::Restart);
+    h.input(Input::ChildSpawned { pid: CHILD });
+    // A spurious early timeout does nothing.
+    h.advance(UPGRADE / 2);
+    h.lc.handle_timeout(h.now);
+    assert_eq!(h.drain_outputs(), []);
+    assert_eq!(
+        h.step(),
+        [
+            e(Event::UpgradeFailed {
+                pid: Some(CHILD),
+                reason: UpgradeFailure::TimedOut,
+            }),
+            changed(Phase::Forking, Phase::Running),
+            a(KillChild { pid: CHILD }),
+            a(Announce(Status::Ready)),
+        ]
+    );
+    assert_eq!(h.elapsed(), UPGRADE);
+    // Its ready message, arriving after it was given up, is refused.
+    assert_eq!(
+        h.input(Input::ChildReady { pid: CHILD }),
+        [refused(InputKind::ChildReady, Refusal::UnknownChild(CHILD))]
+    );
+    assert_eq!(h.request(Request::Restart), restart_begins());
+}
+
+#[test]
+fn a_child_spawned_after_its_upgrade_was_given_up_is_killed() {
+    let mut h = Harness::ready();
+    h.request(Request::Restart);
+    assert_eq!(
+        h.step(),
+        [
+            e(Event::UpgradeFailed {
+                pid: None,
+                reason: UpgradeFailure::TimedOut,
+            }),
+            changed(Phase::Forking, Phase::Running),
+            a(Announce(Status::Ready)),
+        ]
+    );
+    assert_eq!(
+        h.input(Input::ChildSpawned { pid: CHILD }),
+        [
+            e(Event::UnexpectedChild { pid: CHILD }),
+            a(KillChild { pid: CHILD }),
+        ]
+    );
+}
+
+#[test]
+fn restart_while_forking_is_refused() {
+    let mut h = Harness::ready();
+    h.request(Request::Restart);
+    h.input(Input::ChildSpawned { pid: CHILD });
+    for _ in 0..100 {
+        assert_eq!(
+            h.request(Request::Restart),
+            [
+                requested(Request::Restart),
+                refused(InputKind::Restart, Refusal::UpgradeInProgress),
+            ]
+        );
+    }
+    assert_eq!(h.lc.child(), Some(CHILD));
+    // A second child reported while one is pending is not adopted.
+    assert_eq!(
+        h.input(Input::ChildSpawned { pid: CHILD + 1 }),
+        [
+            e(Event::UnexpectedChild { pid: CHILD + 1 }),
+            a(KillChild { pid: CHILD + 1 }),
+        ]
+    );
+    assert_eq!(h.lc.child(), Some(CHILD));
+}
+
+#[test]
+fn stop_while_forking_kills_the_child_and_drains() {
+    let mut h = Harness::ready();
+    h.request(Request::Restart);
+    h.input(Input::ChildSpawned { pid: CHILD });
+    assert_eq!(
+        h.request(Request::Stop),
+        [
+            requested(Request::Stop),
+            e(Event::UpgradeFailed {
+                pid: Some(CHILD),
+                reason: UpgradeFailure::Cancelled,
+            }),
+            a(KillChild { pid: CHILD }),
+            changed(Phase::Forking, Phase::Draining),
+            a(Announce(Status::Stopping)),
+            a(StopAccepting),
+            a(CloseIdle),
+        ]
+    );
+    assert_eq!(h.lc.drain_cause(), Some(DrainCause::Shutdown));
+    assert_eq!(
+        h.input(Input::ChildReady { pid: CHILD }),
+        [refused(InputKind::ChildReady, Refusal::UnknownChild(CHILD))]
+    );
+    assert_eq!(
+        h.input(Input::Drained),
+        [
+            changed(Phase::Draining, Phase::Stopped),
+            a(Exit {
+                code: 0,
+                reason: ExitReason::Drained,
+                cause: DrainCause::Shutdown,
+            }),
+        ]
+    );
+}
+
+#[test]
+fn stop_while_the_spawn_is_pending_kills_the_child_when_it_turns_up() {
+    let mut h = Harness::ready();
+    h.request(Request::Restart);
+    assert_eq!(
+        h.request(Request::Stop),
+        [
+            requested(Request::Stop),
+            e(Event::UpgradeFailed {
+                pid: None,
+                reason: UpgradeFailure::Cancelled,
+            }),
+            changed(Phase::Forking, Phase::Draining),
+            a(Announce(Status::Stopping)),
+            a(StopAccepting),
+            a(CloseIdle),
+        ]
+    );
+    assert_eq!(
+        h.input(Input::ChildSpawned { pid: CHILD }),
+        [
+            e(Event::UnexpectedChild { pid: CHILD }),
+            a(KillChild { pid: CHILD }),
+        ]
+    );
+}
+
+#[test]
+fn hammer_while_draining() {
+    let mut h = Harness::new(
+        Config::new().drain_timeout(Some(DRAIN)).forced_exit_code(3),
+        Origin::Fresh,
+    );
+    h.input(Input::Ready);
+    assert_eq!(
+        h.request(Request::Hammer),
+        [
+            requested(Request::Hammer),
+            refused(InputKind::Hammer, Refusal::NotDraining),
+        ]
+    );
+    h.request(Request::Stop);
+    assert_eq!(
+        h.request(Request::Hammer),
+        [
+            requested(Request::Hammer),
+            e(Event::ForceClosing {
+                reason: ExitReason::Hammered,
+            }),
+            a(ForceClose),
+            changed(Phase::Draining, Phase::Stopped),
+            a(Exit {
+                code: 3,
+                reason: ExitReason::Hammered,
+                cause: DrainCause::Shutdown,
+            }),
+        ]
+    );
+    // Everything after the end is refused, and nothing panics.
+    assert_eq!(
+        h.request(Request::Restart),
+        [
+            requested(Request::Restart),
+            refused(InputKind::Restart, Refusal::Stopped),
+        ]
+    );
+    assert_eq!(
+        h.input(Input::Drained),
+        [refused(InputKind::Drained, Refusal::NotDraining)]
+    );
+}
+
+#[test]
+fn drain_deadline_closes_what_is_left() {
+    let mut h = Harness::ready();
+    h.request(Request::Restart);
+    h.input(Input::ChildSpawned { pid: CHILD });
+    h.input(Input::ChildReady { pid: CHILD });
+    assert_eq!(
+        h.step(),
+        [
+            e(Event::ForceClosing {
+                reason: ExitReason::DeadlinePassed,
+            }),
+            a(ForceClose),
+            changed(Phase::Draining, Phase::Stopped),
+            a(Exit {
+                code: 0,
+                reason: ExitReason::DeadlinePassed,
+                cause: handed_over(),
+            }),
+        ]
+    );
+    assert_eq!(h.elapsed(), DRAIN);
+}
+
+#[test]
+fn never_hammer_waits_for_ever() {
+    let mut h = Harness::new(Config::new().drain_timeout(None), Origin::Fresh);
+    h.input(Input::Ready);
+    h.request(Request::Stop);
+    assert_eq!(h.lc.poll_timeout(), None);
+    h.advance(Duration::from_secs(365 * 24 * 3600));
+    h.lc.handle_timeout(h.now);
+    assert_eq!(h.drain_outputs(), []);
+    assert_eq!(h.lc.phase(), Phase::Draining);
+    // A repeated stop is refused by default…
+    assert_eq!(
+        h.request(Request::Stop),
+        [
+            requested(Request::Stop),
+            refused(InputKind::Stop, Refusal::Draining),
+        ]
+    );
+    // …and only the connections ending, or a hammer, end it.
+    assert_eq!(
+        h.input(Input::Drained),
+        [
+            changed(Phase::Draining, Phase::Stopped),
+            a(Exit {
+                code: 0,
+                reason: ExitReason::Drained,
+                cause: DrainCause::Shutdown,
+            }),
+        ]
+    );
+}
+
+#[test]
+fn repeated_stop_can_mean_hammer() {
+    let mut h = Harness::new(
+        Config::new().repeated_stop(RepeatedStop::Hammer),
+        Origin::Fresh,
+    );
+    h.input(Input::Ready);
+    h.request(Request::Stop);
+    assert_eq!(
+        h.request(Request::Stop),
+        [
+            requested(Request::Stop),
+            e(Event::ForceClosing {
+                reason: ExitReason::Hammered,
+            }),
+            a(ForceClose),
+            changed(Phase::Draining, Phase::Stopped),
+            a(Exit {
+                code: 0,
+                reason: ExitReason::Hammered,
+                cause: DrainCause::Shutdown,
+            }),
+        ]
+    );
+}
+
+#[test]
+fn child_side_owes_its_parent_exactly_one_ready() {
+    let mut h = Harness::new(Config::new(), Origin::Inherited);
+    assert_eq!(
+        h.request(Request::Restart),
+        [
+            requested(Request::Restart),
+            refused(InputKind::Restart, Refusal::NotReady),
+        ]
+    );
+    assert_eq!(
+        h.input(Input::Ready),
+        [a(Announce(Status::Ready)), a(NotifyParent)]
+    );
+    assert_eq!(
+        h.input(Input::Ready),
+        [refused(InputKind::Ready, Refusal::AlreadyReady)]
+    );
+    // Once ready, the child is an ordinary running server that can itself be restarted.
+    assert_eq!(h.request(Request::Restart), restart_begins());
+}
+
+#[test]
+fn child_stopped_before_ready_never_tells_its_parent() {
+    let mut h = Harness::new(Config::new(), Origin::Inherited);
+    h.request(Request::Stop);
+    assert_eq!(
+        h.input(Input::Ready),
+        [refused(InputKind::Ready, Refusal::Draining)]
+    );
+}
+
+#[test]
+fn successor_exit_while_draining_is_reported() {
+    let mut h = Harness::ready();
+    h.request(Request::Restart);
+    h.input(Input::ChildSpawned { pid: CHILD });
+    h.input(Input::ChildReady { pid: CHILD });
+    assert_eq!(
+        h.input(Input::ChildExited {
+            pid: CHILD,
+            status: ChildStatus::Signaled(11),
+        }),
+        [e(Event::SuccessorExited {
+            pid: CHILD,
+            status: ChildStatus::Signaled(11),
+        })]
+    );
+    assert_eq!(h.lc.phase(), Phase::Draining);
+}
+
+#[test]
+fn huge_timeouts_do_not_overflow() {
+    let mut h = Harness::new(
+        Config::new()
+            .upgrade_timeout(Duration::MAX)
+            .drain_timeout(Some(Duration::MAX)),
+        Origin::Fresh,
+    );
+    h.input(Input::Ready);
+    h.request(Request::Restart);
+    assert_eq!(h.lc.poll_timeout(), None);
+    h.request(Request::Stop);
+    assert_eq!(h.lc.poll_timeout(), None);
+}
