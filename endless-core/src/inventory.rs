@@ -5,6 +5,7 @@
 //! Names are arbitrary UTF-8 strings and unique within one inventory; nothing is keyed by
 //! address, so a listener bound to port 0 is handed over like any other.
 
+use std::collections::HashMap;
 use std::fmt;
 
 use crate::Fd;
@@ -189,24 +190,23 @@ impl From<InventoryError> for std::io::Error {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Inventory {
     entries: Vec<Entry>,
+    // Indexes into `entries`, so that building and decoding large inventories stays linear.
+    by_name: HashMap<String, usize>,
+    by_fd: HashMap<Fd, usize>,
+    max_fd: Option<Fd>,
 }
 
 impl Inventory {
     /// An empty inventory.
-    pub const fn new() -> Self {
-        Self {
-            entries: Vec::new(),
-        }
+    pub fn new() -> Self {
+        Self::default()
     }
 
     /// Appends an entry at the next fd number: 3 for the first entry, then one above the
     /// highest fd number in use. This is where the renumbering plan puts it in the child.
     pub fn push(&mut self, name: impl Into<String>, kind: FdKind) -> Result<Fd, InventoryError> {
         let fd = self
-            .entries
-            .iter()
-            .map(|e| e.fd)
-            .max()
+            .max_fd
             .map_or(FIRST_INHERITED_FD, |max| max.saturating_add(1));
         self.insert(name, kind, fd)?;
         Ok(fd)
@@ -229,24 +229,28 @@ impl Inventory {
         if fd < FIRST_INHERITED_FD {
             return Err(InventoryError::FdBelowFirst { fd });
         }
-        if self.get(&name).is_some() {
+        if self.by_name.contains_key(&name) {
             return Err(InventoryError::DuplicateName { name });
         }
-        if self.entries.iter().any(|e| e.fd == fd) {
+        if self.by_fd.contains_key(&fd) {
             return Err(InventoryError::DuplicateFd { fd });
         }
+        let index = self.entries.len();
+        self.by_name.insert(name.clone(), index);
+        self.by_fd.insert(fd, index);
+        self.max_fd = Some(self.max_fd.map_or(fd, |max| max.max(fd)));
         self.entries.push(Entry { name, kind, fd });
         Ok(())
     }
 
     /// The entry with this name, if any.
     pub fn get(&self, name: &str) -> Option<&Entry> {
-        self.entries.iter().find(|e| e.name == name)
+        self.by_name.get(name).map(|&i| &self.entries[i])
     }
 
     /// The entry at this fd number, if any.
     pub fn get_fd(&self, fd: Fd) -> Option<&Entry> {
-        self.entries.iter().find(|e| e.fd == fd)
+        self.by_fd.get(&fd).map(|&i| &self.entries[i])
     }
 
     /// The entries, in the order they were added.
@@ -271,7 +275,7 @@ impl Inventory {
 
     /// The highest fd number in use, if any.
     pub fn max_fd(&self) -> Option<Fd> {
-        self.entries.iter().map(|e| e.fd).max()
+        self.max_fd
     }
 }
 

@@ -8,8 +8,9 @@
 //!
 //! - [`Lifecycle`]: the state machine `Running → Forking → Draining → Stopped`, driven by
 //!   [`Input`]s that carry the time, answering with [`Action`]s and [`Event`]s.
-//! - [`Inventory`]: the named file descriptors a process hands over, and [`env`], their
+//! - [`Inventory`]: the named file descriptors a process hands over, and [`env`](mod@env), their
 //!   encoding into the child's environment (and systemd's `LISTEN_FDS`).
+//! - [`ready`]: the line a new generation writes to tell its parent it is ready.
 //! - [`plan`]: the `dup2` steps that place the inherited descriptors at 3, 4, … in the
 //!   child without clobbering one that is still needed.
 //!
@@ -108,6 +109,7 @@ pub mod env;
 mod inventory;
 mod lifecycle;
 pub mod plan;
+pub mod ready;
 
 pub use inventory::{
     Entry, FIRST_INHERITED_FD, FdKind, Inventory, InventoryError, MAX_ENTRIES, MAX_NAME_LEN,
@@ -117,6 +119,9 @@ pub use lifecycle::{
     DrainCause, Event, ExitReason, Input, InputKind, Lifecycle, Origin, Output, Phase, Pid,
     Refusal, RepeatedStop, Request, Status, UpgradeFailure,
 };
+
+pub use env::{DecodeError, Handoff, HandoffError};
+pub use plan::{Plan, PlanError};
 
 /// A file descriptor number, as the operating system numbers them (`RawFd` on Unix).
 pub type Fd = i32;

@@ -390,6 +390,8 @@ pub enum Refusal {
     UnknownChild(Pid),
     /// No child is being started.
     NoSpawnPending,
+    /// The same input was already taken.
+    Duplicate,
 }
 
 impl fmt::Display for Refusal {
@@ -403,6 +405,7 @@ impl fmt::Display for Refusal {
             Self::NotDraining => f.write_str("the process is not draining"),
             Self::UnknownChild(pid) => write!(f, "pid {pid} is not the child being waited for"),
             Self::NoSpawnPending => f.write_str("no child is being started"),
+            Self::Duplicate => f.write_str("the same input was already taken"),
         }
     }
 }
@@ -665,7 +668,13 @@ impl Lifecycle {
 
     // ---- input ----
 
-    /// Hands in something that happened at `now`.
+    /// Hands in something that happened at `now`; then poll the outputs.
+    ///
+    /// Deadlines are only acted on in [`handle_timeout`](Self::handle_timeout): an input
+    /// that arrives after a deadline, but before `handle_timeout` was called, is taken as
+    /// it is (a child that reports ready a moment late is still a good child). Inputs that
+    /// do not fit the current state (late, duplicate, naming another child) change nothing
+    /// and are reported as [`Event::Refused`]; no input panics.
     pub fn handle(&mut self, input: Input, now: Instant) {
         let kind = input.kind();
         match input {
@@ -837,7 +846,7 @@ impl Lifecycle {
             State::Forking {
                 child: Some(known), ..
             } if *known == pid => {
-                self.refuse(InputKind::ChildSpawned, Refusal::UpgradeInProgress);
+                self.refuse(InputKind::ChildSpawned, Refusal::Duplicate);
             }
             // Nobody waits for this one (its upgrade was given up, or it is a second
             // child): it must not live on with our listeners.

@@ -309,6 +309,11 @@ fn restart_while_forking_is_refused() {
         );
     }
     assert_eq!(h.lc.child(), Some(CHILD));
+    // A duplicate report of the same child is harmless.
+    assert_eq!(
+        h.input(Input::ChildSpawned { pid: CHILD }),
+        [refused(InputKind::ChildSpawned, Refusal::Duplicate)]
+    );
     // A second child reported while one is pending is not adopted.
     assert_eq!(
         h.input(Input::ChildSpawned { pid: CHILD + 1 }),
