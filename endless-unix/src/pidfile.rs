@@ -1,0 +1,110 @@
+//! The pid file: which process serves now.
+//!
+//! Written atomically (a temporary file in the same directory, then `rename`), so that a
+//! reader never sees a half-written pid; rewritten by each new generation once it is
+//! ready; removed on a clean stop by the process that stops the service (never by an old
+//! generation that handed over), and only if it still names this process. A stale pid file
+//! left by a crash does not block start-up: it is simply overwritten.
+
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+/// A pid file at a fixed path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PidFile {
+    path: PathBuf,
+}
+
+impl PidFile {
+    /// A pid file at `path` (nothing is written yet).
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self { path: path.into() }
+    }
+
+    /// Its path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Writes `pid` atomically.
+    pub fn write(&self, pid: u32) -> io::Result<()> {
+        let dir = match self.path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => Path::new("."),
+        };
+        let file_name = self
+            .path
+            .file_name()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "pid file has no name"))?;
+        let mut tmp_name = std::ffi::OsString::from(".");
+        tmp_name.push(file_name);
+        tmp_name.push(format!(".{pid}.tmp"));
+        let tmp = dir.join(tmp_name);
+        let result = (|| {
+            let mut file = std::fs::File::create(&tmp)?;
+            writeln!(file, "{pid}")?;
+            file.sync_all()?;
+            std::fs::rename(&tmp, &self.path)
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result
+    }
+
+    /// The pid the file names, if it exists and holds one.
+    pub fn read(&self) -> io::Result<Option<u32>> {
+        match std::fs::read_to_string(&self.path) {
+            Ok(text) => Ok(text.trim().parse().ok()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Removes the file if it still names `pid`; returns whether it did.
+    pub fn remove_if(&self, pid: u32) -> io::Result<bool> {
+        if self.read()? != Some(pid) {
+            return Ok(false);
+        }
+        match std::fs::remove_file(&self.path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_path(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("endless-pidfile-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir.join("server.pid")
+    }
+
+    #[test]
+    fn write_read_remove() {
+        let pf = PidFile::new(temp_path("wrr"));
+        assert_eq!(pf.read().unwrap(), None);
+        pf.write(1234).unwrap();
+        assert_eq!(pf.read().unwrap(), Some(1234));
+        // A stale file is overwritten.
+        pf.write(5678).unwrap();
+        assert_eq!(pf.read().unwrap(), Some(5678));
+        // Only the process it names removes it.
+        assert!(!pf.remove_if(1234).unwrap());
+        assert!(pf.path().exists());
+        assert!(pf.remove_if(5678).unwrap());
+        assert!(!pf.path().exists());
+        let dir = pf.path().parent().unwrap();
+        assert_eq!(
+            std::fs::read_dir(dir).unwrap().count(),
+            0,
+            "no temp file left"
+        );
+        std::fs::remove_dir(dir).unwrap();
+    }
+}

@@ -1,0 +1,163 @@
+//! Which signal asks for what.
+//!
+//! The core speaks of [`Request`]s; the operator speaks in signals. A [`SignalMap`] says
+//! which signal means which request. Its default is endless' mapping: `SIGHUP` restarts,
+//! `SIGTERM` and `SIGINT` stop gracefully, `SIGUSR2` hammers (closes what is left of a
+//! drain).
+
+use std::fmt;
+
+use endless_core::Request;
+
+/// A Unix signal number.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Signal(i32);
+
+impl Signal {
+    /// `SIGHUP`: restart, by default.
+    pub const HUP: Self = Self(libc::SIGHUP);
+    /// `SIGTERM`: graceful stop, by default.
+    pub const TERM: Self = Self(libc::SIGTERM);
+    /// `SIGINT`: graceful stop, by default.
+    pub const INT: Self = Self(libc::SIGINT);
+    /// `SIGQUIT`.
+    pub const QUIT: Self = Self(libc::SIGQUIT);
+    /// `SIGUSR1`.
+    pub const USR1: Self = Self(libc::SIGUSR1);
+    /// `SIGUSR2`: hammer, by default.
+    pub const USR2: Self = Self(libc::SIGUSR2);
+    /// `SIGWINCH`.
+    pub const WINCH: Self = Self(libc::SIGWINCH);
+
+    /// A signal by number.
+    pub const fn from_raw(signal: i32) -> Self {
+        Self(signal)
+    }
+
+    /// The signal's number.
+    pub const fn as_raw(self) -> i32 {
+        self.0
+    }
+
+    /// The conventional name (`"SIGHUP"`), if it is one of the constants above.
+    pub fn name(self) -> Option<&'static str> {
+        Some(match self {
+            Self::HUP => "SIGHUP",
+            Self::TERM => "SIGTERM",
+            Self::INT => "SIGINT",
+            Self::QUIT => "SIGQUIT",
+            Self::USR1 => "SIGUSR1",
+            Self::USR2 => "SIGUSR2",
+            Self::WINCH => "SIGWINCH",
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Debug for Signal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl fmt::Display for Signal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.name() {
+            Some(name) => f.write_str(name),
+            None => write!(f, "signal {}", self.0),
+        }
+    }
+}
+
+/// Which signal means which request.
+///
+/// # Examples
+///
+/// ```
+/// use endless_core::Request;
+/// use endless_unix::signals::{Signal, SignalMap};
+///
+/// // endless' defaults, plus SIGQUIT as a hammer, minus SIGINT.
+/// let map = SignalMap::default()
+///     .with(Signal::QUIT, Request::Hammer)
+///     .without(Signal::INT);
+/// assert_eq!(map.get(Signal::HUP), Some(Request::Restart));
+/// assert_eq!(map.get(Signal::INT), None);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignalMap {
+    entries: Vec<(Signal, Request)>,
+}
+
+impl Default for SignalMap {
+    /// `SIGHUP` restart, `SIGTERM` and `SIGINT` stop, `SIGUSR2` hammer.
+    fn default() -> Self {
+        Self::empty()
+            .with(Signal::HUP, Request::Restart)
+            .with(Signal::TERM, Request::Stop)
+            .with(Signal::INT, Request::Stop)
+            .with(Signal::USR2, Request::Hammer)
+    }
+}
+
+impl SignalMap {
+    /// A map that listens to no signal.
+    pub const fn empty() -> Self {
+        Self {
+            entries: Vec::new(),
+        }
+    }
+
+    /// `signal` means `request` (replacing what it meant before).
+    #[must_use]
+    pub fn with(mut self, signal: Signal, request: Request) -> Self {
+        self.entries.retain(|(s, _)| *s != signal);
+        self.entries.push((signal, request));
+        self
+    }
+
+    /// `signal` means nothing to endless (its default action applies).
+    #[must_use]
+    pub fn without(mut self, signal: Signal) -> Self {
+        self.entries.retain(|(s, _)| *s != signal);
+        self
+    }
+
+    /// What `signal` asks for.
+    pub fn get(&self, signal: Signal) -> Option<Request> {
+        self.entries
+            .iter()
+            .find(|(s, _)| *s == signal)
+            .map(|(_, r)| *r)
+    }
+
+    /// The signals to listen to.
+    pub fn signals(&self) -> impl Iterator<Item = Signal> + '_ {
+        self.entries.iter().map(|(s, _)| *s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_endless_defaults() {
+        let map = SignalMap::default();
+        assert_eq!(map.get(Signal::HUP), Some(Request::Restart));
+        assert_eq!(map.get(Signal::TERM), Some(Request::Stop));
+        assert_eq!(map.get(Signal::INT), Some(Request::Stop));
+        assert_eq!(map.get(Signal::USR2), Some(Request::Hammer));
+        assert_eq!(map.get(Signal::USR1), None);
+        assert_eq!(map.signals().count(), 4);
+    }
+
+    #[test]
+    fn with_replaces() {
+        let map = SignalMap::default().with(Signal::HUP, Request::Stop);
+        assert_eq!(map.get(Signal::HUP), Some(Request::Stop));
+        assert_eq!(map.signals().count(), 4);
+        assert_eq!(Signal::HUP.to_string(), "SIGHUP");
+        assert_eq!(Signal::from_raw(64).to_string(), "signal 64");
+    }
+}

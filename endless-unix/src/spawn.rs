@@ -1,0 +1,1595 @@
+//! Starting the next generation: the executable resolved at start-up, and the child's
+//! command with its inherited descriptors put in place.
+//!
+//! [`Executable::current`] records, when the process starts, what to run at restart time:
+//! the program's path (as the operator named it, symlinks kept), its arguments, its working
+//! directory and its environment. [`prepare`] turns it and the descriptors to hand over into
+//! a [`std::process::Command`] whose child finds them at fds 3, 4, … (the readiness channel
+//! right after them), described by the `ENDLESS_*` variables; the runtime adapter spawns that
+//! command and reads the readiness channel. The child reports ready with [`notify_parent`].
+//!
+//! # Examples
+//!
+//! ```no_run
+//! use std::net::TcpListener;
+//! use std::os::fd::AsFd;
+//! use endless_core::FdKind;
+//! use endless_unix::spawn::{self, Executable, Handover};
+//!
+//! let exe = Executable::current()?; // at start-up
+//! let listener = TcpListener::bind("127.0.0.1:0")?;
+//! // … at restart time:
+//! let handovers = [Handover { name: "http", kind: FdKind::TcpListener, fd: listener.as_fd() }];
+//! let prepared = spawn::prepare(&exe, &handovers)?;
+//! let (mut child, ready) = prepared.spawn_with(|mut command| command.spawn())?;
+//! // `ready` is the non-blocking read end of the readiness channel: feed what it yields to
+//! // `endless_core::ready::ReadyParser::new(child.id())`; end of file means the child failed.
+//! # drop(ready);
+//! # child.wait()?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::ffi::{OsStr, OsString};
+use std::fmt;
+use std::fs;
+use std::io;
+use std::marker::PhantomData;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Component, Path, PathBuf};
+use std::process::Command;
+
+use endless_core::env::{self, Handoff};
+use endless_core::plan::{self, PlanError};
+use endless_core::{FIRST_INHERITED_FD, FdKind, Inventory, InventoryError};
+
+use crate::sys;
+
+/// What to run to start the next generation: program, arguments, working directory and
+/// environment, resolved once at start-up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Executable {
+    path: PathBuf,
+    args: Vec<OsString>,
+    cwd: PathBuf,
+    env: Vec<(OsString, OsString)>,
+}
+
+impl Executable {
+    /// This process's executable, arguments, working directory and environment, to be
+    /// called at start-up (before anything changes the working directory).
+    ///
+    /// - The path comes from `argv[0]`: one that contains a `/` is made absolute against the
+    ///   working directory, without resolving symlinks (a deploy that switches a
+    ///   `current -> releases/vN` symlink makes the next generation run the new target); a
+    ///   bare name is looked up in `PATH` now. If that finds no executable file (an empty or
+    ///   made-up `argv[0]`), [`std::env::current_exe`] is used instead. Never
+    ///   `/proc/self/exe`, which names the old inode once the binary is replaced.
+    /// - The arguments are `argv[1..]`.
+    /// - The working directory is `$PWD` when that is an absolute path to the current
+    ///   directory (so a directory reached through a symlink is kept as the operator named
+    ///   it, as `pwd` shows it), the physical current directory otherwise.
+    /// - The environment is this process's, without the variables
+    ///   [`env::is_reserved`] names (the `ENDLESS_*` and `LISTEN_*` variables this process
+    ///   was started with describe *its* descriptors, not the child's); every other variable,
+    ///   other `ENDLESS_*` ones included, is passed on unchanged.
+    ///
+    /// # Errors
+    ///
+    /// When the current directory cannot be read, or `argv[0]` is unusable and
+    /// `current_exe` fails.
+    pub fn current() -> io::Result<Self> {
+        let cwd = logical_cwd(std::env::var_os("PWD").as_deref(), std::env::current_dir()?);
+        let argv0 = std::env::args_os().next();
+        let path_var = std::env::var_os("PATH");
+        let path = match resolve_program(
+            argv0.as_deref(),
+            &cwd,
+            path_var.as_deref(),
+            is_executable_file,
+        ) {
+            Some(path) => path,
+            None => {
+                let exe = std::env::current_exe()?;
+                tracing::debug!(
+                    argv0 = ?argv0,
+                    current_exe = %exe.display(),
+                    "argv[0] names no executable file: restarting through current_exe"
+                );
+                exe
+            }
+        };
+        Ok(Self {
+            path,
+            args: std::env::args_os().skip(1).collect(),
+            cwd,
+            env: without_reserved(std::env::vars_os()),
+        })
+    }
+
+    /// An executable from its parts. `path` should be absolute (a relative one is resolved
+    /// against `cwd` at spawn time, by std's rules). Reserved variables in `env` are left
+    /// out of the child's environment by [`prepare`].
+    pub fn new<A, E, K, V>(
+        path: impl Into<PathBuf>,
+        args: A,
+        cwd: impl Into<PathBuf>,
+        env: E,
+    ) -> Self
+    where
+        A: IntoIterator,
+        A::Item: Into<OsString>,
+        E: IntoIterator<Item = (K, V)>,
+        K: Into<OsString>,
+        V: Into<OsString>,
+    {
+        Self {
+            path: path.into(),
+            args: args.into_iter().map(Into::into).collect(),
+            cwd: cwd.into(),
+            env: env.into_iter().map(|(k, v)| (k.into(), v.into())).collect(),
+        }
+    }
+
+    /// The program to run.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Its arguments (without `argv[0]`, which will be the path).
+    pub fn args(&self) -> &[OsString] {
+        &self.args
+    }
+
+    /// The working directory it runs in.
+    pub fn cwd(&self) -> &Path {
+        &self.cwd
+    }
+
+    /// The environment it gets (before [`prepare`] adds the `ENDLESS_*` variables).
+    pub fn env(&self) -> &[(OsString, OsString)] {
+        &self.env
+    }
+
+    /// Whether the program exists, is a regular file (symlinks followed) and is executable
+    /// by this process (`access(X_OK)`). [`prepare`] checks this first: `spawn` itself
+    /// cannot always report a failed `exec` (see [`prepare`]).
+    ///
+    /// # Errors
+    ///
+    /// [`SpawnError::NotFound`], [`SpawnError::NotAFile`], [`SpawnError::NotExecutable`],
+    /// or [`SpawnError::Inaccessible`] when the file system refuses to tell.
+    pub fn check(&self) -> Result<(), SpawnError> {
+        let path = || self.path.clone();
+        let missing = |e: &io::Error| {
+            e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENOTDIR)
+        };
+        match fs::metadata(&self.path) {
+            Err(e) if missing(&e) => Err(SpawnError::NotFound { path: path() }),
+            Err(error) => Err(SpawnError::Inaccessible {
+                path: path(),
+                error,
+            }),
+            Ok(meta) if !meta.is_file() => Err(SpawnError::NotAFile { path: path() }),
+            Ok(_) => match sys::access_executable(&self.path) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+                    Err(SpawnError::NotExecutable { path: path() })
+                }
+                Err(e) if missing(&e) => Err(SpawnError::NotFound { path: path() }),
+                Err(error) => Err(SpawnError::Inaccessible {
+                    path: path(),
+                    error,
+                }),
+            },
+        }
+    }
+}
+
+fn without_reserved(
+    vars: impl IntoIterator<Item = (OsString, OsString)>,
+) -> Vec<(OsString, OsString)> {
+    vars.into_iter()
+        .filter(|(k, _)| !env::is_reserved(k))
+        .collect()
+}
+
+fn is_executable_file(path: &Path) -> bool {
+    fs::metadata(path).is_ok_and(|m| m.is_file()) && sys::access_executable(path).is_ok()
+}
+
+/// `path` made absolute against `cwd`, with `.` components dropped; symlinks and `..` are
+/// left alone (resolving them would change which file a later lookup finds).
+fn absolute(cwd: &Path, path: &Path) -> PathBuf {
+    cwd.join(path)
+        .components()
+        .filter(|c| *c != Component::CurDir)
+        .collect()
+}
+
+/// The program `argv0` names, as a shell would find it: with a `/`, relative to `cwd`;
+/// without, the first directory of `path_var` (`PATH`; an empty entry is `cwd`) where
+/// `is_executable` accepts it. `None` when `argv0` is missing or empty, or names nothing
+/// `is_executable` accepts.
+fn resolve_program(
+    argv0: Option<&OsStr>,
+    cwd: &Path,
+    path_var: Option<&OsStr>,
+    is_executable: impl Fn(&Path) -> bool,
+) -> Option<PathBuf> {
+    let argv0 = argv0.filter(|a| !a.is_empty())?;
+    if argv0.as_bytes().contains(&b'/') {
+        let path = absolute(cwd, Path::new(argv0));
+        return is_executable(&path).then_some(path);
+    }
+    std::env::split_paths(path_var?)
+        .map(|dir| absolute(cwd, &dir).join(argv0))
+        .find(|candidate| is_executable(candidate))
+}
+
+/// `$PWD` when it is an absolute path without `.` or `..` that names the same directory as
+/// `physical` (the kernel's idea of the current directory, symlinks resolved), else
+/// `physical`. This is the logical working directory `pwd` shows.
+fn logical_cwd(pwd: Option<&OsStr>, physical: PathBuf) -> PathBuf {
+    let Some(pwd) = pwd.map(Path::new) else {
+        return physical;
+    };
+    let plain = pwd.is_absolute()
+        && pwd
+            .components()
+            .all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
+    let same = |a: &Path, b: &Path| match (fs::metadata(a), fs::metadata(b)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    };
+    if plain && same(pwd, &physical) {
+        pwd.to_path_buf()
+    } else {
+        physical
+    }
+}
+
+/// One descriptor to hand to the child: it finds `fd` at `3 + its index`, described as
+/// `name` of kind `kind`.
+#[derive(Debug, Clone, Copy)]
+pub struct Handover<'a> {
+    /// The entry's name, unique among the handovers.
+    pub name: &'a str,
+    /// What the descriptor is (the child checks it).
+    pub kind: FdKind,
+    /// The descriptor, in this process.
+    pub fd: BorrowedFd<'a>,
+}
+
+/// A command ready to be spawned, with the parent's end of its readiness channel. Made by
+/// [`prepare`].
+///
+/// Spawn it once, either with [`Prepared::spawn_with`], or by spawning `command` in place
+/// (`prepared.command.spawn()`, or a runtime's command made from it after
+/// `std::mem::replace`) and then calling [`Prepared::spawned`] at once. Until then this
+/// value holds the write end of the readiness channel that the child inherits, and borrows
+/// the descriptors to hand over (`'a`): they must stay open until the command is spawned,
+/// because the child copies them by number.
+#[derive(Debug)]
+pub struct Prepared<'a> {
+    /// The child's command: program, arguments, working directory, environment (cleared,
+    /// then the executable's plus the `ENDLESS_*` variables), and a `pre_exec` hook that
+    /// puts the descriptors in place. Change its stdio if you like; keep the hook.
+    pub command: Command,
+    /// The parent's end of the readiness channel: non-blocking and close-on-exec.
+    pub ready: OwnedFd,
+    write_end: OwnedFd,
+    handovers: PhantomData<BorrowedFd<'a>>,
+}
+
+impl Prepared<'_> {
+    /// To be called right after the command was spawned, or failed to: closes this process's
+    /// copy of the write end of the readiness channel, so that end of file on the read end
+    /// means that the child (and any process it passed the write end to) is gone. Returns
+    /// the read end.
+    pub fn spawned(self) -> OwnedFd {
+        drop(self.write_end);
+        self.ready
+    }
+
+    /// Spawns the command with `spawn` (for example
+    /// `|c| tokio::process::Command::from(c).spawn()`), then closes the write end as
+    /// [`Prepared::spawned`] does. Returns what `spawn` made and the read end of the
+    /// readiness channel.
+    ///
+    /// # Errors
+    ///
+    /// Whatever `spawn` returns (the readiness channel is then closed).
+    pub fn spawn_with<T, E>(
+        mut self,
+        spawn: impl FnOnce(Command) -> Result<T, E>,
+    ) -> Result<(T, OwnedFd), E> {
+        let command = std::mem::replace(&mut self.command, Command::new("/"));
+        let spawned = spawn(command);
+        let ready = self.spawned();
+        spawned.map(|child| (child, ready))
+    }
+}
+
+/// Prepares the command that starts `exe` as the next generation, handing it `fds`.
+///
+/// Checks the executable ([`Executable::check`]), creates the readiness pipe (both ends
+/// close-on-exec; the read end non-blocking), numbers the handovers 3, 4, … in order with
+/// the pipe's write end last, at `3 + fds.len()`, describes them with
+/// [`env::encode`] (this process's pid as the parent), plans the renumbering with
+/// [`plan::plan`], and builds the command: program `exe.path()`, its arguments, working
+/// directory `exe.cwd()`, an environment of exactly `exe.env()` (minus reserved variables)
+/// plus the `ENDLESS_*` variables, and a `pre_exec` hook that runs the plan in the child.
+/// The hook only calls `fcntl`, `dup2` and `close` on data prepared here: after `fork`
+/// nothing allocates. Every other descriptor of this process keeps its close-on-exec flag,
+/// so the child gets exactly stdio, the handovers and the readiness channel.
+///
+/// # The exec error pipe
+///
+/// std's `spawn` creates a close-on-exec pipe on which the child reports a failed `exec`.
+/// Its fd is the lowest one free when `spawn` runs; if that number lies in the target range
+/// `3..=3+n`, the plan overwrites it in the child, so a failed `exec` (or a failed step of
+/// the plan) shows as the child exiting with status 1 instead of as an error from `spawn`,
+/// and std's few error bytes go to whichever descriptor the plan put at that number (a
+/// listener refuses them; on the readiness channel they read as a bad message; an
+/// established stream handed over would send them to its peer). That is why
+/// [`Executable::check`] runs first: the usual causes of a failed `exec` are caught before.
+///
+/// # Errors
+///
+/// [`SpawnError`]: the executable is unusable, the handovers are invalid (duplicate names,
+/// too many), or the system refused a pipe.
+pub fn prepare<'a>(exe: &Executable, fds: &[Handover<'a>]) -> Result<Prepared<'a>, SpawnError> {
+    exe.check()?;
+
+    let mut inventory = Inventory::new();
+    for handover in fds {
+        inventory
+            .push(handover.name, handover.kind)
+            .map_err(SpawnError::Inventory)?;
+    }
+    let handoff = Handoff::for_spawn(sys::getpid(), inventory)
+        .map_err(|e| SpawnError::Io(io::Error::from(e)))?;
+
+    // std creates both ends with O_CLOEXEC (pipe2 where the system has it).
+    let (reader, writer) = io::pipe().map_err(SpawnError::Io)?;
+    let ready = OwnedFd::from(reader);
+    let write_end = OwnedFd::from(writer);
+    sys::set_nonblocking(ready.as_fd()).map_err(SpawnError::Io)?;
+
+    let sources: Vec<RawFd> = fds
+        .iter()
+        .map(|h| h.fd.as_raw_fd())
+        .chain([write_end.as_raw_fd()])
+        .collect();
+    let plan = plan::plan(&sources, FIRST_INHERITED_FD).map_err(SpawnError::Plan)?;
+    debug_assert_eq!(plan.targets().end, handoff.ready_fd + 1);
+
+    let mut command = Command::new(&exe.path);
+    command
+        .args(&exe.args)
+        .current_dir(&exe.cwd)
+        .env_clear()
+        .envs(
+            exe.env
+                .iter()
+                .filter(|(k, _)| !env::is_reserved(k))
+                .map(|(k, v)| (k, v)),
+        )
+        .envs(env::encode(&handoff));
+    sys::install_plan(&mut command, &plan).map_err(SpawnError::Io)?;
+
+    Ok(Prepared {
+        command,
+        ready,
+        write_end,
+        handovers: PhantomData,
+    })
+}
+
+/// Tells the parent that this process is ready: writes the readiness line
+/// ([`endless_core::ready::message`] with this process's pid) to the readiness channel
+/// (from [`Inherited::take_ready_channel`](crate::inherit::Inherited::take_ready_channel)),
+/// all of it, then closes the channel.
+///
+/// # Errors
+///
+/// When the write fails; `EPIPE` (`BrokenPipe`) means the parent is gone.
+pub fn notify_parent(channel: OwnedFd) -> io::Result<()> {
+    sys::notify_parent(channel)
+}
+
+/// Why the next generation could not be prepared.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum SpawnError {
+    /// The executable does not exist (or a directory on its path does not).
+    NotFound {
+        /// The executable's path.
+        path: PathBuf,
+    },
+    /// The executable is not a regular file (a directory, say).
+    NotAFile {
+        /// The executable's path.
+        path: PathBuf,
+    },
+    /// The executable is not executable by this process.
+    NotExecutable {
+        /// The executable's path.
+        path: PathBuf,
+    },
+    /// The file system refused to tell about the executable.
+    Inaccessible {
+        /// The executable's path.
+        path: PathBuf,
+        /// The error.
+        error: io::Error,
+    },
+    /// The handovers do not make an inventory (a name given twice, a name too long, too
+    /// many): a mistake of the caller.
+    Inventory(InventoryError),
+    /// The fds cannot be renumbered (too many): a mistake of the caller.
+    Plan(PlanError),
+    /// The system refused a resource (a pipe, a flag).
+    Io(io::Error),
+}
+
+impl fmt::Display for SpawnError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NotFound { path } => {
+                write!(f, "the executable {} does not exist", path.display())
+            }
+            Self::NotAFile { path } => {
+                write!(f, "the executable {} is not a regular file", path.display())
+            }
+            Self::NotExecutable { path } => write!(
+                f,
+                "the executable {} is not executable by this process",
+                path.display()
+            ),
+            Self::Inaccessible { path, error } => {
+                write!(
+                    f,
+                    "cannot inspect the executable {}: {error}",
+                    path.display()
+                )
+            }
+            Self::Inventory(e) => write!(f, "invalid handovers: {e}"),
+            Self::Plan(e) => write!(f, "cannot renumber the handed-over fds: {e}"),
+            Self::Io(e) => write!(f, "cannot prepare the new process: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for SpawnError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Inaccessible { error, .. } | Self::Io(error) => Some(error),
+            Self::Inventory(e) => Some(e),
+            Self::Plan(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<SpawnError> for io::Error {
+    fn from(e: SpawnError) -> Self {
+        let kind = match &e {
+            SpawnError::NotFound { .. } => io::ErrorKind::NotFound,
+            SpawnError::NotExecutable { .. } => io::ErrorKind::PermissionDenied,
+            SpawnError::Inaccessible { error, .. } | SpawnError::Io(error) => error.kind(),
+            _ => io::ErrorKind::InvalidInput,
+        };
+        Self::new(kind, e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::fs::File;
+    use std::io::Read;
+    use std::net::{Ipv4Addr, TcpListener, UdpSocket};
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::net::{UnixListener, UnixStream};
+    use std::process::{Child, ExitStatus, Output, Stdio};
+    use std::time::{Duration, Instant};
+
+    use endless_core::ready::{Readiness, ReadyParser};
+    use endless_core::{ChildFailure, Origin};
+
+    use crate::inherit::Inherited;
+    use crate::inherit::tests::TempDir;
+
+    // ---- resolving the executable -------------------------------------------------------
+
+    fn os(s: &str) -> &OsStr {
+        OsStr::new(s)
+    }
+
+    #[test]
+    fn resolve_program_with_a_slash_is_relative_to_cwd_and_keeps_symlinks() {
+        let cwd = Path::new("/srv/app/current");
+        let yes = |_: &Path| true;
+        let r = |argv0| resolve_program(Some(os(argv0)), cwd, Some(os("/usr/bin")), yes);
+        assert_eq!(r("/opt/x/bin/server"), Some("/opt/x/bin/server".into()));
+        assert_eq!(
+            r("./bin/server"),
+            Some("/srv/app/current/bin/server".into())
+        );
+        assert_eq!(r("bin/server"), Some("/srv/app/current/bin/server".into()));
+        assert_eq!(
+            r("bin/./server"),
+            Some("/srv/app/current/bin/server".into())
+        );
+        // `..` is kept: resolving it would need the file system, and `current/..` is not
+        // the parent of `current`'s target.
+        assert_eq!(
+            r("../bin/server"),
+            Some("/srv/app/current/../bin/server".into())
+        );
+        // Not executable: unusable (the caller falls back to current_exe).
+        let no = |_: &Path| false;
+        assert_eq!(resolve_program(Some(os("./server")), cwd, None, no), None);
+    }
+
+    #[test]
+    fn resolve_program_looks_a_bare_name_up_in_path() {
+        let cwd = Path::new("/home/op");
+        let only = |wanted: &'static str| move |p: &Path| p == Path::new(wanted);
+        let path = Some(os("/usr/local/bin:/usr/bin::rel/bin"));
+        assert_eq!(
+            resolve_program(Some(os("server")), cwd, path, only("/usr/bin/server")),
+            Some("/usr/bin/server".into())
+        );
+        // The first match wins.
+        assert_eq!(
+            resolve_program(Some(os("server")), cwd, path, |_: &Path| true),
+            Some("/usr/local/bin/server".into())
+        );
+        // An empty entry is the current directory; a relative one is relative to it.
+        assert_eq!(
+            resolve_program(Some(os("server")), cwd, path, only("/home/op/server")),
+            Some("/home/op/server".into())
+        );
+        assert_eq!(
+            resolve_program(
+                Some(os("server")),
+                cwd,
+                path,
+                only("/home/op/rel/bin/server")
+            ),
+            Some("/home/op/rel/bin/server".into())
+        );
+        assert_eq!(
+            resolve_program(Some(os("server")), cwd, path, |_: &Path| false),
+            None
+        );
+        assert_eq!(
+            resolve_program(Some(os("server")), cwd, None, |_: &Path| true),
+            None
+        );
+    }
+
+    #[test]
+    fn resolve_program_refuses_a_missing_or_empty_argv0() {
+        let yes = |_: &Path| true;
+        assert_eq!(
+            resolve_program(None, Path::new("/"), Some(os("/bin")), yes),
+            None
+        );
+        assert_eq!(
+            resolve_program(Some(os("")), Path::new("/"), Some(os("/bin")), yes),
+            None
+        );
+    }
+
+    #[test]
+    fn resolve_program_finds_real_files() {
+        let dir = TempDir::new();
+        let bin = dir.0.join("bin");
+        fs::create_dir(&bin).unwrap();
+        let exe = bin.join("server");
+        fs::write(&exe, "#!/bin/sh\n").unwrap();
+        fs::set_permissions(&exe, fs::Permissions::from_mode(0o755)).unwrap();
+        fs::write(bin.join("data"), "").unwrap();
+        fs::create_dir(bin.join("dir")).unwrap();
+        // A symlinked release directory: the link is kept.
+        let current = dir.0.join("current");
+        std::os::unix::fs::symlink(&dir.0, &current).unwrap();
+
+        let path_var = bin.as_os_str();
+        let r = |argv0: &str, cwd: &Path| {
+            resolve_program(Some(os(argv0)), cwd, Some(path_var), is_executable_file)
+        };
+        assert_eq!(r("server", Path::new("/")), Some(exe));
+        assert_eq!(r("data", Path::new("/")), None, "not executable");
+        assert_eq!(r("dir", Path::new("/")), None, "a directory");
+        assert_eq!(
+            r("./bin/server", &current),
+            Some(current.join("bin/server"))
+        );
+        assert_eq!(r("./bin/missing", &current), None);
+    }
+
+    #[test]
+    fn logical_cwd_prefers_a_pwd_that_names_the_same_directory() {
+        let dir = TempDir::new();
+        let real = dir.0.join("releases-v1");
+        fs::create_dir(&real).unwrap();
+        let link = dir.0.join("current");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let other = dir.0.join("other");
+        fs::create_dir(&other).unwrap();
+
+        assert_eq!(logical_cwd(Some(link.as_os_str()), real.clone()), link);
+        assert_eq!(logical_cwd(Some(real.as_os_str()), real.clone()), real);
+        // Stale, relative, with `..`, or missing: the physical directory.
+        assert_eq!(logical_cwd(Some(other.as_os_str()), real.clone()), real);
+        assert_eq!(logical_cwd(Some(os("current")), real.clone()), real);
+        let dotted = dir.0.join("other/../current");
+        assert_eq!(logical_cwd(Some(dotted.as_os_str()), real.clone()), real);
+        assert_eq!(logical_cwd(Some(os("/nonexistent/x")), real.clone()), real);
+        assert_eq!(logical_cwd(None, real.clone()), real);
+    }
+
+    #[test]
+    fn current_is_absolute_executable_and_without_reserved_variables() {
+        let exe = Executable::current().unwrap();
+        assert!(exe.path().is_absolute(), "{}", exe.path().display());
+        assert_ne!(exe.path(), Path::new("/proc/self/exe"));
+        exe.check().unwrap();
+        let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+        assert_eq!(exe.args(), args.as_slice());
+        assert!(exe.cwd().is_absolute());
+        assert_eq!(
+            fs::metadata(exe.cwd()).unwrap().ino(),
+            fs::metadata(".").unwrap().ino()
+        );
+        assert!(exe.env().iter().all(|(k, _)| !env::is_reserved(k)));
+        assert!(exe.env().iter().any(|(k, _)| k == "PATH"));
+    }
+
+    #[test]
+    fn without_reserved_keeps_other_endless_variables() {
+        let vars = [
+            ("ENDLESS_FD_9", "tcp-listener:stale"),
+            ("ENDLESS_FDS", "7"),
+            ("ENDLESS_READY_FD", "8"),
+            ("LISTEN_FDS", "2"),
+            ("LISTEN_PID", "1"),
+            ("LISTEN_FDNAMES", "a:b"),
+            ("ENDLESS_LOG", "debug"),
+            ("ENDLESS_FD_LIMIT", "10"),
+            ("HOME", "/root"),
+        ]
+        .map(|(k, v)| (OsString::from(k), OsString::from(v)));
+        let kept: Vec<_> = without_reserved(vars)
+            .into_iter()
+            .map(|(k, _)| k.into_string().unwrap())
+            .collect();
+        assert_eq!(kept, ["ENDLESS_LOG", "ENDLESS_FD_LIMIT", "HOME"]);
+    }
+
+    #[test]
+    fn check_reports_missing_non_executable_and_non_file_paths() {
+        let dir = TempDir::new();
+        let at = |p: &Path| {
+            Executable::new(
+                p,
+                Vec::<OsString>::new(),
+                "/",
+                Vec::<(OsString, OsString)>::new(),
+            )
+        };
+        Executable::new("/bin/sh", ["-c", "true"], "/", [("A", "b")])
+            .check()
+            .unwrap();
+
+        let missing = dir.0.join("missing");
+        assert!(
+            matches!(at(&missing).check(), Err(SpawnError::NotFound { path }) if path == missing)
+        );
+        let under_file = Path::new("/dev/null/x");
+        assert!(matches!(
+            at(under_file).check(),
+            Err(SpawnError::NotFound { .. })
+        ));
+
+        let plain = dir.0.join("plain");
+        fs::write(&plain, "#!/bin/sh\n").unwrap();
+        fs::set_permissions(&plain, fs::Permissions::from_mode(0o644)).unwrap();
+        let e = at(&plain).check().unwrap_err();
+        assert!(
+            matches!(&e, SpawnError::NotExecutable { path } if *path == plain),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains("not executable"), "{e}");
+        assert_eq!(io::Error::from(e).kind(), io::ErrorKind::PermissionDenied);
+
+        let e = at(&dir.0).check().unwrap_err();
+        assert!(
+            matches!(&e, SpawnError::NotAFile { path } if *path == dir.0),
+            "{e:?}"
+        );
+        let e = at(Path::new("/dev/null")).check().unwrap_err();
+        assert!(matches!(e, SpawnError::NotAFile { .. }), "{e:?}");
+
+        // A symlink to an executable is fine (and is not resolved).
+        let link = dir.0.join("sh");
+        std::os::unix::fs::symlink("/bin/sh", &link).unwrap();
+        at(&link).check().unwrap();
+    }
+
+    // ---- preparing ----------------------------------------------------------------------
+
+    fn sh(script: &str) -> Executable {
+        Executable::new("/bin/sh", ["-c", script], "/", [("PATH", "/usr/bin:/bin")])
+    }
+
+    #[test]
+    fn prepare_builds_the_command_and_the_channel() {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let exe = Executable::new(
+            "/bin/sh",
+            ["-c", "true"],
+            "/tmp",
+            [
+                ("PATH", "/bin"),
+                ("ENDLESS_FD_9", "tcp-listener:stale"),
+                ("LISTEN_FDS", "2"),
+                ("ENDLESS_LOG", "kept"),
+            ],
+        );
+        let handovers = [Handover {
+            name: "web server",
+            kind: FdKind::TcpListener,
+            fd: listener.as_fd(),
+        }];
+        let prepared = prepare(&exe, &handovers).unwrap();
+        let cmd = &prepared.command;
+        assert_eq!(cmd.get_program(), "/bin/sh");
+        assert_eq!(cmd.get_args().collect::<Vec<_>>(), ["-c", "true"]);
+        assert_eq!(cmd.get_current_dir(), Some(Path::new("/tmp")));
+        let envs: BTreeMap<String, Option<String>> = cmd
+            .get_envs()
+            .map(|(k, v)| {
+                (
+                    k.to_str().unwrap().to_owned(),
+                    v.map(|v| v.to_str().unwrap().to_owned()),
+                )
+            })
+            .collect();
+        let pid = std::process::id().to_string();
+        let expected: BTreeMap<String, Option<String>> = [
+            ("PATH", "/bin"),
+            ("ENDLESS_LOG", "kept"),
+            ("ENDLESS_VERSION", "1"),
+            ("ENDLESS_PARENT_PID", pid.as_str()),
+            ("ENDLESS_FDS", "1"),
+            ("ENDLESS_FD_3", "tcp-listener:web%20server"),
+            ("ENDLESS_READY_FD", "4"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), Some(v.to_owned())))
+        .collect();
+        assert_eq!(envs, expected);
+        assert!(sys::is_cloexec(prepared.ready.as_fd()).unwrap());
+        assert_ne!(
+            sys::status_flags(prepared.ready.as_fd()).unwrap() & libc::O_NONBLOCK,
+            0
+        );
+        assert!(sys::is_cloexec(prepared.write_end.as_fd()).unwrap());
+        assert_eq!(
+            sys::status_flags(prepared.write_end.as_fd()).unwrap() & libc::O_NONBLOCK,
+            0,
+            "the child's end blocks"
+        );
+        // Not spawned: `spawned` closes the write end, so the read end sees EOF (once any
+        // child another test forks meanwhile has exec'd and dropped its copy).
+        let ready = prepared.spawned();
+        assert_eq!(
+            read_readiness(ready, 1).0,
+            Readiness::Failed(ChildFailure::ChannelClosed)
+        );
+    }
+
+    #[test]
+    fn prepare_refuses_bad_executables_and_handovers() {
+        let (a, _b) = UnixStream::pair().unwrap();
+        let twice = [
+            Handover {
+                name: "x",
+                kind: FdKind::UnixStream,
+                fd: a.as_fd(),
+            },
+            Handover {
+                name: "x",
+                kind: FdKind::UnixStream,
+                fd: a.as_fd(),
+            },
+        ];
+        let e = prepare(&sh("true"), &twice).unwrap_err();
+        assert!(
+            matches!(&e, SpawnError::Inventory(InventoryError::DuplicateName { name }) if name == "x"),
+            "{e:?}"
+        );
+        assert!(std::error::Error::source(&e).is_some());
+        let missing = Executable::new("/nonexistent/endless", [""; 0], "/", [("A", "b"); 0]);
+        let e = prepare(&missing, &[]).unwrap_err();
+        assert!(matches!(e, SpawnError::NotFound { .. }), "{e:?}");
+        assert_eq!(io::Error::from(e).kind(), io::ErrorKind::NotFound);
+    }
+
+    // ---- spawning real children ---------------------------------------------------------
+
+    /// A spawned child, killed and reaped if the test fails before waiting for it.
+    struct Reaped(Option<Child>);
+
+    impl Reaped {
+        fn id(&self) -> u32 {
+            self.0.as_ref().map_or(0, Child::id)
+        }
+
+        fn output(mut self) -> Output {
+            self.0.take().unwrap().wait_with_output().unwrap()
+        }
+    }
+
+    impl Drop for Reaped {
+        fn drop(&mut self) {
+            if let Some(mut child) = self.0.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+
+    /// Reads the readiness channel until end of file (or a minute passed): the readiness
+    /// of child `pid`, and whether end of file came after it.
+    fn read_readiness(ready: OwnedFd, pid: u32) -> (Readiness, bool) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut parser = ReadyParser::new(pid);
+        let mut readiness = Readiness::Pending;
+        let mut file = File::from(ready);
+        let mut buf = [0; 64];
+        loop {
+            assert!(Instant::now() < deadline, "no EOF on the readiness channel");
+            match file.read(&mut buf) {
+                Ok(0) => {
+                    let eof_after_ready = readiness == Readiness::Ready;
+                    return (parser.eof(), eof_after_ready);
+                }
+                Ok(n) => readiness = parser.feed(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => panic!("reading the readiness channel: {e}"),
+            }
+        }
+    }
+
+    /// What a spawned child did.
+    struct Run {
+        readiness: Readiness,
+        eof_after_ready: bool,
+        status: ExitStatus,
+        stdout: String,
+        stderr: String,
+        /// `/proc/self/fd` link of the readiness pipe (`pipe:[inode]`).
+        pipe: String,
+    }
+
+    impl Run {
+        fn report(&self) -> Report {
+            Report::parse(&self.stdout)
+        }
+
+        fn context(&self) -> String {
+            format!(
+                "status {:?}\n--- stdout\n{}--- stderr\n{}",
+                self.status, self.stdout, self.stderr
+            )
+        }
+    }
+
+    fn run(exe: &Executable, handovers: &[Handover<'_>], tweak: impl FnOnce(&mut Command)) -> Run {
+        let mut prepared = prepare(exe, handovers).unwrap();
+        prepared
+            .command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        tweak(&mut prepared.command);
+        let pipe = link(prepared.ready.as_raw_fd());
+        let (child, ready) = prepared.spawn_with(|mut c| c.spawn()).unwrap();
+        let child = Reaped(Some(child));
+        let (readiness, eof_after_ready) = read_readiness(ready, child.id());
+        let output = child.output();
+        Run {
+            readiness,
+            eof_after_ready,
+            status: output.status,
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+            pipe,
+        }
+    }
+
+    /// Where `/proc/self/fd/<fd>` points (`socket:[inode]`, `pipe:[inode]`, a path).
+    fn link(fd: RawFd) -> String {
+        fs::read_link(format!("/proc/self/fd/{fd}"))
+            .unwrap()
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    /// Every open fd above 2 of this process: its link and whether it is close-on-exec.
+    fn open_fds() -> BTreeMap<RawFd, (String, bool)> {
+        let own_dir = format!("/proc/{}/fd", std::process::id());
+        let mut fds = BTreeMap::new();
+        for entry in fs::read_dir("/proc/self/fd").unwrap() {
+            let entry = entry.unwrap();
+            let fd: RawFd = entry.file_name().to_str().unwrap().parse().unwrap();
+            let Ok(target) = fs::read_link(entry.path()) else {
+                continue; // the directory's own fd, closed by now
+            };
+            let target = target.to_string_lossy().into_owned();
+            if fd <= 2 || target == own_dir {
+                continue;
+            }
+            let Some(flags) = sys::fd_flags(fd).unwrap() else {
+                continue; // closed by another thread meanwhile
+            };
+            fds.insert(fd, (target, flags & libc::FD_CLOEXEC != 0));
+        }
+        fds
+    }
+
+    /// The target fds of the handovers in these tests: 3, 4, 5, 6, and 7 for the
+    /// readiness channel of four handovers.
+    const TARGETS: [RawFd; 5] = [3, 4, 5, 6, 7];
+
+    /// The variable that tells a helper which fds are strays.
+    const STRAYS_VAR: &str = "ENDLESS_UNIX_TEST_STRAYS";
+
+    /// The fds above 2 that the test process holds without `FD_CLOEXEC`: inherited from
+    /// whoever started the tests (shells and job runners leak some). Every child inherits
+    /// them, as `exec` passes them on, and `prepare` does not close them; the checks of
+    /// "nothing else is open" leave them out. A helper reads them from [`STRAYS_VAR`], since
+    /// its own handovers lack `FD_CLOEXEC` too.
+    fn strays() -> BTreeSet<RawFd> {
+        match std::env::var(STRAYS_VAR) {
+            Ok(list) => list
+                .split(',')
+                .filter(|s| !s.is_empty())
+                .map(|s| s.parse().unwrap())
+                .collect(),
+            Err(_) => open_fds()
+                .into_iter()
+                .filter(|(_, (_, cloexec))| !cloexec)
+                .map(|(fd, _)| fd)
+                .collect(),
+        }
+    }
+
+    fn strays_value() -> String {
+        strays()
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// `fds` without the strays that lie outside `targets` (those inside were overwritten).
+    fn without_strays<T>(mut fds: BTreeMap<RawFd, T>, targets: &[RawFd]) -> BTreeMap<RawFd, T> {
+        for fd in strays() {
+            if !targets.contains(&fd) {
+                fds.remove(&fd);
+            }
+        }
+        fds
+    }
+
+    /// The name of the test that runs as a child process, and the variable that makes it do
+    /// something. (Run normally, it does nothing.)
+    const HELPER_TEST: &str = "spawn::tests::child_helper";
+    const HELPER_VAR: &str = "ENDLESS_UNIX_TEST_HELPER";
+
+    /// The test binary itself, running [`child_helper`] in `mode`, with this process's
+    /// environment minus every `ENDLESS_*` and `LISTEN_*` variable, plus `extra`.
+    fn helper(mode: &str, extra: &[(&str, &str)]) -> Executable {
+        let mut env: Vec<(OsString, OsString)> = std::env::vars_os()
+            .filter(|(k, _)| {
+                let k = k.as_bytes();
+                !k.starts_with(b"ENDLESS_") && !k.starts_with(b"LISTEN_")
+            })
+            .collect();
+        env.push((HELPER_VAR.into(), mode.into()));
+        env.push((STRAYS_VAR.into(), strays_value().into()));
+        env.extend(extra.iter().map(|&(k, v)| (k.into(), v.into())));
+        Executable::new(
+            std::env::current_exe().unwrap(),
+            [
+                HELPER_TEST,
+                "--exact",
+                "--nocapture",
+                "--test-threads=1",
+                "--quiet",
+            ],
+            std::env::current_dir().unwrap(),
+            env,
+        )
+    }
+
+    /// What a child in mode `list` printed.
+    #[derive(Debug, Default)]
+    struct Report {
+        /// Its fds above 2 at start-up: link, close-on-exec.
+        fds: BTreeMap<RawFd, (String, bool)>,
+        /// Its `ENDLESS_*` and `LISTEN_*` variables.
+        env: BTreeMap<String, String>,
+        origin: String,
+        error: Option<String>,
+        /// Adopted entries: name → (kind, close-on-exec).
+        entries: BTreeMap<String, (String, bool)>,
+        notified: bool,
+    }
+
+    impl Report {
+        fn parse(stdout: &str) -> Self {
+            let mut r = Self::default();
+            for line in stdout.lines() {
+                let Some(line) = line.strip_prefix("@@ ") else {
+                    continue;
+                };
+                // The last field may contain spaces (entry names).
+                let words: Vec<&str> = line.splitn(4, ' ').collect();
+                match words.as_slice() {
+                    ["fd", fd, cloexec, target] => {
+                        r.fds
+                            .insert(fd.parse().unwrap(), ((*target).into(), *cloexec == "true"));
+                    }
+                    ["env", kv] => {
+                        let (k, v) = kv.split_once('=').unwrap();
+                        r.env.insert(k.into(), v.into());
+                    }
+                    ["origin", origin] => r.origin = (*origin).into(),
+                    ["entry", kind, cloexec, name] => {
+                        r.entries
+                            .insert((*name).into(), ((*kind).into(), *cloexec == "true"));
+                    }
+                    ["notified"] => r.notified = true,
+                    ["adopt-error", ..] => r.error = Some(line["adopt-error ".len()..].into()),
+                    _ => {}
+                }
+            }
+            r
+        }
+    }
+
+    /// Runs as a child process when [`HELPER_VAR`] is set; does nothing otherwise.
+    #[test]
+    fn child_helper() {
+        let Some(mode) = std::env::var_os(HELPER_VAR) else {
+            return;
+        };
+        match mode.to_str() {
+            Some("list") => helper_list(),
+            Some("scramble") => helper_scramble(),
+            other => panic!("unknown helper mode {other:?}"),
+        }
+    }
+
+    /// Prints this process's fds and variables, adopts what it inherited, takes every entry
+    /// and reports ready.
+    fn helper_list() {
+        for (fd, (target, cloexec)) in open_fds() {
+            println!("@@ fd {fd} {cloexec} {target}");
+        }
+        for (k, v) in std::env::vars() {
+            if k.starts_with("ENDLESS_") || k.starts_with("LISTEN_") {
+                println!("@@ env {k}={v}");
+            }
+        }
+        let inherited = match Inherited::from_env() {
+            Ok(inherited) => inherited,
+            Err(e) => {
+                println!("@@ adopt-error {e}");
+                return;
+            }
+        };
+        println!("@@ origin {:?}", inherited.origin());
+        let mut taken = Vec::new();
+        for name in inherited.unclaimed() {
+            let kind = inherited.kind(&name).unwrap();
+            let fd = inherited.take(&name, kind).unwrap().unwrap();
+            let cloexec = sys::is_cloexec(fd.as_fd()).unwrap();
+            println!("@@ entry {kind} {cloexec} {name}");
+            taken.push(fd);
+        }
+        if let Some(ready) = inherited.take_ready_channel() {
+            assert!(sys::is_cloexec(ready.as_fd()).unwrap());
+            notify_parent(ready).unwrap();
+            println!("@@ notified");
+        }
+    }
+
+    /// Started with a TCP listener "a", a Unix listener "b" and a UDP socket "c" at 3, 4, 5
+    /// and the readiness channel at 6: adopts them, checks a plain subprocess sees none of
+    /// them, hands them on in the order c, a, b (all three sources inside the target range,
+    /// a cycle) plus a duplicate of "a" far above, checks where the grandchild finds them,
+    /// and reports ready.
+    fn helper_scramble() {
+        let at_start = without_strays(open_fds(), &TARGETS[..4]);
+        assert_eq!(
+            at_start.keys().copied().collect::<Vec<_>>(),
+            [3, 4, 5, 6],
+            "{at_start:?}"
+        );
+        assert!(
+            at_start.values().all(|(_, cloexec)| !cloexec),
+            "the plan clears FD_CLOEXEC on what it hands over: {at_start:?}"
+        );
+
+        let inherited = Inherited::from_env().unwrap();
+        assert_eq!(inherited.origin(), Origin::Inherited);
+        assert_eq!(inherited.parent_pid(), Some(sys::getppid()));
+        let a = inherited.take("a", FdKind::TcpListener).unwrap().unwrap();
+        let b = inherited.take("b", FdKind::UnixListener).unwrap().unwrap();
+        let c = inherited.take("c", FdKind::UdpSocket).unwrap().unwrap();
+        let ready = inherited.take_ready_channel().unwrap();
+        let raw: Vec<RawFd> = [&a, &b, &c, &ready]
+            .iter()
+            .map(|fd| fd.as_raw_fd())
+            .collect();
+        assert_eq!(raw, [3, 4, 5, 6]);
+        for fd in [&a, &b, &c, &ready] {
+            assert!(
+                sys::is_cloexec(fd.as_fd()).unwrap(),
+                "adoption sets FD_CLOEXEC"
+            );
+        }
+        assert!(inherited.unclaimed().is_empty());
+        assert!(matches!(
+            Inherited::from_env(),
+            Err(crate::inherit::AdoptError::AlreadyAdopted { fd: 3 })
+        ));
+
+        // A subprocess of the application, with this process's environment (its ENDLESS_*
+        // variables name our parent): it inherits no fd and starts fresh.
+        let plain = Command::new(std::env::current_exe().unwrap())
+            .args([
+                HELPER_TEST,
+                "--exact",
+                "--nocapture",
+                "--test-threads=1",
+                "--quiet",
+            ])
+            .env(HELPER_VAR, "list")
+            .env(STRAYS_VAR, strays_value())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&plain.stdout);
+        let report = Report::parse(&stdout);
+        assert!(plain.status.success(), "{stdout}");
+        assert!(
+            without_strays(report.fds, &[]).is_empty(),
+            "a subprocess inherited fds: {stdout}"
+        );
+        assert_eq!(report.origin, "Fresh", "{stdout}");
+        assert_eq!(report.error, None);
+        assert!(report.env.contains_key("ENDLESS_FD_3"), "{stdout}");
+
+        // The handover: c, a, b are a cycle inside the target range 3..=7.
+        let far = sys::dup_at_least(a.as_fd(), 64).unwrap();
+        let sources = [c.as_raw_fd(), a.as_raw_fd(), b.as_raw_fd(), far.as_raw_fd()];
+        assert!(
+            plan::plan(&sources, FIRST_INHERITED_FD)
+                .unwrap()
+                .stash_slots()
+                >= 1
+        );
+        let handovers = [
+            Handover {
+                name: "c",
+                kind: FdKind::UdpSocket,
+                fd: c.as_fd(),
+            },
+            Handover {
+                name: "a",
+                kind: FdKind::TcpListener,
+                fd: a.as_fd(),
+            },
+            Handover {
+                name: "b",
+                kind: FdKind::UnixListener,
+                fd: b.as_fd(),
+            },
+            Handover {
+                name: "far",
+                kind: FdKind::TcpListener,
+                fd: far.as_fd(),
+            },
+        ];
+        let run = run(&helper("list", &[]), &handovers, |_| {});
+        let report = run.report();
+        let ctx = run.context();
+        assert!(run.status.success(), "{ctx}");
+        let expected: BTreeMap<RawFd, String> = [
+            (3, link(c.as_raw_fd())),
+            (4, link(a.as_raw_fd())),
+            (5, link(b.as_raw_fd())),
+            (6, link(a.as_raw_fd())),
+            (7, run.pipe.clone()),
+        ]
+        .into();
+        let got: BTreeMap<RawFd, String> = without_strays(report.fds, &TARGETS)
+            .into_iter()
+            .map(|(fd, (t, _))| (fd, t))
+            .collect();
+        assert_eq!(got, expected, "{ctx}");
+        assert_eq!(report.origin, "Inherited", "{ctx}");
+        let kinds: Vec<(&str, &str)> = report
+            .entries
+            .iter()
+            .map(|(n, (k, _))| (n.as_str(), k.as_str()))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                ("a", "tcp-listener"),
+                ("b", "unix-listener"),
+                ("c", "udp"),
+                ("far", "tcp-listener")
+            ],
+            "{ctx}"
+        );
+        assert_eq!(run.readiness, Readiness::Ready, "{ctx}");
+
+        println!("@@ scramble ok");
+        notify_parent(ready).unwrap();
+    }
+
+    /// A TCP listener, a Unix listener in a fresh directory, a UDP socket, and a socket pair.
+    struct Sockets {
+        _dir: TempDir,
+        tcp: TcpListener,
+        unix: UnixListener,
+        udp: UdpSocket,
+        pair: (UnixStream, UnixStream),
+    }
+
+    fn sockets() -> Sockets {
+        let dir = TempDir::new();
+        Sockets {
+            tcp: TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap(),
+            unix: UnixListener::bind(dir.0.join("s.sock")).unwrap(),
+            udp: UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap(),
+            pair: UnixStream::pair().unwrap(),
+            _dir: dir,
+        }
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn child_gets_exactly_the_handovers_at_3_and_on_and_its_variables() {
+        let s = sockets();
+        // A source far above everything else.
+        let far = sys::dup_at_least(s.pair.0.as_fd(), 200).unwrap();
+        let handovers = [
+            Handover {
+                name: "tcp",
+                kind: FdKind::TcpListener,
+                fd: s.tcp.as_fd(),
+            },
+            Handover {
+                name: "unix",
+                kind: FdKind::UnixListener,
+                fd: s.unix.as_fd(),
+            },
+            Handover {
+                name: "udp",
+                kind: FdKind::UdpSocket,
+                fd: s.udp.as_fd(),
+            },
+            Handover {
+                name: "pair end",
+                kind: FdKind::UnixStream,
+                fd: far.as_fd(),
+            },
+        ];
+        let exe = helper(
+            "list",
+            &[
+                ("ENDLESS_FD_9", "tcp-listener:stale"),
+                ("ENDLESS_FDS", "7"),
+                ("LISTEN_FDS", "2"),
+                ("LISTEN_PID", "1"),
+                ("ENDLESS_LOG", "kept"),
+            ],
+        );
+        for _ in 0..3 {
+            let run = run(&exe, &handovers, |_| {});
+            let ctx = run.context();
+            let report = run.report();
+            assert!(run.status.success(), "{ctx}");
+
+            let expected: BTreeMap<RawFd, (String, bool)> = [
+                (3, (link(s.tcp.as_raw_fd()), false)),
+                (4, (link(s.unix.as_raw_fd()), false)),
+                (5, (link(s.udp.as_raw_fd()), false)),
+                (6, (link(s.pair.0.as_raw_fd()), false)),
+                (7, (run.pipe.clone(), false)),
+            ]
+            .into();
+            assert_eq!(without_strays(report.fds, &TARGETS), expected, "{ctx}");
+            assert!(run.pipe.starts_with("pipe:["), "{}", run.pipe);
+
+            let pid = std::process::id().to_string();
+            let strays = strays_value();
+            let env: BTreeMap<String, String> = [
+                (HELPER_VAR, "list"),
+                (STRAYS_VAR, strays.as_str()),
+                ("ENDLESS_LOG", "kept"),
+                ("ENDLESS_VERSION", "1"),
+                ("ENDLESS_PARENT_PID", pid.as_str()),
+                ("ENDLESS_FDS", "4"),
+                ("ENDLESS_FD_3", "tcp-listener:tcp"),
+                ("ENDLESS_FD_4", "unix-listener:unix"),
+                ("ENDLESS_FD_5", "udp:udp"),
+                ("ENDLESS_FD_6", "unix-stream:pair%20end"),
+                ("ENDLESS_READY_FD", "7"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+            assert_eq!(report.env, env, "{ctx}");
+
+            assert_eq!(report.origin, "Inherited", "{ctx}");
+            assert_eq!(report.error, None);
+            let entries: BTreeMap<String, (String, bool)> = [
+                ("tcp", "tcp-listener"),
+                ("unix", "unix-listener"),
+                ("udp", "udp"),
+                ("pair end", "unix-stream"),
+            ]
+            .into_iter()
+            .map(|(n, k)| (n.to_owned(), (k.to_owned(), true)))
+            .collect();
+            assert_eq!(report.entries, entries, "{ctx}");
+            assert!(report.notified, "{ctx}");
+            assert_eq!(run.readiness, Readiness::Ready, "{ctx}");
+            assert!(run.eof_after_ready, "{ctx}");
+        }
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn child_hands_over_sources_that_sit_in_the_target_range() {
+        let s = sockets();
+        let handovers = [
+            Handover {
+                name: "a",
+                kind: FdKind::TcpListener,
+                fd: s.tcp.as_fd(),
+            },
+            Handover {
+                name: "b",
+                kind: FdKind::UnixListener,
+                fd: s.unix.as_fd(),
+            },
+            Handover {
+                name: "c",
+                kind: FdKind::UdpSocket,
+                fd: s.udp.as_fd(),
+            },
+        ];
+        for _ in 0..2 {
+            let run = run(&helper("scramble", &[]), &handovers, |_| {});
+            let ctx = run.context();
+            assert!(run.status.success(), "{ctx}");
+            assert!(run.stdout.contains("@@ scramble ok"), "{ctx}");
+            assert_eq!(run.readiness, Readiness::Ready, "{ctx}");
+        }
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn child_started_by_systemd_adopts_listen_fds() {
+        let s = sockets();
+        let handovers = [
+            Handover {
+                name: "x",
+                kind: FdKind::Other,
+                fd: s.tcp.as_fd(),
+            },
+            Handover {
+                name: "y",
+                kind: FdKind::Other,
+                fd: s.unix.as_fd(),
+            },
+            Handover {
+                name: "z",
+                kind: FdKind::Other,
+                fd: s.udp.as_fd(),
+            },
+        ];
+        // systemd sets LISTEN_PID to the pid of the process it starts: a shell that execs
+        // the helper keeps its pid.
+        let test_exe = std::env::current_exe().unwrap();
+        let helper_exe = helper("list", &[]);
+        let mut args: Vec<OsString> = vec![
+            "-c".into(),
+            "LISTEN_PID=$$ exec \"$0\" \"$@\"".into(),
+            test_exe.into(),
+        ];
+        args.extend(helper_exe.args().iter().cloned());
+        let exe = Executable::new("/bin/sh", args, "/", helper_exe.env().to_vec());
+        let run = run(&exe, &handovers, |cmd| {
+            for k in [
+                "ENDLESS_VERSION",
+                "ENDLESS_PARENT_PID",
+                "ENDLESS_FDS",
+                "ENDLESS_READY_FD",
+            ] {
+                cmd.env_remove(k);
+            }
+            for fd in 3..6 {
+                cmd.env_remove(format!("ENDLESS_FD_{fd}"));
+            }
+            cmd.env("LISTEN_FDS", "3")
+                .env("LISTEN_FDNAMES", "web:web:dns");
+        });
+        let ctx = run.context();
+        let report = run.report();
+        assert!(run.status.success(), "{ctx}");
+        assert_eq!(report.error, None, "{ctx}");
+        assert_eq!(report.origin, "Fresh", "{ctx}");
+        let entries: BTreeMap<String, (String, bool)> = [
+            ("web", "tcp-listener"),
+            ("web#4", "unix-listener"),
+            ("dns", "udp"),
+        ]
+        .into_iter()
+        .map(|(n, k)| (n.to_owned(), (k.to_owned(), true)))
+        .collect();
+        assert_eq!(report.entries, entries, "{ctx}");
+        assert!(!report.notified, "no readiness channel from systemd");
+        // The pipe at 6 was not described to the child: it held it until it exited.
+        assert_eq!(
+            run.readiness,
+            Readiness::Failed(ChildFailure::ChannelClosed)
+        );
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn child_with_wrong_fds_fails_at_start_up() {
+        let s = sockets();
+        let file = File::open("/dev/null").unwrap();
+        let cases: [(Handover<'_>, &[&str]); 3] = [
+            (
+                Handover {
+                    name: "web",
+                    kind: FdKind::TcpListener,
+                    fd: s.udp.as_fd(),
+                },
+                &["fd 3", "\"web\"", "declared as tcp-listener but is udp"],
+            ),
+            (
+                Handover {
+                    name: "admin",
+                    kind: FdKind::UnixListener,
+                    fd: file.as_fd(),
+                },
+                &["fd 3", "\"admin\"", "not a socket, but is declared as one"],
+            ),
+            (
+                Handover {
+                    name: "conn",
+                    kind: FdKind::TcpListener,
+                    fd: s.pair.0.as_fd(),
+                },
+                &["declared as tcp-listener but is unix-stream"],
+            ),
+        ];
+        for (handover, words) in cases {
+            let run = run(&helper("list", &[]), &[handover], |_| {});
+            let ctx = run.context();
+            let report = run.report();
+            let error = report.error.unwrap_or_else(|| panic!("adopted: {ctx}"));
+            for w in words {
+                assert!(error.contains(w), "{error:?} lacks {w:?}");
+            }
+            assert_eq!(
+                run.readiness,
+                Readiness::Failed(ChildFailure::ChannelClosed),
+                "{ctx}"
+            );
+        }
+    }
+
+    #[test]
+    fn child_that_exits_without_ready_closes_the_channel() {
+        let s = sockets();
+        let handovers = [Handover {
+            name: "a",
+            kind: FdKind::TcpListener,
+            fd: s.tcp.as_fd(),
+        }];
+        for _ in 0..3 {
+            let run = run(&sh("exit 3"), &handovers, |_| {});
+            assert_eq!(run.status.code(), Some(3), "{}", run.context());
+            assert_eq!(
+                run.readiness,
+                Readiness::Failed(ChildFailure::ChannelClosed)
+            );
+            assert!(!run.eof_after_ready);
+        }
+    }
+
+    #[test]
+    fn child_that_writes_garbage_fails_the_parser() {
+        let run = run(&sh("printf 'hello\\n' >&3"), &[], |_| {});
+        assert!(run.status.success(), "{}", run.context());
+        assert!(
+            matches!(
+                run.readiness,
+                Readiness::Failed(ChildFailure::BadMessage(_))
+            ),
+            "{:?}",
+            run.readiness
+        );
+    }
+
+    #[test]
+    fn spawn_with_reports_a_failed_spawn_and_closes_the_channel() {
+        let prepared = prepare(&sh("true"), &[]).unwrap();
+        let result = prepared.spawn_with(|_| Err::<(), _>(io::Error::other("refused")));
+        assert_eq!(result.unwrap_err().to_string(), "refused");
+        // A spawn that fails in the child (here: an unusable working directory) is
+        // reported by std, and the channel still ends.
+        let exe = Executable::new("/bin/sh", ["-c", "true"], "/nonexistent/dir", [("A", "b")]);
+        let prepared = prepare(&exe, &[]).unwrap();
+        let (result, ready) = match prepared.spawn_with(|mut c| c.spawn()) {
+            Ok((child, ready)) => (Ok(Reaped(Some(child))), Some(ready)),
+            Err(e) => (Err(e), None),
+        };
+        assert!(result.is_err(), "spawned in a missing directory");
+        assert!(ready.is_none());
+    }
+
+    #[test]
+    fn handover_set_is_exactly_what_the_plan_targets() {
+        // The plan's targets end at the ready fd: 3 + n.
+        let (a, _b) = UnixStream::pair().unwrap();
+        let handovers: Vec<Handover<'_>> = ["p", "q", "r"]
+            .iter()
+            .map(|name| Handover {
+                name,
+                kind: FdKind::UnixStream,
+                fd: a.as_fd(),
+            })
+            .collect();
+        let prepared = prepare(&sh("true"), &handovers).unwrap();
+        let envs: BTreeSet<String> = prepared
+            .command
+            .get_envs()
+            .filter_map(|(k, _)| k.to_str().map(str::to_owned))
+            .filter(|k| k.starts_with("ENDLESS_FD_"))
+            .collect();
+        assert_eq!(
+            envs,
+            ["ENDLESS_FD_3", "ENDLESS_FD_4", "ENDLESS_FD_5"]
+                .map(str::to_owned)
+                .into()
+        );
+        drop(prepared.spawned());
+    }
+}

@@ -1,0 +1,512 @@
+//! Raw file descriptor primitives: the only module of this crate with `unsafe` code.
+//!
+//! Every function here is safe to call and wraps one small system call (or one ownership
+//! step) behind an interface whose safety argument is written next to its `unsafe` block.
+//! Everything else in the crate is safe code built on these functions, [`socket2`] and std.
+//!
+//! Two functions work on fd *numbers* that no Rust object owns yet: [`with_declared`] and
+//! [`adopt`]. They exist for the fds a parent process hands over (at 3, 4, … by the
+//! environment's contract, which says that these numbers belong to this process and to
+//! nothing else in it). The registry in [`adopt`] makes sure each such number is owned at
+//! most once per process.
+//!
+//! [`install_plan`] is the code that runs in the child between `fork` and `exec`; it is
+//! async-signal-safe (see its docs).
+
+use std::collections::BTreeSet;
+use std::ffi::CString;
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::Command;
+use std::sync::{Mutex, PoisonError};
+
+use endless_core::plan::{Plan, Source, Step};
+
+/// Turns the `-1` convention of libc into an `io::Result` (the error read from `errno`).
+fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// Calls `f` again as long as it fails with `EINTR`.
+fn retry(mut f: impl FnMut() -> libc::c_int) -> io::Result<libc::c_int> {
+    loop {
+        match cvt(f()) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            other => return other,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Queries and flags on descriptors we can name safely
+// ---------------------------------------------------------------------------------------
+
+/// The descriptor flags of the fd number `fd` (`fcntl(F_GETFD)`), or `None` if it is not
+/// open (`EBADF`).
+///
+/// Only a query: it reads nothing and changes nothing, so it is harmless on any number.
+pub(crate) fn fd_flags(fd: RawFd) -> io::Result<Option<libc::c_int>> {
+    // SAFETY: F_GETFD takes no argument and only reads the fd's flags; on a number that is
+    // not open it fails with EBADF. No memory is involved.
+    match cvt(unsafe { libc::fcntl(fd, libc::F_GETFD) }) {
+        Ok(flags) => Ok(Some(flags)),
+        Err(e) if e.raw_os_error() == Some(libc::EBADF) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether the fd number `fd` is open in this process (a query, see [`fd_flags`]).
+pub(crate) fn is_open(fd: RawFd) -> io::Result<bool> {
+    Ok(fd_flags(fd)?.is_some())
+}
+
+/// Whether `FD_CLOEXEC` is set on `fd`.
+#[allow(dead_code, reason = "for tests and adapters that check a descriptor")]
+pub(crate) fn is_cloexec(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    // SAFETY: `fd` is open for the duration of the borrow; F_GETFD only reads its flags.
+    let flags = cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFD) })?;
+    Ok(flags & libc::FD_CLOEXEC != 0)
+}
+
+/// Sets `FD_CLOEXEC` on `fd`, so that no program this process executes inherits it.
+pub(crate) fn set_cloexec(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let raw = fd.as_raw_fd();
+    // SAFETY: `fd` is open for the duration of the borrow; F_GETFD/F_SETFD read and write
+    // only its descriptor flags, never memory.
+    let flags = cvt(unsafe { libc::fcntl(raw, libc::F_GETFD) })?;
+    if flags & libc::FD_CLOEXEC == 0 {
+        // SAFETY: as above.
+        cvt(unsafe { libc::fcntl(raw, libc::F_SETFD, flags | libc::FD_CLOEXEC) })?;
+    }
+    Ok(())
+}
+
+/// The file status flags of `fd` (`fcntl(F_GETFL)`: access mode, `O_NONBLOCK`, …).
+pub(crate) fn status_flags(fd: BorrowedFd<'_>) -> io::Result<libc::c_int> {
+    // SAFETY: `fd` is open for the duration of the borrow; F_GETFL only reads its flags.
+    cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) })
+}
+
+/// Sets `O_NONBLOCK` on `fd`'s open file description (shared with every duplicate of it).
+pub(crate) fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let flags = status_flags(fd)?;
+    if flags & libc::O_NONBLOCK == 0 {
+        // SAFETY: `fd` is open for the duration of the borrow; F_SETFL changes only its
+        // status flags, never memory.
+        cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) })?;
+    }
+    Ok(())
+}
+
+/// Whether the socket `fd` is listening (`getsockopt(SOL_SOCKET, SO_ACCEPTCONN)`).
+///
+/// Fails with `ENOTSOCK` if `fd` is not a socket. Written here rather than taken from
+/// `socket2`, whose `is_listener` exists only on some systems (not on macOS).
+pub(crate) fn is_listening(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    let mut value: libc::c_int = 0;
+    let mut len = libc::socklen_t::try_from(size_of::<libc::c_int>())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: `fd` is open for the duration of the borrow; `value` and `len` are valid,
+    // writable locals, and `len` tells the kernel that `value` holds `size_of::<c_int>()`
+    // bytes, which is what SO_ACCEPTCONN writes (the kernel never writes more than `len`).
+    cvt(unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ACCEPTCONN,
+            (&raw mut value).cast(),
+            &raw mut len,
+        )
+    })?;
+    Ok(value != 0)
+}
+
+/// A new fd for `fd`'s open file description, close-on-exec, at the lowest free number
+/// `>= min` (`fcntl(F_DUPFD_CLOEXEC)`).
+#[allow(
+    dead_code,
+    reason = "for tests and for adapters that duplicate descriptors"
+)]
+pub(crate) fn dup_at_least(fd: BorrowedFd<'_>, min: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: `fd` is open for the duration of the borrow; F_DUPFD_CLOEXEC creates a new fd
+    // and touches no memory.
+    let new = cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, min) })?;
+    // SAFETY: `new` was just returned by the kernel as a new, open fd that nothing else in
+    // this process knows of: we are its only owner.
+    Ok(unsafe { OwnedFd::from_raw_fd(new) })
+}
+
+// ---------------------------------------------------------------------------------------
+// Inherited fd numbers
+// ---------------------------------------------------------------------------------------
+
+/// The fd numbers [`adopt`] has turned into `OwnedFd`s in this process, ever.
+static ADOPTED: Mutex<BTreeSet<RawFd>> = Mutex::new(BTreeSet::new());
+
+/// Runs `f` with `fd` borrowed, if the number `fd` is open (`EBADF` otherwise).
+///
+/// For the inspection of inherited fds before they are adopted. Contract (the reason this
+/// is not an `unsafe fn`): the callers in this crate pass only numbers that the
+/// environment declares as handed to this process, which nothing else in the process owns,
+/// so nothing closes them while `f` runs. `f` may query the fd and change its descriptor
+/// flags; it cannot close it (a `BorrowedFd` does not allow that).
+pub(crate) fn with_declared<R>(fd: RawFd, f: impl FnOnce(BorrowedFd<'_>) -> R) -> io::Result<R> {
+    if !is_open(fd)? {
+        return Err(io::Error::from_raw_os_error(libc::EBADF));
+    }
+    // SAFETY: `fd` is open (checked just above) and, by the contract above, stays open until
+    // `f` returns: it belongs to no other object of this process, and the borrow cannot
+    // outlive this call because `f` only gets it for its own duration.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    Ok(f(borrowed))
+}
+
+/// Takes ownership of the inherited fd numbers `fds`, all or none.
+///
+/// Fails, naming the first offending number, with `EBADF` if it is not open, and with
+/// `EALREADY` if it is listed twice or was already adopted in this process (by an earlier
+/// `Inherited`), which keeps any number from having two owners. Contract (the reason this
+/// is not an `unsafe fn`): callers pass only numbers that the environment declares as
+/// handed to this process and that they have checked; nothing else in the process owns
+/// them.
+/// The first of `fds` that an earlier [`adopt`] took, if any (checked before anything is
+/// changed on the fds, so that reading the environment twice says so).
+pub(crate) fn first_adopted(fds: &[RawFd]) -> Option<RawFd> {
+    let adopted = ADOPTED.lock().unwrap_or_else(PoisonError::into_inner);
+    fds.iter().copied().find(|fd| adopted.contains(fd))
+}
+
+pub(crate) fn adopt(fds: &[RawFd]) -> Result<Vec<OwnedFd>, (RawFd, io::Error)> {
+    let mut adopted = ADOPTED.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut seen = BTreeSet::new();
+    for &fd in fds {
+        if adopted.contains(&fd) || !seen.insert(fd) {
+            return Err((fd, io::Error::from_raw_os_error(libc::EALREADY)));
+        }
+    }
+    for &fd in fds {
+        match is_open(fd) {
+            Ok(true) => {}
+            Ok(false) => return Err((fd, io::Error::from_raw_os_error(libc::EBADF))),
+            Err(e) => return Err((fd, e)),
+        }
+    }
+    adopted.extend(fds.iter().copied());
+    Ok(fds
+        .iter()
+        .map(|&fd| {
+            // SAFETY: `fd` is open (checked above, under the lock), and it has no other
+            // owner: the environment handed it to this process (the caller's contract), it
+            // appears once in `fds`, and the registry shows that no earlier call made an
+            // `OwnedFd` of it. It is recorded before the lock is released, so no later
+            // call will either.
+            unsafe { OwnedFd::from_raw_fd(fd) }
+        })
+        .collect())
+}
+
+// ---------------------------------------------------------------------------------------
+// Running a renumbering plan between fork and exec
+// ---------------------------------------------------------------------------------------
+
+/// One step of a plan, converted before `fork` into a form that needs no decisions after.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Stash { fd: RawFd, slot: usize, min: RawFd },
+    Dup2 { from: RawFd, to: RawFd },
+    Dup2FromStash { slot: usize, to: RawFd },
+    ClearCloexec { fd: RawFd },
+    CloseStash { slot: usize },
+}
+
+fn ops(plan: &Plan) -> io::Result<Vec<Op>> {
+    plan.steps()
+        .iter()
+        .map(|step| match *step {
+            Step::Stash { fd, slot, min } => Ok(Op::Stash { fd, slot, min }),
+            Step::Dup2 {
+                from: Source::Fd(from),
+                to,
+            } => Ok(Op::Dup2 { from, to }),
+            Step::Dup2 {
+                from: Source::Stash(slot),
+                to,
+            } => Ok(Op::Dup2FromStash { slot, to }),
+            Step::ClearCloexec { fd } => Ok(Op::ClearCloexec { fd }),
+            Step::CloseStash { slot } => Ok(Op::CloseStash { slot }),
+            _ => Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "the renumbering plan has a step this version of endless-unix cannot run",
+            )),
+        })
+        .collect()
+}
+
+/// Makes `command` run `plan` in the child, after `fork` and before `exec`.
+///
+/// The steps are converted and the stash array (`plan.stash_slots()` fds) is allocated
+/// here, before `fork`. The hook itself allocates nothing, takes no lock and logs nothing:
+/// it only calls `fcntl`, `dup2` and `close` (all async-signal-safe), retrying on `EINTR`,
+/// and indexes the preallocated arrays without panicking. On the first failure it returns
+/// the OS error (an `io::Error` made from `errno`, which does not allocate); std then
+/// reports it from `spawn` (or, if its error pipe was overwritten, the child exits).
+pub(crate) fn install_plan(command: &mut Command, plan: &Plan) -> io::Result<()> {
+    let ops = ops(plan)?;
+    let mut stash: Vec<RawFd> = vec![-1; plan.stash_slots()];
+    let hook = move || run_ops(&ops, &mut stash);
+    // SAFETY: `pre_exec` requires the closure to be safe to run in the forked child of a
+    // possibly multi-threaded process, where only async-signal-safe functions may be called.
+    // `run_ops` calls only fcntl, dup2 and close on fd numbers, reads the `ops` and writes
+    // the `stash` slices that were allocated before fork, returns errors built from errno
+    // (no allocation) and cannot panic (slice access goes through `get`/`get_mut`). It does
+    // not touch any memory shared with other threads of the parent.
+    unsafe {
+        command.pre_exec(hook);
+    }
+    Ok(())
+}
+
+/// Runs the steps in the child. Async-signal-safe: see [`install_plan`].
+fn run_ops(ops: &[Op], stash: &mut [RawFd]) -> io::Result<()> {
+    let bad_slot = || io::Error::from_raw_os_error(libc::EINVAL);
+    for op in ops {
+        match *op {
+            Op::Stash { fd, slot, min } => {
+                // SAFETY: fcntl on an fd number with an integer argument touches no memory.
+                let new = retry(|| unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, min) })?;
+                *stash.get_mut(slot).ok_or_else(bad_slot)? = new;
+            }
+            Op::Dup2 { from, to } => {
+                // SAFETY: dup2 on fd numbers touches no memory. In the child, every fd is
+                // a copy that only this (single-threaded) child can use.
+                retry(|| unsafe { libc::dup2(from, to) })?;
+            }
+            Op::Dup2FromStash { slot, to } => {
+                let from = *stash.get(slot).ok_or_else(bad_slot)?;
+                // SAFETY: as above.
+                retry(|| unsafe { libc::dup2(from, to) })?;
+            }
+            Op::ClearCloexec { fd } => {
+                // SAFETY: fcntl on an fd number with integer arguments touches no memory.
+                let flags = retry(|| unsafe { libc::fcntl(fd, libc::F_GETFD) })?;
+                // SAFETY: as above.
+                retry(|| unsafe { libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) })?;
+            }
+            Op::CloseStash { slot } => {
+                let fd = *stash.get(slot).ok_or_else(bad_slot)?;
+                // SAFETY: `fd` is the temporary this plan made with F_DUPFD_CLOEXEC in this
+                // child; nothing else uses it. close is not retried: on EINTR the fd is
+                // closed anyway (Linux), and retrying could close a reused number.
+                cvt(unsafe { libc::close(fd) })?;
+            }
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Paths, processes, sockets
+// ---------------------------------------------------------------------------------------
+
+/// Whether this process may execute `path` (`access(path, X_OK)`), following symlinks.
+///
+/// Uses the real uid and gid (as `access` does). As root, any regular file with at least
+/// one execute bit passes.
+pub(crate) fn access_executable(path: &Path) -> io::Result<()> {
+    let path = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))?;
+    // SAFETY: `path` is a valid NUL-terminated C string that outlives the call; access only
+    // reads it.
+    cvt(unsafe { libc::access(path.as_ptr(), libc::X_OK) })?;
+    Ok(())
+}
+
+/// Shuts down both directions of the socket `fd` (`shutdown(fd, SHUT_RDWR)`), so that the
+/// peer sees the connection end and every pending or later read and write on it in this
+/// process returns at once, while the fd stays open (its owner closes it).
+///
+/// Used to force-close tracked connections at the drain deadline. The caller must make sure
+/// `fd` still is the connection it means (for example by holding its registration until
+/// the connection is dropped); on a closed number this fails with `EBADF`. `ENOTCONN` (the
+/// connection is already gone) counts as success.
+#[allow(dead_code, reason = "used by the connection tracker")]
+pub(crate) fn shutdown_both(fd: RawFd) -> io::Result<()> {
+    // SAFETY: shutdown on an fd number touches no memory; on a number that is not a socket
+    // it fails (EBADF, ENOTSOCK).
+    match cvt(unsafe { libc::shutdown(fd, libc::SHUT_RDWR) }) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => Ok(()),
+        other => other.map(drop),
+    }
+}
+
+/// Sends `signal` (a `libc::SIG*` number) to the process `pid`. A process that no longer
+/// exists (`ESRCH`) counts as success.
+///
+/// `pid` must be a real process id (1 to `i32::MAX`): `0` and values that would turn
+/// negative as a `pid_t` address process groups or every process, and are refused with
+/// `InvalidInput`.
+#[allow(dead_code, reason = "for the adapters")]
+pub(crate) fn kill(pid: u32, signal: libc::c_int) -> io::Result<()> {
+    let pid = libc::pid_t::try_from(pid)
+        .ok()
+        .filter(|&p| p > 0)
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "refusing to signal pid 0 or a pid above i32::MAX (a process group)",
+            )
+        })?;
+    // SAFETY: kill takes plain integers and touches no memory; `pid` is positive, so it
+    // names one process.
+    match cvt(unsafe { libc::kill(pid, signal) }) {
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
+        other => other.map(drop),
+    }
+}
+
+/// This process's pid.
+pub(crate) fn getpid() -> u32 {
+    std::process::id()
+}
+
+/// The pid of this process's parent (the current one: 1 or a subreaper once it died).
+pub(crate) fn getppid() -> u32 {
+    std::os::unix::process::parent_id()
+}
+
+/// Writes the readiness line, [`endless_core::ready::message`] with this process's pid,
+/// to the readiness channel `fd` (all of it, retrying on `EINTR` and partial writes), then
+/// closes `fd`.
+///
+/// The line is far shorter than `PIPE_BUF`, so on a pipe it arrives in one piece. If the
+/// parent is gone the write fails with `EPIPE` (Rust programs ignore `SIGPIPE` by default;
+/// a program that restored the default disposition is killed by it instead).
+pub(crate) fn notify_parent(fd: OwnedFd) -> io::Result<()> {
+    let message = endless_core::ready::message(getpid());
+    let mut channel = File::from(fd);
+    channel.write_all(&message)?;
+    // Dropping `channel` closes the fd; a close error after a complete write changes
+    // nothing the parent sees.
+    drop(channel);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::os::fd::AsFd;
+    use std::os::unix::net::UnixStream;
+
+    #[test]
+    fn flags_and_dup() {
+        let (a, _b) = UnixStream::pair().unwrap();
+        assert!(is_cloexec(a.as_fd()).unwrap(), "std sets FD_CLOEXEC");
+        let dup = dup_at_least(a.as_fd(), 100).unwrap();
+        assert!(dup.as_raw_fd() >= 100);
+        assert!(is_cloexec(dup.as_fd()).unwrap());
+        assert_eq!(status_flags(dup.as_fd()).unwrap() & libc::O_NONBLOCK, 0);
+        set_nonblocking(dup.as_fd()).unwrap();
+        // Shared by the open file description.
+        assert_ne!(status_flags(a.as_fd()).unwrap() & libc::O_NONBLOCK, 0);
+        assert!(!is_listening(a.as_fd()).unwrap());
+        assert!(is_open(dup.as_raw_fd()).unwrap());
+        assert!(!is_open(RawFd::MAX).unwrap());
+        assert!(!is_open(-1).unwrap());
+    }
+
+    #[test]
+    fn with_declared_refuses_a_closed_number() {
+        let e = with_declared(RawFd::MAX, |_| ()).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EBADF));
+        let (a, _b) = UnixStream::pair().unwrap();
+        let raw = a.as_raw_fd();
+        assert_eq!(with_declared(raw, |fd| fd.as_raw_fd()).unwrap(), raw);
+    }
+
+    #[test]
+    fn adopt_refuses_duplicates_and_closed_numbers_without_adopting_any() {
+        let (fd, e) = adopt(&[RawFd::MAX - 1, RawFd::MAX - 1]).unwrap_err();
+        assert_eq!(
+            (fd, e.raw_os_error()),
+            (RawFd::MAX - 1, Some(libc::EALREADY))
+        );
+        let (fd, e) = adopt(&[RawFd::MAX - 1]).unwrap_err();
+        assert_eq!((fd, e.raw_os_error()), (RawFd::MAX - 1, Some(libc::EBADF)));
+        // Nothing was recorded by the failed calls.
+        let adopted = ADOPTED.lock().unwrap_or_else(PoisonError::into_inner);
+        assert!(!adopted.contains(&(RawFd::MAX - 1)));
+    }
+
+    #[test]
+    fn kill_refuses_groups_and_ignores_missing_processes() {
+        for pid in [0, u32::MAX, 1 << 31] {
+            assert_eq!(
+                kill(pid, 0).unwrap_err().kind(),
+                io::ErrorKind::InvalidInput,
+                "{pid}"
+            );
+        }
+        kill(getpid(), 0).unwrap();
+        // Far above any pid_max: no such process.
+        kill(i32::MAX.unsigned_abs(), 0).unwrap();
+        assert_ne!(getppid(), 0);
+    }
+
+    #[test]
+    fn shutdown_both_ends_the_peer_and_tolerates_gone_connections() {
+        let (a, mut b) = UnixStream::pair().unwrap();
+        shutdown_both(a.as_raw_fd()).unwrap();
+        let mut buf = [0; 1];
+        assert_eq!(b.read(&mut buf).unwrap(), 0, "the peer sees EOF");
+        shutdown_both(a.as_raw_fd()).unwrap();
+        let e = shutdown_both(RawFd::MAX).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EBADF));
+    }
+
+    #[test]
+    fn notify_parent_writes_the_line_and_closes() {
+        let (reader, writer) = io::pipe().unwrap();
+        notify_parent(OwnedFd::from(writer)).unwrap();
+        let mut got = Vec::new();
+        // read_to_end returns only at EOF: the write end was closed.
+        File::from(OwnedFd::from(reader))
+            .read_to_end(&mut got)
+            .unwrap();
+        assert_eq!(got, endless_core::ready::message(getpid()));
+    }
+
+    #[test]
+    fn access_executable_checks_the_execute_permission() {
+        access_executable(Path::new("/bin/sh")).unwrap();
+        assert!(access_executable(Path::new("/nonexistent/endless")).is_err());
+        assert_eq!(
+            access_executable(Path::new("a\0b")).unwrap_err().kind(),
+            io::ErrorKind::InvalidInput
+        );
+    }
+
+    #[test]
+    fn ops_convert_every_step() {
+        let plan = endless_core::plan::plan(&[4, 3, 3, 9], 3).unwrap();
+        let ops = ops(&plan).unwrap();
+        assert_eq!(ops.len(), plan.steps().len());
+        assert!(ops.iter().any(|op| matches!(op, Op::Stash { .. })));
+        assert!(ops.iter().any(|op| matches!(op, Op::Dup2FromStash { .. })));
+        assert!(ops.iter().any(|op| matches!(op, Op::CloseStash { .. })));
+    }
+
+    #[test]
+    fn run_ops_reports_a_bad_slot_instead_of_panicking() {
+        let e = run_ops(&[Op::CloseStash { slot: 3 }], &mut []).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EINVAL));
+    }
+}

@@ -1,0 +1,307 @@
+//! Connection tracking for the drain.
+//!
+//! Every connection a server accepts is registered with the [`Tracker`] and holds a
+//! [`ConnectionGuard`] for as long as it lives. When the lifecycle says
+//! [`CloseIdle`](endless_core::Action::CloseIdle), each guard's [`closing`](ConnectionGuard::closing)
+//! future resolves, so that a connection handler can finish what it is doing and close at
+//! the next request boundary. When the lifecycle says
+//! [`ForceClose`](endless_core::Action::ForceClose), the tracker shuts down every registered
+//! socket (`shutdown(SHUT_RDWR)`), whether or not its handler cooperates: reads return end
+//! of file, writes fail, and the handler ends. [`Tracker::drained`] resolves once no guard
+//! is left.
+//!
+//! It is runtime-neutral (atomics, a mutex and `event-listener`), so endless-tokio and
+//! endless-smol share it.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use event_listener::Event;
+
+// The phases, in order; a tracker starts serving (0).
+const CLOSING: u8 = 1;
+const KILLED: u8 = 2;
+
+/// The connections of one process.
+///
+/// # Examples
+///
+/// ```
+/// use endless_unix::tracker::Tracker;
+///
+/// let tracker = Tracker::new();
+/// let guard = tracker.track(None);
+/// assert_eq!(tracker.len(), 1);
+/// tracker.close_idle();
+/// assert!(guard.is_closing());
+/// drop(guard);
+/// futures_lite::future::block_on(tracker.drained()); // resolves: nothing is left
+/// ```
+#[derive(Clone, Default)]
+pub struct Tracker {
+    inner: Arc<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// The sockets to shut down on a forced close, by guard key.
+    sockets: Mutex<HashMap<u64, RawFd>>,
+    next_key: AtomicU64,
+    count: AtomicUsize,
+    phase: AtomicU8,
+    /// Notified when the phase changes.
+    phase_changed: Event,
+    /// Notified when the count drops to zero.
+    emptied: Event,
+}
+
+impl fmt::Debug for Tracker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tracker")
+            .field("connections", &self.len())
+            .field("closing", &self.is_closing())
+            .finish()
+    }
+}
+
+impl Tracker {
+    /// An empty tracker.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers a connection. `socket` is the fd to shut down on a forced close; the
+    /// caller guarantees that it stays open until the guard is dropped (drop the guard
+    /// before the socket: [`Tracked`](crate::Tracked) declares its fields in that order).
+    ///
+    /// A guard without a socket holds the drain open like a connection: an accept in
+    /// progress takes one, so that a connection accepted at the moment the process stops
+    /// accepting is tracked before the drain can be declared complete.
+    pub fn track(&self, socket: Option<RawFd>) -> ConnectionGuard {
+        let key = self.inner.next_key.fetch_add(1, Ordering::Relaxed);
+        if let Some(fd) = socket {
+            self.inner.lock().insert(key, fd);
+        }
+        self.inner.count.fetch_add(1, Ordering::SeqCst);
+        // Registered after a forced close: the socket goes at once.
+        if self.inner.phase.load(Ordering::SeqCst) == KILLED
+            && let Some(fd) = socket
+        {
+            let _ = crate::sys::shutdown_both(fd);
+        }
+        ConnectionGuard {
+            inner: Arc::clone(&self.inner),
+            key,
+        }
+    }
+
+    /// The number of connections alive.
+    pub fn len(&self) -> usize {
+        self.inner.count.load(Ordering::SeqCst)
+    }
+
+    /// Whether no connection is alive.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether [`close_idle`](Self::close_idle) (or a forced close) happened.
+    pub fn is_closing(&self) -> bool {
+        self.inner.phase.load(Ordering::SeqCst) >= CLOSING
+    }
+
+    /// Asks every connection to close once it is idle.
+    pub fn close_idle(&self) {
+        self.inner.advance(CLOSING);
+    }
+
+    /// Shuts down every registered socket now, and any registered later.
+    pub fn force_close(&self) {
+        self.inner.advance(KILLED);
+        let sockets = self.inner.lock();
+        let mut shut = 0usize;
+        for fd in sockets.values() {
+            // The guard that registered `fd` is alive (its removal takes this lock), so
+            // `fd` is still the connection's socket.
+            if crate::sys::shutdown_both(*fd).is_ok() {
+                shut += 1;
+            }
+        }
+        tracing::debug!(connections = sockets.len(), shut, "forced close");
+    }
+
+    /// Resolves once no connection is alive.
+    pub async fn drained(&self) {
+        loop {
+            if self.is_empty() {
+                return;
+            }
+            let listener = self.inner.emptied.listen();
+            if self.is_empty() {
+                return;
+            }
+            listener.await;
+        }
+    }
+
+    /// Resolves once connections are asked to close.
+    pub async fn closing(&self) {
+        self.inner.wait_phase(CLOSING).await;
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, HashMap<u64, RawFd>> {
+        // A panic while holding the lock leaves the map consistent (single inserts and
+        // removes), so a poisoned lock is still usable.
+        self.sockets.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn advance(&self, phase: u8) {
+        if self.phase.fetch_max(phase, Ordering::SeqCst) < phase {
+            self.phase_changed.notify(usize::MAX);
+        }
+    }
+
+    async fn wait_phase(&self, phase: u8) {
+        loop {
+            if self.phase.load(Ordering::SeqCst) >= phase {
+                return;
+            }
+            let listener = self.phase_changed.listen();
+            if self.phase.load(Ordering::SeqCst) >= phase {
+                return;
+            }
+            listener.await;
+        }
+    }
+}
+
+/// Keeps one connection registered with its [`Tracker`]; dropping it unregisters.
+pub struct ConnectionGuard {
+    inner: Arc<Inner>,
+    key: u64,
+}
+
+impl fmt::Debug for ConnectionGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnectionGuard")
+            .field("key", &self.key)
+            .field("closing", &self.is_closing())
+            .finish()
+    }
+}
+
+impl ConnectionGuard {
+    /// Whether the connection is asked to close once idle.
+    pub fn is_closing(&self) -> bool {
+        self.inner.phase.load(Ordering::SeqCst) >= CLOSING
+    }
+
+    /// Resolves once the connection is asked to close: finish the request in hand, then
+    /// close (an HTTP server answers with `Connection: close`).
+    pub async fn closing(&self) {
+        self.inner.wait_phase(CLOSING).await;
+    }
+
+    /// Resolves once the connection is being force-closed.
+    pub async fn killed(&self) {
+        self.inner.wait_phase(KILLED).await;
+    }
+
+    /// Stops shutting down the socket on a forced close (the connection still counts), for
+    /// a caller that is about to give the socket away or close it early.
+    pub fn forget_socket(&self) {
+        self.inner.lock().remove(&self.key);
+    }
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        let mut sockets = self.inner.lock();
+        sockets.remove(&self.key);
+        let left = self.inner.count.fetch_sub(1, Ordering::SeqCst) - 1;
+        drop(sockets);
+        if left == 0 {
+            self.inner.emptied.notify(usize::MAX);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_lite::future;
+    use std::io::{Read, Write};
+    use std::os::fd::AsRawFd;
+    use std::os::unix::net::UnixStream;
+
+    #[test]
+    fn drained_waits_for_the_last_guard() {
+        let tracker = Tracker::new();
+        let a = tracker.track(None);
+        let b = tracker.track(None);
+        let t = tracker.clone();
+        let waiter = std::thread::spawn(move || future::block_on(t.drained()));
+        drop(a);
+        assert_eq!(tracker.len(), 1);
+        assert!(!waiter.is_finished());
+        drop(b);
+        waiter.join().unwrap();
+        assert!(tracker.is_empty());
+    }
+
+    #[test]
+    fn closing_wakes_every_guard() {
+        let tracker = Tracker::new();
+        let guards: Vec<_> = (0..8).map(|_| tracker.track(None)).collect();
+        let waiters: Vec<_> = guards
+            .into_iter()
+            .map(|g| std::thread::spawn(move || future::block_on(g.closing())))
+            .collect();
+        tracker.close_idle();
+        for w in waiters {
+            w.join().unwrap();
+        }
+        // Later guards see it at once.
+        future::block_on(tracker.track(None).closing());
+    }
+
+    #[test]
+    fn force_close_shuts_registered_sockets_down() {
+        let tracker = Tracker::new();
+        let (ours, mut peer) = UnixStream::pair().unwrap();
+        let guard = tracker.track(Some(ours.as_raw_fd()));
+        let (untracked, mut untracked_peer) = UnixStream::pair().unwrap();
+        tracker.force_close();
+        // The peer sees end of file: the connection is really closed, not just forgotten.
+        let mut buf = [0u8; 1];
+        assert_eq!(peer.read(&mut buf).unwrap(), 0);
+        // An untracked socket is untouched.
+        (&untracked).write_all(b"x").unwrap();
+        assert_eq!(untracked_peer.read(&mut buf).unwrap(), 1);
+        future::block_on(guard.killed());
+        // A connection registered after the forced close is shut down at once.
+        let (late, mut late_peer) = UnixStream::pair().unwrap();
+        let _late_guard = tracker.track(Some(late.as_raw_fd()));
+        assert_eq!(late_peer.read(&mut buf).unwrap(), 0);
+        drop(guard);
+        drop(ours);
+    }
+
+    #[test]
+    fn forgotten_socket_is_not_shut_down() {
+        let tracker = Tracker::new();
+        let (ours, mut peer) = UnixStream::pair().unwrap();
+        let guard = tracker.track(Some(ours.as_raw_fd()));
+        guard.forget_socket();
+        tracker.force_close();
+        (&ours).write_all(b"y").unwrap();
+        let mut buf = [0u8; 1];
+        assert_eq!(peer.read(&mut buf).unwrap(), 1);
+        assert_eq!(tracker.len(), 1);
+    }
+}

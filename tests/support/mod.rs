@@ -1,0 +1,1260 @@
+//! The end-to-end harness: real server processes on 127.0.0.1, driven and watched from the
+//! outside, each one killed and reaped however the test ends.
+//!
+//! Nothing here knows which server it runs: every entry point takes the path of a server
+//! binary that speaks the shared example command line (DESIGN.md) and the line protocol of
+//! the echo examples (`<pid> <line>` answers, `sleep MS`, `fds`, `version`). The scenarios
+//! themselves are in [`scenarios`], so that a test file per server binary only has to call
+//! them.
+//!
+//! What a server must print for the harness (`RUST_LOG=info`, `NO_COLOR=1` are set):
+//! - stdout: `listening <name> <addr> pid=<pid>` per listener (the examples' `announce`);
+//! - stderr, from the example: `stopped accepting` with a `pid=<pid>` field once an accept
+//!   loop ended, and `cannot start` followed by the error when `Endless::start` fails;
+//! - stderr, from endless' shared driver (the same for every runtime): `spawned the new
+//!   generation pid=<pid>`, `restart failed`, `closed inherited fds nobody claimed`,
+//!   `ignoring the inherited` (variables not meant for this process), and the texts of the
+//!   typed errors (`AdoptError`, `DecodeError`, `UpgradeFailure`).
+//!
+//! # Processes
+//!
+//! - Each server is started in a process group of its own (`process_group(0)`), from a copy
+//!   of its binary in a per-test temporary directory (so a test may replace the file on
+//!   disk), with `--pid-file` in that directory and its stdout and stderr read by two
+//!   background threads that keep every line (printed when the test fails).
+//! - The test process is a child subreaper (`PR_SET_CHILD_SUBREAPER`): a generation whose
+//!   parent exited is reparented to the test process rather than to init, so that it can be
+//!   reaped, its exit status read and its zombie counted.
+//! - Reaping: tests of one binary run on parallel threads of one process, so `waitpid(-1)`
+//!   is never used (it could steal another test's child). A [`Group`] reaps only the pids
+//!   that `/proc` shows in *its* process group with the test process as their parent, one
+//!   `waitpid(pid)` each. The group leader (the first generation, whose pid is the group id)
+//!   is left a zombie until the group is dropped (its status is read with `WNOWAIT`): as
+//!   long as it is not reaped, its pid, hence the group id, cannot be reused, so the final
+//!   `kill(-pgid, SIGKILL)` can never hit a stranger.
+//! - Dropping a [`Group`] (also while a failed test unwinds) sends `SIGKILL` to the whole
+//!   group and reaps until `/proc` shows nothing of it left.
+//! - Forks of the test process and writes of executables take [`SPAWN_LOCK`] (shared and
+//!   exclusive), so that no child forked by a parallel test holds a file open for writing
+//!   while a server tries to `exec` it (`ETXTBSY`).
+//!
+//! Synchronisation is by polling conditions with generous deadlines ([`wait_for`]), never by
+//! sleeping a fixed time.
+#![allow(dead_code, reason = "each test binary uses a part of the harness")]
+
+pub(crate) mod scenarios;
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::fmt;
+use std::fs;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Once, RwLock};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// How long any awaited condition may take before the test fails. Generous: CI is a loaded
+/// two-core machine.
+pub(crate) const DEADLINE: Duration = Duration::from_secs(30);
+
+/// How often conditions are polled.
+pub(crate) const POLL: Duration = Duration::from_millis(10);
+
+/// Polls `f` every [`POLL`] until it returns `Some`, and returns that; panics with `what`
+/// after `timeout`.
+pub(crate) fn wait_for<T>(
+    what: impl fmt::Display,
+    timeout: Duration,
+    mut f: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(t) = f() {
+            return t;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for: {what}"
+        );
+        thread::sleep(POLL);
+    }
+}
+
+/// Forks of this process take it shared, writers of executables take it exclusive: see the
+/// module docs (`ETXTBSY`).
+pub(crate) static SPAWN_LOCK: RwLock<()> = RwLock::new(());
+
+fn read_lock() -> std::sync::RwLockReadGuard<'static, ()> {
+    SPAWN_LOCK
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn write_lock() -> std::sync::RwLockWriteGuard<'static, ()> {
+    SPAWN_LOCK
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Makes this process a child subreaper, once.
+pub(crate) fn init() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: PR_SET_CHILD_SUBREAPER takes an integer argument and touches no memory.
+        let ret = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+        assert_eq!(
+            ret,
+            0,
+            "prctl(PR_SET_CHILD_SUBREAPER): {}",
+            io::Error::last_os_error()
+        );
+    });
+}
+
+/// This process's pid.
+pub(crate) fn own_pid() -> u32 {
+    std::process::id()
+}
+
+/// Sends `signal` to `pid`.
+pub(crate) fn signal(pid: u32, signal: libc::c_int) {
+    let pid = libc::pid_t::try_from(pid).expect("pid fits pid_t");
+    // SAFETY: kill(2) takes two integers and touches no memory.
+    let ret = unsafe { libc::kill(pid, signal) };
+    assert_eq!(
+        ret,
+        0,
+        "kill({pid}, {signal}): {}",
+        io::Error::last_os_error()
+    );
+}
+
+// ---- /proc ------------------------------------------------------------------------------
+
+/// One process, as `/proc/<pid>/stat` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ProcInfo {
+    pub(crate) pid: u32,
+    /// `R`, `S`, `Z`, …
+    pub(crate) state: char,
+    pub(crate) ppid: u32,
+    pub(crate) pgrp: u32,
+}
+
+impl ProcInfo {
+    /// Exited, not reaped yet.
+    pub(crate) fn is_zombie(&self) -> bool {
+        matches!(self.state, 'Z' | 'X')
+    }
+}
+
+/// `/proc/<pid>/stat`, or `None` if there is no such process.
+pub(crate) fn proc_info(pid: u32) -> Option<ProcInfo> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may contain anything: parse after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let ppid = fields.next()?.parse().ok()?;
+    let pgrp = fields.next()?.parse().ok()?;
+    Some(ProcInfo {
+        pid,
+        state,
+        ppid,
+        pgrp,
+    })
+}
+
+/// Whether `pid` is a process that has not exited (a zombie is not alive).
+pub(crate) fn is_alive(pid: u32) -> bool {
+    proc_info(pid).is_some_and(|p| !p.is_zombie())
+}
+
+/// Every process of process group `pgid`, zombies included.
+pub(crate) fn group_members(pgid: u32) -> Vec<ProcInfo> {
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(proc_info)
+        .filter(|p| p.pgrp == pgid)
+        .collect()
+}
+
+/// The open fds of `pid` and what they point at (`socket:[123]`, `/dev/null`, …).
+pub(crate) fn fds(pid: u32) -> Vec<(RawFd, String)> {
+    let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
+    let mut fds: Vec<(RawFd, String)> = dir
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let fd = e.file_name().to_str()?.parse().ok()?;
+            let target = fs::read_link(e.path()).ok()?;
+            Some((fd, target.display().to_string()))
+        })
+        .collect();
+    fds.sort();
+    fds
+}
+
+/// The number of open fds of `pid`, if it exists.
+pub(crate) fn fd_count(pid: u32) -> Option<usize> {
+    Some(fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())
+}
+
+// ---- temporary directories ----------------------------------------------------------------
+
+/// A fresh directory under the system's temporary directory, removed on drop.
+#[derive(Debug)]
+pub(crate) struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    pub(crate) fn new(label: &str) -> Self {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let path =
+            std::env::temp_dir().join(format!("endless-e2e-{label}-{}-{n}-{nanos}", own_pid()));
+        fs::create_dir_all(&path).expect("create the test directory");
+        Self { path }
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.path);
+    }
+}
+
+/// Writes an executable file at `path` atomically: written next to it, then renamed over
+/// it (a running process keeps its old inode).
+pub(crate) fn install_file(path: &Path, contents: &[u8], mode: u32) {
+    let tmp = path.with_extension("new");
+    {
+        let _guard = write_lock();
+        let mut file = fs::File::create(&tmp).expect("create the new file");
+        file.write_all(contents).expect("write the new file");
+        file.set_permissions(fs::Permissions::from_mode(mode))
+            .expect("chmod the new file");
+        file.sync_all().expect("sync the new file");
+    }
+    fs::rename(&tmp, path).expect("rename the new file into place");
+}
+
+/// Copies `from` to `to` (atomically, as [`install_file`]), keeping it executable.
+pub(crate) fn install_copy(from: &Path, to: &Path) {
+    let contents = fs::read(from).unwrap_or_else(|e| panic!("read {}: {e}", from.display()));
+    install_file(to, &contents, 0o755);
+}
+
+/// A shell script that runs `body`.
+pub(crate) fn sh_script(body: &str) -> Vec<u8> {
+    format!("#!/bin/sh\n{body}\n").into_bytes()
+}
+
+/// `path` quoted for a shell script.
+pub(crate) fn sh_quote(path: &Path) -> String {
+    format!("'{}'", path.display().to_string().replace('\'', r"'\''"))
+}
+
+// ---- logs -----------------------------------------------------------------------------------
+
+/// Every line a stream produced, as they arrive.
+#[derive(Debug, Default)]
+pub(crate) struct Lines {
+    lines: Mutex<Vec<String>>,
+    eof: AtomicBool,
+}
+
+impl Lines {
+    fn read_from(self: &Arc<Self>, stream: impl Read + Send + 'static) {
+        let this = Arc::clone(self);
+        thread::spawn(move || {
+            let mut reader = BufReader::new(stream);
+            let mut buf = Vec::new();
+            loop {
+                buf.clear();
+                match reader.read_until(b'\n', &mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {
+                        let line = strip_ansi(&String::from_utf8_lossy(&buf));
+                        let line = line.trim_end_matches(['\n', '\r']).to_owned();
+                        this.lines
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .push(line);
+                    }
+                }
+            }
+            this.eof.store(true, Ordering::SeqCst);
+        });
+    }
+
+    /// A copy of the lines so far.
+    pub(crate) fn snapshot(&self) -> Vec<String> {
+        self.lines
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The number of lines so far (a mark for [`Lines::find_from`]).
+    pub(crate) fn len(&self) -> usize {
+        self.lines
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len()
+    }
+
+    /// The first line at index `from` or later that `pred` accepts.
+    pub(crate) fn find_from(&self, from: usize, pred: impl Fn(&str) -> bool) -> Option<String> {
+        self.lines
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .skip(from)
+            .find(|l| pred(l))
+            .cloned()
+    }
+
+    /// How many lines at index `from` or later `pred` accepts.
+    pub(crate) fn count_from(&self, from: usize, pred: impl Fn(&str) -> bool) -> usize {
+        self.lines
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .skip(from)
+            .filter(|l| pred(l))
+            .count()
+    }
+
+    /// Waits for a line at index `from` or later that `pred` accepts.
+    pub(crate) fn wait_from(
+        &self,
+        what: impl fmt::Display,
+        from: usize,
+        pred: impl Fn(&str) -> bool,
+    ) -> String {
+        wait_for(what, DEADLINE, || self.find_from(from, &pred))
+    }
+}
+
+/// `s` without ANSI escape sequences (in case a logger colours its output anyway).
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            if chars.next() == Some('[') {
+                for c in chars.by_ref() {
+                    if ('@'..='~').contains(&c) {
+                        break;
+                    }
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Whether a log line carries the field `key=value` (as a whole word).
+pub(crate) fn has_field(line: &str, key: &str, value: impl fmt::Display) -> bool {
+    let field = format!("{key}={value}");
+    line.split_whitespace().any(|w| w == field)
+}
+
+/// A `listening <name> <addr> pid=<pid>` line, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Listening {
+    pub(crate) name: String,
+    pub(crate) addr: String,
+    pub(crate) pid: u32,
+}
+
+pub(crate) fn parse_listening(line: &str) -> Option<Listening> {
+    let mut words = line.split_whitespace();
+    if words.next()? != "listening" {
+        return None;
+    }
+    let name = words.next()?.to_owned();
+    let addr = words.next()?.to_owned();
+    let pid = words.next()?.strip_prefix("pid=")?.parse().ok()?;
+    Some(Listening { name, addr, pid })
+}
+
+// ---- exit statuses -------------------------------------------------------------------------
+
+/// How a process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Exit {
+    Code(i32),
+    Signal(i32),
+}
+
+impl Exit {
+    fn from_wait_status(status: libc::c_int) -> Self {
+        if libc::WIFEXITED(status) {
+            Self::Code(libc::WEXITSTATUS(status))
+        } else {
+            Self::Signal(libc::WTERMSIG(status))
+        }
+    }
+}
+
+/// Reaps `pid` if it is a child of this process that has exited.
+fn try_reap(pid: u32) -> Option<Exit> {
+    let raw = libc::pid_t::try_from(pid).ok()?;
+    let mut status = 0;
+    // SAFETY: `status` is a valid out-pointer; WNOHANG never blocks. Only pids of our own
+    // groups are passed, never -1 or 0.
+    let ret = unsafe { libc::waitpid(raw, &mut status, libc::WNOHANG) };
+    (ret == raw).then(|| Exit::from_wait_status(status))
+}
+
+/// The exit status of `pid`, a child of this process, if it has exited, without reaping it.
+fn peek_exit(pid: u32) -> Option<Exit> {
+    let raw = libc::pid_t::try_from(pid).ok()?;
+    // SAFETY: siginfo_t is plain data; zeroed is a valid value.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    let id = libc::id_t::try_from(raw).ok()?;
+    // SAFETY: `info` is a valid out-pointer; WNOHANG never blocks and WNOWAIT leaves the
+    // child waitable.
+    let ret = unsafe {
+        libc::waitid(
+            libc::P_PID,
+            id,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        )
+    };
+    // SAFETY: waitid filled `info` (si_pid stays 0 when the child has not exited yet).
+    if ret != 0 || unsafe { info.si_pid() } == 0 {
+        return None;
+    }
+    // SAFETY: as above; for CLD_* codes si_status is the exit code or the signal.
+    let status = unsafe { info.si_status() };
+    Some(if info.si_code == libc::CLD_EXITED {
+        Exit::Code(status)
+    } else {
+        Exit::Signal(status)
+    })
+}
+
+// ---- process groups ------------------------------------------------------------------------
+
+/// A process started by the test in its own process group, and everything in that group:
+/// its stdout and stderr lines (shared by every process of the group that inherited them),
+/// and the exit statuses of the processes this test process reaped.
+#[derive(Debug)]
+pub(crate) struct Group {
+    label: String,
+    leader: u32,
+    pub(crate) stdout: Arc<Lines>,
+    pub(crate) stderr: Arc<Lines>,
+    reaped: Mutex<HashMap<u32, Exit>>,
+}
+
+impl Group {
+    /// Spawns `command` as the leader of a new process group, stdin `/dev/null`, stdout and
+    /// stderr captured. Sets `RUST_LOG=info` and `NO_COLOR=1`, and removes the handoff
+    /// variables (`ENDLESS_*` of the encoding, `LISTEN_*`) this test process may have, unless
+    /// the caller sets them again afterwards (later `env` calls win).
+    pub(crate) fn spawn(label: &str, mut command: Command) -> Self {
+        init();
+        command
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let child = {
+            let _guard = read_lock();
+            command
+                .spawn()
+                .unwrap_or_else(|e| panic!("spawn {label}: {e}"))
+        };
+        let mut child = child;
+        let stdout = Arc::new(Lines::default());
+        let stderr = Arc::new(Lines::default());
+        stdout.read_from(child.stdout.take().expect("piped stdout"));
+        stderr.read_from(child.stderr.take().expect("piped stderr"));
+        let leader = child.id();
+        // Dropping a `Child` neither kills nor waits: the group reaps its leader itself.
+        drop(child);
+        Self {
+            label: label.to_owned(),
+            leader,
+            stdout,
+            stderr,
+            reaped: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A command for `program` with the harness' environment: `RUST_LOG=info`, `NO_COLOR=1`,
+    /// no inherited handoff variables.
+    pub(crate) fn command(program: &Path) -> Command {
+        let mut command = Command::new(program);
+        for (key, _) in std::env::vars_os() {
+            let k = key.to_string_lossy();
+            if k.starts_with("ENDLESS_") || k.starts_with("LISTEN_") {
+                command.env_remove(&key);
+            }
+        }
+        command.env("RUST_LOG", "info").env("NO_COLOR", "1");
+        command
+    }
+
+    /// The pid of the process the test started (also the group id).
+    pub(crate) fn leader(&self) -> u32 {
+        self.leader
+    }
+
+    fn reaped(&self) -> std::sync::MutexGuard<'_, HashMap<u32, Exit>> {
+        self.reaped
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Reaps every exited process of the group whose parent is this test process (the
+    /// leader excepted, see the module docs), recording its status.
+    pub(crate) fn reap(&self) {
+        let me = own_pid();
+        for p in group_members(self.leader) {
+            if p.pid != self.leader
+                && p.ppid == me
+                && p.is_zombie()
+                && let Some(exit) = try_reap(p.pid)
+            {
+                self.reaped().insert(p.pid, exit);
+            }
+        }
+    }
+
+    /// The processes of the group, after reaping what this process can reap.
+    pub(crate) fn members(&self) -> Vec<ProcInfo> {
+        self.reap();
+        group_members(self.leader)
+    }
+
+    /// The pids of the group's processes that have not exited.
+    pub(crate) fn live(&self) -> Vec<u32> {
+        let mut live: Vec<u32> = self
+            .members()
+            .into_iter()
+            .filter(|p| !p.is_zombie())
+            .map(|p| p.pid)
+            .collect();
+        live.sort_unstable();
+        live
+    }
+
+    /// Zombies of the group that a live process of the group has not reaped (those whose
+    /// parent is this test process are reaped by [`Group::reap`], or are the leader).
+    pub(crate) fn unreaped_zombies(&self) -> Vec<ProcInfo> {
+        let me = own_pid();
+        self.members()
+            .into_iter()
+            .filter(|p| p.is_zombie() && p.ppid != me)
+            .collect()
+    }
+
+    /// How `pid` ended, if it has and this process saw it (it was the leader, or a process
+    /// reparented to this one and reaped here).
+    pub(crate) fn exit_of(&self, pid: u32) -> Option<Exit> {
+        if pid == self.leader {
+            return peek_exit(pid);
+        }
+        self.reap();
+        self.reaped().get(&pid).copied()
+    }
+
+    /// Waits until `pid` exits and returns how, when this process can know it (see
+    /// [`Group::exit_of`]); panics if `pid` disappeared without this process seeing its
+    /// status (its parent reaped it).
+    pub(crate) fn wait_exit(&self, pid: u32) -> Exit {
+        wait_for(
+            format_args!("{}: pid {pid} to exit", self.label),
+            DEADLINE,
+            || {
+                if let Some(exit) = self.exit_of(pid) {
+                    return Some(exit);
+                }
+                assert!(
+                    proc_info(pid).is_some(),
+                    "{}: pid {pid} was reaped by its parent, its exit status is unknown",
+                    self.label
+                );
+                None
+            },
+        )
+    }
+
+    /// Waits until `pid` is gone: exited and reaped (by its parent or by this process), or
+    /// a zombie left for this process to reap.
+    pub(crate) fn wait_gone(&self, pid: u32) {
+        wait_for(
+            format_args!("{}: pid {pid} to be gone", self.label),
+            DEADLINE,
+            || {
+                self.reap();
+                (!is_alive(pid)).then_some(())
+            },
+        );
+    }
+
+    /// Waits until the group's live processes are exactly `expected` and no zombie is left
+    /// unreaped by a live parent.
+    pub(crate) fn wait_settled(&self, expected: &[u32]) {
+        let mut expected = expected.to_vec();
+        expected.sort_unstable();
+        wait_for(
+            format_args!(
+                "{}: the live processes to be exactly {expected:?}, without zombies",
+                self.label
+            ),
+            DEADLINE,
+            || (self.live() == expected && self.unreaped_zombies().is_empty()).then_some(()),
+        );
+    }
+
+    /// Sends `signal` to `pid`, which must be a member of this group.
+    pub(crate) fn signal(&self, pid: u32, sig: libc::c_int) {
+        let member = proc_info(pid).is_some_and(|p| p.pgrp == self.leader);
+        assert!(member, "{}: pid {pid} is not in the group", self.label);
+        signal(pid, sig);
+    }
+
+    /// The pids announced on stdout by `listening` lines, in order, without repeats.
+    pub(crate) fn announced_pids(&self) -> Vec<u32> {
+        let mut pids = Vec::new();
+        for line in self.stdout.snapshot() {
+            if let Some(l) = parse_listening(&line)
+                && !pids.contains(&l.pid)
+            {
+                pids.push(l.pid);
+            }
+        }
+        pids
+    }
+
+    /// Waits until stdout and stderr are closed: every process of the group that held them
+    /// is gone, and every line they wrote has been read.
+    pub(crate) fn wait_output_closed(&self) {
+        wait_for(
+            format_args!("{}: stdout and stderr to close", self.label),
+            DEADLINE,
+            || {
+                self.reap();
+                (self.stdout.eof.load(Ordering::SeqCst) && self.stderr.eof.load(Ordering::SeqCst))
+                    .then_some(())
+            },
+        );
+    }
+
+    /// Everything the group printed, for a failure message.
+    pub(crate) fn dump(&self) -> String {
+        let mut s = format!("==== {} (pgid {}) stdout ====\n", self.label, self.leader);
+        for l in self.stdout.snapshot() {
+            s.push_str(&l);
+            s.push('\n');
+        }
+        s.push_str(&format!("==== {} stderr ====\n", self.label));
+        for l in self.stderr.snapshot() {
+            s.push_str(&l);
+            s.push('\n');
+        }
+        s
+    }
+
+    /// Kills every process of the group and reaps them all; true if nothing is left.
+    fn kill_and_reap(&self) -> bool {
+        let pgid = libc::pid_t::try_from(self.leader).expect("pid fits pid_t");
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            // The leader is not reaped yet, so the group id is still ours.
+            // SAFETY: kill(2) takes two integers and touches no memory.
+            unsafe { libc::kill(-pgid, libc::SIGKILL) };
+            self.reap();
+            let left: Vec<ProcInfo> = group_members(self.leader)
+                .into_iter()
+                .filter(|p| p.pid != self.leader)
+                .collect();
+            if left.is_empty() && !is_alive(self.leader) {
+                break;
+            }
+            if Instant::now() > deadline {
+                eprintln!("{}: processes left after SIGKILL: {left:?}", self.label);
+                return false;
+            }
+            thread::sleep(POLL);
+        }
+        // Last, the leader (now dead: this does not block).
+        let mut status = 0;
+        // SAFETY: a valid out-pointer; the leader is our child and has exited.
+        unsafe { libc::waitpid(pgid, &mut status, 0) };
+        true
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        let clean = self.kill_and_reap();
+        // Every writer of the pipes is gone: the readers see end of file soon.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !(self.stdout.eof.load(Ordering::SeqCst) && self.stderr.eof.load(Ordering::SeqCst))
+            && Instant::now() < deadline
+        {
+            thread::sleep(POLL);
+        }
+        if thread::panicking() || !clean {
+            eprintln!("{}", self.dump());
+        }
+    }
+}
+
+// ---- placing fds in a child ------------------------------------------------------------------
+
+/// Makes `command`'s child find each `Some(fd)` at its target number and each `None`
+/// target closed (on top of stdio), whatever numbers they have in this process.
+pub(crate) fn place_fds(command: &mut Command, placements: Vec<(RawFd, Option<OwnedFd>)>) {
+    // Move every source above the targets first (close-on-exec in this process), so that no
+    // dup2 in the child overwrites a source that is still to be placed.
+    let placements: Vec<(RawFd, Option<OwnedFd>)> = placements
+        .into_iter()
+        .map(|(target, fd)| {
+            let fd = fd.map(|fd| {
+                // SAFETY: F_DUPFD_CLOEXEC duplicates an fd we own into a new one that we own.
+                let raw = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 100) };
+                assert!(raw >= 100, "dup: {}", io::Error::last_os_error());
+                // SAFETY: `raw` was just created and nothing else owns it.
+                unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) }
+            });
+            (target, fd)
+        })
+        .collect();
+    // SAFETY: the hook runs between fork and exec; it only calls dup2 and close (both
+    // async-signal-safe) on numbers prepared here, and builds an io::Error from errno,
+    // which does not allocate.
+    unsafe {
+        command.pre_exec(move || {
+            for (target, fd) in &placements {
+                let ret = match fd {
+                    Some(fd) => libc::dup2(fd.as_raw_fd(), *target),
+                    None => {
+                        libc::close(*target);
+                        0
+                    }
+                };
+                if ret == -1 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+}
+
+// ---- clients -------------------------------------------------------------------------------
+
+/// Where a server listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Endpoint {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl Endpoint {
+    fn parse(addr: &str) -> Self {
+        match addr.strip_prefix("unix:") {
+            Some(path) => Self::Unix(path.into()),
+            None => Self::Tcp(addr.parse().expect("a socket address")),
+        }
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Tcp(addr) => addr.fmt(f),
+            Self::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Self::Tcp(s) => s.read(buf),
+            Self::Unix(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Self::Tcp(s) => s.write(buf),
+            Self::Unix(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Self::Tcp(s) => s.flush(),
+            Self::Unix(s) => s.flush(),
+        }
+    }
+}
+
+/// A client connection speaking the line protocol.
+#[derive(Debug)]
+pub(crate) struct Conn {
+    reader: BufReader<Stream>,
+}
+
+impl Conn {
+    /// Connects, with [`DEADLINE`] as the read and write timeout.
+    pub(crate) fn open(endpoint: &Endpoint) -> io::Result<Self> {
+        let stream = match endpoint {
+            Endpoint::Tcp(addr) => {
+                let s = TcpStream::connect_timeout(addr, DEADLINE)?;
+                s.set_read_timeout(Some(DEADLINE))?;
+                s.set_write_timeout(Some(DEADLINE))?;
+                s.set_nodelay(true)?;
+                Stream::Tcp(s)
+            }
+            Endpoint::Unix(path) => {
+                let s = UnixStream::connect(path)?;
+                s.set_read_timeout(Some(DEADLINE))?;
+                s.set_write_timeout(Some(DEADLINE))?;
+                Stream::Unix(s)
+            }
+        };
+        Ok(Self {
+            reader: BufReader::new(stream),
+        })
+    }
+
+    /// Sends one line.
+    pub(crate) fn send(&mut self, line: &str) -> io::Result<()> {
+        let stream = self.reader.get_mut();
+        stream.write_all(format!("{line}\n").as_bytes())?;
+        stream.flush()
+    }
+
+    /// Reads one answer: the pid of the process that answered and the rest of the line.
+    pub(crate) fn recv(&mut self) -> io::Result<(u32, String)> {
+        let mut line = String::new();
+        if self.reader.read_line(&mut line)? == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the server closed the connection",
+            ));
+        }
+        let line = line.trim_end_matches('\n');
+        let (pid, rest) = line.split_once(' ').unwrap_or((line, ""));
+        let pid = pid.parse().map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("not a `<pid> <line>` answer: {line:?}"),
+            )
+        })?;
+        Ok((pid, rest.to_owned()))
+    }
+
+    /// Sends `line` and reads the answer.
+    pub(crate) fn ask(&mut self, line: &str) -> io::Result<(u32, String)> {
+        self.send(line)?;
+        self.recv()
+    }
+}
+
+/// One request on a new connection.
+pub(crate) fn ask(endpoint: &Endpoint, line: &str) -> io::Result<(u32, String)> {
+    Conn::open(endpoint)?.ask(line)
+}
+
+// ---- servers -------------------------------------------------------------------------------
+
+/// How to start a server.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Options {
+    /// Listen on a Unix socket in the test directory instead of `127.0.0.1:0`.
+    pub(crate) unix: bool,
+    /// More arguments (`--upgrade-timeout 1`).
+    pub(crate) args: Vec<String>,
+    /// More environment variables.
+    pub(crate) env: Vec<(OsString, OsString)>,
+    /// Run the server through a symlinked release directory, as deploy tools do:
+    /// `current -> releases/v1`, program `current/<binary>` (see [`Server::switch_release`]).
+    pub(crate) symlinked_release: bool,
+}
+
+impl Options {
+    pub(crate) fn arg(mut self, arg: impl Into<String>) -> Self {
+        self.args.push(arg.into());
+        self
+    }
+
+    pub(crate) fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    pub(crate) fn unix(mut self) -> Self {
+        self.unix = true;
+        self
+    }
+
+    pub(crate) fn symlinked_release(mut self) -> Self {
+        self.symlinked_release = true;
+        self
+    }
+}
+
+/// A server under test: its process group, its directory (with its executable and pid
+/// file) and the generation the harness believes serves.
+#[derive(Debug)]
+pub(crate) struct Server {
+    // Dropped first: every process is gone before the directory is removed.
+    pub(crate) group: Group,
+    dir: TempDir,
+    exe: PathBuf,
+    real: PathBuf,
+    pid_file: PathBuf,
+    endpoint: Endpoint,
+    current: AtomicU32,
+}
+
+impl Server {
+    /// Starts `bin` with `options`, waits until it listens and is ready.
+    pub(crate) fn start(bin: &Path, options: &Options) -> Self {
+        Self::start_with(bin, options, |_| {})
+    }
+
+    /// [`Server::start`], with a last change to the command (placing fds, say).
+    pub(crate) fn start_with(
+        bin: &Path,
+        options: &Options,
+        customize: impl FnOnce(&mut Command),
+    ) -> Self {
+        let name = bin
+            .file_name()
+            .expect("the binary has a file name")
+            .to_owned();
+        let dir = TempDir::new(&name.to_string_lossy());
+        let exe = if options.symlinked_release {
+            let release = dir.path().join("releases").join("v1");
+            fs::create_dir_all(&release).expect("mkdir releases/v1");
+            install_copy(bin, &release.join(&name));
+            std::os::unix::fs::symlink("releases/v1", dir.path().join("current"))
+                .expect("symlink current");
+            dir.path().join("current").join(&name)
+        } else {
+            let exe = dir.path().join(&name);
+            install_copy(bin, &exe);
+            exe
+        };
+        // A pristine copy, for scripts that replace `exe` and then run the real server.
+        let real = dir.path().join("real").join(&name);
+        fs::create_dir_all(real.parent().expect("a parent")).expect("mkdir real");
+        install_copy(bin, &real);
+        let pid_file = dir.path().join("server.pid");
+        let listen = if options.unix {
+            format!("unix:{}", dir.path().join("s.sock").display())
+        } else {
+            "127.0.0.1:0".to_owned()
+        };
+
+        let mut command = Group::command(&exe);
+        command
+            .current_dir(dir.path())
+            .arg("--listen")
+            .arg(&listen)
+            .arg("--pid-file")
+            .arg(&pid_file)
+            .args(&options.args)
+            .envs(options.env.iter().map(|(k, v)| (k, v)));
+        customize(&mut command);
+        let group = Group::spawn(&name.to_string_lossy(), command);
+        let pid = group.leader();
+        let line = wait_for(
+            format_args!("{} to listen", name.to_string_lossy()),
+            DEADLINE,
+            || {
+                let line = group
+                    .stdout
+                    .find_from(0, |l| parse_listening(l).is_some_and(|l| l.pid == pid));
+                if line.is_none() {
+                    assert!(
+                        is_alive(pid),
+                        "the server exited before it listened: {:?}",
+                        peek_exit(pid)
+                    );
+                }
+                line
+            },
+        );
+        let listening = parse_listening(&line).expect("a listening line");
+        let server = Self {
+            group,
+            dir,
+            exe,
+            real,
+            pid_file,
+            endpoint: Endpoint::parse(&listening.addr),
+            current: AtomicU32::new(pid),
+        };
+        server.wait_pid_file(pid);
+        server
+    }
+
+    /// The pid of the generation that serves, as far as the harness knows.
+    pub(crate) fn pid(&self) -> u32 {
+        self.current.load(Ordering::SeqCst)
+    }
+
+    /// Tells the harness which generation serves (after a test drove a restart itself).
+    pub(crate) fn set_pid(&self, pid: u32) {
+        self.current.store(pid, Ordering::SeqCst);
+    }
+
+    pub(crate) fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    pub(crate) fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The executable the server was started from (and restarts into).
+    pub(crate) fn exe(&self) -> &Path {
+        &self.exe
+    }
+
+    /// A pristine copy of the server binary, elsewhere in the test directory.
+    pub(crate) fn real_binary(&self) -> &Path {
+        &self.real
+    }
+
+    pub(crate) fn pid_file(&self) -> &Path {
+        &self.pid_file
+    }
+
+    /// What the pid file names now.
+    pub(crate) fn pid_file_pid(&self) -> Option<u32> {
+        fs::read_to_string(&self.pid_file).ok()?.trim().parse().ok()
+    }
+
+    /// Waits until the pid file names `pid`.
+    pub(crate) fn wait_pid_file(&self, pid: u32) {
+        wait_for(format_args!("the pid file to name {pid}"), DEADLINE, || {
+            (self.pid_file_pid() == Some(pid)).then_some(())
+        });
+    }
+
+    /// Opens a connection.
+    pub(crate) fn connect(&self) -> Conn {
+        Conn::open(&self.endpoint).unwrap_or_else(|e| panic!("connect to {}: {e}", self.endpoint))
+    }
+
+    /// One request on a new connection; panics on any error.
+    pub(crate) fn ask(&self, line: &str) -> (u32, String) {
+        ask(&self.endpoint, line)
+            .unwrap_or_else(|e| panic!("ask {line:?} at {}: {e}", self.endpoint))
+    }
+
+    /// Asserts that a new connection is answered, by `pid`.
+    pub(crate) fn assert_serves(&self, pid: u32) {
+        let (answered, echo) = self.ask("ping");
+        assert_eq!(echo, "ping");
+        assert_eq!(answered, pid, "answered by {answered}, expected {pid}");
+    }
+
+    /// Sends `SIGHUP` to the serving generation and waits for the handover: a new
+    /// generation wrote the pid file and announced its listeners, and the old one stopped
+    /// accepting (from then on every new connection goes to the new one). Returns the new
+    /// pid. The old process may still be draining.
+    pub(crate) fn hup(&self) -> u32 {
+        let old = self.pid();
+        let err_mark = self.group.stderr.len();
+        self.group.signal(old, libc::SIGHUP);
+        let new = wait_for(
+            format_args!("a new generation after {old} to write the pid file"),
+            DEADLINE,
+            || {
+                let failed = self
+                    .group
+                    .stderr
+                    .find_from(err_mark, |l| l.contains("restart failed"));
+                assert!(failed.is_none(), "the restart failed: {failed:?}");
+                self.pid_file_pid().filter(|&p| p != old)
+            },
+        );
+        self.group.stdout.wait_from(
+            format_args!("the new generation {new} to announce its listeners"),
+            0,
+            |l| parse_listening(l).is_some_and(|l| l.pid == new),
+        );
+        // It logs that its accept loops ended, unless it exits first (it may exit as soon
+        // as it is drained, before an accept task runs again).
+        wait_for(
+            format_args!("the old generation {old} to stop accepting"),
+            DEADLINE,
+            || {
+                let stopped = self.group.stderr.find_from(err_mark, |l| {
+                    l.contains("stopped accepting") && has_field(l, "pid", old)
+                });
+                (stopped.is_some() || !is_alive(old)).then_some(())
+            },
+        );
+        self.set_pid(new);
+        new
+    }
+
+    /// [`Server::hup`], then waits for the old generation to exit with 0 (it must have no
+    /// connection left).
+    pub(crate) fn restart(&self) -> u32 {
+        let old = self.pid();
+        let new = self.hup();
+        assert_eq!(
+            self.group.wait_exit(old),
+            Exit::Code(0),
+            "the old generation {old} exit status"
+        );
+        new
+    }
+
+    /// Sends `SIGHUP` to the serving generation, expecting the restart to fail: waits until
+    /// it logs the failure (a line with `restart failed`, returned) and asserts that it
+    /// still serves, alone.
+    pub(crate) fn hup_expecting_failure(&self) -> String {
+        let pid = self.pid();
+        let err_mark = self.group.stderr.len();
+        self.group.signal(pid, libc::SIGHUP);
+        let line = self.group.stderr.wait_from(
+            format_args!("{pid} to report a failed restart"),
+            err_mark,
+            |l| l.contains("restart failed"),
+        );
+        self.assert_serves(pid);
+        self.group.wait_settled(&[pid]);
+        assert_eq!(self.pid_file_pid(), Some(pid), "the pid file");
+        line
+    }
+
+    /// Replaces the executable on disk (atomically).
+    pub(crate) fn replace_exe(&self, contents: &[u8], mode: u32) {
+        install_file(&self.exe, contents, mode);
+    }
+
+    /// With [`Options::symlinked_release`]: installs `contents` as the binary of release
+    /// `version` and switches `current` to it atomically (a new symlink renamed over it).
+    pub(crate) fn switch_release(&self, version: &str, contents: &[u8]) {
+        let name = self.exe.file_name().expect("a file name");
+        let release = self.dir().join("releases").join(version);
+        fs::create_dir_all(&release).expect("mkdir the release");
+        install_file(&release.join(name), contents, 0o755);
+        let tmp = self.dir().join("current.new");
+        let _ = fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(Path::new("releases").join(version), &tmp)
+            .expect("symlink the new release");
+        fs::rename(&tmp, self.dir().join("current")).expect("switch current");
+    }
+
+    /// Puts the real server binary back in place.
+    pub(crate) fn restore_exe(&self) {
+        install_copy(&self.real, &self.exe);
+    }
+
+    /// Waits until the fd count of `pid` is `expected`; panics listing its fds if not.
+    pub(crate) fn wait_fd_count(&self, pid: u32, expected: usize) {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if fd_count(pid) == Some(expected) {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "pid {pid} has {:?} fds, expected {expected}: {:#?}",
+                    fd_count(pid),
+                    fds(pid)
+                );
+            }
+            thread::sleep(POLL);
+        }
+    }
+
+    /// The fd count of the serving generation once it has settled with no client
+    /// connected: waits until it stays unchanged across a few polls.
+    pub(crate) fn settled_fd_count(&self) -> usize {
+        let pid = self.pid();
+        let mut last = None;
+        let mut stable = 0;
+        wait_for(
+            format_args!("the fd count of {pid} to settle"),
+            DEADLINE,
+            || {
+                let now = fd_count(pid);
+                if now.is_some() && now == last {
+                    stable += 1;
+                } else {
+                    stable = 0;
+                }
+                last = now;
+                if stable >= 10 { now } else { None }
+            },
+        )
+    }
+}
+
+/// Runs `f` on a thread and waits at most [`DEADLINE`] for its result.
+pub(crate) fn with_deadline<T: Send + 'static>(
+    what: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(DEADLINE)
+        .unwrap_or_else(|e| panic!("{what}: {e}"))
+}
+
+/// Reads everything from `fd` until end of file, within [`DEADLINE`].
+pub(crate) fn read_to_end(what: &str, fd: OwnedFd) -> Vec<u8> {
+    with_deadline(what, move || {
+        let mut buf = Vec::new();
+        let _ = fs::File::from(fd).read_to_end(&mut buf);
+        buf
+    })
+}
+
+/// Borrow helper for [`place_fds`] callers.
+pub(crate) fn dup(fd: impl AsFd) -> OwnedFd {
+    fd.as_fd().try_clone_to_owned().expect("dup")
+}

@@ -1,0 +1,981 @@
+//! The end-to-end scenarios, each a function of the server binary it runs, so that every
+//! example server (tokio, smol, async-std) runs the same tests: a test file per binary only
+//! calls them.
+//!
+//! Each scenario fails if the behaviour it names breaks; the comments say what it checks.
+
+use std::fs;
+use std::net::{TcpListener, TcpStream, UdpSocket};
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::net::UnixListener;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use super::{
+    DEADLINE, Endpoint, Exit, Group, Options, Server, ask, dup, fds, is_alive, own_pid,
+    parse_listening, place_fds, read_to_end, sh_quote, sh_script, wait_for,
+};
+
+/// The pid in the server's `spawned the new generation pid=<pid>` log line after `mark`.
+fn spawned_child(server: &Server, mark: usize) -> u32 {
+    let line = server
+        .group
+        .stderr
+        .wait_from("the server to spawn a new generation", mark, |l| {
+            l.contains("spawned the new generation")
+        });
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix("pid=")?.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {line:?}"))
+}
+
+/// After a bad input: the server still answers and a later restart works.
+fn still_serves_and_restarts(server: &Server) {
+    let pid = server.pid();
+    server.assert_serves(pid);
+    let new = server.restart();
+    server.assert_serves(new);
+    server.group.wait_settled(&[new]);
+}
+
+// ---- 1. a request in flight --------------------------------------------------------------------
+
+/// A request in flight in the old process (`sleep 2000`) completes after the HUP, answered
+/// by the old pid; connections made once the new generation took over are answered by the
+/// new pid; the old process exits 0 once its connection is done, not before.
+pub(crate) fn in_flight_request(bin: &Path) {
+    let server = Server::start(bin, &Options::default());
+    let old = server.pid();
+
+    let mut inflight = server.connect();
+    // The connection is the old process's: it answered on it.
+    assert_eq!(inflight.ask("hello").unwrap(), (old, "hello".to_owned()));
+    inflight.send("sleep 2000").unwrap();
+    let sent = Instant::now();
+
+    let new = server.hup();
+    assert_ne!(new, old);
+    // Every new connection goes to the new generation from now on.
+    for _ in 0..10 {
+        server.assert_serves(new);
+    }
+    assert!(
+        is_alive(old),
+        "the old generation left with a request in flight"
+    );
+
+    let answer = inflight.recv().expect("the in-flight request is answered");
+    assert_eq!(answer, (old, "sleep 2000".to_owned()));
+    assert!(sent.elapsed() >= Duration::from_millis(2000));
+    // The connection stays with the old process until the client hangs up.
+    assert_eq!(inflight.ask("again").unwrap(), (old, "again".to_owned()));
+    assert!(
+        is_alive(old),
+        "the old generation must wait for its connection"
+    );
+    assert_eq!(server.group.exit_of(old), None);
+
+    drop(inflight);
+    assert_eq!(server.group.wait_exit(old), Exit::Code(0));
+    server.assert_serves(new);
+    server.group.wait_settled(&[new]);
+}
+
+// ---- 2. many restarts ------------------------------------------------------------------------
+
+/// 20 restarts in a row: each new generation serves and names itself in the pid file, the
+/// old one exits 0, and once settled exactly one process is left, with as many fds as the
+/// first generation had, and no zombie.
+pub(crate) fn twenty_restarts(bin: &Path) {
+    let server = Server::start(bin, &Options::default());
+    let first = server.pid();
+    server.assert_serves(first);
+    let baseline = server.settled_fd_count();
+    server.group.wait_settled(&[first]);
+
+    let mut generations = vec![first];
+    for i in 0..20 {
+        let new = server.restart();
+        assert!(
+            !generations.contains(&new),
+            "restart {i}: {new} is not a new process"
+        );
+        generations.push(new);
+        server.assert_serves(new);
+        assert_eq!(
+            server.pid_file_pid(),
+            Some(new),
+            "restart {i}: the pid file"
+        );
+        server.group.wait_settled(&[new]);
+        server.wait_fd_count(new, baseline);
+    }
+    assert_eq!(server.group.announced_pids(), generations);
+}
+
+// ---- 3. bad input ----------------------------------------------------------------------------
+
+/// The handoff variables of a valid handoff of one listener (`listen-0` at fd 3, the
+/// readiness channel at fd 4) from `parent`.
+fn handoff_vars(parent: u32) -> Vec<(&'static str, String)> {
+    vec![
+        ("ENDLESS_VERSION", "1".to_owned()),
+        ("ENDLESS_PARENT_PID", parent.to_string()),
+        ("ENDLESS_FDS", "1".to_owned()),
+        ("ENDLESS_FD_3", "tcp-listener:listen-0".to_owned()),
+        ("ENDLESS_READY_FD", "4".to_owned()),
+    ]
+}
+
+/// Starts a process of `server`'s binary (not the server itself), as if the test process
+/// were its endless parent, with `vars` and the fds placed, in a group of its own.
+fn start_adopter(
+    server: &Server,
+    label: &str,
+    vars: &[(&str, String)],
+    placements: Vec<(i32, Option<OwnedFd>)>,
+) -> Group {
+    let mut command = Group::command(server.exe());
+    command
+        .current_dir(server.dir())
+        .args(["--listen", "127.0.0.1:0"]);
+    for (k, v) in vars {
+        command.env(k, v);
+    }
+    place_fds(&mut command, placements);
+    Group::spawn(label, command)
+}
+
+/// A process started with these variables and fds exits non-zero, says `expected` on
+/// stderr (after `cannot start`), never listens, and writes nothing on the readiness pipe.
+fn assert_refused(
+    server: &Server,
+    label: &str,
+    vars: &[(&str, String)],
+    placements: Vec<(i32, Option<OwnedFd>)>,
+    ready: Option<OwnedFd>,
+    expected: &str,
+) {
+    let group = start_adopter(server, label, vars, placements);
+    let exit = group.wait_exit(group.leader());
+    assert!(
+        matches!(exit, Exit::Code(c) if c != 0),
+        "{label}: exit status {exit:?}\n{}",
+        group.dump()
+    );
+    // Every line it wrote has been read once its stdout and stderr are closed.
+    group.wait_output_closed();
+    let error = group.stderr.find_from(0, |l| l.contains("cannot start"));
+    assert!(
+        error.as_deref().is_some_and(|l| l.contains(expected)),
+        "{label}: expected an error containing {expected:?}, got {error:?}\n{}",
+        group.dump()
+    );
+    assert_eq!(group.announced_pids(), [0u32; 0], "{label}: it listened");
+    if let Some(ready) = ready {
+        assert_eq!(
+            read_to_end("the readiness pipe", ready),
+            b"",
+            "{label}: readiness pipe"
+        );
+    }
+    group.wait_settled(&[]);
+}
+
+/// Bad input a: malformed `ENDLESS_*` variables at start-up, meant for the process (the
+/// parent pid is right). Each one makes it exit non-zero with an error naming the problem;
+/// the running server is unaffected and restarts.
+pub(crate) fn malformed_variables(bin: &Path) {
+    let server = Server::start(bin, &Options::default());
+    let me = own_pid();
+    let set = |key: &'static str, value: &str| {
+        let mut vars = handoff_vars(me);
+        match vars.iter_mut().find(|(k, _)| *k == key) {
+            Some(slot) => slot.1 = value.to_owned(),
+            None => vars.push((key, value.to_owned())),
+        }
+        vars
+    };
+    let without = |key: &str| {
+        let mut vars = handoff_vars(me);
+        vars.retain(|(k, _)| *k != key);
+        vars
+    };
+    // (what is wrong, the variables, what the error must say)
+    type Case = (&'static str, Vec<(&'static str, String)>, &'static str);
+    let cases: Vec<Case> = vec![
+        (
+            "unsupported version",
+            set("ENDLESS_VERSION", "2"),
+            r#"ENDLESS_VERSION is "2", this program reads version 1"#,
+        ),
+        (
+            "count not a number",
+            set("ENDLESS_FDS", "abc"),
+            r#"the value of "ENDLESS_FDS" is not a valid number: "abc""#,
+        ),
+        (
+            "count with a sign",
+            set("ENDLESS_FDS", "+1"),
+            r#"the value of "ENDLESS_FDS" is not a valid number: "+1""#,
+        ),
+        (
+            "count mismatch",
+            set("ENDLESS_FDS", "2"),
+            "2 fds declared but 1 found",
+        ),
+        (
+            "unknown kind",
+            set("ENDLESS_FD_3", "carrier-pigeon:listen-0"),
+            r#""ENDLESS_FD_3" has an unknown fd kind "carrier-pigeon""#,
+        ),
+        (
+            "entry without a kind",
+            set("ENDLESS_FD_3", "listen-0"),
+            r#"the value of "ENDLESS_FD_3" is not <kind>:<name>"#,
+        ),
+        (
+            "bad escape in a name",
+            set("ENDLESS_FD_3", "tcp-listener:listen%zz"),
+            r#"the name in "ENDLESS_FD_3" has an invalid escape"#,
+        ),
+        (
+            "ready fd is an entry's fd",
+            set("ENDLESS_READY_FD", "3"),
+            r#""ENDLESS_READY_FD" names fd 3, which is already the fd of another entry"#,
+        ),
+        (
+            "ready fd out of range",
+            set("ENDLESS_READY_FD", "9"),
+            r#""ENDLESS_READY_FD" names fd 9"#,
+        ),
+        (
+            "ready fd missing",
+            without("ENDLESS_READY_FD"),
+            r#""ENDLESS_READY_FD" is not set, but related variables are"#,
+        ),
+        (
+            "count missing",
+            without("ENDLESS_FDS"),
+            r#""ENDLESS_FDS" is not set, but related variables are"#,
+        ),
+        (
+            "fd variable with a bad number",
+            set("ENDLESS_FD_3x", "tcp-listener:x"),
+            r#""ENDLESS_FD_3x" has the reserved prefix ENDLESS_FD_"#,
+        ),
+        (
+            "parent pid not a number",
+            set("ENDLESS_PARENT_PID", "12ab"),
+            r#"the value of "ENDLESS_PARENT_PID" is not a valid number: "12ab""#,
+        ),
+    ];
+    for (label, vars, expected) in cases {
+        // A real listener and readiness pipe at 3 and 4: only the variables are wrong.
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let (reader, writer) = std::io::pipe().unwrap();
+        assert_refused(
+            &server,
+            label,
+            &vars,
+            vec![(3, Some(dup(&listener))), (4, Some(OwnedFd::from(writer)))],
+            Some(OwnedFd::from(reader)),
+            expected,
+        );
+    }
+    still_serves_and_restarts(&server);
+}
+
+/// Bad input b: variables present but not meant for this process (`ENDLESS_PARENT_PID`
+/// names another process), with a listener and a pipe at the fds they describe: the server
+/// warns, ignores them (neither adopts the listener nor writes "ready" on the pipe), starts
+/// fresh on its own `--listen` address, serves, and restarts.
+pub(crate) fn variables_for_another_process(bin: &Path) {
+    let other = if own_pid() == 1 { 2 } else { 1 };
+    let decoy = TcpListener::bind("127.0.0.1:0").unwrap();
+    let decoy_addr = decoy.local_addr().unwrap();
+    let (reader, writer) = std::io::pipe().unwrap();
+    let mut options = Options::default();
+    for (k, v) in handoff_vars(other) {
+        options = options.env(k, v);
+    }
+    let placements = vec![(3, Some(dup(&decoy))), (4, Some(OwnedFd::from(writer)))];
+    let server = Server::start_with(bin, &options, |command| place_fds(command, placements));
+    let pid = server.pid();
+
+    let warning =
+        server
+            .group
+            .stderr
+            .wait_from("a warning about the inherited variables", 0, |l| {
+                l.contains("WARN") && l.contains("ignoring the inherited")
+            });
+    assert!(
+        warning.contains("not meant for this process"),
+        "expected a warning about variables not meant for this process, got {warning:?}"
+    );
+    assert_ne!(
+        server.endpoint(),
+        &Endpoint::Tcp(decoy_addr),
+        "the server adopted a listener that was not meant for it"
+    );
+    server.assert_serves(pid);
+    // Nothing was written on the pipe it was not meant to use.
+    set_nonblocking(&reader);
+    let mut buf = [0u8; 64];
+    let read = std::io::Read::read(&mut &reader, &mut buf);
+    assert!(
+        matches!(&read, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "the server wrote on a readiness pipe not meant for it: {read:?}"
+    );
+    // The decoy listener saw no connection: nobody accepts on it.
+    decoy.set_nonblocking(true).unwrap();
+    assert!(decoy.accept().is_err());
+
+    still_serves_and_restarts(&server);
+}
+
+fn set_nonblocking(pipe: &std::io::PipeReader) {
+    use std::os::fd::AsRawFd;
+    let fd = pipe.as_raw_fd();
+    // SAFETY: fcntl on an fd we own; no memory involved.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        assert!(flags >= 0);
+        assert_eq!(libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK), 0);
+    }
+}
+
+/// Bad input c: an inherited fd that is closed, not a socket, or of the wrong kind, and a
+/// readiness channel that is closed or not writable: the process exits non-zero with an
+/// error naming the fd and the problem. A control with the right fds adopts the listener
+/// and reports ready on the pipe, so the negative cases fail for the reason they name.
+pub(crate) fn bad_inherited_fds(bin: &Path) {
+    let server = Server::start(bin, &Options::default());
+    let vars = handoff_vars(own_pid());
+
+    // The control: everything right.
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (reader, writer) = std::io::pipe().unwrap();
+        let group = start_adopter(
+            &server,
+            "a good handoff",
+            &vars,
+            vec![(3, Some(dup(&listener))), (4, Some(OwnedFd::from(writer)))],
+        );
+        drop(listener);
+        let pid = group.leader();
+        let message = read_to_end("the readiness line", OwnedFd::from(reader));
+        assert_eq!(
+            String::from_utf8_lossy(&message),
+            format!("endless/1 ready {pid}\n"),
+            "{}",
+            group.dump()
+        );
+        let line = group
+            .stdout
+            .wait_from("the adopter to listen", 0, |l| parse_listening(l).is_some());
+        let listening = parse_listening(&line).unwrap();
+        assert_eq!((listening.addr, listening.pid), (addr.to_string(), pid));
+        assert_eq!(
+            ask(&Endpoint::Tcp(addr), "ping").unwrap(),
+            (pid, "ping".to_owned())
+        );
+    }
+
+    let pipe = || {
+        let (reader, writer) = std::io::pipe().unwrap();
+        (OwnedFd::from(reader), OwnedFd::from(writer))
+    };
+    let listener = || OwnedFd::from(TcpListener::bind("127.0.0.1:0").unwrap());
+
+    let (r, w) = pipe();
+    assert_refused(
+        &server,
+        "fd 3 closed",
+        &vars,
+        vec![(3, None), (4, Some(w))],
+        Some(r),
+        // The runtime, built before `Endless::start`, takes the lowest free fds: a closed
+        // fd 3 may be tokio's by the time the inherited fds are checked. It is refused
+        // either way (not open, or open but close-on-exec: not inherited).
+        r#"inherited fd 3 ("listen-0") was not passed by the parent"#,
+    );
+
+    let file = fs::File::create(server.dir().join("not-a-socket")).unwrap();
+    let (r, w) = pipe();
+    assert_refused(
+        &server,
+        "a file at fd 3",
+        &vars,
+        vec![(3, Some(OwnedFd::from(file))), (4, Some(w))],
+        Some(r),
+        r#"inherited fd 3 ("listen-0") is not a socket, but is declared as one"#,
+    );
+
+    let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let (r, w) = pipe();
+    assert_refused(
+        &server,
+        "a UDP socket declared tcp-listener",
+        &vars,
+        vec![(3, Some(OwnedFd::from(udp))), (4, Some(w))],
+        Some(r),
+        r#"inherited fd 3 ("listen-0") is declared as tcp-listener but is udp"#,
+    );
+
+    let peer = TcpListener::bind("127.0.0.1:0").unwrap();
+    let stream = TcpStream::connect(peer.local_addr().unwrap()).unwrap();
+    let (r, w) = pipe();
+    assert_refused(
+        &server,
+        "a TCP stream declared tcp-listener",
+        &vars,
+        vec![(3, Some(OwnedFd::from(stream))), (4, Some(w))],
+        Some(r),
+        r#"inherited fd 3 ("listen-0") is declared as tcp-listener but is tcp-stream"#,
+    );
+
+    let unix = UnixListener::bind(server.dir().join("other.sock")).unwrap();
+    let (r, w) = pipe();
+    assert_refused(
+        &server,
+        "a Unix listener declared tcp-listener",
+        &vars,
+        vec![(3, Some(OwnedFd::from(unix))), (4, Some(w))],
+        Some(r),
+        r#"inherited fd 3 ("listen-0") is declared as tcp-listener but is unix-listener"#,
+    );
+
+    assert_refused(
+        &server,
+        "readiness channel closed",
+        &vars,
+        vec![(3, Some(listener())), (4, None)],
+        None,
+        // As above: fd 4 may be the runtime's by then.
+        "the readiness channel, fd 4 (ENDLESS_READY_FD), ",
+    );
+
+    let (r, _w) = pipe();
+    assert_refused(
+        &server,
+        "readiness channel not writable",
+        &vars,
+        vec![(3, Some(listener())), (4, Some(r))],
+        None,
+        "the readiness channel, fd 4 (ENDLESS_READY_FD), is not a pipe or socket open for writing",
+    );
+
+    still_serves_and_restarts(&server);
+}
+
+/// An inherited fd declared with the kind `other` (not checked: any fd will do) that the
+/// parent did not pass: the process must refuse to start, without reporting ready.
+///
+/// Today it does not: the runtime (built before `Endless::start`) reuses the free number for
+/// its own epoll fd, endless adopts that fd as the entry, reports ready, then closes it as
+/// unclaimed, and tokio aborts ("unexpected error when polling the I/O driver: Bad file
+/// descriptor") after the parent has handed over.
+pub(crate) fn closed_fd_declared_other_is_refused(bin: &Path) {
+    let server = Server::start(bin, &Options::default());
+    let vars = vec![
+        ("ENDLESS_VERSION", "1".to_owned()),
+        ("ENDLESS_PARENT_PID", own_pid().to_string()),
+        ("ENDLESS_FDS", "2".to_owned()),
+        ("ENDLESS_FD_3", "tcp-listener:listen-0".to_owned()),
+        ("ENDLESS_FD_4", "other:junk".to_owned()),
+        ("ENDLESS_READY_FD", "5".to_owned()),
+    ];
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let (reader, writer) = std::io::pipe().unwrap();
+    assert_refused(
+        &server,
+        "fd 4 (other) closed",
+        &vars,
+        vec![
+            (3, Some(dup(&listener))),
+            (4, None),
+            (5, Some(OwnedFd::from(writer))),
+        ],
+        Some(OwnedFd::from(reader)),
+        r#"inherited fd 4 ("junk") was not passed by the parent"#,
+    );
+    still_serves_and_restarts(&server);
+}
+
+/// Bad input d: the executable is missing, then not executable, at restart time: each HUP
+/// fails (logged), the server keeps serving with no fd leaked; restored, a HUP works.
+pub(crate) fn executable_missing_or_not_executable(bin: &Path) {
+    let server = Server::start(bin, &Options::default());
+    let pid = server.pid();
+    let baseline = server.settled_fd_count();
+
+    let moved = server.dir().join("moved-away");
+    fs::rename(server.exe(), &moved).unwrap();
+    let line = server.hup_expecting_failure();
+    assert!(line.contains("does not exist"), "{line}");
+    server.wait_fd_count(pid, baseline);
+
+    let contents = fs::read(&moved).unwrap();
+    server.replace_exe(&contents, 0o644);
+    let line = server.hup_expecting_failure();
+    assert!(line.contains("is not executable"), "{line}");
+    server.wait_fd_count(pid, baseline);
+
+    server.restore_exe();
+    still_serves_and_restarts(&server);
+}
+
+/// Bad input e: the new binary exits 1 before it is ready: the HUP fails (logged), the
+/// failed child is reaped by the server (no zombie), no fd leaks; restored, a HUP works.
+pub(crate) fn new_binary_exits_before_ready(bin: &Path) {
+    let server = Server::start(bin, &Options::default());
+    let pid = server.pid();
+    let baseline = server.settled_fd_count();
+
+    server.replace_exe(&sh_script("exit 1"), 0o755);
+    for _ in 0..3 {
+        let mark = server.group.stderr.len();
+        let line = server.hup_expecting_failure();
+        assert!(
+            line.contains("exited with code 1") || line.contains("closed its readiness channel"),
+            "{line}"
+        );
+        let child = spawned_child(&server, mark);
+        server.group.wait_gone(child);
+        assert_eq!(
+            super::proc_info(child),
+            None,
+            "the failed child {child} is not reaped"
+        );
+        server.wait_fd_count(pid, baseline);
+    }
+
+    server.restore_exe();
+    still_serves_and_restarts(&server);
+}
+
+/// Bad input f: the new binary never becomes ready (`exec sleep 600`) with
+/// `--upgrade-timeout 1`: it is killed and reaped after the timeout, the server keeps
+/// serving with no fd leaked; restored, a HUP works.
+pub(crate) fn new_binary_never_ready(bin: &Path) {
+    let server = Server::start(bin, &Options::default().arg("--upgrade-timeout").arg("1"));
+    let pid = server.pid();
+    let baseline = server.settled_fd_count();
+
+    server.replace_exe(&sh_script("exec sleep 600"), 0o755);
+    let mark = server.group.stderr.len();
+    let hup = Instant::now();
+    let line = server.hup_expecting_failure();
+    assert!(line.contains("did not become ready in time"), "{line}");
+    assert!(hup.elapsed() >= Duration::from_secs(1));
+    let child = spawned_child(&server, mark);
+    wait_for(
+        format_args!("the sleeping child {child} to be killed and reaped"),
+        DEADLINE,
+        || super::proc_info(child).is_none().then_some(()),
+    );
+    server.group.wait_settled(&[pid]);
+    server.wait_fd_count(pid, baseline);
+
+    server.restore_exe();
+    still_serves_and_restarts(&server);
+}
+
+/// Bad input g: 100 HUPs in a burst, twice: a client keeps getting answers throughout, and
+/// each burst ends with exactly one new generation serving, alone, with no zombie.
+pub(crate) fn hup_burst(bin: &Path) {
+    let server = Server::start(bin, &Options::default());
+    let endpoint = server.endpoint().clone();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicUsize::new(0));
+    let client = {
+        let (stop, ok) = (Arc::clone(&stop), Arc::clone(&ok));
+        thread::spawn(move || {
+            let mut answers = Vec::new();
+            let mut errors = Vec::new();
+            while !stop.load(Ordering::SeqCst) {
+                match ask(&endpoint, "ping") {
+                    Ok((pid, echo)) if echo == "ping" => {
+                        answers.push(pid);
+                        ok.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Ok(other) => errors.push(format!("bad answer {other:?}")),
+                    Err(e) => errors.push(e.to_string()),
+                }
+            }
+            (answers, errors)
+        })
+    };
+    // Answers go on: `at_least` more than `n` of them, while the client runs.
+    let answers_after = |n: usize| {
+        wait_for("the client to get answers", DEADLINE, || {
+            assert!(!client.is_finished(), "the client thread ended");
+            (ok.load(Ordering::SeqCst) > n).then_some(())
+        });
+    };
+    answers_after(0);
+
+    let mut generations = vec![server.pid()];
+    for round in 0..2 {
+        let old = server.pid();
+        for _ in 0..100 {
+            server.group.signal(old, libc::SIGHUP);
+        }
+        let new = wait_for(
+            format_args!("round {round}: a new generation after {old}"),
+            DEADLINE,
+            || server.pid_file_pid().filter(|&p| p != old),
+        );
+        server.set_pid(new);
+        server.group.stdout.wait_from(
+            format_args!("round {round}: {new} to announce its listener"),
+            0,
+            |l| parse_listening(l).is_some_and(|l| l.pid == new),
+        );
+        assert_eq!(server.group.wait_exit(old), Exit::Code(0), "round {round}");
+        server.group.wait_settled(&[new]);
+        server.assert_serves(new);
+        generations.push(new);
+        answers_after(ok.load(Ordering::SeqCst));
+        assert_eq!(
+            server.group.announced_pids(),
+            generations,
+            "round {round}: one burst, one new generation"
+        );
+    }
+
+    stop.store(true, Ordering::SeqCst);
+    let (answers, errors) = client.join().unwrap();
+    assert!(errors.is_empty(), "failed requests: {errors:?}");
+    assert!(!answers.is_empty());
+    assert!(
+        answers.iter().all(|p| generations.contains(p)),
+        "answered by a process that is no generation: {answers:?}"
+    );
+    still_serves_and_restarts(&server);
+}
+
+/// Bad input h: TERM while a child is starting (a script that sleeps before it `exec`s the
+/// real binary): the child is killed, the old process drains and exits 0, the pid file is
+/// removed, the real binary never runs, and nothing of the group is left.
+pub(crate) fn term_while_child_starting(bin: &Path) {
+    let server = Server::start(bin, &Options::default());
+    let old = server.pid();
+    let script = format!("sleep 5\nexec {} \"$@\"", sh_quote(server.real_binary()));
+    server.replace_exe(&sh_script(&script), 0o755);
+
+    let mark = server.group.stderr.len();
+    server.group.signal(old, libc::SIGHUP);
+    let child = spawned_child(&server, mark);
+    server.group.signal(old, libc::SIGTERM);
+
+    assert_eq!(server.group.wait_exit(old), Exit::Code(0));
+    server.group.wait_gone(child);
+    if let Some(exit) = server.group.exit_of(child) {
+        // Reparented to the test process, and reaped here: it must have been killed.
+        assert_eq!(exit, Exit::Signal(libc::SIGKILL), "the starting child");
+    }
+    // The orphaned `sleep 5` of the killed script ends by itself; then nothing is left (a
+    // child that was not killed would `exec` the real server, which never exits).
+    server.group.wait_settled(&[]);
+    assert_eq!(server.group.announced_pids(), [old]);
+    server
+        .group
+        .stderr
+        .wait_from("the cancelled upgrade to be logged", mark, |l| {
+            l.contains("cancelled by a stop request")
+        });
+    assert_eq!(server.pid_file_pid(), None, "the pid file is removed");
+}
+
+// ---- 4. the new code runs --------------------------------------------------------------------
+
+/// The binary on disk is replaced by a script that `exec`s the real binary with
+/// `ECHO_VERSION=2`: the old process still runs the old code, and after a HUP the new pid
+/// answers `version` with 2.
+pub(crate) fn replaced_binary_runs(bin: &Path) {
+    let server = Server::start(bin, &Options::default());
+    let old = server.pid();
+    assert_eq!(server.ask("version"), (old, "1".to_owned()));
+
+    let script = format!(
+        "ECHO_VERSION=2 exec {} \"$@\"",
+        sh_quote(server.real_binary())
+    );
+    server.replace_exe(&sh_script(&script), 0o755);
+    assert_eq!(server.ask("version"), (old, "1".to_owned()));
+
+    let new = server.restart();
+    assert_eq!(server.ask("version"), (new, "2".to_owned()));
+    server.group.wait_settled(&[new]);
+}
+
+/// A deploy that switches a `current -> releases/vN` symlink: the server was started as
+/// `current/<binary>`; after the switch to a release whose binary runs the real server with
+/// `ECHO_VERSION=2`, a HUP runs the new release (the path is kept as the operator named it,
+/// symlinks not resolved at start-up).
+pub(crate) fn symlink_switch_runs_new_release(bin: &Path) {
+    let server = Server::start(bin, &Options::default().symlinked_release());
+    let old = server.pid();
+    assert_eq!(server.ask("version"), (old, "1".to_owned()));
+
+    let script = format!(
+        "ECHO_VERSION=2 exec {} \"$@\"",
+        sh_quote(server.real_binary())
+    );
+    server.switch_release("v2", &sh_script(&script));
+    let new = server.restart();
+    assert_eq!(server.ask("version"), (new, "2".to_owned()));
+    server.group.wait_settled(&[new]);
+}
+
+// ---- 5. no listener leaks into subprocesses -----------------------------------------------
+
+/// The sockets a subprocess of `pid` sees, from the server's `fds` answer
+/// (`<target> -> <fd>` entries separated by ` | `), other than stdio.
+fn subprocess_sockets(server: &Server, pid: u32) -> Vec<String> {
+    let (answered, listing) = server.ask("fds");
+    assert_eq!(answered, pid);
+    let entries: Vec<(&str, i32)> = listing
+        .split(" | ")
+        .filter_map(|e| {
+            let (target, fd) = e.split_once(" -> ")?;
+            Some((target, fd.trim().parse().ok()?))
+        })
+        .collect();
+    assert!(
+        [0, 1, 2]
+            .iter()
+            .all(|n| entries.iter().any(|(_, fd)| fd == n)),
+        "the subprocess listing is not usable: {listing:?}"
+    );
+    entries
+        .into_iter()
+        .filter(|(target, fd)| *fd > 2 && target.starts_with("socket:"))
+        .map(|(target, fd)| format!("{fd} -> {target}"))
+        .collect()
+}
+
+/// A subprocess of the server (`ls -l /proc/self/fd`) sees no socket but stdio, before and
+/// after restarts, although the server itself holds its listener.
+pub(crate) fn subprocess_sees_no_listener(bin: &Path) {
+    let server = Server::start(bin, &Options::default());
+    for _ in 0..3 {
+        let pid = server.pid();
+        let own_sockets = fds(pid)
+            .into_iter()
+            .filter(|(_, t)| t.starts_with("socket:"))
+            .count();
+        assert!(own_sockets > 0, "the server holds no socket?");
+        assert_eq!(subprocess_sockets(&server, pid), Vec::<String>::new());
+        server.restart();
+    }
+    assert_eq!(
+        subprocess_sockets(&server, server.pid()),
+        Vec::<String>::new()
+    );
+}
+
+// ---- Unix sockets ----------------------------------------------------------------------------
+
+/// A restart on a Unix socket: the new pid answers on the same path, the socket file (the
+/// same inode: nobody bound it anew) is still there after the old process exits.
+pub(crate) fn unix_socket_restart(bin: &Path) {
+    let server = Server::start(bin, &Options::default().unix());
+    let Endpoint::Unix(path) = server.endpoint().clone() else {
+        panic!("not a Unix socket: {}", server.endpoint());
+    };
+    let inode = fs::metadata(&path).unwrap().ino();
+    server.assert_serves(server.pid());
+    for _ in 0..3 {
+        let old = server.pid();
+        let new = server.restart();
+        assert!(!is_alive(old));
+        let meta = fs::metadata(&path).expect("the socket file is still there");
+        assert_eq!(meta.ino(), inode, "the socket file was replaced");
+        server.assert_serves(new);
+        server.group.wait_settled(&[new]);
+    }
+}
+
+// ---- more: unclaimed fds, restarts under load -------------------------------------------------
+
+/// Inherited fds nobody claims are closed once the new generation is ready: a new version
+/// that drops the second of two listeners (a wrapper script that runs the real binary with
+/// only one `--listen`) does not keep the dropped listener open, so once the old generation
+/// is gone, connecting to it is refused rather than left hanging in a backlog nobody
+/// accepts from.
+pub(crate) fn unclaimed_listener_is_closed(bin: &Path) {
+    let server = Server::start(bin, &Options::default().arg("--listen").arg("127.0.0.1:0"));
+    let old = server.pid();
+    let line = server
+        .group
+        .stdout
+        .wait_from("the second listener", 0, |l| {
+            parse_listening(l).is_some_and(|l| l.name == "listen-1" && l.pid == old)
+        });
+    let second: std::net::SocketAddr = parse_listening(&line).unwrap().addr.parse().unwrap();
+    assert_eq!(
+        ask(&Endpoint::Tcp(second), "ping").unwrap(),
+        (old, "ping".to_owned())
+    );
+
+    let script = format!(
+        "exec {} --listen 127.0.0.1:0 --pid-file {}",
+        sh_quote(server.real_binary()),
+        sh_quote(server.pid_file())
+    );
+    server.replace_exe(&sh_script(&script), 0o755);
+    let new = server.restart();
+    server.assert_serves(new);
+    let claimed = server
+        .group
+        .stderr
+        .wait_from("a log of the unclaimed fds", 0, |l| {
+            l.contains("closed inherited fds nobody claimed")
+        });
+    assert!(
+        claimed.contains("listen-1"),
+        "no log of closing listen-1: {claimed:?}"
+    );
+    wait_for(
+        format_args!("{second} (listen-1, unclaimed by {new}) to refuse connections"),
+        DEADLINE,
+        || match TcpStream::connect(second) {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Some(()),
+            Err(e) => panic!("connect to {second}: {e}"),
+            Ok(_) => {
+                assert!(
+                    !is_alive(new) || server.group.live() != [new],
+                    "{second} still accepts connections into a backlog although only {new} \
+                     is left, which did not claim it; its fds: {:#?}",
+                    fds(new)
+                );
+                None
+            }
+        },
+    );
+    still_serves_and_restarts(&server);
+}
+
+/// Restarts while clients keep connecting: `clients` threads each open connections in a
+/// loop (one request each); across `restarts` restarts not one connection fails.
+pub(crate) fn restarts_under_load(bin: &Path, clients: usize, restarts: usize) {
+    let server = Server::start(bin, &Options::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicUsize::new(0));
+    let threads: Vec<_> = (0..clients)
+        .map(|_| {
+            let (stop, ok) = (Arc::clone(&stop), Arc::clone(&ok));
+            let endpoint = server.endpoint().clone();
+            thread::spawn(move || {
+                let mut errors = Vec::new();
+                while !stop.load(Ordering::SeqCst) {
+                    match ask(&endpoint, "ping") {
+                        Ok((_, echo)) if echo == "ping" => {
+                            ok.fetch_add(1, Ordering::SeqCst);
+                        }
+                        Ok(other) => errors.push(format!("bad answer {other:?}")),
+                        Err(e) => errors.push(e.to_string()),
+                    }
+                }
+                errors
+            })
+        })
+        .collect();
+    for _ in 0..restarts {
+        let before = ok.load(Ordering::SeqCst);
+        wait_for("answers before the restart", DEADLINE, || {
+            (ok.load(Ordering::SeqCst) > before).then_some(())
+        });
+        server.restart();
+    }
+    stop.store(true, Ordering::SeqCst);
+    let errors: Vec<String> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "{} failed requests of {}: {:?}",
+        errors.len(),
+        errors.len() + ok.load(Ordering::SeqCst),
+        &errors[..errors.len().min(10)]
+    );
+    server.group.wait_settled(&[server.pid()]);
+}
+
+// ---- more: the end of a drain ------------------------------------------------------------------
+
+/// Waits until the server closes `conn` (end of file or reset, not a timeout).
+fn wait_closed(mut conn: super::Conn, what: &str) {
+    match conn.recv() {
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset
+            ) => {}
+        other => panic!("{what}: expected the server to close the connection, got {other:?}"),
+    }
+}
+
+/// `--drain-timeout 1`: a connection that stays open in the old generation is really
+/// closed at the deadline (the client sees it closed), and the old process then exits 0.
+pub(crate) fn drain_deadline_closes_what_is_left(bin: &Path) {
+    let server = Server::start(bin, &Options::default().arg("--drain-timeout").arg("1"));
+    let old = server.pid();
+    let mut idle = server.connect();
+    assert_eq!(idle.ask("hello").unwrap(), (old, "hello".to_owned()));
+    let hup = Instant::now();
+    let new = server.hup();
+    server.assert_serves(new);
+    wait_closed(idle, "the idle connection at the drain deadline");
+    assert!(
+        hup.elapsed() >= Duration::from_secs(1),
+        "closed before the deadline"
+    );
+    assert_eq!(server.group.wait_exit(old), Exit::Code(0));
+    server.group.wait_settled(&[new]);
+}
+
+/// `SIGUSR2` while draining (no drain deadline) closes what is left at once: the client
+/// sees its connection closed, the old process exits 0.
+pub(crate) fn hammer_closes_what_is_left(bin: &Path) {
+    let server = Server::start(bin, &Options::default().arg("--drain-timeout").arg("never"));
+    let old = server.pid();
+    let mut idle = server.connect();
+    assert_eq!(idle.ask("hello").unwrap(), (old, "hello".to_owned()));
+    let new = server.hup();
+    assert!(is_alive(old), "the old generation left a connection behind");
+    server.group.signal(old, libc::SIGUSR2);
+    wait_closed(idle, "the idle connection after the hammer");
+    assert_eq!(server.group.wait_exit(old), Exit::Code(0));
+    server.assert_serves(new);
+    server.group.wait_settled(&[new]);
+}
+
+/// `SIGTERM` stops gracefully: a request in flight is answered, then the process exits 0
+/// once its client hangs up, removes its pid file, and nothing of the group is left.
+pub(crate) fn term_stops_gracefully(bin: &Path) {
+    let server = Server::start(bin, &Options::default());
+    let pid = server.pid();
+    let mut inflight = server.connect();
+    assert_eq!(inflight.ask("hello").unwrap(), (pid, "hello".to_owned()));
+    inflight.send("sleep 500").unwrap();
+    server.group.signal(pid, libc::SIGTERM);
+    assert_eq!(inflight.recv().unwrap(), (pid, "sleep 500".to_owned()));
+    assert!(is_alive(pid), "it left with a connection open");
+    drop(inflight);
+    assert_eq!(server.group.wait_exit(pid), Exit::Code(0));
+    assert_eq!(server.pid_file_pid(), None, "the pid file is removed");
+    server.group.wait_settled(&[]);
+}
