@@ -207,6 +207,14 @@ impl ConnectionGuard {
         self.inner.wait_phase(CLOSING).await;
     }
 
+    /// The tracker this connection belongs to (for code that hands the connection itself
+    /// away, to a protocol library, and still wants to know when to close it).
+    pub fn tracker(&self) -> Tracker {
+        Tracker {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+
     /// Resolves once the connection is being force-closed.
     pub async fn killed(&self) {
         self.inner.wait_phase(KILLED).await;

@@ -2,14 +2,19 @@
 //! logging.
 //!
 //! ```text
-//! --listen ADDR          listen on ADDR (repeatable); `unix:/path` for a Unix socket
-//!                        (default 127.0.0.1:8080)
+//! --listen ADDR          listen on ADDR (repeatable); `unix:/path` for a Unix socket,
+//!                        `udp:ADDR` for UDP where a server speaks it (default 127.0.0.1:8080)
 //! --pid-file PATH        keep a pid file
 //! --drain-timeout SECS   close what is left this long after the drain starts (default 60;
 //!                        `never` to wait for ever)
 //! --upgrade-timeout SECS kill a new generation that is not ready this long after the
 //!                        restart (default 60)
+//! --tls-cert PATH        (TLS servers) the certificate chain, PEM
+//! --tls-key PATH         (TLS servers) the private key, PEM
 //! ```
+//!
+//! The HTTP examples answer `GET /` with `pid=<pid>` and a newline, and `GET /?sleep=MS`
+//! the same after MS milliseconds.
 //!
 //! Listeners are named `listen-0`, `listen-1`, … in the order given, which is how a new
 //! generation finds them again.
@@ -26,6 +31,8 @@ pub enum ListenAddr {
     Tcp(String),
     /// A Unix socket path (`unix:/run/app.sock`).
     Unix(PathBuf),
+    /// A UDP address (`udp:127.0.0.1:5353`), for the servers that speak datagrams.
+    Udp(String),
 }
 
 impl fmt::Display for ListenAddr {
@@ -33,6 +40,7 @@ impl fmt::Display for ListenAddr {
         match self {
             Self::Tcp(addr) => f.write_str(addr),
             Self::Unix(path) => write!(f, "unix:{}", path.display()),
+            Self::Udp(addr) => write!(f, "udp:{addr}"),
         }
     }
 }
@@ -48,6 +56,10 @@ pub struct Args {
     pub drain_timeout: Option<Duration>,
     /// `--upgrade-timeout`.
     pub upgrade_timeout: Duration,
+    /// `--tls-cert`.
+    pub tls_cert: Option<PathBuf>,
+    /// `--tls-key`.
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Args {
@@ -69,6 +81,8 @@ impl Args {
             pid_file: None,
             drain_timeout: Some(Duration::from_secs(60)),
             upgrade_timeout: Duration::from_secs(60),
+            tls_cert: None,
+            tls_key: None,
         };
         let mut args = args.into_iter();
         while let Some(flag) = args.next() {
@@ -76,10 +90,15 @@ impl Args {
             match flag.as_str() {
                 "--listen" => {
                     let v = value()?;
-                    parsed.listen.push(match v.strip_prefix("unix:") {
-                        Some(path) => ListenAddr::Unix(path.into()),
-                        None => ListenAddr::Tcp(v),
-                    });
+                    parsed
+                        .listen
+                        .push(if let Some(path) = v.strip_prefix("unix:") {
+                            ListenAddr::Unix(path.into())
+                        } else if let Some(addr) = v.strip_prefix("udp:") {
+                            ListenAddr::Udp(addr.into())
+                        } else {
+                            ListenAddr::Tcp(v)
+                        });
                 }
                 "--pid-file" => parsed.pid_file = Some(value()?.into()),
                 "--drain-timeout" => {
@@ -91,6 +110,8 @@ impl Args {
                     };
                 }
                 "--upgrade-timeout" => parsed.upgrade_timeout = seconds(&flag, &value()?)?,
+                "--tls-cert" => parsed.tls_cert = Some(value()?.into()),
+                "--tls-key" => parsed.tls_key = Some(value()?.into()),
                 "-h" | "--help" => return Err("help requested".into()),
                 other => return Err(format!("unknown argument {other:?}")),
             }
@@ -108,6 +129,22 @@ impl Args {
             .drain_timeout(self.drain_timeout)
     }
 
+    /// Starts endless as these arguments ask (configuration, pid file); logs and exits
+    /// with 1 if it cannot (unusable inherited fds: the parent keeps serving).
+    pub fn start_endless(&self) -> endless_tokio::Endless {
+        let mut builder = endless_tokio::Endless::builder().config(self.config());
+        if let Some(path) = &self.pid_file {
+            builder = builder.pid_file(path);
+        }
+        match builder.start() {
+            Ok(endless) => endless,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start");
+                std::process::exit(1);
+            }
+        }
+    }
+
     /// The name of the `i`-th listener.
     pub fn listener_name(i: usize) -> String {
         format!("listen-{i}")
@@ -123,8 +160,77 @@ fn seconds(flag: &str, value: &str) -> Result<Duration, String> {
 }
 
 /// Usage text.
-pub const USAGE: &str = "usage: SERVER [--listen ADDR|unix:PATH]... [--pid-file PATH] \
-[--drain-timeout SECS|never] [--upgrade-timeout SECS]";
+pub const USAGE: &str = "usage: SERVER [--listen ADDR|unix:PATH|udp:ADDR]... [--pid-file PATH] \
+[--drain-timeout SECS|never] [--upgrade-timeout SECS] [--tls-cert PATH --tls-key PATH]";
+
+/// The HTTP examples' handler: `pid=<pid>` and a newline, after `?sleep=MS` milliseconds
+/// if asked.
+pub async fn hello<B>(
+    req: hyper::Request<B>,
+) -> Result<hyper::Response<http_body_util::Full<bytes::Bytes>>, std::convert::Infallible> {
+    if let Some(ms) = sleep_ms(req.uri().query()) {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    Ok(hyper::Response::new(http_body_util::Full::new(
+        bytes::Bytes::from(pid_body()),
+    )))
+}
+
+/// The body every HTTP example answers with.
+pub fn pid_body() -> String {
+    format!("pid={}\n", std::process::id())
+}
+
+/// The `sleep` parameter of a query string, in milliseconds.
+pub fn sleep_ms(query: Option<&str>) -> Option<u64> {
+    query?
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("sleep="))
+        .and_then(|ms| ms.parse().ok())
+}
+
+/// Serves `service` on every `--listen` address with `server` (TCP and Unix; UDP is
+/// refused); exits with 1 if a listener cannot be set up.
+pub fn serve_http<S, B>(
+    endless: &endless_tokio::Endless,
+    args: &Args,
+    server: &endless_hyper::Server,
+    service: S,
+) where
+    S: tower_service::Service<hyper::Request<hyper::body::Incoming>, Response = hyper::Response<B>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    for (i, addr) in args.listen.iter().enumerate() {
+        let name = Args::listener_name(i);
+        let result = match addr {
+            ListenAddr::Tcp(a) => endless.tcp_listener(&name, a.as_str()).map(|l| {
+                if let Ok(local) = l.local_addr() {
+                    announce(&name, local);
+                }
+                server.serve(l, service.clone());
+            }),
+            ListenAddr::Unix(path) => endless.unix_listener(&name, path).map(|l| {
+                announce(&name, addr);
+                server.serve(l, service.clone());
+            }),
+            ListenAddr::Udp(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "HTTP needs a stream socket",
+            )),
+        };
+        if let Err(e) = result {
+            tracing::error!(%name, %addr, error = %e, "cannot listen");
+            std::process::exit(1);
+        }
+    }
+}
 
 /// Logs to standard error, filtered by `RUST_LOG` (default `info`).
 pub fn init_logging() {

@@ -1,5 +1,5 @@
 //! A TCP (or Unix socket) line server on endless-tokio: each line is answered with the
-//! server's pid and the line.
+//! server's pid and the line. On a `udp:` address, each datagram is answered the same way.
 //!
 //! Two lines are special, for demonstrations and tests:
 //! - `sleep MS` is answered after MS milliseconds (a request in flight during a restart);
@@ -93,6 +93,32 @@ fn listen(endless: &Endless, name: &str, addr: &ListenAddr) -> std::io::Result<(
             let listener = endless.unix_listener(name, path)?;
             announce(name, format!("unix:{}", path.display()));
             accept_loop!(name, listener);
+        }
+        ListenAddr::Udp(addr) => {
+            let socket = endless.udp_socket(name, addr.as_str())?;
+            announce(name, format!("udp:{}", socket.local_addr()?));
+            let endless = endless.clone();
+            tokio::spawn(async move {
+                let pid = std::process::id();
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    // Both generations receive on the socket during a handover; the old one
+                    // stops once the new one is ready.
+                    let (n, peer) = tokio::select! {
+                        () = endless.stopped_accepting() => break,
+                        received = socket.recv_from(&mut buf) => match received {
+                            Ok(received) => received,
+                            Err(e) => {
+                                tracing::warn!(error = %e, "udp receive failed");
+                                continue;
+                            }
+                        },
+                    };
+                    let line = String::from_utf8_lossy(&buf[..n]);
+                    let reply = format!("{pid} {}", line.trim_end());
+                    let _ = socket.send_to(reply.as_bytes(), peer).await;
+                }
+            });
         }
     }
     Ok(())

@@ -1,0 +1,376 @@
+//! Serve [hyper](https://hyper.rs) 1.x — and so axum and any tower service — with
+//! zero-downtime restarts, over HTTP/1.1 and HTTP/2, cleartext or TLS, on TCP or Unix
+//! sockets.
+//!
+//! Built on [endless-tokio](endless_tokio): on `SIGHUP` a new generation of the server
+//! starts with the listening sockets; once it is ready, this one stops accepting and
+//! drains. The drain is where every other library we know of fails requests: it closes
+//! idle keep-alive connections while the client's next request is already on its way.
+//! Here a draining connection is never closed under a client without warning:
+//!
+//! - **HTTP/1.1**: requests in flight complete; the next response on each connection
+//!   carries `Connection: close`, so the client reconnects (to the new generation, which
+//!   accepts on the same socket); a connection that stays idle is closed only after a grace
+//!   period ([`Server::idle_grace`]).
+//! - **HTTP/2**: a graceful `GOAWAY` (hyper's two-step one); streams in flight complete.
+//! - **Upgraded connections** (websockets through hyper's upgrade) stay tracked: they
+//!   finish, or are closed at the drain deadline.
+//!
+//! hyper-util's `GracefulShutdown` is not used for HTTP/1: it closes idle connections at
+//! once, which is the race above. The same hyper call it makes
+//! ([`graceful_shutdown`](hyper_util::server::conn::auto::UpgradeableConnection::graceful_shutdown))
+//! is made after the grace period instead, and at once for HTTP/2.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use std::convert::Infallible;
+//! use endless_hyper::Server;
+//! use endless_tokio::Endless;
+//! use hyper::{Request, Response, body::Incoming};
+//!
+//! #[tokio::main]
+//! async fn main() -> std::io::Result<()> {
+//!     let endless = Endless::start()?;
+//!     let listener = endless.tcp_listener("http", "127.0.0.1:8080")?;
+//!     let service = hyper::service::service_fn(|_req: Request<Incoming>| async {
+//!         Ok::<_, Infallible>(Response::new(format!("pid={}\n", std::process::id())))
+//!     });
+//!     Server::new().serve(listener, endless_hyper::HyperService(service));
+//!     endless.ready();
+//!     std::process::exit(endless.run().await.code);
+//! }
+//! ```
+//!
+//! With axum, pass the `Router` itself: `Server::new().serve(listener, router)`.
+#![warn(missing_docs)]
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use endless_tokio::{Tracked, Tracker};
+use http::{HeaderValue, Request, Response, Version, header};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+#[cfg(feature = "tls")]
+pub mod tls;
+
+/// A hyper service (such as `hyper::service::service_fn(…)`) as a tower service, for
+/// [`Server::serve`].
+#[derive(Debug, Clone, Copy)]
+pub struct HyperService<S>(pub S);
+
+impl<S, R> tower_service::Service<R> for HyperService<S>
+where
+    S: hyper::service::Service<R>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: R) -> Self::Future {
+        self.0.call(req)
+    }
+}
+
+/// How long a draining HTTP/1.1 connection may stay idle before it is closed, unless
+/// configured: long enough for a request already on its way to arrive and be answered
+/// (with `Connection: close`).
+pub const DEFAULT_IDLE_GRACE: Duration = Duration::from_secs(2);
+
+/// How long a TLS handshake may take.
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A listener that [`Server::serve`] can accept on: the endless-tokio listeners.
+pub trait Accept: Send + Sync + 'static {
+    /// The stream of a connection.
+    type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+
+    /// The next connection, tracked for the drain, or `None` once the process stops
+    /// accepting.
+    fn accept(&self) -> impl Future<Output = io::Result<Option<Tracked<Self::Stream>>>> + Send;
+}
+
+impl Accept for endless_tokio::TcpListener {
+    type Stream = tokio::net::TcpStream;
+
+    async fn accept(&self) -> io::Result<Option<Tracked<Self::Stream>>> {
+        let accepted = Self::accept(self).await?;
+        Ok(accepted.map(|(stream, _)| {
+            // Small responses go out at once, as every HTTP server does it.
+            let _ = stream.set_nodelay(true);
+            stream
+        }))
+    }
+}
+
+impl Accept for endless_tokio::UnixListener {
+    type Stream = tokio::net::UnixStream;
+
+    async fn accept(&self) -> io::Result<Option<Tracked<Self::Stream>>> {
+        let accepted = Self::accept(self).await?;
+        Ok(accepted.map(|(stream, _)| stream))
+    }
+}
+
+/// Serves HTTP on endless listeners.
+#[derive(Clone)]
+pub struct Server {
+    builder: auto::Builder<TokioExecutor>,
+    idle_grace: Duration,
+    #[cfg(feature = "tls")]
+    tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut d = f.debug_struct("Server");
+        d.field("idle_grace", &self.idle_grace);
+        #[cfg(feature = "tls")]
+        d.field("tls", &self.tls.is_some());
+        d.finish_non_exhaustive()
+    }
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Server {
+    /// HTTP/1.1 and HTTP/2 (detected per connection), with upgrades, hyper's defaults
+    /// otherwise.
+    pub fn new() -> Self {
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder.http1().timer(TokioTimer::new());
+        builder.http2().timer(TokioTimer::new());
+        Self {
+            builder,
+            idle_grace: DEFAULT_IDLE_GRACE,
+            #[cfg(feature = "tls")]
+            tls: None,
+        }
+    }
+
+    /// How long a draining HTTP/1.1 connection may stay idle before it is closed
+    /// (default [`DEFAULT_IDLE_GRACE`]).
+    #[must_use]
+    pub fn idle_grace(mut self, grace: Duration) -> Self {
+        self.idle_grace = grace;
+        self
+    }
+
+    /// hyper-util's builder, for protocol options (`http1()`, `http2()`, `http1_only()`…).
+    pub fn builder_mut(&mut self) -> &mut auto::Builder<TokioExecutor> {
+        &mut self.builder
+    }
+
+    /// Serve TLS with this acceptor (see [`tls::acceptor_from_pem_files`]; offer ALPN `h2`
+    /// and `http/1.1` for HTTP/2).
+    #[cfg(feature = "tls")]
+    #[must_use]
+    pub fn tls(mut self, acceptor: tokio_rustls::TlsAcceptor) -> Self {
+        self.tls = Some(acceptor);
+        self
+    }
+
+    /// Accepts on `listener` until the process stops accepting, serving each connection
+    /// with a clone of `service` on its own task; returns the accept loop's task. Call it
+    /// within the tokio runtime.
+    ///
+    /// `service` is a tower service: an axum `Router`, or a hyper service wrapped in
+    /// [`HyperService`].
+    pub fn serve<L, S, B>(&self, listener: L, service: S) -> tokio::task::JoinHandle<()>
+    where
+        L: Accept,
+        S: tower_service::Service<Request<Incoming>, Response = Response<B>>
+            + Clone
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        B: http_body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let server = self.clone();
+        tokio::spawn(async move {
+            loop {
+                match listener.accept().await {
+                    Ok(Some(io)) => {
+                        let server = server.clone();
+                        let service = service.clone();
+                        tokio::spawn(async move { server.connection(io, service).await });
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        // Too many open files, a connection reset while queued: the listener
+                        // is still good; back off a little and go on.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+            }
+            tracing::debug!("stopped accepting");
+        })
+    }
+
+    async fn connection<I, S, B>(self, io: Tracked<I>, service: S)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        S: tower_service::Service<Request<Incoming>, Response = Response<B>>
+            + Clone
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        B: http_body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let tracker = io.guard().tracker();
+        #[cfg(feature = "tls")]
+        if let Some(acceptor) = &self.tls {
+            let handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(io));
+            match handshake.await {
+                Ok(Ok(tls)) => self.http(tls, service, tracker).await,
+                Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!("TLS handshake timed out"),
+            }
+            return;
+        }
+        self.http(io, service, tracker).await;
+    }
+
+    async fn http<I, S, B>(&self, io: I, service: S, tracker: Tracker)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        S: tower_service::Service<Request<Incoming>, Response = Response<B>>
+            + Clone
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        B: http_body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let state = Arc::new(ConnState::default());
+        let service = TowerToHyperService::new(DrainAware {
+            inner: service,
+            tracker: tracker.clone(),
+            state: Arc::clone(&state),
+        });
+        let conn = self
+            .builder
+            .serve_connection_with_upgrades(TokioIo::new(io), service);
+        tokio::pin!(conn);
+
+        tokio::select! {
+            result = conn.as_mut() => return log_end(result),
+            () = tracker.closing() => {}
+        }
+        if !state.h2.load(Ordering::SeqCst) {
+            // HTTP/1: every response from now on says `Connection: close`. A client whose
+            // next request is already on its way gets it answered; one that stays idle is
+            // closed after the grace period.
+            tokio::select! {
+                result = conn.as_mut() => return log_end(result),
+                () = tokio::time::sleep(self.idle_grace) => {}
+            }
+        }
+        // HTTP/2: GOAWAY, streams in flight complete. HTTP/1: closes now if idle, else after
+        // the response in flight.
+        conn.as_mut().graceful_shutdown();
+        log_end(conn.await);
+    }
+}
+
+fn log_end(result: Result<(), Box<dyn std::error::Error + Send + Sync>>) {
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
+}
+
+/// What the service learns about its connection.
+#[derive(Debug, Default)]
+struct ConnState {
+    /// The connection speaks HTTP/2.
+    h2: AtomicBool,
+}
+
+/// Adds `Connection: close` to HTTP/1 responses once the process drains.
+#[derive(Debug, Clone)]
+struct DrainAware<S> {
+    inner: S,
+    tracker: Tracker,
+    state: Arc<ConnState>,
+}
+
+impl<S, B> tower_service::Service<Request<Incoming>> for DrainAware<S>
+where
+    S: tower_service::Service<Request<Incoming>, Response = Response<B>>,
+{
+    type Response = Response<B>;
+    type Error = S::Error;
+    type Future = DrainAwareFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+        let http1 = req.version() < Version::HTTP_2;
+        if !http1 {
+            self.state.h2.store(true, Ordering::SeqCst);
+        }
+        DrainAwareFuture {
+            inner: self.inner.call(req),
+            tracker: http1.then(|| self.tracker.clone()),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    struct DrainAwareFuture<F> {
+        #[pin]
+        inner: F,
+        // Set for HTTP/1 requests.
+        tracker: Option<Tracker>,
+    }
+}
+
+impl<F, B, E> Future for DrainAwareFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<B>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let mut response = match this.inner.poll(cx) {
+            Poll::Ready(Ok(response)) => response,
+            other => return other,
+        };
+        if this.tracker.as_ref().is_some_and(Tracker::is_closing) {
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        Poll::Ready(Ok(response))
+    }
+}
