@@ -23,22 +23,35 @@
 //!
 //! # Example
 //!
-//! ```no_run
+//! (This one stops itself after one request; a real server runs until a signal stops it.)
+//!
+//! ```
 //! use std::convert::Infallible;
-//! use endless_hyper::Server;
+//! use endless_hyper::{HyperService, Server};
 //! use endless_tokio::Endless;
 //! use hyper::{Request, Response, body::Incoming};
+//! # use tokio::io::{AsyncReadExt, AsyncWriteExt};
 //!
 //! #[tokio::main]
 //! async fn main() -> std::io::Result<()> {
 //!     let endless = Endless::start()?;
-//!     let listener = endless.tcp_listener("http", "127.0.0.1:8080")?;
+//!     let listener = endless.tcp_listener("http", "127.0.0.1:0")?;
+//! #   let addr = listener.local_addr()?;
 //!     let service = hyper::service::service_fn(|_req: Request<Incoming>| async {
 //!         Ok::<_, Infallible>(Response::new(format!("pid={}\n", std::process::id())))
 //!     });
-//!     Server::new().serve(listener, endless_hyper::HyperService(service));
+//!     Server::new().serve(listener, HyperService(service));
 //!     endless.ready();
-//!     std::process::exit(endless.run().await.code);
+//! #   let mut client = tokio::net::TcpStream::connect(addr).await?;
+//! #   client.write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await?;
+//! #   let mut response = String::new();
+//! #   client.read_to_string(&mut response).await?;
+//! #   assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
+//! #   endless.request(endless_tokio::Request::Stop);
+//!     let exit = endless.run().await;
+//! #   assert_eq!(exit.code, 0);
+//! #   return Ok(());
+//!     std::process::exit(exit.code);
 //! }
 //! ```
 //!
@@ -321,9 +334,9 @@ struct DrainAware<S> {
     state: Arc<ConnState>,
 }
 
-impl<S, B> tower_service::Service<Request<Incoming>> for DrainAware<S>
+impl<S, B, ReqBody> tower_service::Service<Request<ReqBody>> for DrainAware<S>
 where
-    S: tower_service::Service<Request<Incoming>, Response = Response<B>>,
+    S: tower_service::Service<Request<ReqBody>, Response = Response<B>>,
 {
     type Response = Response<B>;
     type Error = S::Error;
@@ -333,7 +346,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let http1 = req.version() < Version::HTTP_2;
         if !http1 {
             self.state.h2.store(true, Ordering::SeqCst);
@@ -366,11 +379,98 @@ where
             Poll::Ready(Ok(response)) => response,
             other => return other,
         };
-        if this.tracker.as_ref().is_some_and(Tracker::is_closing) {
+        // Not on a `101 Switching Protocols`: the upgraded connection is tracked on its own.
+        if this.tracker.as_ref().is_some_and(Tracker::is_closing)
+            && response.status() != http::StatusCode::SWITCHING_PROTOCOLS
+        {
             response
                 .headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         Poll::Ready(Ok(response))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::convert::Infallible;
+    use tower_service::Service;
+
+    #[derive(Clone)]
+    struct Reply(http::StatusCode);
+
+    impl Service<Request<()>> for Reply {
+        type Response = Response<()>;
+        type Error = Infallible;
+        type Future = std::future::Ready<Result<Response<()>, Infallible>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: Request<()>) -> Self::Future {
+            let mut response = Response::new(());
+            *response.status_mut() = self.0;
+            std::future::ready(Ok(response))
+        }
+    }
+
+    fn respond(
+        tracker: &Tracker,
+        version: Version,
+        status: http::StatusCode,
+    ) -> (Response<()>, bool) {
+        let state = Arc::new(ConnState::default());
+        let mut service = DrainAware {
+            inner: Reply(status),
+            tracker: tracker.clone(),
+            state: Arc::clone(&state),
+        };
+        let request = Request::builder().version(version).body(()).unwrap();
+        let response = futures_block_on(service.call(request)).unwrap();
+        (response, state.h2.load(Ordering::SeqCst))
+    }
+
+    fn futures_block_on<F: Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    fn closes(response: &Response<()>) -> bool {
+        response.headers().get(header::CONNECTION) == Some(&HeaderValue::from_static("close"))
+    }
+
+    #[test]
+    fn http1_responses_say_close_only_once_draining() {
+        let tracker = Tracker::new();
+        let (response, h2) = respond(&tracker, Version::HTTP_11, http::StatusCode::OK);
+        assert!(!closes(&response));
+        assert!(!h2);
+        tracker.close_idle();
+        let (response, _) = respond(&tracker, Version::HTTP_11, http::StatusCode::OK);
+        assert!(closes(&response));
+        let (response, _) = respond(&tracker, Version::HTTP_10, http::StatusCode::NOT_FOUND);
+        assert!(closes(&response));
+    }
+
+    #[test]
+    fn http2_and_upgrades_are_left_alone() {
+        let tracker = Tracker::new();
+        tracker.close_idle();
+        let (response, h2) = respond(&tracker, Version::HTTP_2, http::StatusCode::OK);
+        assert!(
+            !closes(&response),
+            "connection-specific headers are illegal in HTTP/2"
+        );
+        assert!(h2);
+        let (response, _) = respond(
+            &tracker,
+            Version::HTTP_11,
+            http::StatusCode::SWITCHING_PROTOCOLS,
+        );
+        assert!(!closes(&response));
     }
 }
