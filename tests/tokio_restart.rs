@@ -113,3 +113,38 @@ fn hammer_closes_what_is_left() {
 fn term_stops_gracefully() {
     scenarios::term_stops_gracefully(echo_tokio());
 }
+
+#[test]
+fn udp_socket_restart() {
+    scenarios::udp_socket_restart(echo_tokio());
+}
+
+#[test]
+fn ipv6_listener_restart() {
+    scenarios::ipv6_listener_restart(echo_tokio());
+}
+
+#[test]
+fn several_listeners_restart() {
+    scenarios::several_listeners_restart(echo_tokio());
+}
+
+#[test]
+fn tcp_listen_address_change_binds_anew() {
+    scenarios::tcp_listen_address_changes(echo_tokio());
+}
+
+#[test]
+fn udp_listen_address_change_binds_anew() {
+    scenarios::udp_listen_address_changes(echo_tokio());
+}
+
+#[test]
+fn unix_listen_path_change_binds_anew() {
+    scenarios::unix_listen_path_changes(echo_tokio());
+}
+
+#[test]
+fn unix_path_written_differently_keeps_listener() {
+    scenarios::unix_path_written_differently_keeps_listener(echo_tokio());
+}

@@ -456,7 +456,8 @@ impl Endless {
             Some(fd) => {
                 let socket = std::net::UdpSocket::from(fd);
                 let bound = socket.local_addr()?;
-                if wanted.port() != 0 && bound.port() != wanted.port() {
+                if wanted.port() != 0 && bound != wanted {
+                    tracing::info!(name, %bound, %wanted, "listen address changed; binding anew");
                     crate::listen::bind_udp(wanted)?
                 } else {
                     socket
@@ -473,7 +474,21 @@ impl Endless {
     /// socket file is never removed on exit: the next generation serves it.
     pub fn unix_listener(&self, name: &str, path: &Path) -> Result<UnixListener, ListenError> {
         let listener = match self.take(name, FdKind::UnixListener)? {
-            Some(fd) => UnixListener::from(fd),
+            Some(fd) => {
+                let listener = UnixListener::from(fd);
+                let bound = listener.local_addr()?;
+                if same_socket_file(bound.as_pathname(), path) {
+                    listener
+                } else {
+                    tracing::info!(
+                        name,
+                        bound = ?bound.as_pathname(),
+                        wanted = %path.display(),
+                        "listen path changed; binding anew"
+                    );
+                    crate::listen::bind_unix(path)?
+                }
+            }
             None => crate::listen::bind_unix(path)?,
         };
         listener.set_nonblocking(true)?;
@@ -564,6 +579,22 @@ impl Endless {
     }
 }
 
+/// Whether the socket an inherited listener is bound to (as it was named when bound,
+/// possibly relative to the old working directory) is the file at `wanted`.
+fn same_socket_file(bound: Option<&Path>, wanted: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Some(bound) = bound else {
+        return false; // abstract or unnamed: not what a path asks for
+    };
+    if bound == wanted {
+        return true;
+    }
+    match (std::fs::metadata(bound), std::fs::metadata(wanted)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
 fn resolve(addr: &(impl ToSocketAddrs + fmt::Debug)) -> Result<SocketAddr, ListenError> {
     addr.to_socket_addrs()?
         .next()
@@ -650,6 +681,12 @@ impl<R: Runtime> Driver<R> {
             Action::StopAccepting => {
                 self.shared.accepting.store(false, Ordering::SeqCst);
                 self.shared.accepting_changed.notify(usize::MAX);
+                // This process hands nothing over any more. Dropping its copies means that a
+                // listener the new generation did not take (renamed, moved to another
+                // address) is closed once the application drops its own, so its clients are
+                // refused instead of queueing for a process that will never accept; one the
+                // new generation took stays open through its copy.
+                lock(&self.shared.registry).clear();
             }
             Action::CloseIdle => {
                 self.shared.tracker.close_idle();

@@ -8,9 +8,13 @@
 //! them.
 //!
 //! What a server must print for the harness (`RUST_LOG=info`, `NO_COLOR=1` are set):
-//! - stdout: `listening <name> <addr> pid=<pid>` per listener (the examples' `announce`);
+//! - stdout: `listening <name> <addr> pid=<pid>` per listener (the examples' `announce`),
+//!   named `listen-0`, `listen-1`, … in the order of the `--listen` arguments; `<addr>` is a
+//!   socket address (`127.0.0.1:80`, `[::1]:80`), `unix:<path>` or `udp:<socket address>`,
+//!   and UDP sockets answer each datagram with `<pid> <datagram>`;
 //! - stderr, from the example: `stopped accepting` with a `pid=<pid>` field once an accept
-//!   loop ended, and `cannot start` followed by the error when `Endless::start` fails;
+//!   loop ended (one line per stream listener; nothing for a UDP socket), and `cannot
+//!   start` followed by the error when `Endless::start` fails;
 //! - stderr, from endless' shared driver (the same for every runtime): `spawned the new
 //!   generation pid=<pid>`, `restart failed`, `closed inherited fds nobody claimed`,
 //!   `ignoring the inherited` (variables not meant for this process), and the texts of the
@@ -49,7 +53,7 @@ use std::ffi::OsString;
 use std::fmt;
 use std::fs;
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
@@ -382,7 +386,8 @@ pub(crate) fn has_field(line: &str, key: &str, value: impl fmt::Display) -> bool
     line.split_whitespace().any(|w| w == field)
 }
 
-/// A `listening <name> <addr> pid=<pid>` line, parsed.
+/// A `listening <name> <addr> pid=<pid>` line, parsed. `addr` is kept as printed (see
+/// [`Endpoint::parse`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Listening {
     pub(crate) name: String,
@@ -642,6 +647,24 @@ impl Group {
         signal(pid, sig);
     }
 
+    /// The listeners `listen-0` … `listen-<count - 1>` that `pid` announced, in order, once
+    /// it announced them all.
+    pub(crate) fn listening(&self, pid: u32, count: usize) -> Option<Vec<Listening>> {
+        let announced: Vec<Listening> = self
+            .stdout
+            .snapshot()
+            .iter()
+            .filter_map(|l| parse_listening(l))
+            .filter(|l| l.pid == pid)
+            .collect();
+        (0..count)
+            .map(|i| {
+                let name = format!("listen-{i}");
+                announced.iter().find(|l| l.name == name).cloned()
+            })
+            .collect()
+    }
+
     /// The pids announced on stdout by `listening` lines, in order, without repeats.
     pub(crate) fn announced_pids(&self) -> Vec<u32> {
         let mut pids = Vec::new();
@@ -779,13 +802,24 @@ pub(crate) fn place_fds(command: &mut Command, placements: Vec<(RawFd, Option<Ow
 pub(crate) enum Endpoint {
     Tcp(SocketAddr),
     Unix(PathBuf),
+    /// A UDP socket: no connections, one datagram per request ([`udp_ask`]).
+    Udp(SocketAddr),
 }
 
 impl Endpoint {
-    fn parse(addr: &str) -> Self {
-        match addr.strip_prefix("unix:") {
-            Some(path) => Self::Unix(path.into()),
-            None => Self::Tcp(addr.parse().expect("a socket address")),
+    /// The address of a `listening` line: `unix:<path>`, `udp:<socket address>` or a TCP
+    /// socket address (`127.0.0.1:80`, `[::1]:80`). Panics on anything else.
+    pub(crate) fn parse(addr: &str) -> Self {
+        let socket_addr = |a: &str| {
+            a.parse()
+                .unwrap_or_else(|e| panic!("not a socket address: {addr:?}: {e}"))
+        };
+        if let Some(path) = addr.strip_prefix("unix:") {
+            Self::Unix(path.into())
+        } else if let Some(a) = addr.strip_prefix("udp:") {
+            Self::Udp(socket_addr(a))
+        } else {
+            Self::Tcp(socket_addr(addr))
         }
     }
 }
@@ -795,6 +829,7 @@ impl fmt::Display for Endpoint {
         match self {
             Self::Tcp(addr) => addr.fmt(f),
             Self::Unix(path) => write!(f, "unix:{}", path.display()),
+            Self::Udp(addr) => write!(f, "udp:{addr}"),
         }
     }
 }
@@ -837,7 +872,8 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
-    /// Connects, with [`DEADLINE`] as the read and write timeout.
+    /// Connects, with [`DEADLINE`] as the read and write timeout. A UDP endpoint has no
+    /// connections: an `Unsupported` error (use [`ask`]).
     pub(crate) fn open(endpoint: &Endpoint) -> io::Result<Self> {
         let stream = match endpoint {
             Endpoint::Tcp(addr) => {
@@ -852,6 +888,12 @@ impl Conn {
                 s.set_read_timeout(Some(DEADLINE))?;
                 s.set_write_timeout(Some(DEADLINE))?;
                 Stream::Unix(s)
+            }
+            Endpoint::Udp(addr) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    format!("udp:{addr} has no connections"),
+                ));
             }
         };
         Ok(Self {
@@ -875,15 +917,7 @@ impl Conn {
                 "the server closed the connection",
             ));
         }
-        let line = line.trim_end_matches('\n');
-        let (pid, rest) = line.split_once(' ').unwrap_or((line, ""));
-        let pid = pid.parse().map_err(|_| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("not a `<pid> <line>` answer: {line:?}"),
-            )
-        })?;
-        Ok((pid, rest.to_owned()))
+        parse_answer(line.trim_end_matches('\n'))
     }
 
     /// Sends `line` and reads the answer.
@@ -893,9 +927,83 @@ impl Conn {
     }
 }
 
-/// One request on a new connection.
+/// A `<pid> <line>` answer: the pid and the rest.
+fn parse_answer(answer: &str) -> io::Result<(u32, String)> {
+    let (pid, rest) = answer.split_once(' ').unwrap_or((answer, ""));
+    let pid = pid.parse().map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("not a `<pid> <line>` answer: {answer:?}"),
+        )
+    })?;
+    Ok((pid, rest.to_owned()))
+}
+
+/// One request on a new connection, or in a datagram on a UDP endpoint (within
+/// [`DEADLINE`], see [`udp_ask`]).
 pub(crate) fn ask(endpoint: &Endpoint, line: &str) -> io::Result<(u32, String)> {
-    Conn::open(endpoint)?.ask(line)
+    match endpoint {
+        Endpoint::Udp(addr) => udp_ask(*addr, line, DEADLINE),
+        _ => Conn::open(endpoint)?.ask(line),
+    }
+}
+
+/// The first wait for an answer to a datagram; it doubles at each resend, up to
+/// [`UDP_MAX_WAIT`].
+pub(crate) const UDP_FIRST_WAIT: Duration = Duration::from_millis(50);
+/// The longest wait for an answer before the datagram is sent again.
+pub(crate) const UDP_MAX_WAIT: Duration = Duration::from_secs(1);
+
+/// One request in a datagram to `addr`, from a fresh socket on the loopback address of the
+/// same family, connected to `addr` (so that only `addr` can answer, and a port nobody
+/// holds is reported as `ConnectionRefused`). UDP may drop: without an answer after
+/// [`UDP_FIRST_WAIT`] (doubling up to [`UDP_MAX_WAIT`]) the same datagram is sent again;
+/// any answer is an answer to this request, as the socket asked nothing else. Fails with
+/// `TimedOut` after `timeout` without an answer.
+pub(crate) fn udp_ask(
+    addr: SocketAddr,
+    line: &str,
+    timeout: Duration,
+) -> io::Result<(u32, String)> {
+    let local: SocketAddr = if addr.is_ipv6() {
+        (Ipv6Addr::LOCALHOST, 0).into()
+    } else {
+        (Ipv4Addr::LOCALHOST, 0).into()
+    };
+    let socket = UdpSocket::bind(local)?;
+    socket.connect(addr)?;
+    let deadline = Instant::now() + timeout;
+    let mut wait = UDP_FIRST_WAIT;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        socket.send(line.as_bytes())?;
+        let resend = (Instant::now() + wait).min(deadline);
+        loop {
+            let left = resend.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            socket.set_read_timeout(Some(left))?;
+            match socket.recv(&mut buf) {
+                Ok(n) => return parse_answer(&String::from_utf8_lossy(&buf[..n])),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock
+                            | io::ErrorKind::TimedOut
+                            | io::ErrorKind::Interrupted
+                    ) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no answer from udp:{addr} to {line:?} within {timeout:?}"),
+            ));
+        }
+        wait = (wait * 2).min(UDP_MAX_WAIT);
+    }
 }
 
 // ---- servers -------------------------------------------------------------------------------
@@ -905,6 +1013,10 @@ pub(crate) fn ask(endpoint: &Endpoint, line: &str) -> io::Result<(u32, String)> 
 pub(crate) struct Options {
     /// Listen on a Unix socket in the test directory instead of `127.0.0.1:0`.
     pub(crate) unix: bool,
+    /// The `--listen` addresses, in order (`listen-0`, `listen-1`, …), instead of the
+    /// default (`127.0.0.1:0`, or the Unix socket of [`Options::unix`]). A relative
+    /// `unix:` path is in the test directory.
+    pub(crate) listen: Vec<String>,
     /// More arguments (`--upgrade-timeout 1`).
     pub(crate) args: Vec<String>,
     /// More environment variables.
@@ -930,6 +1042,12 @@ impl Options {
         self
     }
 
+    /// Adds `addr` to the `--listen` addresses (replacing the default listener).
+    pub(crate) fn listen(mut self, addr: impl Into<String>) -> Self {
+        self.listen.push(addr.into());
+        self
+    }
+
     pub(crate) fn symlinked_release(mut self) -> Self {
         self.symlinked_release = true;
         self
@@ -946,6 +1064,10 @@ pub(crate) struct Server {
     exe: PathBuf,
     real: PathBuf,
     pid_file: PathBuf,
+    /// The `--listen` addresses, as passed.
+    listen: Vec<String>,
+    /// What the first generation announced, in order (`listen-0` first).
+    listeners: Vec<Listening>,
     endpoint: Endpoint,
     current: AtomicU32,
 }
@@ -984,17 +1106,25 @@ impl Server {
         fs::create_dir_all(real.parent().expect("a parent")).expect("mkdir real");
         install_copy(bin, &real);
         let pid_file = dir.path().join("server.pid");
-        let listen = if options.unix {
-            format!("unix:{}", dir.path().join("s.sock").display())
+        let in_dir = |path: &str| format!("unix:{}", dir.path().join(path).display());
+        let listen: Vec<String> = if !options.listen.is_empty() {
+            options
+                .listen
+                .iter()
+                .map(|a| a.strip_prefix("unix:").map_or_else(|| a.clone(), in_dir))
+                .collect()
+        } else if options.unix {
+            vec![in_dir("s.sock")]
         } else {
-            "127.0.0.1:0".to_owned()
+            vec!["127.0.0.1:0".to_owned()]
         };
 
         let mut command = Group::command(&exe);
+        command.current_dir(dir.path());
+        for addr in &listen {
+            command.arg("--listen").arg(addr);
+        }
         command
-            .current_dir(dir.path())
-            .arg("--listen")
-            .arg(&listen)
             .arg("--pid-file")
             .arg(&pid_file)
             .args(&options.args)
@@ -1002,31 +1132,34 @@ impl Server {
         customize(&mut command);
         let group = Group::spawn(&name.to_string_lossy(), command);
         let pid = group.leader();
-        let line = wait_for(
-            format_args!("{} to listen", name.to_string_lossy()),
+        let listeners = wait_for(
+            format_args!(
+                "{} to announce its {} listener(s)",
+                name.to_string_lossy(),
+                listen.len()
+            ),
             DEADLINE,
             || {
-                let line = group
-                    .stdout
-                    .find_from(0, |l| parse_listening(l).is_some_and(|l| l.pid == pid));
-                if line.is_none() {
+                let listeners = group.listening(pid, listen.len());
+                if listeners.is_none() {
                     assert!(
                         is_alive(pid),
                         "the server exited before it listened: {:?}",
                         peek_exit(pid)
                     );
                 }
-                line
+                listeners
             },
         );
-        let listening = parse_listening(&line).expect("a listening line");
         let server = Self {
             group,
             dir,
             exe,
             real,
             pid_file,
-            endpoint: Endpoint::parse(&listening.addr),
+            endpoint: Endpoint::parse(&listeners[0].addr),
+            listen,
+            listeners,
             current: AtomicU32::new(pid),
         };
         server.wait_pid_file(pid);
@@ -1043,8 +1176,42 @@ impl Server {
         self.current.store(pid, Ordering::SeqCst);
     }
 
+    /// Where the first listener (`listen-0`) of the first generation listens.
     pub(crate) fn endpoint(&self) -> &Endpoint {
         &self.endpoint
+    }
+
+    /// Where each listener of the first generation listens, in order.
+    pub(crate) fn endpoints(&self) -> Vec<Endpoint> {
+        self.listeners
+            .iter()
+            .map(|l| Endpoint::parse(&l.addr))
+            .collect()
+    }
+
+    /// What the first generation announced, in order.
+    pub(crate) fn first_listeners(&self) -> &[Listening] {
+        &self.listeners
+    }
+
+    /// Waits until `pid` announced every listener of the command line (`listen-0` …) and
+    /// returns them in order.
+    pub(crate) fn listening(&self, pid: u32) -> Vec<Listening> {
+        let count = self.listen.len();
+        wait_for(
+            format_args!("{pid} to announce its {count} listener(s)"),
+            DEADLINE,
+            || self.group.listening(pid, count),
+        )
+    }
+
+    /// How many of the `--listen` addresses are stream listeners (TCP or Unix), whose
+    /// accept loops each log `stopped accepting`.
+    fn stream_listeners(&self) -> usize {
+        self.listen
+            .iter()
+            .filter(|a| !a.starts_with("udp:"))
+            .count()
     }
 
     pub(crate) fn dir(&self) -> &Path {
@@ -1096,9 +1263,10 @@ impl Server {
     }
 
     /// Sends `SIGHUP` to the serving generation and waits for the handover: a new
-    /// generation wrote the pid file and announced its listeners, and the old one stopped
-    /// accepting (from then on every new connection goes to the new one). Returns the new
-    /// pid. The old process may still be draining.
+    /// generation wrote the pid file and announced its listeners (all of them), and the old
+    /// one stopped accepting on each stream listener (from then on every new connection goes
+    /// to the new one). Returns the new pid. The old process may still be draining, and
+    /// still receiving on a UDP socket: nothing in its logs says when it stops.
     pub(crate) fn hup(&self) -> u32 {
         let old = self.pid();
         let err_mark = self.group.stderr.len();
@@ -1115,21 +1283,18 @@ impl Server {
                 self.pid_file_pid().filter(|&p| p != old)
             },
         );
-        self.group.stdout.wait_from(
-            format_args!("the new generation {new} to announce its listeners"),
-            0,
-            |l| parse_listening(l).is_some_and(|l| l.pid == new),
-        );
-        // It logs that its accept loops ended, unless it exits first (it may exit as soon
+        self.listening(new);
+        // It logs that each accept loop ended, unless it exits first (it may exit as soon
         // as it is drained, before an accept task runs again).
+        let streams = self.stream_listeners();
         wait_for(
-            format_args!("the old generation {old} to stop accepting"),
+            format_args!("the old generation {old} to stop accepting on {streams} listener(s)"),
             DEADLINE,
             || {
-                let stopped = self.group.stderr.find_from(err_mark, |l| {
+                let stopped = self.group.stderr.count_from(err_mark, |l| {
                     l.contains("stopped accepting") && has_field(l, "pid", old)
                 });
-                (stopped.is_some() || !is_alive(old)).then_some(())
+                (stopped >= streams || !is_alive(old)).then_some(())
             },
         );
         self.set_pid(new);

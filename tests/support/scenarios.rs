@@ -5,10 +5,10 @@
 //! Each scenario fails if the behaviour it names breaks; the comments say what it checks.
 
 use std::fs;
-use std::net::{TcpListener, TcpStream, UdpSocket};
+use std::net::{Ipv4Addr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::OwnedFd;
-use std::os::unix::fs::MetadataExt;
-use std::os::unix::net::UnixListener;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -16,7 +16,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use super::{
-    DEADLINE, Endpoint, Exit, Group, Options, Server, ask, dup, fds, is_alive, own_pid,
+    DEADLINE, Endpoint, Exit, Group, Options, Server, ask, dup, fds, has_field, is_alive, own_pid,
     parse_listening, place_fds, read_to_end, sh_quote, sh_script, wait_for,
 };
 
@@ -978,4 +978,703 @@ pub(crate) fn term_stops_gracefully(bin: &Path) {
     assert_eq!(server.group.wait_exit(pid), Exit::Code(0));
     assert_eq!(server.pid_file_pid(), None, "the pid file is removed");
     server.group.wait_settled(&[]);
+}
+
+// ---- more: UDP, IPv6, several listeners ---------------------------------------------------
+
+/// Sets a flag when dropped: stops a client thread however the test ends.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+/// How many answers in a row by the new generation show that the old one no longer
+/// receives on a UDP socket (while both do, each datagram goes to either, though not evenly:
+/// the new one may answer dozens in a row while the old one still receives).
+const UDP_STREAK: usize = 20;
+
+/// How many datagrams, after [`UDP_STREAK`], must all be answered by the new generation
+/// while the old one is still alive: an old generation that keeps receiving (answering a
+/// few percent of them) fails this.
+const UDP_CHECKED: usize = 500;
+
+/// Polls `endpoint` (`ping`, a datagram on UDP, resent if dropped) until `new` answers
+/// [`UDP_STREAK`] times in a row: during a handover both generations receive on a UDP
+/// socket, until the old one stops. An answer by any other pid than `old` or `new` fails.
+fn wait_served_only_by(endpoint: &Endpoint, old: u32, new: u32) {
+    let mut streak = 0;
+    let mut by_old = 0;
+    let by_old = wait_for(
+        format_args!("{endpoint} to be answered by {new} only, {UDP_STREAK} times in a row"),
+        DEADLINE,
+        || {
+            let (pid, echo) = ask(endpoint, "ping")
+                .unwrap_or_else(|e| panic!("ask at {endpoint} during the handover: {e}"));
+            assert_eq!(echo, "ping", "the answer at {endpoint}");
+            if pid == new {
+                streak += 1;
+            } else if pid == old {
+                streak = 0;
+                by_old += 1;
+            } else {
+                panic!("{endpoint} answered by {pid}, neither the old {old} nor the new {new}");
+            }
+            (streak >= UDP_STREAK).then_some(by_old)
+        },
+    );
+    // Shown only if the test fails.
+    eprintln!("{endpoint}: {by_old} answer(s) by the old {old} after the handover began");
+}
+
+/// Asserts that the next [`UDP_CHECKED`] requests at `endpoint` are all answered by `new`.
+fn assert_served_only_by(endpoint: &Endpoint, new: u32, what: &str) {
+    let answers: Vec<u32> = (0..UDP_CHECKED)
+        .map(|_| {
+            let (pid, echo) =
+                ask(endpoint, "ping").unwrap_or_else(|e| panic!("{what}: ask at {endpoint}: {e}"));
+            assert_eq!(echo, "ping", "{what}: the answer at {endpoint}");
+            pid
+        })
+        .collect();
+    let others: Vec<&u32> = answers.iter().filter(|&&p| p != new).collect();
+    assert!(
+        others.is_empty(),
+        "{what}: {} of {UDP_CHECKED} requests at {endpoint} answered by another process than \
+         {new}: {others:?}",
+        others.len()
+    );
+}
+
+/// `ping` at `endpoint` must be answered by `pid`; `what` says when, for a failure.
+fn assert_answered_by(endpoint: &Endpoint, pid: u32, what: impl std::fmt::Display) {
+    let answer = ask(endpoint, "ping").unwrap_or_else(|e| panic!("{what}: ask at {endpoint}: {e}"));
+    assert_eq!(
+        answer,
+        (pid, "ping".to_owned()),
+        "{what}: the answer at {endpoint}"
+    );
+}
+
+/// The `(name, addr)` of each listener `pid` announced.
+fn addresses(server: &Server, pid: u32) -> Vec<(String, String)> {
+    server
+        .listening(pid)
+        .into_iter()
+        .map(|l| (l.name, l.addr))
+        .collect()
+}
+
+/// The first generation's `(name, addr)` of each listener.
+fn first_addresses(server: &Server) -> Vec<(String, String)> {
+    server
+        .first_listeners()
+        .iter()
+        .map(|l| (l.name.clone(), l.addr.clone()))
+        .collect()
+}
+
+/// A restart on a UDP socket (`--listen udp:127.0.0.1:0`), three times: datagrams are
+/// answered by the serving generation; after a HUP, once the new generation is ready (pid
+/// file), datagrams are answered by the new pid (polled: both generations receive on the
+/// socket until the old one stops); the old process exits 0; the new one announces the same
+/// port and answers from it. A client sending datagrams throughout gets every one answered
+/// (resent if dropped), by one of the generations.
+pub(crate) fn udp_socket_restart(bin: &Path) {
+    let server = Server::start(bin, &Options::default().listen("udp:127.0.0.1:0"));
+    let endpoint = server.endpoint().clone();
+    let Endpoint::Udp(addr) = endpoint else {
+        panic!("not a UDP socket: {endpoint}");
+    };
+    assert!(addr.ip().is_loopback() && addr.port() != 0, "{addr}");
+    let first = server.pid();
+    for _ in 0..3 {
+        server.assert_serves(first);
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let _stop_client = StopOnDrop(Arc::clone(&stop));
+    let ok = Arc::new(AtomicUsize::new(0));
+    let client = {
+        let (stop, ok) = (Arc::clone(&stop), Arc::clone(&ok));
+        thread::spawn(move || {
+            let (mut answers, mut errors) = (Vec::new(), Vec::new());
+            let mut n = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                n += 1;
+                let line = format!("datagram {n}");
+                match super::udp_ask(addr, &line, DEADLINE) {
+                    Ok((pid, echo)) if echo == line => {
+                        answers.push(pid);
+                        ok.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Ok(other) => errors.push(format!("bad answer to {line:?}: {other:?}")),
+                    Err(e) => {
+                        errors.push(format!("{line:?}: {e}"));
+                        thread::sleep(super::POLL);
+                    }
+                }
+            }
+            (answers, errors)
+        })
+    };
+    let answers_after = |n: usize| {
+        wait_for("the UDP client to get answers", DEADLINE, || {
+            assert!(!client.is_finished(), "the client thread ended");
+            (ok.load(Ordering::SeqCst) > n).then_some(())
+        });
+    };
+
+    let mut generations = vec![first];
+    for round in 0..3 {
+        let old = server.pid();
+        answers_after(ok.load(Ordering::SeqCst));
+        // Returns once the pid file names the new generation and it announced its socket.
+        let new = server.hup();
+        wait_served_only_by(&endpoint, old, new);
+        assert_eq!(
+            server.group.wait_exit(old),
+            Exit::Code(0),
+            "round {round}: the old generation {old}"
+        );
+        // The old one is gone: every datagram is the new one's.
+        assert_served_only_by(
+            &endpoint,
+            new,
+            &format!("round {round}, after {old} exited"),
+        );
+        assert_eq!(
+            addresses(&server, new),
+            [("listen-0".to_owned(), format!("udp:{addr}"))],
+            "round {round}: the new generation's socket"
+        );
+        server.group.wait_settled(&[new]);
+        generations.push(new);
+        answers_after(ok.load(Ordering::SeqCst));
+    }
+
+    stop.store(true, Ordering::SeqCst);
+    let (answers, errors) = client.join().unwrap();
+    assert!(errors.is_empty(), "failed datagrams: {errors:?}");
+    assert!(
+        answers.iter().all(|p| generations.contains(p)),
+        "answered by a process that is no generation ({generations:?}): {answers:?}"
+    );
+    assert_eq!(server.group.announced_pids(), generations);
+}
+
+/// A restart on IPv6 loopback (`--listen [::1]:0`, and `udp:[::1]:0` as a second
+/// listener), three times: the new pid answers on the same addresses, the old one exits 0.
+/// Skipped, with a note, where this process cannot bind `[::1]:0`.
+pub(crate) fn ipv6_listener_restart(bin: &Path) {
+    if let Err(e) = TcpListener::bind("[::1]:0").and_then(|_| UdpSocket::bind("[::1]:0").map(drop))
+    {
+        eprintln!("note: ipv6_listener_restart skipped: cannot bind [::1]:0 here: {e}");
+        return;
+    }
+    let server = Server::start(
+        bin,
+        &Options::default().listen("[::1]:0").listen("udp:[::1]:0"),
+    );
+    let endpoints = server.endpoints();
+    let [tcp, udp] = endpoints.as_slice() else {
+        panic!("two listeners expected: {endpoints:?}");
+    };
+    assert!(
+        matches!(tcp, Endpoint::Tcp(a) if a.is_ipv6() && a.ip().is_loopback() && a.port() != 0),
+        "{tcp}"
+    );
+    assert!(
+        matches!(udp, Endpoint::Udp(a) if a.is_ipv6() && a.ip().is_loopback() && a.port() != 0),
+        "{udp}"
+    );
+    let announced = first_addresses(&server);
+    let first = server.pid();
+    for endpoint in [tcp, udp] {
+        assert_answered_by(endpoint, first, "the first generation");
+    }
+
+    for round in 0..3 {
+        let old = server.pid();
+        let new = server.hup();
+        // The old generation stopped accepting: every new connection is the new one's.
+        assert_answered_by(tcp, new, format_args!("round {round}, after the handover"));
+        wait_served_only_by(udp, old, new);
+        assert_eq!(
+            server.group.wait_exit(old),
+            Exit::Code(0),
+            "round {round}: the old generation {old}"
+        );
+        assert_eq!(addresses(&server, new), announced, "round {round}");
+        for endpoint in [tcp, udp] {
+            assert_answered_by(endpoint, new, format_args!("round {round}, {old} gone"));
+        }
+        server.group.wait_settled(&[new]);
+    }
+}
+
+/// One process with a TCP, a Unix and a UDP listener at once, three restarts. Each time a
+/// TCP connection to the old generation stays open across the HUP, so that the old process
+/// drains while the new one serves: new connections on TCP and Unix are the new one's as
+/// soon as the old one stopped accepting; datagrams are the new one's once the old one
+/// stops receiving, which it does although it is still alive; the held connection is
+/// still answered by the old pid; once it is closed the old process exits 0. The new
+/// generation announces the same addresses (the Unix socket file is the same inode) and,
+/// settled, has as many fds as the first one.
+pub(crate) fn several_listeners_restart(bin: &Path) {
+    let server = Server::start(
+        bin,
+        &Options::default()
+            .listen("127.0.0.1:0")
+            .listen("unix:s.sock")
+            .listen("udp:127.0.0.1:0"),
+    );
+    let endpoints = server.endpoints();
+    let [tcp, unix, udp] = endpoints.as_slice() else {
+        panic!("three listeners expected: {endpoints:?}");
+    };
+    assert!(matches!(tcp, Endpoint::Tcp(_)), "{tcp}");
+    assert!(matches!(udp, Endpoint::Udp(_)), "{udp}");
+    let Endpoint::Unix(path) = unix else {
+        panic!("not a Unix socket: {unix}");
+    };
+    let inode = fs::metadata(path).unwrap().ino();
+    let announced = first_addresses(&server);
+    let all = [tcp, unix, udp];
+
+    let first = server.pid();
+    for endpoint in all {
+        assert_answered_by(endpoint, first, "the first generation");
+    }
+    let baseline = server.settled_fd_count();
+    server.group.wait_settled(&[first]);
+
+    for round in 0..3 {
+        let old = server.pid();
+        let mut held = super::Conn::open(tcp)
+            .unwrap_or_else(|e| panic!("round {round}: connect to {tcp}: {e}"));
+        assert_eq!(
+            held.ask("hello")
+                .unwrap_or_else(|e| panic!("round {round}: ask at {tcp}: {e}")),
+            (old, "hello".to_owned())
+        );
+
+        let new = server.hup();
+        for endpoint in [tcp, unix] {
+            assert_answered_by(
+                endpoint,
+                new,
+                format_args!("round {round}, after the handover"),
+            );
+        }
+        wait_served_only_by(udp, old, new);
+        // The old generation, still alive, no longer receives.
+        assert_served_only_by(udp, new, &format!("round {round}, while {old} drains"));
+        assert!(
+            is_alive(old),
+            "round {round}: the old generation {old} left with a connection open"
+        );
+        assert_eq!(
+            held.ask("still")
+                .unwrap_or_else(|e| panic!("round {round}: ask on the held connection: {e}")),
+            (old, "still".to_owned()),
+            "round {round}: the held connection"
+        );
+
+        drop(held);
+        assert_eq!(
+            server.group.wait_exit(old),
+            Exit::Code(0),
+            "round {round}: the old generation {old}"
+        );
+        assert_eq!(addresses(&server, new), announced, "round {round}");
+        let meta = fs::metadata(path).expect("the socket file is still there");
+        assert_eq!(
+            meta.ino(),
+            inode,
+            "round {round}: the socket file was replaced"
+        );
+        for endpoint in all {
+            assert_answered_by(endpoint, new, format_args!("round {round}, {old} gone"));
+        }
+        server.group.wait_settled(&[new]);
+        server.wait_fd_count(new, baseline);
+    }
+}
+
+// ---- more: a listen address that changes across a restart ------------------------------------
+
+/// `127.0.0.2`, another loopback address than the harness' `127.0.0.1` (on Linux the whole
+/// of `127.0.0.0/8` is loopback).
+const OTHER_LOOPBACK: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
+
+/// Whether this process can bind TCP and UDP on [`OTHER_LOOPBACK`]; prints a note saying
+/// that `scenario` is skipped if not.
+fn other_loopback_usable(scenario: &str) -> bool {
+    let bound = TcpListener::bind((OTHER_LOOPBACK, 0))
+        .and_then(|_| UdpSocket::bind((OTHER_LOOPBACK, 0)).map(drop));
+    if let Err(e) = &bound {
+        eprintln!("note: {scenario} skipped: cannot bind {OTHER_LOOPBACK}:0 here: {e}");
+    }
+    bound.is_ok()
+}
+
+/// Replaces the server's executable by a script that `exec`s the pristine copy of the real
+/// binary with exactly `args`. The new generation's `argv[0]` is then that copy: a later
+/// restart runs the copy again, with the same arguments.
+fn exec_real_with(server: &Server, args: &[String]) {
+    let words: Vec<String> = args.iter().map(|a| sh_quote(Path::new(a))).collect();
+    let script = format!(
+        "exec {} {}",
+        sh_quote(server.real_binary()),
+        words.join(" ")
+    );
+    server.replace_exe(&sh_script(&script), 0o755);
+}
+
+/// The arguments the harness starts a server with (`--listen` …, then `--pid-file`), with
+/// `listen` as the `--listen` addresses.
+fn args_listening_on(server: &Server, listen: &[&str]) -> Vec<String> {
+    let mut args = Vec::new();
+    for addr in listen {
+        args.push("--listen".to_owned());
+        args.push((*addr).to_owned());
+    }
+    args.push("--pid-file".to_owned());
+    args.push(server.pid_file().display().to_string());
+    args
+}
+
+/// Waits until generation `pid` logged (after `mark`) that it is ready, which it does once
+/// every listener is set up: every line it logged about its listeners has been read then.
+fn wait_ready_logged(server: &Server, mark: usize, pid: u32) {
+    server
+        .group
+        .stderr
+        .wait_from(format_args!("{pid} to log that it is ready"), mark, |l| {
+            l.split_whitespace().any(|w| w == "ready") && has_field(l, "pid", pid)
+        });
+}
+
+/// The driver's `… binding anew` lines after `mark` (call after [`wait_ready_logged`]).
+fn rebinds_from(server: &Server, mark: usize) -> Vec<String> {
+    server
+        .group
+        .stderr
+        .snapshot()
+        .into_iter()
+        .skip(mark)
+        .filter(|l| l.contains("binding anew"))
+        .collect()
+}
+
+/// What `pid` announced for listener `name` (the harness only waits for the listeners of
+/// its own `--listen` arguments).
+fn announced(server: &Server, pid: u32, name: &str) -> String {
+    let line = server
+        .group
+        .stdout
+        .wait_from(format_args!("{pid} to announce {name}"), 0, |l| {
+            parse_listening(l).is_some_and(|l| l.pid == pid && l.name == name)
+        });
+    parse_listening(&line).expect("a listening line").addr
+}
+
+/// Asserts that nothing answers at `endpoint` any more: a TCP or Unix connection is refused
+/// (a Unix socket file that is gone will do as well), a datagram is never answered and,
+/// polled, is eventually refused (an ICMP port unreachable: no socket is bound there).
+/// `pid` is the generation that serves, whose fds a failure lists.
+fn assert_nothing_answers(endpoint: &Endpoint, pid: u32, what: &str) {
+    let fail = |how: &str| -> ! {
+        panic!(
+            "{what}: {endpoint} {how}, although only {pid} is left; its fds: {:#?}",
+            fds(pid)
+        )
+    };
+    match endpoint {
+        Endpoint::Tcp(addr) => match TcpStream::connect_timeout(addr, DEADLINE) {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
+            Err(e) => panic!("{what}: connect to {endpoint}: {e}"),
+            Ok(_) => fail("still accepts connections"),
+        },
+        Endpoint::Unix(path) => match UnixStream::connect(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                eprintln!("note: {what}: the socket file {} is gone", path.display());
+            }
+            Err(e) => panic!("{what}: connect to {endpoint}: {e}"),
+            Ok(_) => fail("still accepts connections"),
+        },
+        Endpoint::Udp(addr) => wait_for(
+            format_args!("{what}: a datagram to {endpoint} to be refused"),
+            DEADLINE,
+            || match super::udp_ask(*addr, "ping", Duration::from_millis(200)) {
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Some(()),
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => None,
+                Err(e) => panic!("{what}: ask at {endpoint}: {e}"),
+                Ok(answer) => fail(&format!("still answers: {answer:?}")),
+            },
+        ),
+    }
+}
+
+/// The listener `listen-0` moves from `a` (a `--listen` address as [`Options::listen`]
+/// takes it) to the address `to` makes of where the first generation listens: the
+/// executable is replaced by a script that runs the real binary with the same flags but
+/// `--listen <to>`, then a HUP. The new generation logs that it binds anew (`log`:
+/// `listen address changed` or `listen path changed`), announces and serves the new
+/// address; the old one exits 0; then nothing answers at the old address (the inherited
+/// socket was not kept open by anyone). A second restart, with the same arguments, keeps the
+/// new socket: nothing is bound anew, and the new address is served by the third pid.
+/// Returns the server and the old and new endpoints, for more checks.
+fn listen_address_changes(
+    bin: &Path,
+    a: &str,
+    to: impl FnOnce(&Server, &Endpoint) -> String,
+    log: &str,
+) -> (Server, Endpoint, Endpoint) {
+    let server = Server::start(bin, &Options::default().listen(a));
+    let old_endpoint = server.endpoint().clone();
+    let first = server.pid();
+    assert_answered_by(&old_endpoint, first, "the first generation");
+
+    let new_addr = to(&server, &old_endpoint);
+    exec_real_with(&server, &args_listening_on(&server, &[&new_addr]));
+    let mark = server.group.stderr.len();
+    let second = server.hup();
+    let listening = server.listening(second);
+    assert_eq!(
+        listening[0].addr, new_addr,
+        "the address {second} announced"
+    );
+    let new_endpoint = Endpoint::parse(&new_addr);
+    wait_ready_logged(&server, mark, second);
+    let rebinds = rebinds_from(&server, mark);
+    let wanted = new_addr
+        .strip_prefix("unix:")
+        .or_else(|| new_addr.strip_prefix("udp:"))
+        .unwrap_or(&new_addr);
+    assert!(
+        rebinds.len() == 1
+            && rebinds[0].contains(log)
+            && has_field(&rebinds[0], "name", "\"listen-0\"")
+            && has_field(&rebinds[0], "wanted", wanted),
+        "expected one {log:?} line for listen-0 wanting {wanted}, got {rebinds:?}"
+    );
+    // The new address is the new generation's alone, even while the old one is alive.
+    for _ in 0..10 {
+        assert_answered_by(&new_endpoint, second, "after the handover");
+    }
+
+    assert_eq!(
+        server.group.wait_exit(first),
+        Exit::Code(0),
+        "the old generation {first}"
+    );
+    server.group.wait_settled(&[second]);
+    assert_nothing_answers(&old_endpoint, second, "after the old generation exited");
+    assert_answered_by(&new_endpoint, second, "after the old generation exited");
+
+    // Once more, with the same arguments (the new generation runs the copy the script ran):
+    // the socket bound anew is the one handed over, and kept.
+    let mark = server.group.stderr.len();
+    let third = server.restart();
+    assert_eq!(
+        server.listening(third)[0].addr,
+        new_addr,
+        "the address {third} announced"
+    );
+    wait_ready_logged(&server, mark, third);
+    assert_eq!(
+        rebinds_from(&server, mark),
+        Vec::<String>::new(),
+        "{third} bound anew although its address did not change"
+    );
+    server.group.wait_settled(&[third]);
+    assert_answered_by(&new_endpoint, third, "after a restart on the new address");
+    assert_nothing_answers(&old_endpoint, third, "after a restart on the new address");
+    (server, old_endpoint, new_endpoint)
+}
+
+/// TCP, `127.0.0.1:P` → `127.0.0.2:P`: the same port on another address (a check of the
+/// port alone would keep the old listener), then a third generation on `127.0.0.2:P`. See
+/// [`listen_address_changes`].
+pub(crate) fn tcp_listen_address_changes(bin: &Path) {
+    if !other_loopback_usable("tcp_listen_address_changes") {
+        return;
+    }
+    let to = |_: &Server, old: &Endpoint| {
+        let Endpoint::Tcp(a) = old else {
+            panic!("not a TCP listener: {old}");
+        };
+        std::net::SocketAddr::from((OTHER_LOOPBACK, a.port())).to_string()
+    };
+    listen_address_changes(
+        bin,
+        "127.0.0.1:0",
+        to,
+        "listen address changed; binding anew",
+    );
+}
+
+/// UDP, `udp:127.0.0.1:P` → `udp:127.0.0.2:P` (same port, another address), then a third
+/// generation on `udp:127.0.0.2:P`; once the old generation exited, a datagram to
+/// `127.0.0.1:P` gets no answer and is refused. See [`listen_address_changes`].
+pub(crate) fn udp_listen_address_changes(bin: &Path) {
+    if !other_loopback_usable("udp_listen_address_changes") {
+        return;
+    }
+    let to = |_: &Server, old: &Endpoint| {
+        let Endpoint::Udp(a) = old else {
+            panic!("not a UDP socket: {old}");
+        };
+        format!(
+            "udp:{}",
+            std::net::SocketAddr::from((OTHER_LOOPBACK, a.port()))
+        )
+    };
+    listen_address_changes(
+        bin,
+        "udp:127.0.0.1:0",
+        to,
+        "listen address changed; binding anew",
+    );
+}
+
+/// Unix, `unix:<dir>/a.sock` → `unix:<dir>/b.sock`: `b.sock` is created and served by the
+/// new pid (and keeps its inode across the third generation); once the old generation
+/// exited, `a.sock` refuses connections (the file itself may remain). See
+/// [`listen_address_changes`].
+pub(crate) fn unix_listen_path_changes(bin: &Path) {
+    let to =
+        |server: &Server, _: &Endpoint| format!("unix:{}", server.dir().join("b.sock").display());
+    let (server, old, new) =
+        listen_address_changes(bin, "unix:a.sock", to, "listen path changed; binding anew");
+    let (Endpoint::Unix(a), Endpoint::Unix(b)) = (&old, &new) else {
+        panic!("not Unix sockets: {old}, {new}");
+    };
+    assert_eq!(a, &server.dir().join("a.sock"));
+    let meta = fs::metadata(b).unwrap_or_else(|e| panic!("{}: {e}", b.display()));
+    assert!(
+        meta.file_type().is_socket(),
+        "{} is not a socket",
+        b.display()
+    );
+    // One more restart: the socket file is the same inode, nobody bound it anew.
+    let inode = meta.ino();
+    let pid = server.restart();
+    assert_answered_by(&new, pid, "a fourth generation");
+    assert_eq!(
+        fs::metadata(b).expect("b.sock is still there").ino(),
+        inode,
+        "b.sock was replaced"
+    );
+}
+
+/// The same Unix socket written differently is not a change: the listener is kept (no
+/// `binding anew` in the logs, the socket file keeps its inode, and the new pid serves on
+/// it; binding anew would fail anyway while the old generation listens there).
+///
+/// 1. `unix:a.sock`, relative to the server's working directory (the test directory), in
+///    the first generation (a second `--listen`, after the harness' TCP one), then
+///    `unix:<dir>/a.sock` in the second: the inherited socket's own name is relative.
+/// 2. `unix:<dir>/a.sock`, then `unix:./a.sock`.
+pub(crate) fn unix_path_written_differently_keeps_listener(bin: &Path) {
+    // 1. Relative, then absolute.
+    let server = Server::start(bin, &Options::default().arg("--listen").arg("unix:a.sock"));
+    let first = server.pid();
+    assert_eq!(announced(&server, first, "listen-1"), "unix:a.sock");
+    let path = server.dir().join("a.sock");
+    let unix = Endpoint::Unix(path.clone());
+    let tcp = server.endpoint().clone();
+    let inode = fs::metadata(&path).expect("a.sock").ino();
+    assert_answered_by(&unix, first, "the first generation");
+
+    let absolute = format!("unix:{}", path.display());
+    exec_real_with(&server, &{
+        let mut args = args_listening_on(&server, &["127.0.0.1:0"]);
+        args.extend(["--listen".to_owned(), absolute.clone()]);
+        args
+    });
+    assert_listener_kept(
+        &server,
+        &[(&tcp, "listen-0"), (&unix, "listen-1")],
+        &absolute,
+        &path,
+        inode,
+    );
+
+    // 2. Absolute, then relative (written `./a.sock`).
+    let server = Server::start(bin, &Options::default().listen("unix:a.sock"));
+    let Endpoint::Unix(path) = server.endpoint().clone() else {
+        panic!("not a Unix socket: {}", server.endpoint());
+    };
+    assert_eq!(path, server.dir().join("a.sock"));
+    let unix = Endpoint::Unix(path.clone());
+    assert_eq!(
+        server.first_listeners()[0].addr,
+        format!("unix:{}", path.display())
+    );
+    let inode = fs::metadata(&path).expect("a.sock").ino();
+    exec_real_with(&server, &args_listening_on(&server, &["unix:./a.sock"]));
+    assert_listener_kept(
+        &server,
+        &[(&unix, "listen-0")],
+        "unix:./a.sock",
+        &path,
+        inode,
+    );
+}
+
+/// A HUP of `server` (whose executable now runs the real binary with the Unix socket
+/// written as `written`) keeps every listener of `endpoints` (`(endpoint, name)`, the Unix
+/// one last): nothing is bound anew, no stale socket removed, the socket file at `path`
+/// keeps its `inode`, the new pid announces the Unix socket as written and serves every
+/// endpoint, and the old generation exits 0.
+fn assert_listener_kept(
+    server: &Server,
+    endpoints: &[(&Endpoint, &str)],
+    written: &str,
+    path: &Path,
+    inode: u64,
+) {
+    let old = server.pid();
+    let mark = server.group.stderr.len();
+    let new = server.hup();
+    let (_, unix_name) = endpoints.last().expect("a Unix listener");
+    assert_eq!(announced(server, new, unix_name), written);
+    wait_ready_logged(server, mark, new);
+    let suspicious: Vec<String> = server
+        .group
+        .stderr
+        .snapshot()
+        .into_iter()
+        .skip(mark)
+        .filter(|l| l.contains("binding anew") || l.contains("stale unix socket"))
+        .collect();
+    assert_eq!(
+        suspicious,
+        Vec::<String>::new(),
+        "{new} did not keep the inherited socket"
+    );
+    let same_file = |what: &str| {
+        let meta = fs::metadata(path).unwrap_or_else(|e| panic!("{what}: {}: {e}", path.display()));
+        assert_eq!(meta.ino(), inode, "{what}: the socket file was replaced");
+    };
+    same_file("after the handover");
+    for (endpoint, _) in endpoints {
+        assert_answered_by(endpoint, new, "after the handover");
+    }
+    assert_eq!(
+        server.group.wait_exit(old),
+        Exit::Code(0),
+        "the old generation {old}"
+    );
+    server.group.wait_settled(&[new]);
+    same_file("after the old generation exited");
+    for (endpoint, _) in endpoints {
+        assert_answered_by(endpoint, new, "after the old generation exited");
+    }
 }
