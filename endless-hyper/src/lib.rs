@@ -12,7 +12,10 @@
 //!   carries `Connection: close`, so the client reconnects (to the new generation, which
 //!   accepts on the same socket); a connection that stays idle is closed only after a grace
 //!   period ([`Server::idle_grace`]).
-//! - **HTTP/2**: a graceful `GOAWAY` (hyper's two-step one); streams in flight complete.
+//! - **HTTP/2**: a graceful `GOAWAY` (hyper's two-step one); streams in flight complete. The
+//!   client's acknowledgement of the shutdown PING is held back for a moment, so that
+//!   streams it opened just before it saw the first `GOAWAY` are served, not refused (an h2
+//!   race that otherwise fails requests at every restart under load).
 //! - **Upgraded connections** (websockets through hyper's upgrade) stay tracked: they
 //!   finish, or are closed at the drain deadline.
 //!
@@ -74,6 +77,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite};
 
+mod h2_shutdown;
 #[cfg(feature = "tls")]
 pub mod tls;
 
@@ -238,7 +242,7 @@ impl Server {
                     }
                 }
             }
-            tracing::debug!("stopped accepting");
+            tracing::info!(pid = std::process::id(), "stopped accepting");
         })
     }
 
@@ -290,7 +294,7 @@ impl Server {
         });
         let conn = self
             .builder
-            .serve_connection_with_upgrades(TokioIo::new(io), service);
+            .serve_connection_with_upgrades(TokioIo::new(h2_shutdown::PongDelay::new(io)), service);
         tokio::pin!(conn);
 
         tokio::select! {

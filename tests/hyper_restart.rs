@@ -1,0 +1,515 @@
+//! End-to-end tests of endless-hyper: the HTTP example servers (`hello-hyper`, `hello-axum`,
+//! `hello-tls`) restarted again and again under continuous load from an in-repo client that
+//! never retries (`support/http_client.rs`, which says exactly what counts as a failure),
+//! over HTTP/1.1 and HTTP/2, cleartext and TLS. The bar is zero failed requests.
+//!
+//! Each scenario is a function of the server binary, so that another server is one more
+//! `#[test]` line. The servers run under the process harness of `support/mod.rs` (own
+//! process group, killed and reaped however the test ends, their output printed when a test
+//! fails) with `RUST_LOG=info,endless_hyper=debug`, so that the server side of a failure is
+//! in that output too.
+
+#[path = "support/mod.rs"]
+mod support;
+
+#[path = "support/http_client.rs"]
+mod http_client;
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use http_client::{Conn, Load, LoadConfig, Outcome, Pki, Proto, Target, cert_id};
+use support::{DEADLINE, Endpoint, Exit, Options, Server, TempDir, is_alive, wait_for};
+
+fn hello_hyper() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_hello-hyper"))
+}
+
+fn hello_axum() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_hello-axum"))
+}
+
+fn hello_tls() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_hello-tls"))
+}
+
+// ---- restarts under load -------------------------------------------------------------------
+
+#[test]
+fn hello_hyper_http1_ten_restarts_under_load() {
+    restarts_under_load(hello_hyper(), Transport::Cleartext, Proto::Http1, 10);
+}
+
+#[test]
+fn hello_hyper_http2_ten_restarts_under_load() {
+    restarts_under_load(hello_hyper(), Transport::Cleartext, Proto::Http2, 10);
+}
+
+#[test]
+fn hello_tls_http1_ten_restarts_under_load_with_new_certificates() {
+    restarts_under_load(hello_tls(), Transport::Tls, Proto::Http1, 10);
+}
+
+#[test]
+fn hello_tls_http2_ten_restarts_under_load_with_new_certificates() {
+    restarts_under_load(hello_tls(), Transport::Tls, Proto::Http2, 10);
+}
+
+#[test]
+fn hello_axum_http1_restarts_under_load() {
+    restarts_under_load(hello_axum(), Transport::Cleartext, Proto::Http1, 3);
+}
+
+#[test]
+fn hello_axum_http2_restarts_under_load() {
+    restarts_under_load(hello_axum(), Transport::Cleartext, Proto::Http2, 3);
+}
+
+// ---- slow requests in flight ---------------------------------------------------------------
+
+#[test]
+fn hello_hyper_slow_requests_complete_across_a_restart() {
+    slow_requests_complete(hello_hyper(), Transport::Cleartext);
+}
+
+#[test]
+fn hello_tls_slow_requests_complete_across_a_restart() {
+    slow_requests_complete(hello_tls(), Transport::Tls);
+}
+
+#[test]
+fn hello_axum_slow_requests_complete_across_a_restart() {
+    slow_requests_complete(hello_axum(), Transport::Cleartext);
+}
+
+// ---- the servers ---------------------------------------------------------------------------
+
+/// How clients reach the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Transport {
+    Cleartext,
+    /// TLS with a certificate of the test's CA (`--tls-cert`, `--tls-key`).
+    Tls,
+}
+
+/// Connections at a time, for each load: enough that every restart finds requests in flight
+/// and connections between two requests, few enough for a loaded two-core machine.
+const CONNECTIONS: usize = 32;
+/// HTTP/2: concurrent streams on each connection.
+const STREAMS: usize = 4;
+/// The least time between a generation becoming ready and the next restart.
+const RESTART_INTERVAL: Duration = Duration::from_millis(300);
+/// The least number of answers from a generation before the next restart.
+const ANSWERS_PER_GENERATION: usize = 50;
+
+/// A server under test, and its certificates when it speaks TLS.
+#[derive(Debug)]
+struct HttpServer {
+    // Dropped first: the processes are gone before their certificate files.
+    server: Server,
+    pki: Option<Pki>,
+    _certs: TempDir,
+    addr: SocketAddr,
+}
+
+impl HttpServer {
+    /// Starts `bin`; with TLS, on a first certificate (serial 1), returned.
+    fn start(bin: &Path, transport: Transport) -> (Self, Option<u64>) {
+        let certs = TempDir::new("certs");
+        let mut options = Options::default().env("RUST_LOG", "info,endless_hyper=debug");
+        let mut first_cert = None;
+        let pki = (transport == Transport::Tls).then(|| {
+            let pki = Pki::new(certs.path());
+            first_cert = Some(cert_id(&pki.issue_leaf(1)));
+            for arg in pki.server_args() {
+                options = options.clone().arg(arg);
+            }
+            pki
+        });
+        let server = Server::start(bin, &options);
+        let Endpoint::Tcp(addr) = *server.endpoint() else {
+            panic!("expected a TCP listener, got {}", server.endpoint());
+        };
+        let http = Self {
+            server,
+            pki,
+            _certs: certs,
+            addr,
+        };
+        (http, first_cert)
+    }
+
+    fn target(&self, proto: Proto) -> Target {
+        match &self.pki {
+            None => Target::cleartext(self.addr, proto),
+            Some(pki) => Target::tls(self.addr, proto, pki.ca_cert()),
+        }
+    }
+
+    /// Sends `SIGHUP` to the serving generation and waits until a new one is ready: the pid
+    /// file names it and it announced its listener. Returns its pid, and where the server's
+    /// stderr was when the signal was sent (for [`HttpServer::wait_stopped_accepting`]).
+    fn hup(&self) -> (u32, usize) {
+        let server = &self.server;
+        let old = server.pid();
+        let err_mark = server.group.stderr.len();
+        server.group.signal(old, libc::SIGHUP);
+        let new = wait_for(
+            format_args!("a new generation after {old} to write the pid file"),
+            DEADLINE,
+            || {
+                let failed = server
+                    .group
+                    .stderr
+                    .find_from(err_mark, |l| l.contains("restart failed"));
+                assert!(failed.is_none(), "the restart failed: {failed:?}");
+                server.pid_file_pid().filter(|&p| p != old)
+            },
+        );
+        server.listening(new);
+        server.set_pid(new);
+        (new, err_mark)
+    }
+
+    /// Waits until the old generation `old` stopped accepting after the restart whose
+    /// [`HttpServer::hup`] returned `mark` (or exited): from then on, every new connection
+    /// goes to the new generation. endless-hyper logs `stopped accepting` (at debug level,
+    /// which [`HttpServer::start`] asks for) without a pid, but only the old generation stops
+    /// accepting after a restart, and each of these servers has one listener.
+    fn wait_stopped_accepting(&self, old: u32, mark: usize) {
+        let stderr = &self.server.group.stderr;
+        wait_for(
+            format_args!("the old generation {old} to stop accepting"),
+            DEADLINE,
+            || {
+                let stopped = stderr.find_from(mark, |l| l.contains("stopped accepting"));
+                (stopped.is_some() || !is_alive(old)).then_some(())
+            },
+        );
+    }
+
+    /// One request on a new connection: the pid that answered, and the certificate the
+    /// connection showed ([`cert_id`], TLS).
+    fn ask_new_connection(&self, proto: Proto) -> (u32, Option<u64>) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        runtime.block_on(async {
+            let mut conn = Conn::open(&self.target(proto), 0)
+                .await
+                .unwrap_or_else(|e| panic!("open an {proto} connection: {e}"));
+            let pid = match conn.get("/").await {
+                Outcome::Answered(a) => a.pid().unwrap_or_else(|e| panic!("a bad answer: {e}")),
+                other => panic!("{proto} GET / on a new connection: {other:?}"),
+            };
+            (pid, conn.peer_cert().map(|c| cert_id(c)))
+        })
+    }
+}
+
+/// A generation of the server under load.
+#[derive(Debug, Clone, Copy)]
+struct Generation {
+    pid: u32,
+    /// [`cert_id`] of its certificate (TLS).
+    cert: Option<u64>,
+    /// When its restart was asked for and when it was ready, since the load started.
+    hup_at: Duration,
+    ready_at: Duration,
+}
+
+/// `restarts` restarts of `bin` under continuous load of [`CONNECTIONS`] connections
+/// speaking `proto` (HTTP/2: [`STREAMS`] streams each), each restart once the previous one
+/// is complete: the new generation is ready, answered at least [`ANSWERS_PER_GENERATION`]
+/// requests, and [`RESTART_INTERVAL`] has passed. With TLS every generation starts with a
+/// new certificate (the files are replaced before each `SIGHUP`).
+///
+/// Checks: no request failed; every answer is `200 pid=<pid>`; every generation answered;
+/// no other process did; each generation exited 0 (and before its successor was restarted);
+/// after each restart, once the old generation stopped accepting, a new connection is
+/// answered by the new one and (TLS) shows the new certificate; TLS: every answer of the
+/// load came over a connection showing the certificate of the generation that answered;
+/// in the end one process is left.
+fn restarts_under_load(bin: &Path, transport: Transport, proto: Proto, restarts: usize) {
+    let (http, first_cert) = HttpServer::start(bin, transport);
+    let server = &http.server;
+    let load = Load::start(
+        http.target(proto),
+        LoadConfig {
+            connections: CONNECTIONS,
+            streams: STREAMS,
+            ..LoadConfig::default()
+        },
+    );
+    let mut generations = vec![Generation {
+        pid: server.pid(),
+        cert: first_cert,
+        hup_at: Duration::ZERO,
+        ready_at: Duration::ZERO,
+    }];
+    let wait_answers = |g: &Generation| {
+        wait_for(
+            format_args!(
+                "{ANSWERS_PER_GENERATION} answers from generation {} ({} failures so far)",
+                g.pid,
+                load.failures()
+            ),
+            DEADLINE,
+            || (load.responses_from(g.pid) >= ANSWERS_PER_GENERATION).then_some(()),
+        );
+    };
+    wait_answers(&generations[0]);
+    let mut exits = Vec::new();
+    for i in 0..restarts {
+        // The generation before the serving one has drained and exited: so every
+        // generation exits while this process is its parent (the subreaper), and its
+        // status is known.
+        if i > 0 {
+            let previous = generations[i - 1].pid;
+            exits.push((previous, server.group.wait_exit(previous)));
+        }
+        let cert = http.pki.as_ref().map(|pki| {
+            let serial = u64::try_from(i).expect("a small number") + 2;
+            cert_id(&pki.issue_leaf(serial))
+        });
+        let hup_at = load.elapsed();
+        let old = server.pid();
+        let (pid, mark) = http.hup();
+        let generation = Generation {
+            pid,
+            cert,
+            hup_at,
+            ready_at: load.elapsed(),
+        };
+        let ready = Instant::now();
+        // Once the old generation stopped accepting, a new connection is the new one's,
+        // and (TLS) shows the new certificate.
+        http.wait_stopped_accepting(old, mark);
+        assert_eq!(
+            http.ask_new_connection(proto),
+            (pid, cert),
+            "restart {i}: a new connection's (pid, certificate)"
+        );
+        wait_answers(&generation);
+        generations.push(generation);
+        let left = RESTART_INTERVAL.saturating_sub(ready.elapsed());
+        std::thread::sleep(left);
+    }
+    let last = generations.last().expect("a generation").pid;
+    if generations.len() > 1 {
+        let previous = generations[generations.len() - 2].pid;
+        exits.push((previous, server.group.wait_exit(previous)));
+    }
+    let report = load.stop();
+
+    let mut timeline = String::new();
+    for (i, g) in generations.iter().enumerate() {
+        let _ = writeln!(
+            timeline,
+            "  generation {i}: pid {} HUP at {:.3}s, ready at {:.3}s ({} answers)",
+            g.pid,
+            g.hup_at.as_secs_f64(),
+            g.ready_at.as_secs_f64(),
+            report.samples.iter().filter(|s| s.pid == g.pid).count()
+        );
+    }
+    let name = bin.file_name().unwrap_or_default().to_string_lossy();
+    let what = format!("{name}, {transport:?} {proto}, {restarts} restarts");
+    eprintln!("{what}: {}\n{timeline}", report.summary());
+    for example in &report.aborted_examples {
+        eprintln!("{what}: cancelled by hyper's client: {example}");
+    }
+
+    assert!(
+        report.failures.is_empty(),
+        "{what}: {} request(s) failed — {}\nfailures:\n{}restarts:\n{timeline}",
+        report.failures.len(),
+        report.summary(),
+        report.failure_list(50),
+    );
+    // Every generation answered, and nobody else.
+    let expected: Vec<u32> = generations.iter().map(|g| g.pid).collect();
+    let mut seen = report.pids();
+    seen.sort_unstable();
+    let mut sorted = expected.clone();
+    sorted.sort_unstable();
+    assert_eq!(
+        seen, sorted,
+        "{what}: the pids that answered, against the generations\n{timeline}"
+    );
+    assert_eq!(expected.len(), restarts + 1);
+    // TLS: each answer came over a connection showing its generation's certificate.
+    if transport == Transport::Tls {
+        let cert_of: HashMap<u32, Option<u64>> =
+            generations.iter().map(|g| (g.pid, g.cert)).collect();
+        let wrong: Vec<_> = report
+            .samples
+            .iter()
+            .filter(|s| cert_of.get(&s.pid) != Some(&s.cert))
+            .take(10)
+            .collect();
+        assert!(
+            wrong.is_empty(),
+            "{what}: answers over a connection showing another generation's certificate: \
+             {wrong:?}\n{timeline}"
+        );
+    }
+    for (pid, exit) in exits {
+        assert_eq!(exit, Exit::Code(0), "{what}: the exit status of {pid}");
+    }
+    server.group.wait_settled(&[last]);
+}
+
+// ---- slow requests -------------------------------------------------------------------------
+
+/// How long the slow requests take.
+const SLOW: Duration = Duration::from_millis(3000);
+/// Slow requests per protocol, each on a connection of its own.
+const SLOW_PER_PROTO: usize = 3;
+
+/// Slow requests (`?sleep=3000`) in flight on separate connections, HTTP/1.1 and HTTP/2,
+/// during a restart: the new generation becomes ready and answers new connections while
+/// they run; they complete with `200` from the old pid (HTTP/1.1: with `Connection: close`;
+/// HTTP/2: the connection then ends after a `GOAWAY`), and the old process exits 0
+/// afterwards.
+fn slow_requests_complete(bin: &Path, transport: Transport) {
+    let (http, first_cert) = HttpServer::start(bin, transport);
+    let server = &http.server;
+    let old = server.pid();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let mut next_id = 0;
+    let mut open = |proto: Proto| {
+        next_id += 1;
+        runtime
+            .block_on(Conn::open(&http.target(proto), next_id))
+            .unwrap_or_else(|e| panic!("open an {proto} connection: {e}"))
+    };
+    let answered_by = |runtime: &tokio::runtime::Runtime, conn: &mut Conn| -> u32 {
+        match runtime.block_on(conn.get("/")) {
+            Outcome::Answered(a) => a.pid().unwrap_or_else(|e| panic!("a bad answer: {e}")),
+            other => panic!("{} GET /: {other:?}", conn.proto()),
+        }
+    };
+
+    // Each connection is the old generation's (it answered on it), then carries a slow
+    // request.
+    let mut slow = Vec::new();
+    for proto in [Proto::Http1, Proto::Http2] {
+        for _ in 0..SLOW_PER_PROTO {
+            let mut conn = open(proto);
+            assert_eq!(answered_by(&runtime, &mut conn), old);
+            if first_cert.is_some() {
+                assert_eq!(conn.peer_cert().map(|c| cert_id(c)), first_cert);
+            }
+            slow.push(runtime.spawn(async move {
+                let outcome = conn.get(&format!("/?sleep={}", SLOW.as_millis())).await;
+                (conn, outcome)
+            }));
+        }
+    }
+    let sent = Instant::now();
+
+    let (new, mark) = http.hup();
+    assert_ne!(new, old);
+    let finished_early = |slow: &mut Vec<tokio::task::JoinHandle<(Conn, Outcome)>>| {
+        let (done, pending): (Vec<_>, Vec<_>) = slow.drain(..).partition(|s| s.is_finished());
+        *slow = pending;
+        done.into_iter()
+            .map(|s| {
+                let (conn, outcome) = runtime.block_on(s).expect("a slow request task");
+                format!("{} {outcome:?}", conn.proto())
+            })
+            .collect::<Vec<_>>()
+    };
+    let early = finished_early(&mut slow);
+    assert!(
+        early.is_empty(),
+        "{:?} after the slow requests were sent, some had ended: {early:?}",
+        sent.elapsed()
+    );
+    assert!(
+        is_alive(old),
+        "the old generation left with requests in flight"
+    );
+    // New connections go to the new generation once the old one stopped accepting (a
+    // moment after the new one is ready), over both protocols.
+    http.wait_stopped_accepting(old, mark);
+    for proto in [Proto::Http1, Proto::Http2] {
+        for _ in 0..5 {
+            let mut conn = open(proto);
+            assert_eq!(
+                answered_by(&runtime, &mut conn),
+                new,
+                "a new {proto} connection"
+            );
+            // And on the same connection again.
+            assert_eq!(
+                answered_by(&runtime, &mut conn),
+                new,
+                "a new {proto} connection"
+            );
+        }
+    }
+    let early = finished_early(&mut slow);
+    assert!(
+        early.is_empty(),
+        "{:?} after the slow requests were sent, some had ended: {early:?}",
+        sent.elapsed()
+    );
+    assert!(
+        is_alive(old),
+        "the old generation left with requests in flight"
+    );
+
+    for s in slow {
+        let (conn, outcome) = runtime.block_on(s).expect("a slow request task");
+        let proto = conn.proto();
+        let Outcome::Answered(answer) = outcome else {
+            panic!("the slow {proto} request failed: {outcome:?}");
+        };
+        assert_eq!(answer.pid(), Ok(old), "the slow {proto} request's answer");
+        assert!(
+            answer.latency >= SLOW,
+            "the slow {proto} request took {:?}",
+            answer.latency
+        );
+        match proto {
+            // The old generation drains: its HTTP/1.1 answers close the connection.
+            Proto::Http1 => assert!(
+                answer.connection_close,
+                "the slow HTTP/1.1 answer from the draining generation lacks `Connection: close`"
+            ),
+            // HTTP/2: GOAWAY (without error), and the connection ends.
+            Proto::Http2 => {
+                wait_for(
+                    "the old generation's HTTP/2 connection to close",
+                    DEADLINE,
+                    || conn.is_closed().then_some(()),
+                );
+                let goaways = conn.goaways();
+                assert!(
+                    !goaways.is_empty() && goaways.iter().all(|g| g.error_code == 0),
+                    "the old generation's HTTP/2 GOAWAYs: {goaways:?}"
+                );
+            }
+        }
+    }
+    assert_eq!(
+        server.group.wait_exit(old),
+        Exit::Code(0),
+        "the old generation's exit status"
+    );
+    let mut conn = open(Proto::Http1);
+    assert_eq!(answered_by(&runtime, &mut conn), new);
+    drop(conn);
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    server.group.wait_settled(&[new]);
+}
