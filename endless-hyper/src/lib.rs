@@ -119,6 +119,9 @@ pub trait Accept: Send + Sync + 'static {
     /// The next connection, tracked for the drain, or `None` once the process stops
     /// accepting.
     fn accept(&self) -> impl Future<Output = io::Result<Option<Tracked<Self::Stream>>>> + Send;
+
+    /// The tracker of the accepted connections.
+    fn tracker(&self) -> &Tracker;
 }
 
 impl Accept for endless_tokio::TcpListener {
@@ -132,6 +135,10 @@ impl Accept for endless_tokio::TcpListener {
             stream
         }))
     }
+
+    fn tracker(&self) -> &Tracker {
+        Self::tracker(self)
+    }
 }
 
 impl Accept for endless_tokio::UnixListener {
@@ -140,6 +147,10 @@ impl Accept for endless_tokio::UnixListener {
     async fn accept(&self) -> io::Result<Option<Tracked<Self::Stream>>> {
         let accepted = Self::accept(self).await?;
         Ok(accepted.map(|(stream, _)| stream))
+    }
+
+    fn tracker(&self) -> &Tracker {
+        Self::tracker(self)
     }
 }
 
@@ -225,13 +236,15 @@ impl Server {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let server = self.clone();
+        let closers = Closers::watch(listener.tracker().clone());
         tokio::spawn(async move {
             loop {
                 match listener.accept().await {
                     Ok(Some(io)) => {
                         let server = server.clone();
                         let service = service.clone();
-                        tokio::spawn(async move { server.connection(io, service).await });
+                        let closing = closers.register();
+                        tokio::spawn(async move { server.connection(io, service, closing).await });
                     }
                     Ok(None) => break,
                     Err(e) => {
@@ -246,7 +259,7 @@ impl Server {
         })
     }
 
-    async fn connection<I, S, B>(self, io: Tracked<I>, service: S)
+    async fn connection<I, S, B>(self, io: Tracked<I>, service: S, closing: Closing)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
         S: tower_service::Service<Request<Incoming>, Response = Response<B>>
@@ -264,16 +277,16 @@ impl Server {
         if let Some(acceptor) = &self.tls {
             let handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(io));
             match handshake.await {
-                Ok(Ok(tls)) => self.http(tls, service, tracker).await,
+                Ok(Ok(tls)) => self.http(tls, service, tracker, closing).await,
                 Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
                 Err(_) => tracing::debug!("TLS handshake timed out"),
             }
             return;
         }
-        self.http(io, service, tracker).await;
+        self.http(io, service, tracker, closing).await;
     }
 
-    async fn http<I, S, B>(&self, io: I, service: S, tracker: Tracker)
+    async fn http<I, S, B>(&self, io: I, service: S, tracker: Tracker, mut closing: Closing)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
         S: tower_service::Service<Request<Incoming>, Response = Response<B>>
@@ -297,15 +310,19 @@ impl Server {
             .serve_connection_with_upgrades(TokioIo::new(h2_shutdown::PongDelay::new(io)), service);
         tokio::pin!(conn);
 
+        // `closing` is a oneshot of this connection's own: polling it at every wake of the
+        // connection costs an atomic load, where a shared event would take a lock.
         tokio::select! {
+            biased;
             result = conn.as_mut() => return log_end(result),
-            () = tracker.closing() => {}
+            _ = &mut closing.0 => {}
         }
         if !state.h2.load(Ordering::SeqCst) {
             // HTTP/1: every response from now on says `Connection: close`. A client whose
             // next request is already on its way gets it answered; one that stays idle is
             // closed after the grace period.
             tokio::select! {
+                biased;
                 result = conn.as_mut() => return log_end(result),
                 () = tokio::time::sleep(self.idle_grace) => {}
             }
@@ -314,6 +331,73 @@ impl Server {
         // the response in flight.
         conn.as_mut().graceful_shutdown();
         log_end(conn.await);
+    }
+}
+
+/// Tells each connection of one listener when the drain starts.
+#[derive(Debug, Clone)]
+struct Closers {
+    inner: Arc<std::sync::Mutex<ClosersInner>>,
+}
+
+#[derive(Debug, Default)]
+struct ClosersInner {
+    closing: bool,
+    next: u64,
+    senders: std::collections::HashMap<u64, tokio::sync::oneshot::Sender<()>>,
+}
+
+/// A connection's end of [`Closers`]: resolves when the drain starts; unregisters on drop.
+#[derive(Debug)]
+struct Closing(
+    tokio::sync::oneshot::Receiver<()>,
+    Option<(Arc<std::sync::Mutex<ClosersInner>>, u64)>,
+);
+
+impl Drop for Closing {
+    fn drop(&mut self) {
+        if let Some((inner, key)) = self.1.take() {
+            lock(&inner).senders.remove(&key);
+        }
+    }
+}
+
+fn lock(m: &std::sync::Mutex<ClosersInner>) -> std::sync::MutexGuard<'_, ClosersInner> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Closers {
+    /// Closers that fire when `tracker` starts closing.
+    fn watch(tracker: Tracker) -> Self {
+        let closers = Self {
+            inner: Arc::default(),
+        };
+        let inner = Arc::clone(&closers.inner);
+        tokio::spawn(async move {
+            tracker.closing().await;
+            let senders = {
+                let mut inner = lock(&inner);
+                inner.closing = true;
+                std::mem::take(&mut inner.senders)
+            };
+            for sender in senders.into_values() {
+                let _ = sender.send(());
+            }
+        });
+        closers
+    }
+
+    fn register(&self) -> Closing {
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        let mut inner = lock(&self.inner);
+        if inner.closing {
+            let _ = sender.send(());
+            return Closing(receiver, None);
+        }
+        let key = inner.next;
+        inner.next += 1;
+        inner.senders.insert(key, sender);
+        Closing(receiver, Some((Arc::clone(&self.inner), key)))
     }
 }
 

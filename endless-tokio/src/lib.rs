@@ -260,6 +260,11 @@ impl TcpListener {
     pub fn get_ref(&self) -> &tokio::net::TcpListener {
         &self.inner
     }
+
+    /// The tracker of the connections this listener accepts.
+    pub fn tracker(&self) -> &Tracker {
+        self.endless.tracker()
+    }
 }
 
 /// A Unix stream listener whose connections are tracked, and that stops accepting when the
@@ -291,6 +296,11 @@ impl UnixListener {
     /// The tokio listener.
     pub fn get_ref(&self) -> &tokio::net::UnixListener {
         &self.inner
+    }
+
+    /// The tracker of the connections this listener accepts.
+    pub fn tracker(&self) -> &Tracker {
+        self.endless.tracker()
     }
 }
 
