@@ -1,0 +1,207 @@
+# Shared by the benchmark scripts in bench/: sourced, not run.
+#
+# - bench_init: cd to the repository root, C locale, PATH with cargo's bin directory.
+# - build_examples: the example servers in release, as a fresh clone builds them.
+# - need_wrk / need_oha / need_jq: install a tool if it is missing (apt for wrk and jq,
+#   `cargo install oha --locked` for oha, kept in cargo's bin directory between runs).
+# - start_server / stop_server / stop_all_servers: run an example server in its own process
+#   group (so that every later generation is in it too) on a loopback port chosen by the
+#   kernel, and end the whole group.
+# - parse_wrk: wrk's text output as key=value lines.
+#
+# Everything a script starts is registered and ended by cleanup_all, which the scripts
+# run from an EXIT trap.
+
+# shellcheck shell=bash
+# The globals set here (BIN_DIR, SERVER_ADDR, …) are read by the scripts that source it.
+# shellcheck disable=SC2034
+
+bench_init() {
+    ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+    cd "$ROOT" || exit 2
+    export LC_ALL=C
+    CARGO_BIN_DIR="${CARGO_HOME:-$HOME/.cargo}/bin"
+    case ":$PATH:" in
+        *":$CARGO_BIN_DIR:"*) ;;
+        *) PATH="$CARGO_BIN_DIR:$PATH" ;;
+    esac
+    # CARGO_TARGET_DIR as cargo reads it: relative to the directory cargo runs in, which
+    # is the repository root.
+    local target="${CARGO_TARGET_DIR:-target}"
+    [[ $target == /* ]] || target="$ROOT/$target"
+    BIN_DIR="$target/release"
+    SERVER_PGIDS=()
+    BG_PIDS=()
+    SUDO=()
+    if [[ $EUID -ne 0 ]] && command -v sudo >/dev/null; then
+        SUDO=(sudo)
+    fi
+    if [[ $(uname -s) != Linux ]]; then
+        echo "warning: written for Linux; $(uname -s) may not work" >&2
+    fi
+}
+
+log() {
+    printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2
+}
+
+die() {
+    printf 'error: %s\n' "$*" >&2
+    exit 2
+}
+
+build_examples() {
+    log "building the examples (release)"
+    cargo build --release -p endless-examples --locked >&2
+}
+
+APT_UPDATED=0
+apt_install() {
+    command -v apt-get >/dev/null || die "$1 is missing and there is no apt-get: install $1"
+    if [[ $APT_UPDATED == 0 ]]; then
+        "${SUDO[@]}" apt-get update -qq >&2
+        APT_UPDATED=1
+    fi
+    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$1" >&2
+}
+
+need_wrk() {
+    command -v wrk >/dev/null && return
+    log "installing wrk (apt)"
+    apt_install wrk
+}
+
+need_jq() {
+    command -v jq >/dev/null && return
+    log "installing jq (apt)"
+    apt_install jq
+}
+
+need_oha() {
+    command -v oha >/dev/null && return
+    log "installing oha (cargo install oha --locked; a few minutes, once)"
+    cargo install oha --locked >&2
+}
+
+# Microseconds since the epoch, without a fork.
+now_us() {
+    local t=$EPOCHREALTIME
+    echo $((10#${t/./}))
+}
+
+# start_server NAME BIN OUT_PREFIX [ARGS...]: starts BIN in a new session (its own process
+# group, which later generations share) with `--listen 127.0.0.1:0` and ARGS; stdout goes
+# to OUT_PREFIX.out, stderr to OUT_PREFIX.err. Waits for the `listening` line and sets
+# SERVER_ADDR, SERVER_PID and SERVER_PGID. TASKSET, if set, is a `taskset -c CPUS` prefix.
+start_server() {
+    local name=$1 bin=$2 prefix=$3
+    shift 3
+    [[ -x $bin ]] || die "$bin not found; build the examples first"
+    : >"$prefix.out"
+    # setsid: a new session and process group; the group id is the server's pid. (No fork:
+    # a background job of a non-interactive shell is not a group leader.)
+    ${TASKSET:-} setsid "$bin" --listen 127.0.0.1:0 "$@" >"$prefix.out" 2>"$prefix.err" </dev/null &
+    local launched=$!
+    local deadline=$(($(now_us) + 15000000)) line=""
+    while :; do
+        line=$(grep -m1 '^listening ' "$prefix.out" || true)
+        [[ -n $line ]] && break
+        if ! kill -0 "$launched" 2>/dev/null; then
+            cat "$prefix.err" >&2
+            die "$name exited before listening"
+        fi
+        (($(now_us) < deadline)) || die "$name did not print a listening line in 15 s"
+        sleep 0.02
+    done
+    # listening <name> <addr> pid=<pid>
+    read -r _ _ SERVER_ADDR SERVER_PID <<<"$line"
+    SERVER_PID=${SERVER_PID#pid=}
+    SERVER_PGID=$(ps -o pgid= -p "$SERVER_PID" | tr -d ' ')
+    [[ -n $SERVER_PGID && $SERVER_PGID != 0 ]] || die "cannot find the process group of $name"
+    [[ $SERVER_PGID == "$SERVER_PID" ]] || die "$name is not a process group leader"
+    SERVER_PGIDS+=("$SERVER_PGID")
+}
+
+# Live (non-zombie) members of process group $1.
+group_members() {
+    ps -eo pgid=,pid=,stat= | awk -v g="$1" '$1 == g && $3 !~ /^Z/ { print $2 }'
+}
+
+# stop_server PGID: SIGTERM to the whole group (every generation), SIGKILL to what is left
+# after 5 s.
+stop_server() {
+    local pgid=$1 i
+    [[ -n $(group_members "$pgid") ]] || return 0
+    kill -TERM -- "-$pgid" 2>/dev/null || true
+    for ((i = 0; i < 250; i++)); do
+        [[ -n $(group_members "$pgid") ]] || return 0
+        sleep 0.02
+    done
+    log "process group $pgid still alive 5 s after SIGTERM: SIGKILL"
+    kill -KILL -- "-$pgid" 2>/dev/null || true
+}
+
+cleanup_all() {
+    local pid pgid
+    for pid in "${BG_PIDS[@]}"; do
+        kill -TERM "$pid" 2>/dev/null || true
+    done
+    for pgid in "${SERVER_PGIDS[@]}"; do
+        stop_server "$pgid"
+    done
+    # Reap what this shell started.
+    wait 2>/dev/null || true
+}
+
+# parse_wrk FILE: prints requests, the error counters, requests/s and latencies (ms) of a
+# wrk run as key=value lines. wrk prints the error lines only when they are not zero.
+parse_wrk() {
+    awk '
+        function ms(v,    n, u) {
+            n = v + 0
+            u = v
+            sub(/^[0-9.]+/, "", u)
+            if (u == "us") return n / 1000
+            if (u == "ms") return n
+            if (u == "s") return n * 1000
+            if (u == "m") return n * 60000
+            if (u == "h") return n * 3600000
+            return n
+        }
+        BEGIN { req = ""; c = 0; r = 0; w = 0; t = 0; non2xx = 0; rps = ""; p50 = ""; p99 = ""; max = "" }
+        /^ +Latency +[0-9]/ { max = ms($4) }
+        /^ +50% / { p50 = ms($2) }
+        /^ +99% / { p99 = ms($2) }
+        / requests in / { req = $1 }
+        /^ +Socket errors:/ {
+            gsub(",", "")
+            for (i = 1; i <= NF; i++) {
+                if ($i == "connect") c = $(i + 1)
+                if ($i == "read") r = $(i + 1)
+                if ($i == "write") w = $(i + 1)
+                if ($i == "timeout") t = $(i + 1)
+            }
+        }
+        /Non-2xx or 3xx responses:/ { non2xx = $NF }
+        /^Requests\/sec:/ { rps = $2 }
+        END {
+            printf "requests=%s\nconnect=%d\nread=%d\nwrite=%d\ntimeout=%d\nnon2xx=%d\n", req, c, r, w, t, non2xx
+            printf "failures=%d\nrps=%s\np50=%s\np99=%s\nmax=%s\n", c + r + w + t + non2xx, rps, p50, p99, max
+        }
+    ' "$1"
+}
+
+# The 1-minute load average (how busy the machine was: the figures are only as good as that).
+loadavg() {
+    local a _
+    read -r a _ </proc/loadavg 2>/dev/null || a="?"
+    echo "$a"
+}
+
+# median of the arguments (numbers).
+median() {
+    printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END {
+        if (NR == 0) { print "-"; exit }
+        if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2
+    }'
+}
