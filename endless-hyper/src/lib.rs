@@ -103,6 +103,46 @@ where
     }
 }
 
+/// An error that hyper can report.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What [`Server::serve`] serves: a cloneable tower service of HTTP requests (an axum
+/// `Router`, a [`HyperService`]); implemented for every such service.
+pub trait HttpService<B>:
+    tower_service::Service<
+        Request<Incoming>,
+        Response = Response<B>,
+        Future: Send + 'static,
+        Error: Into<BoxError>,
+    > + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<S, B> HttpService<B> for S where
+    S: tower_service::Service<
+            Request<Incoming>,
+            Response = Response<B>,
+            Future: Send + 'static,
+            Error: Into<BoxError>,
+        > + Clone
+        + Send
+        + 'static
+{
+}
+
+/// A response body [`Server::serve`] can send; implemented for every such body.
+pub trait ResponseBody:
+    http_body::Body<Data: Send, Error: Into<BoxError>> + Send + 'static
+{
+}
+
+impl<B> ResponseBody for B where
+    B: http_body::Body<Data: Send, Error: Into<BoxError>> + Send + 'static
+{
+}
+
 /// How long a draining HTTP/1.1 connection may stay idle before it is closed, unless
 /// configured: long enough for a request already on its way to arrive and be answered
 /// (with `Connection: close`).
@@ -225,15 +265,8 @@ impl Server {
     pub fn serve<L, S, B>(&self, listener: L, service: S) -> tokio::task::JoinHandle<()>
     where
         L: Accept,
-        S: tower_service::Service<Request<Incoming>, Response = Response<B>>
-            + Clone
-            + Send
-            + 'static,
-        S::Future: Send + 'static,
-        S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-        B: http_body::Body + Send + 'static,
-        B::Data: Send,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        S: HttpService<B>,
+        B: ResponseBody,
     {
         let server = self.clone();
         let closers = Closers::watch(listener.tracker().clone());
@@ -262,15 +295,8 @@ impl Server {
     async fn connection<I, S, B>(self, io: Tracked<I>, service: S, closing: Closing)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-        S: tower_service::Service<Request<Incoming>, Response = Response<B>>
-            + Clone
-            + Send
-            + 'static,
-        S::Future: Send + 'static,
-        S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-        B: http_body::Body + Send + 'static,
-        B::Data: Send,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        S: HttpService<B>,
+        B: ResponseBody,
     {
         let tracker = io.guard().tracker();
         #[cfg(feature = "tls")]
@@ -289,15 +315,8 @@ impl Server {
     async fn http<I, S, B>(&self, io: I, service: S, tracker: Tracker, mut closing: Closing)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-        S: tower_service::Service<Request<Incoming>, Response = Response<B>>
-            + Clone
-            + Send
-            + 'static,
-        S::Future: Send + 'static,
-        S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-        B: http_body::Body + Send + 'static,
-        B::Data: Send,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        S: HttpService<B>,
+        B: ResponseBody,
     {
         let state = Arc::new(ConnState::default());
         let service = TowerToHyperService::new(DrainAware {
@@ -401,7 +420,7 @@ impl Closers {
     }
 }
 
-fn log_end(result: Result<(), Box<dyn std::error::Error + Send + Sync>>) {
+fn log_end(result: Result<(), BoxError>) {
     if let Err(e) = result {
         tracing::debug!(error = %e, "connection ended with an error");
     }

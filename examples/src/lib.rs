@@ -197,15 +197,8 @@ pub fn serve_http<S, B>(
     server: &endless_hyper::Server,
     service: S,
 ) where
-    S: tower_service::Service<hyper::Request<hyper::body::Incoming>, Response = hyper::Response<B>>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    B: http_body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S: endless_hyper::HttpService<B>,
+    B: endless_hyper::ResponseBody,
 {
     for (i, addr) in args.listen.iter().enumerate() {
         let name = Args::listener_name(i);
