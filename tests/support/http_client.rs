@@ -1278,7 +1278,18 @@ async fn http2_stream(mut conn: Conn, shared: &Shared, path: &str) -> (ConnTally
                 break;
             }
             Outcome::TimedOut(e) => {
-                tally.fail(shared, &conn, e);
+                let frames = conn.recent_frames();
+                tally.fail(
+                    shared,
+                    &conn,
+                    format!(
+                        "{e}; written streams without an answer: {:?}; connection task: {:?}; \
+                         {}; the connection's last frames: {frames:?}",
+                        conn.unanswered_streams(),
+                        conn.ended(),
+                        diagnose_h2(&frames)
+                    ),
+                );
                 break;
             }
         }
