@@ -1,28 +1,74 @@
-//! endless-unix's `Runtime` on tokio.
+//! endless-unix's `Runtime` and `Net` on tokio.
 
 use std::io;
+use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::process::ExitStatus;
 use std::time::Instant;
 
-use endless_unix::{BoxFuture, ChildProcess, PipeReader, Runtime, Signal};
+use endless_unix::{BoxFuture, ChildProcess, Net, PipeReader, Runtime, Signal};
 use tokio::io::AsyncReadExt;
 
+/// endless on tokio: the runtime the lifecycle runs on, and tokio's socket types.
+///
+/// It names the types of this crate ([`Endless`](crate::Endless) is
+/// `endless_unix::adapter::Endless<Tokio>`); an application does not use it directly.
 #[derive(Debug, Clone)]
-pub(crate) struct TokioRuntime {
+pub struct Tokio {
     handle: tokio::runtime::Handle,
 }
 
-impl TokioRuntime {
+impl Net for Tokio {
+    type TcpListener = tokio::net::TcpListener;
+    type TcpStream = tokio::net::TcpStream;
+    type UnixListener = tokio::net::UnixListener;
+    type UnixStream = tokio::net::UnixStream;
+    type UnixAddr = tokio::net::unix::SocketAddr;
+    type UdpSocket = tokio::net::UdpSocket;
+
     /// The runtime this is called from. Panics outside a tokio runtime, as tokio does.
-    pub(crate) fn current() -> Self {
+    fn current() -> Self {
         Self {
             handle: tokio::runtime::Handle::current(),
         }
     }
+
+    fn tcp_listener(&self, listener: std::net::TcpListener) -> io::Result<Self::TcpListener> {
+        let _entered = self.handle.enter();
+        tokio::net::TcpListener::from_std(listener)
+    }
+
+    fn unix_listener(
+        &self,
+        listener: std::os::unix::net::UnixListener,
+    ) -> io::Result<Self::UnixListener> {
+        let _entered = self.handle.enter();
+        tokio::net::UnixListener::from_std(listener)
+    }
+
+    fn udp_socket(&self, socket: std::net::UdpSocket) -> io::Result<Self::UdpSocket> {
+        let _entered = self.handle.enter();
+        tokio::net::UdpSocket::from_std(socket)
+    }
+
+    fn accept_tcp(
+        listener: &Self::TcpListener,
+    ) -> impl Future<Output = io::Result<(Self::TcpStream, SocketAddr)>> + Send + '_ {
+        listener.accept()
+    }
+
+    fn accept_unix(
+        listener: &Self::UnixListener,
+    ) -> impl Future<Output = io::Result<(Self::UnixStream, Self::UnixAddr)>> + Send + '_ {
+        listener.accept()
+    }
+
+    fn unix_local_addr(listener: &Self::UnixListener) -> io::Result<Self::UnixAddr> {
+        listener.local_addr()
+    }
 }
 
-impl Runtime for TokioRuntime {
+impl Runtime for Tokio {
     fn spawn(&self, task: BoxFuture<'static, ()>) {
         self.handle.spawn(task);
     }

@@ -1,6 +1,6 @@
 //! The lifecycle driver shared by every runtime adapter.
 //!
-//! [`Endless::start`] adopts what the parent handed over, captures the executable, installs
+//! [`Handle::start`] adopts what the parent handed over, captures the executable, installs
 //! the signal handlers and spawns one driver task on the given [`Runtime`]. The task owns
 //! the [`Lifecycle`]: it hands it every input (signals, the application's `ready`, child
 //! spawned / ready / exited, drained, deadlines) and carries out every action, in order.
@@ -34,6 +34,7 @@ use crate::inherit::{AdoptError, Inherited};
 use crate::pidfile::PidFile;
 use crate::signals::{Signal, SignalMap};
 use crate::spawn::{self, Executable, Handover};
+use crate::tracked::Tracked;
 use crate::tracker::{ConnectionGuard, Tracker};
 
 /// A boxed future, as runtimes hand them around.
@@ -169,7 +170,7 @@ pub struct Exit {
     pub cause: DrainCause,
 }
 
-/// Why [`Endless::start`] failed.
+/// Why [`Handle::start`] failed.
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum StartError {
@@ -303,13 +304,13 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// 4. call [`ready`](Self::ready) once it serves;
 /// 5. await [`wait`](Self::wait) and exit with the code it returns.
 #[derive(Clone)]
-pub struct Endless {
+pub struct Handle {
     shared: Arc<Shared>,
 }
 
-impl fmt::Debug for Endless {
+impl fmt::Debug for Handle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Endless")
+        f.debug_struct("Handle")
             .field("origin", &self.shared.origin)
             .field("accepting", &self.is_accepting())
             .field("connections", &self.shared.tracker.len())
@@ -317,7 +318,7 @@ impl fmt::Debug for Endless {
     }
 }
 
-impl Endless {
+impl Handle {
     /// Adopts the inherited fds (or none, on a fresh start), resolves the executable,
     /// installs the signal handlers and starts the driver on `runtime`.
     pub fn start<R: Runtime>(runtime: R, options: Options) -> Result<Self, StartError> {
@@ -549,6 +550,35 @@ impl Endless {
             }
             listener.await;
         }
+    }
+
+    /// Accepts one connection with `accept` (a runtime's accept future) and tracks it, or
+    /// `Ok(None)` once this process stops accepting: what is queued in the kernel is then
+    /// left to the next generation, which holds the same socket.
+    ///
+    /// A guard is held while accepting, so the drain cannot complete between the kernel
+    /// handing over a connection and that connection being tracked.
+    pub async fn accept<S: AsRawFd, A>(
+        &self,
+        accept: impl Future<Output = io::Result<(S, A)>>,
+    ) -> io::Result<Option<(Tracked<S>, A)>> {
+        let _accepting = self.shared.tracker.track(None);
+        if !self.is_accepting() {
+            return Ok(None);
+        }
+        // `or` polls its first future first: once stopped, never take one more.
+        futures_lite::future::or(
+            async {
+                self.stopped_accepting().await;
+                Ok(None)
+            },
+            async {
+                let (stream, peer) = accept.await?;
+                let guard = self.track(&stream);
+                Ok(Some((Tracked::new(stream, guard), peer)))
+            },
+        )
+        .await
     }
 
     // ---- commands ----

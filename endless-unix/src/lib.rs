@@ -11,17 +11,20 @@
 //! - [`signals`]: which signal means which request.
 //! - [`listen`]: binding fresh listeners; [`pidfile`]: the pid file.
 //! - [`driver`]: the task that owns the lifecycle, generic over a small [`Runtime`] trait.
+//! - [`adapter`]: the typed API of the adapters ([`adapter::Endless`], its builder and
+//!   listeners), written once and generic over a runtime's sockets ([`Net`]).
 //!
 //! All `unsafe` code of endless lives in one private module of this crate (`sys`), each
 //! block with its safety argument.
 //!
 //! Most users want `endless-tokio` or `endless-smol`. An adapter for another runtime
-//! implements [`Runtime`] and hands it to [`Endless::start`]:
+//! implements [`Net`] (which names its sockets) and [`Runtime`], and uses
+//! [`adapter::Endless`]; or, at a lower level, hands a [`Runtime`] to [`Handle::start`]:
 //!
 //! ```no_run
-//! use endless_unix::{Endless, Options, Runtime};
+//! use endless_unix::{Handle, Options, Runtime};
 //! # fn adapter<R: Runtime>(my_runtime: R) -> Result<(), Box<dyn std::error::Error>> {
-//! let endless = Endless::start(my_runtime, Options::new())?;
+//! let endless = Handle::start(my_runtime, Options::new())?;
 //! let listener = endless.tcp_listener("http", "127.0.0.1:8080")?;
 //! // … accept on `listener` until `endless.stopped_accepting()`, tracking each
 //! // connection with `endless.track(&stream)` …
@@ -31,6 +34,7 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod adapter;
 pub mod driver;
 pub mod inherit;
 pub mod listen;
@@ -42,8 +46,9 @@ mod sys;
 mod tracked;
 pub mod tracker;
 
+pub use adapter::Net;
 pub use driver::{
-    BoxFuture, ChildProcess, Endless, EventHook, Exit, ListenError, Options, PipeReader, Runtime,
+    BoxFuture, ChildProcess, EventHook, Exit, Handle, ListenError, Options, PipeReader, Runtime,
     StartError,
 };
 pub use signals::{Signal, SignalMap};

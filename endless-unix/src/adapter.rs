@@ -1,0 +1,358 @@
+//! The typed API every runtime adapter exposes, written once.
+//!
+//! An adapter (endless-tokio, endless-smol) implements [`Net`] for a marker type of its
+//! own — its [`Runtime`] plus its socket types — and names the types of this module for
+//! it: `endless_tokio::Endless` is [`Endless`]`<endless_tokio::Tokio>`, and so on. So the
+//! accept loop's rules (stop at the handover without closing the socket, track every
+//! connection before the drain can see zero), the builder and every forwarding method
+//! exist once, whatever the runtime.
+
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::marker::PhantomData;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::os::fd::{AsFd, AsRawFd};
+use std::path::{Path, PathBuf};
+
+use endless_core::{Config, Event, Origin, Request};
+
+/// Everything an adapter's users name besides its own types, for `pub use
+/// endless_unix::adapter::api::*` in each adapter.
+pub mod api {
+    pub use crate::driver::{Exit, ListenError, StartError};
+    pub use crate::signals::{Signal, SignalMap};
+    pub use crate::spawn::Executable;
+    pub use crate::tracked::Tracked;
+    pub use crate::tracker::{ConnectionGuard, Tracker};
+    pub use endless_core::{Config, Event, FdKind, Origin, RepeatedStop, Request};
+}
+
+use crate::driver::{Exit, Handle, Options, Runtime, StartError};
+use crate::signals::SignalMap;
+use crate::spawn::Executable;
+use crate::tracked::Tracked;
+use crate::tracker::Tracker;
+
+/// A runtime's sockets, for the typed listeners of [`Endless`].
+///
+/// Implemented by each adapter's marker type (`endless_tokio::Tokio`,
+/// `endless_smol::Smol`); an application never implements it.
+pub trait Net: Runtime + Clone {
+    /// The runtime's TCP listener.
+    type TcpListener: AsFd + Send + Sync + 'static;
+    /// The runtime's TCP stream.
+    type TcpStream: AsRawFd + Send + 'static;
+    /// The runtime's Unix stream listener.
+    type UnixListener: Send + Sync + 'static;
+    /// The runtime's Unix stream.
+    type UnixStream: AsRawFd + Send + 'static;
+    /// The address of a Unix socket, as the runtime reports it.
+    type UnixAddr: fmt::Debug + Send + 'static;
+    /// The runtime's UDP socket.
+    type UdpSocket;
+
+    /// The runtime the caller runs in. May panic where the runtime needs a context and
+    /// there is none (tokio outside a runtime).
+    fn current() -> Self;
+
+    /// Registers a (non-blocking) listener with the runtime.
+    fn tcp_listener(&self, listener: std::net::TcpListener) -> io::Result<Self::TcpListener>;
+    /// Registers a (non-blocking) listener with the runtime.
+    fn unix_listener(
+        &self,
+        listener: std::os::unix::net::UnixListener,
+    ) -> io::Result<Self::UnixListener>;
+    /// Registers a (non-blocking) socket with the runtime.
+    fn udp_socket(&self, socket: std::net::UdpSocket) -> io::Result<Self::UdpSocket>;
+
+    /// Accepts a TCP connection.
+    fn accept_tcp(
+        listener: &Self::TcpListener,
+    ) -> impl Future<Output = io::Result<(Self::TcpStream, SocketAddr)>> + Send + '_;
+    /// Accepts a Unix stream connection.
+    fn accept_unix(
+        listener: &Self::UnixListener,
+    ) -> impl Future<Output = io::Result<(Self::UnixStream, Self::UnixAddr)>> + Send + '_;
+    /// The address a Unix listener is bound to.
+    fn unix_local_addr(listener: &Self::UnixListener) -> io::Result<Self::UnixAddr>;
+}
+
+/// Configures and starts [`Endless`].
+pub struct Builder<N> {
+    options: Options,
+    net: PhantomData<fn() -> N>,
+}
+
+impl<N> fmt::Debug for Builder<N> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Builder")
+            .field("options", &self.options)
+            .finish()
+    }
+}
+
+impl<N> Default for Builder<N> {
+    fn default() -> Self {
+        Self {
+            options: Options::new(),
+            net: PhantomData,
+        }
+    }
+}
+
+impl<N> Clone for Builder<N> {
+    fn clone(&self) -> Self {
+        Self {
+            options: self.options.clone(),
+            net: PhantomData,
+        }
+    }
+}
+
+impl<N: Net> Builder<N> {
+    /// The lifecycle's timeouts and policies ([`Config`]).
+    #[must_use]
+    pub fn config(mut self, config: Config) -> Self {
+        self.options = self.options.config(config);
+        self
+    }
+
+    /// Which signal means what (default: [`SignalMap::default`]).
+    #[must_use]
+    pub fn signals(mut self, signals: SignalMap) -> Self {
+        self.options = self.options.signals(signals);
+        self
+    }
+
+    /// Keep a pid file: written atomically once the process is ready, rewritten by each new
+    /// generation, removed on a clean stop.
+    #[must_use]
+    pub fn pid_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.options = self.options.pid_file(path);
+        self
+    }
+
+    /// Observe every lifecycle event ([`Event::Requested`] before a request is acted on,
+    /// [`Event::StateChanged`] after a transition): endless' PRE/POST hooks.
+    #[must_use]
+    pub fn on_event(mut self, hook: impl Fn(&Event) + Send + Sync + 'static) -> Self {
+        self.options = self.options.on_event(hook);
+        self
+    }
+
+    /// Restart into this executable instead of the running one.
+    #[must_use]
+    pub fn executable(mut self, executable: Executable) -> Self {
+        self.options = self.options.executable(executable);
+        self
+    }
+
+    /// Adopts what the parent handed over, installs the signal handlers and starts the
+    /// lifecycle on the runtime (see [`Net::current`]).
+    ///
+    /// Fails with a typed error when the inherited variables or fds are unusable; the
+    /// parent then keeps serving.
+    pub fn start(self) -> Result<Endless<N>, StartError> {
+        let net = N::current();
+        let handle = Handle::start(net.clone(), self.options)?;
+        Ok(Endless { handle, net })
+    }
+}
+
+/// A process's handle on zero-downtime restarts; cheap to clone.
+///
+/// The protocol an application follows: [`start`](Self::start) early (the signal handlers
+/// are installed then); take or bind its listeners by name; accept until `accept` returns
+/// `Ok(None)`; call [`ready`](Self::ready) once it serves; await [`run`](Self::run) and
+/// exit with the code it returns.
+pub struct Endless<N> {
+    handle: Handle,
+    net: N,
+}
+
+impl<N: Clone> Clone for Endless<N> {
+    fn clone(&self) -> Self {
+        Self {
+            handle: self.handle.clone(),
+            net: self.net.clone(),
+        }
+    }
+}
+
+impl<N> fmt::Debug for Endless<N> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.handle.fmt(f)
+    }
+}
+
+impl<N: Net> Endless<N> {
+    /// A [`Builder`] with every default.
+    pub fn builder() -> Builder<N> {
+        Builder::default()
+    }
+
+    /// Starts with every default (see [`Builder::start`]).
+    pub fn start() -> Result<Self, StartError> {
+        Builder::default().start()
+    }
+
+    /// The TCP listener `name`: inherited from the previous generation, or bound to `addr`
+    /// (IPv4 or IPv6; port 0 for any). Names are how generations match listeners, so keep
+    /// them stable across versions.
+    pub fn tcp_listener(
+        &self,
+        name: &str,
+        addr: impl ToSocketAddrs + fmt::Debug,
+    ) -> io::Result<TcpListener<N>> {
+        let std = self.handle.tcp_listener(name, addr)?;
+        Ok(TcpListener {
+            inner: self.net.tcp_listener(std)?,
+            handle: self.handle.clone(),
+        })
+    }
+
+    /// The Unix stream listener `name`: inherited, or bound at `path` (a stale socket file
+    /// is replaced). The old generation never removes the file: the new one serves it.
+    pub fn unix_listener(&self, name: &str, path: impl AsRef<Path>) -> io::Result<UnixListener<N>> {
+        let std = self.handle.unix_listener(name, path.as_ref())?;
+        Ok(UnixListener {
+            inner: self.net.unix_listener(std)?,
+            handle: self.handle.clone(),
+        })
+    }
+
+    /// The UDP socket `name`: inherited, or bound to `addr`. Both generations receive on it
+    /// until the old one exits; stop receiving in the old one on
+    /// [`stopped_accepting`](Self::stopped_accepting).
+    pub fn udp_socket(
+        &self,
+        name: &str,
+        addr: impl ToSocketAddrs + fmt::Debug,
+    ) -> io::Result<N::UdpSocket> {
+        let std = self.handle.udp_socket(name, addr)?;
+        self.net.udp_socket(std)
+    }
+
+    /// Tracks a connection accepted elsewhere, for the drain.
+    pub fn track<S: AsRawFd>(&self, stream: S) -> Tracked<S> {
+        let guard = self.handle.track(&stream);
+        Tracked::new(stream, guard)
+    }
+
+    /// The application serves: the parent (if any) stops accepting and drains. Only the
+    /// first call counts.
+    pub fn ready(&self) {
+        self.handle.ready();
+    }
+
+    /// Asks for a restart, a graceful stop or a hammer, as a signal would.
+    pub fn request(&self, request: Request) {
+        self.handle.request(request);
+    }
+
+    /// Resolves once listeners must stop accepting (a new generation took over, or the
+    /// process is stopping). The sockets stay open for the next generation.
+    pub async fn stopped_accepting(&self) {
+        self.handle.stopped_accepting().await;
+    }
+
+    /// Runs until the lifecycle ends (after a handover or a stop, once drained or at the
+    /// deadline); exit the process with the returned [`Exit::code`].
+    pub async fn run(&self) -> Exit {
+        self.handle.wait().await
+    }
+
+    /// Whether this process was started by a previous generation.
+    pub fn origin(&self) -> Origin {
+        self.handle.origin()
+    }
+
+    /// The connections alive.
+    pub fn tracker(&self) -> &Tracker {
+        self.handle.tracker()
+    }
+
+    /// The runtime-neutral handle underneath.
+    pub fn handle(&self) -> &Handle {
+        &self.handle
+    }
+}
+
+/// A TCP listener whose connections are tracked, and that stops accepting when the
+/// lifecycle says so.
+pub struct TcpListener<N: Net> {
+    inner: N::TcpListener,
+    handle: Handle,
+}
+
+impl<N: Net> fmt::Debug for TcpListener<N> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TcpListener")
+            .field("local_addr", &self.local_addr().ok())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<N: Net> TcpListener<N> {
+    /// The next connection, or `Ok(None)` once this process stops accepting (the socket
+    /// stays open for the next generation).
+    pub async fn accept(&self) -> io::Result<Option<(Tracked<N::TcpStream>, SocketAddr)>> {
+        self.handle.accept(N::accept_tcp(&self.inner)).await
+    }
+
+    /// The local address.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        socket2::SockRef::from(&self.inner)
+            .local_addr()?
+            .as_socket()
+            .ok_or_else(|| io::Error::other("not an IP socket"))
+    }
+
+    /// The runtime's listener.
+    pub fn get_ref(&self) -> &N::TcpListener {
+        &self.inner
+    }
+
+    /// The tracker of the connections this listener accepts.
+    pub fn tracker(&self) -> &Tracker {
+        self.handle.tracker()
+    }
+}
+
+/// A Unix stream listener whose connections are tracked, and that stops accepting when the
+/// lifecycle says so.
+pub struct UnixListener<N: Net> {
+    inner: N::UnixListener,
+    handle: Handle,
+}
+
+impl<N: Net> fmt::Debug for UnixListener<N> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UnixListener")
+            .field("local_addr", &self.local_addr().ok())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<N: Net> UnixListener<N> {
+    /// The next connection, or `Ok(None)` once this process stops accepting.
+    pub async fn accept(&self) -> io::Result<Option<(Tracked<N::UnixStream>, N::UnixAddr)>> {
+        self.handle.accept(N::accept_unix(&self.inner)).await
+    }
+
+    /// The local address.
+    pub fn local_addr(&self) -> io::Result<N::UnixAddr> {
+        N::unix_local_addr(&self.inner)
+    }
+
+    /// The runtime's listener.
+    pub fn get_ref(&self) -> &N::UnixListener {
+        &self.inner
+    }
+
+    /// The tracker of the connections this listener accepts.
+    pub fn tracker(&self) -> &Tracker {
+        self.handle.tracker()
+    }
+}
