@@ -1,5 +1,6 @@
 //! End-to-end tests of endless-hyper: the HTTP example servers (`hello-hyper`, `hello-axum`,
-//! `hello-tls`) restarted again and again under continuous load from an in-repo client that
+//! `hello-tls`; and `hello-smol`, `hello-async-std`, HTTP/1.1 with hyper on endless-smol)
+//! restarted again and again under continuous load from an in-repo client that
 //! never retries (`support/http_client.rs`, which says exactly what counts as a failure),
 //! over HTTP/1.1 and HTTP/2, cleartext and TLS. The bar is zero failed requests.
 //!
@@ -36,6 +37,14 @@ fn hello_tls() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_hello-tls"))
 }
 
+fn hello_smol() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_hello-smol"))
+}
+
+fn hello_async_std() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_hello-async-std"))
+}
+
 // ---- restarts under load -------------------------------------------------------------------
 
 #[test]
@@ -68,21 +77,41 @@ fn hello_axum_http2_restarts_under_load() {
     restarts_under_load(hello_axum(), Transport::Cleartext, Proto::Http2, 3);
 }
 
+#[test]
+fn hello_smol_http1_ten_restarts_under_load() {
+    restarts_under_load(hello_smol(), Transport::Cleartext, Proto::Http1, 10);
+}
+
+#[test]
+fn hello_async_std_http1_restarts_under_load() {
+    restarts_under_load(hello_async_std(), Transport::Cleartext, Proto::Http1, 3);
+}
+
 // ---- slow requests in flight ---------------------------------------------------------------
 
 #[test]
 fn hello_hyper_slow_requests_complete_across_a_restart() {
-    slow_requests_complete(hello_hyper(), Transport::Cleartext);
+    slow_requests_complete(hello_hyper(), Transport::Cleartext, BOTH);
 }
 
 #[test]
 fn hello_tls_slow_requests_complete_across_a_restart() {
-    slow_requests_complete(hello_tls(), Transport::Tls);
+    slow_requests_complete(hello_tls(), Transport::Tls, BOTH);
 }
 
 #[test]
 fn hello_axum_slow_requests_complete_across_a_restart() {
-    slow_requests_complete(hello_axum(), Transport::Cleartext);
+    slow_requests_complete(hello_axum(), Transport::Cleartext, BOTH);
+}
+
+#[test]
+fn hello_smol_slow_requests_complete_across_a_restart() {
+    slow_requests_complete(hello_smol(), Transport::Cleartext, &[Proto::Http1]);
+}
+
+#[test]
+fn hello_async_std_slow_requests_complete_across_a_restart() {
+    slow_requests_complete(hello_async_std(), Transport::Cleartext, &[Proto::Http1]);
 }
 
 // ---- the servers ---------------------------------------------------------------------------
@@ -368,15 +397,18 @@ fn restarts_under_load(bin: &Path, transport: Transport, proto: Proto, restarts:
 
 /// How long the slow requests take.
 const SLOW: Duration = Duration::from_millis(3000);
+/// HTTP/1.1 and HTTP/2.
+const BOTH: &[Proto] = &[Proto::Http1, Proto::Http2];
+
 /// Slow requests per protocol, each on a connection of its own.
 const SLOW_PER_PROTO: usize = 3;
 
-/// Slow requests (`?sleep=3000`) in flight on separate connections, HTTP/1.1 and HTTP/2,
+/// Slow requests (`?sleep=3000`) in flight on separate connections, over each of `protos`,
 /// during a restart: the new generation becomes ready and answers new connections while
 /// they run; they complete with `200` from the old pid (HTTP/1.1: with `Connection: close`;
 /// HTTP/2: the connection then ends after a `GOAWAY`), and the old process exits 0
 /// afterwards.
-fn slow_requests_complete(bin: &Path, transport: Transport) {
+fn slow_requests_complete(bin: &Path, transport: Transport, protos: &[Proto]) {
     let (http, first_cert) = HttpServer::start(bin, transport);
     let server = &http.server;
     let old = server.pid();
@@ -402,7 +434,7 @@ fn slow_requests_complete(bin: &Path, transport: Transport) {
     // Each connection is the old generation's (it answered on it), then carries a slow
     // request.
     let mut slow = Vec::new();
-    for proto in [Proto::Http1, Proto::Http2] {
+    for &proto in protos {
         for _ in 0..SLOW_PER_PROTO {
             let mut conn = open(proto);
             assert_eq!(answered_by(&runtime, &mut conn), old);
@@ -442,7 +474,7 @@ fn slow_requests_complete(bin: &Path, transport: Transport) {
     // New connections go to the new generation once the old one stopped accepting (a
     // moment after the new one is ready), over both protocols.
     http.wait_stopped_accepting(old, mark);
-    for proto in [Proto::Http1, Proto::Http2] {
+    for &proto in protos {
         for _ in 0..5 {
             let mut conn = open(proto);
             assert_eq!(

@@ -24,6 +24,12 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use endless_unix::adapter::Endless;
+use endless_unix::{Net, Tracked};
+
+pub mod echo;
+pub mod futures_rt;
+
 /// Where to listen.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ListenAddr {
@@ -123,16 +129,17 @@ impl Args {
     }
 
     /// The lifecycle configuration these arguments ask for.
-    pub fn config(&self) -> endless_tokio::Config {
-        endless_tokio::Config::new()
+    pub fn config(&self) -> endless_core::Config {
+        endless_core::Config::new()
             .upgrade_timeout(self.upgrade_timeout)
             .drain_timeout(self.drain_timeout)
     }
 
     /// Starts endless as these arguments ask (configuration, pid file); logs and exits
     /// with 1 if it cannot (unusable inherited fds: the parent keeps serving).
-    pub fn start_endless(&self) -> endless_tokio::Endless {
-        let mut builder = endless_tokio::Endless::builder().config(self.config());
+    /// Any runtime: `endless_tokio::Endless` or `endless_smol::Endless`.
+    pub fn start_endless<N: Net>(&self) -> Endless<N> {
+        let mut builder = Endless::<N>::builder().config(self.config());
         if let Some(path) = &self.pid_file {
             builder = builder.pid_file(path);
         }
@@ -168,8 +175,16 @@ pub const USAGE: &str = "usage: SERVER [--listen ADDR|unix:PATH|udp:ADDR]... [--
 pub async fn hello<B>(
     req: hyper::Request<B>,
 ) -> Result<hyper::Response<http_body_util::Full<bytes::Bytes>>, std::convert::Infallible> {
+    hello_with(req, tokio::time::sleep).await
+}
+
+/// [`hello`], sleeping with `sleep` (the runtime's timer).
+pub async fn hello_with<B, F: Future<Output = ()>>(
+    req: hyper::Request<B>,
+    sleep: impl FnOnce(Duration) -> F,
+) -> Result<hyper::Response<http_body_util::Full<bytes::Bytes>>, std::convert::Infallible> {
     if let Some(ms) = sleep_ms(req.uri().query()) {
-        tokio::time::sleep(Duration::from_millis(ms)).await;
+        sleep(Duration::from_millis(ms)).await;
     }
     Ok(hyper::Response::new(http_body_util::Full::new(
         bytes::Bytes::from(pid_body()),
@@ -223,6 +238,45 @@ pub fn serve_http<S, B>(
             std::process::exit(1);
         }
     }
+}
+
+/// A listener of endless' typed API, whatever the runtime: what [`accept_loop`] accepts from.
+pub trait Listener: Send + Sync + 'static {
+    /// A tracked connection.
+    type Stream: Send + 'static;
+    /// The next connection, or `None` once the process stops accepting.
+    fn next(&self) -> impl Future<Output = std::io::Result<Option<Self::Stream>>> + Send;
+}
+
+impl<N: Net> Listener for endless_unix::adapter::TcpListener<N> {
+    type Stream = Tracked<N::TcpStream>;
+    async fn next(&self) -> std::io::Result<Option<Self::Stream>> {
+        Ok(self.accept().await?.map(|(stream, _)| stream))
+    }
+}
+
+impl<N: Net> Listener for endless_unix::adapter::UnixListener<N> {
+    type Stream = Tracked<N::UnixStream>;
+    async fn next(&self) -> std::io::Result<Option<Self::Stream>> {
+        Ok(self.accept().await?.map(|(stream, _)| stream))
+    }
+}
+
+/// Accepts until the process stops accepting, handing each connection to `serve`. Accept
+/// errors (too many open files, a connection reset while queued) are logged and retried
+/// after a short pause: the listener is still good.
+pub async fn accept_loop<L: Listener>(name: String, listener: L, mut serve: impl FnMut(L::Stream)) {
+    loop {
+        match listener.next().await {
+            Ok(Some(stream)) => serve(stream),
+            Ok(None) => break,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                async_io::Timer::after(Duration::from_millis(10)).await;
+            }
+        }
+    }
+    tracing::info!(pid = std::process::id(), %name, "stopped accepting");
 }
 
 /// Logs to standard error, filtered by `RUST_LOG` (default `info`).

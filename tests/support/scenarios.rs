@@ -20,6 +20,150 @@ use super::{
     parse_listening, place_fds, read_to_end, sh_quote, sh_script, wait_for,
 };
 
+/// The end-to-end tests, one `#[test]` per scenario, against the server binary `$bin` (an
+/// expression of type `&Path`): each runtime's test file invokes it once per echo server.
+#[allow(unused_macros)] // not every test crate that includes the support module uses it
+macro_rules! restart_scenarios {
+    ($bin:expr) => {
+        #[test]
+        fn in_flight_request_completes_across_a_restart() {
+            $crate::support::scenarios::in_flight_request($bin);
+        }
+
+        #[test]
+        fn twenty_restarts_leak_nothing() {
+            $crate::support::scenarios::twenty_restarts($bin);
+        }
+
+        #[test]
+        fn malformed_variables_are_refused() {
+            $crate::support::scenarios::malformed_variables($bin);
+        }
+
+        #[test]
+        fn variables_for_another_process_are_ignored() {
+            $crate::support::scenarios::variables_for_another_process($bin);
+        }
+
+        #[test]
+        fn bad_inherited_fds_are_refused() {
+            $crate::support::scenarios::bad_inherited_fds($bin);
+        }
+
+        #[test]
+        fn closed_fd_declared_other_is_refused() {
+            $crate::support::scenarios::closed_fd_declared_other_is_refused($bin);
+        }
+
+        #[test]
+        fn executable_missing_or_not_executable() {
+            $crate::support::scenarios::executable_missing_or_not_executable($bin);
+        }
+
+        #[test]
+        fn new_binary_exits_before_ready() {
+            $crate::support::scenarios::new_binary_exits_before_ready($bin);
+        }
+
+        #[test]
+        fn new_binary_never_ready_is_killed() {
+            $crate::support::scenarios::new_binary_never_ready($bin);
+        }
+
+        #[test]
+        fn hup_burst() {
+            $crate::support::scenarios::hup_burst($bin);
+        }
+
+        #[test]
+        fn term_while_child_starting() {
+            $crate::support::scenarios::term_while_child_starting($bin);
+        }
+
+        #[test]
+        fn replaced_binary_runs_new_code() {
+            $crate::support::scenarios::replaced_binary_runs($bin);
+        }
+
+        #[test]
+        fn symlink_switch_runs_new_release() {
+            $crate::support::scenarios::symlink_switch_runs_new_release($bin);
+        }
+
+        #[test]
+        fn subprocess_sees_no_listener() {
+            $crate::support::scenarios::subprocess_sees_no_listener($bin);
+        }
+
+        #[test]
+        fn unix_socket_restart() {
+            $crate::support::scenarios::unix_socket_restart($bin);
+        }
+
+        #[test]
+        fn unclaimed_listener_is_closed() {
+            $crate::support::scenarios::unclaimed_listener_is_closed($bin);
+        }
+
+        #[test]
+        fn restarts_under_load() {
+            $crate::support::scenarios::restarts_under_load($bin, 16, 60);
+        }
+
+        #[test]
+        fn drain_deadline_closes_what_is_left() {
+            $crate::support::scenarios::drain_deadline_closes_what_is_left($bin);
+        }
+
+        #[test]
+        fn hammer_closes_what_is_left() {
+            $crate::support::scenarios::hammer_closes_what_is_left($bin);
+        }
+
+        #[test]
+        fn term_stops_gracefully() {
+            $crate::support::scenarios::term_stops_gracefully($bin);
+        }
+
+        #[test]
+        fn udp_socket_restart() {
+            $crate::support::scenarios::udp_socket_restart($bin);
+        }
+
+        #[test]
+        fn ipv6_listener_restart() {
+            $crate::support::scenarios::ipv6_listener_restart($bin);
+        }
+
+        #[test]
+        fn several_listeners_restart() {
+            $crate::support::scenarios::several_listeners_restart($bin);
+        }
+
+        #[test]
+        fn tcp_listen_address_change_binds_anew() {
+            $crate::support::scenarios::tcp_listen_address_changes($bin);
+        }
+
+        #[test]
+        fn udp_listen_address_change_binds_anew() {
+            $crate::support::scenarios::udp_listen_address_changes($bin);
+        }
+
+        #[test]
+        fn unix_listen_path_change_binds_anew() {
+            $crate::support::scenarios::unix_listen_path_changes($bin);
+        }
+
+        #[test]
+        fn unix_path_written_differently_keeps_listener() {
+            $crate::support::scenarios::unix_path_written_differently_keeps_listener($bin);
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use restart_scenarios;
+
 /// The pid in the server's `spawned the new generation pid=<pid>` log line after `mark`.
 fn spawned_child(server: &Server, mark: usize) -> u32 {
     let line = server
@@ -1215,6 +1359,22 @@ pub(crate) fn ipv6_listener_restart(bin: &Path) {
     }
 }
 
+/// `bin` started with a TCP, a Unix and a UDP listener, and their endpoints in that order.
+fn with_tcp_unix_udp(bin: &Path) -> (Server, [Endpoint; 3]) {
+    let server = Server::start(
+        bin,
+        &Options::default()
+            .listen("127.0.0.1:0")
+            .listen("unix:s.sock")
+            .listen("udp:127.0.0.1:0"),
+    );
+    let endpoints: [Endpoint; 3] = server
+        .endpoints()
+        .try_into()
+        .unwrap_or_else(|e| panic!("three listeners expected: {e:?}"));
+    (server, endpoints)
+}
+
 /// One process with a TCP, a Unix and a UDP listener at once, three restarts. Each time a
 /// TCP connection to the old generation stays open across the HUP, so that the old process
 /// drains while the new one serves: new connections on TCP and Unix are the new one's as
@@ -1224,17 +1384,8 @@ pub(crate) fn ipv6_listener_restart(bin: &Path) {
 /// generation announces the same addresses (the Unix socket file is the same inode) and,
 /// settled, has as many fds as the first one.
 pub(crate) fn several_listeners_restart(bin: &Path) {
-    let server = Server::start(
-        bin,
-        &Options::default()
-            .listen("127.0.0.1:0")
-            .listen("unix:s.sock")
-            .listen("udp:127.0.0.1:0"),
-    );
-    let endpoints = server.endpoints();
-    let [tcp, unix, udp] = endpoints.as_slice() else {
-        panic!("three listeners expected: {endpoints:?}");
-    };
+    let (server, [tcp, unix, udp]) = with_tcp_unix_udp(bin);
+    let (tcp, unix, udp) = (&tcp, &unix, &udp);
     assert!(matches!(tcp, Endpoint::Tcp(_)), "{tcp}");
     assert!(matches!(udp, Endpoint::Udp(_)), "{udp}");
     let Endpoint::Unix(path) = unix else {
@@ -1301,6 +1452,47 @@ pub(crate) fn several_listeners_restart(bin: &Path) {
         }
         server.group.wait_settled(&[new]);
         server.wait_fd_count(new, baseline);
+    }
+}
+
+// ---- interop: one runtime's build hands over to another's ------------------------------------
+
+/// The application built on one runtime (`first`, answering `runtime` with `first_rt`) hands
+/// its TCP, Unix and UDP listeners over to a build on another runtime installed at the same
+/// path (`second`), and back: the inheritance protocol is endless-unix's, whatever the
+/// adapter. Each generation keeps the same sockets (addresses, socket file), a connection
+/// held across each handover stays with its generation, and the old one exits 0.
+pub(crate) fn interop(first: (&Path, &str), second: (&Path, &str)) {
+    let (server, [tcp, unix, udp]) = with_tcp_unix_udp(first.0);
+    let (tcp, unix, udp) = (&tcp, &unix, &udp);
+    let announced = first_addresses(&server);
+    assert_eq!(server.ask("runtime"), (server.pid(), first.1.to_owned()));
+
+    for (round, (bin, runtime)) in [second, first, second].into_iter().enumerate() {
+        let old = server.pid();
+        let mut held = super::Conn::open(tcp).expect("connect");
+        assert_eq!(held.ask("hello").unwrap(), (old, "hello".to_owned()));
+
+        server.replace_exe(&fs::read(bin).expect("read the other build"), 0o755);
+        let new = server.hup();
+        assert_eq!(
+            server.ask("runtime"),
+            (new, runtime.to_owned()),
+            "round {round}: the new generation runs the build now installed"
+        );
+        for endpoint in [tcp, unix] {
+            assert_answered_by(endpoint, new, format_args!("round {round}"));
+        }
+        wait_served_only_by(udp, old, new);
+        assert_eq!(
+            held.ask("still").unwrap(),
+            (old, "still".to_owned()),
+            "round {round}: the held connection"
+        );
+        drop(held);
+        assert_eq!(server.group.wait_exit(old), Exit::Code(0), "round {round}");
+        assert_eq!(addresses(&server, new), announced, "round {round}");
+        server.group.wait_settled(&[new]);
     }
 }
 

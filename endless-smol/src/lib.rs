@@ -1,0 +1,105 @@
+//! Zero-downtime restarts for [smol](https://docs.rs/smol) and
+//! [async-std](https://docs.rs/async-std) servers.
+//!
+//! Replace the binary, send `SIGHUP`: the server starts its new version with the same
+//! path, arguments, working directory and environment, passing it the listening sockets.
+//! The new process calls [`Endless::ready`]; the old one stops accepting (its sockets stay
+//! open, so nothing queued in the kernel is lost), finishes the connections it has and
+//! exits. A new version that crashes, or is not ready within the upgrade timeout, is
+//! killed and the old one keeps serving.
+//!
+//! Signals, by default: `SIGHUP` restart, `SIGTERM`/`SIGINT` graceful stop, `SIGUSR2`
+//! hammer. Every decision is taken by the sans-IO [`endless_core::Lifecycle`]; this crate
+//! only says how async-io, async-process and async-signal do I/O. Everything else —
+//! validating inherited fds, spawning with the fds renumbered, the readiness protocol,
+//! connection tracking, and the API below — is endless-unix's, shared with
+//! `endless-tokio`: the same guarantees, the same errors, and the same environment
+//! encoding, so a smol build of an application can hand over to a tokio build and back.
+//!
+//! Listeners are async-io's `Async<TcpListener>`, `Async<UnixListener>` and
+//! `Async<UdpSocket>`; accepted connections are [`Tracked`]`<Async<TcpStream>>`, which
+//! implement futures-io's `AsyncRead` and `AsyncWrite`. endless' own tasks (the lifecycle
+//! driver, signal forwarding) run on a thread of their own, so the crate does not care
+//! which executor the application uses.
+//!
+//! # Example
+//!
+//! A line echo server on smol, in full. (This example stops itself after one connection;
+//! a real server runs until a signal asks it to stop.)
+//!
+//! ```
+//! use endless_smol::Endless;
+//! use futures_lite::{AsyncBufReadExt, AsyncWriteExt, io::BufReader};
+//!
+//! # fn main() -> std::io::Result<()> {
+//! smol::block_on(async {
+//!     let endless = Endless::start()?;
+//!     let listener = endless.tcp_listener("echo", "127.0.0.1:0")?;
+//! #   let addr = listener.local_addr()?;
+//! #   let stopper = endless.clone();
+//! #   smol::spawn(async move {
+//! #       let mut c = smol::net::TcpStream::connect(addr).await.unwrap();
+//! #       c.write_all(b"hi\n").await.unwrap();
+//! #       let mut line = String::new();
+//! #       BufReader::new(c).read_line(&mut line).await.unwrap();
+//! #       assert!(line.ends_with(" hi\n"));
+//! #       stopper.request(endless_smol::Request::Stop);
+//! #   }).detach();
+//!     smol::spawn(async move {
+//!         while let Ok(Some((stream, _peer))) = listener.accept().await {
+//!             smol::spawn(async move {
+//!                 let (read, mut write) = futures_lite::io::split(stream);
+//!                 let mut lines = BufReader::new(read).lines();
+//!                 while let Some(Ok(line)) = futures_lite::StreamExt::next(&mut lines).await {
+//!                     let reply = format!("{} {line}\n", std::process::id());
+//!                     if write.write_all(reply.as_bytes()).await.is_err() {
+//!                         break;
+//!                     }
+//!                 }
+//!             })
+//!             .detach();
+//!         }
+//!     })
+//!     .detach();
+//!     endless.ready();
+//!     let exit = endless.run().await;
+//! #   assert_eq!(exit.code, 0);
+//!     // std::process::exit(exit.code);
+//!     Ok(())
+//! })
+//! # }
+//! ```
+//!
+//! # async-std
+//!
+//! async-std runs on async-io, so this crate serves it as it is: call
+//! [`Endless::start`] from `#[async_std::main]`, and use the `Tracked<Async<TcpStream>>`
+//! connections with async-std's I/O traits (futures-io's). See the `hello-async-std`
+//! example.
+//!
+//! Connections accepted through an endless listener are [`Tracked`]: the drain waits for
+//! them, and at the drain deadline they are shut down. To close an idle connection as
+//! soon as the drain starts, select on [`Tracked::guard`]`().`[`closing()`](ConnectionGuard::closing)
+//! between requests.
+#![warn(missing_docs)]
+
+mod runtime;
+
+pub use endless_unix::adapter::api::*;
+pub use runtime::Smol;
+
+/// A process's handle on zero-downtime restarts on async-io (smol, async-std); cheap to
+/// clone.
+pub type Endless = endless_unix::adapter::Endless<Smol>;
+
+/// Configures and starts [`Endless`].
+pub type Builder = endless_unix::adapter::Builder<Smol>;
+
+/// A TCP listener whose connections are tracked ([`Tracked`]`<Async<TcpStream>>`), and
+/// whose `accept` returns `Ok(None)` once this process stops accepting (the socket stays
+/// open for the next generation).
+pub type TcpListener = endless_unix::adapter::TcpListener<Smol>;
+
+/// A Unix stream listener whose connections are tracked, and whose `accept` returns
+/// `Ok(None)` once this process stops accepting.
+pub type UnixListener = endless_unix::adapter::UnixListener<Smol>;

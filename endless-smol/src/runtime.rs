@@ -1,0 +1,198 @@
+//! endless-unix's `Runtime` and `Net` on async-io, async-process and async-signal.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::process::ExitStatus;
+use std::sync::Once;
+use std::time::Instant;
+
+use async_executor::Executor;
+use async_io::{Async, Timer};
+use endless_unix::{BoxFuture, ChildProcess, Net, PipeReader, Runtime, Signal};
+use futures_lite::{AsyncReadExt, StreamExt};
+
+/// The executor of endless' own tasks (the lifecycle driver, signal forwarding): a few
+/// light tasks on a thread of their own, so that they run the same under smol, async-std or
+/// no runtime at all, whatever the application does with its threads.
+static EXECUTOR: Executor<'static> = Executor::new();
+
+fn executor() -> &'static Executor<'static> {
+    static STARTED: Once = Once::new();
+    STARTED.call_once(|| {
+        std::thread::Builder::new()
+            .name("endless".into())
+            .spawn(|| async_io::block_on(EXECUTOR.run(futures_lite::future::pending::<()>())))
+            .expect("spawning endless' thread");
+    });
+    &EXECUTOR
+}
+
+/// endless on async-io: the runtime the lifecycle runs on, and async-io's socket types
+/// (`Async<TcpListener>`, …), which smol and async-std both run on.
+///
+/// It names the types of this crate ([`Endless`](crate::Endless) is
+/// `endless_unix::adapter::Endless<Smol>`); an application does not use it directly.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Smol {
+    _private: (),
+}
+
+impl Net for Smol {
+    type TcpListener = Async<std::net::TcpListener>;
+    type TcpStream = Async<std::net::TcpStream>;
+    type UnixListener = Async<UnixListener>;
+    type UnixStream = Async<UnixStream>;
+    type UnixAddr = std::os::unix::net::SocketAddr;
+    type UdpSocket = Async<std::net::UdpSocket>;
+
+    fn current() -> Self {
+        Self::default()
+    }
+
+    fn tcp_listener(&self, listener: std::net::TcpListener) -> io::Result<Self::TcpListener> {
+        Async::new(listener)
+    }
+
+    fn unix_listener(&self, listener: UnixListener) -> io::Result<Self::UnixListener> {
+        Async::new(listener)
+    }
+
+    fn udp_socket(&self, socket: std::net::UdpSocket) -> io::Result<Self::UdpSocket> {
+        Async::new(socket)
+    }
+
+    fn accept_tcp(
+        listener: &Self::TcpListener,
+    ) -> impl Future<Output = io::Result<(Self::TcpStream, SocketAddr)>> + Send + '_ {
+        listener.accept()
+    }
+
+    fn accept_unix(
+        listener: &Self::UnixListener,
+    ) -> impl Future<Output = io::Result<(Self::UnixStream, Self::UnixAddr)>> + Send + '_ {
+        listener.accept()
+    }
+
+    fn unix_local_addr(listener: &Self::UnixListener) -> io::Result<Self::UnixAddr> {
+        listener.get_ref().local_addr()
+    }
+}
+
+impl Runtime for Smol {
+    fn spawn(&self, task: BoxFuture<'static, ()>) {
+        executor().spawn(task).detach();
+    }
+
+    fn sleep_until(&self, deadline: Instant) -> BoxFuture<'static, ()> {
+        let timer = Timer::at(deadline);
+        Box::pin(async move {
+            timer.await;
+        })
+    }
+
+    fn spawn_child(&self, command: std::process::Command) -> io::Result<Box<dyn ChildProcess>> {
+        let mut command = async_process::Command::from(command);
+        // A child outlives a dropped handle: only the lifecycle decides to kill it.
+        command.kill_on_drop(false);
+        let child = command.spawn()?;
+        Ok(Box::new(SmolChild(child)))
+    }
+
+    fn pipe_reader(&self, fd: OwnedFd) -> io::Result<Box<dyn PipeReader>> {
+        Ok(Box::new(SmolPipe(Async::new(std::fs::File::from(fd))?)))
+    }
+
+    fn forward_signals(
+        &self,
+        signals: &[Signal],
+        to: async_channel::Sender<Signal>,
+    ) -> io::Result<()> {
+        let wanted = signals
+            .iter()
+            .map(|&s| to_async_signal(s))
+            .collect::<io::Result<Vec<_>>>()?;
+        // Installs the handlers now, before this returns.
+        let mut stream = async_signal::Signals::new(wanted)?;
+        self.spawn(Box::pin(async move {
+            while let Some(Ok(signal)) = stream.next().await {
+                if to.send(Signal::from_raw(signal as i32)).await.is_err() {
+                    break;
+                }
+            }
+        }));
+        Ok(())
+    }
+}
+
+/// The signals a [`SignalMap`](endless_unix::SignalMap) can name that async-signal knows.
+fn to_async_signal(signal: Signal) -> io::Result<async_signal::Signal> {
+    use async_signal::Signal as S;
+    Ok(match signal {
+        Signal::HUP => S::Hup,
+        Signal::TERM => S::Term,
+        Signal::INT => S::Int,
+        Signal::QUIT => S::Quit,
+        Signal::USR1 => S::Usr1,
+        Signal::USR2 => S::Usr2,
+        Signal::WINCH => S::Winch,
+        other => {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!("endless-smol cannot listen for {other}"),
+            ));
+        }
+    })
+}
+
+struct SmolChild(async_process::Child);
+
+impl ChildProcess for SmolChild {
+    fn id(&self) -> u32 {
+        self.0.id()
+    }
+
+    fn start_kill(&mut self) -> io::Result<()> {
+        match self.0.kill() {
+            // Already reaped: nothing to kill.
+            Err(e) if e.kind() == io::ErrorKind::InvalidInput => Ok(()),
+            other => other,
+        }
+    }
+
+    fn wait(&mut self) -> BoxFuture<'_, io::Result<ExitStatus>> {
+        Box::pin(self.0.status())
+    }
+}
+
+struct SmolPipe(Async<std::fs::File>);
+
+impl PipeReader for SmolPipe {
+    fn read<'a>(&'a mut self, buf: &'a mut [u8]) -> BoxFuture<'a, io::Result<usize>> {
+        Box::pin(self.0.read(buf))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_named_signal_maps_to_the_same_number() {
+        for signal in [
+            Signal::HUP,
+            Signal::TERM,
+            Signal::INT,
+            Signal::QUIT,
+            Signal::USR1,
+            Signal::USR2,
+            Signal::WINCH,
+        ] {
+            assert_eq!(to_async_signal(signal).unwrap() as i32, signal.as_raw());
+        }
+        let err = to_async_signal(Signal::from_raw(64)).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::Unsupported);
+    }
+}
