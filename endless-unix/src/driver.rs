@@ -31,6 +31,7 @@ use endless_core::{
 use event_listener::Event as Notify;
 
 use crate::inherit::{AdoptError, Inherited};
+use crate::notify::{self, Notifier};
 use crate::pidfile::PidFile;
 use crate::signals::{Signal, SignalMap};
 use crate::spawn::{self, Executable, Handover};
@@ -383,6 +384,7 @@ impl Handle {
             inputs: receiver,
             kills: HashMap::new(),
             announced_ready: false,
+            notifier: Notifier::from_env().map(Arc::new),
         };
         runtime.spawn(Box::pin(driver.run()));
         Ok(Self { shared })
@@ -640,6 +642,8 @@ struct Driver<R> {
     /// How to kill each child that runs, by pid.
     kills: HashMap<u32, Sender<()>>,
     announced_ready: bool,
+    /// The service manager to tell (`NOTIFY_SOCKET`, read once at start-up).
+    notifier: Option<Arc<Notifier>>,
 }
 
 impl<R: Runtime> Driver<R> {
@@ -769,6 +773,7 @@ impl<R: Runtime> Driver<R> {
     }
 
     fn announce(&mut self, status: Status) {
+        let ready_before = self.announced_ready;
         match status {
             Status::Ready => {
                 if let Some(pid_file) = &self.shared.pid_file
@@ -787,6 +792,45 @@ impl<R: Runtime> Driver<R> {
             }
             Status::Reloading => tracing::info!("restarting"),
             Status::Stopping => tracing::info!("stopping"),
+            _ => {}
+        }
+        // After the pid file: whoever waits for systemd finds the new pid in it.
+        self.notify_service_manager(status, ready_before);
+    }
+
+    /// Tells the service manager, if `NOTIFY_SOCKET` names one (see [`crate::notify`]).
+    fn notify_service_manager(&self, status: Status, ready_before: bool) {
+        let Some(notifier) = &self.notifier else {
+            return;
+        };
+        match status {
+            Status::Ready => {
+                // A new generation becomes the main process with its first READY=1.
+                let main_pid = (!ready_before && self.shared.origin == Origin::Inherited)
+                    .then(std::process::id);
+                notifier.ready(main_pid, ready_before);
+            }
+            Status::Reloading => notifier.reloading(),
+            Status::Stopping => {
+                notifier.stopping();
+                // The drain has just begun: the lifecycle's deadline is the drain's.
+                if self.lifecycle.phase() != endless_core::Phase::Draining {
+                    return;
+                }
+                let deadline = self.lifecycle.poll_timeout();
+                if notifier.extend_stop(deadline, Instant::now()) {
+                    let handle = Handle {
+                        shared: Arc::clone(&self.shared),
+                    };
+                    self.runtime.spawn(Box::pin(notify::renew_stop_extension(
+                        Arc::clone(notifier),
+                        Arc::clone(&self.runtime),
+                        async move {
+                            handle.wait().await;
+                        },
+                    )));
+                }
+            }
             _ => {}
         }
     }

@@ -9,7 +9,8 @@
 //! - [`tracker`] and [`Tracked`]: connections counted for the drain, asked to close once
 //!   idle, force-closed at the deadline.
 //! - [`signals`]: which signal means which request.
-//! - [`listen`]: binding fresh listeners; [`pidfile`]: the pid file.
+//! - [`listen`]: binding fresh listeners; [`pidfile`]: the pid file; [`notify`]: telling
+//!   systemd (`NOTIFY_SOCKET`) that the service is ready, restarting or stopping.
 //! - [`driver`]: the task that owns the lifecycle, generic over a small [`Runtime`] trait.
 //! - [`adapter`]: the typed API of the adapters ([`adapter::Endless`], its builder and
 //!   listeners), written once and generic over a runtime's sockets ([`Net`]).
@@ -38,6 +39,7 @@ pub mod adapter;
 pub mod driver;
 pub mod inherit;
 pub mod listen;
+pub mod notify;
 pub mod pidfile;
 pub mod signals;
 pub mod spawn;

@@ -372,6 +372,26 @@ pub(crate) fn kill(pid: u32, signal: libc::c_int) -> io::Result<()> {
     }
 }
 
+/// The time of `CLOCK_MONOTONIC` (`clock_gettime`), as the time since its origin (boot, on
+/// Linux): the clock of systemd's `MONOTONIC_USEC=`, which `std::time::Instant` reads too
+/// but does not expose as a number.
+pub(crate) fn monotonic_now() -> io::Result<std::time::Duration> {
+    let mut ts = std::mem::MaybeUninit::<libc::timespec>::uninit();
+    // SAFETY: `ts` is a writable `timespec` that outlives the call; clock_gettime writes
+    // only it, and only fails (leaving it untouched) for an invalid clock id.
+    cvt(unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, ts.as_mut_ptr()) })?;
+    // SAFETY: clock_gettime succeeded, so it initialised `ts`.
+    let ts = unsafe { ts.assume_init() };
+    let out_of_range =
+        || io::Error::new(io::ErrorKind::InvalidData, "CLOCK_MONOTONIC out of range");
+    let secs = u64::try_from(ts.tv_sec).map_err(|_| out_of_range())?;
+    let nanos = u32::try_from(ts.tv_nsec)
+        .ok()
+        .filter(|&n| n < 1_000_000_000)
+        .ok_or_else(out_of_range)?;
+    Ok(std::time::Duration::new(secs, nanos))
+}
+
 /// This process's pid.
 pub(crate) fn getpid() -> u32 {
     std::process::id()
@@ -482,6 +502,14 @@ mod tests {
             .read_to_end(&mut got)
             .unwrap();
         assert_eq!(got, endless_core::ready::message(getpid()));
+    }
+
+    #[test]
+    fn monotonic_now_moves_forward() {
+        let a = monotonic_now().unwrap();
+        let b = monotonic_now().unwrap();
+        assert!(a > std::time::Duration::ZERO);
+        assert!(b >= a);
     }
 
     #[test]

@@ -514,12 +514,13 @@ impl Group {
     }
 
     /// A command for `program` with the harness' environment: `RUST_LOG=info`, `NO_COLOR=1`,
-    /// no inherited handoff variables.
+    /// no inherited handoff variables, no `NOTIFY_SOCKET`.
     pub(crate) fn command(program: &Path) -> Command {
         let mut command = Command::new(program);
         for (key, _) in std::env::vars_os() {
             let k = key.to_string_lossy();
-            if k.starts_with("ENDLESS_") || k.starts_with("LISTEN_") {
+            // Nor the test runner's service manager: a test that wants one sets its own.
+            if k.starts_with("ENDLESS_") || k.starts_with("LISTEN_") || k == "NOTIFY_SOCKET" {
                 command.env_remove(&key);
             }
         }

@@ -1,0 +1,329 @@
+//! End-to-end tests of the systemd notifications (`NOTIFY_SOCKET`, `Type=notify` and
+//! `Type=notify-reload`): the test plays the service manager. It binds a Unix datagram
+//! socket with `SO_PASSCRED`, so that the kernel tells it which process sent each message,
+//! starts an echo server with `NOTIFY_SOCKET` naming it, and checks the exact sequence of
+//! messages for a start, a restart, a failed restart and a stop, and the renewed stop
+//! timeout extension of a drain without deadline. Each scenario is a function of the
+//! server binary and runs against `echo-tokio` and `echo-smol` (one shared driver).
+
+#[path = "support/mod.rs"]
+mod support;
+
+use std::ffi::OsString;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::{SocketAddr, UnixDatagram};
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use support::{DEADLINE, Exit, Options, Server, TempDir, sh_script};
+
+/// What `endless-unix` adds to the drain deadline (`notify::STOP_MARGIN`).
+const STOP_MARGIN: Duration = Duration::from_secs(5);
+/// The extension of a drain without deadline (`notify::EXTEND_LEASE`).
+const EXTEND_LEASE: Duration = Duration::from_secs(30);
+
+const SERVING: &str = "READY=1\nSTATUS=Serving";
+const SERVING_AFTER_FAILURE: &str =
+    "READY=1\nSTATUS=Serving; the last restart failed (see the log)";
+const STOPPING: &str = "STOPPING=1\nSTATUS=Stopping: draining connections";
+
+/// The service manager's end: a datagram socket that receives each message with the pid of
+/// its sender.
+struct Manager {
+    socket: UnixDatagram,
+    /// The value of `NOTIFY_SOCKET`.
+    address: OsString,
+    _dir: Option<TempDir>,
+}
+
+impl Manager {
+    /// A socket file in a fresh temporary directory.
+    fn at_path() -> Self {
+        let dir = TempDir::new("notify");
+        let path = dir.path().join("notify.sock");
+        let socket = UnixDatagram::bind(&path).expect("bind the notify socket");
+        Self::new(socket, path.into_os_string(), Some(dir))
+    }
+
+    /// A socket in the abstract namespace (`@name`), as systemd uses for user managers.
+    fn abstract_name() -> Self {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let name = format!(
+            "endless-e2e-notify-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let addr = SocketAddr::from_abstract_name(name.as_bytes()).expect("an abstract name");
+        let socket = UnixDatagram::bind_addr(&addr).expect("bind the abstract notify socket");
+        Self::new(socket, format!("@{name}").into(), None)
+    }
+
+    fn new(socket: UnixDatagram, address: OsString, dir: Option<TempDir>) -> Self {
+        let on: libc::c_int = 1;
+        let len = libc::socklen_t::try_from(size_of::<libc::c_int>()).expect("socklen_t");
+        // SAFETY: the socket is open for the call; `on` is a live c_int and `len` its size.
+        let ret = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_PASSCRED,
+                (&raw const on).cast(),
+                len,
+            )
+        };
+        assert_eq!(ret, 0, "SO_PASSCRED: {}", io::Error::last_os_error());
+        socket
+            .set_read_timeout(Some(DEADLINE))
+            .expect("set the read timeout");
+        Self {
+            socket,
+            address,
+            _dir: dir,
+        }
+    }
+
+    /// Server options with `NOTIFY_SOCKET` naming this socket.
+    fn options(&self) -> Options {
+        Options::default().env("NOTIFY_SOCKET", &self.address)
+    }
+
+    /// The next message and the pid of its sender, waiting at most [`DEADLINE`].
+    fn recv(&self) -> (u32, String) {
+        match self.try_recv(0) {
+            Ok(Some(message)) => message,
+            Ok(None) => unreachable!("a blocking receive returns a message or fails"),
+            Err(e) => panic!("no notification within {DEADLINE:?}: {e}"),
+        }
+    }
+
+    /// Asserts that no message is waiting.
+    fn assert_quiet(&self) {
+        match self.try_recv(libc::MSG_DONTWAIT) {
+            Ok(None) => {}
+            Ok(Some(message)) => panic!("unexpected notification {message:?}"),
+            Err(e) => panic!("receive: {e}"),
+        }
+    }
+
+    /// One `recvmsg` with `SCM_CREDENTIALS`; `Ok(None)` when nothing is waiting and `flags`
+    /// say not to wait.
+    fn try_recv(&self, flags: libc::c_int) -> io::Result<Option<(u32, String)>> {
+        let mut buf = [0u8; 4096];
+        // Room for one `ucred` control message, aligned for `cmsghdr`.
+        let mut control = [0u64; 16];
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        // SAFETY: msghdr is plain data; all zeroes is a valid (empty) value.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &raw mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = size_of_val(&control);
+        let n = loop {
+            // SAFETY: `msg` points at `iov` and `control`, which point at `buf` and the
+            // control array, all live, writable and of the lengths given.
+            let n = unsafe { libc::recvmsg(self.socket.as_raw_fd(), &raw mut msg, flags) };
+            if n >= 0 {
+                break usize::try_from(n).expect("a non-negative length");
+            }
+            let e = io::Error::last_os_error();
+            match e.kind() {
+                io::ErrorKind::Interrupted => {}
+                io::ErrorKind::WouldBlock if flags & libc::MSG_DONTWAIT != 0 => return Ok(None),
+                _ => return Err(e),
+            }
+        };
+        assert_eq!(msg.msg_flags & libc::MSG_TRUNC, 0, "a truncated message");
+        let mut pid = None;
+        // SAFETY: `msg` was filled by recvmsg; the CMSG_* macros walk its control buffer
+        // within `msg_controllen`.
+        let mut cmsg = unsafe { libc::CMSG_FIRSTHDR(&raw const msg) };
+        while !cmsg.is_null() {
+            // SAFETY: `cmsg` is non-null and points at a header inside the control buffer.
+            let header = unsafe { &*cmsg };
+            if header.cmsg_level == libc::SOL_SOCKET && header.cmsg_type == libc::SCM_CREDENTIALS {
+                // SAFETY: an SCM_CREDENTIALS message carries one `ucred`; the data may be
+                // unaligned for it, hence read_unaligned.
+                let cred: libc::ucred =
+                    unsafe { std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast()) };
+                pid = Some(u32::try_from(cred.pid).expect("a positive pid"));
+            }
+            // SAFETY: as for CMSG_FIRSTHDR; returns null after the last header.
+            cmsg = unsafe { libc::CMSG_NXTHDR(&raw const msg, cmsg) };
+        }
+        let pid = pid.expect("SO_PASSCRED attaches the sender's credentials");
+        let text = String::from_utf8(buf[..n].to_vec()).expect("a UTF-8 message");
+        Ok(Some((pid, text)))
+    }
+}
+
+/// `CLOCK_MONOTONIC` in µs, the clock of `MONOTONIC_USEC=`.
+fn monotonic_usec() -> u128 {
+    // SAFETY: timespec is plain data; all zeroes is a valid value.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: `ts` is a live, writable timespec.
+    let ret = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
+    assert_eq!(ret, 0, "clock_gettime: {}", io::Error::last_os_error());
+    let secs = u128::try_from(ts.tv_sec).expect("positive seconds");
+    let nanos = u128::try_from(ts.tv_nsec).expect("positive nanoseconds");
+    secs * 1_000_000 + nanos / 1000
+}
+
+/// Checks that `message` is `RELOADING=1` with a `MONOTONIC_USEC=` within `range` (µs).
+fn assert_reloading(message: &str, range: std::ops::RangeInclusive<u128>) {
+    let lines: Vec<&str> = message.lines().collect();
+    let [reloading, monotonic, status] = lines[..] else {
+        panic!("not a RELOADING message: {message:?}");
+    };
+    assert_eq!(reloading, "RELOADING=1", "{message:?}");
+    assert_eq!(
+        status, "STATUS=Restarting: starting the new generation",
+        "{message:?}"
+    );
+    let usec: u128 = monotonic
+        .strip_prefix("MONOTONIC_USEC=")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no MONOTONIC_USEC in {message:?}"));
+    assert!(
+        range.contains(&usec),
+        "MONOTONIC_USEC={usec} is not within {range:?}, when the restart was asked for"
+    );
+}
+
+/// The duration of an `EXTEND_TIMEOUT_USEC=` message.
+fn extension(message: &str) -> Duration {
+    let usec: u64 = message
+        .strip_prefix("EXTEND_TIMEOUT_USEC=")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("not an EXTEND_TIMEOUT_USEC message: {message:?}"));
+    Duration::from_micros(usec)
+}
+
+/// A start, a restart, a failed restart and a stop, with the exact messages and senders:
+/// - start: `READY=1` from the first process;
+/// - restart: `RELOADING=1` with `MONOTONIC_USEC` from the old process, then
+///   `MAINPID=<new>` and `READY=1` from the new one; nothing from the old one as it drains
+///   and exits (no `STOPPING=1`);
+/// - failed restart (the new binary exits 1): `RELOADING=1`, then `READY=1` again, both
+///   from the serving process, without `MAINPID` (it already is the main process);
+/// - stop (`SIGTERM`, `--drain-timeout 20`): `STOPPING=1`, then `EXTEND_TIMEOUT_USEC`
+///   covering the drain deadline plus the margin; nothing after.
+fn start_restart_failed_restart_stop(bin: &Path) {
+    let manager = Manager::at_path();
+    let drain_timeout = Duration::from_secs(20);
+    let server = Server::start(
+        bin,
+        &manager
+            .options()
+            .arg("--drain-timeout")
+            .arg(drain_timeout.as_secs().to_string()),
+    );
+    let first = server.pid();
+    assert_eq!(manager.recv(), (first, SERVING.to_owned()), "start");
+    manager.assert_quiet();
+
+    // A restart.
+    let before = monotonic_usec();
+    let second = server.restart();
+    let after = monotonic_usec();
+    let (sender, reloading) = manager.recv();
+    assert_eq!(sender, first, "RELOADING=1 comes from the old process");
+    assert_reloading(&reloading, before..=after);
+    assert_eq!(
+        manager.recv(),
+        (second, format!("MAINPID={second}\n{SERVING}")),
+        "the new generation makes itself the main process"
+    );
+    // The old process exited (`restart` waited for it) without a word.
+    manager.assert_quiet();
+
+    // A failed restart: the serving process says it serves again.
+    server.replace_exe(&sh_script("exit 1"), 0o755);
+    let before = monotonic_usec();
+    server.hup_expecting_failure();
+    let after = monotonic_usec();
+    let (sender, reloading) = manager.recv();
+    assert_eq!(sender, second);
+    assert_reloading(&reloading, before..=after);
+    assert_eq!(
+        manager.recv(),
+        (second, SERVING_AFTER_FAILURE.to_owned()),
+        "READY=1 again after the failed restart"
+    );
+    manager.assert_quiet();
+    server.restore_exe();
+
+    // A stop.
+    let term = Instant::now();
+    server.group.signal(second, libc::SIGTERM);
+    assert_eq!(manager.recv(), (second, STOPPING.to_owned()), "stop");
+    let (sender, extend) = manager.recv();
+    let waited = term.elapsed();
+    assert_eq!(sender, second);
+    let extended = extension(&extend);
+    let full = drain_timeout + STOP_MARGIN;
+    assert!(
+        extended <= full && extended + waited >= full,
+        "EXTEND_TIMEOUT_USEC of {extended:?}, {waited:?} after SIGTERM: expected the {full:?} \
+         from the drain's start to its deadline plus the margin"
+    );
+    assert_eq!(server.group.wait_exit(second), Exit::Code(0));
+    manager.assert_quiet();
+}
+
+/// A drain without deadline (`--drain-timeout never`) held open by a client: after
+/// `STOPPING=1`, `EXTEND_TIMEOUT_USEC` of the lease, renewed (here once, ten seconds later)
+/// until the drain ends when the client hangs up. With an abstract `NOTIFY_SOCKET`.
+fn unbounded_drain_renews_the_extension(bin: &Path) {
+    let manager = Manager::abstract_name();
+    let server = Server::start(bin, &manager.options().arg("--drain-timeout").arg("never"));
+    let pid = server.pid();
+    assert_eq!(manager.recv(), (pid, SERVING.to_owned()), "start");
+
+    let mut client = server.connect();
+    assert_eq!(client.ask("hello").unwrap(), (pid, "hello".to_owned()));
+    server.group.signal(pid, libc::SIGTERM);
+    assert_eq!(manager.recv(), (pid, STOPPING.to_owned()), "stop");
+    let lease = format!("EXTEND_TIMEOUT_USEC={}", EXTEND_LEASE.as_micros());
+    assert_eq!(manager.recv(), (pid, lease.clone()), "the first extension");
+    let first = Instant::now();
+    assert_eq!(manager.recv(), (pid, lease), "the renewal");
+    assert!(
+        first.elapsed() < EXTEND_LEASE,
+        "renewed after {:?}, too late for the lease",
+        first.elapsed()
+    );
+    // Still draining: the client's connection is served.
+    assert_eq!(client.ask("still").unwrap(), (pid, "still".to_owned()));
+
+    drop(client);
+    assert_eq!(server.group.wait_exit(pid), Exit::Code(0));
+    manager.assert_quiet();
+}
+
+macro_rules! notify_tests {
+    ($bin:expr) => {
+        #[test]
+        fn start_restart_failed_restart_stop() {
+            super::start_restart_failed_restart_stop($bin);
+        }
+
+        #[test]
+        fn unbounded_drain_renews_the_extension() {
+            super::unbounded_drain_renews_the_extension($bin);
+        }
+    };
+}
+
+mod tokio {
+    notify_tests!(std::path::Path::new(env!("CARGO_BIN_EXE_echo-tokio")));
+}
+
+mod smol {
+    notify_tests!(std::path::Path::new(env!("CARGO_BIN_EXE_echo-smol")));
+}
