@@ -26,6 +26,11 @@ use super::{
 macro_rules! restart_scenarios {
     ($bin:expr) => {
         #[test]
+        fn socket_activation_listener_is_served_and_passed_on() {
+            $crate::support::scenarios::socket_activation($bin);
+        }
+
+        #[test]
         fn in_flight_request_completes_across_a_restart() {
             $crate::support::scenarios::in_flight_request($bin);
         }
@@ -1453,6 +1458,66 @@ pub(crate) fn several_listeners_restart(bin: &Path) {
         server.group.wait_settled(&[new]);
         server.wait_fd_count(new, baseline);
     }
+}
+
+// ---- socket activation ------------------------------------------------------------------------
+
+/// Socket activation as systemd does it, with the test in systemd's place: a TCP listener
+/// the test bound at fd 3, `LISTEN_FDS=1`, `LISTEN_FDNAMES=listen-0` and `LISTEN_PID` set
+/// to the server's own pid (by a shell that then `exec`s it). The server serves on that
+/// socket instead of binding its `--listen 127.0.0.1:0`; a restart passes it on (the new
+/// generation answers on it, the `LISTEN_*` variables are not passed to it), and the old
+/// one exits 0.
+pub(crate) fn socket_activation(bin: &Path) {
+    let activated = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = activated.local_addr().unwrap();
+    let dir = super::TempDir::new("socket-activation");
+    let exe = dir.path().join("server");
+    super::install_copy(bin, &exe);
+    let mut command = Group::command(Path::new("/bin/sh"));
+    command
+        .current_dir(dir.path())
+        .arg("-c")
+        .arg(
+            "LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=listen-0; \
+             export LISTEN_PID LISTEN_FDS LISTEN_FDNAMES; exec \"$0\" \"$@\"",
+        )
+        .arg(&exe)
+        .args(["--listen", "127.0.0.1:0"]);
+    place_fds(&mut command, vec![(3, Some(dup(&activated)))]);
+    drop(activated);
+    let group = Group::spawn("socket-activated", command);
+    let first = group.leader();
+    let listening = wait_for("the activated server to listen", DEADLINE, || {
+        group.listening(first, 1)
+    });
+    assert_eq!(
+        listening[0].addr,
+        addr.to_string(),
+        "the server did not take the activated socket"
+    );
+    let endpoint = Endpoint::Tcp(addr);
+    assert_answered_by(&endpoint, first, "the activated server");
+
+    group.signal(first, libc::SIGHUP);
+    let new = wait_for("a new generation to listen", DEADLINE, || {
+        group.announced_pids().into_iter().find(|&p| p != first)
+    });
+    let listening = wait_for("the new generation to listen", DEADLINE, || {
+        group.listening(new, 1)
+    });
+    assert_eq!(listening[0].addr, addr.to_string(), "the new generation");
+    wait_served_only_by(&endpoint, first, new);
+    assert_eq!(group.wait_exit(first), Exit::Code(0));
+    let environ = fs::read(format!("/proc/{new}/environ")).unwrap_or_default();
+    assert!(
+        !environ
+            .split(|&b| b == 0)
+            .any(|var| var.starts_with(b"LISTEN_")),
+        "the new generation got systemd's variables"
+    );
+    group.signal(new, libc::SIGTERM);
+    assert_eq!(group.wait_exit(new), Exit::Code(0));
 }
 
 // ---- interop: one runtime's build hands over to another's ------------------------------------
