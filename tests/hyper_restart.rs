@@ -352,6 +352,9 @@ fn restarts_under_load(bin: &Path, transport: Transport, proto: Proto, restarts:
     for example in &report.aborted_examples {
         eprintln!("{what}: cancelled by hyper's client: {example}");
     }
+    for example in &report.lost_examples {
+        eprintln!("{what}: lost unsent by hyper's client: {example}");
+    }
 
     assert!(
         report.failures.is_empty(),

@@ -29,7 +29,10 @@
 //! [`http2_worker`]). Both are counted and shown, not failed. So are the requests hyper's
 //! client cancels itself (it resets a stream it has just written when it reads a `GOAWAY` at
 //! that moment, [`Report::client_aborted`]): a bug of the client, which a server cannot
-//! prevent.
+//! prevent. So are the requests hyper's client loses without writing them, neither sent nor
+//! failed, when its dispatcher stops at the `GOAWAY` while they are being queued
+//! ([`Report::lost_unwritten`], see [`Conn::get`]; told apart from real failures with the wire
+//! in the same way).
 #![allow(dead_code, reason = "each test binary uses a part of the client")]
 
 use std::collections::hash_map::DefaultHasher;
@@ -56,6 +59,11 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// How long one request (or opening one connection) may take before it counts as failed.
 pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// HTTP/2: how long after hyper dropped a connection's transport a request handed to it may
+/// stay unresolved before it counts as lost ([`Outcome::Lost`]). Dropping the connection fails
+/// its streams at once (h2 closes them all); this only covers a loaded machine's delays.
+pub(crate) const LOST_GRACE: Duration = Duration::from_secs(2);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -256,6 +264,8 @@ pub(crate) struct FrameLog {
     goaways: Mutex<Vec<GoAway>>,
     recent: Mutex<std::collections::VecDeque<Frame>>,
     streams: Mutex<StreamBook>,
+    /// When hyper dropped the transport (the HTTP/2 connection is gone).
+    closed_at: Mutex<Option<Instant>>,
 }
 
 /// The streams of a connection, as the wire shows them.
@@ -339,6 +349,11 @@ impl FrameLog {
 
     pub(crate) fn recent(&self) -> Vec<Frame> {
         lock(&self.recent).iter().copied().collect()
+    }
+
+    /// How many streams the client wrote on the wire.
+    pub(crate) fn written(&self) -> usize {
+        lock(&self.streams).written.len()
     }
 
     /// Streams the client wrote on the wire that the server has not ended: those the client
@@ -478,21 +493,32 @@ impl FrameParser {
 const PREFACE_LEN: usize = 24;
 
 /// A stream that parses the HTTP/2 frames going through it, both ways, into a [`FrameLog`].
+/// Dropped with hyper's HTTP/2 connection: then it records when, and tells
+/// [`Conn::transport_gone`].
 struct Sniffer<T> {
     inner: T,
     read: FrameParser,
     written: FrameParser,
     log: Arc<FrameLog>,
+    /// Dropped with the transport, which wakes the receivers.
+    _gone: tokio::sync::watch::Sender<()>,
 }
 
 impl<T> Sniffer<T> {
-    fn new(inner: T, log: Arc<FrameLog>) -> Self {
+    fn new(inner: T, log: Arc<FrameLog>, gone: tokio::sync::watch::Sender<()>) -> Self {
         Self {
             inner,
             read: FrameParser::new(Dir::Received, 0),
             written: FrameParser::new(Dir::Sent, PREFACE_LEN),
             log,
+            _gone: gone,
         }
+    }
+}
+
+impl<T> Drop for Sniffer<T> {
+    fn drop(&mut self) {
+        *lock(&self.log.closed_at) = Some(Instant::now());
     }
 }
 
@@ -568,9 +594,17 @@ struct ConnInfo {
     target: Target,
     peer_cert: Option<CertificateDer<'static>>,
     frames: Arc<FrameLog>,
-    /// The connection task's end, once it ended.
-    ended: Arc<Mutex<Option<Result<(), String>>>>,
+    /// The connection task's end (hyper's dispatcher of the requests; HTTP/2: it stops at the
+    /// first `GOAWAY`), once it ended, and when.
+    ended: Arc<Mutex<Option<TaskEnd>>>,
+    /// When the connection was opened.
+    opened: Instant,
+    /// HTTP/2: fails (`changed()`) once hyper dropped the transport.
+    gone: Option<tokio::sync::watch::Receiver<()>>,
 }
+
+/// When a connection task ended, and how.
+type TaskEnd = (Instant, Result<(), String>);
 
 /// One client connection (for HTTP/2, one handle of it: [`Conn::stream`] makes more).
 pub(crate) struct Conn {
@@ -619,6 +653,9 @@ pub(crate) enum Outcome {
     Failed(String),
     /// No whole response within [`REQUEST_TIMEOUT`].
     TimedOut(String),
+    /// HTTP/2: hyper neither answered nor failed the request [`LOST_GRACE`] after the
+    /// connection was gone (see [`Conn::get`]).
+    Lost(String),
 }
 
 /// An error and its sources, on one line.
@@ -677,6 +714,7 @@ impl Conn {
         };
         let frames = Arc::new(FrameLog::default());
         let ended = Arc::new(Mutex::new(None));
+        let mut gone = None;
         let sender = match target.proto {
             Proto::Http1 => {
                 let (sender, conn) = http1::handshake(TokioIo::new(io))
@@ -685,19 +723,21 @@ impl Conn {
                 let ended = Arc::clone(&ended);
                 tokio::spawn(async move {
                     let result = conn.await.map_err(|e| chain(&e));
-                    *lock(&ended) = Some(result);
+                    *lock(&ended) = Some((Instant::now(), result));
                 });
                 Sender::H1(sender)
             }
             Proto::Http2 => {
-                let io = Sniffer::new(io, Arc::clone(&frames));
+                let (gone_tx, gone_rx) = tokio::sync::watch::channel(());
+                gone = Some(gone_rx);
+                let io = Sniffer::new(io, Arc::clone(&frames), gone_tx);
                 let (sender, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(io))
                     .await
                     .map_err(|e| format!("HTTP/2 handshake: {}", chain(&e)))?;
                 let ended = Arc::clone(&ended);
                 tokio::spawn(async move {
                     let result = conn.await.map_err(|e| chain(&e));
-                    *lock(&ended) = Some(result);
+                    *lock(&ended) = Some((Instant::now(), result));
                 });
                 Sender::H2(sender)
             }
@@ -709,6 +749,8 @@ impl Conn {
                 peer_cert,
                 frames,
                 ended,
+                opened: Instant::now(),
+                gone,
             }),
             sender,
         })
@@ -738,6 +780,11 @@ impl Conn {
         self.info.frames.unanswered()
     }
 
+    /// How many streams the client wrote on the wire (HTTP/2).
+    pub(crate) fn written_streams(&self) -> usize {
+        self.info.frames.written()
+    }
+
     /// The last frames of the connection, both ways (HTTP/2).
     pub(crate) fn recent_frames(&self) -> Vec<Frame> {
         self.info.frames.recent()
@@ -745,7 +792,9 @@ impl Conn {
 
     /// How the connection task ended, if it did.
     pub(crate) fn ended(&self) -> Option<Result<(), String>> {
-        lock(&self.info.ended).clone()
+        lock(&self.info.ended)
+            .as_ref()
+            .map(|(_, result)| result.clone())
     }
 
     /// Another handle of this HTTP/2 connection, for concurrent streams.
@@ -777,8 +826,33 @@ impl Conn {
         }
     }
 
+    /// Resolves [`LOST_GRACE`] after hyper dropped the transport of this HTTP/2 connection.
+    fn transport_gone(&self) -> impl Future<Output = ()> + use<> {
+        let gone = self.info.gone.clone();
+        async move {
+            let mut gone = gone.expect("an HTTP/2 connection");
+            // The sender is the transport's: `changed` fails once it is dropped.
+            while gone.changed().await.is_ok() {}
+            tokio::time::sleep(LOST_GRACE).await;
+        }
+    }
+
     /// `GET path`, the response read to the end, within [`REQUEST_TIMEOUT`]. Never retried.
     /// HTTP/1.1 waits until the connection takes a request (see [`Conn::ready`]).
+    ///
+    /// HTTP/2: [`Outcome::Lost`] if hyper has neither answered nor failed the request
+    /// [`LOST_GRACE`] after it dropped the connection's transport. hyper 1.x loses such
+    /// requests: `SendRequest::try_send_request` queues the request on the unbounded tokio
+    /// channel of the connection's dispatcher (`client/dispatch.rs`), which stops at the
+    /// first `GOAWAY` (`proto/h2/client.rs`, `ClientTask::poll`) and drops its receiver,
+    /// counting on that to fail every queued request. But a send that had claimed its slot
+    /// in the channel before the receiver closed, and writes it after the receiver drained
+    /// the channel (the sending thread preempted in between), stays in the channel — and so
+    /// does every request queued behind that slot, which the receiver cannot see past —
+    /// until the last `SendRequest` of the connection is dropped: never sent, never failed.
+    /// (tokio documents a value sent that way as dropped only with the channel, tokio issue
+    /// #7714.) Seen here on a loaded machine: a `try_send_request` call took 14 to 64 ms
+    /// (preempted), and the dispatcher stopped within it.
     pub(crate) async fn get(&mut self, path: &str) -> Outcome {
         let target = &self.info.target;
         let request = match target.proto {
@@ -800,7 +874,25 @@ impl Conn {
             }
             Sender::H2(s) => {
                 let f = s.try_send_request(request);
-                tokio::time::timeout(REQUEST_TIMEOUT, f).await
+                let handed = start.elapsed();
+                tokio::select! {
+                    biased;
+                    sent = tokio::time::timeout(REQUEST_TIMEOUT, f) => sent,
+                    () = self.transport_gone() => {
+                        let opened = self.info.opened;
+                        let at = |t: Instant| t.saturating_duration_since(opened);
+                        let stopped = lock(&self.info.ended).as_ref().map(|(t, _)| at(*t));
+                        let closed = lock(&self.info.frames.closed_at).map(at);
+                        return Outcome::Lost(format!(
+                            "hyper neither sent nor failed the request {LOST_GRACE:?} after it \
+                             dropped the connection (times from the connection's opening: \
+                             handed to hyper at {:?}, `try_send_request` took {handed:?}; \
+                             hyper's dispatcher stopped at {stopped:?}, the transport was \
+                             dropped at {closed:?})",
+                            at(start),
+                        ));
+                    }
+                }
             }
         };
         let response = match sent {
@@ -922,6 +1014,8 @@ struct Shared {
     unwritten: AtomicUsize,
     client_aborted: AtomicUsize,
     aborted_examples: Mutex<Vec<String>>,
+    lost_unwritten: AtomicUsize,
+    lost_examples: Mutex<Vec<String>>,
 }
 
 impl Shared {
@@ -1083,6 +1177,8 @@ impl Load {
             unwritten: shared.unwritten.load(Ordering::SeqCst),
             client_aborted: shared.client_aborted.load(Ordering::SeqCst),
             aborted_examples: std::mem::take(&mut *lock(&shared.aborted_examples)),
+            lost_unwritten: shared.lost_unwritten.load(Ordering::SeqCst),
+            lost_examples: std::mem::take(&mut *lock(&shared.lost_examples)),
         }
     }
 }
@@ -1149,7 +1245,7 @@ async fn http1_worker(target: Target, shared: Arc<Shared>, config: LoadConfig) {
                     );
                     break;
                 }
-                Outcome::Failed(e) | Outcome::TimedOut(e) => {
+                Outcome::Failed(e) | Outcome::TimedOut(e) | Outcome::Lost(e) => {
                     tally.fail(&shared, &conn, format!("request in flight failed: {e}"));
                     break;
                 }
@@ -1172,6 +1268,12 @@ async fn http1_worker(target: Target, shared: Arc<Shared>, config: LoadConfig) {
 /// request is one stream); then as many as there are streams the client reset are
 /// [`Report::client_aborted`] (hyper's doing, shown with their frames); the rest were never
 /// written ([`Report::unwritten`]).
+///
+/// The requests hyper lost ([`Outcome::Lost`]) are reconciled the same way: as many count as
+/// failures as there are streams on the wire for which no answer reached the client (written
+/// streams, less the answers the connection's streams got: each answer is one written
+/// stream); the rest were never written ([`Report::lost_unwritten`]). That is strict: it
+/// does not credit a written stream to another failed request first.
 async fn http2_worker(target: Target, shared: Arc<Shared>, config: LoadConfig) {
     while !shared.stopped() {
         let Some(conn) = open(&target, &shared).await else {
@@ -1186,11 +1288,40 @@ async fn http2_worker(target: Target, shared: Arc<Shared>, config: LoadConfig) {
             .collect();
         let mut tally = ConnTally::default();
         let mut failed = Vec::new();
+        let mut lost = Vec::new();
         for s in streams {
-            let (t, f) = s.await.expect("a stream task panicked");
+            let (t, f, l) = s.await.expect("a stream task panicked");
             tally.answered += t.answered;
             tally.last_pid = tally.last_pid.or(t.last_pid);
             failed.extend(f);
+            lost.extend(l);
+        }
+        if !lost.is_empty() {
+            let written = conn.written_streams();
+            let real = lost_on_the_wire(lost.len(), written, tally.answered);
+            let frames = conn.recent_frames();
+            for e in &lost[..real] {
+                tally.fail(
+                    &shared,
+                    &conn,
+                    format!(
+                        "{e}; {written} stream(s) written, {} answered: the request may have \
+                         been written; the connection's last frames: {frames:?}",
+                        tally.answered
+                    ),
+                );
+            }
+            let unwritten = lost.len() - real;
+            if unwritten > 0 {
+                shared.lost_unwritten.fetch_add(unwritten, Ordering::SeqCst);
+                lock(&shared.lost_examples).push(format!(
+                    "conn #{}: {unwritten} request(s) never written ({written} stream(s) written, \
+                     {} answered): {}; last frames: {frames:?}",
+                    conn.id(),
+                    tally.answered,
+                    lost[real]
+                ));
+            }
         }
         if !failed.is_empty() {
             let (unanswered, reset) = conn.unanswered_streams();
@@ -1245,12 +1376,24 @@ async fn http2_worker(target: Target, shared: Arc<Shared>, config: LoadConfig) {
     }
 }
 
+/// How many of `lost` requests of a connection may have been written: no more than the
+/// streams written on the wire (`written`) for which no answer reached the client (each of
+/// the `answered` answers is one of them).
+fn lost_on_the_wire(lost: usize, written: usize, answered: usize) -> usize {
+    lost.min(written.saturating_sub(answered))
+}
+
 /// One stream of an HTTP/2 connection, requests back to back until the connection stops
 /// taking them. Returns the stream's tally, and the errors of the requests hyper reported
-/// failed (to reconcile with the wire).
-async fn http2_stream(mut conn: Conn, shared: &Shared, path: &str) -> (ConnTally, Vec<String>) {
+/// failed and of those it lost (to reconcile with the wire).
+async fn http2_stream(
+    mut conn: Conn,
+    shared: &Shared,
+    path: &str,
+) -> (ConnTally, Vec<String>, Vec<String>) {
     let mut tally = ConnTally::default();
     let mut failed = Vec::new();
+    let mut lost = Vec::new();
     while !shared.stopped() {
         if !conn.ready().await {
             break;
@@ -1277,6 +1420,10 @@ async fn http2_stream(mut conn: Conn, shared: &Shared, path: &str) -> (ConnTally
                 failed.push(e);
                 break;
             }
+            Outcome::Lost(e) => {
+                lost.push(e);
+                break;
+            }
             Outcome::TimedOut(e) => {
                 let frames = conn.recent_frames();
                 tally.fail(
@@ -1294,7 +1441,7 @@ async fn http2_stream(mut conn: Conn, shared: &Shared, path: &str) -> (ConnTally
             }
         }
     }
-    (tally, failed)
+    (tally, failed, lost)
 }
 
 /// What the frames of a failed HTTP/2 connection say: whether the server refused streams
@@ -1359,6 +1506,11 @@ pub(crate) struct Report {
     pub(crate) client_aborted: usize,
     /// The connections where that happened, with their last frames.
     pub(crate) aborted_examples: Vec<String>,
+    /// HTTP/2 requests hyper's client lost without writing them, neither sent nor failed
+    /// (see [`Conn::get`]): a client bug, not a failure of the server; see [`http2_worker`].
+    pub(crate) lost_unwritten: usize,
+    /// The connections where that happened, with their last frames.
+    pub(crate) lost_examples: Vec<String>,
 }
 
 impl Report {
@@ -1394,8 +1546,8 @@ impl Report {
     pub(crate) fn summary(&self) -> String {
         format!(
             "{} ok, {} failed in {:.1}s over {} connections ({} `Connection: close`, {} GOAWAY, \
-             {} + {} refused unsent after GOAWAY, {} cancelled by hyper's client); latency p50 \
-             {:?} p99 {:?} max {:?}",
+             {} + {} refused unsent after GOAWAY, {} cancelled and {} lost unsent by hyper's \
+             client); latency p50 {:?} p99 {:?} max {:?}",
             self.samples.len(),
             self.failures.len(),
             self.elapsed.as_secs_f64(),
@@ -1405,6 +1557,7 @@ impl Report {
             self.not_sent,
             self.unwritten,
             self.client_aborted,
+            self.lost_unwritten,
             self.latency_quantile(0.5),
             self.latency_quantile(0.99),
             self.latency_quantile(1.0),
@@ -1423,5 +1576,20 @@ impl Report {
             s.push_str(&format!("  … and {} more\n", self.failures.len() - max));
         }
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lost_on_the_wire;
+
+    #[test]
+    fn a_lost_request_is_excused_only_when_every_written_stream_was_answered() {
+        // 18 streams written, 18 answers: the 3 lost requests never reached the wire.
+        assert_eq!(lost_on_the_wire(3, 18, 18), 0);
+        // One written stream without an answer: one of them may be it.
+        assert_eq!(lost_on_the_wire(3, 18, 17), 1);
+        assert_eq!(lost_on_the_wire(1, 18, 10), 1);
+        assert_eq!(lost_on_the_wire(0, 18, 10), 0);
     }
 }
