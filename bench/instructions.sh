@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# Instructions per request: where does endless' steady-state cost go?
+#
+# Runs `hello-hyper` (endless-hyper) and `plain-hyper` (the same handler on plain
+# hyper-util) under valgrind's callgrind, each twice in a fresh process: once for SMALL and
+# once for LARGE requests from oha (16 keep-alive connections). The difference of the two
+# totals divided by LARGE - SMALL is the user-space instructions per request, with start-up
+# and shutdown cancelled out. Instruction counts do not depend on what else the machine is
+# doing, so the ratio plain/endless is steady where throughput (bench/throughput.sh) is
+# noisy; system calls are not counted (they are the same per request for both servers,
+# `strace -c` shows). Prints a table, and the functions whose share per request differs
+# the most (exclusive cost; inlining differs between the two binaries, so read it as a
+# hint, not an account).
+#
+#   bench/instructions.sh [--small N] [--large N] [--top N] [--out DIR] [--no-build]
+#
+# Installs valgrind (apt) and oha (cargo install) if missing. Loopback only; ends every
+# process it starts.
+set -euo pipefail
+# shellcheck source=bench/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+bench_init
+
+SMALL=5000
+LARGE=20000
+TOP=15
+OUT=""
+BUILD=1
+while (($#)); do
+    case $1 in
+        --no-build) BUILD=0; shift; continue ;;
+        -h | --help) sed -n '/^#   bench/p' "$0" | sed 's/^# \{0,3\}//' >&2; exit 2 ;;
+    esac
+    (($# >= 2)) || die "$1 needs a value"
+    case $1 in
+        --small) SMALL=$2 ;;
+        --large) LARGE=$2 ;;
+        --top) TOP=$2 ;;
+        --out) OUT=$2 ;;
+        *) die "unknown argument: $1" ;;
+    esac
+    shift 2
+done
+for v in SMALL LARGE TOP; do
+    [[ ${!v} =~ ^[0-9]+$ ]] || die "--${v,,} takes a whole number"
+done
+((LARGE > SMALL)) || die "--large must be more than --small"
+
+command -v valgrind >/dev/null || { log "installing valgrind (apt)"; apt_install valgrind; }
+need_oha
+[[ -n $OUT ]] || OUT=$(mktemp -d /tmp/endless-instructions.XXXXXX)
+mkdir -p "$OUT"
+
+# shellcheck disable=SC2317 # run by the trap
+cleanup() {
+    trap - EXIT INT TERM
+    cleanup_all
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+[[ $BUILD == 1 ]] && build_examples
+
+# measure SERVER N: runs SERVER under callgrind for N requests; prints its total Ir.
+measure() {
+    local server=$1 n=$2 tag="$OUT/$1-$2"
+    # start_server puts `--listen 127.0.0.1:0` right after the program: a wrapper makes the
+    # program valgrind with its options.
+    cat >"$tag.sh" <<WRAP
+#!/bin/sh
+exec valgrind --tool=callgrind --callgrind-out-file=$tag.callgrind $BIN_DIR/$server "\$@"
+WRAP
+    chmod +x "$tag.sh"
+    start_server "$server" "$tag.sh" "$tag"
+    oha --no-tui -n "$n" -c 16 "http://$SERVER_ADDR/" >"$tag.oha" 2>&1
+    grep -Eq 'Success rate:[[:space:]]*100' "$tag.oha" || die "$server: requests failed ($tag.oha)"
+    stop_server "$SERVER_PGID"
+    awk '/^(summary|totals):/ { print $2; exit }' "$tag.callgrind"
+}
+
+declare -A PER_REQUEST
+for server in plain-hyper hello-hyper; do
+    log "$server: $SMALL then $LARGE requests under callgrind"
+    small=$(measure "$server" "$SMALL")
+    large=$(measure "$server" "$LARGE")
+    PER_REQUEST[$server]=$(((large - small) / (LARGE - SMALL)))
+done
+
+plain=${PER_REQUEST[plain-hyper]}
+endless=${PER_REQUEST[hello-hyper]}
+printf '\n%-14s %s\n' "server" "instructions per request"
+printf '%-14s %s\n' plain-hyper "$plain" hello-hyper "$endless"
+awk -v p="$plain" -v e="$endless" 'BEGIN { printf "ratio plain/endless %.3f (%d more per request)\n", p / e, e - p }'
+
+# The functions whose exclusive cost per request differs the most.
+per_function() {
+    callgrind_annotate --threshold=100 "$1" 2>/dev/null |
+        awk '/^ *[0-9,]+ \(/ { n = $1; gsub(",", "", n); f = $0
+             sub(/^ *[0-9,]+ \( *[0-9.]+%\) +/, "", f); sub(/ \[[^]]*\]$/, "", f)
+             print n "\t" f }'
+}
+for server in plain-hyper hello-hyper; do
+    for n in "$SMALL" "$LARGE"; do
+        per_function "$OUT/$server-$n.callgrind" >"$OUT/$server-$n.functions"
+    done
+done
+printf '\nper request (exclusive), hello-hyper minus plain-hyper, the %s largest:\n' "$TOP"
+awk -F'\t' -v small="$SMALL" -v large="$LARGE" '
+    FNR == 1 { file++ }
+    { v[$2, file] = $1; names[$2] = 1 }
+    END {
+        d = large - small
+        for (f in names) {
+            p = (v[f, 2] - v[f, 1]) / d; e = (v[f, 4] - v[f, 3]) / d
+            if (f != "PROGRAM TOTALS") printf "%8.1f\t%s\n", e - p, substr(f, 1, 140)
+        }
+    }' "$OUT/plain-hyper-$SMALL.functions" "$OUT/plain-hyper-$LARGE.functions" \
+    "$OUT/hello-hyper-$SMALL.functions" "$OUT/hello-hyper-$LARGE.functions" |
+    sort -t$'\t' -k1,1 -gr | head -n "$TOP"
+log "callgrind files in $OUT"
