@@ -30,6 +30,7 @@ use endless_core::{
 };
 use event_listener::Event as Notify;
 
+use crate::control::StatusWriter;
 use crate::inherit::{AdoptError, Inherited};
 use crate::notify::{self, Notifier};
 use crate::pidfile::PidFile;
@@ -137,7 +138,8 @@ impl Options {
     }
 
     /// Keep a pid file at `path`: written when this process is ready, removed on a clean
-    /// stop.
+    /// stop. The restart status file that answers [`crate::control::restart`] is kept
+    /// beside it.
     #[must_use]
     pub fn pid_file(mut self, path: impl Into<PathBuf>) -> Self {
         self.pid_file = Some(path.into());
@@ -385,6 +387,10 @@ impl Handle {
             kills: HashMap::new(),
             announced_ready: false,
             notifier: Notifier::from_env().map(Arc::new),
+            restart_status: shared
+                .pid_file
+                .as_ref()
+                .map(|pid_file| StatusWriter::new(pid_file.path())),
         };
         runtime.spawn(Box::pin(driver.run()));
         Ok(Self { shared })
@@ -644,6 +650,9 @@ struct Driver<R> {
     announced_ready: bool,
     /// The service manager to tell (`NOTIFY_SOCKET`, read once at start-up).
     notifier: Option<Arc<Notifier>>,
+    /// The restart status file beside the pid file, if there is one (see
+    /// [`crate::control`]).
+    restart_status: Option<StatusWriter>,
 }
 
 impl<R: Runtime> Driver<R> {
@@ -672,8 +681,11 @@ impl<R: Runtime> Driver<R> {
             let now = Instant::now();
             match next {
                 Some(Ok(input)) => {
-                    if let Input::ChildExited { pid, .. } = input {
+                    if let Input::ChildExited { pid, status } = input {
                         self.kills.remove(&pid);
+                        if let Some(restart_status) = &mut self.restart_status {
+                            restart_status.child_exited(pid, status);
+                        }
                     }
                     self.lifecycle.handle(input, now);
                 }
@@ -684,7 +696,10 @@ impl<R: Runtime> Driver<R> {
         }
     }
 
-    fn event(&self, event: &Event) {
+    fn event(&mut self, event: &Event) {
+        if let Some(restart_status) = &mut self.restart_status {
+            restart_status.on_event(event);
+        }
         match event {
             Event::UpgradeFailed { pid, reason } => {
                 tracing::error!(?pid, %reason, "restart failed; this process keeps serving");
@@ -721,6 +736,11 @@ impl<R: Runtime> Driver<R> {
                 // refused instead of queueing for a process that will never accept; one the
                 // new generation took stays open through its copy.
                 lock(&self.shared.registry).clear();
+                // A restart command learns of a handover only now: once it answers, new
+                // connections go to the new generation.
+                if let Some(restart_status) = &mut self.restart_status {
+                    restart_status.stopped_accepting();
+                }
             }
             Action::CloseIdle => {
                 self.shared.tracker.close_idle();

@@ -11,6 +11,8 @@
 //! - [`signals`]: which signal means which request.
 //! - [`listen`]: binding fresh listeners; [`pidfile`]: the pid file; [`notify`]: telling
 //!   systemd (`NOTIFY_SOCKET`) that the service is ready, restarting or stopping.
+//! - [`control`]: a restart that reports its result, for deploy scripts
+//!   ([`control::restart`]), and the restart status file beside the pid file that answers it.
 //! - [`driver`]: the task that owns the lifecycle, generic over a small [`Runtime`] trait.
 //! - [`adapter`]: the typed API of the adapters ([`adapter::Endless`], its builder and
 //!   listeners), written once and generic over a runtime's sockets ([`Net`]).
@@ -36,6 +38,7 @@
 #![warn(missing_docs)]
 
 pub mod adapter;
+pub mod control;
 pub mod driver;
 pub mod inherit;
 pub mod listen;

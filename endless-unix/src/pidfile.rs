@@ -28,28 +28,7 @@ impl PidFile {
 
     /// Writes `pid` atomically.
     pub fn write(&self, pid: u32) -> io::Result<()> {
-        let dir = match self.path.parent() {
-            Some(dir) if !dir.as_os_str().is_empty() => dir,
-            _ => Path::new("."),
-        };
-        let file_name = self
-            .path
-            .file_name()
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "pid file has no name"))?;
-        let mut tmp_name = std::ffi::OsString::from(".");
-        tmp_name.push(file_name);
-        tmp_name.push(format!(".{pid}.tmp"));
-        let tmp = dir.join(tmp_name);
-        let result = (|| {
-            let mut file = std::fs::File::create(&tmp)?;
-            writeln!(file, "{pid}")?;
-            file.sync_all()?;
-            std::fs::rename(&tmp, &self.path)
-        })();
-        if result.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        result
+        write_atomically(&self.path, format!("{pid}\n").as_bytes(), true)
     }
 
     /// The pid the file names, if it exists and holds one.
@@ -72,6 +51,36 @@ impl PidFile {
             Err(e) => Err(e),
         }
     }
+}
+
+/// Replaces the file at `path` with `contents` atomically: written to a temporary file in
+/// the same directory (named after `path` and this process's pid, so that two processes
+/// never share one), then renamed over `path`. A reader sees the old contents or the new
+/// ones, never a part. With `sync`, the data reaches the disk before the rename.
+pub(crate) fn write_atomically(path: &Path, contents: &[u8], sync: bool) -> io::Result<()> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "the path has no file name"))?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(file_name);
+    tmp_name.push(format!(".{}.tmp", std::process::id()));
+    let tmp = dir.join(tmp_name);
+    let result = (|| {
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(contents)?;
+        if sync {
+            file.sync_all()?;
+        }
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
 }
 
 #[cfg(test)]

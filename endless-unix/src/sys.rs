@@ -355,6 +355,17 @@ pub(crate) fn shutdown_both(fd: RawFd) -> io::Result<()> {
 /// `InvalidInput`.
 #[allow(dead_code, reason = "for the adapters")]
 pub(crate) fn kill(pid: u32, signal: libc::c_int) -> io::Result<()> {
+    signal_process(pid, signal).map(drop)
+}
+
+/// Sends `signal` to the process `pid` and says whether there was one: `Ok(false)` if no
+/// process has that pid (`ESRCH`). Signal `0` sends nothing and only checks that the
+/// process exists (a process that exists but belongs to another user fails with
+/// `PermissionDenied`).
+///
+/// Unlike [`kill`], a missing process is reported: the restart command must tell a stale
+/// pid file apart from a signal that was delivered. The same pids as [`kill`] are refused.
+pub(crate) fn signal_process(pid: u32, signal: libc::c_int) -> io::Result<bool> {
     let pid = libc::pid_t::try_from(pid)
         .ok()
         .filter(|&p| p > 0)
@@ -367,8 +378,9 @@ pub(crate) fn kill(pid: u32, signal: libc::c_int) -> io::Result<()> {
     // SAFETY: kill takes plain integers and touches no memory; `pid` is positive, so it
     // names one process.
     match cvt(unsafe { libc::kill(pid, signal) }) {
-        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
-        other => other.map(drop),
+        Ok(_) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(false),
+        Err(e) => Err(e),
     }
 }
 
@@ -479,6 +491,20 @@ mod tests {
         // Far above any pid_max: no such process.
         kill(i32::MAX.unsigned_abs(), 0).unwrap();
         assert_ne!(getppid(), 0);
+    }
+
+    #[test]
+    fn signal_process_reports_missing_processes() {
+        for pid in [0, u32::MAX, 1 << 31] {
+            assert_eq!(
+                signal_process(pid, 0).unwrap_err().kind(),
+                io::ErrorKind::InvalidInput,
+                "{pid}"
+            );
+        }
+        assert!(signal_process(getpid(), 0).unwrap());
+        // Far above any pid_max: no such process.
+        assert!(!signal_process(i32::MAX.unsigned_abs(), 0).unwrap());
     }
 
     #[test]

@@ -13,6 +13,19 @@
 //! --tls-key PATH         (TLS servers) the private key, PEM
 //! ```
 //!
+//! and one subcommand, for deploy scripts ([`RestartArgs`]):
+//!
+//! ```text
+//! SERVER restart --pid-file PATH [--timeout SECS]
+//! ```
+//!
+//! which asks the server that the pid file names to restart (`SIGHUP`) and waits for the
+//! outcome ([`endless_unix::control::restart`]): exit 0 once the new process is ready, with
+//! its pid on standard output; otherwise the reason on standard error and exit 1 (the new
+//! binary crashed, was not ready within the server's `--upgrade-timeout`, or could not
+//! start: the old process keeps serving), 3 (refused: a restart is already in progress),
+//! 4 (no answer within `--timeout`, default 90) or 5 (the pid file names no live process).
+//!
 //! The HTTP examples answer `GET /` with `pid=<pid>` and a newline, and `GET /?sleep=MS`
 //! the same after MS milliseconds.
 //!
@@ -69,9 +82,21 @@ pub struct Args {
 }
 
 impl Args {
-    /// Parses the process's arguments; prints usage and exits with 2 on a mistake.
+    /// Parses the process's arguments; prints usage and exits with 2 on a mistake. The
+    /// `restart` subcommand is run here, and the process exits with its code.
     pub fn from_env() -> Self {
-        match Self::parse(std::env::args().skip(1)) {
+        let mut args = std::env::args().skip(1).peekable();
+        if args.peek().is_some_and(|a| a == "restart") {
+            args.next();
+            match RestartArgs::parse(args) {
+                Ok(restart) => std::process::exit(restart.run()),
+                Err(e) => {
+                    eprintln!("error: {e}\n\n{USAGE}");
+                    std::process::exit(2);
+                }
+            }
+        }
+        match Self::parse(args) {
             Ok(args) => args,
             Err(e) => {
                 eprintln!("error: {e}\n\n{USAGE}");
@@ -166,9 +191,60 @@ fn seconds(flag: &str, value: &str) -> Result<Duration, String> {
         .ok_or_else(|| format!("{flag} takes seconds, not {value:?}"))
 }
 
+/// The `restart` subcommand: `SERVER restart --pid-file PATH [--timeout SECS]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestartArgs {
+    /// `--pid-file`: the server's pid file.
+    pub pid_file: PathBuf,
+    /// `--timeout`: how long to wait for the outcome (default
+    /// [`endless_unix::control::DEFAULT_TIMEOUT`]).
+    pub timeout: Duration,
+}
+
+impl RestartArgs {
+    /// Parses the subcommand's arguments (after `restart`).
+    pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Self, String> {
+        let mut pid_file = None;
+        let mut timeout = endless_unix::control::DEFAULT_TIMEOUT;
+        let mut args = args.into_iter();
+        while let Some(flag) = args.next() {
+            let mut value = || args.next().ok_or_else(|| format!("{flag} needs a value"));
+            match flag.as_str() {
+                "--pid-file" => pid_file = Some(PathBuf::from(value()?)),
+                "--timeout" => timeout = seconds(&flag, &value()?)?,
+                "-h" | "--help" => return Err("help requested".into()),
+                other => return Err(format!("unknown argument to restart: {other:?}")),
+            }
+        }
+        let pid_file = pid_file.ok_or("restart needs --pid-file PATH")?;
+        Ok(Self { pid_file, timeout })
+    }
+
+    /// Asks the server to restart and waits for the outcome: prints the new pid on standard
+    /// output, or the reason on standard error; returns the exit code
+    /// ([`endless_unix::control::RestartError::exit_code`]).
+    pub fn run(&self) -> i32 {
+        match endless_unix::control::restart(&self.pid_file, self.timeout) {
+            Ok(restarted) => {
+                eprintln!(
+                    "restarted: pid {} handed over to pid {}, which is ready",
+                    restarted.old, restarted.new
+                );
+                println!("{}", restarted.new);
+                0
+            }
+            Err(e) => {
+                eprintln!("restart failed: {e}");
+                e.exit_code()
+            }
+        }
+    }
+}
+
 /// Usage text.
 pub const USAGE: &str = "usage: SERVER [--listen ADDR|unix:PATH|udp:ADDR]... [--pid-file PATH] \
-[--drain-timeout SECS|never] [--upgrade-timeout SECS] [--tls-cert PATH --tls-key PATH]";
+[--drain-timeout SECS|never] [--upgrade-timeout SECS] [--tls-cert PATH --tls-key PATH]
+       SERVER restart --pid-file PATH [--timeout SECS]";
 
 /// The HTTP examples' handler: `pid=<pid>` and a newline, after `?sleep=MS` milliseconds
 /// if asked.
@@ -331,5 +407,25 @@ mod tests {
         assert!(parse(&["--listen"]).is_err());
         assert!(parse(&["--drain-timeout", "-1"]).is_err());
         assert!(parse(&["--bogus"]).is_err());
+    }
+
+    #[test]
+    fn parses_the_restart_subcommand() {
+        let parse = |args: &[&str]| RestartArgs::parse(args.iter().map(|s| s.to_string()));
+        assert_eq!(
+            parse(&["--pid-file", "/tmp/p", "--timeout", "2.5"]).unwrap(),
+            RestartArgs {
+                pid_file: "/tmp/p".into(),
+                timeout: Duration::from_millis(2500)
+            }
+        );
+        assert_eq!(
+            parse(&["--pid-file", "p"]).unwrap().timeout,
+            endless_unix::control::DEFAULT_TIMEOUT
+        );
+        assert!(parse(&[]).is_err(), "the pid file is required");
+        assert!(parse(&["--pid-file"]).is_err());
+        assert!(parse(&["--pid-file", "p", "--timeout", "soon"]).is_err());
+        assert!(parse(&["--pid-file", "p", "--listen", "x"]).is_err());
     }
 }
