@@ -27,7 +27,7 @@ const EXTEND_LEASE: Duration = Duration::from_secs(30);
 
 const SERVING: &str = "READY=1\nSTATUS=Serving";
 const SERVING_AFTER_FAILURE: &str =
-    "READY=1\nSTATUS=Serving; the last restart failed (see the log)";
+    "READY=1\nSTATUS=Serving; the last upgrade failed or was rolled back (see the log)";
 const STOPPING: &str = "STOPPING=1\nSTATUS=Stopping: draining connections";
 
 /// The service manager's end: a datagram socket that receives each message with the pid of
@@ -252,7 +252,7 @@ fn start_restart_failed_restart_stop(bin: &Path) {
     assert_reloading(&reloading, before..=after);
     assert_eq!(
         manager.recv(),
-        (second, SERVING_AFTER_FAILURE.to_owned()),
+        (second, format!("MAINPID={second}\n{SERVING_AFTER_FAILURE}")),
         "READY=1 again after the failed restart"
     );
     manager.assert_quiet();

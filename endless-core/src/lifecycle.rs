@@ -11,9 +11,19 @@
 //!  Running ───────────▶ Forking ─────────────────▶ Draining ── drained / deadline / hammer ──▶ Stopped
 //!     ▲                    │                          ▲
 //!     └── child failed, ───┘                          │
-//!         exited, timed out                           │
-//!  Running / Forking ──────────── Stop ───────────────┘
+//!         exited, timed out, rolled back              │
+//!  Running / Forking / Staged ─────── Stop ───────────┘
+//!
+//!            Stage                   child ready                Commit
+//!  Running ───────────▶ Forking ─────────────────▶ Staged ─────────────▶ Draining
+//!     ▲                                               │
+//!     └────── Rollback (the child is stopped), ───────┘
+//!             or the child exited
 //! ```
+//!
+//! A staged upgrade (nginx' binary upgrade) runs the new generation beside this one: both
+//! serve until the operator commits (this one drains, as after a restart) or rolls back
+//! (the new one is asked to stop, [`Action::StopChild`], and this one serves alone).
 //!
 //! # The drive loop
 //!
@@ -167,6 +177,16 @@ pub enum Request {
     Stop,
     /// While draining: close whatever is left now and exit.
     Hammer,
+    /// A staged upgrade: start a new generation *beside* this one. Once it is ready both
+    /// serve (the kernel spreads new connections between them) until [`Request::Commit`]
+    /// or [`Request::Rollback`].
+    Stage,
+    /// Of a staged upgrade: the new generation stays; this one stops accepting and drains,
+    /// as after a restart.
+    Commit,
+    /// Of a staged (or a starting) upgrade: the new generation is stopped (gracefully once
+    /// it serves, killed before) and this one goes on serving alone.
+    Rollback,
 }
 
 /// How a child process ended, as the adapter observed it.
@@ -261,6 +281,9 @@ impl Input {
             Self::Request(Request::Restart) => InputKind::Restart,
             Self::Request(Request::Stop) => InputKind::Stop,
             Self::Request(Request::Hammer) => InputKind::Hammer,
+            Self::Request(Request::Stage) => InputKind::Stage,
+            Self::Request(Request::Commit) => InputKind::Commit,
+            Self::Request(Request::Rollback) => InputKind::Rollback,
             Self::Ready => InputKind::Ready,
             Self::ChildSpawned { .. } => InputKind::ChildSpawned,
             Self::SpawnFailed { .. } => InputKind::SpawnFailed,
@@ -280,6 +303,9 @@ pub enum InputKind {
     Restart,
     Stop,
     Hammer,
+    Stage,
+    Commit,
+    Rollback,
     Ready,
     ChildSpawned,
     SpawnFailed,
@@ -289,13 +315,17 @@ pub enum InputKind {
     Drained,
 }
 
-/// The four phases of the lifecycle.
+/// The phases of the lifecycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Phase {
     /// Serving; a restart may be requested.
     Running,
     /// Serving while a new generation starts; waiting for it to report ready.
     Forking,
+    /// A staged upgrade: serving beside a new generation that is ready, until the operator
+    /// commits or rolls back.
+    Staged,
     /// No longer accepting; finishing the connections in hand.
     Draining,
     /// Done: the process exits.
@@ -307,6 +337,7 @@ impl fmt::Display for Phase {
         f.write_str(match self {
             Self::Running => "running",
             Self::Forking => "forking",
+            Self::Staged => "staged",
             Self::Draining => "draining",
             Self::Stopped => "stopped",
         })
@@ -352,6 +383,8 @@ pub enum UpgradeFailure {
     TimedOut,
     /// A stop request arrived while the child was starting.
     Cancelled,
+    /// The operator rolled the (staged) upgrade back.
+    RolledBack,
 }
 
 impl fmt::Display for UpgradeFailure {
@@ -364,6 +397,7 @@ impl fmt::Display for UpgradeFailure {
             Self::ChildFailed(failure) => write!(f, "the new process {failure}"),
             Self::TimedOut => f.write_str("the new process did not become ready in time"),
             Self::Cancelled => f.write_str("the upgrade was cancelled by a stop request"),
+            Self::RolledBack => f.write_str("the upgrade was rolled back"),
         }
     }
 }
@@ -392,6 +426,8 @@ pub enum Refusal {
     NoSpawnPending,
     /// The same input was already taken.
     Duplicate,
+    /// Commit and rollback need a staged upgrade (rollback: or one starting).
+    NothingStaged,
 }
 
 impl fmt::Display for Refusal {
@@ -406,6 +442,7 @@ impl fmt::Display for Refusal {
             Self::UnknownChild(pid) => write!(f, "pid {pid} is not the child being waited for"),
             Self::NoSpawnPending => f.write_str("no child is being started"),
             Self::Duplicate => f.write_str("the same input was already taken"),
+            Self::NothingStaged => f.write_str("no staged upgrade to commit or roll back"),
         }
     }
 }
@@ -434,6 +471,12 @@ pub enum Action {
     SpawnChild,
     /// Kill this child (it may still run) and reap it.
     KillChild {
+        /// Its pid.
+        pid: Pid,
+    },
+    /// Ask this child, which serves (a staged generation), to stop gracefully (`SIGTERM`),
+    /// and reap it once it exits.
+    StopChild {
         /// Its pid.
         pid: Pid,
     },
@@ -510,6 +553,14 @@ pub enum Event {
         /// How it ended.
         status: ChildStatus,
     },
+    /// A generation this process asked to stop ([`Action::StopChild`]: a rolled-back
+    /// staged upgrade) exited.
+    StoppedChildExited {
+        /// Its pid.
+        pid: Pid,
+        /// How it ended.
+        status: ChildStatus,
+    },
     /// The remaining connections are being closed.
     ForceClosing {
         /// Why: [`ExitReason::Hammered`] or [`ExitReason::DeadlinePassed`].
@@ -543,6 +594,11 @@ enum State {
         /// `None` until the adapter reports the spawn.
         child: Option<Pid>,
         deadline: Option<Instant>,
+        /// A staged upgrade: once ready, the child serves beside this process.
+        staged: bool,
+    },
+    Staged {
+        child: Pid,
     },
     Draining {
         cause: DrainCause,
@@ -556,6 +612,7 @@ impl State {
         match self {
             Self::Running { .. } => Phase::Running,
             Self::Forking { .. } => Phase::Forking,
+            Self::Staged { .. } => Phase::Staged,
             Self::Draining { .. } => Phase::Draining,
             Self::Stopped => Phase::Stopped,
         }
@@ -600,6 +657,8 @@ pub struct Lifecycle {
     config: Config,
     origin: Origin,
     state: State,
+    /// Children asked to stop ([`Action::StopChild`]) that have not exited yet.
+    stopping: Vec<Pid>,
     outputs: VecDeque<Output>,
 }
 
@@ -613,6 +672,7 @@ impl Lifecycle {
             state: State::Running {
                 readiness: Readiness::Pending,
             },
+            stopping: Vec::new(),
             outputs: VecDeque::new(),
         }
     }
@@ -634,10 +694,12 @@ impl Lifecycle {
         self.origin
     }
 
-    /// The child being waited for while [`Phase::Forking`], once spawned.
+    /// The child being waited for while [`Phase::Forking`], once spawned; the staged
+    /// generation while [`Phase::Staged`].
     pub fn child(&self) -> Option<Pid> {
         match self.state {
             State::Forking { child, .. } => child,
+            State::Staged { child } => Some(child),
             _ => None,
         }
     }
@@ -681,9 +743,12 @@ impl Lifecycle {
             Input::Request(request) => {
                 self.event(Event::Requested(request));
                 match request {
-                    Request::Restart => self.on_restart(now),
+                    Request::Restart => self.on_restart(now, false),
+                    Request::Stage => self.on_restart(now, true),
                     Request::Stop => self.on_stop(now),
                     Request::Hammer => self.on_hammer(),
+                    Request::Commit => self.on_commit(now),
+                    Request::Rollback => self.on_rollback(),
                 }
             }
             Input::Ready => self.on_ready(),
@@ -720,6 +785,7 @@ impl Lifecycle {
             State::Forking {
                 child,
                 deadline: Some(deadline),
+                ..
             } if now >= deadline => {
                 self.upgrade_failed(child, UpgradeFailure::TimedOut, true);
             }
@@ -750,36 +816,85 @@ impl Lifecycle {
     pub fn poll_timeout(&self) -> Option<Instant> {
         match self.state {
             State::Forking { deadline, .. } | State::Draining { deadline, .. } => deadline,
-            State::Running { .. } | State::Stopped => None,
+            State::Running { .. } | State::Staged { .. } | State::Stopped => None,
         }
     }
 
     // ---- transitions (private) ----
 
-    fn on_restart(&mut self, now: Instant) {
+    /// A restart, or with `staged` a staged upgrade.
+    fn on_restart(&mut self, now: Instant, staged: bool) {
+        let kind = if staged {
+            InputKind::Stage
+        } else {
+            InputKind::Restart
+        };
         match self.state {
             State::Running {
                 readiness: Readiness::Pending,
-            } => self.refuse(InputKind::Restart, Refusal::NotReady),
+            } => self.refuse(kind, Refusal::NotReady),
             State::Running {
                 readiness: Readiness::Announced,
             } => {
                 self.enter(State::Forking {
                     child: None,
                     deadline: now.checked_add(self.config.upgrade_timeout),
+                    staged,
                 });
                 self.action(Action::Announce(Status::Reloading));
                 self.action(Action::SpawnChild);
             }
-            State::Forking { .. } => self.refuse(InputKind::Restart, Refusal::UpgradeInProgress),
-            State::Draining { .. } => self.refuse(InputKind::Restart, Refusal::Draining),
-            State::Stopped => self.refuse(InputKind::Restart, Refusal::Stopped),
+            State::Forking { .. } | State::Staged { .. } => {
+                self.refuse(kind, Refusal::UpgradeInProgress);
+            }
+            State::Draining { .. } => self.refuse(kind, Refusal::Draining),
+            State::Stopped => self.refuse(kind, Refusal::Stopped),
+        }
+    }
+
+    fn on_commit(&mut self, now: Instant) {
+        match self.state {
+            State::Staged { child } => self.drain(DrainCause::HandedOver { successor: child }, now),
+            State::Draining { .. } => self.refuse(InputKind::Commit, Refusal::Draining),
+            State::Stopped => self.refuse(InputKind::Commit, Refusal::Stopped),
+            State::Running { .. } | State::Forking { .. } => {
+                self.refuse(InputKind::Commit, Refusal::NothingStaged);
+            }
+        }
+    }
+
+    fn on_rollback(&mut self) {
+        match self.state {
+            State::Forking { child, .. } => {
+                self.upgrade_failed(child, UpgradeFailure::RolledBack, true);
+            }
+            State::Staged { child } => {
+                // It serves: it stops as a server does, finishing its connections.
+                self.event(Event::UpgradeFailed {
+                    pid: Some(child),
+                    reason: UpgradeFailure::RolledBack,
+                });
+                self.enter(State::Running {
+                    readiness: Readiness::Announced,
+                });
+                // This process is the service's main one again, before the other stops.
+                self.action(Action::Announce(Status::Ready));
+                self.stop_child(child);
+            }
+            State::Draining { .. } => self.refuse(InputKind::Rollback, Refusal::Draining),
+            State::Stopped => self.refuse(InputKind::Rollback, Refusal::Stopped),
+            State::Running { .. } => self.refuse(InputKind::Rollback, Refusal::NothingStaged),
         }
     }
 
     fn on_stop(&mut self, now: Instant) {
         match self.state {
             State::Running { .. } => self.drain(DrainCause::Shutdown, now),
+            State::Staged { child } => {
+                // The service stops: the staged generation too.
+                self.stop_child(child);
+                self.drain(DrainCause::Shutdown, now);
+            }
             State::Forking { child, .. } => {
                 self.event(Event::UpgradeFailed {
                     pid: child,
@@ -803,7 +918,7 @@ impl Lifecycle {
         match self.state {
             State::Draining { .. } => self.hammer(),
             State::Stopped => self.refuse(InputKind::Hammer, Refusal::Stopped),
-            State::Running { .. } | State::Forking { .. } => {
+            State::Running { .. } | State::Forking { .. } | State::Staged { .. } => {
                 self.refuse(InputKind::Hammer, Refusal::NotDraining);
             }
         }
@@ -827,7 +942,8 @@ impl Lifecycle {
             State::Running {
                 readiness: Readiness::Announced,
             }
-            | State::Forking { .. } => self.refuse(InputKind::Ready, Refusal::AlreadyReady),
+            | State::Forking { .. }
+            | State::Staged { .. } => self.refuse(InputKind::Ready, Refusal::AlreadyReady),
             State::Draining { .. } => self.refuse(InputKind::Ready, Refusal::Draining),
             State::Stopped => self.refuse(InputKind::Ready, Refusal::Stopped),
         }
@@ -845,7 +961,10 @@ impl Lifecycle {
             // Already known: a duplicate report is harmless.
             State::Forking {
                 child: Some(known), ..
-            } if *known == pid => {
+            }
+            | State::Staged { child: known }
+                if *known == pid =>
+            {
                 self.refuse(InputKind::ChildSpawned, Refusal::Duplicate);
             }
             // Nobody waits for this one (its upgrade was given up, or it is a second
@@ -860,17 +979,32 @@ impl Lifecycle {
     fn on_child_ready(&mut self, pid: Pid, now: Instant) {
         if self.is_pending_child(pid) {
             self.event(Event::ChildReady { pid });
-            self.drain(DrainCause::HandedOver { successor: pid }, now);
+            if matches!(self.state, State::Forking { staged: true, .. }) {
+                // Both serve until the operator commits or rolls back.
+                self.enter(State::Staged { child: pid });
+            } else {
+                self.drain(DrainCause::HandedOver { successor: pid }, now);
+            }
         } else {
             self.refuse(InputKind::ChildReady, Refusal::UnknownChild(pid));
         }
     }
 
     fn on_child_exited(&mut self, pid: Pid, status: ChildStatus) {
+        if let Some(i) = self.stopping.iter().position(|&p| p == pid) {
+            self.stopping.swap_remove(i);
+            self.event(Event::StoppedChildExited { pid, status });
+            return;
+        }
         match self.state {
             State::Forking {
                 child: Some(child), ..
             } if child == pid => {
+                self.upgrade_failed(Some(pid), UpgradeFailure::ChildExited(status), false);
+            }
+            // The staged generation ended on its own (crashed, or stopped by the
+            // operator): this process serves alone again.
+            State::Staged { child } if child == pid => {
                 self.upgrade_failed(Some(pid), UpgradeFailure::ChildExited(status), false);
             }
             State::Draining {
@@ -909,6 +1043,12 @@ impl Lifecycle {
         }
         self.action(Action::StopAccepting);
         self.action(Action::CloseIdle);
+    }
+
+    /// Asks a serving child to stop; its exit is then expected.
+    fn stop_child(&mut self, pid: Pid) {
+        self.stopping.push(pid);
+        self.action(Action::StopChild { pid });
     }
 
     fn hammer(&mut self) {

@@ -4,8 +4,10 @@
 //! agree, and the real machine's outputs, replayed against a simulated world of child
 //! processes, must keep the lifecycle's promises:
 //!
-//! - at most one child process at a time, and only known, live children are ever killed;
-//! - listeners stop accepting only after the current child reported ready, or on a stop;
+//! - at most one child process at a time (besides a rolled-back staged one that is still
+//!   stopping), and only known, live children are ever killed or stopped;
+//! - listeners stop accepting only after the current child reported ready (not a staged
+//!   one: on the commit), or on a stop;
 //! - the process exits only when drained, on a hammer, or once the drain deadline passed;
 //! - after any failed upgrade the process is running and a restart spawns a child again;
 //! - a process owes its parent exactly one "ready";
@@ -32,6 +34,10 @@ enum ModelPhase {
     Forking {
         child: Option<u32>,
         deadline: Option<u64>,
+        staged: bool,
+    },
+    Staged {
+        child: u32,
     },
     Draining {
         successor: Option<u32>,
@@ -53,6 +59,9 @@ struct Model {
 #[derive(Debug, Clone, Copy)]
 enum Transition {
     Restart,
+    Stage,
+    Commit,
+    Rollback,
     Stop,
     Hammer,
     Ready,
@@ -88,6 +97,7 @@ impl Model {
     fn child(&self) -> Option<u32> {
         match self.phase {
             ModelPhase::Forking { child, .. } => child,
+            ModelPhase::Staged { child } => Some(child),
             _ => None,
         }
     }
@@ -136,6 +146,9 @@ impl ReferenceStateMachine for LifecycleModel {
         };
         prop_oneof![
             3 => Just(Transition::Restart),
+            1 => Just(Transition::Stage),
+            1 => Just(Transition::Commit),
+            1 => Just(Transition::Rollback),
             1 => Just(Transition::Stop),
             1 => Just(Transition::Hammer),
             2 => Just(Transition::Ready),
@@ -159,11 +172,14 @@ impl ReferenceStateMachine for LifecycleModel {
                 m.now += ms;
                 phase
             }
-            (Transition::Restart, Running { ready: true }) => Forking {
+            (Transition::Restart | Transition::Stage, Running { ready: true }) => Forking {
                 child: None,
                 deadline: Some(m.now + m.upgrade_ms),
+                staged: matches!(t, Transition::Stage),
             },
-            (Transition::Stop, Running { .. } | Forking { .. }) => m.drain(None),
+            (Transition::Commit, Staged { child }) => m.drain(Some(child)),
+            (Transition::Rollback, Forking { .. } | Staged { .. }) => running,
+            (Transition::Stop, Running { .. } | Forking { .. } | Staged { .. }) => m.drain(None),
             (Transition::Stop, Draining { .. }) if m.repeated_stop_hammers => Stopped,
             (Transition::Hammer, Draining { .. }) => Stopped,
             (Transition::Ready, Running { ready: false }) => running,
@@ -172,19 +188,33 @@ impl ReferenceStateMachine for LifecycleModel {
                 Forking {
                     child: None,
                     deadline,
+                    staged,
                 },
             ) => Forking {
                 child: Some(pid),
                 deadline,
+                staged,
             },
             (Transition::SpawnFailed, Forking { child: None, .. }) => running,
-            (Transition::ChildReady(pid), Forking { child: Some(c), .. }) if c == pid => {
-                m.drain(Some(pid))
+            (
+                Transition::ChildReady(pid),
+                Forking {
+                    child: Some(c),
+                    staged,
+                    ..
+                },
+            ) if c == pid => {
+                if staged {
+                    Staged { child: pid }
+                } else {
+                    m.drain(Some(pid))
+                }
             }
             (
                 Transition::ChildFailed(pid) | Transition::ChildExited(pid),
                 Forking { child: Some(c), .. },
             ) if c == pid => running,
+            (Transition::ChildExited(pid), Staged { child }) if child == pid => running,
             (Transition::Drained, Draining { .. }) => Stopped,
             (
                 Transition::Timeout,
@@ -212,6 +242,8 @@ struct World {
     live: BTreeSet<u32>,
     /// The child this process handed over to: it outlives us by design.
     successor: Option<u32>,
+    /// Children asked to stop (rolled-back staged generations), until they exit.
+    stopping: BTreeSet<u32>,
     /// When the current drain began (ms), to check exits against the deadline.
     drain_started: Option<u64>,
     exited: bool,
@@ -235,6 +267,7 @@ impl StateMachineTest for LifecycleTest {
             t0: Instant::now(),
             live: BTreeSet::new(),
             successor: None,
+            stopping: BTreeSet::new(),
             drain_started: None,
             exited: false,
             notified_parent: 0,
@@ -247,6 +280,9 @@ impl StateMachineTest for LifecycleTest {
         let child_before = w.lc.child();
         let input = match t {
             Transition::Restart => Some(Input::Request(Request::Restart)),
+            Transition::Stage => Some(Input::Request(Request::Stage)),
+            Transition::Commit => Some(Input::Request(Request::Commit)),
+            Transition::Rollback => Some(Input::Request(Request::Rollback)),
             Transition::Stop => Some(Input::Request(Request::Stop)),
             Transition::Hammer => Some(Input::Request(Request::Hammer)),
             Transition::Ready => Some(Input::Ready),
@@ -264,7 +300,7 @@ impl StateMachineTest for LifecycleTest {
             }),
             Transition::ChildExited(pid) => {
                 // Only a child that runs can exit; a reaped pid is gone.
-                if w.live.remove(&pid) || w.successor == Some(pid) {
+                if w.live.remove(&pid) || w.stopping.remove(&pid) || w.successor == Some(pid) {
                     Some(Input::ChildExited {
                         pid,
                         status: ChildStatus::Exited(1),
@@ -303,11 +339,25 @@ impl StateMachineTest for LifecycleTest {
                         Action::KillChild { pid } => {
                             assert!(w.live.remove(&pid), "killed {pid}, not a live child");
                         }
+                        Action::StopChild { pid } => {
+                            assert!(w.live.remove(&pid), "stopped {pid}, not a live child");
+                            assert!(
+                                matches!(t, Transition::Rollback | Transition::Stop),
+                                "stopped a child on {t:?}"
+                            );
+                            w.stopping.insert(pid);
+                        }
                         Action::StopAccepting => {
                             let allowed = matches!(t, Transition::Stop)
-                                || matches!(t, Transition::ChildReady(pid) if child_before == Some(pid));
+                                || matches!(t, Transition::ChildReady(pid) if child_before == Some(pid))
+                                || (matches!(t, Transition::Commit) && child_before.is_some());
                             assert!(allowed, "stopped accepting on {t:?}");
-                            if let Transition::ChildReady(pid) = t {
+                            let handed_to = match t {
+                                Transition::ChildReady(pid) => Some(pid),
+                                Transition::Commit => child_before,
+                                _ => None,
+                            };
+                            if let Some(pid) = handed_to {
                                 assert!(w.live.remove(&pid), "handed over to a dead child");
                                 w.successor = Some(pid);
                             }
@@ -355,6 +405,7 @@ impl StateMachineTest for LifecycleTest {
         let phase = match m.phase {
             ModelPhase::Running { .. } => Phase::Running,
             ModelPhase::Forking { .. } => Phase::Forking,
+            ModelPhase::Staged { .. } => Phase::Staged,
             ModelPhase::Draining { .. } => Phase::Draining,
             ModelPhase::Stopped => Phase::Stopped,
         };

@@ -582,3 +582,169 @@ fn huge_timeouts_do_not_overflow() {
     h.request(Request::Stop);
     assert_eq!(h.lc.poll_timeout(), None);
 }
+
+// ---- staged upgrades --------------------------------------------------------------------------
+
+/// A ready process with a staged generation (`CHILD`) serving beside it.
+fn staged() -> Harness {
+    let mut h = Harness::ready();
+    assert_eq!(
+        h.request(Request::Stage),
+        [
+            requested(Request::Stage),
+            changed(Phase::Running, Phase::Forking),
+            a(Announce(Status::Reloading)),
+            a(SpawnChild),
+        ]
+    );
+    h.input(Input::ChildSpawned { pid: CHILD });
+    // Ready, the staged child serves beside this process: nothing stops accepting.
+    assert_eq!(
+        h.input(Input::ChildReady { pid: CHILD }),
+        [
+            e(Event::ChildReady { pid: CHILD }),
+            changed(Phase::Forking, Phase::Staged),
+        ]
+    );
+    assert_eq!(h.lc.child(), Some(CHILD));
+    assert_eq!(
+        h.lc.poll_timeout(),
+        None,
+        "a staged upgrade waits for the operator"
+    );
+    h
+}
+
+#[test]
+fn staged_upgrade_committed_drains_the_old_generation() {
+    let mut h = staged();
+    assert_eq!(
+        h.request(Request::Restart),
+        [
+            requested(Request::Restart),
+            refused(InputKind::Restart, Refusal::UpgradeInProgress),
+        ]
+    );
+    assert_eq!(
+        h.request(Request::Commit),
+        [
+            requested(Request::Commit),
+            changed(Phase::Staged, Phase::Draining),
+            a(StopAccepting),
+            a(CloseIdle),
+        ]
+    );
+    assert_eq!(h.lc.drain_cause(), Some(handed_over()));
+    assert_eq!(
+        h.input(Input::Drained),
+        [
+            changed(Phase::Draining, Phase::Stopped),
+            a(Exit {
+                code: 0,
+                reason: ExitReason::Drained,
+                cause: handed_over(),
+            }),
+        ]
+    );
+}
+
+#[test]
+fn staged_upgrade_rolled_back_stops_the_new_generation() {
+    let mut h = staged();
+    assert_eq!(
+        h.request(Request::Rollback),
+        [
+            requested(Request::Rollback),
+            e(Event::UpgradeFailed {
+                pid: Some(CHILD),
+                reason: UpgradeFailure::RolledBack,
+            }),
+            changed(Phase::Staged, Phase::Running),
+            a(Announce(Status::Ready)),
+            a(StopChild { pid: CHILD }),
+        ]
+    );
+    // It exits later, once drained; that changes nothing.
+    assert_eq!(
+        h.input(Input::ChildExited {
+            pid: CHILD,
+            status: ChildStatus::Exited(0),
+        }),
+        [e(Event::StoppedChildExited {
+            pid: CHILD,
+            status: ChildStatus::Exited(0),
+        })]
+    );
+    // And a later restart works.
+    assert_eq!(h.request(Request::Restart), restart_begins());
+}
+
+#[test]
+fn staged_generation_that_exits_leaves_the_old_one_serving() {
+    let mut h = staged();
+    assert_eq!(
+        h.input(Input::ChildExited {
+            pid: CHILD,
+            status: ChildStatus::Exited(3),
+        }),
+        [
+            e(Event::UpgradeFailed {
+                pid: Some(CHILD),
+                reason: UpgradeFailure::ChildExited(ChildStatus::Exited(3)),
+            }),
+            changed(Phase::Staged, Phase::Running),
+            a(Announce(Status::Ready)),
+        ]
+    );
+    assert_eq!(
+        h.request(Request::Commit),
+        [
+            requested(Request::Commit),
+            refused(InputKind::Commit, Refusal::NothingStaged),
+        ]
+    );
+}
+
+#[test]
+fn stop_while_staged_stops_both_generations() {
+    let mut h = staged();
+    assert_eq!(
+        h.request(Request::Stop),
+        [
+            requested(Request::Stop),
+            a(StopChild { pid: CHILD }),
+            changed(Phase::Staged, Phase::Draining),
+            a(Announce(Status::Stopping)),
+            a(StopAccepting),
+            a(CloseIdle),
+        ]
+    );
+    assert_eq!(h.lc.drain_cause(), Some(DrainCause::Shutdown));
+}
+
+#[test]
+fn rollback_while_the_new_generation_starts_kills_it() {
+    let mut h = Harness::ready();
+    h.request(Request::Stage);
+    h.input(Input::ChildSpawned { pid: CHILD });
+    assert_eq!(
+        h.request(Request::Rollback),
+        [
+            requested(Request::Rollback),
+            e(Event::UpgradeFailed {
+                pid: Some(CHILD),
+                reason: UpgradeFailure::RolledBack,
+            }),
+            changed(Phase::Forking, Phase::Running),
+            a(KillChild { pid: CHILD }),
+            a(Announce(Status::Ready)),
+        ]
+    );
+    assert_eq!(
+        h.request(Request::Rollback),
+        [
+            requested(Request::Rollback),
+            refused(InputKind::Rollback, Refusal::NothingStaged),
+        ]
+    );
+}

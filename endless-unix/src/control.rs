@@ -919,6 +919,10 @@ pub(crate) struct StatusWriter {
     handing_over: Option<u32>,
     /// This process handed over: its successor owns the file.
     handed_over: bool,
+    /// A staged upgrade is under way (not a restart request: not recorded), and its
+    /// generation once ready.
+    staging: bool,
+    staged: Option<u32>,
 }
 
 impl StatusWriter {
@@ -946,13 +950,41 @@ impl StatusWriter {
             records: VecDeque::new(),
             handing_over: None,
             handed_over: false,
+            staging: false,
+            staged: None,
         }
     }
 
     /// Takes note of a lifecycle event; rewrites the file if a request moved on.
     pub(crate) fn on_event(&mut self, event: &Event) {
         match event {
-            Event::Requested(Request::Restart) => self.requests += 1,
+            // A staged upgrade answers no restart command; once committed, this process
+            // hands over as after a restart, and leaves the file to its successor.
+            Event::Requested(Request::Stage) => self.staging = true,
+            Event::Requested(Request::Commit) => {
+                if let Some(successor) = self.staged.take() {
+                    self.handing_over = Some(successor);
+                }
+            }
+            Event::StateChanged {
+                to: Phase::Forking, ..
+            } if self.staging => {}
+            Event::ChildReady { pid } if self.staging => {
+                self.staging = false;
+                self.staged = Some(*pid);
+            }
+            Event::UpgradeFailed { .. } if self.staging || self.staged.is_some() => {
+                self.staging = false;
+                self.staged = None;
+            }
+            Event::Refused {
+                input: InputKind::Stage,
+                ..
+            } => self.staging = false,
+            Event::Requested(Request::Restart) => {
+                self.requests += 1;
+                self.staging = false;
+            }
             Event::StateChanged {
                 to: Phase::Forking, ..
             } => {

@@ -680,6 +680,14 @@ impl<R: Runtime> Driver<R> {
             };
             let now = Instant::now();
             match next {
+                Some(Ok(Input::Request(Request::Stage))) if self.notifier.is_some() => {
+                    // A staged generation claims the main pid when ready, and one rolled
+                    // back would say STOPPING=1 as it stops, which stops the whole unit.
+                    tracing::error!(
+                        "staged upgrades are not supported under a service manager \
+                         (NOTIFY_SOCKET is set); use a restart"
+                    );
+                }
                 Some(Ok(input)) => {
                     if let Input::ChildExited { pid, status } = input {
                         self.kills.remove(&pid);
@@ -710,6 +718,9 @@ impl<R: Runtime> Driver<R> {
                 tracing::warn!(pid, %status, "the new generation exited while this one drains");
             }
             Event::UnexpectedChild { pid } => tracing::warn!(pid, "killing an unexpected child"),
+            Event::StoppedChildExited { pid, status } => {
+                tracing::info!(pid, %status, "the rolled-back generation exited");
+            }
             other => tracing::debug!(event = ?other, "lifecycle event"),
         }
         if let Some(hook) = &self.shared.on_event {
@@ -727,6 +738,17 @@ impl<R: Runtime> Driver<R> {
                 }
                 None => tracing::debug!(pid, "kill: the child is already reaped"),
             },
+            Action::StopChild { pid } => {
+                if self.kills.contains_key(&pid) {
+                    // It serves (a staged generation): it drains and exits on its own terms;
+                    // its reaper reports the exit.
+                    if let Err(e) = crate::sys::kill(pid, libc::SIGTERM) {
+                        tracing::warn!(pid, error = %e, "cannot stop the staged generation");
+                    }
+                } else {
+                    tracing::debug!(pid, "stop: the child is already reaped");
+                }
+            }
             Action::StopAccepting => {
                 self.shared.accepting.store(false, Ordering::SeqCst);
                 self.shared.accepting_changed.notify(usize::MAX);
@@ -825,8 +847,10 @@ impl<R: Runtime> Driver<R> {
         };
         match status {
             Status::Ready => {
-                // A new generation becomes the main process with its first READY=1.
-                let main_pid = (!ready_before && self.shared.origin == Origin::Inherited)
+                // A new generation becomes the main process with its first READY=1; a
+                // process that serves again (a failed or rolled-back upgrade, whose staged
+                // generation may have claimed it) makes itself the main process again.
+                let main_pid = (ready_before || self.shared.origin == Origin::Inherited)
                     .then(std::process::id);
                 notifier.ready(main_pid, ready_before);
             }

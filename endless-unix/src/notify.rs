@@ -20,7 +20,7 @@
 //! | first start, ready | the process | `READY=1` |
 //! | a restart begins (`SIGHUP`) | the serving process | `RELOADING=1`, `MONOTONIC_USEC=<CLOCK_MONOTONIC in µs>` |
 //! | the new generation is ready | the new process | `MAINPID=<its pid>`, `READY=1` |
-//! | the restart failed (crash, timeout) | the old process, serving on | `READY=1` |
+//! | the restart failed (crash, timeout) or a staged upgrade was rolled back | the old process, serving on | `MAINPID=<its pid>`, `READY=1` (the main process again: a staged generation that was ready had claimed it) |
 //! | a graceful stop begins | the process that stops the service | `STOPPING=1`, then `EXTEND_TIMEOUT_USEC=…` |
 //!
 //! Every message but the extension also carries a `STATUS=` line for `systemctl status`. An old
@@ -310,7 +310,7 @@ fn ready(main_pid: Option<u32>, again: bool) -> String {
     }
     message.push_str("READY=1\nSTATUS=");
     message.push_str(if again {
-        "Serving; the last restart failed (see the log)"
+        "Serving; the last upgrade failed or was rolled back (see the log)"
     } else {
         "Serving"
     });
@@ -397,7 +397,7 @@ mod tests {
         );
         assert_eq!(
             ready(None, true),
-            "READY=1\nSTATUS=Serving; the last restart failed (see the log)"
+            "READY=1\nSTATUS=Serving; the last upgrade failed or was rolled back (see the log)"
         );
         assert_eq!(
             reloading(Some(Duration::new(12, 345_678_999))),

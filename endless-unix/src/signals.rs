@@ -123,6 +123,18 @@ impl SignalMap {
         self
     }
 
+    /// Adds staged upgrades, in the manner of nginx' binary upgrade: `SIGUSR1` starts the
+    /// new generation beside this one ([`Request::Stage`]), `SIGQUIT` commits (this one
+    /// drains, [`Request::Commit`]), `SIGWINCH` rolls back (the new one stops,
+    /// [`Request::Rollback`]). Send them to the old process. Opt-in: `SIGWINCH` also comes
+    /// from a terminal that is resized, for a server in its foreground.
+    #[must_use]
+    pub fn with_staged_upgrades(self) -> Self {
+        self.with(Signal::USR1, Request::Stage)
+            .with(Signal::QUIT, Request::Commit)
+            .with(Signal::WINCH, Request::Rollback)
+    }
+
     /// What `signal` asks for.
     pub fn get(&self, signal: Signal) -> Option<Request> {
         self.entries
@@ -150,6 +162,16 @@ mod tests {
         assert_eq!(map.get(Signal::USR2), Some(Request::Hammer));
         assert_eq!(map.get(Signal::USR1), None);
         assert_eq!(map.signals().count(), 4);
+    }
+
+    #[test]
+    fn staged_upgrades_add_three_signals_and_keep_the_defaults() {
+        let map = SignalMap::default().with_staged_upgrades();
+        assert_eq!(map.get(Signal::USR1), Some(Request::Stage));
+        assert_eq!(map.get(Signal::QUIT), Some(Request::Commit));
+        assert_eq!(map.get(Signal::WINCH), Some(Request::Rollback));
+        assert_eq!(map.get(Signal::HUP), Some(Request::Restart));
+        assert_eq!(map.signals().count(), 7);
     }
 
     #[test]

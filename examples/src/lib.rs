@@ -26,6 +26,10 @@
 //! start: the old process keeps serving), 3 (refused: a restart is already in progress),
 //! 4 (no answer within `--timeout`, default 90) or 5 (the pid file names no live process).
 //!
+//! Signals: `SIGHUP` restart, `SIGTERM`/`SIGINT` graceful stop, `SIGUSR2` hammer, and
+//! staged upgrades (`SignalMap::with_staged_upgrades`): `SIGUSR1` starts the new
+//! generation beside the serving one, `SIGQUIT` commits, `SIGWINCH` rolls back.
+//!
 //! The HTTP examples answer `GET /` with `pid=<pid>` and a newline, and `GET /?sleep=MS`
 //! the same after MS milliseconds.
 //!
@@ -164,7 +168,9 @@ impl Args {
     /// with 1 if it cannot (unusable inherited fds: the parent keeps serving).
     /// Any runtime: `endless_tokio::Endless` or `endless_smol::Endless`.
     pub fn start_endless<N: Net>(&self) -> Endless<N> {
-        let mut builder = Endless::<N>::builder().config(self.config());
+        let mut builder = Endless::<N>::builder()
+            .config(self.config())
+            .signals(endless_unix::SignalMap::default().with_staged_upgrades());
         if let Some(path) = &self.pid_file {
             builder = builder.pid_file(path);
         }

@@ -26,6 +26,16 @@ use super::{
 macro_rules! restart_scenarios {
     ($bin:expr) => {
         #[test]
+        fn staged_upgrade_committed() {
+            $crate::support::scenarios::staged_upgrade_committed($bin);
+        }
+
+        #[test]
+        fn staged_upgrade_rolled_back() {
+            $crate::support::scenarios::staged_upgrade_rolled_back($bin);
+        }
+
+        #[test]
         fn socket_activation_listener_is_served_and_passed_on() {
             $crate::support::scenarios::socket_activation($bin);
         }
@@ -1458,6 +1468,94 @@ pub(crate) fn several_listeners_restart(bin: &Path) {
         server.group.wait_settled(&[new]);
         server.wait_fd_count(new, baseline);
     }
+}
+
+// ---- staged upgrades ------------------------------------------------------------------------
+
+/// Stages a new generation of `server` (running the binary now installed, which answers
+/// `version` with `2`) beside the serving one with `SIGUSR1`, waits until it is ready and
+/// until both answer new connections; returns its pid.
+fn stage_beside(server: &Server) -> u32 {
+    let old = server.pid();
+    let script = format!(
+        "ECHO_VERSION=2 exec {} \"$@\"",
+        sh_quote(server.real_binary())
+    );
+    server.replace_exe(&sh_script(&script), 0o755);
+    let mark = server.group.stderr.len();
+    server.group.signal(old, libc::SIGUSR1);
+    let staged = spawned_child(server, mark);
+    wait_ready_logged(server, mark, staged);
+    // Both accept on the same socket: new connections go to one or the other.
+    let mut seen = std::collections::BTreeSet::new();
+    wait_for(
+        format_args!("both {old} and {staged} to answer new connections"),
+        DEADLINE,
+        || {
+            seen.insert(server.ask("version"));
+            let both =
+                seen.contains(&(old, "1".to_owned())) && seen.contains(&(staged, "2".to_owned()));
+            both.then_some(())
+        },
+    );
+    assert!(is_alive(old), "the old generation left while staged");
+    assert_eq!(
+        server.pid_file_pid(),
+        Some(staged),
+        "the staged generation, ready, wrote the pid file"
+    );
+    staged
+}
+
+/// A staged upgrade committed: `SIGUSR1` starts the new generation beside the old one and
+/// both serve; `SIGQUIT` (commit) makes the old one stop accepting, drain and exit 0, and
+/// from then on only the new one answers.
+pub(crate) fn staged_upgrade_committed(bin: &Path) {
+    let server = Server::start(bin, &Options::default());
+    let old = server.pid();
+    let staged = stage_beside(&server);
+    let mut held = server.connect();
+    let held_by = held.ask("held").unwrap().0;
+
+    server.group.signal(old, libc::SIGQUIT);
+    wait_served_only_by(server.endpoint(), old, staged);
+    assert_eq!(server.ask("version"), (staged, "2".to_owned()));
+    // A connection the old generation had stays with it until the client is done.
+    assert_eq!(held.ask("still").unwrap().0, held_by);
+    drop(held);
+    assert_eq!(server.group.wait_exit(old), Exit::Code(0));
+    server.set_pid(staged);
+    server.group.wait_settled(&[staged]);
+    assert_eq!(server.pid_file_pid(), Some(staged));
+}
+
+/// A staged upgrade rolled back: after `SIGUSR1`, `SIGWINCH` (rollback) to the old process
+/// stops the new one gracefully (it exits 0) and the old one serves alone again, names
+/// itself in the pid file again, and can be restarted later.
+pub(crate) fn staged_upgrade_rolled_back(bin: &Path) {
+    let server = Server::start(bin, &Options::default());
+    let old = server.pid();
+    let staged = stage_beside(&server);
+    server.restore_exe();
+
+    let mark = server.group.stderr.len();
+    server.group.signal(old, libc::SIGWINCH);
+    // Its parent reaps it, and says how it ended: drained, not killed.
+    let exited = server
+        .group
+        .stderr
+        .wait_from("the rolled-back generation to exit", mark, |l| {
+            l.contains("the rolled-back generation exited") && has_field(l, "pid", staged)
+        });
+    assert!(
+        exited.contains("exited with code 0"),
+        "the rolled-back generation did not stop cleanly: {exited}"
+    );
+    server.wait_pid_file(old);
+    for _ in 0..10 {
+        assert_eq!(server.ask("version"), (old, "1".to_owned()));
+    }
+    still_serves_and_restarts(&server);
 }
 
 // ---- socket activation ------------------------------------------------------------------------
