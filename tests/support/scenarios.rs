@@ -26,6 +26,11 @@ use super::{
 macro_rules! restart_scenarios {
     ($bin:expr) => {
         #[test]
+        fn stale_pid_file_is_overwritten() {
+            $crate::support::scenarios::stale_pid_file_is_overwritten($bin);
+        }
+
+        #[test]
         fn staged_upgrade_committed() {
             $crate::support::scenarios::staged_upgrade_committed($bin);
         }
@@ -1555,6 +1560,25 @@ pub(crate) fn staged_upgrade_rolled_back(bin: &Path) {
     for _ in 0..10 {
         assert_eq!(server.ask("version"), (old, "1".to_owned()));
     }
+    still_serves_and_restarts(&server);
+}
+
+/// A pid file left by a crash (naming a process that is gone) does not block start-up: the
+/// server overwrites it once ready, and restarts as usual.
+pub(crate) fn stale_pid_file_is_overwritten(bin: &Path) {
+    let server = Server::start_with(bin, &Options::default(), |command| {
+        let args: Vec<_> = command.get_args().map(|a| a.to_owned()).collect();
+        let path = args
+            .iter()
+            .position(|a| a == "--pid-file")
+            .and_then(|i| args.get(i + 1))
+            .expect("the harness passes --pid-file");
+        // Above any pid Linux hands out (pid_max is at most 2^22).
+        fs::write(path, "99999999\n").expect("write a stale pid file");
+    });
+    let pid = server.pid();
+    server.wait_pid_file(pid);
+    server.assert_serves(pid);
     still_serves_and_restarts(&server);
 }
 
