@@ -91,19 +91,6 @@ fn pid_in(message: &str) -> u32 {
         .unwrap_or_else(|| panic!("no pid in {message:?}"))
 }
 
-/// The pid of the first `spawned the new generation pid=N` line after `mark`.
-fn spawned_child(server: &Server, mark: usize) -> u32 {
-    let line = server
-        .group
-        .stderr
-        .wait_from("the server to spawn a new generation", mark, |l| {
-            l.contains("spawned the new generation")
-        });
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix("pid=")?.parse().ok())
-        .unwrap_or_else(|| panic!("no pid in {line:?}"))
-}
-
 /// Waits until `old` has left its accept loop (it logs `stopped accepting`) or exited. The
 /// command answers once `old` stopped accepting; an accept call already under way may still
 /// complete, so a test that checks who answers a new connection waits for the loop's end.
@@ -237,7 +224,7 @@ fn no_answer_in_time_then_refused(bin: &Path) {
         "{run:?}"
     );
     assert!(run.elapsed >= Duration::from_secs(1), "{run:?}");
-    let child = spawned_child(&server, mark);
+    let child = support::scenarios::spawned_child(&server, mark);
     assert!(is_alive(child), "the attempt goes on");
 
     let run = run_restart(bin, server.pid_file(), "20");

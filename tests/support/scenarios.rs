@@ -185,7 +185,7 @@ macro_rules! restart_scenarios {
 pub(crate) use restart_scenarios;
 
 /// The pid in the server's `spawned the new generation pid=<pid>` log line after `mark`.
-fn spawned_child(server: &Server, mark: usize) -> u32 {
+pub(crate) fn spawned_child(server: &Server, mark: usize) -> u32 {
     let line = server
         .group
         .stderr
