@@ -205,12 +205,13 @@ fn extension(message: &str) -> Duration {
 }
 
 /// A start, a restart, a failed restart and a stop, with the exact messages and senders:
-/// - start: `READY=1` from the first process;
+/// - start: `READY=1` from the first process; a staged upgrade is then refused, silently
+///   for the manager;
 /// - restart: `RELOADING=1` with `MONOTONIC_USEC` from the old process, then
 ///   `MAINPID=<new>` and `READY=1` from the new one; nothing from the old one as it drains
 ///   and exits (no `STOPPING=1`);
 /// - failed restart (the new binary exits 1): `RELOADING=1`, then `READY=1` again, both
-///   from the serving process, without `MAINPID` (it already is the main process);
+///   from the serving process, with `MAINPID=<itself>` (the main process again);
 /// - stop (`SIGTERM`, `--drain-timeout 20`): `STOPPING=1`, then `EXTEND_TIMEOUT_USEC`
 ///   covering the drain deadline plus the margin; nothing after.
 fn start_restart_failed_restart_stop(bin: &Path) {
@@ -225,6 +226,26 @@ fn start_restart_failed_restart_stop(bin: &Path) {
     );
     let first = server.pid();
     assert_eq!(manager.recv(), (first, SERVING.to_owned()), "start");
+    manager.assert_quiet();
+
+    // A staged upgrade (SIGUSR1 in the examples) is refused under a service manager:
+    // nothing is spawned and nothing is said.
+    let mark = server.group.stderr.len();
+    server.group.signal(first, libc::SIGUSR1);
+    server
+        .group
+        .stderr
+        .wait_from("the stage request to be refused", mark, |l| {
+            l.contains("refused") && l.contains("staged upgrades are turned off")
+        });
+    assert!(
+        server
+            .group
+            .stderr
+            .find_from(mark, |l| l.contains("spawned the new generation"))
+            .is_none(),
+        "a staged generation was spawned under a service manager"
+    );
     manager.assert_quiet();
 
     // A restart.

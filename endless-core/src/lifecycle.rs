@@ -83,6 +83,7 @@ pub struct Config {
     drain_timeout: Option<Duration>,
     repeated_stop: RepeatedStop,
     forced_exit_code: i32,
+    staged_upgrades: bool,
 }
 
 impl Default for Config {
@@ -100,6 +101,7 @@ impl Config {
             drain_timeout: Some(DEFAULT_DRAIN_TIMEOUT),
             repeated_stop: RepeatedStop::Ignore,
             forced_exit_code: 0,
+            staged_upgrades: true,
         }
     }
 
@@ -133,6 +135,20 @@ impl Config {
     pub const fn forced_exit_code(mut self, code: i32) -> Self {
         self.forced_exit_code = code;
         self
+    }
+
+    /// Whether [`Request::Stage`] is taken (default) or refused with
+    /// [`Refusal::StagedUpgradesOff`]. An adapter turns them off where a staged generation
+    /// would confuse the service manager.
+    #[must_use]
+    pub const fn staged_upgrades(mut self, allowed: bool) -> Self {
+        self.staged_upgrades = allowed;
+        self
+    }
+
+    /// Whether staged upgrades are taken.
+    pub const fn get_staged_upgrades(&self) -> bool {
+        self.staged_upgrades
     }
 
     /// The configured upgrade timeout.
@@ -428,6 +444,8 @@ pub enum Refusal {
     Duplicate,
     /// Commit and rollback need a staged upgrade (rollback: or one starting).
     NothingStaged,
+    /// Staged upgrades are turned off ([`Config::staged_upgrades`]).
+    StagedUpgradesOff,
 }
 
 impl fmt::Display for Refusal {
@@ -443,6 +461,7 @@ impl fmt::Display for Refusal {
             Self::NoSpawnPending => f.write_str("no child is being started"),
             Self::Duplicate => f.write_str("the same input was already taken"),
             Self::NothingStaged => f.write_str("no staged upgrade to commit or roll back"),
+            Self::StagedUpgradesOff => f.write_str("staged upgrades are turned off"),
         }
     }
 }
@@ -833,6 +852,11 @@ impl Lifecycle {
             State::Running {
                 readiness: Readiness::Pending,
             } => self.refuse(kind, Refusal::NotReady),
+            State::Running {
+                readiness: Readiness::Announced,
+            } if staged && !self.config.staged_upgrades => {
+                self.refuse(kind, Refusal::StagedUpgradesOff);
+            }
             State::Running {
                 readiness: Readiness::Announced,
             } => {

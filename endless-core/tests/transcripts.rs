@@ -748,3 +748,18 @@ fn rollback_while_the_new_generation_starts_kills_it() {
         ]
     );
 }
+
+#[test]
+fn staged_upgrades_can_be_turned_off() {
+    let mut h = Harness::new(Config::new().staged_upgrades(false), Origin::Fresh);
+    h.input(Input::Ready);
+    assert_eq!(
+        h.request(Request::Stage),
+        [
+            requested(Request::Stage),
+            refused(InputKind::Stage, Refusal::StagedUpgradesOff),
+        ]
+    );
+    // A restart still works.
+    assert_eq!(h.request(Request::Restart), restart_begins());
+}

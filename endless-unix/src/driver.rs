@@ -379,14 +379,21 @@ impl Handle {
             "endless started"
         );
         let runtime = Arc::new(runtime);
+        let notifier = Notifier::from_env().map(Arc::new);
+        let mut config = options.config;
+        if notifier.is_some() {
+            // Under a service manager a staged generation claims the main pid once ready,
+            // and one rolled back would say STOPPING=1 as it stops, stopping the whole unit.
+            config = config.staged_upgrades(false);
+        }
         let driver = Driver {
             runtime: Arc::clone(&runtime),
             shared: Arc::clone(&shared),
-            lifecycle: Lifecycle::new(options.config, origin),
+            lifecycle: Lifecycle::new(config, origin),
             inputs: receiver,
             kills: HashMap::new(),
             announced_ready: false,
-            notifier: Notifier::from_env().map(Arc::new),
+            notifier,
             restart_status: shared
                 .pid_file
                 .as_ref()
@@ -680,14 +687,6 @@ impl<R: Runtime> Driver<R> {
             };
             let now = Instant::now();
             match next {
-                Some(Ok(Input::Request(Request::Stage))) if self.notifier.is_some() => {
-                    // A staged generation claims the main pid when ready, and one rolled
-                    // back would say STOPPING=1 as it stops, which stops the whole unit.
-                    tracing::error!(
-                        "staged upgrades are not supported under a service manager \
-                         (NOTIFY_SOCKET is set); use a restart"
-                    );
-                }
                 Some(Ok(input)) => {
                     if let Input::ChildExited { pid, status } = input {
                         self.kills.remove(&pid);
