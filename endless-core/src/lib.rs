@@ -11,6 +11,8 @@
 //! - [`Inventory`]: the named file descriptors a process hands over, and [`env`](mod@env), their
 //!   encoding into the child's environment (and systemd's `LISTEN_FDS`).
 //! - [`ready`]: the line a new generation writes to tell its parent it is ready.
+//! - [`takeover`]: the messages that hand an established connection (its socket, its
+//!   state) to the new generation, instead of draining it.
 //! - [`plan`]: the `dup2` steps that place the inherited descriptors at 3, 4, … in the
 //!   child without clobbering one that is still needed.
 //!
@@ -110,6 +112,7 @@ mod inventory;
 mod lifecycle;
 pub mod plan;
 pub mod ready;
+pub mod takeover;
 
 pub use inventory::{
     Entry, FIRST_INHERITED_FD, FdKind, Inventory, InventoryError, MAX_ENTRIES, MAX_NAME_LEN,

@@ -502,6 +502,14 @@ pub enum Action {
     /// Stop accepting new connections. Do not close the listening sockets: the new
     /// generation accepts on the same ones, including what is queued in the kernel.
     StopAccepting,
+    /// Connections may now be handed to the new generation, which reported ready
+    /// ([`crate::takeover`]). Comes after [`Action::StopAccepting`] and before
+    /// [`Action::CloseIdle`], so that an application told to close a connection can choose
+    /// to hand it over instead.
+    HandOver {
+        /// The pid of the new generation.
+        successor: Pid,
+    },
     /// Close idle connections gracefully (an HTTP server answers the next request on a
     /// keep-alive connection with `Connection: close`, HTTP/2 sends GOAWAY).
     CloseIdle,
@@ -509,6 +517,9 @@ pub enum Action {
     ForceClose,
     /// Tell the parent process that this one is ready (on the inherited channel).
     NotifyParent,
+    /// After [`Action::NotifyParent`]: receive the connections the parent hands over on the
+    /// same channel ([`crate::takeover`]). Never before this process is ready.
+    ReceiveConnections,
     /// Tell the service manager (and update the pid file).
     Announce(Status),
     /// Exit the process.
@@ -666,7 +677,10 @@ impl State {
 /// assert!(actions(&mut lc).contains(&Action::SpawnChild));
 /// lc.handle(Input::ChildSpawned { pid: 4242 }, now);
 /// lc.handle(Input::ChildReady { pid: 4242 }, now);
-/// assert_eq!(actions(&mut lc), [Action::StopAccepting, Action::CloseIdle]);
+/// assert_eq!(
+///     actions(&mut lc),
+///     [Action::StopAccepting, Action::HandOver { successor: 4242 }, Action::CloseIdle]
+/// );
 /// assert_eq!(lc.phase(), Phase::Draining);
 /// lc.handle(Input::Drained, now);
 /// assert!(matches!(actions(&mut lc)[..], [Action::Exit { code: 0, .. }]));
@@ -961,6 +975,7 @@ impl Lifecycle {
                 self.action(Action::Announce(Status::Ready));
                 if self.origin == Origin::Inherited {
                     self.action(Action::NotifyParent);
+                    self.action(Action::ReceiveConnections);
                 }
             }
             State::Running {
@@ -1066,6 +1081,9 @@ impl Lifecycle {
             self.action(Action::Announce(Status::Stopping));
         }
         self.action(Action::StopAccepting);
+        if let DrainCause::HandedOver { successor } = cause {
+            self.action(Action::HandOver { successor });
+        }
         self.action(Action::CloseIdle);
     }
 

@@ -382,6 +382,21 @@ impl StateMachineTest for LifecycleTest {
                             w.notified_parent += 1;
                             assert_eq!(w.notified_parent, 1, "ready told twice");
                         }
+                        Action::ReceiveConnections => {
+                            assert_eq!(
+                                w.notified_parent, 1,
+                                "connections received before the parent was told ready"
+                            );
+                        }
+                        Action::HandOver { successor } => {
+                            // Only to the generation this one just handed its listeners to.
+                            assert_eq!(w.successor, Some(successor), "handed over to {successor}");
+                            assert_eq!(
+                                w.drain_started,
+                                Some(m.now),
+                                "handed over outside a handover"
+                            );
+                        }
                         _ => {}
                     }
                 }

@@ -139,6 +139,7 @@ fn clean_restart() {
             e(Event::ChildReady { pid: CHILD }),
             changed(Phase::Forking, Phase::Draining),
             a(StopAccepting),
+            a(HandOver { successor: CHILD }),
             a(CloseIdle),
         ]
     );
@@ -529,7 +530,11 @@ fn child_side_owes_its_parent_exactly_one_ready() {
     );
     assert_eq!(
         h.input(Input::Ready),
-        [a(Announce(Status::Ready)), a(NotifyParent)]
+        [
+            a(Announce(Status::Ready)),
+            a(NotifyParent),
+            a(ReceiveConnections)
+        ]
     );
     assert_eq!(
         h.input(Input::Ready),
@@ -631,6 +636,7 @@ fn staged_upgrade_committed_drains_the_old_generation() {
             requested(Request::Commit),
             changed(Phase::Staged, Phase::Draining),
             a(StopAccepting),
+            a(HandOver { successor: CHILD }),
             a(CloseIdle),
         ]
     );

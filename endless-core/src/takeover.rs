@@ -1,0 +1,538 @@
+//! Connection takeover: the messages that hand an established connection to the new
+//! generation.
+//!
+//! Waiting for long-lived connections (chat, games, MQTT, websockets) to end can take
+//! hours, and closing them makes every client reconnect. Instead, once the new generation
+//! reported ready, the old one can hand each connection over: its socket (passed beside the
+//! message, `SCM_RIGHTS`), a state blob the application defines (a session), and the bytes
+//! it read from the connection but did not consume. The new generation answers each offer
+//! with a [`Reply`]: it took the connection, or it refused it — and then the old one still
+//! holds it and goes on serving it. The application decides, per connection, whether to
+//! hand it over or to drain it.
+//!
+//! This module is the wire format only: [`Offer::encode`] / [`Offer::decode`] and
+//! [`Reply::encode`] / [`Reply::decode`]. Each message is one record of a
+//! `SOCK_SEQPACKET` socketpair — the readiness channel of the new generation, which the
+//! old one keeps after the "ready" line — so message boundaries are the transport's.
+//!
+//! # The exchange
+//!
+//! 1. The new generation reports ready ([`crate::ready`]) and keeps its end of the channel
+//!    ([`Action::ReceiveConnections`](crate::Action::ReceiveConnections)).
+//! 2. The old one stops accepting and starts handing over
+//!    ([`Action::HandOver`](crate::Action::HandOver)): for each connection the application
+//!    gives up (it stopped reading it first), it sends one [`Offer`] with the socket and
+//!    waits for the [`Reply`] before it sends the next.
+//! 3. The new generation answers [`Outcome::Taken`] once its application owns the socket,
+//!    before it reads from it. The old one then closes its copy. On any other answer, or
+//!    if the channel breaks before one (the new generation died), the old one keeps the
+//!    connection: a connection is never served by both, and never by none.
+//!
+//! # Format, version 1
+//!
+//! All integers big-endian.
+//!
+//! | field | bytes | offer | reply |
+//! |---|---|---|---|
+//! | magic `EDLS` | 4 | ✓ | ✓ |
+//! | version `1` | 1 | ✓ | ✓ |
+//! | type | 1 | `1` | `2` |
+//! | id | 8 | the offer's number | the id of the offer answered |
+//! | kind | 1 | `1` TCP stream, `2` Unix stream | — |
+//! | name length, state length, unconsumed length | 2 + 4 + 4 | ✓ | — |
+//! | name, state, unconsumed | as declared | ✓ | — |
+//! | outcome | 1 | — | `0` taken, `1` refused |
+//! | reason | 1 | — | a [`RefuseReason`] code (`0` when taken) |
+//!
+//! Names are UTF-8 of at most [`MAX_NAME_LEN`](crate::MAX_NAME_LEN) bytes; the state and
+//! the unconsumed bytes at most [`MAX_STATE_LEN`] and [`MAX_UNCONSUMED_LEN`]. A message
+//! longer or shorter than its fields declare is an error: every malformed message is a
+//! typed [`FrameError`], never a panic, and costs only the connection it carried.
+//!
+//! # Examples
+//!
+//! ```
+//! use endless_core::takeover::{Offer, Outcome, Reply, StreamKind};
+//!
+//! let offer = Offer {
+//!     id: 7,
+//!     kind: StreamKind::Tcp,
+//!     name: "pingpong".into(),
+//!     state: b"count=41".to_vec(),
+//!     unconsumed: b"PI".to_vec(),
+//! };
+//! let bytes = offer.encode()?;
+//! assert_eq!(Offer::decode(&bytes)?, offer);
+//!
+//! let reply = Reply { id: 7, outcome: Outcome::Taken };
+//! assert_eq!(Reply::decode(&reply.encode())?, reply);
+//! # Ok::<(), endless_core::takeover::FrameError>(())
+//! ```
+
+use std::fmt;
+
+use crate::MAX_NAME_LEN;
+
+/// The first bytes of every message.
+pub const MAGIC: [u8; 4] = *b"EDLS";
+
+/// The version of the format that this module writes and reads.
+pub const VERSION: u8 = 1;
+
+/// The largest application state an offer carries.
+pub const MAX_STATE_LEN: usize = 64 * 1024;
+
+/// The largest number of unconsumed bytes an offer carries.
+pub const MAX_UNCONSUMED_LEN: usize = 64 * 1024;
+
+const TYPE_OFFER: u8 = 1;
+const TYPE_REPLY: u8 = 2;
+
+/// magic, version, type, id.
+const COMMON_LEN: usize = 4 + 1 + 1 + 8;
+
+/// The length of an offer's fixed part: common part, kind, three lengths.
+pub const OFFER_HEADER_LEN: usize = COMMON_LEN + 1 + 2 + 4 + 4;
+
+/// The length of a reply.
+pub const REPLY_LEN: usize = COMMON_LEN + 2;
+
+/// The longest offer: the receiver's buffer needs one more byte to tell a longer message
+/// (which the transport would truncate) from one of exactly this length.
+pub const MAX_OFFER_LEN: usize =
+    OFFER_HEADER_LEN + MAX_NAME_LEN + MAX_STATE_LEN + MAX_UNCONSUMED_LEN;
+
+/// The kind of socket an offer carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum StreamKind {
+    /// A connected TCP socket.
+    Tcp,
+    /// A connected Unix stream socket.
+    Unix,
+}
+
+impl StreamKind {
+    fn code(self) -> u8 {
+        match self {
+            Self::Tcp => 1,
+            Self::Unix => 2,
+        }
+    }
+
+    fn from_code(code: u8) -> Option<Self> {
+        match code {
+            1 => Some(Self::Tcp),
+            2 => Some(Self::Unix),
+            _ => None,
+        }
+    }
+
+    /// The inventory kind of such a socket.
+    pub fn fd_kind(self) -> crate::FdKind {
+        match self {
+            Self::Tcp => crate::FdKind::TcpStream,
+            Self::Unix => crate::FdKind::UnixStream,
+        }
+    }
+}
+
+impl fmt::Display for StreamKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Tcp => "TCP stream",
+            Self::Unix => "Unix stream",
+        })
+    }
+}
+
+/// One connection offered to the new generation (its socket travels beside the message).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Offer {
+    /// The offer's number, unique within one channel; the reply names it.
+    pub id: u64,
+    /// What the socket is.
+    pub kind: StreamKind,
+    /// Which of the new generation's receivers takes it (the application names them, as
+    /// it names listeners).
+    pub name: String,
+    /// The application's state of the connection (a session), at most [`MAX_STATE_LEN`].
+    pub state: Vec<u8>,
+    /// Bytes read from the connection and not consumed, at most [`MAX_UNCONSUMED_LEN`]:
+    /// the new generation reads them before what the socket holds.
+    pub unconsumed: Vec<u8>,
+}
+
+impl Offer {
+    /// The message, or an error when a field is over its limit.
+    pub fn encode(&self) -> Result<Vec<u8>, FrameError> {
+        if self.name.len() > MAX_NAME_LEN {
+            return Err(FrameError::NameTooLong {
+                len: self.name.len(),
+            });
+        }
+        if self.state.len() > MAX_STATE_LEN {
+            return Err(FrameError::StateTooLarge {
+                len: self.state.len(),
+            });
+        }
+        if self.unconsumed.len() > MAX_UNCONSUMED_LEN {
+            return Err(FrameError::UnconsumedTooLarge {
+                len: self.unconsumed.len(),
+            });
+        }
+        let mut out = Vec::with_capacity(
+            OFFER_HEADER_LEN + self.name.len() + self.state.len() + self.unconsumed.len(),
+        );
+        common(&mut out, TYPE_OFFER, self.id);
+        out.push(self.kind.code());
+        // The limits above make these conversions exact.
+        out.extend_from_slice(&(self.name.len() as u16).to_be_bytes());
+        out.extend_from_slice(&(self.state.len() as u32).to_be_bytes());
+        out.extend_from_slice(&(self.unconsumed.len() as u32).to_be_bytes());
+        out.extend_from_slice(self.name.as_bytes());
+        out.extend_from_slice(&self.state);
+        out.extend_from_slice(&self.unconsumed);
+        Ok(out)
+    }
+
+    /// Reads one message. The id is readable ([`FrameError::id`]) from any message with a
+    /// valid common part, so that even a malformed offer can be refused by number.
+    pub fn decode(message: &[u8]) -> Result<Self, FrameError> {
+        let mut r = Reader::new(message);
+        let id = r.common(TYPE_OFFER)?;
+        let fail = |kind: FrameErrorKind| FrameError::Malformed { id: Some(id), kind };
+        let kind_code = r.u8().ok_or_else(|| fail(FrameErrorKind::Truncated))?;
+        let kind = StreamKind::from_code(kind_code)
+            .ok_or_else(|| fail(FrameErrorKind::UnknownKind(kind_code)))?;
+        let (Some(name_len), Some(state_len), Some(unconsumed_len)) = (r.u16(), r.u32(), r.u32())
+        else {
+            return Err(fail(FrameErrorKind::Truncated));
+        };
+        let (name_len, state_len, unconsumed_len) = (
+            usize::from(name_len),
+            state_len as usize,
+            unconsumed_len as usize,
+        );
+        if name_len > MAX_NAME_LEN {
+            return Err(fail(FrameErrorKind::NameTooLong(name_len)));
+        }
+        if state_len > MAX_STATE_LEN {
+            return Err(fail(FrameErrorKind::StateTooLarge(state_len)));
+        }
+        if unconsumed_len > MAX_UNCONSUMED_LEN {
+            return Err(fail(FrameErrorKind::UnconsumedTooLarge(unconsumed_len)));
+        }
+        let declared = OFFER_HEADER_LEN + name_len + state_len + unconsumed_len;
+        if message.len() != declared {
+            return Err(fail(FrameErrorKind::LengthMismatch {
+                declared,
+                actual: message.len(),
+            }));
+        }
+        let name = r.take(name_len).unwrap_or_default();
+        let name = std::str::from_utf8(name)
+            .map_err(|_| fail(FrameErrorKind::NameNotUtf8))?
+            .to_owned();
+        let state = r.take(state_len).unwrap_or_default().to_vec();
+        let unconsumed = r.take(unconsumed_len).unwrap_or_default().to_vec();
+        Ok(Self {
+            id,
+            kind,
+            name,
+            state,
+            unconsumed,
+        })
+    }
+}
+
+/// The new generation's answer to an [`Offer`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reply {
+    /// The id of the offer answered.
+    pub id: u64,
+    /// What became of it.
+    pub outcome: Outcome,
+}
+
+/// What the new generation did with an offered connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// Its application owns the socket now: the old generation closes its copy.
+    Taken,
+    /// It did not take it: the old generation keeps serving the connection.
+    Refused(RefuseReason),
+}
+
+/// Why the new generation refused a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RefuseReason {
+    /// No receiver of that name (the new version serves it no longer, or not this way).
+    NoReceiver,
+    /// The receiver of that name was dropped.
+    ReceiverClosed,
+    /// The message was malformed.
+    Malformed,
+    /// The message came without a socket, with more than one, or with one of another kind
+    /// than declared.
+    BadSocket,
+    /// A reason this version does not know (a later version sent it).
+    Other(u8),
+}
+
+impl RefuseReason {
+    fn code(self) -> u8 {
+        match self {
+            Self::NoReceiver => 1,
+            Self::ReceiverClosed => 2,
+            Self::Malformed => 3,
+            Self::BadSocket => 4,
+            Self::Other(code) => code,
+        }
+    }
+
+    fn from_code(code: u8) -> Self {
+        match code {
+            1 => Self::NoReceiver,
+            2 => Self::ReceiverClosed,
+            3 => Self::Malformed,
+            4 => Self::BadSocket,
+            other => Self::Other(other),
+        }
+    }
+}
+
+impl fmt::Display for RefuseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NoReceiver => f.write_str("no receiver of that name"),
+            Self::ReceiverClosed => f.write_str("the receiver was dropped"),
+            Self::Malformed => f.write_str("the offer was malformed"),
+            Self::BadSocket => f.write_str("the socket was missing or of another kind"),
+            Self::Other(code) => write!(f, "reason {code}"),
+        }
+    }
+}
+
+impl Reply {
+    /// The message.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(REPLY_LEN);
+        common(&mut out, TYPE_REPLY, self.id);
+        match self.outcome {
+            Outcome::Taken => out.extend_from_slice(&[0, 0]),
+            Outcome::Refused(reason) => out.extend_from_slice(&[1, reason.code()]),
+        }
+        out
+    }
+
+    /// Reads one message.
+    pub fn decode(message: &[u8]) -> Result<Self, FrameError> {
+        let mut r = Reader::new(message);
+        let id = r.common(TYPE_REPLY)?;
+        let fail = |kind: FrameErrorKind| FrameError::Malformed { id: Some(id), kind };
+        if message.len() != REPLY_LEN {
+            return Err(fail(FrameErrorKind::LengthMismatch {
+                declared: REPLY_LEN,
+                actual: message.len(),
+            }));
+        }
+        let (Some(outcome), Some(reason)) = (r.u8(), r.u8()) else {
+            return Err(fail(FrameErrorKind::Truncated));
+        };
+        let outcome = match outcome {
+            0 => Outcome::Taken,
+            1 => Outcome::Refused(RefuseReason::from_code(reason)),
+            other => return Err(fail(FrameErrorKind::UnknownOutcome(other))),
+        };
+        Ok(Self { id, outcome })
+    }
+}
+
+fn common(out: &mut Vec<u8>, kind: u8, id: u64) {
+    out.extend_from_slice(&MAGIC);
+    out.push(VERSION);
+    out.push(kind);
+    out.extend_from_slice(&id.to_be_bytes());
+}
+
+struct Reader<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn new(message: &'a [u8]) -> Self {
+        Self { rest: message }
+    }
+
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.rest.len() < n {
+            return None;
+        }
+        let (head, rest) = self.rest.split_at(n);
+        self.rest = rest;
+        Some(head)
+    }
+
+    fn u8(&mut self) -> Option<u8> {
+        self.take(1).map(|b| b[0])
+    }
+
+    fn u16(&mut self) -> Option<u16> {
+        self.take(2).map(|b| u16::from_be_bytes([b[0], b[1]]))
+    }
+
+    fn u32(&mut self) -> Option<u32> {
+        self.take(4)
+            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    fn u64(&mut self) -> Option<u64> {
+        let b = self.take(8)?;
+        let mut bytes = [0; 8];
+        bytes.copy_from_slice(b);
+        Some(u64::from_be_bytes(bytes))
+    }
+
+    /// Magic, version and type; the id.
+    fn common(&mut self, expected: u8) -> Result<u64, FrameError> {
+        let fail = |kind: FrameErrorKind| FrameError::Malformed { id: None, kind };
+        let magic = self
+            .take(4)
+            .ok_or_else(|| fail(FrameErrorKind::Truncated))?;
+        if magic != MAGIC {
+            return Err(fail(FrameErrorKind::BadMagic));
+        }
+        let version = self.u8().ok_or_else(|| fail(FrameErrorKind::Truncated))?;
+        if version != VERSION {
+            return Err(fail(FrameErrorKind::UnsupportedVersion(version)));
+        }
+        let kind = self.u8().ok_or_else(|| fail(FrameErrorKind::Truncated))?;
+        if kind != expected {
+            return Err(fail(FrameErrorKind::UnexpectedType(kind)));
+        }
+        self.u64().ok_or_else(|| fail(FrameErrorKind::Truncated))
+    }
+}
+
+/// A message that cannot be encoded or decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FrameError {
+    /// The name is longer than [`MAX_NAME_LEN`](crate::MAX_NAME_LEN) (encoding).
+    NameTooLong {
+        /// Its length.
+        len: usize,
+    },
+    /// The state is longer than [`MAX_STATE_LEN`] (encoding).
+    StateTooLarge {
+        /// Its length.
+        len: usize,
+    },
+    /// The unconsumed bytes are more than [`MAX_UNCONSUMED_LEN`] (encoding).
+    UnconsumedTooLarge {
+        /// Their length.
+        len: usize,
+    },
+    /// A received message is malformed.
+    Malformed {
+        /// The id of the message, when its common part was readable.
+        id: Option<u64>,
+        /// What is wrong.
+        kind: FrameErrorKind,
+    },
+}
+
+impl FrameError {
+    /// The id of the message, when it could be read.
+    pub fn id(&self) -> Option<u64> {
+        match self {
+            Self::Malformed { id, .. } => *id,
+            _ => None,
+        }
+    }
+}
+
+/// What is wrong with a received message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FrameErrorKind {
+    /// It ends before its fixed fields do.
+    Truncated,
+    /// It does not start with [`MAGIC`].
+    BadMagic,
+    /// It is of another version.
+    UnsupportedVersion(u8),
+    /// It is not of the type expected (an offer where a reply was due, or unknown).
+    UnexpectedType(u8),
+    /// Its socket kind is unknown.
+    UnknownKind(u8),
+    /// Its reply outcome is unknown.
+    UnknownOutcome(u8),
+    /// Its name is over the limit.
+    NameTooLong(usize),
+    /// Its name is not UTF-8.
+    NameNotUtf8,
+    /// Its state is over the limit.
+    StateTooLarge(usize),
+    /// Its unconsumed bytes are over the limit.
+    UnconsumedTooLarge(usize),
+    /// Its length is not what its fields declare.
+    LengthMismatch {
+        /// The length the fields declare.
+        declared: usize,
+        /// The length received.
+        actual: usize,
+    },
+}
+
+impl fmt::Display for FrameError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NameTooLong { len } => {
+                write!(f, "receiver name of {len} bytes (at most {MAX_NAME_LEN})")
+            }
+            Self::StateTooLarge { len } => {
+                write!(
+                    f,
+                    "connection state of {len} bytes (at most {MAX_STATE_LEN})"
+                )
+            }
+            Self::UnconsumedTooLarge { len } => {
+                write!(f, "{len} unconsumed bytes (at most {MAX_UNCONSUMED_LEN})")
+            }
+            Self::Malformed { id, kind } => {
+                f.write_str("malformed takeover message")?;
+                if let Some(id) = id {
+                    write!(f, " {id}")?;
+                }
+                write!(f, ": {kind}")
+            }
+        }
+    }
+}
+
+impl fmt::Display for FrameErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Truncated => f.write_str("truncated"),
+            Self::BadMagic => f.write_str("bad magic"),
+            Self::UnsupportedVersion(v) => write!(f, "unsupported version {v}"),
+            Self::UnexpectedType(t) => write!(f, "unexpected message type {t}"),
+            Self::UnknownKind(k) => write!(f, "unknown socket kind {k}"),
+            Self::UnknownOutcome(o) => write!(f, "unknown outcome {o}"),
+            Self::NameTooLong(n) => write!(f, "name of {n} bytes (at most {MAX_NAME_LEN})"),
+            Self::NameNotUtf8 => f.write_str("name is not UTF-8"),
+            Self::StateTooLarge(n) => write!(f, "state of {n} bytes (at most {MAX_STATE_LEN})"),
+            Self::UnconsumedTooLarge(n) => {
+                write!(f, "{n} unconsumed bytes (at most {MAX_UNCONSUMED_LEN})")
+            }
+            Self::LengthMismatch { declared, actual } => {
+                write!(f, "{actual} bytes where the fields declare {declared}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for FrameError {}

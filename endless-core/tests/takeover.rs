@@ -1,0 +1,243 @@
+//! Property tests of the takeover messages: round trips, and that no input, however
+//! malformed, makes the decoders panic or accept a message other than the one encoded.
+
+use endless_core::MAX_NAME_LEN;
+use endless_core::takeover::{
+    FrameError, FrameErrorKind, MAX_STATE_LEN, MAX_UNCONSUMED_LEN, OFFER_HEADER_LEN, Offer,
+    Outcome, REPLY_LEN, RefuseReason, Reply, StreamKind,
+};
+use proptest::collection::vec;
+use proptest::prelude::*;
+
+fn kind() -> impl Strategy<Value = StreamKind> {
+    prop_oneof![Just(StreamKind::Tcp), Just(StreamKind::Unix)]
+}
+
+fn offer() -> impl Strategy<Value = Offer> {
+    (
+        any::<u64>(),
+        kind(),
+        "\\PC{0,40}",
+        vec(any::<u8>(), 0..300),
+        vec(any::<u8>(), 0..300),
+    )
+        .prop_map(|(id, kind, name, state, unconsumed)| Offer {
+            id,
+            kind,
+            name,
+            state,
+            unconsumed,
+        })
+}
+
+fn outcome() -> impl Strategy<Value = Outcome> {
+    prop_oneof![
+        Just(Outcome::Taken),
+        any::<u8>()
+            .prop_filter("0 is not a reason", |&c| c != 0)
+            .prop_map(|c| Outcome::Refused(Reply::decode(&refusal(c)).unwrap().outcome_reason())),
+    ]
+}
+
+/// A reply message refusing with reason code `code`.
+fn refusal(code: u8) -> Vec<u8> {
+    let mut m = Reply {
+        id: 1,
+        outcome: Outcome::Refused(RefuseReason::Malformed),
+    }
+    .encode();
+    m[REPLY_LEN - 1] = code;
+    m
+}
+
+trait ReasonOf {
+    fn outcome_reason(&self) -> RefuseReason;
+}
+
+impl ReasonOf for Reply {
+    fn outcome_reason(&self) -> RefuseReason {
+        match self.outcome {
+            Outcome::Refused(reason) => reason,
+            Outcome::Taken => panic!("not a refusal"),
+        }
+    }
+}
+
+proptest! {
+    #[test]
+    fn offers_round_trip(offer in offer()) {
+        let bytes = offer.encode().unwrap();
+        prop_assert_eq!(Offer::decode(&bytes), Ok(offer));
+    }
+
+    #[test]
+    fn replies_round_trip(id in any::<u64>(), outcome in outcome()) {
+        let reply = Reply { id, outcome };
+        prop_assert_eq!(Reply::decode(&reply.encode()), Ok(reply));
+    }
+
+    /// A message cut short or with bytes added is refused; once the common part is there,
+    /// the error names the offer, so that it can be refused by number.
+    #[test]
+    fn offers_of_the_wrong_length_are_refused_by_id(offer in offer(), cut in any::<prop::sample::Index>(), extra in vec(any::<u8>(), 1..10)) {
+        let bytes = offer.encode().unwrap();
+        let n = cut.index(bytes.len());
+        let error = Offer::decode(&bytes[..n]).unwrap_err();
+        if n >= 14 {
+            prop_assert_eq!(error.id(), Some(offer.id));
+        } else {
+            prop_assert_eq!(error.id(), None);
+        }
+        let mut longer = bytes.clone();
+        longer.extend_from_slice(&extra);
+        let is_mismatch = matches!(
+            Offer::decode(&longer),
+            Err(FrameError::Malformed { id: Some(id), kind: FrameErrorKind::LengthMismatch { .. } }) if id == offer.id
+        );
+        prop_assert!(is_mismatch);
+    }
+
+    #[test]
+    fn garbage_never_panics(bytes in vec(any::<u8>(), 0..200)) {
+        if let Ok(offer) = Offer::decode(&bytes) {
+            // Accepted: it is exactly the encoding of what it decoded to.
+            prop_assert_eq!(offer.encode().unwrap(), bytes.clone());
+        }
+        if let Ok(reply) = Reply::decode(&bytes) {
+            prop_assert_eq!(reply.encode(), bytes);
+        }
+    }
+
+    /// Garbage after a valid common part exercises the field checks, not only the magic.
+    #[test]
+    fn garbage_after_a_valid_header_never_panics(id in any::<u64>(), rest in vec(any::<u8>(), 0..100)) {
+        let mut bytes = b"EDLS\x01\x01".to_vec();
+        bytes.extend_from_slice(&id.to_be_bytes());
+        bytes.extend_from_slice(&rest);
+        match Offer::decode(&bytes) {
+            Ok(offer) => prop_assert_eq!(offer.encode().unwrap(), bytes),
+            Err(e) => {
+                prop_assert_eq!(e.id(), Some(id));
+                let _ = e.to_string();
+            }
+        }
+    }
+}
+
+#[test]
+fn limits_are_enforced_both_ways() {
+    let base = Offer {
+        id: 1,
+        kind: StreamKind::Tcp,
+        name: "n".into(),
+        state: vec![],
+        unconsumed: vec![],
+    };
+    let too_long_name = Offer {
+        name: "x".repeat(MAX_NAME_LEN + 1),
+        ..base.clone()
+    };
+    assert_eq!(
+        too_long_name.encode(),
+        Err(FrameError::NameTooLong {
+            len: MAX_NAME_LEN + 1
+        })
+    );
+    let big_state = Offer {
+        state: vec![0; MAX_STATE_LEN + 1],
+        ..base.clone()
+    };
+    assert!(matches!(
+        big_state.encode(),
+        Err(FrameError::StateTooLarge { .. })
+    ));
+    let big_unconsumed = Offer {
+        unconsumed: vec![0; MAX_UNCONSUMED_LEN + 1],
+        ..base.clone()
+    };
+    assert!(matches!(
+        big_unconsumed.encode(),
+        Err(FrameError::UnconsumedTooLarge { .. })
+    ));
+    // At the limits, it round-trips.
+    let full = Offer {
+        name: "y".repeat(MAX_NAME_LEN),
+        state: vec![1; MAX_STATE_LEN],
+        unconsumed: vec![2; MAX_UNCONSUMED_LEN],
+        ..base.clone()
+    };
+    let bytes = full.encode().unwrap();
+    assert_eq!(bytes.len(), endless_core::takeover::MAX_OFFER_LEN);
+    assert_eq!(Offer::decode(&bytes), Ok(full));
+
+    // A declared state length over the limit is refused before anything is allocated.
+    let mut bytes = base.encode().unwrap();
+    bytes[17..21].copy_from_slice(&u32::MAX.to_be_bytes());
+    assert_eq!(
+        Offer::decode(&bytes),
+        Err(FrameError::Malformed {
+            id: Some(1),
+            kind: FrameErrorKind::StateTooLarge(u32::MAX as usize)
+        })
+    );
+}
+
+#[test]
+fn each_malformation_has_its_error() {
+    let offer = Offer {
+        id: 9,
+        kind: StreamKind::Unix,
+        name: "chat".into(),
+        state: b"s".to_vec(),
+        unconsumed: b"u".to_vec(),
+    };
+    let good = offer.encode().unwrap();
+    let with = |i: usize, b: u8| {
+        let mut m = good.clone();
+        m[i] = b;
+        Offer::decode(&m)
+    };
+    let kind_of = |r: Result<Offer, FrameError>| match r {
+        Err(FrameError::Malformed { kind, .. }) => kind,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(kind_of(with(0, b'X')), FrameErrorKind::BadMagic);
+    assert_eq!(kind_of(with(4, 2)), FrameErrorKind::UnsupportedVersion(2));
+    assert_eq!(kind_of(with(5, 2)), FrameErrorKind::UnexpectedType(2));
+    assert_eq!(kind_of(with(14, 7)), FrameErrorKind::UnknownKind(7));
+    assert_eq!(
+        kind_of(with(OFFER_HEADER_LEN, 0xff)),
+        FrameErrorKind::NameNotUtf8
+    );
+    // A reply is not an offer, and the other way round.
+    let reply = Reply {
+        id: 9,
+        outcome: Outcome::Taken,
+    }
+    .encode();
+    assert_eq!(
+        kind_of(Offer::decode(&reply)),
+        FrameErrorKind::UnexpectedType(2)
+    );
+    assert!(matches!(
+        Reply::decode(&good),
+        Err(FrameError::Malformed {
+            kind: FrameErrorKind::UnexpectedType(1),
+            ..
+        })
+    ));
+    let mut bad_outcome = reply.clone();
+    bad_outcome[REPLY_LEN - 2] = 5;
+    assert!(matches!(
+        Reply::decode(&bad_outcome),
+        Err(FrameError::Malformed {
+            id: Some(9),
+            kind: FrameErrorKind::UnknownOutcome(5)
+        })
+    ));
+    // Reasons a later version may add are carried, not refused.
+    assert_eq!(
+        Reply::decode(&refusal(200)).unwrap().outcome,
+        Outcome::Refused(RefuseReason::Other(200))
+    );
+}
