@@ -88,7 +88,7 @@ proptest! {
         } else {
             prop_assert_eq!(error.id(), None);
         }
-        let mut longer = bytes.clone();
+        let mut longer = bytes;
         longer.extend_from_slice(&extra);
         let is_mismatch = matches!(
             Offer::decode(&longer),
@@ -164,7 +164,7 @@ fn limits_are_enforced_both_ways() {
         name: "y".repeat(MAX_NAME_LEN),
         state: vec![1; MAX_STATE_LEN],
         unconsumed: vec![2; MAX_UNCONSUMED_LEN],
-        ..base.clone()
+        ..base
     };
     let bytes = full.encode().unwrap();
     assert_eq!(bytes.len(), endless_core::takeover::MAX_OFFER_LEN);
@@ -226,7 +226,7 @@ fn each_malformation_has_its_error() {
             ..
         })
     ));
-    let mut bad_outcome = reply.clone();
+    let mut bad_outcome = reply;
     bad_outcome[REPLY_LEN - 2] = 5;
     assert!(matches!(
         Reply::decode(&bad_outcome),
