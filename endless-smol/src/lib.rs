@@ -103,3 +103,14 @@ pub type TcpListener = endless_unix::adapter::TcpListener<Smol>;
 /// A Unix stream listener whose connections are tracked, and whose `accept` returns
 /// `Ok(None)` once this process stops accepting.
 pub type UnixListener = endless_unix::adapter::UnixListener<Smol>;
+
+/// A tracked connection of either kind, to hand over to the next generation
+/// ([`Endless::hand_over`]) or received from the previous one.
+pub type Stream = endless_unix::adapter::Stream<Smol>;
+
+/// The connections the previous generation hands over under one name
+/// ([`Endless::receive_connections`]).
+pub type Connections = endless_unix::adapter::Connections<Smol>;
+
+/// A connection received from the previous generation, with its state.
+pub type Received = endless_unix::adapter::Received<Smol>;

@@ -79,6 +79,22 @@ impl Net for Smol {
     fn unix_local_addr(listener: &Self::UnixListener) -> io::Result<Self::UnixAddr> {
         listener.get_ref().local_addr()
     }
+
+    fn tcp_stream(&self, stream: std::net::TcpStream) -> io::Result<Self::TcpStream> {
+        Async::new(stream)
+    }
+
+    fn tcp_stream_into_std(stream: Self::TcpStream) -> io::Result<std::net::TcpStream> {
+        stream.into_inner()
+    }
+
+    fn unix_stream(&self, stream: UnixStream) -> io::Result<Self::UnixStream> {
+        Async::new(stream)
+    }
+
+    fn unix_stream_into_std(stream: Self::UnixStream) -> io::Result<UnixStream> {
+        stream.into_inner()
+    }
 }
 
 impl Runtime for Smol {

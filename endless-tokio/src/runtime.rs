@@ -7,7 +7,6 @@ use std::process::ExitStatus;
 use std::time::Instant;
 
 use endless_unix::{BoxFuture, ChildProcess, Net, PipeReader, Runtime, Signal};
-use tokio::io::AsyncReadExt;
 
 /// endless on tokio: the runtime the lifecycle runs on, and tokio's socket types.
 ///
@@ -66,6 +65,26 @@ impl Net for Tokio {
     fn unix_local_addr(listener: &Self::UnixListener) -> io::Result<Self::UnixAddr> {
         listener.local_addr()
     }
+
+    fn tcp_stream(&self, stream: std::net::TcpStream) -> io::Result<Self::TcpStream> {
+        let _entered = self.handle.enter();
+        tokio::net::TcpStream::from_std(stream)
+    }
+
+    fn tcp_stream_into_std(stream: Self::TcpStream) -> io::Result<std::net::TcpStream> {
+        stream.into_std()
+    }
+
+    fn unix_stream(&self, stream: std::os::unix::net::UnixStream) -> io::Result<Self::UnixStream> {
+        let _entered = self.handle.enter();
+        tokio::net::UnixStream::from_std(stream)
+    }
+
+    fn unix_stream_into_std(
+        stream: Self::UnixStream,
+    ) -> io::Result<std::os::unix::net::UnixStream> {
+        stream.into_std()
+    }
 }
 
 impl Runtime for Tokio {
@@ -92,8 +111,14 @@ impl Runtime for Tokio {
 
     fn pipe_reader(&self, fd: OwnedFd) -> io::Result<Box<dyn PipeReader>> {
         let _entered = self.handle.enter();
-        let receiver = tokio::net::unix::pipe::Receiver::from_owned_fd(fd)?;
-        Ok(Box::new(TokioPipe(receiver)))
+        // A pipe or a socket (endless' readiness channel is a socketpair): read(2) on
+        // either, driven by the reactor. `AsyncFd::new` is deprecated because a `T` that
+        // does not own its fd could close it while registered; a `File` owns it and is
+        // dropped with the registration, which is the sound case (the replacement,
+        // `register`, is an `unsafe fn` for the same argument).
+        #[allow(deprecated)]
+        let fd = tokio::io::unix::AsyncFd::new(std::fs::File::from(fd))?;
+        Ok(Box::new(TokioPipe(fd)))
     }
 
     fn forward_signals(
@@ -142,10 +167,18 @@ impl ChildProcess for TokioChild {
     }
 }
 
-struct TokioPipe(tokio::net::unix::pipe::Receiver);
+struct TokioPipe(tokio::io::unix::AsyncFd<std::fs::File>);
 
 impl PipeReader for TokioPipe {
     fn read<'a>(&'a mut self, buf: &'a mut [u8]) -> BoxFuture<'a, io::Result<usize>> {
-        Box::pin(self.0.read(buf))
+        Box::pin(async move {
+            loop {
+                let mut ready = self.0.readable().await?;
+                match ready.try_io(|fd| io::Read::read(&mut fd.get_ref(), buf)) {
+                    Ok(result) => return result,
+                    Err(_would_block) => {}
+                }
+            }
+        })
     }
 }

@@ -12,9 +12,10 @@ use std::future::Future;
 use std::io;
 use std::marker::PhantomData;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
+use endless_core::takeover::StreamKind;
 use endless_core::{Config, Event, Origin, Request};
 
 /// Everything an adapter's users name besides its own types, for `pub use
@@ -23,16 +24,19 @@ pub mod api {
     pub use crate::driver::{Exit, ListenError, StartError};
     pub use crate::signals::{Signal, SignalMap};
     pub use crate::spawn::Executable;
+    pub use crate::takeover::{HandOverError, HandOverFailure, ReceiveError};
     pub use crate::tracked::Tracked;
     pub use crate::tracker::{ConnectionGuard, Tracker};
+    pub use endless_core::takeover::{RefuseReason, StreamKind};
     pub use endless_core::{Config, Event, FdKind, Origin, RepeatedStop, Request};
 }
 
 use crate::driver::{Exit, Handle, Options, Runtime, StartError};
 use crate::signals::SignalMap;
 use crate::spawn::Executable;
+use crate::takeover::{HandOverError, HandOverFailure, Inbox, ReceiveError};
 use crate::tracked::Tracked;
-use crate::tracker::Tracker;
+use crate::tracker::{ConnectionGuard, Tracker};
 
 /// A runtime's sockets, for the typed listeners of [`Endless`].
 ///
@@ -76,6 +80,16 @@ pub trait Net: Runtime + Clone {
     ) -> impl Future<Output = io::Result<(Self::UnixStream, Self::UnixAddr)>> + Send + '_;
     /// The address a Unix listener is bound to.
     fn unix_local_addr(listener: &Self::UnixListener) -> io::Result<Self::UnixAddr>;
+
+    /// Registers a (non-blocking) connected TCP socket with the runtime.
+    fn tcp_stream(&self, stream: std::net::TcpStream) -> io::Result<Self::TcpStream>;
+    /// Deregisters a TCP stream from the runtime, giving the socket back.
+    fn tcp_stream_into_std(stream: Self::TcpStream) -> io::Result<std::net::TcpStream>;
+    /// Registers a (non-blocking) connected Unix stream socket with the runtime.
+    fn unix_stream(&self, stream: std::os::unix::net::UnixStream) -> io::Result<Self::UnixStream>;
+    /// Deregisters a Unix stream from the runtime, giving the socket back.
+    fn unix_stream_into_std(stream: Self::UnixStream)
+    -> io::Result<std::os::unix::net::UnixStream>;
 }
 
 /// Configures and starts [`Endless`].
@@ -276,6 +290,218 @@ impl<N: Net> Endless<N> {
     /// The runtime-neutral handle underneath.
     pub fn handle(&self) -> &Handle {
         &self.handle
+    }
+
+    // ---- connection takeover ----
+
+    /// Receives the connections the previous generation hands over under `name`, as typed,
+    /// tracked streams with their state (see [`crate::takeover`]). Register every receiver
+    /// before [`ready`](Self::ready). On a fresh start the receiver ends at once.
+    pub fn receive_connections(&self, name: &str) -> Result<Connections<N>, ReceiveError> {
+        Ok(Connections {
+            inbox: self.handle.receiver(name)?,
+            endless: self.clone(),
+        })
+    }
+
+    /// Whether a connection can be handed over now: this process drains after a restart
+    /// and the new generation takes connections. Ask on
+    /// [`ConnectionGuard::closing`](crate::ConnectionGuard::closing).
+    pub fn can_hand_over(&self) -> bool {
+        self.handle.can_hand_over()
+    }
+
+    /// Hands `stream` to the new generation's receiver `name`, with the application's
+    /// `state` of it (at most [`MAX_STATE_LEN`](endless_core::takeover::MAX_STATE_LEN)
+    /// bytes) and the bytes read from it but not consumed (at most
+    /// [`MAX_UNCONSUMED_LEN`](endless_core::takeover::MAX_UNCONSUMED_LEN)). Stop reading
+    /// it first. Resolves once the new generation took it (this process's copy is then
+    /// closed) or did not: the error then gives the connection back, still tracked, to be
+    /// served on or closed.
+    pub async fn hand_over(
+        &self,
+        stream: Stream<N>,
+        name: &str,
+        state: Vec<u8>,
+        unconsumed: Vec<u8>,
+    ) -> Result<(), HandOverError<Stream<N>>> {
+        if !self.can_hand_over() {
+            return Err(HandOverError::new(
+                HandOverFailure::NoSuccessor,
+                Some(stream),
+            ));
+        }
+        let kind = stream.kind();
+        let (fd, guard) = match stream.into_fd() {
+            Ok(held) => held,
+            Err(e) => return Err(HandOverError::new(HandOverFailure::Io(e), None)),
+        };
+        let result = self
+            .handle
+            .hand_over(kind, name, state, unconsumed, (fd, guard))
+            .await;
+        result.map_err(|e| e.map(|(fd, guard)| self.stream_back(kind, fd, guard)))
+    }
+
+    /// A connection that was not handed over, back in the runtime and tracked again.
+    fn stream_back(
+        &self,
+        kind: StreamKind,
+        fd: OwnedFd,
+        old: ConnectionGuard,
+    ) -> Option<Stream<N>> {
+        let stream = self.adopt(kind, fd);
+        // Tracked anew before the old guard goes, so that the drain never sees zero.
+        drop(old);
+        match stream {
+            Ok(stream) => Some(stream),
+            Err(e) => {
+                tracing::warn!(error = %e, "a connection not handed over could not be served on");
+                None
+            }
+        }
+    }
+
+    /// Registers the socket `fd` of `kind` with the runtime and tracks it.
+    fn adopt(&self, kind: StreamKind, fd: OwnedFd) -> io::Result<Stream<N>> {
+        Ok(match kind {
+            StreamKind::Unix => {
+                let std = std::os::unix::net::UnixStream::from(fd);
+                std.set_nonblocking(true)?;
+                let stream = self.net.unix_stream(std)?;
+                Stream::Unix(self.track(stream))
+            }
+            _ => {
+                let std = std::net::TcpStream::from(fd);
+                std.set_nonblocking(true)?;
+                let stream = self.net.tcp_stream(std)?;
+                Stream::Tcp(self.track(stream))
+            }
+        })
+    }
+}
+
+/// A tracked connection of either kind that can be handed over
+/// ([`Endless::hand_over`]) or was received ([`Connections::next`]).
+pub enum Stream<N: Net> {
+    /// A TCP connection.
+    Tcp(Tracked<N::TcpStream>),
+    /// A Unix stream connection.
+    Unix(Tracked<N::UnixStream>),
+}
+
+impl<N: Net> fmt::Debug for Stream<N> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Tcp(s) => f
+                .debug_tuple("Tcp")
+                .field(&s.get_ref().as_raw_fd())
+                .finish(),
+            Self::Unix(s) => f
+                .debug_tuple("Unix")
+                .field(&s.get_ref().as_raw_fd())
+                .finish(),
+        }
+    }
+}
+
+impl<N: Net> Stream<N> {
+    /// Which kind it is.
+    pub fn kind(&self) -> StreamKind {
+        match self {
+            Self::Tcp(_) => StreamKind::Tcp,
+            Self::Unix(_) => StreamKind::Unix,
+        }
+    }
+
+    /// Its guard: [`ConnectionGuard::closing`] says when to close or hand it over.
+    pub fn guard(&self) -> &ConnectionGuard {
+        match self {
+            Self::Tcp(s) => s.guard(),
+            Self::Unix(s) => s.guard(),
+        }
+    }
+
+    /// The TCP stream, if it is one.
+    pub fn into_tcp(self) -> Result<Tracked<N::TcpStream>, Self> {
+        match self {
+            Self::Tcp(s) => Ok(s),
+            other => Err(other),
+        }
+    }
+
+    /// The Unix stream, if it is one.
+    pub fn into_unix(self) -> Result<Tracked<N::UnixStream>, Self> {
+        match self {
+            Self::Unix(s) => Ok(s),
+            other => Err(other),
+        }
+    }
+
+    /// The socket out of the runtime, and its guard.
+    fn into_fd(self) -> io::Result<(OwnedFd, ConnectionGuard)> {
+        Ok(match self {
+            Self::Tcp(s) => {
+                let (stream, guard) = s.into_parts();
+                (N::tcp_stream_into_std(stream)?.into(), guard)
+            }
+            Self::Unix(s) => {
+                let (stream, guard) = s.into_parts();
+                (N::unix_stream_into_std(stream)?.into(), guard)
+            }
+        })
+    }
+}
+
+/// The connections the previous generation hands over under one name
+/// ([`Endless::receive_connections`]).
+pub struct Connections<N: Net> {
+    inbox: Inbox,
+    endless: Endless<N>,
+}
+
+impl<N: Net> fmt::Debug for Connections<N> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connections").finish_non_exhaustive()
+    }
+}
+
+/// A connection received from the previous generation.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Received<N: Net> {
+    /// The connection, registered with the runtime and tracked.
+    pub stream: Stream<N>,
+    /// The name it was handed over under.
+    pub name: String,
+    /// The previous generation's state of it.
+    pub state: Vec<u8>,
+    /// Bytes the previous generation read from it and did not consume: they come before
+    /// whatever the stream yields.
+    pub unconsumed: Vec<u8>,
+}
+
+impl<N: Net> Connections<N> {
+    /// The next connection, owned by this process (the previous generation is told so
+    /// before this returns, and closes its copy); `None` once the previous generation is
+    /// done. A connection that cannot be registered with the runtime is refused and stays
+    /// with the previous generation.
+    pub async fn next(&self) -> Option<Received<N>> {
+        loop {
+            let incoming = self.inbox.next().await?;
+            let kind = incoming.offer().kind;
+            match incoming.take(|fd| self.endless.adopt(kind, fd)) {
+                Ok((stream, offer)) => {
+                    return Some(Received {
+                        stream,
+                        name: offer.name,
+                        state: offer.state,
+                        unconsumed: offer.unconsumed,
+                    });
+                }
+                Err(e) => tracing::warn!(error = %e, "refused a connection handed over"),
+            }
+        }
     }
 }
 

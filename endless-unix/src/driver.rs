@@ -36,6 +36,9 @@ use crate::notify::{self, Notifier};
 use crate::pidfile::PidFile;
 use crate::signals::{Signal, SignalMap};
 use crate::spawn::{self, Executable, Handover};
+use crate::takeover::{
+    HandOverError, HandOverFailure, Held, Inbox, Outbox, Outgoing, ReceiveError, Receivers,
+};
 use crate::tracked::Tracked;
 use crate::tracker::{ConnectionGuard, Tracker};
 
@@ -289,6 +292,10 @@ struct Shared {
     executable: Executable,
     pid_file: Option<PidFile>,
     on_event: Option<EventHook>,
+    /// The receivers of connections handed over by the previous generation.
+    receivers: Mutex<Receivers>,
+    /// While handing connections over to the new generation.
+    outbox: Mutex<Option<Outbox>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -354,6 +361,8 @@ impl Handle {
             executable,
             pid_file: options.pid_file.map(PidFile::new),
             on_event: options.on_event,
+            receivers: Mutex::new(Receivers::new()),
+            outbox: Mutex::new(None),
         });
 
         let (signal_tx, signal_rx) = async_channel::unbounded();
@@ -398,6 +407,8 @@ impl Handle {
                 .pid_file
                 .as_ref()
                 .map(|pid_file| StatusWriter::new(pid_file.path())),
+            channels: HashMap::new(),
+            parent_channel: None,
         };
         runtime.spawn(Box::pin(driver.run()));
         Ok(Self { shared })
@@ -596,6 +607,58 @@ impl Handle {
         .await
     }
 
+    // ---- connection takeover ----
+
+    /// Receives the connections the previous generation hands over under `name` (see
+    /// [`crate::takeover`]). Register every receiver before [`ready`](Self::ready): the
+    /// previous generation hands over right after it. The [`Inbox`] ends once the previous
+    /// generation is done, at once on a fresh start.
+    pub fn receiver(&self, name: &str) -> Result<Inbox, ReceiveError> {
+        lock(&self.shared.receivers).register(name)
+    }
+
+    /// Whether a connection can be handed over now: this process is draining after a
+    /// restart, and the new generation takes connections.
+    pub fn can_hand_over(&self) -> bool {
+        lock(&self.shared.outbox)
+            .as_ref()
+            .is_some_and(Outbox::is_open)
+    }
+
+    /// Hands the connection `fd` (counted by `guard`) to the new generation, with the
+    /// application's `state` and the bytes read from it but not consumed, for its receiver
+    /// `name`. Stop reading the connection first. On success this process's copy is closed;
+    /// on failure the connection comes back in the error while this process still holds it.
+    pub async fn hand_over(
+        &self,
+        kind: endless_core::takeover::StreamKind,
+        name: &str,
+        state: Vec<u8>,
+        unconsumed: Vec<u8>,
+        (fd, guard): Held,
+    ) -> Result<(), HandOverError<Held>> {
+        let outbox = lock(&self.shared.outbox).clone();
+        let Some(outbox) = outbox else {
+            return Err(HandOverError::new(
+                HandOverFailure::NoSuccessor,
+                Some((fd, guard)),
+            ));
+        };
+        // From now on the new generation may own the socket: a forced close here must not
+        // shut it down.
+        guard.forget_socket();
+        outbox
+            .send(Outgoing {
+                kind,
+                name: name.to_owned(),
+                state,
+                unconsumed,
+                fd,
+                guard,
+            })
+            .await
+    }
+
     // ---- commands ----
 
     /// The application serves: tell the parent (if any) and the service manager. The
@@ -660,6 +723,12 @@ struct Driver<R> {
     /// The restart status file beside the pid file, if there is one (see
     /// [`crate::control`]).
     restart_status: Option<StatusWriter>,
+    /// This process's end of each live child's readiness channel, which carries the
+    /// connections handed over once the child is ready.
+    channels: HashMap<u32, OwnedFd>,
+    /// The readiness channel to the parent, kept after the "ready" line to receive
+    /// connections.
+    parent_channel: Option<OwnedFd>,
 }
 
 impl<R: Runtime> Driver<R> {
@@ -690,6 +759,7 @@ impl<R: Runtime> Driver<R> {
                 Some(Ok(input)) => {
                     if let Input::ChildExited { pid, status } = input {
                         self.kills.remove(&pid);
+                        self.channels.remove(&pid);
                         if let Some(restart_status) = &mut self.restart_status {
                             restart_status.child_exited(pid, status);
                         }
@@ -781,11 +851,38 @@ impl<R: Runtime> Driver<R> {
                 self.shared.tracker.force_close();
             }
             Action::NotifyParent => match self.shared.inherited.take_ready_channel() {
-                Some(fd) => match spawn::notify_parent(fd) {
-                    Ok(()) => tracing::info!("told the parent this process is ready"),
-                    Err(e) => tracing::error!(error = %e, "cannot tell the parent we are ready"),
-                },
+                Some(fd) => {
+                    // Kept to receive connections, if the channel can carry them.
+                    self.parent_channel = takeover_channel(&fd);
+                    match spawn::notify_parent(fd) {
+                        Ok(()) => tracing::info!("told the parent this process is ready"),
+                        Err(e) => {
+                            self.parent_channel = None;
+                            tracing::error!(error = %e, "cannot tell the parent we are ready");
+                        }
+                    }
+                }
                 None => tracing::error!("no readiness channel to tell the parent"),
+            },
+            Action::ReceiveConnections => {
+                let senders = lock(&self.shared.receivers).close();
+                match self.parent_channel.take() {
+                    // Without receivers the channel closes: the parent keeps every
+                    // connection and drains it.
+                    Some(channel) if !senders.is_empty() => {
+                        if let Err(e) = crate::takeover::receive(channel, senders) {
+                            tracing::error!(error = %e, "cannot receive connections");
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            Action::HandOver { successor } => match self.channels.remove(&successor) {
+                Some(channel) => match Outbox::start(channel, successor) {
+                    Ok(outbox) => *lock(&self.shared.outbox) = Some(outbox),
+                    Err(e) => tracing::error!(error = %e, "cannot hand connections over"),
+                },
+                None => tracing::debug!(successor, "no channel to hand connections over"),
             },
             Action::Announce(status) => self.announce(status),
             Action::Exit {
@@ -801,6 +898,8 @@ impl<R: Runtime> Driver<R> {
                 {
                     tracing::warn!(error = %e, "cannot remove the pid file");
                 }
+                // Ends the handover: the new generation's receivers see the end.
+                lock(&self.shared.outbox).take();
                 tracing::info!(code, ?reason, ?cause, "lifecycle ended");
                 *lock(&self.shared.exit) = Some(Exit {
                     code,
@@ -824,6 +923,10 @@ impl<R: Runtime> Driver<R> {
                 }
                 if !self.announced_ready {
                     self.announced_ready = true;
+                    if self.shared.origin != Origin::Inherited {
+                        // Nobody hands anything over: the receivers end now.
+                        lock(&self.shared.receivers).close();
+                    }
                     let closed = self.shared.inherited.close_unclaimed();
                     if !closed.is_empty() {
                         tracing::info!(names = ?closed, "closed inherited fds nobody claimed");
@@ -905,6 +1008,7 @@ impl<R: Runtime> Driver<R> {
         let spawned = self.runtime.spawn_child(command);
         // Close our copy of the write end now, so that the child's exit means end of file.
         let ready = prepared.spawned();
+        let channel = ready.try_clone();
         drop(handovers);
         drop(registry);
         let mut child = match spawned {
@@ -913,6 +1017,12 @@ impl<R: Runtime> Driver<R> {
         };
         let pid = child.id();
         tracing::info!(pid, executable = %self.shared.executable.path().display(), "spawned the new generation");
+        match channel {
+            Ok(channel) => {
+                self.channels.insert(pid, channel);
+            }
+            Err(e) => tracing::warn!(pid, error = %e, "no takeover channel for the new generation"),
+        }
         self.lifecycle.handle(Input::ChildSpawned { pid }, now);
 
         // Reap it, whatever happens, and kill it when asked.
@@ -993,6 +1103,16 @@ async fn read_readiness(mut reader: Box<dyn PipeReader>, pid: u32, inputs: Sende
         Readiness::Pending => return,
     };
     let _ = inputs.send(input).await;
+}
+
+/// A copy of the readiness channel `fd` if it can carry connections (a `SOCK_SEQPACKET`
+/// socket, as endless creates it; a parent that made a pipe hands nothing over).
+fn takeover_channel(fd: &OwnedFd) -> Option<OwnedFd> {
+    let socket = socket2::SockRef::from(fd);
+    match socket.r#type() {
+        Ok(ty) if ty == socket2::Type::SEQPACKET => fd.try_clone().ok(),
+        _ => None,
+    }
 }
 
 fn child_status(status: ExitStatus) -> ChildStatus {

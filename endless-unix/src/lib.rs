@@ -13,6 +13,8 @@
 //!   systemd (`NOTIFY_SOCKET`) that the service is ready, restarting or stopping.
 //! - [`control`]: a restart that reports its result, for deploy scripts
 //!   ([`control::restart`]), and the restart status file beside the pid file that answers it.
+//! - [`takeover`]: handing established connections (socket, state, unconsumed bytes) to
+//!   the new generation over its readiness channel (`SCM_RIGHTS`), instead of draining them.
 //! - [`driver`]: the task that owns the lifecycle, generic over a small [`Runtime`] trait.
 //! - [`adapter`]: the typed API of the adapters ([`adapter::Endless`], its builder and
 //!   listeners), written once and generic over a runtime's sockets ([`Net`]).
@@ -48,6 +50,7 @@ pub mod signals;
 pub mod spawn;
 #[allow(unsafe_code)]
 mod sys;
+pub mod takeover;
 mod tracked;
 pub mod tracker;
 

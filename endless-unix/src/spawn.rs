@@ -314,9 +314,10 @@ impl Prepared<'_> {
 
 /// Prepares the command that starts `exe` as the next generation, handing it `fds`.
 ///
-/// Checks the executable ([`Executable::check`]), creates the readiness pipe (both ends
-/// close-on-exec; the read end non-blocking), numbers the handovers 3, 4, … in order with
-/// the pipe's write end last, at `3 + fds.len()`, describes them with
+/// Checks the executable ([`Executable::check`]), creates the readiness channel (a
+/// `SOCK_SEQPACKET` socketpair, both ends close-on-exec, this process's end non-blocking,
+/// which later carries the connections handed over), numbers the handovers 3, 4, … in
+/// order with the child's end last, at `3 + fds.len()`, describes them with
 /// [`env::encode`] (this process's pid as the parent), plans the renumbering with
 /// [`plan::plan`], and builds the command: program `exe.path()`, its arguments, working
 /// directory `exe.cwd()`, an environment of exactly `exe.env()` (minus reserved variables)
@@ -339,7 +340,7 @@ impl Prepared<'_> {
 /// # Errors
 ///
 /// [`SpawnError`]: the executable is unusable, the handovers are invalid (duplicate names,
-/// too many), or the system refused a pipe.
+/// too many), or the system refused a socket.
 pub fn prepare<'a>(exe: &Executable, fds: &[Handover<'a>]) -> Result<Prepared<'a>, SpawnError> {
     exe.check()?;
 
@@ -352,10 +353,9 @@ pub fn prepare<'a>(exe: &Executable, fds: &[Handover<'a>]) -> Result<Prepared<'a
     let handoff = Handoff::for_spawn(sys::getpid(), inventory)
         .map_err(|e| SpawnError::Io(io::Error::from(e)))?;
 
-    // std creates both ends with O_CLOEXEC (pipe2 where the system has it).
-    let (reader, writer) = io::pipe().map_err(SpawnError::Io)?;
-    let ready = OwnedFd::from(reader);
-    let write_end = OwnedFd::from(writer);
+    // A SOCK_SEQPACKET socketpair, both ends close-on-exec: the child writes its readiness
+    // line on it, and then receives the connections handed over (`crate::takeover`).
+    let (ready, write_end) = sys::seqpacket_pair().map_err(SpawnError::Io)?;
     sys::set_nonblocking(ready.as_fd()).map_err(SpawnError::Io)?;
 
     let sources: Vec<RawFd> = fds
@@ -880,7 +880,8 @@ mod tests {
         status: ExitStatus,
         stdout: String,
         stderr: String,
-        /// `/proc/self/fd` link of the readiness pipe (`pipe:[inode]`).
+        /// `/proc/self/fd` link of the child's end of the readiness channel
+        /// (`socket:[inode]`).
         pipe: String,
     }
 
@@ -905,7 +906,7 @@ mod tests {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         tweak(&mut prepared.command);
-        let pipe = link(prepared.ready.as_raw_fd());
+        let pipe = link(prepared.write_end.as_raw_fd());
         let (child, ready) = prepared.spawn_with(|mut c| c.spawn()).unwrap();
         let child = Reaped(Some(child));
         let (readiness, eof_after_ready) = read_readiness(ready, child.id());
@@ -1329,7 +1330,7 @@ mod tests {
             ]
             .into();
             assert_eq!(without_strays(report.fds, &TARGETS), expected, "{ctx}");
-            assert!(run.pipe.starts_with("pipe:["), "{}", run.pipe);
+            assert!(run.pipe.starts_with("socket:["), "{}", run.pipe);
 
             let pid = std::process::id().to_string();
             let strays = strays_value();

@@ -424,11 +424,171 @@ pub(crate) fn getppid() -> u32 {
 pub(crate) fn notify_parent(fd: OwnedFd) -> io::Result<()> {
     let message = endless_core::ready::message(getpid());
     let mut channel = File::from(fd);
+    // One write: on a SOCK_SEQPACKET channel the line is one record.
     channel.write_all(&message)?;
     // Dropping `channel` closes the fd; a close error after a complete write changes
     // nothing the parent sees.
     drop(channel);
     Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// The takeover channel: a SOCK_SEQPACKET socketpair that carries sockets (SCM_RIGHTS)
+// ---------------------------------------------------------------------------------------
+
+/// A pair of connected Unix `SOCK_SEQPACKET` sockets, both close-on-exec: the readiness
+/// and takeover channel between a generation and the one it spawns. Each `send` is one
+/// record; each `recv` reads one record.
+pub(crate) fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds: [libc::c_int; 2] = [-1, -1];
+    // SAFETY: `fds` is a writable array of two ints that outlives the call; socketpair
+    // writes the two new descriptors there on success and nothing on failure.
+    cvt(unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    })?;
+    // SAFETY: socketpair succeeded, so both numbers are new descriptors that nothing else in
+    // this process owns.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Room for the control message of `n` descriptors, as `u64`s so that it is aligned for
+/// `cmsghdr`.
+fn cmsg_buffer(n: usize) -> Vec<u64> {
+    let bytes = n * size_of::<RawFd>();
+    // SAFETY: CMSG_SPACE only computes a size from its argument.
+    let space = unsafe { libc::CMSG_SPACE(bytes as libc::c_uint) } as usize;
+    vec![0u64; space.div_ceil(8)]
+}
+
+/// Sends `message` as one record on `socket` with `fd` attached (`SCM_RIGHTS`): the
+/// receiver gets its own descriptor of the same open socket. Never raises `SIGPIPE`
+/// (`MSG_NOSIGNAL`): a peer that is gone gives `EPIPE`. A non-blocking `socket` may fail
+/// with `WouldBlock`; nothing was sent then.
+pub(crate) fn send_with_fd(
+    socket: BorrowedFd<'_>,
+    message: &[u8],
+    fd: BorrowedFd<'_>,
+) -> io::Result<()> {
+    let mut control = cmsg_buffer(1);
+    let mut iov = libc::iovec {
+        iov_base: message.as_ptr().cast_mut().cast(),
+        iov_len: message.len(),
+    };
+    // SAFETY: an all-zero msghdr is a valid empty one.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &raw mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = (control.len() * 8) as _;
+    // SAFETY: `msg` points at `control`, which has room for one header with one fd
+    // (CMSG_SPACE above), so CMSG_FIRSTHDR returns a valid, aligned pointer into it and
+    // CMSG_DATA one with room for the fd, written unaligned-safe.
+    unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(&raw const msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<RawFd>() as libc::c_uint) as _;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>(), fd.as_raw_fd());
+    }
+    loop {
+        // SAFETY: `msg` and everything it points to (`iov` → `message`, `control`) are alive
+        // and initialised for the call; sendmsg only reads them. The sender keeps `fd` open
+        // across the call (it is borrowed).
+        let sent = unsafe { libc::sendmsg(socket.as_raw_fd(), &raw const msg, libc::MSG_NOSIGNAL) };
+        if sent >= 0 {
+            // A SOCK_SEQPACKET record is sent whole or not at all.
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// One record read by [`recv_with_fds`].
+#[derive(Debug)]
+pub(crate) struct Record {
+    /// The bytes of the record that fit the buffer.
+    pub(crate) len: usize,
+    /// The descriptors that came with it, close-on-exec and owned by this process now.
+    pub(crate) fds: Vec<OwnedFd>,
+    /// The record, or its descriptors, did not fit: what did not fit is lost (descriptors
+    /// that did not fit were closed by the kernel).
+    pub(crate) truncated: bool,
+}
+
+/// Reads one record from `socket` into `buf`, with up to four descriptors attached to it,
+/// received close-on-exec (`MSG_CMSG_CLOEXEC`). A record of length 0 without descriptors
+/// is the end of the stream (the peer closed its end). A non-blocking `socket` may fail
+/// with `WouldBlock`.
+pub(crate) fn recv_with_fds(socket: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Record> {
+    const MAX_FDS: usize = 4;
+    let mut control = cmsg_buffer(MAX_FDS);
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: an all-zero msghdr is a valid empty one.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &raw mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = (control.len() * 8) as _;
+    let len = loop {
+        // SAFETY: `msg` points at `iov` (→ `buf`) and `control`, both writable and alive for
+        // the call; recvmsg writes at most their lengths into them.
+        let n = unsafe { libc::recvmsg(socket.as_raw_fd(), &raw mut msg, libc::MSG_CMSG_CLOEXEC) };
+        if n >= 0 {
+            break n as usize;
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    };
+    let mut fds = Vec::new();
+    // SAFETY: recvmsg succeeded: the kernel filled `control` with `msg_controllen` bytes of
+    // well-formed control messages, which CMSG_FIRSTHDR / CMSG_NXTHDR walk without leaving
+    // it. Each SCM_RIGHTS message holds `(cmsg_len - CMSG_LEN(0)) / size_of::<int>()`
+    // descriptors, new in this process and owned by nobody else: each is taken once.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&raw const msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
+                let bytes = (*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
+                for i in 0..bytes / size_of::<RawFd>() {
+                    let fd = std::ptr::read_unaligned(data.add(i));
+                    fds.push(OwnedFd::from_raw_fd(fd));
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(&raw const msg, cmsg);
+        }
+    }
+    let truncated = msg.msg_flags & (libc::MSG_TRUNC | libc::MSG_CTRUNC) != 0;
+    Ok(Record {
+        len,
+        fds,
+        truncated,
+    })
+}
+
+/// Blocks until `fd` is readable (or, with `write`, writable), or in error or hung up
+/// (the next operation then reports it).
+pub(crate) fn wait_fd(fd: BorrowedFd<'_>, write: bool) -> io::Result<()> {
+    let mut pollfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: if write { libc::POLLOUT } else { libc::POLLIN },
+        revents: 0,
+    };
+    // SAFETY: `pollfd` is one writable struct that outlives the call (nfds = 1).
+    retry(|| unsafe { libc::poll(&raw mut pollfd, 1, -1) }).map(drop)
 }
 
 #[cfg(test)]
