@@ -166,34 +166,13 @@ pub struct Offer {
 impl Offer {
     /// The message, or an error when a field is over its limit.
     pub fn encode(&self) -> Result<Vec<u8>, FrameError> {
-        if self.name.len() > MAX_NAME_LEN {
-            return Err(FrameError::NameTooLong {
-                len: self.name.len(),
-            });
-        }
-        if self.state.len() > MAX_STATE_LEN {
-            return Err(FrameError::StateTooLarge {
-                len: self.state.len(),
-            });
-        }
-        if self.unconsumed.len() > MAX_UNCONSUMED_LEN {
-            return Err(FrameError::UnconsumedTooLarge {
-                len: self.unconsumed.len(),
-            });
-        }
-        let mut out = Vec::with_capacity(
-            OFFER_HEADER_LEN + self.name.len() + self.state.len() + self.unconsumed.len(),
-        );
-        common(&mut out, TYPE_OFFER, self.id);
-        out.push(self.kind.code());
-        // The limits above make these conversions exact.
-        out.extend_from_slice(&(self.name.len() as u16).to_be_bytes());
-        out.extend_from_slice(&(self.state.len() as u32).to_be_bytes());
-        out.extend_from_slice(&(self.unconsumed.len() as u32).to_be_bytes());
-        out.extend_from_slice(self.name.as_bytes());
-        out.extend_from_slice(&self.state);
-        out.extend_from_slice(&self.unconsumed);
-        Ok(out)
+        encode_offer(
+            self.id,
+            self.kind,
+            &self.name,
+            &self.state,
+            &self.unconsumed,
+        )
     }
 
     /// Reads one message. The id is readable ([`FrameError::id`]) from any message with a
@@ -244,6 +223,40 @@ impl Offer {
             unconsumed,
         })
     }
+}
+
+/// The message of an [`Offer`] with these fields, without building one (the sender keeps
+/// its buffers), or an error when a field is over its limit.
+pub fn encode_offer(
+    id: u64,
+    kind: StreamKind,
+    name: &str,
+    state: &[u8],
+    unconsumed: &[u8],
+) -> Result<Vec<u8>, FrameError> {
+    if name.len() > MAX_NAME_LEN {
+        return Err(FrameError::NameTooLong { len: name.len() });
+    }
+    if state.len() > MAX_STATE_LEN {
+        return Err(FrameError::StateTooLarge { len: state.len() });
+    }
+    if unconsumed.len() > MAX_UNCONSUMED_LEN {
+        return Err(FrameError::UnconsumedTooLarge {
+            len: unconsumed.len(),
+        });
+    }
+    let mut out =
+        Vec::with_capacity(OFFER_HEADER_LEN + name.len() + state.len() + unconsumed.len());
+    common(&mut out, TYPE_OFFER, id);
+    out.push(kind.code());
+    // The limits above make these conversions exact.
+    out.extend_from_slice(&(name.len() as u16).to_be_bytes());
+    out.extend_from_slice(&(state.len() as u32).to_be_bytes());
+    out.extend_from_slice(&(unconsumed.len() as u32).to_be_bytes());
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(state);
+    out.extend_from_slice(unconsumed);
+    Ok(out)
 }
 
 /// The new generation's answer to an [`Offer`].

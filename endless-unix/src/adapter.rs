@@ -322,8 +322,8 @@ impl<N: Net> Endless<N> {
         &self,
         stream: Stream<N>,
         name: &str,
-        state: Vec<u8>,
-        unconsumed: Vec<u8>,
+        state: &[u8],
+        unconsumed: &[u8],
     ) -> Result<(), HandOverError<Stream<N>>> {
         if !self.can_hand_over() {
             return Err(HandOverError::new(

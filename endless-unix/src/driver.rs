@@ -633,26 +633,35 @@ impl Handle {
         &self,
         kind: endless_core::takeover::StreamKind,
         name: &str,
-        state: Vec<u8>,
-        unconsumed: Vec<u8>,
+        state: &[u8],
+        unconsumed: &[u8],
         (fd, guard): Held,
     ) -> Result<(), HandOverError<Held>> {
         let outbox = lock(&self.shared.outbox).clone();
-        let Some(outbox) = outbox else {
+        let Some(outbox) = outbox.filter(Outbox::is_open) else {
             return Err(HandOverError::new(
                 HandOverFailure::NoSuccessor,
                 Some((fd, guard)),
             ));
+        };
+        let id = outbox.next_id();
+        let message = match endless_core::takeover::encode_offer(id, kind, name, state, unconsumed)
+        {
+            Ok(message) => message,
+            Err(e) => {
+                return Err(HandOverError::new(
+                    HandOverFailure::Frame(e),
+                    Some((fd, guard)),
+                ));
+            }
         };
         // From now on the new generation may own the socket: a forced close here must not
         // shut it down.
         guard.forget_socket();
         outbox
             .send(Outgoing {
-                kind,
-                name: name.to_owned(),
-                state,
-                unconsumed,
+                id,
+                message,
                 fd,
                 guard,
             })

@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use endless_core::takeover::{
-    FrameError, MAX_OFFER_LEN, Offer, Outcome, REPLY_LEN, RefuseReason, Reply, StreamKind,
+    FrameError, MAX_OFFER_LEN, Offer, Outcome, REPLY_LEN, RefuseReason, Reply,
 };
 
 use crate::sys;
@@ -128,13 +128,12 @@ impl<T> std::error::Error for HandOverError<T> {
 /// generation may own it).
 pub type Held = (OwnedFd, ConnectionGuard);
 
-/// What the application hands over.
+/// What the application hands over: the offer's message (its id from [`Outbox::next_id`])
+/// and the connection.
 #[derive(Debug)]
 pub(crate) struct Outgoing {
-    pub(crate) kind: StreamKind,
-    pub(crate) name: String,
-    pub(crate) state: Vec<u8>,
-    pub(crate) unconsumed: Vec<u8>,
+    pub(crate) id: u64,
+    pub(crate) message: Vec<u8>,
     pub(crate) fd: OwnedFd,
     pub(crate) guard: ConnectionGuard,
 }
@@ -147,6 +146,7 @@ type Done = async_channel::Sender<Result<(), HandOverError<Held>>>;
 pub(crate) struct Outbox {
     jobs: async_channel::Sender<(Outgoing, Done)>,
     open: Arc<AtomicBool>,
+    ids: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Outbox {
@@ -159,7 +159,16 @@ impl Outbox {
         std::thread::Builder::new()
             .name("endless-handover".into())
             .spawn(move || send_loop(&channel, successor, &queue, &flag))?;
-        Ok(Self { jobs, open })
+        Ok(Self {
+            jobs,
+            open,
+            ids: Arc::new(std::sync::atomic::AtomicU64::new(1)),
+        })
+    }
+
+    /// A new offer id, unique on this channel.
+    pub(crate) fn next_id(&self) -> u64 {
+        self.ids.fetch_add(1, Ordering::Relaxed)
     }
 
     /// Whether the new generation may still take connections.
@@ -192,15 +201,12 @@ fn send_loop(
     queue: &async_channel::Receiver<(Outgoing, Done)>,
     open: &AtomicBool,
 ) {
-    let mut next_id: u64 = 1;
     let mut buf = [0u8; REPLY_LEN + 1];
     let (mut sent, mut refused) = (0u64, 0u64);
     while let Ok((job, done)) = queue.recv_blocking() {
         let Outgoing {
-            kind,
-            name,
-            state,
-            unconsumed,
+            id,
+            message,
             fd,
             guard,
         } = job;
@@ -211,22 +217,6 @@ fn send_loop(
             fail(HandOverFailure::ChannelClosed, Some((fd, guard)));
             continue;
         }
-        let id = next_id;
-        next_id += 1;
-        let offer = Offer {
-            id,
-            kind,
-            name,
-            state,
-            unconsumed,
-        };
-        let message = match offer.encode() {
-            Ok(message) => message,
-            Err(e) => {
-                fail(HandOverFailure::Frame(e), Some((fd, guard)));
-                continue;
-            }
-        };
         if let Err(e) = send_blocking(channel, &message, &fd) {
             if e.raw_os_error() == Some(libc::EMSGSIZE) {
                 // Too big for the socket buffer: this one stays; the channel is fine.
@@ -574,6 +564,7 @@ fn receive_loop(channel: Arc<OwnedFd>, senders: &HashMap<String, async_channel::
 mod tests {
     use super::*;
     use crate::tracker::Tracker;
+    use endless_core::takeover::{StreamKind, encode_offer};
     use futures_lite::future::block_on;
     use std::io::{Read, Write};
     use std::net::{TcpListener, TcpStream, UdpSocket};
@@ -587,13 +578,12 @@ mod tests {
         (client, server)
     }
 
-    fn outgoing(name: &str, server: TcpStream, tracker: &Tracker) -> Outgoing {
+    fn outgoing(outbox: &Outbox, name: &str, server: TcpStream, tracker: &Tracker) -> Outgoing {
         let guard = tracker.track(None);
+        let id = outbox.next_id();
         Outgoing {
-            kind: StreamKind::Tcp,
-            name: name.into(),
-            state: b"count=3".to_vec(),
-            unconsumed: b"pi".to_vec(),
+            id,
+            message: encode_offer(id, StreamKind::Tcp, name, b"count=3", b"pi").unwrap(),
             fd: server.into(),
             guard,
         }
@@ -620,7 +610,7 @@ mod tests {
             let (stream, offer) = incoming.take(|fd| Ok(TcpStream::from(fd))).unwrap();
             (stream, offer, block_on(inbox.next()).is_none())
         });
-        block_on(outbox.send(outgoing("ping", server, &tracker))).unwrap();
+        block_on(outbox.send(outgoing(&outbox, "ping", server, &tracker))).unwrap();
         assert_eq!(tracker.len(), 0, "the guard goes once taken");
         drop(outbox); // the end of the handover
         let (mut stream, offer, ended) = app.join().unwrap();
@@ -650,7 +640,7 @@ mod tests {
         let tracker = Tracker::new();
         // No receiver of that name.
         let (_client, server) = tcp_pair();
-        let e = block_on(outbox.send(outgoing("other", server, &tracker))).unwrap_err();
+        let e = block_on(outbox.send(outgoing(&outbox, "other", server, &tracker))).unwrap_err();
         assert!(
             matches!(
                 e.failure,
@@ -664,7 +654,7 @@ mod tests {
         // The application drops the offer: refused as the receiver being closed.
         let app = std::thread::spawn(move || drop(block_on(inbox.next())));
         let (_client, server) = tcp_pair();
-        let e = block_on(outbox.send(outgoing("ping", server, &tracker))).unwrap_err();
+        let e = block_on(outbox.send(outgoing(&outbox, "ping", server, &tracker))).unwrap_err();
         assert!(
             matches!(
                 e.failure,
@@ -675,7 +665,7 @@ mod tests {
         app.join().unwrap();
         // The inbox is gone now, with the thread's senders still alive: refused again.
         let (_client, server) = tcp_pair();
-        let e = block_on(outbox.send(outgoing("ping", server, &tracker))).unwrap_err();
+        let e = block_on(outbox.send(outgoing(&outbox, "ping", server, &tracker))).unwrap_err();
         assert!(
             matches!(
                 e.failure,
@@ -684,12 +674,6 @@ mod tests {
             "{e}"
         );
         assert!(e.connection.is_some());
-        // Over the limit: refused here, before anything is sent.
-        let (_client, server) = tcp_pair();
-        let mut big = outgoing("ping", server, &tracker);
-        big.state = vec![0; endless_core::takeover::MAX_STATE_LEN + 1];
-        let e = block_on(outbox.send(big)).unwrap_err();
-        assert!(matches!(e.failure, HandOverFailure::Frame(_)), "{e}");
         assert!(outbox.is_open());
     }
 
@@ -701,7 +685,7 @@ mod tests {
         let tracker = Tracker::new();
         for _ in 0..3 {
             let (_client, server) = tcp_pair();
-            let e = block_on(outbox.send(outgoing("ping", server, &tracker))).unwrap_err();
+            let e = block_on(outbox.send(outgoing(&outbox, "ping", server, &tracker))).unwrap_err();
             assert!(matches!(e.failure, HandOverFailure::ChannelClosed), "{e}");
             assert!(e.connection.is_some());
         }
