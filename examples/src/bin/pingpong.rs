@@ -1,7 +1,7 @@
 //! A line server whose connections survive restarts: connection takeover on endless-tokio.
 //!
 //! Each connection has a session counter. Every line `L` is answered with
-//! `<count> pid=<pid> <L>`, where `count` is the number of lines this connection has sent so
+//! `<pid> <count> <L>`, where `count` is the number of lines this connection has sent so
 //! far, this one included. On a restart the old generation does not wait for its
 //! connections to end: once the new generation is ready, it stops reading each one at a
 //! line boundary and hands it over — socket, counter, and any part of a line it read but
@@ -10,8 +10,8 @@
 //!
 //! ```text
 //! cargo run -p endless-examples --bin pingpong -- --listen 127.0.0.1:7000
-//! nc 127.0.0.1 7000          # type lines: 1 pid=… a, 2 pid=… b, …
-//! kill -HUP <pid>            # the same connection goes on: 3 pid=<new pid> c
+//! nc 127.0.0.1 7000          # type lines: `<pid> 1 a`, `<pid> 2 b`, …
+//! kill -HUP <pid>            # the same connection goes on: `<new pid> 3 c`
 //! ```
 //!
 //! A connection the new generation does not take (an older version without the
@@ -69,6 +69,7 @@ async fn main() {
                 .and_then(|s| s.parse().ok())
                 .unwrap_or(0);
             taken += 1;
+            tracing::info!(pid = std::process::id(), count, "session taken over");
             spawn_session(
                 receiving.clone(),
                 received.stream,
@@ -150,7 +151,7 @@ async fn session<S>(
             let line: Vec<u8> = pending.drain(..=end).collect();
             let line = String::from_utf8_lossy(&line[..end]);
             count += 1;
-            let answer = format!("{count} pid={pid} {}\n", line.trim_end_matches('\r'));
+            let answer = format!("{pid} {count} {}\n", line.trim_end_matches('\r'));
             if stream.write_all(answer.as_bytes()).await.is_err() {
                 return;
             }
