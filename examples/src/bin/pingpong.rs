@@ -21,14 +21,10 @@
 //! `PINGPONG_TAKE_DELAY_MS` (default 0) makes the new generation wait that long before it
 //! takes each connection, to slow a takeover down for tests and demonstrations.
 
-use std::time::Duration;
-
+use endless_examples::pingpong::{RECEIVER, Session, take_delay};
 use endless_examples::{Args, ListenAddr, accept_loop, announce, init_logging};
 use endless_tokio::{Endless, Stream, Tracked};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-
-/// The receiver name the generations agree on.
-const RECEIVER: &str = "pingpong";
 
 #[tokio::main]
 async fn main() {
@@ -50,10 +46,7 @@ async fn main() {
             std::process::exit(1);
         }
     }
-    let take_delay = std::env::var("PINGPONG_TAKE_DELAY_MS")
-        .ok()
-        .and_then(|ms| ms.parse().ok())
-        .map(Duration::from_millis);
+    let take_delay = take_delay();
     let receiving = endless.clone();
     tokio::spawn(async move {
         let mut taken = 0u64;
@@ -64,18 +57,14 @@ async fn main() {
             let Some(received) = connections.next().await else {
                 break;
             };
-            let count = std::str::from_utf8(&received.state)
-                .ok()
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(0);
+            let session = Session::resume(&received.state, received.unconsumed);
             taken += 1;
-            tracing::info!(pid = std::process::id(), count, "session taken over");
-            spawn_session(
-                receiving.clone(),
-                received.stream,
-                count,
-                received.unconsumed,
+            tracing::info!(
+                pid = std::process::id(),
+                count = session.count,
+                "session taken over"
             );
+            spawn_session(receiving.clone(), received.stream, session);
         }
         tracing::info!(taken, "connections taken over");
     });
@@ -91,7 +80,7 @@ fn listen(endless: &Endless, name: &str, addr: &ListenAddr) -> std::io::Result<(
             announce(name, listener.local_addr()?);
             let endless = endless.clone();
             tokio::spawn(accept_loop(name.to_owned(), listener, move |stream| {
-                spawn_session(endless.clone(), Stream::Tcp(stream), 0, Vec::new());
+                spawn_session(endless.clone(), Stream::Tcp(stream), Session::default());
             }));
         }
         ListenAddr::Unix(path) => {
@@ -99,7 +88,7 @@ fn listen(endless: &Endless, name: &str, addr: &ListenAddr) -> std::io::Result<(
             announce(name, format!("unix:{}", path.display()));
             let endless = endless.clone();
             tokio::spawn(accept_loop(name.to_owned(), listener, move |stream| {
-                spawn_session(endless.clone(), Stream::Unix(stream), 0, Vec::new());
+                spawn_session(endless.clone(), Stream::Unix(stream), Session::default());
             }));
         }
         ListenAddr::Udp(_) => {
@@ -111,16 +100,16 @@ fn listen(endless: &Endless, name: &str, addr: &ListenAddr) -> std::io::Result<(
     Ok(())
 }
 
-fn spawn_session(endless: Endless, stream: Stream, count: u64, unconsumed: Vec<u8>) {
+fn spawn_session(endless: Endless, stream: Stream, session: Session) {
     tokio::spawn(async move {
         match stream {
             Stream::Tcp(s) => {
                 let kind: Kind<_> = (Stream::Tcp, |s: Stream| s.into_tcp().ok());
-                session(endless, s, kind, count, unconsumed).await;
+                serve(endless, s, kind, session).await;
             }
             Stream::Unix(s) => {
                 let kind: Kind<_> = (Stream::Unix, |s: Stream| s.into_unix().ok());
-                session(endless, s, kind, count, unconsumed).await;
+                serve(endless, s, kind, session).await;
             }
         }
     });
@@ -130,37 +119,31 @@ fn spawn_session(endless: Endless, stream: Stream, count: u64, unconsumed: Vec<u
 type Kind<S> = (fn(Tracked<S>) -> Stream, fn(Stream) -> Option<Tracked<S>>);
 
 /// Serves one connection: answers each complete line, and hands the connection over (at a
-/// line boundary, with the counter and the partial line) once the process drains.
-async fn session<S>(
+/// line boundary, with its session) once the process drains.
+async fn serve<S>(
     endless: Endless,
     mut stream: Tracked<S>,
     (wrap, unwrap): Kind<S>,
-    mut count: u64,
-    mut pending: Vec<u8>,
+    mut session: Session,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     Tracked<S>: AsyncRead + AsyncWrite + Unpin,
 {
-    let pid = std::process::id();
     let closing = stream.guard().tracker();
     let mut handover_tried = false;
     let mut chunk = [0u8; 4096];
+    let mut received = 0;
     loop {
-        // Answer every complete line received so far.
-        while let Some(end) = pending.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = pending.drain(..=end).collect();
-            let line = String::from_utf8_lossy(&line[..end]);
-            count += 1;
-            let answer = format!("{pid} {count} {}\n", line.trim_end_matches('\r'));
-            if stream.write_all(answer.as_bytes()).await.is_err() {
-                return;
-            }
+        let answers = session.feed(&chunk[..received]);
+        if stream.write_all(answers.as_bytes()).await.is_err() {
+            return;
         }
+        received = 0;
         tokio::select! {
             // `read` is cancel-safe: nothing is lost when the drain wins.
             read = stream.read(&mut chunk) => match read {
                 Ok(0) | Err(_) => return,
-                Ok(n) => pending.extend_from_slice(&chunk[..n]),
+                Ok(n) => received = n,
             },
             () = closing.closing(), if !handover_tried => {
                 handover_tried = true;
@@ -169,8 +152,8 @@ async fn session<S>(
                     // client hangs up or the drain deadline.
                     continue;
                 }
-                let state = count.to_string();
-                match endless.hand_over(wrap(stream), RECEIVER, state.as_bytes(), &pending).await {
+                let state = session.state();
+                match endless.hand_over(wrap(stream), RECEIVER, &state, &session.pending).await {
                     Ok(()) => return,
                     Err(e) => {
                         tracing::warn!(error = %e, "connection kept");
