@@ -355,6 +355,8 @@ impl Reply {
             return Err(fail(FrameErrorKind::Truncated));
         };
         let outcome = match outcome {
+            // Strict: one encoding per reply.
+            0 if reason != 0 => return Err(fail(FrameErrorKind::ReasonWhenTaken(reason))),
             0 => Outcome::Taken,
             1 => Outcome::Refused(RefuseReason::from_code(reason)),
             other => return Err(fail(FrameErrorKind::UnknownOutcome(other))),
@@ -483,6 +485,8 @@ pub enum FrameErrorKind {
     UnknownKind(u8),
     /// Its reply outcome is unknown.
     UnknownOutcome(u8),
+    /// It says "taken" with a refusal reason.
+    ReasonWhenTaken(u8),
     /// Its name is over the limit.
     NameTooLong(usize),
     /// Its name is not UTF-8.
@@ -535,6 +539,7 @@ impl fmt::Display for FrameErrorKind {
             Self::UnexpectedType(t) => write!(f, "unexpected message type {t}"),
             Self::UnknownKind(k) => write!(f, "unknown socket kind {k}"),
             Self::UnknownOutcome(o) => write!(f, "unknown outcome {o}"),
+            Self::ReasonWhenTaken(r) => write!(f, "taken, with refusal reason {r}"),
             Self::NameTooLong(n) => write!(f, "name of {n} bytes (at most {MAX_NAME_LEN})"),
             Self::NameNotUtf8 => f.write_str("name is not UTF-8"),
             Self::StateTooLarge(n) => write!(f, "state of {n} bytes (at most {MAX_STATE_LEN})"),

@@ -226,13 +226,23 @@ fn each_malformation_has_its_error() {
             ..
         })
     ));
-    let mut bad_outcome = reply;
+    let mut bad_outcome = reply.clone();
     bad_outcome[REPLY_LEN - 2] = 5;
     assert!(matches!(
         Reply::decode(&bad_outcome),
         Err(FrameError::Malformed {
             id: Some(9),
             kind: FrameErrorKind::UnknownOutcome(5)
+        })
+    ));
+    // One encoding per reply: "taken" carries no reason (found by the fuzzer).
+    let mut taken_with_reason = reply;
+    taken_with_reason[REPLY_LEN - 1] = 3;
+    assert!(matches!(
+        Reply::decode(&taken_with_reason),
+        Err(FrameError::Malformed {
+            id: Some(9),
+            kind: FrameErrorKind::ReasonWhenTaken(3)
         })
     ));
     // Reasons a later version may add are carried, not refused.
