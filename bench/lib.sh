@@ -205,3 +205,100 @@ median() {
         if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2
     }'
 }
+
+# ---- shared by drain-idle.sh, many-listeners.sh and restarts-rss.sh ------------------------
+
+need_python3() {
+    command -v python3 >/dev/null && return
+    log "installing python3 (apt)"
+    apt_install python3
+}
+
+# raise_nofile N: raises this shell's open-file limit (inherited by everything it starts) to
+# at least N, up to the hard limit; dies if the hard limit is lower.
+raise_nofile() {
+    local want=$1 hard
+    hard=$(ulimit -Hn)
+    if [[ $hard != unlimited ]] && ((hard < want)); then
+        die "need $want open files, the hard limit is $hard (raise it: ulimit -Hn as root, or limits.conf)"
+    fi
+    (($(ulimit -n) >= want)) || ulimit -n "$want"
+}
+
+# nap_init DIR: sets up nap_1ms, a 1 ms sleep without a fork (a read that times out on a
+# FIFO nobody writes to) for polling loops that must not cost a fork per turn.
+NAP_FD=""
+nap_init() {
+    rm -f "$1/.nap"
+    mkfifo "$1/.nap"
+    exec {NAP_FD}<>"$1/.nap"
+    rm -f "$1/.nap"
+}
+nap_1ms() {
+    read -r -t 0.001 -u "$NAP_FD" _ || true
+}
+
+# pid_in FILE: the pid a pid file names, or nothing.
+pid_in() {
+    local pid=""
+    { read -r pid <"$1"; } 2>/dev/null || true
+    echo "$pid"
+}
+
+# proc_alive PID: the process exists and is not a zombie (no fork).
+proc_alive() {
+    local stat
+    { read -r stat <"/proc/$1/stat"; } 2>/dev/null || return 1
+    stat=${stat##*) }
+    [[ ${stat:0:1} != Z ]]
+}
+
+# hup_and_wait PIDFILE TIMEOUT_S: SIGHUP to the pid the pid file names, then polls it every
+# millisecond until it names another one (the new generation writes it once it is ready).
+# Sets OLD_PID, NEW_PID, HUP_AT (µs since the epoch) and HANDOVER_US (empty if no new pid
+# within TIMEOUT_S). Needs nap_init.
+hup_and_wait() {
+    local pidfile=$1 timeout_s=$2 cur="" now deadline
+    OLD_PID=$(pid_in "$pidfile")
+    NEW_PID=""
+    HANDOVER_US=""
+    [[ -n $OLD_PID ]] || die "the pid file $pidfile names no process"
+    HUP_AT=${EPOCHREALTIME/./}
+    deadline=$((HUP_AT + timeout_s * 1000000))
+    kill -HUP "$OLD_PID" 2>/dev/null || die "cannot signal pid $OLD_PID"
+    while :; do
+        { read -r cur <"$pidfile"; } 2>/dev/null || cur=""
+        now=${EPOCHREALTIME/./}
+        if [[ -n $cur && $cur != "$OLD_PID" ]]; then
+            NEW_PID=$cur
+            HANDOVER_US=$((now - HUP_AT))
+            return 0
+        fi
+        ((now < deadline)) || return 0
+        nap_1ms
+    done
+}
+
+# wait_gone PID TIMEOUT_S: polls every millisecond until PID has exited (a zombie counts as
+# gone). Sets GONE_AT (µs since the epoch, empty on a timeout). Needs nap_init.
+wait_gone() {
+    local pid=$1 deadline now
+    deadline=$((${EPOCHREALTIME/./} + $2 * 1000000))
+    GONE_AT=""
+    while proc_alive "$pid"; do
+        now=${EPOCHREALTIME/./}
+        ((now < deadline)) || return 0
+        nap_1ms
+    done
+    GONE_AT=${EPOCHREALTIME/./}
+}
+
+# min / median / max of the arguments, as "min / median / max" (µs → ms, one decimal).
+ms_summary() {
+    (($#)) || { echo "-"; return; }
+    local min max med
+    min=$(printf '%s\n' "$@" | sort -g | head -1)
+    max=$(printf '%s\n' "$@" | sort -g | tail -1)
+    med=$(median "$@")
+    awk -v a="$min" -v b="$med" -v c="$max" 'BEGIN { printf "%.1f / %.1f / %.1f", a / 1000, b / 1000, c / 1000 }'
+}

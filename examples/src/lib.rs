@@ -47,6 +47,7 @@ use endless_unix::{Net, Tracked};
 pub mod echo;
 pub mod futures_rt;
 pub mod pingpong;
+pub mod servers;
 
 /// Where to listen.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -4,16 +4,12 @@
 //! ```text
 //! cargo run -p endless-examples --bin hello-async-std -- --listen 127.0.0.1:8080
 //! ```
+//!
+//! The server itself is in `examples/src/servers.rs`, which the `demo` binary runs too.
 
-use endless_examples::{Args, futures_rt, init_logging};
+use endless_examples::{Args, init_logging, servers};
 
-#[async_std::main]
-async fn main() {
+fn main() {
     init_logging();
-    let args = Args::from_env();
-    let code = futures_rt::hello(args, |task| {
-        async_std::task::spawn(task);
-    })
-    .await;
-    std::process::exit(code);
+    std::process::exit(servers::hello_async_std(Args::from_env()));
 }

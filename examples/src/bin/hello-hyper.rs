@@ -5,17 +5,12 @@
 //! cargo run -p endless-examples --bin hello-hyper -- --listen 127.0.0.1:8080 --pid-file /tmp/hello.pid
 //! kill -HUP $(cat /tmp/hello.pid)
 //! ```
+//!
+//! The server itself is in `examples/src/servers.rs`, which the `demo` binary runs too.
 
-use endless_examples::{Args, hello, init_logging, serve_http};
-use endless_hyper::HyperService;
+use endless_examples::{Args, init_logging, servers};
 
-#[tokio::main]
-async fn main() {
+fn main() {
     init_logging();
-    let args = Args::from_env();
-    let endless = args.start_endless();
-    let service = HyperService(hyper::service::service_fn(hello));
-    serve_http(&endless, &args, &endless_hyper::Server::new(), service);
-    endless.ready();
-    std::process::exit(endless.run().await.code);
+    std::process::exit(servers::hello_hyper(Args::from_env()));
 }

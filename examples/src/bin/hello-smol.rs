@@ -7,14 +7,12 @@
 //! cargo run -p endless-examples --bin hello-smol -- --listen 127.0.0.1:8080 --pid-file /tmp/hello.pid
 //! kill -HUP $(cat /tmp/hello.pid)
 //! ```
+//!
+//! The server itself is in `examples/src/servers.rs`, which the `demo` binary runs too.
 
-use endless_examples::{Args, futures_rt, init_logging};
+use endless_examples::{Args, init_logging, servers};
 
 fn main() {
     init_logging();
-    let args = Args::from_env();
-    let code = smol::block_on(futures_rt::hello(args, |task| {
-        smol::spawn(task).detach();
-    }));
-    std::process::exit(code);
+    std::process::exit(servers::hello_smol(Args::from_env()));
 }

@@ -1,0 +1,162 @@
+//! The HTTP example servers, one function each: the `hello-*` binaries are these functions,
+//! and so is `demo serve NAME`, which lets the demo run any of them from its own executable
+//! (one `cargo run` builds one binary).
+//!
+//! Each takes the parsed shared command line ([`Args`]), serves until a stop or a handover
+//! is complete, and returns the process's exit code.
+
+use std::time::Duration;
+
+use endless_hyper::HyperService;
+
+use crate::{Args, futures_rt, hello, pid_body, serve_http};
+
+/// An HTTP example server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpServer {
+    /// `hello-hyper`: hyper 1.x on tokio through endless-hyper, HTTP/1.1 and HTTP/2.
+    Hyper,
+    /// `hello-axum`: an axum 0.8 application through endless-hyper.
+    Axum,
+    /// `hello-tls`: `hello-hyper` over TLS (needs `--tls-cert` and `--tls-key`).
+    Tls,
+    /// `hello-smol`: hyper's HTTP/1.1 on smol through endless-smol.
+    Smol,
+    /// `hello-async-std`: the same on async-std.
+    AsyncStd,
+}
+
+impl HttpServer {
+    /// Every HTTP example, in the order the docs list them.
+    pub const ALL: [Self; 5] = [
+        Self::Hyper,
+        Self::Axum,
+        Self::Tls,
+        Self::Smol,
+        Self::AsyncStd,
+    ];
+
+    /// The binary's name (`hello-hyper`, …).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Hyper => "hello-hyper",
+            Self::Axum => "hello-axum",
+            Self::Tls => "hello-tls",
+            Self::Smol => "hello-smol",
+            Self::AsyncStd => "hello-async-std",
+        }
+    }
+
+    /// The server a binary name names.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.name() == name)
+    }
+
+    /// The runtime it runs on, for people.
+    pub fn runtime(self) -> &'static str {
+        match self {
+            Self::Hyper | Self::Tls => "tokio + hyper",
+            Self::Axum => "tokio + axum",
+            Self::Smol => "smol",
+            Self::AsyncStd => "async-std",
+        }
+    }
+
+    /// Runs the server with `args` until it stops or has handed over; returns the exit
+    /// code.
+    pub fn run(self, args: Args) -> i32 {
+        match self {
+            Self::Hyper => hello_hyper(args),
+            Self::Axum => hello_axum(args),
+            Self::Tls => hello_tls(args),
+            Self::Smol => hello_smol(args),
+            Self::AsyncStd => hello_async_std(args),
+        }
+    }
+}
+
+/// What `#[tokio::main]` does: a multi-threaded runtime that runs `main` to completion.
+fn tokio_main(main: impl Future<Output = i32>) -> i32 {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("cannot start the tokio runtime")
+        .block_on(main)
+}
+
+/// `hello-hyper`: a hyper service, served by endless-hyper.
+pub fn hello_hyper(args: Args) -> i32 {
+    tokio_main(async {
+        let endless = args.start_endless();
+        let service = HyperService(hyper::service::service_fn(hello));
+        serve_http(&endless, &args, &endless_hyper::Server::new(), service);
+        endless.ready();
+        endless.run().await.code
+    })
+}
+
+/// `hello-axum`: an axum router, served by endless-hyper.
+pub fn hello_axum(args: Args) -> i32 {
+    #[derive(serde::Deserialize)]
+    struct Params {
+        sleep: Option<u64>,
+    }
+
+    async fn hello(axum::extract::Query(params): axum::extract::Query<Params>) -> String {
+        if let Some(ms) = params.sleep {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
+        pid_body()
+    }
+
+    tokio_main(async {
+        let endless = args.start_endless();
+        let app = axum::Router::new().route("/", axum::routing::get(hello));
+        serve_http(&endless, &args, &endless_hyper::Server::new(), app);
+        endless.ready();
+        endless.run().await.code
+    })
+}
+
+/// `hello-tls`: `hello-hyper` over TLS (HTTP/2 and HTTP/1.1 by ALPN). The certificate is
+/// read at start-up, so a restart picks up a renewed one; a bad one fails this generation
+/// before it is ready, and the previous one keeps serving. Exits with 2 without
+/// `--tls-cert` and `--tls-key`.
+pub fn hello_tls(args: Args) -> i32 {
+    let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else {
+        eprintln!(
+            "error: hello-tls needs --tls-cert PATH and --tls-key PATH\n\n{}",
+            crate::USAGE
+        );
+        return 2;
+    };
+    tokio_main(async {
+        let acceptor = match endless_hyper::tls::acceptor_from_pem_files(cert, key) {
+            Ok(acceptor) => acceptor,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot load the certificate");
+                return 1;
+            }
+        };
+        let endless = args.start_endless();
+        let server = endless_hyper::Server::new().tls(acceptor);
+        let service = HyperService(hyper::service::service_fn(hello));
+        serve_http(&endless, &args, &server, service);
+        endless.ready();
+        endless.run().await.code
+    })
+}
+
+/// `hello-smol`: hyper's HTTP/1.1 on smol ([`futures_rt::hello`]).
+pub fn hello_smol(args: Args) -> i32 {
+    smol::block_on(futures_rt::hello(args, |task| {
+        smol::spawn(task).detach();
+    }))
+}
+
+/// `hello-async-std`: hyper's HTTP/1.1 on async-std ([`futures_rt::hello`]).
+pub fn hello_async_std(args: Args) -> i32 {
+    async_std::task::block_on(futures_rt::hello(args, |task| {
+        async_std::task::spawn(task);
+    }))
+}
