@@ -147,8 +147,16 @@ struct HttpServer {
 impl HttpServer {
     /// Starts `bin`; with TLS, on a first certificate (serial 1), returned.
     fn start(bin: &Path, transport: Transport) -> (Self, Option<u64>) {
+        Self::start_with(bin, transport, &[])
+    }
+
+    /// [`HttpServer::start`] with more arguments.
+    fn start_with(bin: &Path, transport: Transport, args: &[&str]) -> (Self, Option<u64>) {
         let certs = TempDir::new("certs");
         let mut options = Options::default().env("RUST_LOG", "info,endless_hyper=debug");
+        for arg in args {
+            options = options.arg(*arg);
+        }
         let mut first_cert = None;
         let pki = (transport == Transport::Tls).then(|| {
             let pki = Pki::new(certs.path());
@@ -264,13 +272,25 @@ struct Generation {
 /// load came over a connection showing the certificate of the generation that answered;
 /// in the end one process is left.
 fn restarts_under_load(bin: &Path, transport: Transport, proto: Proto, restarts: usize) {
-    let (http, first_cert) = HttpServer::start(bin, transport);
+    restarts_under_load_with(bin, transport, proto, restarts, &[]);
+}
+
+/// [`restarts_under_load`], with more server arguments.
+fn restarts_under_load_with(
+    bin: &Path,
+    transport: Transport,
+    proto: Proto,
+    restarts: usize,
+    args: &[&str],
+) {
+    let (http, first_cert) = HttpServer::start_with(bin, transport, args);
     let server = &http.server;
     let load = Load::start(
         http.target(proto),
         LoadConfig {
             connections: CONNECTIONS,
             streams: STREAMS,
+            connections_move: args.contains(&"--hand-over-idle"),
             ..LoadConfig::default()
         },
     );
@@ -394,6 +414,90 @@ fn restarts_under_load(bin: &Path, transport: Transport, proto: Proto, restarts:
         assert_eq!(exit, Exit::Code(0), "{what}: the exit status of {pid}");
     }
     server.group.wait_settled(&[last]);
+}
+
+// ---- idle connections handed over ------------------------------------------------------------
+
+#[test]
+fn hello_hyper_http1_ten_restarts_under_load_handing_idle_connections_over() {
+    restarts_under_load_with(
+        hello_hyper(),
+        Transport::Cleartext,
+        Proto::Http1,
+        10,
+        &["--hand-over-idle"],
+    );
+}
+
+#[test]
+fn hello_axum_http1_restarts_under_load_handing_idle_connections_over() {
+    restarts_under_load_with(
+        hello_axum(),
+        Transport::Cleartext,
+        Proto::Http1,
+        3,
+        &["--hand-over-idle"],
+    );
+}
+
+/// HTTP/2 connections of a server that hands HTTP/1 ones over are told apart by their
+/// preface, and drained with GOAWAY as usual.
+#[test]
+fn hello_hyper_http2_restarts_under_load_handing_idle_connections_over() {
+    restarts_under_load_with(
+        hello_hyper(),
+        Transport::Cleartext,
+        Proto::Http2,
+        3,
+        &["--hand-over-idle"],
+    );
+}
+
+/// Idle HTTP/1.1 keep-alive connections opened before a restart answer the requests sent
+/// right after it, from the new pid, on the same connection, without `Connection: close`;
+/// and again after a second restart.
+#[test]
+fn idle_keep_alive_connections_move_to_the_new_generation() {
+    const N: usize = 16;
+    let (http, _) =
+        HttpServer::start_with(hello_hyper(), Transport::Cleartext, &["--hand-over-idle"]);
+    let server = &http.server;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let ask = |conn: &mut Conn| match runtime.block_on(conn.get("/")) {
+        Outcome::Answered(a) => {
+            assert!(!a.connection_close, "told to close: {a:?}");
+            a.pid().unwrap_or_else(|e| panic!("a bad answer: {e}"))
+        }
+        other => panic!("GET / on connection {}: {other:?}", conn.id()),
+    };
+    let mut conns: Vec<Conn> = (0..N)
+        .map(|i| {
+            runtime
+                .block_on(Conn::open(&http.target(Proto::Http1), i as u64))
+                .unwrap_or_else(|e| panic!("open a connection: {e}"))
+        })
+        .collect();
+    let first = server.pid();
+    for conn in &mut conns {
+        assert_eq!(ask(conn), first);
+    }
+    for _ in 0..2 {
+        let old = server.pid();
+        let new = server.hup();
+        // Right after the restart: every connection is answered by the new generation (a
+        // connection drained instead would be answered by the old one, which holds it).
+        for conn in &mut conns {
+            assert_eq!(ask(conn), new, "connection {}", conn.id());
+        }
+        assert_eq!(server.group.wait_exit(old), Exit::Code(0));
+    }
+    for conn in &conns {
+        assert!(!conn.is_closed(), "connection {} closed", conn.id());
+    }
 }
 
 // ---- slow requests -------------------------------------------------------------------------

@@ -78,8 +78,11 @@ use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 mod h2_shutdown;
+mod takeover;
 #[cfg(feature = "tls")]
 pub mod tls;
+
+pub use takeover::{CountedBody, IntoStream};
 
 /// A hyper service (such as `hyper::service::service_fn(…)`) as a tower service, for
 /// [`Server::serve`].
@@ -155,10 +158,12 @@ pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub trait Accept: Send + Sync + 'static {
     /// The stream of a connection.
     type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    /// The tracked stream, as [`Server::hand_over_idle`] hands it over.
+    type Tracked: IntoStream + AsyncRead + AsyncWrite + Unpin + Send + 'static;
 
     /// The next connection, tracked for the drain, or `None` once the process stops
     /// accepting.
-    fn accept(&self) -> impl Future<Output = io::Result<Option<Tracked<Self::Stream>>>> + Send;
+    fn accept(&self) -> impl Future<Output = io::Result<Option<Self::Tracked>>> + Send;
 
     /// The tracker of the accepted connections.
     fn tracker(&self) -> &Tracker;
@@ -166,8 +171,9 @@ pub trait Accept: Send + Sync + 'static {
 
 impl Accept for endless_tokio::TcpListener {
     type Stream = tokio::net::TcpStream;
+    type Tracked = Tracked<tokio::net::TcpStream>;
 
-    async fn accept(&self) -> io::Result<Option<Tracked<Self::Stream>>> {
+    async fn accept(&self) -> io::Result<Option<Self::Tracked>> {
         let accepted = Self::accept(self).await?;
         Ok(accepted.map(|(stream, _)| {
             // Small responses go out at once, as every HTTP server does it.
@@ -183,8 +189,9 @@ impl Accept for endless_tokio::TcpListener {
 
 impl Accept for endless_tokio::UnixListener {
     type Stream = tokio::net::UnixStream;
+    type Tracked = Tracked<tokio::net::UnixStream>;
 
-    async fn accept(&self) -> io::Result<Option<Tracked<Self::Stream>>> {
+    async fn accept(&self) -> io::Result<Option<Self::Tracked>> {
         let accepted = Self::accept(self).await?;
         Ok(accepted.map(|(stream, _)| stream))
     }
@@ -201,12 +208,14 @@ pub struct Server {
     idle_grace: Duration,
     #[cfg(feature = "tls")]
     tls: Option<tokio_rustls::TlsAcceptor>,
+    takeover: Option<Arc<takeover::Takeover>>,
 }
 
 impl std::fmt::Debug for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let mut d = f.debug_struct("Server");
         d.field("idle_grace", &self.idle_grace);
+        d.field("takeover", &self.takeover.as_ref().map(|t| &t.name));
         #[cfg(feature = "tls")]
         d.field("tls", &self.tls.is_some());
         d.finish_non_exhaustive()
@@ -231,6 +240,7 @@ impl Server {
             idle_grace: DEFAULT_IDLE_GRACE,
             #[cfg(feature = "tls")]
             tls: None,
+            takeover: None,
         }
     }
 
@@ -256,6 +266,37 @@ impl Server {
         self
     }
 
+    /// Hands idle HTTP/1.1 keep-alive connections to the new generation at a restart
+    /// instead of closing them: a client that sends on one right after the restart is
+    /// answered by the new generation, on the same connection. `name` is the receiver both
+    /// generations register (call this before [`ready`](endless_tokio::Endless::ready), in
+    /// every generation); the connections received are served by the service of the first
+    /// [`serve`](Self::serve) call.
+    ///
+    /// A connection moves at a request boundary, with the bytes hyper read and did not parse
+    /// yet. TLS and HTTP/2 connections are drained as usual, and so is a connection whose
+    /// last request had a body (its rest must not pass for the next request), and every
+    /// connection when the new generation takes none. These HTTP/1 connections are served
+    /// by hyper's HTTP/1 connection with upgrades and its default options (plus the timer):
+    /// the options of [`builder_mut`](Self::builder_mut) do not apply to them.
+    ///
+    /// # Errors
+    ///
+    /// When the receiver cannot be registered (a second one of this name, or after ready).
+    pub fn hand_over_idle(
+        mut self,
+        endless: &endless_tokio::Endless,
+        name: &str,
+    ) -> io::Result<Self> {
+        let connections = endless.receive_connections(name)?;
+        self.takeover = Some(Arc::new(takeover::Takeover {
+            name: name.to_owned(),
+            endless: endless.clone(),
+            connections: std::sync::Mutex::new(Some(connections)),
+        }));
+        Ok(self)
+    }
+
     /// Accepts on `listener` until the process stops accepting, serving each connection
     /// with a clone of `service` on its own task; returns the accept loop's task. Call it
     /// within the tokio runtime.
@@ -270,6 +311,50 @@ impl Server {
     {
         let server = self.clone();
         let closers = Closers::watch(listener.tracker().clone());
+        if let Some(takeover) = &self.takeover {
+            let connections = takeover
+                .connections
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take();
+            if let Some(connections) = connections {
+                let (server, service, closers) = (self.clone(), service.clone(), closers.clone());
+                tokio::spawn(async move {
+                    let mut taken = 0u64;
+                    while let Some(received) = connections.next().await {
+                        taken += 1;
+                        let prefix = bytes::Bytes::from(received.unconsumed);
+                        let (server, service) = (server.clone(), service.clone());
+                        let closing = closers.register();
+                        tokio::spawn(async move {
+                            match received.stream {
+                                endless_tokio::Stream::Tcp(io) => {
+                                    server
+                                        .h1_takeover(
+                                            takeover::Prefixed::new(prefix, io),
+                                            service,
+                                            closing,
+                                        )
+                                        .await;
+                                }
+                                endless_tokio::Stream::Unix(io) => {
+                                    server
+                                        .h1_takeover(
+                                            takeover::Prefixed::new(prefix, io),
+                                            service,
+                                            closing,
+                                        )
+                                        .await;
+                                }
+                            }
+                        });
+                    }
+                    if taken > 0 {
+                        tracing::info!(taken, "idle connections taken over");
+                    }
+                });
+            }
+        }
         tokio::spawn(async move {
             loop {
                 match listener.accept().await {
@@ -292,13 +377,13 @@ impl Server {
         })
     }
 
-    async fn connection<I, S, B>(self, io: Tracked<I>, service: S, closing: Closing)
+    async fn connection<T, S, B>(self, io: T, service: S, closing: Closing)
     where
-        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        T: IntoStream + AsyncRead + AsyncWrite + Unpin + Send + 'static,
         S: HttpService<B>,
         B: ResponseBody,
     {
-        let tracker = io.guard().tracker();
+        let tracker = io.tracker();
         #[cfg(feature = "tls")]
         if let Some(acceptor) = &self.tls {
             let handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(io));
@@ -309,7 +394,107 @@ impl Server {
             }
             return;
         }
+        if self.takeover.is_some() {
+            let mut io = io;
+            let detected = takeover::detect_h2(&mut io, tracker.closing()).await;
+            let (h2, prefix) = match detected {
+                Ok(detected) => detected,
+                Err(e) => return tracing::debug!(error = %e, "connection failed"),
+            };
+            let io = takeover::Prefixed::new(prefix, io);
+            if h2 {
+                return self.http(io, service, tracker, closing).await;
+            }
+            return self.h1_takeover(io, service, closing).await;
+        }
         self.http(io, service, tracker, closing).await;
+    }
+
+    /// Serves HTTP/1 on `io` and, once the process drains, hands it to the new generation
+    /// at a request boundary (see [`Server::hand_over_idle`]).
+    async fn h1_takeover<T, S, B>(
+        &self,
+        io: takeover::Prefixed<T>,
+        service: S,
+        mut closing: Closing,
+    ) where
+        T: IntoStream + AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        S: HttpService<B>,
+        B: ResponseBody,
+    {
+        let Some(takeover) = self.takeover.clone() else {
+            return;
+        };
+        let idle = Arc::new(takeover::Idle::default());
+        let counted = takeover::Counted {
+            inner: TowerToHyperService::new(service.clone()),
+            idle: Arc::clone(&idle),
+        };
+        let io = TokioIo::new(takeover::Watched::new(io, Arc::clone(&idle)));
+        let mut http1 = hyper::server::conn::http1::Builder::new();
+        http1.timer(TokioTimer::new());
+        let mut conn = http1.serve_connection(io, counted).with_upgrades();
+        tokio::select! {
+            biased;
+            result = &mut conn => return log_end(result.map_err(Into::into)),
+            _ = &mut closing.0 => {}
+        }
+        if takeover.endless.can_hand_over() {
+            // Serve on until the connection is at a request boundary.
+            let ended = std::future::poll_fn(|cx| match Pin::new(&mut conn).poll(cx) {
+                Poll::Ready(result) => Poll::Ready(Some(result)),
+                Poll::Pending if idle.is_idle() => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            })
+            .await;
+            if let Some(result) = ended {
+                return log_end(result.map_err(Into::into));
+            }
+            // Upgraded meanwhile: hyper serves it no more.
+            let Some(parts) = conn.into_parts() else {
+                return;
+            };
+            let (left, stream) = parts.io.into_inner().into_inner().into_parts();
+            let mut unconsumed = parts.read_buf.to_vec();
+            unconsumed.extend_from_slice(&left);
+            let handed = takeover
+                .endless
+                .hand_over(stream.into_stream(), &takeover.name, &[], &unconsumed)
+                .await;
+            let back = match handed {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::info!(error = %e, "idle connection drained here");
+                    match e.connection {
+                        Some(back) => back,
+                        None => return,
+                    }
+                }
+            };
+            // Drained as usual, from where it was.
+            let prefix = bytes::Bytes::from(unconsumed);
+            let tracker = back.guard().tracker();
+            match back {
+                endless_tokio::Stream::Tcp(io) => {
+                    let io = takeover::Prefixed::new(prefix, io);
+                    self.http(io, service, tracker, Closing::fired()).await;
+                }
+                endless_tokio::Stream::Unix(io) => {
+                    let io = takeover::Prefixed::new(prefix, io);
+                    self.http(io, service, tracker, Closing::fired()).await;
+                }
+            }
+            return;
+        }
+        // Nobody takes it: drained as usual.
+        idle.close_responses.store(true, Ordering::SeqCst);
+        tokio::select! {
+            biased;
+            result = &mut conn => return log_end(result.map_err(Into::into)),
+            () = tokio::time::sleep(self.idle_grace) => {}
+        }
+        Pin::new(&mut conn).graceful_shutdown();
+        log_end(conn.await.map_err(Into::into));
     }
 
     async fn http<I, S, B>(&self, io: I, service: S, tracker: Tracker, mut closing: Closing)
@@ -372,6 +557,15 @@ struct Closing(
     tokio::sync::oneshot::Receiver<()>,
     Option<(Arc<std::sync::Mutex<ClosersInner>>, u64)>,
 );
+
+impl Closing {
+    /// One that has fired already.
+    fn fired() -> Self {
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        let _ = sender.send(());
+        Self(receiver, None)
+    }
+}
 
 impl Drop for Closing {
     fn drop(&mut self) {

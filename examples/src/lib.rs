@@ -11,6 +11,8 @@
 //!                        restart (default 60)
 //! --tls-cert PATH        (TLS servers) the certificate chain, PEM
 //! --tls-key PATH         (TLS servers) the private key, PEM
+//! --hand-over-idle       (hello-hyper, hello-axum) hand idle HTTP/1.1 keep-alive
+//!                        connections to the new generation instead of draining them
 //! ```
 //!
 //! and one subcommand, for deploy scripts ([`RestartArgs`]):
@@ -85,6 +87,8 @@ pub struct Args {
     pub tls_cert: Option<PathBuf>,
     /// `--tls-key`.
     pub tls_key: Option<PathBuf>,
+    /// `--hand-over-idle`.
+    pub hand_over_idle: bool,
 }
 
 impl Args {
@@ -120,6 +124,7 @@ impl Args {
             upgrade_timeout: Duration::from_secs(60),
             tls_cert: None,
             tls_key: None,
+            hand_over_idle: false,
         };
         let mut args = args.into_iter();
         while let Some(flag) = args.next() {
@@ -149,6 +154,7 @@ impl Args {
                 "--upgrade-timeout" => parsed.upgrade_timeout = seconds(&flag, &value()?)?,
                 "--tls-cert" => parsed.tls_cert = Some(value()?.into()),
                 "--tls-key" => parsed.tls_key = Some(value()?.into()),
+                "--hand-over-idle" => parsed.hand_over_idle = true,
                 "-h" | "--help" => return Err("help requested".into()),
                 other => return Err(format!("unknown argument {other:?}")),
             }
@@ -251,7 +257,7 @@ impl RestartArgs {
 
 /// Usage text.
 pub const USAGE: &str = "usage: SERVER [--listen ADDR|unix:PATH|udp:ADDR]... [--pid-file PATH] \
-[--drain-timeout SECS|never] [--upgrade-timeout SECS] [--tls-cert PATH --tls-key PATH]
+[--drain-timeout SECS|never] [--upgrade-timeout SECS] [--tls-cert PATH --tls-key PATH] [--hand-over-idle]
        SERVER restart --pid-file PATH [--timeout SECS]";
 
 /// The HTTP examples' handler: `pid=<pid>` and a newline, after `?sleep=MS` milliseconds
@@ -299,6 +305,19 @@ pub fn serve_http<S, B>(
     S: endless_hyper::HttpService<B>,
     B: endless_hyper::ResponseBody,
 {
+    let taking_over;
+    let server = if args.hand_over_idle {
+        taking_over = match server.clone().hand_over_idle(endless, "http") {
+            Ok(server) => server,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot receive connections");
+                std::process::exit(1);
+            }
+        };
+        &taking_over
+    } else {
+        server
+    };
     for (i, addr) in args.listen.iter().enumerate() {
         let name = Args::listener_name(i);
         let result = match addr {

@@ -945,6 +945,9 @@ pub(crate) struct LoadConfig {
     pub(crate) streams: usize,
     /// The path every request asks for.
     pub(crate) path: String,
+    /// HTTP/1: a connection may move to the next generation (connection takeover), so a
+    /// new pid on the same connection is no failure.
+    pub(crate) connections_move: bool,
 }
 
 impl Default for LoadConfig {
@@ -953,6 +956,7 @@ impl Default for LoadConfig {
             connections: 32,
             streams: 4,
             path: "/".to_owned(),
+            connections_move: false,
         }
     }
 }
@@ -1045,6 +1049,8 @@ impl Shared {
 struct ConnTally {
     last_pid: Option<u32>,
     answered: usize,
+    /// See [`LoadConfig::connections_move`].
+    may_move: bool,
 }
 
 impl ConnTally {
@@ -1063,7 +1069,7 @@ impl ConnTally {
     fn answered(&mut self, shared: &Shared, conn: &Conn, answer: &Answer) -> bool {
         match answer.pid() {
             Ok(pid) => {
-                if let Some(last) = self.last_pid.filter(|&last| last != pid) {
+                if let Some(last) = self.last_pid.filter(|&last| last != pid && !self.may_move) {
                     self.fail(
                         shared,
                         conn,
@@ -1213,7 +1219,10 @@ async fn http1_worker(target: Target, shared: Arc<Shared>, config: LoadConfig) {
         let Some(mut conn) = open(&target, &shared).await else {
             continue;
         };
-        let mut tally = ConnTally::default();
+        let mut tally = ConnTally {
+            may_move: config.connections_move,
+            ..ConnTally::default()
+        };
         while !shared.stopped() {
             if !conn.ready().await {
                 tally.fail(
