@@ -1,8 +1,10 @@
 //! The readiness protocol between a new generation and its parent.
 //!
-//! The parent creates a pipe (or socketpair) for each child and passes the write end as
-//! `ENDLESS_READY_FD`. When the application is ready, the child writes one line,
-//! [`message`]`(own pid)`, and closes its end. The parent feeds whatever it reads to a
+//! The parent creates a channel for each child (endless-unix: a `SOCK_SEQPACKET`
+//! socketpair; a pipe works too) and passes the child's end as `ENDLESS_READY_FD`. When
+//! the application is ready, the child writes one line, [`message`]`(own pid)`; then it
+//! closes its end, or keeps it to receive the connections the parent hands over
+//! ([`crate::takeover`]). The parent feeds whatever it reads to a
 //! [`ReadyParser`]:
 //!
 //! - the complete line with the child's pid → [`Input::ChildReady`](crate::Input::ChildReady);

@@ -5,7 +5,7 @@
 //! the [`Lifecycle`]: it hands it every input (signals, the application's `ready`, child
 //! spawned / ready / exited, drained, deadlines) and carries out every action, in order.
 //! An adapter only says how to sleep, spawn a task, spawn and wait for a child process,
-//! read a pipe and listen for signals: about a hundred lines per runtime, and no decision.
+//! read the readiness channel and listen for signals: about a hundred lines per runtime, and no decision.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -56,7 +56,8 @@ pub trait Runtime: Send + Sync + fmt::Debug + 'static {
     /// Spawns `command` (prepared by [`spawn::prepare`]: keep its `pre_exec` hook).
     fn spawn_child(&self, command: std::process::Command) -> io::Result<Box<dyn ChildProcess>>;
 
-    /// Wraps the read end of a pipe (non-blocking, close-on-exec) for asynchronous reads.
+    /// Wraps this process's end of a readiness channel (a socket or a pipe, non-blocking,
+    /// close-on-exec) for asynchronous reads.
     fn pipe_reader(&self, fd: OwnedFd) -> io::Result<Box<dyn PipeReader>>;
 
     /// Sends every arrival of one of `signals` to `to`, from now on. Installing the
@@ -75,7 +76,7 @@ pub trait ChildProcess: Send + 'static {
     fn wait(&mut self) -> BoxFuture<'_, io::Result<ExitStatus>>;
 }
 
-/// The read end of a pipe.
+/// This process's end of a readiness channel (a socket or a pipe).
 pub trait PipeReader: Send + 'static {
     /// Reads into `buf`; `Ok(0)` at end of file.
     fn read<'a>(&'a mut self, buf: &'a mut [u8]) -> BoxFuture<'a, io::Result<usize>>;
