@@ -500,6 +500,34 @@ fn idle_keep_alive_connections_move_to_the_new_generation() {
     }
 }
 
+/// A connection whose last request had a body is not moved (hyper may not have read all of
+/// it): it is drained as usual, closed after the idle grace, and the old generation exits
+/// then — not at the drain deadline.
+#[test]
+fn a_connection_after_a_request_with_a_body_is_drained_not_moved() {
+    use std::io::{Read, Write};
+    let (http, _) =
+        HttpServer::start_with(hello_hyper(), Transport::Cleartext, &["--hand-over-idle"]);
+    let server = &http.server;
+    let old = server.pid();
+    let mut conn = std::net::TcpStream::connect(http.addr).expect("connect");
+    conn.set_read_timeout(Some(DEADLINE))
+        .expect("a read timeout");
+    conn.write_all(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n\r\nhello")
+        .expect("send a POST");
+    let mut response = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !String::from_utf8_lossy(&response).contains(&format!("pid={old}")) {
+        let n = conn.read(&mut buf).expect("read the response");
+        assert!(n > 0, "closed before the response");
+        response.extend_from_slice(&buf[..n]);
+    }
+    server.hup();
+    // Closed by the old generation after the idle grace (end of file), which then exits 0.
+    assert_eq!(conn.read(&mut buf).expect("read until closed"), 0);
+    assert_eq!(server.group.wait_exit(old), Exit::Code(0));
+}
+
 // ---- slow requests -------------------------------------------------------------------------
 
 /// How long the slow requests take.

@@ -441,52 +441,32 @@ impl Server {
         }
         if takeover.endless.can_hand_over() {
             // Serve on until the connection is at a request boundary.
-            let ended = std::future::poll_fn(|cx| match Pin::new(&mut conn).poll(cx) {
-                Poll::Ready(result) => Poll::Ready(Some(result)),
-                Poll::Pending if idle.is_idle() => Poll::Ready(None),
-                Poll::Pending => Poll::Pending,
+            let boundary = std::future::poll_fn(|cx| match Pin::new(&mut conn).poll(cx) {
+                Poll::Ready(result) => Poll::Ready(Err(result)),
+                Poll::Pending => idle
+                    .boundary()
+                    .map_or(Poll::Pending, |movable| Poll::Ready(Ok(movable))),
             })
             .await;
-            if let Some(result) = ended {
-                return log_end(result.map_err(Into::into));
+            match boundary {
+                Err(result) => return log_end(result.map_err(Into::into)),
+                Ok(true) => {
+                    // Upgraded meanwhile: hyper serves it no more.
+                    let Some(parts) = conn.into_parts() else {
+                        return;
+                    };
+                    let (left, stream) = parts.io.into_inner().into_inner().into_parts();
+                    let mut unconsumed = parts.read_buf.to_vec();
+                    unconsumed.extend_from_slice(&left);
+                    return self
+                        .hand_over_h1(&takeover, stream, unconsumed, service)
+                        .await;
+                }
+                // Its last request had a body: drained here.
+                Ok(false) => {}
             }
-            // Upgraded meanwhile: hyper serves it no more.
-            let Some(parts) = conn.into_parts() else {
-                return;
-            };
-            let (left, stream) = parts.io.into_inner().into_inner().into_parts();
-            let mut unconsumed = parts.read_buf.to_vec();
-            unconsumed.extend_from_slice(&left);
-            let handed = takeover
-                .endless
-                .hand_over(stream.into_stream(), &takeover.name, &[], &unconsumed)
-                .await;
-            let back = match handed {
-                Ok(()) => return,
-                Err(e) => {
-                    tracing::info!(error = %e, "idle connection drained here");
-                    match e.connection {
-                        Some(back) => back,
-                        None => return,
-                    }
-                }
-            };
-            // Drained as usual, from where it was.
-            let prefix = bytes::Bytes::from(unconsumed);
-            let tracker = back.guard().tracker();
-            match back {
-                endless_tokio::Stream::Tcp(io) => {
-                    let io = takeover::Prefixed::new(prefix, io);
-                    self.http(io, service, tracker, Closing::fired()).await;
-                }
-                endless_tokio::Stream::Unix(io) => {
-                    let io = takeover::Prefixed::new(prefix, io);
-                    self.http(io, service, tracker, Closing::fired()).await;
-                }
-            }
-            return;
         }
-        // Nobody takes it: drained as usual.
+        // Nobody takes it (or it cannot move): drained as usual.
         idle.close_responses.store(true, Ordering::SeqCst);
         tokio::select! {
             biased;
@@ -495,6 +475,49 @@ impl Server {
         }
         Pin::new(&mut conn).graceful_shutdown();
         log_end(conn.await.map_err(Into::into));
+    }
+
+    /// Hands a connection taken apart at a request boundary, with the bytes read and not
+    /// parsed, to the new generation; serves it on here, drained, if the new generation
+    /// does not take it.
+    async fn hand_over_h1<T, S, B>(
+        &self,
+        takeover: &takeover::Takeover,
+        stream: T,
+        unconsumed: Vec<u8>,
+        service: S,
+    ) where
+        T: IntoStream,
+        S: HttpService<B>,
+        B: ResponseBody,
+    {
+        let handed = takeover
+            .endless
+            .hand_over(stream.into_stream(), &takeover.name, &[], &unconsumed)
+            .await;
+        let back = match handed {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::info!(error = %e, "idle connection drained here");
+                match e.connection {
+                    Some(back) => back,
+                    None => return,
+                }
+            }
+        };
+        // Drained as usual, from where it was.
+        let prefix = bytes::Bytes::from(unconsumed);
+        let tracker = back.guard().tracker();
+        match back {
+            endless_tokio::Stream::Tcp(io) => {
+                let io = takeover::Prefixed::new(prefix, io);
+                self.http(io, service, tracker, Closing::fired()).await;
+            }
+            endless_tokio::Stream::Unix(io) => {
+                let io = takeover::Prefixed::new(prefix, io);
+                self.http(io, service, tracker, Closing::fired()).await;
+            }
+        }
     }
 
     async fn http<I, S, B>(&self, io: I, service: S, tracker: Tracker, mut closing: Closing)

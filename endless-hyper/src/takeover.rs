@@ -213,12 +213,14 @@ pub(crate) struct Idle {
 }
 
 impl Idle {
-    /// At a request boundary: hyper waits for the next request and has nothing to write.
-    pub(crate) fn is_idle(&self) -> bool {
-        self.in_progress.load(Ordering::SeqCst) == 0
+    /// At a request boundary (hyper waits for the client and has nothing to write):
+    /// `Some(true)` if the connection can move, `Some(false)` if it must be drained here
+    /// (its last request had a body, which hyper may still be reading); `None` while busy.
+    pub(crate) fn boundary(&self) -> Option<bool> {
+        let quiet = self.in_progress.load(Ordering::SeqCst) == 0
             && self.read_waiting.load(Ordering::SeqCst)
-            && !self.unflushed.load(Ordering::SeqCst)
-            && !self.body_in_request.load(Ordering::SeqCst)
+            && !self.unflushed.load(Ordering::SeqCst);
+        quiet.then(|| !self.body_in_request.load(Ordering::SeqCst))
     }
 }
 
@@ -459,18 +461,19 @@ mod tests {
     }
 
     #[test]
-    fn idle_needs_every_signal() {
+    fn a_boundary_needs_every_signal() {
         let idle = Idle::default();
-        assert!(!idle.is_idle(), "hyper has not waited for a read yet");
+        assert_eq!(idle.boundary(), None, "hyper has not waited for a read yet");
         idle.read_waiting.store(true, Ordering::SeqCst);
-        assert!(idle.is_idle());
+        assert_eq!(idle.boundary(), Some(true));
         idle.unflushed.store(true, Ordering::SeqCst);
-        assert!(!idle.is_idle());
+        assert_eq!(idle.boundary(), None);
         idle.unflushed.store(false, Ordering::SeqCst);
         idle.in_progress.store(1, Ordering::SeqCst);
-        assert!(!idle.is_idle());
+        assert_eq!(idle.boundary(), None);
         idle.in_progress.store(0, Ordering::SeqCst);
+        // Quiet, but the last request had a body: drained, not moved.
         idle.body_in_request.store(true, Ordering::SeqCst);
-        assert!(!idle.is_idle());
+        assert_eq!(idle.boundary(), Some(false));
     }
 }
