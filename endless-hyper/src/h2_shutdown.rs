@@ -139,16 +139,31 @@ impl<T> PongDelay<T> {
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for PongDelay<T> {
+    #[inline]
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         out: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        // Not HTTP/2: straight through once the bytes looked at are delivered.
+        // Not HTTP/2: straight through once the bytes looked at are delivered. Every read
+        // of an HTTP/1 connection takes this branch, and only it: the rest (with its 16 KiB
+        // buffer on the stack) is out of line.
         if matches!(this.mode, Mode::Off) && this.buf.is_empty() {
             return Pin::new(&mut this.inner).poll_read(cx, out);
         }
+        Self::poll_read_frames(this, cx, out)
+    }
+}
+
+impl<T: AsyncRead + Unpin> PongDelay<T> {
+    /// Reads while the protocol is being recognised, and under HTTP/2.
+    #[inline(never)]
+    fn poll_read_frames(
+        this: &mut Self,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         loop {
             this.release(cx, this.eof);
             if this.ready > 0 {

@@ -65,8 +65,8 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use endless_tokio::{Tracked, Tracker};
@@ -84,46 +84,36 @@ pub mod tls;
 
 pub use takeover::{CountedBody, IntoStream};
 
-/// A hyper service (such as `hyper::service::service_fn(…)`) as a tower service, for
-/// [`Server::serve`].
+/// A hyper service (such as `hyper::service::service_fn(…)`), for [`Server::serve`]: each
+/// connection calls a clone of it directly, without going through tower.
 #[derive(Debug, Clone, Copy)]
 pub struct HyperService<S>(pub S);
-
-impl<S, R> tower_service::Service<R> for HyperService<S>
-where
-    S: hyper::service::Service<R>,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = S::Future;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: R) -> Self::Future {
-        self.0.call(req)
-    }
-}
 
 /// An error that hyper can report.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// What [`Server::serve`] serves: a cloneable tower service of HTTP requests (an axum
-/// `Router`, a [`HyperService`]); implemented for every such service.
-pub trait HttpService<B>:
-    tower_service::Service<
-        Request<Incoming>,
-        Response = Response<B>,
-        Future: Send + 'static,
-        Error: Into<BoxError>,
-    > + Clone
-    + Send
-    + 'static
-{
+/// `Router`), or a hyper service wrapped in [`HyperService`]. Implemented for every such
+/// service.
+///
+/// A tower service is called as tower requires, through `poll_ready` on a clone of it per
+/// request (hyper-util's `TowerToHyperService`); a [`HyperService`] is called as it is.
+pub trait HttpService<B>: Clone + Send + 'static {
+    /// The hyper service that serves one connection.
+    type Connection: hyper::service::Service<
+            Request<Incoming>,
+            Response = Response<B>,
+            Future: Send + 'static,
+            Error: Into<BoxError>,
+        > + Send
+        + 'static;
+
+    /// The service of one connection.
+    fn into_connection(self) -> Self::Connection;
 }
 
-impl<S, B> HttpService<B> for S where
+impl<S, B> HttpService<B> for S
+where
     S: tower_service::Service<
             Request<Incoming>,
             Response = Response<B>,
@@ -131,8 +121,31 @@ impl<S, B> HttpService<B> for S where
             Error: Into<BoxError>,
         > + Clone
         + Send
-        + 'static
+        + 'static,
 {
+    type Connection = TowerToHyperService<S>;
+
+    fn into_connection(self) -> Self::Connection {
+        TowerToHyperService::new(self)
+    }
+}
+
+impl<S, B> HttpService<B> for HyperService<S>
+where
+    S: hyper::service::Service<
+            Request<Incoming>,
+            Response = Response<B>,
+            Future: Send + 'static,
+            Error: Into<BoxError>,
+        > + Clone
+        + Send
+        + 'static,
+{
+    type Connection = S;
+
+    fn into_connection(self) -> S {
+        self.0
+    }
 }
 
 /// A response body [`Server::serve`] can send; implemented for every such body.
@@ -301,8 +314,8 @@ impl Server {
     /// with a clone of `service` on its own task; returns the accept loop's task. Call it
     /// within the tokio runtime.
     ///
-    /// `service` is a tower service: an axum `Router`, or a hyper service wrapped in
-    /// [`HyperService`].
+    /// `service` is a tower service (an axum `Router`), or a hyper service wrapped in
+    /// [`HyperService`]: see [`HttpService`].
     pub fn serve<L, S, B>(&self, listener: L, service: S) -> tokio::task::JoinHandle<()>
     where
         L: Accept,
@@ -427,17 +440,20 @@ impl Server {
         };
         let idle = Arc::new(takeover::Idle::default());
         let counted = takeover::Counted {
-            inner: TowerToHyperService::new(service.clone()),
+            inner: service.clone().into_connection(),
             idle: Arc::clone(&idle),
         };
         let io = TokioIo::new(takeover::Watched::new(io, Arc::clone(&idle)));
         let mut http1 = hyper::server::conn::http1::Builder::new();
         http1.timer(TokioTimer::new());
         let mut conn = http1.serve_connection(io, counted).with_upgrades();
-        tokio::select! {
-            biased;
-            result = &mut conn => return log_end(result.map_err(Into::into)),
-            _ = &mut closing.0 => {}
+        if let Some(result) = (UntilClosing {
+            conn: Pin::new(&mut conn),
+            closing: &mut closing,
+        })
+        .await
+        {
+            return log_end(result.map_err(Into::into));
         }
         if takeover.endless.can_hand_over() {
             // Serve on until the connection is at a request boundary.
@@ -527,24 +543,27 @@ impl Server {
         B: ResponseBody,
     {
         let state = Arc::new(ConnState::default());
-        let service = TowerToHyperService::new(DrainAware {
-            inner: service,
-            tracker: tracker.clone(),
+        let service = DrainAware {
+            inner: service.into_connection(),
+            tracker,
             state: Arc::clone(&state),
-        });
+        };
         let conn = self
             .builder
             .serve_connection_with_upgrades(TokioIo::new(h2_shutdown::PongDelay::new(io)), service);
         tokio::pin!(conn);
 
-        // `closing` is a oneshot of this connection's own: polling it at every wake of the
-        // connection costs an atomic load, where a shared event would take a lock.
-        tokio::select! {
-            biased;
-            result = conn.as_mut() => return log_end(result),
-            _ = &mut closing.0 => {}
+        // Polled at every wake of the connection: a `select!` there (and the channel it
+        // would wait on) costs more than the check for the drain, which is one atomic load.
+        if let Some(result) = (UntilClosing {
+            conn: conn.as_mut(),
+            closing: &mut closing,
+        })
+        .await
+        {
+            return log_end(result);
         }
-        if !state.h2.load(Ordering::SeqCst) {
+        if !state.h2.load(Ordering::Relaxed) {
             // HTTP/1: every response from now on says `Connection: close`. A client whose
             // next request is already on its way gets it answered; one that stays idle is
             // closed after the grace period.
@@ -561,44 +580,103 @@ impl Server {
     }
 }
 
+/// Serves a connection until it ends (`Some` of its result) or the drain starts (`None`).
+struct UntilClosing<'a, C> {
+    conn: Pin<&'a mut C>,
+    closing: &'a mut Closing,
+}
+
+impl<C: Future> Future for UntilClosing<'_, C> {
+    type Output = Option<C::Output>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if let Poll::Ready(result) = self.conn.as_mut().poll(cx) {
+            return Poll::Ready(Some(result));
+        }
+        self.closing.poll_closing(cx).map(|()| None)
+    }
+}
+
 /// Tells each connection of one listener when the drain starts.
 #[derive(Debug, Clone)]
 struct Closers {
-    inner: Arc<std::sync::Mutex<ClosersInner>>,
+    shared: Arc<ClosersShared>,
 }
 
 #[derive(Debug, Default)]
-struct ClosersInner {
-    closing: bool,
-    next: u64,
-    senders: std::collections::HashMap<u64, tokio::sync::oneshot::Sender<()>>,
+struct ClosersShared {
+    /// Set (under the lock of `wakers`) when the drain starts.
+    closing: AtomicBool,
+    next: AtomicU64,
+    /// The connections waiting for the drain, by key.
+    wakers: std::sync::Mutex<std::collections::HashMap<u64, Waker>>,
 }
 
-/// A connection's end of [`Closers`]: resolves when the drain starts; unregisters on drop.
+/// A connection's end of [`Closers`]: ready once the drain starts; unregisters on drop.
 #[derive(Debug)]
-struct Closing(
-    tokio::sync::oneshot::Receiver<()>,
-    Option<(Arc<std::sync::Mutex<ClosersInner>>, u64)>,
-);
+struct Closing {
+    shared: Arc<ClosersShared>,
+    key: u64,
+    /// The waker registered under `key`, if any.
+    waker: Option<Waker>,
+}
+
+impl Closing {
+    /// Ready once the drain has started. While it has not, costs an atomic load and a
+    /// comparison of wakers (the lock is taken only when the task's waker changes: once).
+    #[inline]
+    fn poll_closing(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.shared.closing.load(Ordering::Acquire) {
+            return Poll::Ready(());
+        }
+        if self
+            .waker
+            .as_ref()
+            .is_some_and(|waker| waker.will_wake(cx.waker()))
+        {
+            return Poll::Pending;
+        }
+        self.register(cx)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn register(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut wakers = lock(&self.shared.wakers);
+        // Set under this lock before the wakers are taken: not missed.
+        if self.shared.closing.load(Ordering::Acquire) {
+            return Poll::Ready(());
+        }
+        let waker = cx.waker().clone();
+        wakers.insert(self.key, waker.clone());
+        self.waker = Some(waker);
+        Poll::Pending
+    }
+}
 
 impl Closing {
     /// One that has fired already.
     fn fired() -> Self {
-        let (sender, receiver) = tokio::sync::oneshot::channel();
-        let _ = sender.send(());
-        Self(receiver, None)
+        Self {
+            shared: Arc::new(ClosersShared {
+                closing: AtomicBool::new(true),
+                ..ClosersShared::default()
+            }),
+            key: 0,
+            waker: None,
+        }
     }
 }
 
 impl Drop for Closing {
     fn drop(&mut self) {
-        if let Some((inner, key)) = self.1.take() {
-            lock(&inner).senders.remove(&key);
+        if self.waker.is_some() {
+            lock(&self.shared.wakers).remove(&self.key);
         }
     }
 }
 
-fn lock(m: &std::sync::Mutex<ClosersInner>) -> std::sync::MutexGuard<'_, ClosersInner> {
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
@@ -606,34 +684,29 @@ impl Closers {
     /// Closers that fire when `tracker` starts closing.
     fn watch(tracker: Tracker) -> Self {
         let closers = Self {
-            inner: Arc::default(),
+            shared: Arc::default(),
         };
-        let inner = Arc::clone(&closers.inner);
+        let shared = Arc::clone(&closers.shared);
         tokio::spawn(async move {
             tracker.closing().await;
-            let senders = {
-                let mut inner = lock(&inner);
-                inner.closing = true;
-                std::mem::take(&mut inner.senders)
+            let wakers = {
+                let mut wakers = lock(&shared.wakers);
+                shared.closing.store(true, Ordering::Release);
+                std::mem::take(&mut *wakers)
             };
-            for sender in senders.into_values() {
-                let _ = sender.send(());
+            for waker in wakers.into_values() {
+                waker.wake();
             }
         });
         closers
     }
 
     fn register(&self) -> Closing {
-        let (sender, receiver) = tokio::sync::oneshot::channel();
-        let mut inner = lock(&self.inner);
-        if inner.closing {
-            let _ = sender.send(());
-            return Closing(receiver, None);
+        Closing {
+            shared: Arc::clone(&self.shared),
+            key: self.shared.next.fetch_add(1, Ordering::Relaxed),
+            waker: None,
         }
-        let key = inner.next;
-        inner.next += 1;
-        inner.senders.insert(key, sender);
-        Closing(receiver, Some((Arc::clone(&self.inner), key)))
     }
 }
 
@@ -658,26 +731,28 @@ struct DrainAware<S> {
     state: Arc<ConnState>,
 }
 
-impl<S, B, ReqBody> tower_service::Service<Request<ReqBody>> for DrainAware<S>
+impl<S, B, ReqBody> hyper::service::Service<Request<ReqBody>> for DrainAware<S>
 where
-    S: tower_service::Service<Request<ReqBody>, Response = Response<B>>,
+    S: hyper::service::Service<Request<ReqBody>, Response = Response<B>>,
 {
     type Response = Response<B>;
     type Error = S::Error;
     type Future = DrainAwareFuture<S::Future>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        let http1 = req.version() < Version::HTTP_2;
-        if !http1 {
-            self.state.h2.store(true, Ordering::SeqCst);
-        }
+    #[inline(always)]
+    fn call(&self, req: Request<ReqBody>) -> Self::Future {
+        let tracker = if req.version() < Version::HTTP_2 {
+            Some(self.tracker.clone())
+        } else {
+            if !self.state.h2.load(Ordering::Relaxed) {
+                self.state.h2.store(true, Ordering::Relaxed);
+            }
+            None
+        };
+        // The inner future is made last, in its place: it is large to move.
         DrainAwareFuture {
+            tracker,
             inner: self.inner.call(req),
-            tracker: http1.then(|| self.tracker.clone()),
         }
     }
 }
@@ -697,29 +772,38 @@ where
 {
     type Output = Result<Response<B>, E>;
 
+    #[inline(always)]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let mut response = match this.inner.poll(cx) {
-            Poll::Ready(Ok(response)) => response,
-            other => return other,
-        };
-        // Not on a `101 Switching Protocols`: the upgraded connection is tracked on its own.
-        if this.tracker.as_ref().is_some_and(Tracker::is_closing)
-            && response.status() != http::StatusCode::SWITCHING_PROTOCOLS
+        // Changed in place, not taken apart and put together: a response is large to move.
+        let mut poll = this.inner.poll(cx);
+        if let Poll::Ready(Ok(response)) = &mut poll
+            && this.tracker.as_ref().is_some_and(Tracker::is_closing)
         {
-            response
-                .headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            close_after(response);
         }
-        Poll::Ready(Ok(response))
+        poll
+    }
+}
+
+/// Adds `Connection: close` to an HTTP/1 response of a draining process; out of line, as
+/// it is rare.
+#[cold]
+#[inline(never)]
+fn close_after<B>(response: &mut Response<B>) {
+    // Not on a `101 Switching Protocols`: the upgraded connection is tracked on its own.
+    if response.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hyper::service::Service;
     use std::convert::Infallible;
-    use tower_service::Service;
 
     #[derive(Clone)]
     struct Reply(http::StatusCode);
@@ -729,11 +813,7 @@ mod tests {
         type Error = Infallible;
         type Future = std::future::Ready<Result<Response<()>, Infallible>>;
 
-        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-            Poll::Ready(Ok(()))
-        }
-
-        fn call(&mut self, _: Request<()>) -> Self::Future {
+        fn call(&self, _: Request<()>) -> Self::Future {
             let mut response = Response::new(());
             *response.status_mut() = self.0;
             std::future::ready(Ok(response))
@@ -746,7 +826,7 @@ mod tests {
         status: http::StatusCode,
     ) -> (Response<()>, bool) {
         let state = Arc::new(ConnState::default());
-        let mut service = DrainAware {
+        let service = DrainAware {
             inner: Reply(status),
             tracker: tracker.clone(),
             state: Arc::clone(&state),
@@ -765,6 +845,42 @@ mod tests {
 
     fn closes(response: &Response<()>) -> bool {
         response.headers().get(header::CONNECTION) == Some(&HeaderValue::from_static("close"))
+    }
+
+    #[test]
+    fn closing_wakes_a_waiting_connection_and_is_ready_for_a_late_one() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let tracker = Tracker::new();
+            let closers = Closers::watch(tracker.clone());
+            let mut waiting = closers.register();
+            let mut idle = closers.register();
+            let task = tokio::spawn(async move {
+                std::future::poll_fn(|cx| waiting.poll_closing(cx)).await;
+            });
+            tokio::task::yield_now().await;
+            assert!(!task.is_finished());
+            // Polled again with the same waker: no new registration.
+            assert!(
+                std::future::poll_fn(|cx| Poll::Ready(idle.poll_closing(cx)))
+                    .await
+                    .is_pending()
+            );
+            assert!(
+                std::future::poll_fn(|cx| Poll::Ready(idle.poll_closing(cx)))
+                    .await
+                    .is_pending()
+            );
+            assert_eq!(lock(&closers.shared.wakers).len(), 2);
+            drop(idle);
+            assert_eq!(lock(&closers.shared.wakers).len(), 1);
+            tracker.close_idle();
+            task.await.unwrap();
+            let mut late = closers.register();
+            std::future::poll_fn(|cx| late.poll_closing(cx)).await;
+        });
     }
 
     #[test]
