@@ -109,6 +109,7 @@ impl Tracker {
     }
 
     /// Whether [`close_idle`](Self::close_idle) (or a forced close) happened.
+    #[inline]
     pub fn is_closing(&self) -> bool {
         self.inner.phase.load(Ordering::SeqCst) >= CLOSING
     }
@@ -197,6 +198,7 @@ impl fmt::Debug for ConnectionGuard {
 
 impl ConnectionGuard {
     /// Whether the connection is asked to close once idle.
+    #[inline]
     pub fn is_closing(&self) -> bool {
         self.inner.phase.load(Ordering::SeqCst) >= CLOSING
     }
