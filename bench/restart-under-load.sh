@@ -18,7 +18,10 @@
 #
 #   bench/restart-under-load.sh [--restarts N] [--interval SECS] [--duration SECS]
 #       [--connections N] [--threads N] [--tools "wrk oha"] [--server NAME] [--out DIR]
-#       [--no-build]
+#       [--server-arg ARG]... [--no-build]
+#
+# --server-arg passes ARG to the server (repeatable), e.g. `--server-arg --hand-over-idle`
+# to hand idle keep-alive connections to the new generation instead of draining them.
 #
 # --tools also takes `oha-h2` (oha over HTTP/2 with prior knowledge, one stream per
 # connection). The raw outputs of the load generators, the servers' logs (RUST_LOG=info
@@ -44,10 +47,11 @@ SERVER=hello-hyper
 OUT=""
 BUILD=1
 HANDOVER_TIMEOUT_S=15
+SERVER_ARGS=()
 
 usage() {
     echo "usage:" >&2
-    sed -n '/^#   bench/,/^#       \[--no-build\]/p' "$0" | sed 's/^# \{0,3\}//' >&2
+    sed -n '/^#   bench/,/^#       \[--server-arg ARG\]/p' "$0" | sed 's/^# \{0,3\}//' >&2
     exit 2
 }
 
@@ -65,6 +69,7 @@ while (($#)); do
         --threads) THREADS=$2 ;;
         --tools) TOOLS=$2 ;;
         --server) SERVER=$2 ;;
+        --server-arg) SERVER_ARGS+=("$2") ;;
         --out) OUT=$2 ;;
         *) echo "unknown argument: $1" >&2; usage ;;
     esac
@@ -158,7 +163,7 @@ run_one() {
     local -a handovers=()
     rm -f "$pidfile"
     RUST_LOG=${RUST_LOG:-info} start_server "$SERVER" "$BIN_DIR/$SERVER" "$prefix-server" \
-        --pid-file "$pidfile"
+        --pid-file "$pidfile" "${SERVER_ARGS[@]}"
     local deadline=$(($(now_us) + 10000000))
     until [[ $(read_pid "$pidfile") == "$SERVER_PID" ]]; do
         (($(now_us) < deadline)) || die "$SERVER did not write its pid file"
