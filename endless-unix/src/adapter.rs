@@ -371,11 +371,17 @@ impl<N: Net> Endless<N> {
                 let stream = self.net.unix_stream(std)?;
                 Stream::Unix(self.track(stream))
             }
-            _ => {
+            StreamKind::Tcp => {
                 let std = std::net::TcpStream::from(fd);
                 std.set_nonblocking(true)?;
                 let stream = self.net.tcp_stream(std)?;
                 Stream::Tcp(self.track(stream))
+            }
+            other => {
+                return Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    format!("cannot serve a {other}"),
+                ));
             }
         })
     }

@@ -5,7 +5,8 @@
 //! the [`Lifecycle`]: it hands it every input (signals, the application's `ready`, child
 //! spawned / ready / exited, drained, deadlines) and carries out every action, in order.
 //! An adapter only says how to sleep, spawn a task, spawn and wait for a child process,
-//! read the readiness channel and listen for signals: about a hundred lines per runtime, and no decision.
+//! read the readiness channel and listen for signals: about a hundred lines per runtime,
+//! and no decision.
 
 use std::collections::HashMap;
 use std::fmt;
