@@ -44,7 +44,7 @@
 //! | outcome | 1 | — | `0` taken, `1` refused |
 //! | reason | 1 | — | a [`RefuseReason`] code (`0` when taken) |
 //!
-//! Names are UTF-8 of at most [`MAX_NAME_LEN`](crate::MAX_NAME_LEN) bytes; the state and
+//! Names are UTF-8 of at most [`MAX_NAME_LEN`] bytes; the state and
 //! the unconsumed bytes at most [`MAX_STATE_LEN`] and [`MAX_UNCONSUMED_LEN`]. A message
 //! longer or shorter than its fields declare is an error: every malformed message is a
 //! typed [`FrameError`], never a panic, and costs only the connection it carried.
@@ -435,7 +435,7 @@ impl<'a> Reader<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum FrameError {
-    /// The name is longer than [`MAX_NAME_LEN`](crate::MAX_NAME_LEN) (encoding).
+    /// The name is longer than [`MAX_NAME_LEN`] (encoding).
     NameTooLong {
         /// Its length.
         len: usize,

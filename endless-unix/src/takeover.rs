@@ -11,7 +11,7 @@
 //! Each side runs one plain thread for the channel, so the same code serves every runtime:
 //! a takeover is rare, sequential and short.
 //!
-//! - Old side ([`Outbox`]): [`Handle::hand_over`](crate::driver::Handle::hand_over) queues a
+//! - Old side: [`Handle::hand_over`](crate::driver::Handle::hand_over) queues a
 //!   connection; the thread sends it and waits for the answer. Taken: the old generation
 //!   closes its copy. Refused, or the channel broke before an answer (the new generation
 //!   died): the connection comes back to the application, which goes on serving it.
