@@ -46,6 +46,11 @@ use std::time::Duration;
 use endless_unix::adapter::Endless;
 use endless_unix::{Net, Tracked};
 
+/// The README's code, compiled as doctests (`no_run`: they are servers).
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;
+
 pub mod echo;
 pub mod futures_rt;
 pub mod pingpong;
