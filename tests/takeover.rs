@@ -46,6 +46,10 @@ macro_rules! takeover_scenarios {
             fn a_successor_that_takes_nothing_leaves_the_connections_here() {
                 super::a_successor_that_takes_nothing_leaves_the_connections_here($bin);
             }
+            #[test]
+            fn a_staged_upgrade_takes_the_sessions_at_commit() {
+                super::a_staged_upgrade_takes_the_sessions_at_commit($bin);
+            }
         }
     };
 }
@@ -230,6 +234,29 @@ fn a_successor_that_takes_nothing_leaves_the_connections_here(bin: &Path) {
     assert_eq!(server.ask("hello"), (new, "hello".to_owned()));
     drop(conn);
     assert_eq!(server.group.wait_exit(old), Exit::Code(0));
+}
+
+/// A staged upgrade (`SIGUSR1`): both generations serve, the session stays with the old
+/// one; at the commit (`SIGQUIT`) it moves to the staged one, counting on, and the old one
+/// exits 0.
+fn a_staged_upgrade_takes_the_sessions_at_commit(bin: &Path) {
+    let server = Server::start(bin, &Options::default());
+    let old = server.pid();
+    let mut conn = server.connect();
+    assert_eq!(ping(&mut conn, "a", 1), old);
+    let mark = server.group.stderr.len();
+    server.group.signal(old, libc::SIGUSR1);
+    let staged = support::scenarios::spawned_child(&server, mark);
+    server.wait_pid_file(staged);
+    assert_eq!(ping(&mut conn, "b", 2), old, "staged: the session stays");
+    server.group.signal(old, libc::SIGQUIT);
+    assert_eq!(server.group.wait_exit(old), Exit::Code(0));
+    assert_eq!(
+        ping(&mut conn, "c", 3),
+        staged,
+        "committed: the session moved"
+    );
+    server.set_pid(staged);
 }
 
 /// Raises this process's soft limit of open files to its hard limit (the servers it starts
