@@ -517,8 +517,10 @@ pub enum Action {
     ForceClose,
     /// Tell the parent process that this one is ready (on the inherited channel).
     NotifyParent,
-    /// After [`Action::NotifyParent`]: receive the connections the parent hands over on the
-    /// same channel ([`crate::takeover`]). Never before this process is ready.
+    /// Once, at the first ready (after [`Action::NotifyParent`], when there is a parent):
+    /// the application's receivers are all registered; receive the connections the parent
+    /// hands over on the readiness channel ([`crate::takeover`]). A process without a parent
+    /// receives none: its receivers end here. Never before this process is ready.
     ReceiveConnections,
     /// Tell the service manager (and update the pid file).
     Announce(Status),
@@ -975,8 +977,8 @@ impl Lifecycle {
                 self.action(Action::Announce(Status::Ready));
                 if self.origin == Origin::Inherited {
                     self.action(Action::NotifyParent);
-                    self.action(Action::ReceiveConnections);
                 }
+                self.action(Action::ReceiveConnections);
             }
             State::Running {
                 readiness: Readiness::Announced,

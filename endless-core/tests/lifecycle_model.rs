@@ -248,6 +248,8 @@ struct World {
     drain_started: Option<u64>,
     exited: bool,
     notified_parent: u32,
+    /// `ReceiveConnections` actions seen.
+    received: u32,
 }
 
 struct LifecycleTest;
@@ -271,6 +273,7 @@ impl StateMachineTest for LifecycleTest {
             drain_started: None,
             exited: false,
             notified_parent: 0,
+            received: 0,
         }
     }
 
@@ -384,9 +387,12 @@ impl StateMachineTest for LifecycleTest {
                         }
                         Action::ReceiveConnections => {
                             assert_eq!(
-                                w.notified_parent, 1,
+                                w.notified_parent,
+                                u32::from(m.inherited),
                                 "connections received before the parent was told ready"
                             );
+                            w.received += 1;
+                            assert_eq!(w.received, 1, "receivers settled twice");
                         }
                         Action::HandOver { successor } => {
                             // Only to the generation this one just handed its listeners to.

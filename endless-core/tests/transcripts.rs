@@ -115,7 +115,10 @@ fn handed_over() -> DrainCause {
 #[test]
 fn first_start_announces_ready_once() {
     let mut h = Harness::fresh();
-    assert_eq!(h.input(Input::Ready), [a(Announce(Status::Ready))]);
+    assert_eq!(
+        h.input(Input::Ready),
+        [a(Announce(Status::Ready)), a(ReceiveConnections)]
+    );
     assert_eq!(
         h.input(Input::Ready),
         [refused(InputKind::Ready, Refusal::AlreadyReady)]

@@ -879,7 +879,8 @@ impl<R: Runtime> Driver<R> {
                 let senders = lock(&self.shared.receivers).close();
                 match self.parent_channel.take() {
                     // Without receivers the channel closes: the parent keeps every
-                    // connection and drains it.
+                    // connection and drains it. Without a parent (a fresh start) the
+                    // receivers end here.
                     Some(channel) if !senders.is_empty() => {
                         if let Err(e) = crate::takeover::receive(channel, senders) {
                             tracing::error!(error = %e, "cannot receive connections");
@@ -934,10 +935,6 @@ impl<R: Runtime> Driver<R> {
                 }
                 if !self.announced_ready {
                     self.announced_ready = true;
-                    if self.shared.origin != Origin::Inherited {
-                        // Nobody hands anything over: the receivers end now.
-                        lock(&self.shared.receivers).close();
-                    }
                     let closed = self.shared.inherited.close_unclaimed();
                     if !closed.is_empty() {
                         tracing::info!(names = ?closed, "closed inherited fds nobody claimed");
