@@ -82,7 +82,7 @@ mod takeover;
 #[cfg(feature = "tls")]
 pub mod tls;
 
-pub use takeover::{CountedBody, IntoStream};
+pub use takeover::IntoStream;
 
 /// A hyper service (such as `hyper::service::service_fn(…)`), for [`Server::serve`]: each
 /// connection calls a clone of it directly, without going through tower.

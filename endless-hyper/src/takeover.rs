@@ -379,7 +379,7 @@ where
 
 pin_project_lite::pin_project! {
     /// A response body that ends its request's count when it ends or is dropped.
-    pub struct CountedBody<B> {
+    pub(crate) struct CountedBody<B> {
         #[pin]
         inner: B,
         done: Option<Done>,
