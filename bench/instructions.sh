@@ -8,11 +8,14 @@
 # and shutdown cancelled out. Instruction counts do not depend on what else the machine is
 # doing, so the ratio plain/endless is steady where throughput (bench/throughput.sh) is
 # noisy; system calls are not counted (they are the same per request for both servers,
-# `strace -c` shows). Prints a table, and the functions whose share per request differs
-# the most (exclusive cost; inlining differs between the two binaries, so read it as a
-# hint, not an account).
+# `strace -c` shows). Counts do depend a little on how the client's requests fall into
+# reads and wakes, which a busy machine changes (±1.5% seen between runs): each round
+# measures both servers one after the other, and the ratio is taken per round; with
+# --rounds N the median round is the figure. Prints a table, and the functions whose share
+# per request differs the most in the last round (exclusive cost; inlining differs
+# between the two binaries, so read it as a hint, not an account).
 #
-#   bench/instructions.sh [--small N] [--large N] [--top N] [--out DIR] [--no-build]
+#   bench/instructions.sh [--rounds N] [--small N] [--large N] [--top N] [--out DIR] [--no-build]
 #
 # Installs valgrind (apt) and oha (cargo install) if missing. Loopback only; ends every
 # process it starts.
@@ -21,6 +24,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 bench_init
 
+ROUNDS=1
 SMALL=5000
 LARGE=20000
 TOP=15
@@ -33,6 +37,7 @@ while (($#)); do
     esac
     (($# >= 2)) || die "$1 needs a value"
     case $1 in
+        --rounds) ROUNDS=$2 ;;
         --small) SMALL=$2 ;;
         --large) LARGE=$2 ;;
         --top) TOP=$2 ;;
@@ -41,10 +46,11 @@ while (($#)); do
     esac
     shift 2
 done
-for v in SMALL LARGE TOP; do
+for v in ROUNDS SMALL LARGE TOP; do
     [[ ${!v} =~ ^[0-9]+$ ]] || die "--${v,,} takes a whole number"
 done
 ((LARGE > SMALL)) || die "--large must be more than --small"
+((ROUNDS >= 1)) || die "--rounds must be at least 1"
 
 command -v valgrind >/dev/null || { log "installing valgrind (apt)"; apt_install valgrind; }
 need_oha
@@ -80,18 +86,25 @@ WRAP
 }
 
 declare -A PER_REQUEST
-for server in plain-hyper hello-hyper; do
-    log "$server: $SMALL then $LARGE requests under callgrind"
-    small=$(measure "$server" "$SMALL")
-    large=$(measure "$server" "$LARGE")
-    PER_REQUEST[$server]=$(((large - small) / (LARGE - SMALL)))
+ROWS=()
+for ((round = 1; round <= ROUNDS; round++)); do
+    for server in plain-hyper hello-hyper; do
+        log "round $round/$ROUNDS, $server: $SMALL then $LARGE requests under callgrind"
+        small=$(measure "$server" "$SMALL")
+        large=$(measure "$server" "$LARGE")
+        PER_REQUEST[$server]=$(((large - small) / (LARGE - SMALL)))
+    done
+    plain=${PER_REQUEST[plain-hyper]}
+    endless=${PER_REQUEST[hello-hyper]}
+    ROWS+=("$(awk -v r="$round" -v p="$plain" -v e="$endless" \
+        'BEGIN { printf "%-6s %12d %12d %8.3f %+9d", r, p, e, p / e, e - p }')")
 done
 
-plain=${PER_REQUEST[plain-hyper]}
-endless=${PER_REQUEST[hello-hyper]}
-printf '\n%-14s %s\n' "server" "instructions per request"
-printf '%-14s %s\n' plain-hyper "$plain" hello-hyper "$endless"
-awk -v p="$plain" -v e="$endless" 'BEGIN { printf "ratio plain/endless %.3f (%d more per request)\n", p / e, e - p }'
+printf '\ninstructions per request\n%-6s %12s %12s %8s %9s\n' round plain-hyper hello-hyper ratio more
+printf '%s\n' "${ROWS[@]}"
+printf '%s\n' "${ROWS[@]}" | awk '{ print $4 }' | sort -g |
+    awk '{ r[NR] = $1 } END { m = (NR % 2) ? r[(NR + 1) / 2] : (r[NR / 2] + r[NR / 2 + 1]) / 2
+          printf "ratio plain/endless: median %.3f of %d round(s), lowest %.3f, highest %.3f\n", m, NR, r[1], r[NR] }'
 
 # The functions whose exclusive cost per request differs the most.
 per_function() {

@@ -61,6 +61,7 @@
 //! With axum, pass the `Router` itself: `Server::new().serve(listener, router)`.
 #![warn(missing_docs)]
 
+use std::cell::Cell;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -396,12 +397,11 @@ impl Server {
         S: HttpService<B>,
         B: ResponseBody,
     {
-        let tracker = io.tracker();
         #[cfg(feature = "tls")]
         if let Some(acceptor) = &self.tls {
             let handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(io));
             match handshake.await {
-                Ok(Ok(tls)) => self.http(tls, service, tracker, closing).await,
+                Ok(Ok(tls)) => self.http(tls, service, closing).await,
                 Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
                 Err(_) => tracing::debug!("TLS handshake timed out"),
             }
@@ -409,6 +409,7 @@ impl Server {
         }
         if self.takeover.is_some() {
             let mut io = io;
+            let tracker = io.tracker();
             let detected = takeover::detect_h2(&mut io, tracker.closing()).await;
             let (h2, prefix) = match detected {
                 Ok(detected) => detected,
@@ -416,11 +417,11 @@ impl Server {
             };
             let io = takeover::Prefixed::new(prefix, io);
             if h2 {
-                return self.http(io, service, tracker, closing).await;
+                return self.http(io, service, closing).await;
             }
             return self.h1_takeover(io, service, closing).await;
         }
-        self.http(io, service, tracker, closing).await;
+        self.http(io, service, closing).await;
     }
 
     /// Serves HTTP/1 on `io` and, once the process drains, hands it to the new generation
@@ -523,20 +524,19 @@ impl Server {
         };
         // Drained as usual, from where it was.
         let prefix = bytes::Bytes::from(unconsumed);
-        let tracker = back.guard().tracker();
         match back {
             endless_tokio::Stream::Tcp(io) => {
                 let io = takeover::Prefixed::new(prefix, io);
-                self.http(io, service, tracker, Closing::fired()).await;
+                self.http(io, service, Closing::fired()).await;
             }
             endless_tokio::Stream::Unix(io) => {
                 let io = takeover::Prefixed::new(prefix, io);
-                self.http(io, service, tracker, Closing::fired()).await;
+                self.http(io, service, Closing::fired()).await;
             }
         }
     }
 
-    async fn http<I, S, B>(&self, io: I, service: S, tracker: Tracker, mut closing: Closing)
+    async fn http<I, S, B>(&self, io: I, service: S, mut closing: Closing)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
         S: HttpService<B>,
@@ -545,7 +545,6 @@ impl Server {
         let state = Arc::new(ConnState::default());
         let service = DrainAware {
             inner: service.into_connection(),
-            tracker,
             state: Arc::clone(&state),
         };
         let conn = self
@@ -564,20 +563,46 @@ impl Server {
             return log_end(result);
         }
         if !state.h2.load(Ordering::Relaxed) {
-            // HTTP/1: every response from now on says `Connection: close`. A client whose
-            // next request is already on its way gets it answered; one that stays idle is
-            // closed after the grace period.
+            // HTTP/1: every response from now on says `Connection: close` (`Draining`). A
+            // client whose next request is already on its way gets it answered; one that
+            // stays idle is closed after the grace period.
             tokio::select! {
                 biased;
-                result = conn.as_mut() => return log_end(result),
+                result = Draining(conn.as_mut()) => return log_end(result),
                 () = tokio::time::sleep(self.idle_grace) => {}
             }
         }
         // HTTP/2: GOAWAY, streams in flight complete. HTTP/1: closes now if idle, else after
-        // the response in flight.
+        // the response in flight (which hyper then marks `Connection: close` itself).
         conn.as_mut().graceful_shutdown();
-        log_end(conn.await);
+        log_end(Draining(conn.as_mut()).await);
     }
+}
+
+thread_local! {
+    /// Whether the HTTP/1 connection being polled on this thread drains, for the responses
+    /// its service completes meanwhile ([`DrainAwareFuture`]): set around every poll of a
+    /// connection served by [`Server::http`] ([`poll_draining`]).
+    ///
+    /// hyper's HTTP/1 dispatcher polls the service's future inside the connection's own
+    /// poll, so the response learns of the drain from the poll that completes it, as tokio's
+    /// cooperative budget reaches the resources a task polls; the alternative, a handle on
+    /// the tracker in every request's future, costs a reference count up and down per
+    /// request. (HTTP/2 streams run on tasks of their own, and are left alone.)
+    static DRAINING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Polls `conn` with [`DRAINING`] set to `draining`.
+#[inline(always)]
+fn poll_draining<C: Future>(
+    conn: Pin<&mut C>,
+    cx: &mut Context<'_>,
+    draining: bool,
+) -> Poll<C::Output> {
+    let outer = DRAINING.replace(draining);
+    let poll = conn.poll(cx);
+    DRAINING.set(outer);
+    poll
 }
 
 /// Serves a connection until it ends (`Some` of its result) or the drain starts (`None`).
@@ -589,11 +614,31 @@ struct UntilClosing<'a, C> {
 impl<C: Future> Future for UntilClosing<'_, C> {
     type Output = Option<C::Output>;
 
+    #[inline]
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        if let Poll::Ready(result) = self.conn.as_mut().poll(cx) {
+        // Looked at first: a response completed by this poll says `Connection: close` if
+        // the drain has started by now.
+        let closing = self.closing.poll_closing(cx).is_ready();
+        if let Poll::Ready(result) = poll_draining(self.conn.as_mut(), cx, closing) {
             return Poll::Ready(Some(result));
         }
-        self.closing.poll_closing(cx).map(|()| None)
+        if closing {
+            Poll::Ready(None)
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+/// Serves a connection of a draining process.
+struct Draining<'a, C>(Pin<&'a mut C>);
+
+impl<C: Future> Future for Draining<'_, C> {
+    type Output = C::Output;
+
+    #[inline]
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        poll_draining(self.0.as_mut(), cx, true)
     }
 }
 
@@ -723,11 +768,11 @@ struct ConnState {
     h2: AtomicBool,
 }
 
-/// Adds `Connection: close` to HTTP/1 responses once the process drains.
+/// Adds `Connection: close` to HTTP/1 responses once the process drains (completed under
+/// [`DRAINING`]).
 #[derive(Debug, Clone)]
 struct DrainAware<S> {
     inner: S,
-    tracker: Tracker,
     state: Arc<ConnState>,
 }
 
@@ -741,17 +786,13 @@ where
 
     #[inline(always)]
     fn call(&self, req: Request<ReqBody>) -> Self::Future {
-        let tracker = if req.version() < Version::HTTP_2 {
-            Some(self.tracker.clone())
-        } else {
-            if !self.state.h2.load(Ordering::Relaxed) {
-                self.state.h2.store(true, Ordering::Relaxed);
-            }
-            None
-        };
+        let http1 = req.version() < Version::HTTP_2;
+        if !http1 && !self.state.h2.load(Ordering::Relaxed) {
+            self.state.h2.store(true, Ordering::Relaxed);
+        }
         // The inner future is made last, in its place: it is large to move.
         DrainAwareFuture {
-            tracker,
+            http1,
             inner: self.inner.call(req),
         }
     }
@@ -761,8 +802,7 @@ pin_project_lite::pin_project! {
     struct DrainAwareFuture<F> {
         #[pin]
         inner: F,
-        // Set for HTTP/1 requests.
-        tracker: Option<Tracker>,
+        http1: bool,
     }
 }
 
@@ -778,7 +818,8 @@ where
         // Changed in place, not taken apart and put together: a response is large to move.
         let mut poll = this.inner.poll(cx);
         if let Poll::Ready(Ok(response)) = &mut poll
-            && this.tracker.as_ref().is_some_and(Tracker::is_closing)
+            && *this.http1
+            && DRAINING.get()
         {
             close_after(response);
         }
@@ -820,19 +861,35 @@ mod tests {
         }
     }
 
-    fn respond(
-        tracker: &Tracker,
-        version: Version,
-        status: http::StatusCode,
-    ) -> (Response<()>, bool) {
+    /// Answers a request of `version` as a connection served by [`Server::http`] does,
+    /// polled by [`UntilClosing`] with the drain started or not; with whether the service
+    /// took the connection for HTTP/2.
+    fn respond(draining: bool, version: Version, status: http::StatusCode) -> (Response<()>, bool) {
         let state = Arc::new(ConnState::default());
         let service = DrainAware {
             inner: Reply(status),
-            tracker: tracker.clone(),
             state: Arc::clone(&state),
         };
         let request = Request::builder().version(version).body(()).unwrap();
-        let response = futures_block_on(service.call(request)).unwrap();
+        let mut closing = if draining {
+            Closing::fired()
+        } else {
+            Closers {
+                shared: Arc::default(),
+            }
+            .register()
+        };
+        let response = futures_block_on(async {
+            let mut response = std::pin::pin!(service.call(request));
+            UntilClosing {
+                conn: response.as_mut(),
+                closing: &mut closing,
+            }
+            .await
+        });
+        let response = response
+            .expect("answered before the drain started")
+            .unwrap();
         (response, state.h2.load(Ordering::SeqCst))
     }
 
@@ -885,32 +942,50 @@ mod tests {
 
     #[test]
     fn http1_responses_say_close_only_once_draining() {
-        let tracker = Tracker::new();
-        let (response, h2) = respond(&tracker, Version::HTTP_11, http::StatusCode::OK);
+        let (response, h2) = respond(false, Version::HTTP_11, http::StatusCode::OK);
         assert!(!closes(&response));
         assert!(!h2);
-        tracker.close_idle();
-        let (response, _) = respond(&tracker, Version::HTTP_11, http::StatusCode::OK);
+        let (response, _) = respond(true, Version::HTTP_11, http::StatusCode::OK);
         assert!(closes(&response));
-        let (response, _) = respond(&tracker, Version::HTTP_10, http::StatusCode::NOT_FOUND);
+        let (response, _) = respond(true, Version::HTTP_10, http::StatusCode::NOT_FOUND);
         assert!(closes(&response));
     }
 
     #[test]
     fn http2_and_upgrades_are_left_alone() {
-        let tracker = Tracker::new();
-        tracker.close_idle();
-        let (response, h2) = respond(&tracker, Version::HTTP_2, http::StatusCode::OK);
+        let (response, h2) = respond(true, Version::HTTP_2, http::StatusCode::OK);
         assert!(
             !closes(&response),
             "connection-specific headers are illegal in HTTP/2"
         );
         assert!(h2);
         let (response, _) = respond(
-            &tracker,
+            true,
             Version::HTTP_11,
             http::StatusCode::SWITCHING_PROTOCOLS,
         );
         assert!(!closes(&response));
+    }
+
+    #[test]
+    fn a_response_completed_outside_a_draining_poll_is_left_alone() {
+        let service = DrainAware {
+            inner: Reply(http::StatusCode::OK),
+            state: Arc::default(),
+        };
+        let call = || service.call(Request::builder().body(()).unwrap());
+        let mut inner = std::pin::pin!(call());
+        let mut outer = std::pin::pin!(async {
+            // A draining connection's poll ends; what is polled after it is not its.
+            let inside = Draining(inner.as_mut()).await.unwrap();
+            let after = call().await.unwrap();
+            (inside, after)
+        });
+        let (inside, after) = futures_block_on(std::future::poll_fn(|cx| {
+            poll_draining(outer.as_mut(), cx, false)
+        }));
+        assert!(closes(&inside));
+        assert!(!closes(&after));
+        assert!(!DRAINING.get());
     }
 }
