@@ -8,7 +8,7 @@
 //! read the readiness channel and listen for signals: about a hundred lines per runtime,
 //! and no decision.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::future::Future;
 use std::io;
@@ -21,13 +21,13 @@ use std::pin::Pin;
 use std::process::ExitStatus;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_channel::{Receiver, Sender};
 use endless_core::ready::{Readiness, ReadyParser};
 use endless_core::{
     Action, ChildStatus, Config, DrainCause, Event, ExitReason, FdKind, Input, Lifecycle, Origin,
-    Output, Request, Status,
+    Output, Request, Status, UpgradeFailure,
 };
 use event_listener::Event as Notify;
 
@@ -403,6 +403,8 @@ impl Handle {
             lifecycle: Lifecycle::new(config, origin),
             inputs: receiver,
             kills: HashMap::new(),
+            killed: HashSet::new(),
+            exit: None,
             announced_ready: false,
             notifier,
             restart_status: shared
@@ -720,6 +722,10 @@ fn resolve(addr: &(impl ToSocketAddrs + fmt::Debug)) -> Result<SocketAddr, Liste
         .ok_or_else(|| ListenError::NoAddress(format!("{addr:?}")))
 }
 
+/// How long an ending lifecycle waits for the children it killed to be reaped (`SIGKILL`
+/// cannot be caught: a moment, unless the machine is stuck).
+const REAP_KILLED: Duration = Duration::from_secs(10);
+
 /// The task that owns the lifecycle.
 struct Driver<R> {
     runtime: Arc<R>,
@@ -728,6 +734,10 @@ struct Driver<R> {
     inputs: Receiver<Input>,
     /// How to kill each child that runs, by pid.
     kills: HashMap<u32, Sender<()>>,
+    /// The children told to die and not reaped yet.
+    killed: HashSet<u32>,
+    /// How the lifecycle ended, told to the application once `killed` is empty.
+    exit: Option<(Exit, Instant)>,
     announced_ready: bool,
     /// The service manager to tell (`NOTIFY_SOCKET`, read once at start-up).
     notifier: Option<Arc<Notifier>>,
@@ -751,10 +761,24 @@ impl<R: Runtime> Driver<R> {
                     Output::Action(action) => self.act(action),
                 }
             }
-            if self.lifecycle.is_stopped() {
-                return;
+            if let Some((exit, deadline)) = &self.exit {
+                // A child killed on the way out (a stop while it started) is reaped before
+                // the application hears of the end and exits: a child that outlived it would
+                // hold the listeners, and could announce itself ready to nobody and serve.
+                if self.killed.is_empty() || Instant::now() >= *deadline {
+                    if !self.killed.is_empty() {
+                        tracing::warn!(pids = ?self.killed, "killed children not reaped in time");
+                    }
+                    *lock(&self.shared.exit) = Some(*exit);
+                    self.shared.exited.notify(usize::MAX);
+                    return;
+                }
             }
-            let next = match self.lifecycle.poll_timeout() {
+            let deadline = match &self.exit {
+                Some((_, reap_by)) => Some(*reap_by),
+                None => self.lifecycle.poll_timeout(),
+            };
+            let next = match deadline {
                 Some(deadline) => {
                     let sleep = self.runtime.sleep_until(deadline);
                     futures_lite::future::or(async { Some(self.inputs.recv().await) }, async {
@@ -770,16 +794,20 @@ impl<R: Runtime> Driver<R> {
                 Some(Ok(input)) => {
                     if let Input::ChildExited { pid, status } = input {
                         self.kills.remove(&pid);
+                        self.killed.remove(&pid);
                         self.channels.remove(&pid);
                         if let Some(restart_status) = &mut self.restart_status {
                             restart_status.child_exited(pid, status);
                         }
                     }
-                    self.lifecycle.handle(input, now);
+                    if self.exit.is_none() {
+                        self.lifecycle.handle(input, now);
+                    }
                 }
                 // Unreachable while `shared` holds a sender; stop rather than spin.
                 Some(Err(_)) => return,
-                None => self.lifecycle.handle_timeout(now),
+                None if self.exit.is_none() => self.lifecycle.handle_timeout(now),
+                None => {}
             }
         }
     }
@@ -789,6 +817,10 @@ impl<R: Runtime> Driver<R> {
             restart_status.on_event(event);
         }
         match event {
+            Event::UpgradeFailed {
+                pid,
+                reason: reason @ (UpgradeFailure::Cancelled | UpgradeFailure::RolledBack),
+            } => tracing::info!(?pid, %reason, "the new generation is stopped"),
             Event::UpgradeFailed { pid, reason } => {
                 tracing::error!(?pid, %reason, "restart failed; this process keeps serving");
             }
@@ -815,6 +847,7 @@ impl<R: Runtime> Driver<R> {
             Action::KillChild { pid } => match self.kills.get(&pid) {
                 Some(kill) => {
                     let _ = kill.try_send(());
+                    self.killed.insert(pid);
                 }
                 None => tracing::debug!(pid, "kill: the child is already reaped"),
             },
@@ -913,12 +946,13 @@ impl<R: Runtime> Driver<R> {
                 // Ends the handover: the new generation's receivers see the end.
                 lock(&self.shared.outbox).take();
                 tracing::info!(code, ?reason, ?cause, "lifecycle ended");
-                *lock(&self.shared.exit) = Some(Exit {
+                // Told to the application by `run`, once the children killed are reaped.
+                let exit = Exit {
                     code,
                     reason,
                     cause,
-                });
-                self.shared.exited.notify(usize::MAX);
+                };
+                self.exit = Some((exit, Instant::now() + REAP_KILLED));
             }
             other => tracing::warn!(action = ?other, "unknown action ignored"),
         }
