@@ -46,7 +46,17 @@
 //! #       stopper.request(endless_smol::Request::Stop);
 //! #   }).detach();
 //!     smol::spawn(async move {
-//!         while let Ok(Some((stream, _peer))) = listener.accept().await {
+//!         loop {
+//!             let stream = match listener.accept().await {
+//!                 Ok(Some((stream, _peer))) => stream,
+//!                 // A new generation has taken over: the socket stays open for it.
+//!                 Ok(None) => break,
+//!                 // Too many open files, say: the listener is fine; wait a little.
+//!                 Err(_) => {
+//!                     smol::Timer::after(std::time::Duration::from_millis(50)).await;
+//!                     continue;
+//!                 }
+//!             };
 //!             smol::spawn(async move {
 //!                 let (read, mut write) = futures_lite::io::split(stream);
 //!                 let mut lines = BufReader::new(read).lines();

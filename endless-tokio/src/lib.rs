@@ -36,7 +36,17 @@
 //! #     stopper.request(endless_tokio::Request::Stop);
 //! # });
 //! tokio::spawn(async move {
-//!     while let Ok(Some((stream, _peer))) = listener.accept().await {
+//!     loop {
+//!         let stream = match listener.accept().await {
+//!             Ok(Some((stream, _peer))) => stream,
+//!             // A new generation has taken over: the socket stays open for it.
+//!             Ok(None) => break,
+//!             // Too many open files, say: the listener is fine; wait a little.
+//!             Err(_) => {
+//!                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+//!                 continue;
+//!             }
+//!         };
 //!         tokio::spawn(async move {
 //!             let (read, mut write) = tokio::io::split(stream);
 //!             let mut lines = BufReader::new(read).lines();

@@ -643,10 +643,11 @@ pub(crate) fn bad_inherited_fds(bin: &Path) {
 /// An inherited fd declared with the kind `other` (not checked: any fd will do) that the
 /// parent did not pass: the process must refuse to start, without reporting ready.
 ///
-/// Today it does not: the runtime (built before `Endless::start`) reuses the free number for
-/// its own epoll fd, endless adopts that fd as the entry, reports ready, then closes it as
-/// unclaimed, and tokio aborts ("unexpected error when polling the I/O driver: Bad file
-/// descriptor") after the parent has handed over.
+/// The trap: the runtime (built before `Endless::start`) reuses the free number for its own
+/// epoll fd. Were that fd adopted as the entry, the process would report ready, then close
+/// it as unclaimed, and tokio would abort ("unexpected error when polling the I/O driver:
+/// Bad file descriptor") after the parent had handed over. It is refused because an
+/// inherited fd has close-on-exec clear, and the runtime's own fds have it set.
 pub(crate) fn closed_fd_declared_other_is_refused(bin: &Path) {
     let server = Server::start(bin, &Options::default());
     let vars = vec![
