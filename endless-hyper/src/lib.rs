@@ -815,12 +815,13 @@ where
     #[inline(always)]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        // Changed in place, not taken apart and put together: a response is large to move.
+        if !(*this.http1 && DRAINING.get()) {
+            // Returned as it comes, straight into hyper's place for it: a response is large
+            // to move.
+            return this.inner.poll(cx);
+        }
         let mut poll = this.inner.poll(cx);
-        if let Poll::Ready(Ok(response)) = &mut poll
-            && *this.http1
-            && DRAINING.get()
-        {
+        if let Poll::Ready(Ok(response)) = &mut poll {
             close_after(response);
         }
         poll
