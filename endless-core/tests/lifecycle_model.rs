@@ -5,7 +5,8 @@
 //! processes, must keep the lifecycle's promises:
 //!
 //! - at most one child process at a time (besides a rolled-back staged one that is still
-//!   stopping), and only known, live children are ever killed or stopped;
+//!   stopping), and only known, live children are ever killed or stopped; a killed child
+//!   is reaped later (its exit arrives at any time, during another upgrade too);
 //! - listeners stop accepting only after the current child reported ready (not a staged
 //!   one: on the commit), or on a stop;
 //! - the process exits only when drained, on a hammer, or once the drain deadline passed;
@@ -244,6 +245,9 @@ struct World {
     successor: Option<u32>,
     /// Children asked to stop (rolled-back staged generations), until they exit.
     stopping: BTreeSet<u32>,
+    /// Children killed ([`Action::KillChild`]) and not reaped yet: their exit is reported
+    /// later, possibly while another upgrade waits for its own child.
+    killed: BTreeSet<u32>,
     /// When the current drain began (ms), to check exits against the deadline.
     drain_started: Option<u64>,
     exited: bool,
@@ -270,6 +274,7 @@ impl StateMachineTest for LifecycleTest {
             live: BTreeSet::new(),
             successor: None,
             stopping: BTreeSet::new(),
+            killed: BTreeSet::new(),
             drain_started: None,
             exited: false,
             notified_parent: 0,
@@ -303,7 +308,11 @@ impl StateMachineTest for LifecycleTest {
             }),
             Transition::ChildExited(pid) => {
                 // Only a child that runs can exit; a reaped pid is gone.
-                if w.live.remove(&pid) || w.stopping.remove(&pid) || w.successor == Some(pid) {
+                if w.live.remove(&pid)
+                    || w.stopping.remove(&pid)
+                    || w.killed.remove(&pid)
+                    || w.successor == Some(pid)
+                {
                     Some(Input::ChildExited {
                         pid,
                         status: ChildStatus::Exited(1),
@@ -341,6 +350,7 @@ impl StateMachineTest for LifecycleTest {
                         }
                         Action::KillChild { pid } => {
                             assert!(w.live.remove(&pid), "killed {pid}, not a live child");
+                            w.killed.insert(pid);
                         }
                         Action::StopChild { pid } => {
                             assert!(w.live.remove(&pid), "stopped {pid}, not a live child");

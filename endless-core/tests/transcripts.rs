@@ -330,6 +330,55 @@ fn restart_while_forking_is_refused() {
 }
 
 #[test]
+fn the_exit_of_a_killed_stray_child_changes_nothing() {
+    const STRAY: u32 = CHILD + 1;
+    let stray_exits = |h: &mut Harness| {
+        h.input(Input::ChildExited {
+            pid: STRAY,
+            status: ChildStatus::Signaled(9),
+        })
+    };
+    // While forking: a second child turns up, is killed, and is reaped later. The upgrade
+    // goes on with the child it waits for.
+    let mut h = Harness::ready();
+    h.request(Request::Restart);
+    h.input(Input::ChildSpawned { pid: CHILD });
+    assert_eq!(
+        h.input(Input::ChildSpawned { pid: STRAY }),
+        [
+            e(Event::UnexpectedChild { pid: STRAY }),
+            a(KillChild { pid: STRAY }),
+        ]
+    );
+    assert_eq!(
+        stray_exits(&mut h),
+        [refused(
+            InputKind::ChildExited,
+            Refusal::UnknownChild(STRAY)
+        )]
+    );
+    assert_eq!((h.lc.phase(), h.lc.child()), (Phase::Forking, Some(CHILD)));
+
+    // The same while a staged generation serves beside this one.
+    let mut h = staged();
+    assert_eq!(
+        h.input(Input::ChildSpawned { pid: STRAY }),
+        [
+            e(Event::UnexpectedChild { pid: STRAY }),
+            a(KillChild { pid: STRAY }),
+        ]
+    );
+    assert_eq!(
+        stray_exits(&mut h),
+        [refused(
+            InputKind::ChildExited,
+            Refusal::UnknownChild(STRAY)
+        )]
+    );
+    assert_eq!((h.lc.phase(), h.lc.child()), (Phase::Staged, Some(CHILD)));
+}
+
+#[test]
 fn stop_while_forking_kills_the_child_and_drains() {
     let mut h = Harness::ready();
     h.request(Request::Restart);
