@@ -24,8 +24,8 @@ use endless_core::{
 use proptest::prelude::*;
 use proptest_state_machine::{ReferenceStateMachine, StateMachineTest, prop_state_machine};
 
-/// Pids come from a small set so that stale, duplicate and foreign pids are frequent.
-const PIDS: std::ops::RangeInclusive<u32> = 100..=103;
+/// The pid of the first child spawned; each later one gets the next pid.
+const FIRST_PID: u32 = 100;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ModelPhase {
@@ -55,6 +55,10 @@ struct Model {
     repeated_stop_hammers: bool,
     now: u64,
     phase: ModelPhase,
+    /// The pid the next spawned child gets. The kernel never hands out the pid of a child
+    /// that was not reaped yet (a killed one, a stopping one, the successor), so a spawn
+    /// always reports a pid not seen before; other inputs name any pid, stale or unknown.
+    next_pid: u32,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -134,16 +138,24 @@ impl ReferenceStateMachine for LifecycleModel {
                     repeated_stop_hammers,
                     now: 0,
                     phase: ModelPhase::Running { ready: false },
+                    next_pid: FIRST_PID,
                 },
             )
             .boxed()
     }
 
     fn transitions(state: &Model) -> BoxedStrategy<Transition> {
-        // Mostly the pid the machine waits for, sometimes any other.
+        // Mostly the pid the machine waits for, sometimes any other: one seen before (stale)
+        // or the next one (unknown).
+        let any_pid = FIRST_PID..=state.next_pid;
         let pid = match state.child() {
-            Some(child) => prop_oneof![3 => Just(child), 1 => PIDS].boxed(),
-            None => PIDS.boxed(),
+            Some(child) => prop_oneof![3 => Just(child), 1 => any_pid].boxed(),
+            None => any_pid.boxed(),
+        };
+        // A new child, or a duplicate report of the one the machine waits for.
+        let spawned = match state.child() {
+            Some(child) => prop_oneof![3 => Just(state.next_pid), 1 => Just(child)].boxed(),
+            None => Just(state.next_pid).boxed(),
         };
         prop_oneof![
             3 => Just(Transition::Restart),
@@ -153,7 +165,7 @@ impl ReferenceStateMachine for LifecycleModel {
             1 => Just(Transition::Stop),
             1 => Just(Transition::Hammer),
             2 => Just(Transition::Ready),
-            3 => pid.clone().prop_map(Transition::Spawned),
+            3 => spawned.prop_map(Transition::Spawned),
             1 => Just(Transition::SpawnFailed),
             3 => pid.clone().prop_map(Transition::ChildReady),
             1 => pid.clone().prop_map(Transition::ChildFailed),
@@ -165,8 +177,19 @@ impl ReferenceStateMachine for LifecycleModel {
         .boxed()
     }
 
+    /// Keeps shrunk sequences realistic: a spawn reports a new pid or the awaited child.
+    fn preconditions(state: &Model, t: &Transition) -> bool {
+        match *t {
+            Transition::Spawned(pid) => pid == state.next_pid || state.child() == Some(pid),
+            _ => true,
+        }
+    }
+
     fn apply(mut m: Model, t: &Transition) -> Model {
         use ModelPhase::*;
+        if let Transition::Spawned(pid) = *t {
+            m.next_pid = m.next_pid.max(pid + 1);
+        }
         let running = Running { ready: true };
         m.phase = match (*t, m.phase) {
             (Transition::Tick(ms), phase) => {
