@@ -376,6 +376,21 @@ fn the_exit_of_a_killed_stray_child_changes_nothing() {
         )]
     );
     assert_eq!((h.lc.phase(), h.lc.child()), (Phase::Staged, Some(CHILD)));
+
+    // And once this process drains after handing over: it is not the successor's exit.
+    let mut h = Harness::ready();
+    h.request(Request::Restart);
+    h.input(Input::ChildSpawned { pid: CHILD });
+    h.input(Input::ChildSpawned { pid: STRAY });
+    h.input(Input::ChildReady { pid: CHILD });
+    assert_eq!(
+        stray_exits(&mut h),
+        [refused(
+            InputKind::ChildExited,
+            Refusal::UnknownChild(STRAY)
+        )]
+    );
+    assert_eq!(h.lc.drain_cause(), Some(handed_over()));
 }
 
 #[test]
