@@ -12,6 +12,8 @@
 //! - the process exits only when drained, on a hammer, or once the drain deadline passed;
 //! - after any failed upgrade the process is running and a restart spawns a child again;
 //! - a process owes its parent exactly one "ready";
+//! - every phase change is announced by a `StateChanged` event, and every input leaves an
+//!   event or an action (a refused one an `Event::Refused`);
 //! - nothing panics, and no deadline is left in the past after `handle_timeout`.
 
 use std::collections::BTreeSet;
@@ -309,6 +311,7 @@ impl StateMachineTest for LifecycleTest {
         // `m` is the model *after* the transition; `now` is unchanged by all but Tick.
         let now = w.t0 + Duration::from_millis(m.now);
         let child_before = w.lc.child();
+        let phase_before = w.lc.phase();
         let input = match t {
             Transition::Restart => Some(Input::Request(Request::Restart)),
             Transition::Stage => Some(Input::Request(Request::Stage)),
@@ -354,11 +357,23 @@ impl StateMachineTest for LifecycleTest {
                 None
             }
         };
+        let handled = input.is_some();
         if let Some(input) = input {
             w.lc.handle(input, now);
         }
 
+        let mut outputs = 0;
+        let mut phase_seen = phase_before;
         while let Some(output) = w.lc.poll_output() {
+            outputs += 1;
+            if let Output::Event(Event::StateChanged { from, to }) = output {
+                assert_eq!(
+                    from, phase_seen,
+                    "a phase change from the wrong phase on {t:?}"
+                );
+                assert_ne!(from, to, "a phase change to the same phase on {t:?}");
+                phase_seen = to;
+            }
             match output {
                 Output::Action(action) => {
                     if w.exited {
@@ -451,6 +466,12 @@ impl StateMachineTest for LifecycleTest {
                 }
                 Output::Event(_) => {}
             }
+        }
+        // Every transition is observable: the phase changes announced lead to the phase
+        // reached. And every input, taken or refused, leaves a trace (an event or an action).
+        assert_eq!(phase_seen, w.lc.phase(), "a silent phase change on {t:?}");
+        if handled {
+            assert!(outputs > 0, "{t:?} was taken or refused without a trace");
         }
         w
     }
