@@ -459,6 +459,27 @@ fn stop_while_the_spawn_is_pending_kills_the_child_when_it_turns_up() {
 }
 
 #[test]
+fn restart_while_draining_is_refused_and_says_why() {
+    let mut h = Harness::ready();
+    h.request(Request::Stop);
+    for request in [Request::Restart, Request::Stage] {
+        let kind = Input::Request(request).kind();
+        assert_eq!(
+            h.request(request),
+            [requested(request), refused(kind, Refusal::Draining)]
+        );
+    }
+    // A spawn report nobody asked for changes nothing either.
+    assert_eq!(
+        h.input(Input::SpawnFailed {
+            reason: "late".into()
+        }),
+        [refused(InputKind::SpawnFailed, Refusal::NoSpawnPending)]
+    );
+    assert_eq!(h.lc.phase(), Phase::Draining);
+}
+
+#[test]
 fn hammer_while_draining() {
     let mut h = Harness::new(
         Config::new().drain_timeout(Some(DRAIN)).forced_exit_code(3),
