@@ -1518,6 +1518,40 @@ mod tests {
     }
 
     #[test]
+    fn check_finds_fields_changed_after_new() {
+        let good = handoff();
+        assert_eq!(good.check(), Ok(()));
+        let mut h = good.clone();
+        h.ready_fd = 2;
+        assert_eq!(h.check(), Err(HandoffError::FdBelowFirst { fd: 2 }));
+        h.ready_fd = 4;
+        assert_eq!(h.check(), Err(HandoffError::DuplicateFd { fd: 4 }));
+        h.ready_fd = 6;
+        assert_eq!(h.check(), Err(HandoffError::FdOutOfRange { fd: 6, max: 5 }));
+        let mut h = good;
+        h.inventory = Inventory::new();
+        assert_eq!(h.check(), Err(HandoffError::FdOutOfRange { fd: 5, max: 3 }));
+    }
+
+    #[test]
+    fn handoff_error_messages() {
+        assert_eq!(
+            HandoffError::FdBelowFirst { fd: 2 }.to_string(),
+            "ready fd 2 cannot be inherited: inherited fds start at 3"
+        );
+        assert_eq!(
+            HandoffError::DuplicateFd { fd: 4 }.to_string(),
+            "ready fd 4 is also the fd of an inventory entry"
+        );
+        assert_eq!(
+            HandoffError::FdOutOfRange { fd: 9, max: 5 }.to_string(),
+            "fd 9 is out of range: the entries and the ready fd must be exactly 3..=5"
+        );
+        let io: std::io::Error = HandoffError::DuplicateFd { fd: 4 }.into();
+        assert_eq!(io.kind(), std::io::ErrorKind::InvalidInput);
+    }
+
+    #[test]
     fn is_reserved_covers_every_variable_written_or_read() {
         for (k, _) in encode(&handoff()) {
             assert!(is_reserved(OsStr::new(&k)), "{k}");

@@ -329,6 +329,68 @@ mod tests {
     }
 
     #[test]
+    fn getters_follow_the_entries() {
+        let mut inv = Inventory::new();
+        assert!(inv.is_empty());
+        assert_eq!(inv.max_fd(), None);
+        inv.insert("high", FdKind::Other, 9).unwrap();
+        inv.insert("low", FdKind::Other, 5).unwrap();
+        assert!(!inv.is_empty());
+        assert_eq!(inv.max_fd(), Some(9));
+        // A failed insert changes nothing.
+        assert!(inv.insert("low", FdKind::Other, 20).is_err());
+        assert_eq!(inv.max_fd(), Some(9));
+        assert_eq!(inv.push("next", FdKind::Other), Ok(10));
+        assert_eq!(inv.max_fd(), Some(10));
+    }
+
+    #[test]
+    fn only_listening_sockets_are_listeners() {
+        let listeners: Vec<FdKind> = FdKind::ALL
+            .into_iter()
+            .filter(|k| k.is_listener())
+            .collect();
+        assert_eq!(listeners, [FdKind::TcpListener, FdKind::UnixListener]);
+    }
+
+    #[test]
+    fn display_messages() {
+        for kind in FdKind::ALL {
+            assert_eq!(kind.to_string(), kind.as_str());
+        }
+        assert_eq!(FdKind::UdpSocket.to_string(), "udp");
+        let cases = [
+            (
+                InventoryError::DuplicateName {
+                    name: "http".into(),
+                },
+                "the inventory already has an entry named \"http\"",
+            ),
+            (
+                InventoryError::DuplicateFd { fd: 4 },
+                "the inventory already has an entry at fd 4",
+            ),
+            (
+                InventoryError::NameTooLong { len: 2000 },
+                "entry name is 2000 bytes long, the limit is 1024",
+            ),
+            (
+                InventoryError::FdBelowFirst { fd: 1 },
+                "fd 1 cannot be inherited: inherited fds start at 3",
+            ),
+            (
+                InventoryError::TooManyEntries,
+                "the inventory is full (16384 entries)",
+            ),
+        ];
+        for (error, expected) in cases {
+            assert_eq!(error.to_string(), expected);
+        }
+        let io: std::io::Error = InventoryError::TooManyEntries.into();
+        assert_eq!(io.kind(), std::io::ErrorKind::InvalidInput);
+    }
+
+    #[test]
     fn kind_tokens_round_trip() {
         for kind in FdKind::ALL {
             assert_eq!(FdKind::from_token(kind.as_str()), Some(kind));

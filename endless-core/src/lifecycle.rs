@@ -1141,3 +1141,112 @@ impl Lifecycle {
         self.outputs.push_back(Output::Action(action));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_getters_return_what_was_set() {
+        let defaults = Config::default();
+        assert_eq!(defaults, Config::new());
+        assert_eq!(defaults.get_upgrade_timeout(), DEFAULT_UPGRADE_TIMEOUT);
+        assert_eq!(defaults.get_drain_timeout(), Some(DEFAULT_DRAIN_TIMEOUT));
+        assert_eq!(defaults.get_repeated_stop(), RepeatedStop::Ignore);
+        assert_eq!(defaults.get_forced_exit_code(), 0);
+        assert!(defaults.get_staged_upgrades());
+
+        let config = Config::new()
+            .upgrade_timeout(Duration::from_secs(7))
+            .drain_timeout(Some(Duration::from_secs(9)))
+            .repeated_stop(RepeatedStop::Hammer)
+            .forced_exit_code(42)
+            .staged_upgrades(false);
+        assert_eq!(config.get_upgrade_timeout(), Duration::from_secs(7));
+        assert_eq!(config.get_drain_timeout(), Some(Duration::from_secs(9)));
+        assert_eq!(config.get_repeated_stop(), RepeatedStop::Hammer);
+        assert_eq!(config.get_forced_exit_code(), 42);
+        assert!(!config.get_staged_upgrades());
+        assert_eq!(Config::new().drain_timeout(None).get_drain_timeout(), None);
+
+        let lc = Lifecycle::new(config.clone(), Origin::Inherited);
+        assert_eq!(lc.config(), &config);
+        assert_eq!(lc.origin(), Origin::Inherited);
+        assert_eq!(
+            Lifecycle::new(Config::new(), Origin::Fresh).origin(),
+            Origin::Fresh
+        );
+    }
+
+    #[test]
+    fn display_messages() {
+        let cases: [(&dyn fmt::Display, &str); 27] = [
+            (&ChildStatus::Exited(3), "exited with code 3"),
+            (&ChildStatus::Signaled(9), "was killed by signal 9"),
+            (&ChildStatus::Unknown, "ended"),
+            (
+                &ChildFailure::ChannelClosed,
+                "closed its readiness channel before it was ready",
+            ),
+            (
+                &ChildFailure::BadMessage("junk".into()),
+                "sent a bad readiness message: junk",
+            ),
+            (&Phase::Running, "running"),
+            (&Phase::Forking, "forking"),
+            (&Phase::Staged, "staged"),
+            (&Phase::Draining, "draining"),
+            (&Phase::Stopped, "stopped"),
+            (
+                &UpgradeFailure::SpawnFailed("ENOENT".into()),
+                "the new process could not be started: ENOENT",
+            ),
+            (
+                &UpgradeFailure::ChildExited(ChildStatus::Signaled(11)),
+                "the new process was killed by signal 11 before it was ready",
+            ),
+            (
+                &UpgradeFailure::ChildFailed(ChildFailure::ChannelClosed),
+                "the new process closed its readiness channel before it was ready",
+            ),
+            (
+                &UpgradeFailure::TimedOut,
+                "the new process did not become ready in time",
+            ),
+            (
+                &UpgradeFailure::Cancelled,
+                "the upgrade was cancelled by a stop request",
+            ),
+            (&UpgradeFailure::RolledBack, "the upgrade was rolled back"),
+            (
+                &Refusal::NotReady,
+                "the application has not reported ready yet",
+            ),
+            (
+                &Refusal::UpgradeInProgress,
+                "a restart is already in progress",
+            ),
+            (&Refusal::Draining, "the process is draining"),
+            (&Refusal::Stopped, "the process has stopped"),
+            (&Refusal::AlreadyReady, "ready was already reported"),
+            (&Refusal::NotDraining, "the process is not draining"),
+            (
+                &Refusal::UnknownChild(17),
+                "pid 17 is not the child being waited for",
+            ),
+            (&Refusal::NoSpawnPending, "no child is being started"),
+            (&Refusal::Duplicate, "the same input was already taken"),
+            (
+                &Refusal::NothingStaged,
+                "no staged upgrade to commit or roll back",
+            ),
+            (
+                &Refusal::StagedUpgradesOff,
+                "staged upgrades are turned off",
+            ),
+        ];
+        for (value, expected) in cases {
+            assert_eq!(value.to_string(), expected);
+        }
+    }
+}

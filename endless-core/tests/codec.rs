@@ -475,6 +475,25 @@ fn the_largest_inventory_round_trips() {
 }
 
 #[test]
+fn systemd_takes_exactly_up_to_the_largest_count() {
+    let vars = |n: usize| {
+        let n = n.to_string();
+        [(LISTEN_PID_VAR, "1".to_owned()), (LISTEN_FDS_VAR, n)]
+    };
+    let inventory = env::decode_systemd(vars(MAX_ENTRIES), 1)
+        .unwrap()
+        .expect("socket-activated");
+    assert_eq!(inventory.len(), MAX_ENTRIES);
+    assert_eq!(
+        env::decode_systemd(vars(MAX_ENTRIES + 1), 1),
+        Err(DecodeError::TooManyEntries {
+            variable: LISTEN_FDS_VAR.to_owned(),
+            declared: MAX_ENTRIES + 1,
+        })
+    );
+}
+
+#[test]
 fn os_pairs_helper_round_trips() {
     // Keeps `os_pairs` honest (and used): a decoded encoding from OsString pairs.
     let h = Handoff::for_spawn(3, Inventory::new()).unwrap();

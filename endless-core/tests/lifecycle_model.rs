@@ -5,12 +5,15 @@
 //! processes, must keep the lifecycle's promises:
 //!
 //! - at most one child process at a time (besides a rolled-back staged one that is still
-//!   stopping), and only known, live children are ever killed or stopped;
+//!   stopping), and only known, live children are ever killed or stopped; a killed child
+//!   is reaped later (its exit arrives at any time, during another upgrade too);
 //! - listeners stop accepting only after the current child reported ready (not a staged
 //!   one: on the commit), or on a stop;
 //! - the process exits only when drained, on a hammer, or once the drain deadline passed;
 //! - after any failed upgrade the process is running and a restart spawns a child again;
 //! - a process owes its parent exactly one "ready";
+//! - every phase change is announced by a `StateChanged` event, and every input leaves an
+//!   event or an action (a refused one an `Event::Refused`);
 //! - nothing panics, and no deadline is left in the past after `handle_timeout`.
 
 use std::collections::BTreeSet;
@@ -23,8 +26,8 @@ use endless_core::{
 use proptest::prelude::*;
 use proptest_state_machine::{ReferenceStateMachine, StateMachineTest, prop_state_machine};
 
-/// Pids come from a small set so that stale, duplicate and foreign pids are frequent.
-const PIDS: std::ops::RangeInclusive<u32> = 100..=103;
+/// The pid of the first child spawned; each later one gets the next pid.
+const FIRST_PID: u32 = 100;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ModelPhase {
@@ -54,6 +57,10 @@ struct Model {
     repeated_stop_hammers: bool,
     now: u64,
     phase: ModelPhase,
+    /// The pid the next spawned child gets. The kernel never hands out the pid of a child
+    /// that was not reaped yet (a killed one, a stopping one, the successor), so a spawn
+    /// always reports a pid not seen before; other inputs name any pid, stale or unknown.
+    next_pid: u32,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -133,16 +140,24 @@ impl ReferenceStateMachine for LifecycleModel {
                     repeated_stop_hammers,
                     now: 0,
                     phase: ModelPhase::Running { ready: false },
+                    next_pid: FIRST_PID,
                 },
             )
             .boxed()
     }
 
     fn transitions(state: &Model) -> BoxedStrategy<Transition> {
-        // Mostly the pid the machine waits for, sometimes any other.
+        // Mostly the pid the machine waits for, sometimes any other: one seen before (stale)
+        // or the next one (unknown).
+        let any_pid = FIRST_PID..=state.next_pid;
         let pid = match state.child() {
-            Some(child) => prop_oneof![3 => Just(child), 1 => PIDS].boxed(),
-            None => PIDS.boxed(),
+            Some(child) => prop_oneof![3 => Just(child), 1 => any_pid].boxed(),
+            None => any_pid.boxed(),
+        };
+        // A new child, or a duplicate report of the one the machine waits for.
+        let spawned = match state.child() {
+            Some(child) => prop_oneof![3 => Just(state.next_pid), 1 => Just(child)].boxed(),
+            None => Just(state.next_pid).boxed(),
         };
         prop_oneof![
             3 => Just(Transition::Restart),
@@ -152,7 +167,7 @@ impl ReferenceStateMachine for LifecycleModel {
             1 => Just(Transition::Stop),
             1 => Just(Transition::Hammer),
             2 => Just(Transition::Ready),
-            3 => pid.clone().prop_map(Transition::Spawned),
+            3 => spawned.prop_map(Transition::Spawned),
             1 => Just(Transition::SpawnFailed),
             3 => pid.clone().prop_map(Transition::ChildReady),
             1 => pid.clone().prop_map(Transition::ChildFailed),
@@ -164,8 +179,19 @@ impl ReferenceStateMachine for LifecycleModel {
         .boxed()
     }
 
+    /// Keeps shrunk sequences realistic: a spawn reports a new pid or the awaited child.
+    fn preconditions(state: &Model, t: &Transition) -> bool {
+        match *t {
+            Transition::Spawned(pid) => pid == state.next_pid || state.child() == Some(pid),
+            _ => true,
+        }
+    }
+
     fn apply(mut m: Model, t: &Transition) -> Model {
         use ModelPhase::*;
+        if let Transition::Spawned(pid) = *t {
+            m.next_pid = m.next_pid.max(pid + 1);
+        }
         let running = Running { ready: true };
         m.phase = match (*t, m.phase) {
             (Transition::Tick(ms), phase) => {
@@ -244,6 +270,9 @@ struct World {
     successor: Option<u32>,
     /// Children asked to stop (rolled-back staged generations), until they exit.
     stopping: BTreeSet<u32>,
+    /// Children killed ([`Action::KillChild`]) and not reaped yet: their exit is reported
+    /// later, possibly while another upgrade waits for its own child.
+    killed: BTreeSet<u32>,
     /// When the current drain began (ms), to check exits against the deadline.
     drain_started: Option<u64>,
     exited: bool,
@@ -270,6 +299,7 @@ impl StateMachineTest for LifecycleTest {
             live: BTreeSet::new(),
             successor: None,
             stopping: BTreeSet::new(),
+            killed: BTreeSet::new(),
             drain_started: None,
             exited: false,
             notified_parent: 0,
@@ -281,6 +311,7 @@ impl StateMachineTest for LifecycleTest {
         // `m` is the model *after* the transition; `now` is unchanged by all but Tick.
         let now = w.t0 + Duration::from_millis(m.now);
         let child_before = w.lc.child();
+        let phase_before = w.lc.phase();
         let input = match t {
             Transition::Restart => Some(Input::Request(Request::Restart)),
             Transition::Stage => Some(Input::Request(Request::Stage)),
@@ -303,7 +334,11 @@ impl StateMachineTest for LifecycleTest {
             }),
             Transition::ChildExited(pid) => {
                 // Only a child that runs can exit; a reaped pid is gone.
-                if w.live.remove(&pid) || w.stopping.remove(&pid) || w.successor == Some(pid) {
+                if w.live.remove(&pid)
+                    || w.stopping.remove(&pid)
+                    || w.killed.remove(&pid)
+                    || w.successor == Some(pid)
+                {
                     Some(Input::ChildExited {
                         pid,
                         status: ChildStatus::Exited(1),
@@ -322,11 +357,23 @@ impl StateMachineTest for LifecycleTest {
                 None
             }
         };
+        let handled = input.is_some();
         if let Some(input) = input {
             w.lc.handle(input, now);
         }
 
+        let mut outputs = 0;
+        let mut phase_seen = phase_before;
         while let Some(output) = w.lc.poll_output() {
+            outputs += 1;
+            if let Output::Event(Event::StateChanged { from, to }) = output {
+                assert_eq!(
+                    from, phase_seen,
+                    "a phase change from the wrong phase on {t:?}"
+                );
+                assert_ne!(from, to, "a phase change to the same phase on {t:?}");
+                phase_seen = to;
+            }
             match output {
                 Output::Action(action) => {
                     if w.exited {
@@ -341,6 +388,7 @@ impl StateMachineTest for LifecycleTest {
                         }
                         Action::KillChild { pid } => {
                             assert!(w.live.remove(&pid), "killed {pid}, not a live child");
+                            w.killed.insert(pid);
                         }
                         Action::StopChild { pid } => {
                             assert!(w.live.remove(&pid), "stopped {pid}, not a live child");
@@ -418,6 +466,12 @@ impl StateMachineTest for LifecycleTest {
                 }
                 Output::Event(_) => {}
             }
+        }
+        // Every transition is observable: the phase changes announced lead to the phase
+        // reached. And every input, taken or refused, leaves a trace (an event or an action).
+        assert_eq!(phase_seen, w.lc.phase(), "a silent phase change on {t:?}");
+        if handled {
+            assert!(outputs > 0, "{t:?} was taken or refused without a trace");
         }
         w
     }

@@ -251,3 +251,99 @@ fn each_malformation_has_its_error() {
         Outcome::Refused(RefuseReason::Other(200))
     );
 }
+
+/// The limits are part of the wire format: generations of different versions must agree on
+/// them, so a change has to be deliberate.
+#[test]
+fn the_limits_are_those_documented() {
+    assert_eq!(MAX_STATE_LEN, 65_536);
+    assert_eq!(MAX_UNCONSUMED_LEN, 65_536);
+}
+
+#[test]
+fn display_messages() {
+    assert_eq!(StreamKind::Tcp.to_string(), "TCP stream");
+    assert_eq!(StreamKind::Unix.to_string(), "Unix stream");
+    for (reason, expected) in [
+        (RefuseReason::NoReceiver, "no receiver of that name"),
+        (RefuseReason::ReceiverClosed, "the receiver was dropped"),
+        (RefuseReason::Malformed, "the offer was malformed"),
+        (
+            RefuseReason::BadSocket,
+            "the socket was missing or of another kind",
+        ),
+        (RefuseReason::Other(200), "reason 200"),
+    ] {
+        assert_eq!(reason.to_string(), expected);
+    }
+    for (error, expected) in [
+        (
+            FrameError::NameTooLong { len: 2000 },
+            "receiver name of 2000 bytes (at most 1024)",
+        ),
+        (
+            FrameError::StateTooLarge { len: 70_000 },
+            "connection state of 70000 bytes (at most 65536)",
+        ),
+        (
+            FrameError::UnconsumedTooLarge { len: 70_000 },
+            "70000 unconsumed bytes (at most 65536)",
+        ),
+        (
+            FrameError::Malformed {
+                id: Some(7),
+                kind: FrameErrorKind::Truncated,
+            },
+            "malformed takeover message 7: truncated",
+        ),
+        (
+            FrameError::Malformed {
+                id: None,
+                kind: FrameErrorKind::BadMagic,
+            },
+            "malformed takeover message: bad magic",
+        ),
+    ] {
+        assert_eq!(error.to_string(), expected);
+    }
+    for (kind, expected) in [
+        (FrameErrorKind::Truncated, "truncated"),
+        (FrameErrorKind::BadMagic, "bad magic"),
+        (
+            FrameErrorKind::UnsupportedVersion(2),
+            "unsupported version 2",
+        ),
+        (
+            FrameErrorKind::UnexpectedType(3),
+            "unexpected message type 3",
+        ),
+        (FrameErrorKind::UnknownKind(4), "unknown socket kind 4"),
+        (FrameErrorKind::UnknownOutcome(5), "unknown outcome 5"),
+        (
+            FrameErrorKind::ReasonWhenTaken(6),
+            "taken, with refusal reason 6",
+        ),
+        (
+            FrameErrorKind::NameTooLong(2000),
+            "name of 2000 bytes (at most 1024)",
+        ),
+        (FrameErrorKind::NameNotUtf8, "name is not UTF-8"),
+        (
+            FrameErrorKind::StateTooLarge(70_000),
+            "state of 70000 bytes (at most 65536)",
+        ),
+        (
+            FrameErrorKind::UnconsumedTooLarge(70_000),
+            "70000 unconsumed bytes (at most 65536)",
+        ),
+        (
+            FrameErrorKind::LengthMismatch {
+                declared: 40,
+                actual: 30,
+            },
+            "30 bytes where the fields declare 40",
+        ),
+    ] {
+        assert_eq!(kind.to_string(), expected);
+    }
+}

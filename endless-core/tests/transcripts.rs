@@ -330,6 +330,70 @@ fn restart_while_forking_is_refused() {
 }
 
 #[test]
+fn the_exit_of_a_killed_stray_child_changes_nothing() {
+    const STRAY: u32 = CHILD + 1;
+    let stray_exits = |h: &mut Harness| {
+        h.input(Input::ChildExited {
+            pid: STRAY,
+            status: ChildStatus::Signaled(9),
+        })
+    };
+    // While forking: a second child turns up, is killed, and is reaped later. The upgrade
+    // goes on with the child it waits for.
+    let mut h = Harness::ready();
+    h.request(Request::Restart);
+    h.input(Input::ChildSpawned { pid: CHILD });
+    assert_eq!(
+        h.input(Input::ChildSpawned { pid: STRAY }),
+        [
+            e(Event::UnexpectedChild { pid: STRAY }),
+            a(KillChild { pid: STRAY }),
+        ]
+    );
+    assert_eq!(
+        stray_exits(&mut h),
+        [refused(
+            InputKind::ChildExited,
+            Refusal::UnknownChild(STRAY)
+        )]
+    );
+    assert_eq!((h.lc.phase(), h.lc.child()), (Phase::Forking, Some(CHILD)));
+
+    // The same while a staged generation serves beside this one.
+    let mut h = staged();
+    assert_eq!(
+        h.input(Input::ChildSpawned { pid: STRAY }),
+        [
+            e(Event::UnexpectedChild { pid: STRAY }),
+            a(KillChild { pid: STRAY }),
+        ]
+    );
+    assert_eq!(
+        stray_exits(&mut h),
+        [refused(
+            InputKind::ChildExited,
+            Refusal::UnknownChild(STRAY)
+        )]
+    );
+    assert_eq!((h.lc.phase(), h.lc.child()), (Phase::Staged, Some(CHILD)));
+
+    // And once this process drains after handing over: it is not the successor's exit.
+    let mut h = Harness::ready();
+    h.request(Request::Restart);
+    h.input(Input::ChildSpawned { pid: CHILD });
+    h.input(Input::ChildSpawned { pid: STRAY });
+    h.input(Input::ChildReady { pid: CHILD });
+    assert_eq!(
+        stray_exits(&mut h),
+        [refused(
+            InputKind::ChildExited,
+            Refusal::UnknownChild(STRAY)
+        )]
+    );
+    assert_eq!(h.lc.drain_cause(), Some(handed_over()));
+}
+
+#[test]
 fn stop_while_forking_kills_the_child_and_drains() {
     let mut h = Harness::ready();
     h.request(Request::Restart);
@@ -392,6 +456,27 @@ fn stop_while_the_spawn_is_pending_kills_the_child_when_it_turns_up() {
             a(KillChild { pid: CHILD }),
         ]
     );
+}
+
+#[test]
+fn restart_while_draining_is_refused_and_says_why() {
+    let mut h = Harness::ready();
+    h.request(Request::Stop);
+    for request in [Request::Restart, Request::Stage] {
+        let kind = Input::Request(request).kind();
+        assert_eq!(
+            h.request(request),
+            [requested(request), refused(kind, Refusal::Draining)]
+        );
+    }
+    // A spawn report nobody asked for changes nothing either.
+    assert_eq!(
+        h.input(Input::SpawnFailed {
+            reason: "late".into()
+        }),
+        [refused(InputKind::SpawnFailed, Refusal::NoSpawnPending)]
+    );
+    assert_eq!(h.lc.phase(), Phase::Draining);
 }
 
 #[test]
