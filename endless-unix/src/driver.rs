@@ -761,7 +761,7 @@ impl<R: Runtime> Driver<R> {
                     Output::Action(action) => self.act(action),
                 }
             }
-            if let Some((exit, deadline)) = &self.exit {
+            if let Some((_, deadline)) = &self.exit {
                 // A child killed on the way out (a stop while it started) is reaped before
                 // the application hears of the end and exits: a child that outlived it would
                 // hold the listeners, and could announce itself ready to nobody and serve.
@@ -769,10 +769,10 @@ impl<R: Runtime> Driver<R> {
                     if !self.killed.is_empty() {
                         tracing::warn!(pids = ?self.killed, "killed children not reaped in time");
                     }
-                    *lock(&self.shared.exit) = Some(*exit);
-                    self.shared.exited.notify(usize::MAX);
-                    return;
+                    return self.publish_exit();
                 }
+            } else if self.lifecycle.is_stopped() {
+                return;
             }
             let deadline = match &self.exit {
                 Some((_, reap_by)) => Some(*reap_by),
@@ -805,10 +805,18 @@ impl<R: Runtime> Driver<R> {
                     }
                 }
                 // Unreachable while `shared` holds a sender; stop rather than spin.
-                Some(Err(_)) => return,
+                Some(Err(_)) => return self.publish_exit(),
                 None if self.exit.is_none() => self.lifecycle.handle_timeout(now),
                 None => {}
             }
+        }
+    }
+
+    /// Tells the application how the lifecycle ended, if it has.
+    fn publish_exit(&self) {
+        if let Some((exit, _)) = self.exit {
+            *lock(&self.shared.exit) = Some(exit);
+            self.shared.exited.notify(usize::MAX);
         }
     }
 
