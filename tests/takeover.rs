@@ -247,6 +247,7 @@ fn a_staged_upgrade_takes_the_sessions_at_commit(bin: &Path) {
     let mark = server.group.stderr.len();
     server.group.signal(old, libc::SIGUSR1);
     let staged = support::scenarios::spawned_child(&server, mark);
+    support::scenarios::wait_staged(&server, mark);
     server.wait_pid_file(staged);
     assert_eq!(ping(&mut conn, "b", 2), old, "staged: the session stays");
     server.group.signal(old, libc::SIGQUIT);

@@ -1491,7 +1491,7 @@ fn stage_beside(server: &Server) -> u32 {
     let mark = server.group.stderr.len();
     server.group.signal(old, libc::SIGUSR1);
     let staged = spawned_child(server, mark);
-    wait_ready_logged(server, mark, staged);
+    wait_staged(server, mark);
     // Both accept on the same socket: new connections go to one or the other.
     let mut seen = std::collections::BTreeSet::new();
     wait_for(
@@ -1729,6 +1729,18 @@ fn args_listening_on(server: &Server, listen: &[&str]) -> Vec<String> {
 
 /// Waits until generation `pid` logged (after `mark`) that it is ready, which it does once
 /// every listener is set up: every line it logged about its listeners has been read then.
+/// Waits until the serving generation has taken the new one, staged with `SIGUSR1` after
+/// `mark`, as staged (and so accepts a commit or a rollback). Not the new generation's
+/// pid file or its `ready` line: it writes both before its parent has read its ready
+/// message, and a commit sent in between is refused.
+pub(crate) fn wait_staged(server: &Server, mark: usize) {
+    server.group.stderr.wait_from(
+        "the old generation to take the new one as staged",
+        mark,
+        |l| l.contains("lifecycle") && l.contains("to=staged"),
+    );
+}
+
 fn wait_ready_logged(server: &Server, mark: usize, pid: u32) {
     server
         .group
