@@ -36,11 +36,6 @@ SERVER=hello-hyper
 OUT=""
 BUILD=1
 
-usage() {
-    echo "usage:" >&2
-    sed -n '/^#   bench/,/^#       \[--out DIR\]/p' "$0" | sed 's/^# \{0,3\}//' >&2
-    exit 2
-}
 while (($#)); do
     case $1 in
         --no-build) BUILD=0; shift; continue ;;

@@ -33,7 +33,7 @@ BUILD=1
 while (($#)); do
     case $1 in
         --no-build) BUILD=0; shift; continue ;;
-        -h | --help) sed -n '/^#   bench/p' "$0" | sed 's/^# \{0,3\}//' >&2; exit 2 ;;
+        -h | --help) usage ;;
     esac
     (($# >= 2)) || die "$1 needs a value"
     case $1 in

@@ -8,6 +8,8 @@
 #   group (so that every later generation is in it too) on a loopback port chosen by the
 #   kernel, and end the whole group.
 # - parse_wrk: wrk's text output as key=value lines.
+# - usage / die / log: the script's usage lines (from its header) and exit 2; an error and
+#   exit 2; a timestamped line on stderr.
 #
 # Everything a script starts is registered and ended by cleanup_all, which the scripts
 # run from an EXIT trap.
@@ -43,6 +45,15 @@ bench_init() {
 
 log() {
     printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2
+}
+
+# usage: the calling script's usage lines (its header comment's `#   bench/…` line and the
+# `#       …` lines that continue it) on stderr; exits 2.
+usage() {
+    echo "usage:" >&2
+    awk '/^#   bench\// { on = 1; print; next } on && /^#       / { print; next } { on = 0 }' "$0" |
+        sed 's/^# \{0,3\}//' >&2
+    exit 2
 }
 
 die() {

@@ -49,12 +49,6 @@ BUILD=1
 HANDOVER_TIMEOUT_S=15
 SERVER_ARGS=()
 
-usage() {
-    echo "usage:" >&2
-    sed -n '/^#   bench/,/^#       \[--server-arg ARG\]/p' "$0" | sed 's/^# \{0,3\}//' >&2
-    exit 2
-}
-
 while (($#)); do
     case $1 in
         --no-build) BUILD=0; shift; continue ;;

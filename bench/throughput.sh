@@ -41,12 +41,6 @@ TARGET_RATIO=0.98
 ENDLESS=hello-hyper
 PLAIN=plain-hyper
 
-usage() {
-    echo "usage:" >&2
-    sed -n '/^#   bench/,/^#       \[--threads/p' "$0" | sed 's/^# \{0,3\}//' >&2
-    exit 2
-}
-
 while (($#)); do
     case $1 in
         --no-build) BUILD=0; shift; continue ;;

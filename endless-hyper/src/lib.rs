@@ -790,7 +790,8 @@ where
         if !http1 && !self.state.h2.load(Ordering::Relaxed) {
             self.state.h2.store(true, Ordering::Relaxed);
         }
-        // The inner future is made last, in its place: it is large to move.
+        // The inner future (large: it holds the request) is made last, so that nothing
+        // is computed while it waits to be moved.
         DrainAwareFuture {
             http1,
             inner: self.inner.call(req),
