@@ -9,10 +9,11 @@
 //! ```text
 //!            Restart                 child ready
 //!  Running ───────────▶ Forking ─────────────────▶ Draining ── drained / deadline / hammer ──▶ Stopped
-//!     ▲                    │                          ▲
-//!     └── child failed, ───┘                          │
-//!         exited, timed out, rolled back              │
-//!  Running / Forking / Staged ─────── Stop ───────────┘
+//!     ▲                    │                          ▲                  │                     ▲
+//!     └── child failed, ───┘                          │                  │ a child it killed   │
+//!         exited, timed out, rolled back              │                  ▼ is not reaped yet   │
+//!  Running / Forking / Staged ─────── Stop ───────────┘               Exiting ── reaped / ─────┘
+//!                                                                                reap deadline
 //!
 //!            Stage                   child ready                Commit
 //!  Running ───────────▶ Forking ─────────────────▶ Staged ─────────────▶ Draining
@@ -24,6 +25,16 @@
 //! A staged upgrade (nginx' binary upgrade) runs the new generation beside this one: both
 //! serve until the operator commits (this one drains, as after a restart) or rolls back
 //! (the new one is asked to stop, [`Action::StopChild`], and this one serves alone).
+//!
+//! A child this process killed ([`Action::KillChild`]: a stop while it started, say) may
+//! still hold the listeners, and could report ready to nobody and serve: the lifecycle
+//! ends ([`Action::Exit`]) only once it is reaped, or [`Config::reap_timeout`] after the
+//! drain ended ([`Phase::Exiting`]).
+//!
+//! Every decision is taken here, including those about the service manager
+//! ([`Config::service_manager`]): which ready claims the main pid ([`Status::Ready`]),
+//! when a stop extends its timeout ([`Action::ExtendStopTimeout`]), and that staged
+//! upgrades are refused under one.
 //!
 //! # The drive loop
 //!
@@ -50,6 +61,22 @@ pub const DEFAULT_UPGRADE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a draining process waits for its connections before it closes them, unless
 /// configured.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long an ending lifecycle waits for the children it killed to be reaped, unless
+/// configured. `SIGKILL` cannot be caught: a moment, unless the machine is stuck.
+pub const DEFAULT_REAP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Under a service manager, what a stop extension adds to the drain deadline: time for the
+/// forced close and the exit that follow it.
+pub const STOP_MARGIN: Duration = Duration::from_secs(5);
+
+/// Under a service manager, how long each extension of a stop without drain deadline lasts.
+pub const EXTEND_LEASE: Duration = Duration::from_secs(30);
+
+/// Under a service manager, how often the extension of a stop without drain deadline is
+/// renewed ([`Action::ExtendStopTimeout`]). Well below [`EXTEND_LEASE`], so that one lost
+/// renewal is tolerated.
+pub const EXTEND_PERIOD: Duration = Duration::from_secs(10);
 
 /// What a stop request means while the process is already draining.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -84,6 +111,8 @@ pub struct Config {
     repeated_stop: RepeatedStop,
     forced_exit_code: i32,
     staged_upgrades: bool,
+    service_manager: bool,
+    reap_timeout: Duration,
 }
 
 impl Default for Config {
@@ -102,6 +131,8 @@ impl Config {
             repeated_stop: RepeatedStop::Ignore,
             forced_exit_code: 0,
             staged_upgrades: true,
+            service_manager: false,
+            reap_timeout: DEFAULT_REAP_TIMEOUT,
         }
     }
 
@@ -138,12 +169,46 @@ impl Config {
     }
 
     /// Whether [`Request::Stage`] is taken (default) or refused with
-    /// [`Refusal::StagedUpgradesOff`]. An adapter turns them off where a staged generation
-    /// would confuse the service manager.
+    /// [`Refusal::StagedUpgradesOff`]. Under a service manager they are refused whatever
+    /// this says ([`service_manager`](Self::service_manager)).
     #[must_use]
     pub const fn staged_upgrades(mut self, allowed: bool) -> Self {
         self.staged_upgrades = allowed;
         self
+    }
+
+    /// Whether a service manager (systemd's `NOTIFY_SOCKET`) hears of this service: a fact
+    /// the adapter reports at start-up, not a preference. Under one,
+    ///
+    /// - a staged upgrade is refused ([`Refusal::UnderServiceManager`]): the staged
+    ///   generation would claim the main pid once ready, and one rolled back would say
+    ///   `STOPPING=1` as it stops, stopping the whole unit;
+    /// - a graceful stop extends the manager's stop timeout to cover the drain
+    ///   ([`Action::ExtendStopTimeout`]): once, to the drain deadline plus [`STOP_MARGIN`];
+    ///   without a deadline, by [`EXTEND_LEASE`] every [`EXTEND_PERIOD`] until the end.
+    #[must_use]
+    pub const fn service_manager(mut self, present: bool) -> Self {
+        self.service_manager = present;
+        self
+    }
+
+    /// How long the end of the lifecycle waits for the children it killed (a stop while a
+    /// new generation started) to be reaped, in [`Phase::Exiting`]: a child that outlived
+    /// this process would hold the listeners, and could report ready to nobody and serve.
+    #[must_use]
+    pub const fn reap_timeout(mut self, timeout: Duration) -> Self {
+        self.reap_timeout = timeout;
+        self
+    }
+
+    /// Whether a service manager hears of this service.
+    pub const fn get_service_manager(&self) -> bool {
+        self.service_manager
+    }
+
+    /// The configured reap timeout.
+    pub const fn get_reap_timeout(&self) -> Duration {
+        self.reap_timeout
     }
 
     /// Whether staged upgrades are taken.
@@ -344,6 +409,9 @@ pub enum Phase {
     Staged,
     /// No longer accepting; finishing the connections in hand.
     Draining,
+    /// The drain is over; waiting (at most [`Config::reap_timeout`]) for the children this
+    /// process killed to be reaped before it exits.
+    Exiting,
     /// Done: the process exits.
     Stopped,
 }
@@ -355,6 +423,7 @@ impl fmt::Display for Phase {
             Self::Forking => "forking",
             Self::Staged => "staged",
             Self::Draining => "draining",
+            Self::Exiting => "exiting",
             Self::Stopped => "stopped",
         })
     }
@@ -446,6 +515,8 @@ pub enum Refusal {
     NothingStaged,
     /// Staged upgrades are turned off ([`Config::staged_upgrades`]).
     StagedUpgradesOff,
+    /// Staged upgrades are refused under a service manager ([`Config::service_manager`]).
+    UnderServiceManager,
 }
 
 impl fmt::Display for Refusal {
@@ -462,6 +533,9 @@ impl fmt::Display for Refusal {
             Self::Duplicate => f.write_str("the same input was already taken"),
             Self::NothingStaged => f.write_str("no staged upgrade to commit or roll back"),
             Self::StagedUpgradesOff => f.write_str("staged upgrades are turned off"),
+            Self::UnderServiceManager => {
+                f.write_str("staged upgrades are refused under a service manager")
+            }
         }
     }
 }
@@ -470,10 +544,17 @@ impl fmt::Display for Refusal {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Status {
-    /// This process serves the service (first start, a new generation taking over — which
-    /// also makes it the main process — or an old one that kept serving after a failed
-    /// restart).
-    Ready,
+    /// This process serves the service: at its first ready (a fresh start, or a new
+    /// generation taking over) or again (an old generation that kept serving after a
+    /// failed or rolled-back upgrade).
+    Ready {
+        /// This process claims to be the service's main process (`MAINPID=`): a new
+        /// generation taking over, or one serving again (a staged generation that was
+        /// ready may have claimed it).
+        main_pid: bool,
+        /// Serving again after an upgrade failed or was rolled back.
+        again: bool,
+    },
     /// A restart began.
     Reloading,
     /// The service is stopping (never sent by a process that handed over).
@@ -524,6 +605,15 @@ pub enum Action {
     ReceiveConnections,
     /// Tell the service manager (and update the pid file).
     Announce(Status),
+    /// Once, at the first ready: close the inherited fds the application did not claim
+    /// (a listener the new configuration dropped is then refused, not left queueing).
+    CloseUnclaimed,
+    /// Under a service manager, while a graceful stop drains: extend its stop timeout
+    /// (`EXTEND_TIMEOUT_USEC=`) by this much from now.
+    ExtendStopTimeout {
+        /// How long the stop may still take.
+        by: Duration,
+    },
     /// Exit the process.
     Exit {
         /// The exit code.
@@ -593,6 +683,19 @@ pub enum Event {
         /// How it ended.
         status: ChildStatus,
     },
+    /// A child this process killed ([`Action::KillChild`]) was reaped.
+    KilledChildExited {
+        /// Its pid.
+        pid: Pid,
+        /// How it ended.
+        status: ChildStatus,
+    },
+    /// The reap timeout passed in [`Phase::Exiting`] with these killed children not reaped;
+    /// the process exits all the same.
+    NotReaped {
+        /// Their pids.
+        pids: Vec<Pid>,
+    },
     /// The remaining connections are being closed.
     ForceClosing {
         /// Why: [`ExitReason::Hammered`] or [`ExitReason::DeadlinePassed`].
@@ -635,8 +738,23 @@ enum State {
     Draining {
         cause: DrainCause,
         deadline: Option<Instant>,
+        /// When the service manager's stop timeout is extended next (a stop without a
+        /// drain deadline, under a service manager).
+        renew: Option<Instant>,
+    },
+    Exiting {
+        exit: Exit,
+        deadline: Option<Instant>,
     },
     Stopped,
+}
+
+/// What [`Action::Exit`] will say, kept while [`Phase::Exiting`].
+#[derive(Debug, Clone, Copy)]
+struct Exit {
+    code: i32,
+    reason: ExitReason,
+    cause: DrainCause,
 }
 
 impl State {
@@ -646,6 +764,7 @@ impl State {
             Self::Forking { .. } => Phase::Forking,
             Self::Staged { .. } => Phase::Staged,
             Self::Draining { .. } => Phase::Draining,
+            Self::Exiting { .. } => Phase::Exiting,
             Self::Stopped => Phase::Stopped,
         }
     }
@@ -694,6 +813,8 @@ pub struct Lifecycle {
     state: State,
     /// Children asked to stop ([`Action::StopChild`]) that have not exited yet.
     stopping: Vec<Pid>,
+    /// Children killed ([`Action::KillChild`]) that have not been reaped yet.
+    killed: Vec<Pid>,
     outputs: VecDeque<Output>,
 }
 
@@ -708,6 +829,7 @@ impl Lifecycle {
                 readiness: Readiness::Pending,
             },
             stopping: Vec::new(),
+            killed: Vec::new(),
             outputs: VecDeque::new(),
         }
     }
@@ -781,7 +903,7 @@ impl Lifecycle {
                     Request::Restart => self.on_restart(now, false),
                     Request::Stage => self.on_restart(now, true),
                     Request::Stop => self.on_stop(now),
-                    Request::Hammer => self.on_hammer(),
+                    Request::Hammer => self.on_hammer(now),
                     Request::Commit => self.on_commit(now),
                     Request::Rollback => self.on_rollback(),
                 }
@@ -806,7 +928,7 @@ impl Lifecycle {
             Input::ChildExited { pid, status } => self.on_child_exited(pid, status),
             Input::Drained => {
                 if matches!(self.state, State::Draining { .. }) {
-                    self.stop(ExitReason::Drained);
+                    self.stop(ExitReason::Drained, now);
                 } else {
                     self.refuse(kind, Refusal::NotDraining);
                 }
@@ -814,8 +936,20 @@ impl Lifecycle {
         }
     }
 
-    /// Acts on every deadline that has passed at `now`. Spurious calls do nothing.
+    /// Acts on every deadline that has passed at `now`. Spurious calls do nothing. No
+    /// deadline at or before `now` is left: one that a transition arms already passed (a
+    /// zero reap timeout) is acted on too.
     pub fn handle_timeout(&mut self, now: Instant) {
+        // Each round leaves a state or moves its renewal forward: a few rounds suffice.
+        for _ in 0..4 {
+            if self.poll_timeout().is_none_or(|deadline| deadline > now) {
+                return;
+            }
+            self.on_timeout(now);
+        }
+    }
+
+    fn on_timeout(&mut self, now: Instant) {
         match self.state {
             State::Forking {
                 child,
@@ -832,7 +966,23 @@ impl Lifecycle {
                     reason: ExitReason::DeadlinePassed,
                 });
                 self.action(Action::ForceClose);
-                self.stop(ExitReason::DeadlinePassed);
+                self.stop(ExitReason::DeadlinePassed, now);
+            }
+            State::Draining {
+                renew: Some(renew), ..
+            } if now >= renew => {
+                if let State::Draining { renew, .. } = &mut self.state {
+                    *renew = now.checked_add(EXTEND_PERIOD);
+                }
+                self.action(Action::ExtendStopTimeout { by: EXTEND_LEASE });
+            }
+            State::Exiting {
+                exit,
+                deadline: Some(deadline),
+            } if now >= deadline => {
+                let pids = std::mem::take(&mut self.killed);
+                self.event(Event::NotReaped { pids });
+                self.finish(exit);
             }
             _ => {}
         }
@@ -850,7 +1000,13 @@ impl Lifecycle {
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
         match self.state {
-            State::Forking { deadline, .. } | State::Draining { deadline, .. } => deadline,
+            State::Forking { deadline, .. } | State::Exiting { deadline, .. } => deadline,
+            State::Draining {
+                deadline, renew, ..
+            } => match (deadline, renew) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            },
             State::Running { .. } | State::Staged { .. } | State::Stopped => None,
         }
     }
@@ -875,6 +1031,11 @@ impl Lifecycle {
             }
             State::Running {
                 readiness: Readiness::Announced,
+            } if staged && self.config.service_manager => {
+                self.refuse(kind, Refusal::UnderServiceManager);
+            }
+            State::Running {
+                readiness: Readiness::Announced,
             } => {
                 self.enter(State::Forking {
                     child: None,
@@ -888,7 +1049,7 @@ impl Lifecycle {
                 self.refuse(kind, Refusal::UpgradeInProgress);
             }
             State::Draining { .. } => self.refuse(kind, Refusal::Draining),
-            State::Stopped => self.refuse(kind, Refusal::Stopped),
+            State::Exiting { .. } | State::Stopped => self.refuse(kind, Refusal::Stopped),
         }
     }
 
@@ -896,7 +1057,9 @@ impl Lifecycle {
         match self.state {
             State::Staged { child } => self.drain(DrainCause::HandedOver { successor: child }, now),
             State::Draining { .. } => self.refuse(InputKind::Commit, Refusal::Draining),
-            State::Stopped => self.refuse(InputKind::Commit, Refusal::Stopped),
+            State::Exiting { .. } | State::Stopped => {
+                self.refuse(InputKind::Commit, Refusal::Stopped);
+            }
             State::Running { .. } | State::Forking { .. } => {
                 self.refuse(InputKind::Commit, Refusal::NothingStaged);
             }
@@ -918,11 +1081,16 @@ impl Lifecycle {
                     readiness: Readiness::Announced,
                 });
                 // This process is the service's main one again, before the other stops.
-                self.action(Action::Announce(Status::Ready));
+                self.action(Action::Announce(Status::Ready {
+                    main_pid: true,
+                    again: true,
+                }));
                 self.stop_child(child);
             }
             State::Draining { .. } => self.refuse(InputKind::Rollback, Refusal::Draining),
-            State::Stopped => self.refuse(InputKind::Rollback, Refusal::Stopped),
+            State::Exiting { .. } | State::Stopped => {
+                self.refuse(InputKind::Rollback, Refusal::Stopped);
+            }
             State::Running { .. } => self.refuse(InputKind::Rollback, Refusal::NothingStaged),
         }
     }
@@ -942,22 +1110,26 @@ impl Lifecycle {
                 });
                 // A child spawned later is killed as unexpected (`on_child_spawned`).
                 if let Some(pid) = child {
-                    self.action(Action::KillChild { pid });
+                    self.kill_child(pid);
                 }
                 self.drain(DrainCause::Shutdown, now);
             }
             State::Draining { .. } => match self.config.repeated_stop {
                 RepeatedStop::Ignore => self.refuse(InputKind::Stop, Refusal::Draining),
-                RepeatedStop::Hammer => self.hammer(),
+                RepeatedStop::Hammer => self.hammer(now),
             },
-            State::Stopped => self.refuse(InputKind::Stop, Refusal::Stopped),
+            State::Exiting { .. } | State::Stopped => {
+                self.refuse(InputKind::Stop, Refusal::Stopped);
+            }
         }
     }
 
-    fn on_hammer(&mut self) {
+    fn on_hammer(&mut self, now: Instant) {
         match self.state {
-            State::Draining { .. } => self.hammer(),
-            State::Stopped => self.refuse(InputKind::Hammer, Refusal::Stopped),
+            State::Draining { .. } => self.hammer(now),
+            State::Exiting { .. } | State::Stopped => {
+                self.refuse(InputKind::Hammer, Refusal::Stopped);
+            }
             State::Running { .. } | State::Forking { .. } | State::Staged { .. } => {
                 self.refuse(InputKind::Hammer, Refusal::NotDraining);
             }
@@ -974,7 +1146,11 @@ impl Lifecycle {
                 };
                 // The service manager learns first: a new generation must be the main
                 // process before its parent, told next, exits.
-                self.action(Action::Announce(Status::Ready));
+                self.action(Action::Announce(Status::Ready {
+                    main_pid: self.origin == Origin::Inherited,
+                    again: false,
+                }));
+                self.action(Action::CloseUnclaimed);
                 if self.origin == Origin::Inherited {
                     self.action(Action::NotifyParent);
                 }
@@ -986,7 +1162,9 @@ impl Lifecycle {
             | State::Forking { .. }
             | State::Staged { .. } => self.refuse(InputKind::Ready, Refusal::AlreadyReady),
             State::Draining { .. } => self.refuse(InputKind::Ready, Refusal::Draining),
-            State::Stopped => self.refuse(InputKind::Ready, Refusal::Stopped),
+            State::Exiting { .. } | State::Stopped => {
+                self.refuse(InputKind::Ready, Refusal::Stopped);
+            }
         }
     }
 
@@ -1012,7 +1190,7 @@ impl Lifecycle {
             // child): it must not live on with our listeners.
             _ => {
                 self.event(Event::UnexpectedChild { pid });
-                self.action(Action::KillChild { pid });
+                self.kill_child(pid);
             }
         }
     }
@@ -1035,6 +1213,16 @@ impl Lifecycle {
         if let Some(i) = self.stopping.iter().position(|&p| p == pid) {
             self.stopping.swap_remove(i);
             self.event(Event::StoppedChildExited { pid, status });
+            return;
+        }
+        if let Some(i) = self.killed.iter().position(|&p| p == pid) {
+            self.killed.swap_remove(i);
+            self.event(Event::KilledChildExited { pid, status });
+            if let State::Exiting { exit, .. } = self.state
+                && self.killed.is_empty()
+            {
+                self.finish(exit);
+            }
             return;
         }
         match self.state {
@@ -1067,10 +1255,13 @@ impl Lifecycle {
             readiness: Readiness::Announced,
         });
         if let (true, Some(pid)) = (kill, pid) {
-            self.action(Action::KillChild { pid });
+            self.kill_child(pid);
         }
         // The old process is still (or again) the one serving the service.
-        self.action(Action::Announce(Status::Ready));
+        self.action(Action::Announce(Status::Ready {
+            main_pid: true,
+            again: true,
+        }));
     }
 
     fn drain(&mut self, cause: DrainCause, now: Instant) {
@@ -1078,9 +1269,24 @@ impl Lifecycle {
             .config
             .drain_timeout
             .and_then(|timeout| now.checked_add(timeout));
-        self.enter(State::Draining { cause, deadline });
+        // Under a service manager a stop extends its stop timeout to cover the drain: once
+        // to the deadline, or lease by lease without one.
+        let extension = (cause == DrainCause::Shutdown && self.config.service_manager).then(|| {
+            match self.config.drain_timeout {
+                Some(timeout) => (timeout.saturating_add(STOP_MARGIN), None),
+                None => (EXTEND_LEASE, now.checked_add(EXTEND_PERIOD)),
+            }
+        });
+        self.enter(State::Draining {
+            cause,
+            deadline,
+            renew: extension.and_then(|(_, renew)| renew),
+        });
         if cause == DrainCause::Shutdown {
             self.action(Action::Announce(Status::Stopping));
+        }
+        if let Some((by, _)) = extension {
+            self.action(Action::ExtendStopTimeout { by });
         }
         self.action(Action::StopAccepting);
         if let DrainCause::HandedOver { successor } = cause {
@@ -1095,16 +1301,25 @@ impl Lifecycle {
         self.action(Action::StopChild { pid });
     }
 
-    fn hammer(&mut self) {
+    /// Kills a child that may still run; the end of the lifecycle waits for its exit.
+    fn kill_child(&mut self, pid: Pid) {
+        if !self.killed.contains(&pid) {
+            self.killed.push(pid);
+        }
+        self.action(Action::KillChild { pid });
+    }
+
+    fn hammer(&mut self, now: Instant) {
         self.event(Event::ForceClosing {
             reason: ExitReason::Hammered,
         });
         self.action(Action::ForceClose);
-        self.stop(ExitReason::Hammered);
+        self.stop(ExitReason::Hammered, now);
     }
 
-    /// Draining → Stopped.
-    fn stop(&mut self, reason: ExitReason) {
+    /// The drain is over: Draining → Stopped, through Exiting while a child this process
+    /// killed is not reaped yet.
+    fn stop(&mut self, reason: ExitReason, now: Instant) {
         let State::Draining { cause, .. } = self.state else {
             return;
         };
@@ -1112,11 +1327,28 @@ impl Lifecycle {
             ExitReason::Drained => 0,
             ExitReason::Hammered | ExitReason::DeadlinePassed => self.config.forced_exit_code,
         };
-        self.enter(State::Stopped);
-        self.action(Action::Exit {
+        let exit = Exit {
             code,
             reason,
             cause,
+        };
+        if self.killed.is_empty() {
+            self.finish(exit);
+        } else {
+            self.enter(State::Exiting {
+                exit,
+                deadline: now.checked_add(self.config.reap_timeout),
+            });
+        }
+    }
+
+    /// → Stopped: the process exits.
+    fn finish(&mut self, exit: Exit) {
+        self.enter(State::Stopped);
+        self.action(Action::Exit {
+            code: exit.code,
+            reason: exit.reason,
+            cause: exit.cause,
         });
     }
 
@@ -1155,18 +1387,24 @@ mod tests {
         assert_eq!(defaults.get_repeated_stop(), RepeatedStop::Ignore);
         assert_eq!(defaults.get_forced_exit_code(), 0);
         assert!(defaults.get_staged_upgrades());
+        assert!(!defaults.get_service_manager());
+        assert_eq!(defaults.get_reap_timeout(), DEFAULT_REAP_TIMEOUT);
 
         let config = Config::new()
             .upgrade_timeout(Duration::from_secs(7))
             .drain_timeout(Some(Duration::from_secs(9)))
             .repeated_stop(RepeatedStop::Hammer)
             .forced_exit_code(42)
-            .staged_upgrades(false);
+            .staged_upgrades(false)
+            .service_manager(true)
+            .reap_timeout(Duration::from_secs(3));
         assert_eq!(config.get_upgrade_timeout(), Duration::from_secs(7));
         assert_eq!(config.get_drain_timeout(), Some(Duration::from_secs(9)));
         assert_eq!(config.get_repeated_stop(), RepeatedStop::Hammer);
         assert_eq!(config.get_forced_exit_code(), 42);
         assert!(!config.get_staged_upgrades());
+        assert!(config.get_service_manager());
+        assert_eq!(config.get_reap_timeout(), Duration::from_secs(3));
         assert_eq!(Config::new().drain_timeout(None).get_drain_timeout(), None);
 
         let lc = Lifecycle::new(config.clone(), Origin::Inherited);
@@ -1180,7 +1418,7 @@ mod tests {
 
     #[test]
     fn display_messages() {
-        let cases: [(&dyn fmt::Display, &str); 27] = [
+        let cases: [(&dyn fmt::Display, &str); 29] = [
             (&ChildStatus::Exited(3), "exited with code 3"),
             (&ChildStatus::Signaled(9), "was killed by signal 9"),
             (&ChildStatus::Unknown, "ended"),
@@ -1196,6 +1434,7 @@ mod tests {
             (&Phase::Forking, "forking"),
             (&Phase::Staged, "staged"),
             (&Phase::Draining, "draining"),
+            (&Phase::Exiting, "exiting"),
             (&Phase::Stopped, "stopped"),
             (
                 &UpgradeFailure::SpawnFailed("ENOENT".into()),
@@ -1243,6 +1482,10 @@ mod tests {
             (
                 &Refusal::StagedUpgradesOff,
                 "staged upgrades are turned off",
+            ),
+            (
+                &Refusal::UnderServiceManager,
+                "staged upgrades are refused under a service manager",
             ),
         ];
         for (value, expected) in cases {

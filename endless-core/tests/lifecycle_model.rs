@@ -9,7 +9,12 @@
 //!   is reaped later (its exit arrives at any time, during another upgrade too);
 //! - listeners stop accepting only after the current child reported ready (not a staged
 //!   one: on the commit), or on a stop;
-//! - the process exits only when drained, on a hammer, or once the drain deadline passed;
+//! - the process exits only when drained, on a hammer, or once the drain deadline passed,
+//!   and only once every child it killed was reaped or the reap deadline passed;
+//! - a first ready claims the main pid only in a new generation, serving again always
+//!   does; unclaimed inherited fds are closed once, at the first ready;
+//! - the service manager's stop timeout is extended only under one, only while a stop
+//!   drains, and renewed lease by lease when the drain has no deadline;
 //! - after any failed upgrade the process is running and a restart spawns a child again;
 //! - a process owes its parent exactly one "ready";
 //! - every phase change is announced by a `StateChanged` event, and every input leaves an
@@ -20,14 +25,17 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use endless_core::{
-    Action, ChildFailure, ChildStatus, Config, Event, Input, Lifecycle, Origin, Output, Phase,
-    RepeatedStop, Request, UpgradeFailure,
+    Action, ChildFailure, ChildStatus, Config, EXTEND_PERIOD, Event, Input, Lifecycle, Origin,
+    Output, Phase, RepeatedStop, Request, Status, UpgradeFailure,
 };
 use proptest::prelude::*;
 use proptest_state_machine::{ReferenceStateMachine, StateMachineTest, prop_state_machine};
 
 /// The pid of the first child spawned; each later one gets the next pid.
 const FIRST_PID: u32 = 100;
+
+/// [`EXTEND_PERIOD`] in the model's milliseconds.
+const PERIOD_MS: u64 = EXTEND_PERIOD.as_millis() as u64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ModelPhase {
@@ -45,6 +53,11 @@ enum ModelPhase {
     Draining {
         successor: Option<u32>,
         deadline: Option<u64>,
+        /// When the stop timeout's extension is renewed next.
+        renew: Option<u64>,
+    },
+    Exiting {
+        deadline: u64,
     },
     Stopped,
 }
@@ -55,12 +68,16 @@ struct Model {
     upgrade_ms: u64,
     drain_ms: Option<u64>,
     repeated_stop_hammers: bool,
+    service_manager: bool,
+    reap_ms: u64,
     now: u64,
     phase: ModelPhase,
     /// The pid the next spawned child gets. The kernel never hands out the pid of a child
     /// that was not reaped yet (a killed one, a stopping one, the successor), so a spawn
     /// always reports a pid not seen before; other inputs name any pid, stale or unknown.
     next_pid: u32,
+    /// Children the machine killed that were not reaped yet.
+    killed: BTreeSet<u32>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -92,12 +109,27 @@ impl Model {
             } else {
                 RepeatedStop::Ignore
             })
+            .service_manager(self.service_manager)
+            .reap_timeout(Duration::from_millis(self.reap_ms))
     }
 
     fn drain(&self, successor: Option<u32>) -> ModelPhase {
+        let leases = successor.is_none() && self.service_manager && self.drain_ms.is_none();
         ModelPhase::Draining {
             successor,
             deadline: self.drain_ms.map(|d| self.now + d),
+            renew: leases.then_some(self.now + PERIOD_MS),
+        }
+    }
+
+    /// The drain is over: the process exits once its killed children are reaped.
+    fn end(&self) -> ModelPhase {
+        if self.killed.is_empty() {
+            ModelPhase::Stopped
+        } else {
+            ModelPhase::Exiting {
+                deadline: self.now + self.reap_ms,
+            }
         }
     }
 
@@ -111,9 +143,14 @@ impl Model {
 
     fn deadline(&self) -> Option<u64> {
         match self.phase {
-            ModelPhase::Forking { deadline, .. } | ModelPhase::Draining { deadline, .. } => {
-                deadline
-            }
+            ModelPhase::Forking { deadline, .. } => deadline,
+            ModelPhase::Draining {
+                deadline, renew, ..
+            } => match (deadline, renew) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            },
+            ModelPhase::Exiting { deadline } => Some(deadline),
             _ => None,
         }
     }
@@ -131,16 +168,30 @@ impl ReferenceStateMachine for LifecycleModel {
             0u64..50,
             prop::option::weighted(0.8, 0u64..50),
             any::<bool>(),
+            any::<bool>(),
+            0u64..50,
         )
             .prop_map(
-                |(inherited, upgrade_ms, drain_ms, repeated_stop_hammers)| Model {
+                |(
                     inherited,
                     upgrade_ms,
                     drain_ms,
                     repeated_stop_hammers,
-                    now: 0,
-                    phase: ModelPhase::Running { ready: false },
-                    next_pid: FIRST_PID,
+                    service_manager,
+                    reap_ms,
+                )| {
+                    Model {
+                        inherited,
+                        upgrade_ms,
+                        drain_ms,
+                        repeated_stop_hammers,
+                        service_manager,
+                        reap_ms,
+                        now: 0,
+                        phase: ModelPhase::Running { ready: false },
+                        next_pid: FIRST_PID,
+                        killed: BTreeSet::new(),
+                    }
                 },
             )
             .boxed()
@@ -153,6 +204,13 @@ impl ReferenceStateMachine for LifecycleModel {
         let pid = match state.child() {
             Some(child) => prop_oneof![3 => Just(child), 1 => any_pid].boxed(),
             None => any_pid.boxed(),
+        };
+        // An exit is often that of a killed child, which the machine waits for at the end.
+        let exited = if state.killed.is_empty() {
+            pid.clone()
+        } else {
+            let killed: Vec<u32> = state.killed.iter().copied().collect();
+            prop_oneof![1 => pid.clone(), 2 => prop::sample::select(killed)].boxed()
         };
         // A new child, or a duplicate report of the one the machine waits for.
         let spawned = match state.child() {
@@ -170,10 +228,11 @@ impl ReferenceStateMachine for LifecycleModel {
             3 => spawned.prop_map(Transition::Spawned),
             1 => Just(Transition::SpawnFailed),
             3 => pid.clone().prop_map(Transition::ChildReady),
-            1 => pid.clone().prop_map(Transition::ChildFailed),
-            1 => pid.prop_map(Transition::ChildExited),
+            1 => pid.prop_map(Transition::ChildFailed),
+            2 => exited.prop_map(Transition::ChildExited),
             2 => Just(Transition::Drained),
             3 => (0u64..80).prop_map(Transition::Tick),
+            1 => Just(Transition::Tick(PERIOD_MS)),
             2 => Just(Transition::Timeout),
         ]
         .boxed()
@@ -192,12 +251,46 @@ impl ReferenceStateMachine for LifecycleModel {
         if let Transition::Spawned(pid) = *t {
             m.next_pid = m.next_pid.max(pid + 1);
         }
+        // The children the machine kills on this transition, and those reaped.
+        match (*t, m.phase) {
+            (
+                Transition::Timeout,
+                Forking {
+                    child: Some(c),
+                    deadline: Some(d),
+                    ..
+                },
+            ) if m.now >= d => {
+                m.killed.insert(c);
+            }
+            (
+                Transition::ChildFailed(_) | Transition::Rollback | Transition::Stop,
+                Forking { child: Some(c), .. },
+            ) if pid_or(t, c) == c => {
+                m.killed.insert(c);
+            }
+            (Transition::Spawned(_), Forking { child: None, .. }) => {}
+            (Transition::Spawned(pid), _) if m.child() != Some(pid) => {
+                m.killed.insert(pid);
+            }
+            _ => {}
+        }
+        let reaped = matches!(*t, Transition::ChildExited(pid) if m.killed.remove(&pid));
         let running = Running { ready: true };
         m.phase = match (*t, m.phase) {
+            (Transition::ChildExited(_), Exiting { .. }) if reaped && m.killed.is_empty() => {
+                Stopped
+            }
+            (_, Exiting { .. } | Stopped)
+                if !matches!(t, Transition::Timeout | Transition::Tick(_)) =>
+            {
+                m.phase
+            }
             (Transition::Tick(ms), phase) => {
                 m.now += ms;
                 phase
             }
+            (Transition::Stage, Running { ready: true }) if m.service_manager => running,
             (Transition::Restart | Transition::Stage, Running { ready: true }) => Forking {
                 child: None,
                 deadline: Some(m.now + m.upgrade_ms),
@@ -206,8 +299,8 @@ impl ReferenceStateMachine for LifecycleModel {
             (Transition::Commit, Staged { child }) => m.drain(Some(child)),
             (Transition::Rollback, Forking { .. } | Staged { .. }) => running,
             (Transition::Stop, Running { .. } | Forking { .. } | Staged { .. }) => m.drain(None),
-            (Transition::Stop, Draining { .. }) if m.repeated_stop_hammers => Stopped,
-            (Transition::Hammer, Draining { .. }) => Stopped,
+            (Transition::Stop, Draining { .. }) if m.repeated_stop_hammers => m.end(),
+            (Transition::Hammer, Draining { .. }) => m.end(),
             (Transition::Ready, Running { ready: false }) => running,
             (
                 Transition::Spawned(pid),
@@ -241,7 +334,7 @@ impl ReferenceStateMachine for LifecycleModel {
                 Forking { child: Some(c), .. },
             ) if c == pid => running,
             (Transition::ChildExited(pid), Staged { child }) if child == pid => running,
-            (Transition::Drained, Draining { .. }) => Stopped,
+            (Transition::Drained, Draining { .. }) => m.end(),
             (
                 Transition::Timeout,
                 Forking {
@@ -253,10 +346,41 @@ impl ReferenceStateMachine for LifecycleModel {
                 Draining {
                     deadline: Some(d), ..
                 },
-            ) if m.now >= d => Stopped,
+            ) if m.now >= d => m.end(),
+            (
+                Transition::Timeout,
+                Draining {
+                    successor,
+                    deadline,
+                    renew: Some(r),
+                },
+            ) if m.now >= r => Draining {
+                successor,
+                deadline,
+                renew: Some(m.now + PERIOD_MS),
+            },
+            (Transition::Timeout, Exiting { deadline }) if m.now >= deadline => {
+                m.killed.clear();
+                Stopped
+            }
             (_, phase) => phase,
         };
+        // A timeout acts on every deadline due, the one its transition armed too.
+        if let (Transition::Timeout, Exiting { deadline }) = (*t, m.phase)
+            && m.now >= deadline
+        {
+            m.killed.clear();
+            m.phase = Stopped;
+        }
         m
+    }
+}
+
+/// The pid a transition names, or `default`.
+fn pid_or(t: &Transition, default: u32) -> u32 {
+    match *t {
+        Transition::ChildFailed(pid) => pid,
+        _ => default,
     }
 }
 
@@ -279,6 +403,10 @@ struct World {
     notified_parent: u32,
     /// `ReceiveConnections` actions seen.
     received: u32,
+    /// `Announce(Ready)` actions seen.
+    announced_ready: u32,
+    /// `CloseUnclaimed` actions seen.
+    closed_unclaimed: u32,
 }
 
 struct LifecycleTest;
@@ -304,6 +432,8 @@ impl StateMachineTest for LifecycleTest {
             exited: false,
             notified_parent: 0,
             received: 0,
+            announced_ready: 0,
+            closed_unclaimed: 0,
         }
     }
 
@@ -364,6 +494,8 @@ impl StateMachineTest for LifecycleTest {
 
         let mut outputs = 0;
         let mut phase_seen = phase_before;
+        // The reap deadline passed with these children killed and not reaped.
+        let mut not_reaped = false;
         while let Some(output) = w.lc.poll_output() {
             outputs += 1;
             if let Output::Event(Event::StateChanged { from, to }) = output {
@@ -419,14 +551,45 @@ impl StateMachineTest for LifecycleTest {
                                 (Some(start), Some(ms)) => m.now >= start + ms,
                                 _ => false,
                             };
+                            let exiting = phase_before == Phase::Exiting;
                             let allowed = match t {
                                 Transition::Drained | Transition::Hammer => true,
                                 Transition::Stop => m.repeated_stop_hammers,
-                                Transition::Timeout => deadline_passed,
+                                Transition::Timeout => deadline_passed || exiting,
+                                Transition::ChildExited(_) => exiting,
                                 _ => false,
                             };
                             assert!(allowed, "exited on {t:?}");
+                            // A killed child that outlived this process would hold its
+                            // listeners: the exit waits for it, up to the reap deadline.
+                            assert!(
+                                w.killed.is_empty() || not_reaped,
+                                "exited with {:?} killed and not reaped",
+                                w.killed
+                            );
                             w.exited = true;
+                        }
+                        Action::Announce(Status::Ready { main_pid, again }) => {
+                            w.announced_ready += 1;
+                            assert_eq!(again, w.announced_ready > 1, "ready again or not");
+                            assert_eq!(
+                                main_pid,
+                                again || m.inherited,
+                                "main pid claimed wrongly (again {again})"
+                            );
+                        }
+                        Action::CloseUnclaimed => {
+                            w.closed_unclaimed += 1;
+                            assert_eq!(w.closed_unclaimed, 1, "unclaimed fds closed twice");
+                            assert_eq!(w.announced_ready, 1, "closed before the first ready");
+                        }
+                        Action::ExtendStopTimeout { .. } => {
+                            assert!(m.service_manager, "extended without a service manager");
+                            assert_eq!(
+                                w.lc.drain_cause(),
+                                Some(endless_core::DrainCause::Shutdown),
+                                "extended outside a stop"
+                            );
                         }
                         Action::NotifyParent => {
                             assert!(m.inherited, "a fresh process has no parent to notify");
@@ -464,6 +627,11 @@ impl StateMachineTest for LifecycleTest {
                         assert!(spawned, "no restart possible after {reason:?}");
                     }
                 }
+                Output::Event(Event::NotReaped { pids }) => {
+                    assert!(matches!(t, Transition::Timeout), "gave up reaping on {t:?}");
+                    assert_eq!(pids.iter().copied().collect::<BTreeSet<_>>(), w.killed);
+                    not_reaped = true;
+                }
                 Output::Event(_) => {}
             }
         }
@@ -482,6 +650,7 @@ impl StateMachineTest for LifecycleTest {
             ModelPhase::Forking { .. } => Phase::Forking,
             ModelPhase::Staged { .. } => Phase::Staged,
             ModelPhase::Draining { .. } => Phase::Draining,
+            ModelPhase::Exiting { .. } => Phase::Exiting,
             ModelPhase::Stopped => Phase::Stopped,
         };
         assert_eq!(w.lc.phase(), phase);

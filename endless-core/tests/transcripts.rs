@@ -12,7 +12,20 @@ use endless_core::{
 
 const UPGRADE: Duration = Duration::from_secs(10);
 const DRAIN: Duration = Duration::from_secs(30);
+const REAP: Duration = Duration::from_secs(3);
 const CHILD: u32 = 4242;
+
+/// A fresh process's first ready: it is the main process already.
+const FIRST_READY: Status = Status::Ready {
+    main_pid: false,
+    again: false,
+};
+
+/// Serving again after a failed or rolled-back upgrade: the main process again.
+const READY_AGAIN: Status = Status::Ready {
+    main_pid: true,
+    again: true,
+};
 
 /// A lifecycle with a fake clock that starts at `t0`.
 struct Harness {
@@ -35,7 +48,8 @@ impl Harness {
         Self::new(
             Config::new()
                 .upgrade_timeout(UPGRADE)
-                .drain_timeout(Some(DRAIN)),
+                .drain_timeout(Some(DRAIN))
+                .reap_timeout(REAP),
             Origin::Fresh,
         )
     }
@@ -117,7 +131,11 @@ fn first_start_announces_ready_once() {
     let mut h = Harness::fresh();
     assert_eq!(
         h.input(Input::Ready),
-        [a(Announce(Status::Ready)), a(ReceiveConnections)]
+        [
+            a(Announce(FIRST_READY)),
+            a(CloseUnclaimed),
+            a(ReceiveConnections)
+        ]
     );
     assert_eq!(
         h.input(Input::Ready),
@@ -183,7 +201,7 @@ fn child_crash_before_ready_keeps_serving_and_a_later_restart_works() {
                 reason: UpgradeFailure::ChildExited(ChildStatus::Exited(1)),
             }),
             changed(Phase::Forking, Phase::Running),
-            a(Announce(Status::Ready)),
+            a(Announce(READY_AGAIN)),
         ]
     );
     assert_eq!(h.lc.poll_timeout(), None);
@@ -207,19 +225,19 @@ fn child_that_breaks_the_readiness_protocol_is_killed() {
             }),
             changed(Phase::Forking, Phase::Running),
             a(KillChild { pid: CHILD }),
-            a(Announce(Status::Ready)),
+            a(Announce(READY_AGAIN)),
         ]
     );
-    // Its exit, reaped later, is a late input and changes nothing.
+    // Its exit, reaped later, is known for what it is and changes nothing else.
     assert_eq!(
         h.input(Input::ChildExited {
             pid: CHILD,
             status: ChildStatus::Signaled(9),
         }),
-        [refused(
-            InputKind::ChildExited,
-            Refusal::UnknownChild(CHILD)
-        )]
+        [e(Event::KilledChildExited {
+            pid: CHILD,
+            status: ChildStatus::Signaled(9),
+        })]
     );
     assert_eq!(h.lc.phase(), Phase::Running);
 }
@@ -238,7 +256,7 @@ fn spawn_failure_keeps_serving() {
                 reason: UpgradeFailure::SpawnFailed("No such file or directory".into()),
             }),
             changed(Phase::Forking, Phase::Running),
-            a(Announce(Status::Ready)),
+            a(Announce(READY_AGAIN)),
         ]
     );
     assert_eq!(h.request(Request::Restart), restart_begins());
@@ -262,7 +280,7 @@ fn upgrade_timeout_kills_the_child() {
             }),
             changed(Phase::Forking, Phase::Running),
             a(KillChild { pid: CHILD }),
-            a(Announce(Status::Ready)),
+            a(Announce(READY_AGAIN)),
         ]
     );
     assert_eq!(h.elapsed(), UPGRADE);
@@ -286,7 +304,7 @@ fn a_child_spawned_after_its_upgrade_was_given_up_is_killed() {
                 reason: UpgradeFailure::TimedOut,
             }),
             changed(Phase::Forking, Phase::Running),
-            a(Announce(Status::Ready)),
+            a(Announce(READY_AGAIN)),
         ]
     );
     assert_eq!(
@@ -332,6 +350,10 @@ fn restart_while_forking_is_refused() {
 #[test]
 fn the_exit_of_a_killed_stray_child_changes_nothing() {
     const STRAY: u32 = CHILD + 1;
+    let reaped = [e(Event::KilledChildExited {
+        pid: STRAY,
+        status: ChildStatus::Signaled(9),
+    })];
     let stray_exits = |h: &mut Harness| {
         h.input(Input::ChildExited {
             pid: STRAY,
@@ -350,13 +372,7 @@ fn the_exit_of_a_killed_stray_child_changes_nothing() {
             a(KillChild { pid: STRAY }),
         ]
     );
-    assert_eq!(
-        stray_exits(&mut h),
-        [refused(
-            InputKind::ChildExited,
-            Refusal::UnknownChild(STRAY)
-        )]
-    );
+    assert_eq!(stray_exits(&mut h), reaped);
     assert_eq!((h.lc.phase(), h.lc.child()), (Phase::Forking, Some(CHILD)));
 
     // The same while a staged generation serves beside this one.
@@ -368,13 +384,7 @@ fn the_exit_of_a_killed_stray_child_changes_nothing() {
             a(KillChild { pid: STRAY }),
         ]
     );
-    assert_eq!(
-        stray_exits(&mut h),
-        [refused(
-            InputKind::ChildExited,
-            Refusal::UnknownChild(STRAY)
-        )]
-    );
+    assert_eq!(stray_exits(&mut h), reaped);
     assert_eq!((h.lc.phase(), h.lc.child()), (Phase::Staged, Some(CHILD)));
 
     // And once this process drains after handing over: it is not the successor's exit.
@@ -383,13 +393,7 @@ fn the_exit_of_a_killed_stray_child_changes_nothing() {
     h.input(Input::ChildSpawned { pid: CHILD });
     h.input(Input::ChildSpawned { pid: STRAY });
     h.input(Input::ChildReady { pid: CHILD });
-    assert_eq!(
-        stray_exits(&mut h),
-        [refused(
-            InputKind::ChildExited,
-            Refusal::UnknownChild(STRAY)
-        )]
-    );
+    assert_eq!(stray_exits(&mut h), reaped);
     assert_eq!(h.lc.drain_cause(), Some(handed_over()));
 }
 
@@ -418,16 +422,82 @@ fn stop_while_forking_kills_the_child_and_drains() {
         h.input(Input::ChildReady { pid: CHILD }),
         [refused(InputKind::ChildReady, Refusal::UnknownChild(CHILD))]
     );
+    // The drain is over, but the killed child may still hold the listeners: the exit waits
+    // for it to be reaped.
     assert_eq!(
         h.input(Input::Drained),
+        [changed(Phase::Draining, Phase::Exiting)]
+    );
+    assert_eq!(h.lc.poll_timeout(), Some(h.now + REAP));
+    assert_eq!(
+        h.request(Request::Restart),
         [
-            changed(Phase::Draining, Phase::Stopped),
+            requested(Request::Restart),
+            refused(InputKind::Restart, Refusal::Stopped)
+        ]
+    );
+    assert_eq!(
+        h.input(Input::ChildExited {
+            pid: CHILD,
+            status: ChildStatus::Signaled(9),
+        }),
+        [
+            e(Event::KilledChildExited {
+                pid: CHILD,
+                status: ChildStatus::Signaled(9),
+            }),
+            changed(Phase::Exiting, Phase::Stopped),
             a(Exit {
                 code: 0,
                 reason: ExitReason::Drained,
                 cause: DrainCause::Shutdown,
             }),
         ]
+    );
+    assert_eq!(h.lc.poll_timeout(), None);
+}
+
+#[test]
+fn a_killed_child_never_reaped_delays_the_exit_only_until_the_reap_deadline() {
+    let mut h = Harness::ready();
+    h.request(Request::Restart);
+    h.input(Input::ChildSpawned { pid: CHILD });
+    h.request(Request::Stop);
+    h.advance(Duration::from_secs(1));
+    assert_eq!(
+        h.request(Request::Hammer),
+        [
+            requested(Request::Hammer),
+            e(Event::ForceClosing {
+                reason: ExitReason::Hammered
+            }),
+            a(ForceClose),
+            changed(Phase::Draining, Phase::Exiting),
+        ]
+    );
+    assert_eq!(
+        h.step(),
+        [
+            e(Event::NotReaped { pids: vec![CHILD] }),
+            changed(Phase::Exiting, Phase::Stopped),
+            a(Exit {
+                code: 0,
+                reason: ExitReason::Hammered,
+                cause: DrainCause::Shutdown,
+            }),
+        ]
+    );
+    assert_eq!(h.elapsed(), Duration::from_secs(1) + REAP);
+    // Its exit after all is a late input.
+    assert_eq!(
+        h.input(Input::ChildExited {
+            pid: CHILD,
+            status: ChildStatus::Signaled(9),
+        }),
+        [refused(
+            InputKind::ChildExited,
+            Refusal::UnknownChild(CHILD)
+        )]
     );
 }
 
@@ -619,7 +689,11 @@ fn child_side_owes_its_parent_exactly_one_ready() {
     assert_eq!(
         h.input(Input::Ready),
         [
-            a(Announce(Status::Ready)),
+            a(Announce(Status::Ready {
+                main_pid: true,
+                again: false
+            })),
+            a(CloseUnclaimed),
             a(NotifyParent),
             a(ReceiveConnections)
         ]
@@ -754,7 +828,7 @@ fn staged_upgrade_rolled_back_stops_the_new_generation() {
                 reason: UpgradeFailure::RolledBack,
             }),
             changed(Phase::Staged, Phase::Running),
-            a(Announce(Status::Ready)),
+            a(Announce(READY_AGAIN)),
             a(StopChild { pid: CHILD }),
         ]
     );
@@ -787,7 +861,7 @@ fn staged_generation_that_exits_leaves_the_old_one_serving() {
                 reason: UpgradeFailure::ChildExited(ChildStatus::Exited(3)),
             }),
             changed(Phase::Staged, Phase::Running),
-            a(Announce(Status::Ready)),
+            a(Announce(READY_AGAIN)),
         ]
     );
     assert_eq!(
@@ -831,7 +905,7 @@ fn rollback_while_the_new_generation_starts_kills_it() {
             }),
             changed(Phase::Forking, Phase::Running),
             a(KillChild { pid: CHILD }),
-            a(Announce(Status::Ready)),
+            a(Announce(READY_AGAIN)),
         ]
     );
     assert_eq!(
@@ -856,4 +930,105 @@ fn staged_upgrades_can_be_turned_off() {
     );
     // A restart still works.
     assert_eq!(h.request(Request::Restart), restart_begins());
+}
+
+#[test]
+fn under_a_service_manager_staged_upgrades_are_refused_whatever_the_configuration() {
+    let mut h = Harness::new(
+        Config::new().staged_upgrades(true).service_manager(true),
+        Origin::Fresh,
+    );
+    h.input(Input::Ready);
+    assert_eq!(
+        h.request(Request::Stage),
+        [
+            requested(Request::Stage),
+            refused(InputKind::Stage, Refusal::UnderServiceManager),
+        ]
+    );
+    assert_eq!(h.request(Request::Restart), restart_begins());
+}
+
+#[test]
+fn under_a_service_manager_a_stop_extends_its_timeout_to_the_drain_deadline() {
+    let mut h = Harness::new(
+        Config::new()
+            .drain_timeout(Some(DRAIN))
+            .service_manager(true),
+        Origin::Fresh,
+    );
+    h.input(Input::Ready);
+    assert_eq!(
+        h.request(Request::Stop),
+        [
+            requested(Request::Stop),
+            changed(Phase::Running, Phase::Draining),
+            a(Announce(Status::Stopping)),
+            a(ExtendStopTimeout {
+                by: DRAIN + endless_core::STOP_MARGIN
+            }),
+            a(StopAccepting),
+            a(CloseIdle),
+        ]
+    );
+    // Once: the only deadline left is the drain's.
+    assert_eq!(h.lc.poll_timeout(), Some(h.now + DRAIN));
+
+    // A handover is no stop: the service manager hears nothing of the old generation.
+    let mut h = Harness::new(
+        Config::new()
+            .drain_timeout(Some(DRAIN))
+            .service_manager(true),
+        Origin::Fresh,
+    );
+    h.input(Input::Ready);
+    h.request(Request::Restart);
+    h.input(Input::ChildSpawned { pid: CHILD });
+    assert_eq!(
+        h.input(Input::ChildReady { pid: CHILD }),
+        [
+            e(Event::ChildReady { pid: CHILD }),
+            changed(Phase::Forking, Phase::Draining),
+            a(StopAccepting),
+            a(HandOver { successor: CHILD }),
+            a(CloseIdle),
+        ]
+    );
+}
+
+#[test]
+fn under_a_service_manager_a_stop_without_deadline_renews_its_lease() {
+    use endless_core::{EXTEND_LEASE, EXTEND_PERIOD};
+    let mut h = Harness::new(
+        Config::new().drain_timeout(None).service_manager(true),
+        Origin::Fresh,
+    );
+    h.input(Input::Ready);
+    let stop = h.request(Request::Stop);
+    assert!(stop.contains(&a(ExtendStopTimeout { by: EXTEND_LEASE })));
+    for round in 1..=3u32 {
+        assert_eq!(h.step(), [a(ExtendStopTimeout { by: EXTEND_LEASE })]);
+        assert_eq!(h.elapsed(), EXTEND_PERIOD * round);
+    }
+    // A late timeout renews once, from then on.
+    h.advance(EXTEND_PERIOD * 5);
+    h.lc.handle_timeout(h.now);
+    assert_eq!(
+        h.drain_outputs(),
+        [a(ExtendStopTimeout { by: EXTEND_LEASE })]
+    );
+    assert_eq!(h.lc.poll_timeout(), Some(h.now + EXTEND_PERIOD));
+    // The end of the drain ends the renewals.
+    h.input(Input::Drained);
+    assert_eq!(h.lc.poll_timeout(), None);
+
+    // Without a service manager nothing is extended.
+    let mut h = Harness::new(Config::new().drain_timeout(None), Origin::Fresh);
+    h.input(Input::Ready);
+    assert!(
+        !h.request(Request::Stop)
+            .iter()
+            .any(|o| matches!(o, Output::Action(ExtendStopTimeout { .. })))
+    );
+    assert_eq!(h.lc.poll_timeout(), None);
 }

@@ -102,6 +102,10 @@ impl Runtime for Smol {
         executor().spawn(task).detach();
     }
 
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+
     fn sleep_until(&self, deadline: Instant) -> BoxFuture<'static, ()> {
         let timer = Timer::at(deadline);
         Box::pin(async move {
@@ -175,6 +179,15 @@ impl ChildProcess for SmolChild {
             // Already reaped: nothing to kill.
             Err(e) if e.kind() == io::ErrorKind::InvalidInput => Ok(()),
             other => other,
+        }
+    }
+
+    fn terminate(&mut self) -> io::Result<()> {
+        // Only while it is not reaped (reaping here keeps its status for `wait`): its pid
+        // cannot have been reused.
+        match self.0.try_status()? {
+            Some(_) => Ok(()),
+            None => endless_unix::spawn::terminate(self.0.id()),
         }
     }
 

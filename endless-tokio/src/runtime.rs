@@ -88,6 +88,11 @@ impl Net for Tokio {
 }
 
 impl Runtime for Tokio {
+    /// tokio's clock: paused and advanced with it in tests (`tokio::time::pause`).
+    fn now(&self) -> Instant {
+        tokio::time::Instant::now().into_std()
+    }
+
     fn spawn(&self, task: BoxFuture<'static, ()>) {
         self.handle.spawn(task);
     }
@@ -159,6 +164,14 @@ impl ChildProcess for TokioChild {
             // Already reaped: nothing to kill.
             Err(e) if e.kind() == io::ErrorKind::InvalidInput => Ok(()),
             other => other,
+        }
+    }
+
+    fn terminate(&mut self) -> io::Result<()> {
+        // tokio forgets the pid once it has reaped the child: never signal a reused one.
+        match self.child.id() {
+            Some(pid) => endless_unix::spawn::terminate(pid),
+            None => Ok(()),
         }
     }
 

@@ -21,7 +21,7 @@ use endless_core::{Config, Event, Origin, Request};
 /// Everything an adapter's users name besides its own types, for `pub use
 /// endless_unix::adapter::api::*` in each adapter.
 pub mod api {
-    pub use crate::driver::{Exit, ListenError, StartError};
+    pub use crate::handle::{Exit, ListenError, StartError};
     pub use crate::signals::{Signal, SignalMap};
     pub use crate::spawn::Executable;
     pub use crate::takeover::{HandOverError, HandOverFailure, ReceiveError};
@@ -31,7 +31,8 @@ pub mod api {
     pub use endless_core::{Config, Event, FdKind, Origin, RepeatedStop, Request};
 }
 
-use crate::driver::{Exit, Handle, Options, Runtime, StartError};
+use crate::handle::{Exit, Handle, Options, StartError};
+use crate::runtime::Runtime;
 use crate::signals::SignalMap;
 use crate::spawn::Executable;
 use crate::takeover::{HandOverError, HandOverFailure, Inbox, ReceiveError};

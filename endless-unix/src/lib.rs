@@ -41,11 +41,13 @@
 
 pub mod adapter;
 pub mod control;
-pub mod driver;
+mod driver;
+pub mod handle;
 pub mod inherit;
 pub mod listen;
 pub mod notify;
 pub mod pidfile;
+pub mod runtime;
 pub mod signals;
 pub mod spawn;
 #[allow(unsafe_code)]
@@ -55,10 +57,8 @@ mod tracked;
 pub mod tracker;
 
 pub use adapter::Net;
-pub use driver::{
-    BoxFuture, ChildProcess, EventHook, Exit, Handle, ListenError, Options, PipeReader, Runtime,
-    StartError,
-};
+pub use handle::{EventHook, Exit, Handle, ListenError, Options, StartError};
+pub use runtime::{BoxFuture, ChildProcess, PipeReader, Runtime};
 pub use signals::{Signal, SignalMap};
 pub use tracked::Tracked;
 pub use tracker::{ConnectionGuard, Tracker};

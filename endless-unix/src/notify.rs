@@ -30,17 +30,21 @@
 //! needs `NotifyAccess=all`, since the message comes from a process that is not (yet) the
 //! main one.
 //!
+//! Which ready claims the main pid, and whether there was one before, is the lifecycle's
+//! decision ([`Status::Ready`]); so is refusing staged upgrades under a service manager
+//! ([`Config::service_manager`](endless_core::Config::service_manager)).
+//!
 //! # Stop timeout
 //!
 //! systemd kills a service that takes longer than `TimeoutStopSec=` to stop, while endless'
-//! drain may be allowed longer (`Config::drain_timeout`, possibly unbounded). So, right
-//! after `STOPPING=1`:
+//! drain may be allowed longer (`Config::drain_timeout`, possibly unbounded). So the
+//! lifecycle asks, right after `STOPPING=1` ([`Action::ExtendStopTimeout`]):
 //!
-//! - with a drain deadline: one `EXTEND_TIMEOUT_USEC=` covering the time left until the
-//!   deadline plus [`STOP_MARGIN`] (for the forced close and the exit that follow it);
+//! - with a drain deadline: one `EXTEND_TIMEOUT_USEC=` covering the drain timeout plus
+//!   [`STOP_MARGIN`] (for the forced close and the exit that follow it);
 //! - without one: `EXTEND_TIMEOUT_USEC=` of [`EXTEND_LEASE`], renewed every
-//!   [`EXTEND_PERIOD`] by a task on the runtime until the lifecycle ends. A process whose
-//!   runtime is stuck stops renewing, and systemd's timeout catches it one lease later.
+//!   [`EXTEND_PERIOD`] (a timer of the lifecycle) until the lifecycle ends. A process whose
+//!   driver is stuck stops renewing, and systemd's timeout catches it one lease later.
 //!
 //! An extension never shortens `TimeoutStopSec=`: systemd only applies it once the stop has
 //! run longer than that.
@@ -49,33 +53,24 @@
 //! `Type=notify-reload`) is in the README, section "Operations: systemd".
 //!
 //! [`Handle::start`]: crate::Handle::start
+//! [`Action::ExtendStopTimeout`]: endless_core::Action::ExtendStopTimeout
 
 use std::ffi::{OsStr, OsString};
 use std::fmt;
-use std::future::Future;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::driver::Runtime;
+use endless_core::Status;
+pub use endless_core::{EXTEND_LEASE, EXTEND_PERIOD, STOP_MARGIN};
 
 /// The environment variable that names the service manager's socket.
 pub const NOTIFY_SOCKET: &str = "NOTIFY_SOCKET";
 
 /// How long a send may wait for room in the service manager's queue.
 pub const SEND_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// What a stop extension adds to the drain deadline: time for the forced close and exit.
-pub const STOP_MARGIN: Duration = Duration::from_secs(5);
-
-/// How long each extension of a drain without deadline lasts.
-pub const EXTEND_LEASE: Duration = Duration::from_secs(30);
-
-/// How often the extension of a drain without deadline is renewed.
-pub const EXTEND_PERIOD: Duration = Duration::from_secs(10);
 
 /// Where the service manager listens, as `NOTIFY_SOCKET` names it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -254,49 +249,28 @@ impl Notifier {
         }
     }
 
-    /// This process serves: for the first time (`again` false; `main_pid` set when it is a
-    /// new generation taking over) or again, after a failed restart.
-    pub(crate) fn ready(&self, main_pid: Option<u32>, again: bool) {
-        self.notify(&ready(main_pid, again));
-    }
-
-    /// A restart begins.
-    pub(crate) fn reloading(&self) {
-        let now = crate::sys::monotonic_now()
-            .inspect_err(|e| tracing::warn!(error = %e, "cannot read CLOCK_MONOTONIC"))
-            .ok();
-        self.notify(&reloading(now));
-    }
-
-    /// The service stops.
-    pub(crate) fn stopping(&self) {
-        self.notify(STOPPING);
-    }
-
-    /// The stop drains until `deadline` (`None`: for as long as it takes), from `now`: extends
-    /// the stop timeout to cover it. Returns whether the extension must be renewed again and
-    /// again ([`renew_stop_extension`]).
-    pub(crate) fn extend_stop(&self, deadline: Option<Instant>, now: Instant) -> bool {
-        let (extension, renew) = stop_extension(deadline, now);
-        self.notify(&extend_timeout(extension));
-        renew
-    }
-}
-
-/// Renews the stop timeout's extension every [`EXTEND_PERIOD`] until `until` resolves (the
-/// lifecycle ended).
-pub(crate) async fn renew_stop_extension<R: Runtime>(
-    notifier: Arc<Notifier>,
-    runtime: Arc<R>,
-    until: impl Future<Output = ()>,
-) {
-    futures_lite::future::or(until, async {
-        loop {
-            runtime.sleep_until(Instant::now() + EXTEND_PERIOD).await;
-            notifier.notify(&extend_timeout(EXTEND_LEASE));
+    /// Tells the service manager what the lifecycle announced (see the table above); this
+    /// process's pid is the main pid when [`Status::Ready`] claims it.
+    pub(crate) fn announce(&self, status: Status) {
+        match status {
+            Status::Ready { main_pid, again } => {
+                self.notify(&ready(main_pid.then(std::process::id), again));
+            }
+            Status::Reloading => {
+                let now = crate::sys::monotonic_now()
+                    .inspect_err(|e| tracing::warn!(error = %e, "cannot read CLOCK_MONOTONIC"))
+                    .ok();
+                self.notify(&reloading(now));
+            }
+            Status::Stopping => self.notify(STOPPING),
+            other => tracing::debug!(status = ?other, "nothing to tell the service manager"),
         }
-    })
-    .await;
+    }
+
+    /// Extends the service manager's stop timeout by `by` from now.
+    pub(crate) fn extend_stop(&self, by: Duration) {
+        self.notify(&extend_timeout(by));
+    }
 }
 
 // ---- messages ----------------------------------------------------------------------------
@@ -328,20 +302,6 @@ fn reloading(monotonic: Option<Duration>) -> String {
 
 fn extend_timeout(by: Duration) -> String {
     format!("EXTEND_TIMEOUT_USEC={}", by.as_micros())
-}
-
-/// The first extension of the stop timeout for a drain that ends at `deadline` (`None`:
-/// never), and whether it must be renewed.
-fn stop_extension(deadline: Option<Instant>, now: Instant) -> (Duration, bool) {
-    match deadline {
-        Some(deadline) => (
-            deadline
-                .saturating_duration_since(now)
-                .saturating_add(STOP_MARGIN),
-            false,
-        ),
-        None => (EXTEND_LEASE, true),
-    }
 }
 
 #[cfg(test)]
@@ -415,20 +375,8 @@ mod tests {
     }
 
     #[test]
-    fn stop_extensions() {
-        let now = Instant::now();
-        let in_a_minute = now + Duration::from_secs(60);
-        assert_eq!(
-            stop_extension(Some(in_a_minute), now),
-            (Duration::from_secs(60) + STOP_MARGIN, false)
-        );
-        // A deadline already passed still leaves the margin.
-        assert_eq!(stop_extension(Some(now), in_a_minute), (STOP_MARGIN, false));
-        assert_eq!(stop_extension(None, now), (EXTEND_LEASE, true));
-        assert!(
-            EXTEND_PERIOD * 2 < EXTEND_LEASE,
-            "a lost renewal is tolerated"
-        );
+    fn a_lost_renewal_is_tolerated() {
+        assert!(EXTEND_PERIOD * 2 < EXTEND_LEASE);
     }
 
     #[test]
@@ -440,8 +388,8 @@ mod tests {
         let receiver = UnixDatagram::bind(&path).unwrap();
         let notifier = Notifier::new(NotifySocket::Path(path.clone())).unwrap();
         assert_eq!(notifier.target(), &NotifySocket::Path(path));
-        notifier.ready(Some(7), false);
-        notifier.reloading();
+        notifier.notify(&ready(Some(7), false));
+        notifier.announce(Status::Reloading);
         let mut buf = [0u8; 256];
         let n = receiver.recv(&mut buf).unwrap();
         assert_eq!(&buf[..n], b"MAINPID=7\nREADY=1\nSTATUS=Serving");
@@ -457,7 +405,10 @@ mod tests {
         drop(receiver);
         // Nobody listens any more: an error, not a panic.
         assert!(notifier.send("READY=1").is_err());
-        notifier.ready(None, true);
+        notifier.announce(Status::Ready {
+            main_pid: false,
+            again: true,
+        });
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

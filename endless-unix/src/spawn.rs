@@ -400,6 +400,15 @@ pub fn notify_parent(channel: OwnedFd) -> io::Result<()> {
     sys::notify_parent(channel)
 }
 
+/// Sends `SIGTERM` to the child `pid`, for [`ChildProcess::terminate`]: call it only while
+/// the child is not reaped (its pid cannot be reused until then). A child that has exited
+/// but is not reaped yet counts as success.
+///
+/// [`ChildProcess::terminate`]: crate::ChildProcess::terminate
+pub fn terminate(pid: u32) -> io::Result<()> {
+    sys::kill(pid, libc::SIGTERM)
+}
+
 /// Why the next generation could not be prepared.
 #[derive(Debug)]
 #[non_exhaustive]

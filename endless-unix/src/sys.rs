@@ -353,7 +353,6 @@ pub(crate) fn shutdown_both(fd: RawFd) -> io::Result<()> {
 /// `pid` must be a real process id (1 to `i32::MAX`): `0` and values that would turn
 /// negative as a `pid_t` address process groups or every process, and are refused with
 /// `InvalidInput`.
-#[allow(dead_code, reason = "for the adapters")]
 pub(crate) fn kill(pid: u32, signal: libc::c_int) -> io::Result<()> {
     signal_process(pid, signal).map(drop)
 }

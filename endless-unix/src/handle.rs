@@ -1,0 +1,673 @@
+//! The application's handle on the lifecycle: [`Handle`], how to start it ([`Options`]),
+//! its listeners, connections and commands, and its errors.
+//!
+//! [`Handle::start`] adopts what the parent handed over, captures the executable, installs
+//! the signal handlers and starts the driver task (`driver.rs`) on the given
+//! [`Runtime`]. The handle and the task share the listeners registered for the next
+//! generation, the connection tracker and whether this process still accepts; the
+//! application talks to the task through the handle's commands.
+
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use async_channel::Sender;
+use endless_core::{
+    Config, DrainCause, Event, ExitReason, FdKind, Input, Lifecycle, Origin, Request,
+};
+use event_listener::Event as Notify;
+
+use crate::inherit::{AdoptError, Inherited};
+use crate::notify::{Notifier, NotifySocket};
+use crate::pidfile::PidFile;
+use crate::runtime::Runtime;
+use crate::signals::{Signal, SignalMap};
+use crate::spawn::Executable;
+use crate::takeover::{
+    HandOverError, HandOverFailure, Held, Inbox, Outbox, Outgoing, ReceiveError, Receivers,
+};
+use crate::tracked::Tracked;
+use crate::tracker::{ConnectionGuard, Tracker};
+
+/// A callback that sees every lifecycle event (endless' PRE/POST hooks):
+/// [`Event::Requested`] comes before a request is acted on, [`Event::StateChanged`] after.
+pub type EventHook = Arc<dyn Fn(&Event) + Send + Sync>;
+
+/// How to run the lifecycle.
+#[derive(Clone)]
+pub struct Options {
+    config: Config,
+    signals: SignalMap,
+    pid_file: Option<PathBuf>,
+    on_event: Option<EventHook>,
+    executable: Option<Executable>,
+    notify_socket: Option<NotifySocket>,
+}
+
+impl fmt::Debug for Options {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Options")
+            .field("config", &self.config)
+            .field("signals", &self.signals)
+            .field("pid_file", &self.pid_file)
+            .field("on_event", &self.on_event.as_ref().map(|_| "…"))
+            .field("executable", &self.executable)
+            .field("notify_socket", &self.notify_socket)
+            .finish()
+    }
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            config: Config::new(),
+            signals: SignalMap::default(),
+            pid_file: None,
+            on_event: None,
+            executable: None,
+            notify_socket: None,
+        }
+    }
+}
+
+impl Options {
+    /// Defaults: [`Config::new`], [`SignalMap::default`], no pid file, the running
+    /// executable.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The lifecycle's timeouts and policies.
+    #[must_use]
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Which signal means what.
+    #[must_use]
+    pub fn signals(mut self, signals: SignalMap) -> Self {
+        self.signals = signals;
+        self
+    }
+
+    /// Keep a pid file at `path`: written when this process is ready, removed on a clean
+    /// stop. The restart status file that answers [`crate::control::restart`] is kept
+    /// beside it.
+    #[must_use]
+    pub fn pid_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.pid_file = Some(path.into());
+        self
+    }
+
+    /// Call `hook` with every lifecycle event, on the driver task (keep it quick).
+    #[must_use]
+    pub fn on_event(mut self, hook: impl Fn(&Event) + Send + Sync + 'static) -> Self {
+        self.on_event = Some(Arc::new(hook));
+        self
+    }
+
+    /// Restart into this executable instead of the running one (resolved at start-up by
+    /// [`Executable::current`]).
+    #[must_use]
+    pub fn executable(mut self, executable: Executable) -> Self {
+        self.executable = Some(executable);
+        self
+    }
+
+    /// Send the `sd_notify` messages ([`crate::notify`]) to `target` instead of the socket
+    /// `NOTIFY_SOCKET` names (a supervisor's private socket, or a test's).
+    #[must_use]
+    pub fn notify_socket(mut self, target: NotifySocket) -> Self {
+        self.notify_socket = Some(target);
+        self
+    }
+}
+
+/// How the process ended its lifecycle: exit with [`code`](Self::code).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Exit {
+    /// The exit code the lifecycle chose.
+    pub code: i32,
+    /// How the drain ended.
+    pub reason: ExitReason,
+    /// Why the process drained.
+    pub cause: DrainCause,
+}
+
+/// Why [`Handle::start`] failed.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum StartError {
+    /// What the parent handed over is unusable (malformed variables, an fd that is closed,
+    /// not a socket, or of another kind than declared). The parent keeps serving.
+    Adopt(AdoptError),
+    /// The running executable or working directory could not be determined.
+    Executable(io::Error),
+    /// The signal handlers could not be installed.
+    Signals(io::Error),
+}
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Adopt(e) => write!(f, "cannot adopt the inherited file descriptors: {e}"),
+            Self::Executable(e) => write!(f, "cannot determine the executable to restart: {e}"),
+            Self::Signals(e) => write!(f, "cannot install the signal handlers: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Adopt(e) => Some(e),
+            Self::Executable(e) | Self::Signals(e) => Some(e),
+        }
+    }
+}
+
+impl From<StartError> for io::Error {
+    fn from(e: StartError) -> Self {
+        let kind = match &e {
+            StartError::Adopt(_) => io::ErrorKind::InvalidData,
+            StartError::Executable(e) | StartError::Signals(e) => e.kind(),
+        };
+        Self::new(kind, e)
+    }
+}
+
+/// Why a listener could not be set up.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ListenError {
+    /// A listener of this name is already registered in this process.
+    DuplicateName(String),
+    /// The inherited fd of this name is of another kind.
+    Take(crate::inherit::TakeError),
+    /// The address did not resolve.
+    NoAddress(String),
+    /// Binding or configuring the socket failed.
+    Io(io::Error),
+}
+
+impl fmt::Display for ListenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::DuplicateName(name) => write!(f, "a listener named {name:?} already exists"),
+            Self::Take(e) => e.fmt(f),
+            Self::NoAddress(what) => write!(f, "{what} resolves to no address"),
+            Self::Io(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for ListenError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Take(e) => Some(e),
+            Self::Io(e) => Some(e),
+            Self::DuplicateName(_) | Self::NoAddress(_) => None,
+        }
+    }
+}
+
+impl From<io::Error> for ListenError {
+    fn from(e: io::Error) -> Self {
+        Self::Io(e)
+    }
+}
+
+impl From<ListenError> for io::Error {
+    fn from(e: ListenError) -> Self {
+        match e {
+            ListenError::Io(e) => e,
+            ListenError::DuplicateName(_) => Self::new(io::ErrorKind::AlreadyExists, e),
+            ListenError::Take(_) => Self::new(io::ErrorKind::InvalidData, e),
+            ListenError::NoAddress(_) => Self::new(io::ErrorKind::InvalidInput, e),
+        }
+    }
+}
+
+/// A socket that the next generation inherits.
+pub(crate) struct Registered {
+    pub(crate) name: String,
+    pub(crate) kind: FdKind,
+    /// A duplicate of the application's socket: it stays valid for the handover whatever
+    /// the application does with its own.
+    pub(crate) fd: OwnedFd,
+}
+
+/// What the handles and the driver task share.
+pub(crate) struct Shared {
+    pub(crate) inputs: Sender<Input>,
+    pub(crate) origin: Origin,
+    pub(crate) inherited: Inherited,
+    pub(crate) registry: Mutex<Vec<Registered>>,
+    pub(crate) tracker: Tracker,
+    pub(crate) accepting: AtomicBool,
+    pub(crate) accepting_changed: Notify,
+    pub(crate) exit: Mutex<Option<Exit>>,
+    pub(crate) exited: Notify,
+    pub(crate) executable: Executable,
+    pub(crate) pid_file: Option<PidFile>,
+    pub(crate) on_event: Option<EventHook>,
+    /// The receivers of connections handed over by the previous generation.
+    pub(crate) receivers: Mutex<Receivers>,
+    /// While handing connections over to the new generation.
+    pub(crate) outbox: Mutex<Option<Outbox>>,
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// One process's handle on the restart lifecycle; cheap to clone.
+///
+/// Runtime adapters wrap it; see `endless-tokio` and `endless-smol` for the typed
+/// listeners. The protocol an application follows:
+///
+/// 1. [`start`](Self::start) as early as possible (signal handlers are installed then);
+/// 2. take or bind its listeners by name ([`tcp_listener`](Self::tcp_listener), …);
+/// 3. accept until [`stopped_accepting`](Self::stopped_accepting), tracking each connection
+///    ([`track`](Self::track)) and closing it once idle after [`ConnectionGuard::closing`];
+/// 4. call [`ready`](Self::ready) once it serves;
+/// 5. await [`wait`](Self::wait) and exit with the code it returns.
+#[derive(Clone)]
+pub struct Handle {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for Handle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Handle")
+            .field("origin", &self.shared.origin)
+            .field("accepting", &self.is_accepting())
+            .field("connections", &self.shared.tracker.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Handle {
+    /// Adopts the inherited fds (or none, on a fresh start), resolves the executable,
+    /// installs the signal handlers and starts the driver on `runtime`.
+    pub fn start<R: Runtime>(runtime: R, options: Options) -> Result<Self, StartError> {
+        let inherited = Inherited::from_env().map_err(StartError::Adopt)?;
+        Self::start_with(runtime, options, inherited)
+    }
+
+    /// [`start`](Self::start) with an inventory adopted by the caller.
+    pub fn start_with<R: Runtime>(
+        runtime: R,
+        options: Options,
+        inherited: Inherited,
+    ) -> Result<Self, StartError> {
+        let executable = match options.executable {
+            Some(exe) => exe,
+            None => Executable::current().map_err(StartError::Executable)?,
+        };
+        let origin = inherited.origin();
+        let (inputs, receiver) = async_channel::unbounded();
+        let shared = Arc::new(Shared {
+            inputs,
+            origin,
+            inherited,
+            registry: Mutex::new(Vec::new()),
+            tracker: Tracker::new(),
+            accepting: AtomicBool::new(true),
+            accepting_changed: Notify::new(),
+            exit: Mutex::new(None),
+            exited: Notify::new(),
+            executable,
+            pid_file: options.pid_file.map(PidFile::new),
+            on_event: options.on_event,
+            receivers: Mutex::new(Receivers::new()),
+            outbox: Mutex::new(None),
+        });
+
+        let (signal_tx, signal_rx) = async_channel::unbounded();
+        let signals: Vec<Signal> = options.signals.signals().collect();
+        runtime
+            .forward_signals(&signals, signal_tx)
+            .map_err(StartError::Signals)?;
+        let map = options.signals;
+        let inputs = shared.inputs.clone();
+        runtime.spawn(Box::pin(async move {
+            while let Ok(signal) = signal_rx.recv().await {
+                if let Some(request) = map.get(signal) {
+                    tracing::info!(%signal, ?request, "signal received");
+                    let _ = inputs.send(Input::Request(request)).await;
+                }
+            }
+        }));
+
+        tracing::info!(
+            pid = std::process::id(),
+            ?origin,
+            executable = %shared.executable.path().display(),
+            "endless started"
+        );
+        let notifier = match options.notify_socket {
+            Some(target) => Notifier::new(target.clone())
+                .inspect_err(|e| {
+                    tracing::warn!(socket = %target, error = %e, "not notifying the service manager");
+                })
+                .ok(),
+            None => Notifier::from_env(),
+        };
+        // Whether a service manager listens is a fact the lifecycle decides with.
+        let config = options.config.service_manager(notifier.is_some());
+        let lifecycle = Lifecycle::new(config, origin);
+        crate::driver::start(runtime, Arc::clone(&shared), lifecycle, receiver, notifier);
+        Ok(Self { shared })
+    }
+
+    // ---- getters ----
+
+    /// Whether this process was spawned by a previous generation.
+    pub fn origin(&self) -> Origin {
+        self.shared.origin
+    }
+
+    /// What the parent (or systemd) handed over and is not taken yet.
+    pub fn inherited(&self) -> &Inherited {
+        &self.shared.inherited
+    }
+
+    /// The connection tracker.
+    pub fn tracker(&self) -> &Tracker {
+        &self.shared.tracker
+    }
+
+    /// Whether listeners should still accept.
+    pub fn is_accepting(&self) -> bool {
+        self.shared.accepting.load(Ordering::SeqCst)
+    }
+
+    /// The executable a restart runs.
+    pub fn executable(&self) -> &Executable {
+        &self.shared.executable
+    }
+
+    // ---- listeners ----
+
+    /// The TCP listener `name`: the inherited one, or a fresh one bound to `addr`. An
+    /// inherited listener is kept unless `addr` names a specific port it is not bound to
+    /// (the configuration moved it; the old one is then closed as unclaimed).
+    pub fn tcp_listener(
+        &self,
+        name: &str,
+        addr: impl ToSocketAddrs + fmt::Debug,
+    ) -> Result<std::net::TcpListener, ListenError> {
+        let wanted = resolve(&addr)?;
+        let listener = match self.take(name, FdKind::TcpListener)? {
+            Some(fd) => {
+                let listener = std::net::TcpListener::from(fd);
+                let bound = listener.local_addr()?;
+                if wanted.port() != 0 && bound != wanted {
+                    tracing::info!(name, %bound, %wanted, "listen address changed; binding anew");
+                    crate::listen::bind_tcp(wanted)?
+                } else {
+                    tracing::debug!(name, %bound, "using the inherited TCP listener");
+                    listener
+                }
+            }
+            None => crate::listen::bind_tcp(wanted)?,
+        };
+        listener.set_nonblocking(true)?;
+        self.register(name, FdKind::TcpListener, listener.as_fd())?;
+        Ok(listener)
+    }
+
+    /// The UDP socket `name`: the inherited one, or a fresh one bound to `addr` (same rule
+    /// as [`tcp_listener`](Self::tcp_listener)).
+    pub fn udp_socket(
+        &self,
+        name: &str,
+        addr: impl ToSocketAddrs + fmt::Debug,
+    ) -> Result<std::net::UdpSocket, ListenError> {
+        let wanted = resolve(&addr)?;
+        let socket = match self.take(name, FdKind::UdpSocket)? {
+            Some(fd) => {
+                let socket = std::net::UdpSocket::from(fd);
+                let bound = socket.local_addr()?;
+                if wanted.port() != 0 && bound != wanted {
+                    tracing::info!(name, %bound, %wanted, "listen address changed; binding anew");
+                    crate::listen::bind_udp(wanted)?
+                } else {
+                    socket
+                }
+            }
+            None => crate::listen::bind_udp(wanted)?,
+        };
+        socket.set_nonblocking(true)?;
+        self.register(name, FdKind::UdpSocket, socket.as_fd())?;
+        Ok(socket)
+    }
+
+    /// The Unix stream listener `name`: the inherited one, or a fresh one at `path`. The
+    /// socket file is never removed on exit: the next generation serves it.
+    pub fn unix_listener(&self, name: &str, path: &Path) -> Result<UnixListener, ListenError> {
+        let listener = match self.take(name, FdKind::UnixListener)? {
+            Some(fd) => {
+                let listener = UnixListener::from(fd);
+                let bound = listener.local_addr()?;
+                if same_socket_file(bound.as_pathname(), path) {
+                    listener
+                } else {
+                    tracing::info!(
+                        name,
+                        bound = ?bound.as_pathname(),
+                        wanted = %path.display(),
+                        "listen path changed; binding anew"
+                    );
+                    crate::listen::bind_unix(path)?
+                }
+            }
+            None => crate::listen::bind_unix(path)?,
+        };
+        listener.set_nonblocking(true)?;
+        self.register(name, FdKind::UnixListener, listener.as_fd())?;
+        Ok(listener)
+    }
+
+    /// Takes the inherited fd `name`, checked to be of `kind`; `Ok(None)` if there is none.
+    /// Register what you keep with [`register`](Self::register) to pass it on.
+    pub fn take(&self, name: &str, kind: FdKind) -> Result<Option<OwnedFd>, ListenError> {
+        if lock(&self.shared.registry).iter().any(|r| r.name == name) {
+            return Err(ListenError::DuplicateName(name.to_owned()));
+        }
+        self.shared
+            .inherited
+            .take(name, kind)
+            .map_err(ListenError::Take)
+    }
+
+    /// Passes `fd` (duplicated now) to every next generation under `name`.
+    pub fn register(
+        &self,
+        name: &str,
+        kind: FdKind,
+        fd: BorrowedFd<'_>,
+    ) -> Result<(), ListenError> {
+        let mut registry = lock(&self.shared.registry);
+        if registry.iter().any(|r| r.name == name) {
+            return Err(ListenError::DuplicateName(name.to_owned()));
+        }
+        let fd = fd.try_clone_to_owned()?;
+        registry.push(Registered {
+            name: name.to_owned(),
+            kind,
+            fd,
+        });
+        Ok(())
+    }
+
+    // ---- connections ----
+
+    /// Registers a connection for the drain (see [`Tracker::track`]).
+    pub fn track(&self, socket: &impl AsRawFd) -> ConnectionGuard {
+        self.shared.tracker.track(Some(socket.as_raw_fd()))
+    }
+
+    /// Resolves once listeners must stop accepting (a new generation took over, or the
+    /// process is stopping). The listening sockets stay open: connections queued in the
+    /// kernel are accepted by the new generation.
+    pub async fn stopped_accepting(&self) {
+        loop {
+            if !self.is_accepting() {
+                return;
+            }
+            let listener = self.shared.accepting_changed.listen();
+            if !self.is_accepting() {
+                return;
+            }
+            listener.await;
+        }
+    }
+
+    /// Accepts one connection with `accept` (a runtime's accept future) and tracks it, or
+    /// `Ok(None)` once this process stops accepting: what is queued in the kernel is then
+    /// left to the next generation, which holds the same socket.
+    ///
+    /// A guard is held while accepting, so the drain cannot complete between the kernel
+    /// handing over a connection and that connection being tracked.
+    pub async fn accept<S: AsRawFd, A>(
+        &self,
+        accept: impl Future<Output = io::Result<(S, A)>>,
+    ) -> io::Result<Option<(Tracked<S>, A)>> {
+        let _accepting = self.shared.tracker.track(None);
+        if !self.is_accepting() {
+            return Ok(None);
+        }
+        // `or` polls its first future first: once stopped, never take one more.
+        futures_lite::future::or(
+            async {
+                self.stopped_accepting().await;
+                Ok(None)
+            },
+            async {
+                let (stream, peer) = accept.await?;
+                let guard = self.track(&stream);
+                Ok(Some((Tracked::new(stream, guard), peer)))
+            },
+        )
+        .await
+    }
+
+    // ---- connection takeover ----
+
+    /// Receives the connections the previous generation hands over under `name` (see
+    /// [`crate::takeover`]). Register every receiver before [`ready`](Self::ready): the
+    /// previous generation hands over right after it. The [`Inbox`] ends once the previous
+    /// generation is done, at once on a fresh start.
+    pub fn receiver(&self, name: &str) -> Result<Inbox, ReceiveError> {
+        lock(&self.shared.receivers).register(name)
+    }
+
+    /// Whether a connection can be handed over now: this process is draining after a
+    /// restart, and the new generation takes connections.
+    pub fn can_hand_over(&self) -> bool {
+        lock(&self.shared.outbox)
+            .as_ref()
+            .is_some_and(Outbox::is_open)
+    }
+
+    /// Hands the connection `fd` (counted by `guard`) to the new generation, with the
+    /// application's `state` and the bytes read from it but not consumed, for its receiver
+    /// `name`. Stop reading the connection first. On success this process's copy is closed;
+    /// on failure the connection comes back in the error while this process still holds it.
+    pub async fn hand_over(
+        &self,
+        kind: endless_core::takeover::StreamKind,
+        name: &str,
+        state: &[u8],
+        unconsumed: &[u8],
+        (fd, guard): Held,
+    ) -> Result<(), HandOverError<Held>> {
+        let outbox = lock(&self.shared.outbox).clone();
+        let Some(outbox) = outbox.filter(Outbox::is_open) else {
+            return Err(HandOverError::new(
+                HandOverFailure::NoSuccessor,
+                Some((fd, guard)),
+            ));
+        };
+        let id = outbox.next_id();
+        let message = match endless_core::takeover::encode_offer(id, kind, name, state, unconsumed)
+        {
+            Ok(message) => message,
+            Err(e) => {
+                return Err(HandOverError::new(
+                    HandOverFailure::Frame(e),
+                    Some((fd, guard)),
+                ));
+            }
+        };
+        // From now on the new generation may own the socket: a forced close here must not
+        // shut it down.
+        guard.forget_socket();
+        outbox
+            .send(Outgoing {
+                id,
+                message,
+                fd,
+                guard,
+            })
+            .await
+    }
+
+    // ---- commands ----
+
+    /// The application serves: tell the parent (if any) and the service manager. The
+    /// parent then stops accepting and drains. Only the first call counts.
+    pub fn ready(&self) {
+        let _ = self.shared.inputs.try_send(Input::Ready);
+    }
+
+    /// Asks for a restart, a graceful stop or a hammer, as a signal would.
+    pub fn request(&self, request: Request) {
+        let _ = self.shared.inputs.try_send(Input::Request(request));
+    }
+
+    /// Resolves when the lifecycle ends; exit the process with [`Exit::code`].
+    pub async fn wait(&self) -> Exit {
+        loop {
+            if let Some(exit) = *lock(&self.shared.exit) {
+                return exit;
+            }
+            let listener = self.shared.exited.listen();
+            if let Some(exit) = *lock(&self.shared.exit) {
+                return exit;
+            }
+            listener.await;
+        }
+    }
+}
+
+/// Whether the socket an inherited listener is bound to (as it was named when bound,
+/// possibly relative to the old working directory) is the file at `wanted`.
+fn same_socket_file(bound: Option<&Path>, wanted: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Some(bound) = bound else {
+        return false; // abstract or unnamed: not what a path asks for
+    };
+    if bound == wanted {
+        return true;
+    }
+    match (std::fs::metadata(bound), std::fs::metadata(wanted)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+fn resolve(addr: &(impl ToSocketAddrs + fmt::Debug)) -> Result<SocketAddr, ListenError> {
+    addr.to_socket_addrs()?
+        .next()
+        .ok_or_else(|| ListenError::NoAddress(format!("{addr:?}")))
+}

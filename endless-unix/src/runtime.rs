@@ -1,0 +1,65 @@
+//! What a runtime adapter provides: the traits the driver runs on.
+//!
+//! An adapter implements [`Runtime`] (a clock, tasks, timers, child processes, the
+//! readiness channel and signals) once for its runtime: endless-tokio and endless-smol
+//! each do it in about a hundred lines, with no decision in them. Tests implement it with
+//! a fake clock and fake processes, and drive the real driver without a process.
+
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::pin::Pin;
+use std::process::ExitStatus;
+use std::time::Instant;
+
+use async_channel::Sender;
+
+use crate::signals::Signal;
+
+/// A boxed future, as runtimes hand them around.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What a runtime adapter provides to the driver.
+pub trait Runtime: Send + Sync + fmt::Debug + 'static {
+    /// The runtime's clock: every time the driver hands the lifecycle comes from here
+    /// (quinn's `Runtime::now`), so that a runtime with a paused or fake clock drives it.
+    fn now(&self) -> Instant;
+
+    /// Runs `task` in the background.
+    fn spawn(&self, task: BoxFuture<'static, ()>);
+
+    /// Resolves at `deadline`.
+    fn sleep_until(&self, deadline: Instant) -> BoxFuture<'static, ()>;
+
+    /// Spawns `command` (prepared by [`crate::spawn::prepare`]: keep its `pre_exec` hook).
+    fn spawn_child(&self, command: std::process::Command) -> io::Result<Box<dyn ChildProcess>>;
+
+    /// Wraps this process's end of a readiness channel (a socket or a pipe, non-blocking,
+    /// close-on-exec) for asynchronous reads.
+    fn pipe_reader(&self, fd: OwnedFd) -> io::Result<Box<dyn PipeReader>>;
+
+    /// Sends every arrival of one of `signals` to `to`, from now on. Installing the
+    /// handlers must happen before this returns, so that a signal sent right after start-up
+    /// is not lost (or, for `SIGHUP`, does not kill the process).
+    fn forward_signals(&self, signals: &[Signal], to: Sender<Signal>) -> io::Result<()>;
+}
+
+/// A child process, as a runtime spawned it.
+pub trait ChildProcess: Send + 'static {
+    /// Its pid.
+    fn id(&self) -> u32;
+    /// Sends it `SIGKILL` (a no-op if it was already reaped).
+    fn start_kill(&mut self) -> io::Result<()>;
+    /// Sends it `SIGTERM`: stop gracefully (a no-op if it was already reaped, so that a
+    /// reused pid is never signalled; [`crate::spawn::terminate`] does it by pid).
+    fn terminate(&mut self) -> io::Result<()>;
+    /// Waits for it to exit and reaps it. Cancel-safe.
+    fn wait(&mut self) -> BoxFuture<'_, io::Result<ExitStatus>>;
+}
+
+/// This process's end of a readiness channel (a socket or a pipe).
+pub trait PipeReader: Send + 'static {
+    /// Reads into `buf`; `Ok(0)` at end of file.
+    fn read<'a>(&'a mut self, buf: &'a mut [u8]) -> BoxFuture<'a, io::Result<usize>>;
+}
