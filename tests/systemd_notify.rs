@@ -236,7 +236,8 @@ fn start_restart_failed_restart_stop(bin: &Path) {
         .group
         .stderr
         .wait_from("the stage request to be refused", mark, |l| {
-            l.contains("refused") && l.contains("staged upgrades are turned off")
+            l.contains("refused")
+                && l.contains("staged upgrades are refused under a service manager")
         });
     assert!(
         server

@@ -446,3 +446,6 @@ fn child_status(status: ExitStatus) -> ChildStatus {
         (None, None) => ChildStatus::Unknown,
     }
 }
+
+#[cfg(test)]
+mod tests;

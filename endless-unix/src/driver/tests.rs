@@ -1,0 +1,655 @@
+//! The real driver, driven without a process: a fake [`Runtime`] with a fake clock, fake
+//! children whose readiness and exit the test decides, and signals the test sends (the
+//! shape of quinn-proto's `Pair`, one level up). Each test follows one restart path end to
+//! end through [`Handle`] and checks what an application, an operator and a service
+//! manager would see.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::os::unix::net::{UnixDatagram, UnixStream};
+use std::os::unix::process::ExitStatusExt;
+use std::pin::pin;
+use std::process::ExitStatus;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use async_channel::Sender;
+use endless_core::ready;
+use endless_core::{Config, DrainCause, Event, ExitReason, Phase, UpgradeFailure};
+use event_listener::Event as Notify;
+
+use crate::handle::{Exit, Handle, Options};
+use crate::inherit::Inherited;
+use crate::notify::NotifySocket;
+use crate::runtime::{BoxFuture, ChildProcess, PipeReader, Runtime};
+use crate::signals::{Signal, SignalMap};
+use crate::spawn::Executable;
+
+const UPGRADE: Duration = Duration::from_secs(10);
+const DRAIN: Duration = Duration::from_secs(30);
+const REAP: Duration = Duration::from_secs(3);
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// What a fake child's readiness channel delivers next.
+#[derive(Debug)]
+enum Chunk {
+    Bytes(Vec<u8>),
+    Eof,
+}
+
+/// One fake child process.
+#[derive(Debug, Default)]
+struct Child {
+    /// What its readiness channel delivers, in order.
+    channel: VecDeque<Chunk>,
+    /// How it ended, once it did (the reaper takes it).
+    exit: Option<ExitStatus>,
+    /// Signals it received, in order.
+    signals: Vec<&'static str>,
+    /// Whether `SIGKILL` ends it (a child stuck in the kernel does not).
+    unkillable: bool,
+}
+
+#[derive(Debug)]
+struct World {
+    now: Mutex<Instant>,
+    /// Woken whenever the test changes the world (time, a child, a signal).
+    changed: Notify,
+    tasks: async_executor::Executor<'static>,
+    children: Mutex<Vec<(u32, Child)>>,
+    next_pid: Mutex<u32>,
+    signals: Mutex<Option<Sender<Signal>>>,
+    /// The command lines spawned.
+    spawned: Mutex<Vec<String>>,
+}
+
+/// A runtime whose clock, children and signals the test controls.
+#[derive(Debug, Clone)]
+struct Fake(Arc<World>);
+
+impl Fake {
+    fn new() -> Self {
+        Self(Arc::new(World {
+            now: Mutex::new(Instant::now()),
+            changed: Notify::new(),
+            tasks: async_executor::Executor::new(),
+            children: Mutex::new(Vec::new()),
+            next_pid: Mutex::new(4_000_000),
+            signals: Mutex::new(None),
+            spawned: Mutex::new(Vec::new()),
+        }))
+    }
+
+    /// Runs every task that can make progress, until none can.
+    fn settle(&self) {
+        for _ in 0..10_000 {
+            if !self.0.tasks.try_tick() {
+                return;
+            }
+        }
+        panic!("the driver does not settle");
+    }
+
+    fn advance(&self, by: Duration) {
+        *lock(&self.0.now) += by;
+        self.0.changed.notify(usize::MAX);
+        self.settle();
+    }
+
+    fn signal(&self, signal: Signal) {
+        let sender = lock(&self.0.signals).clone().expect("signals forwarded");
+        sender.try_send(signal).expect("the driver listens");
+        self.settle();
+    }
+
+    fn with_child<T>(&self, pid: u32, f: impl FnOnce(&mut Child) -> T) -> T {
+        let mut children = lock(&self.0.children);
+        let child = children
+            .iter_mut()
+            .find(|(p, _)| *p == pid)
+            .map(|(_, c)| c)
+            .unwrap_or_else(|| panic!("no child {pid}"));
+        let result = f(child);
+        drop(children);
+        self.0.changed.notify(usize::MAX);
+        self.settle();
+        result
+    }
+
+    /// The pids spawned so far.
+    fn pids(&self) -> Vec<u32> {
+        lock(&self.0.children).iter().map(|(p, _)| *p).collect()
+    }
+
+    fn last_child(&self) -> u32 {
+        *self.pids().last().expect("a child was spawned")
+    }
+
+    fn say_ready(&self, pid: u32) {
+        self.with_child(pid, |c| {
+            c.channel.push_back(Chunk::Bytes(ready::message(pid)));
+        });
+    }
+
+    fn exit(&self, pid: u32, status: ExitStatus) {
+        self.with_child(pid, |c| {
+            c.channel.push_back(Chunk::Eof);
+            c.exit = Some(status);
+        });
+    }
+
+    fn signals_of(&self, pid: u32) -> Vec<&'static str> {
+        self.with_child(pid, |c| c.signals.clone())
+    }
+
+    /// Resolves once `f` returns `Some` for the child `pid`, re-checked at every change.
+    fn until<T: Send + 'static>(
+        &self,
+        mut f: impl FnMut(&mut Child) -> Option<T> + Send + 'static,
+        pid: u32,
+    ) -> BoxFuture<'static, T> {
+        let world = Arc::clone(&self.0);
+        Box::pin(async move {
+            loop {
+                let listener = world.changed.listen();
+                {
+                    let mut children = lock(&world.children);
+                    if let Some((_, child)) = children.iter_mut().find(|(p, _)| *p == pid)
+                        && let Some(value) = f(child)
+                    {
+                        return value;
+                    }
+                }
+                listener.await;
+            }
+        })
+    }
+}
+
+impl Runtime for Fake {
+    fn now(&self) -> Instant {
+        *lock(&self.0.now)
+    }
+
+    fn spawn(&self, task: BoxFuture<'static, ()>) {
+        self.0.tasks.spawn(task).detach();
+    }
+
+    fn sleep_until(&self, deadline: Instant) -> BoxFuture<'static, ()> {
+        let world = Arc::clone(&self.0);
+        Box::pin(async move {
+            loop {
+                let listener = world.changed.listen();
+                if *lock(&world.now) >= deadline {
+                    return;
+                }
+                listener.await;
+            }
+        })
+    }
+
+    fn spawn_child(&self, command: std::process::Command) -> io::Result<Box<dyn ChildProcess>> {
+        let line = std::iter::once(command.get_program())
+            .chain(command.get_args())
+            .map(|s| s.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" ");
+        lock(&self.0.spawned).push(line);
+        let pid = {
+            let mut next = lock(&self.0.next_pid);
+            *next += 1;
+            *next
+        };
+        lock(&self.0.children).push((pid, Child::default()));
+        Ok(Box::new(FakeChild {
+            pid,
+            runtime: self.clone(),
+        }))
+    }
+
+    fn pipe_reader(&self, _fd: OwnedFd) -> io::Result<Box<dyn PipeReader>> {
+        // The channel of the child spawned last (the driver asks right after the spawn).
+        Ok(Box::new(FakeChannel {
+            pid: self.last_child(),
+            runtime: self.clone(),
+        }))
+    }
+
+    fn forward_signals(&self, _signals: &[Signal], to: Sender<Signal>) -> io::Result<()> {
+        *lock(&self.0.signals) = Some(to);
+        Ok(())
+    }
+}
+
+struct FakeChild {
+    pid: u32,
+    runtime: Fake,
+}
+
+impl FakeChild {
+    fn record(&self, signal: &'static str, ends: impl FnOnce(&Child) -> Option<ExitStatus>) {
+        let mut children = lock(&self.runtime.0.children);
+        if let Some((_, child)) = children.iter_mut().find(|(p, _)| *p == self.pid) {
+            child.signals.push(signal);
+            if child.exit.is_none()
+                && let Some(status) = ends(child)
+            {
+                child.exit = Some(status);
+                child.channel.push_back(Chunk::Eof);
+            }
+        }
+        drop(children);
+        self.runtime.0.changed.notify(usize::MAX);
+    }
+}
+
+impl ChildProcess for FakeChild {
+    fn id(&self) -> u32 {
+        self.pid
+    }
+
+    fn start_kill(&mut self) -> io::Result<()> {
+        self.record("KILL", |c| {
+            (!c.unkillable).then(|| ExitStatus::from_raw(9)) // killed by signal 9
+        });
+        Ok(())
+    }
+
+    fn terminate(&mut self) -> io::Result<()> {
+        self.record("TERM", |_| None);
+        Ok(())
+    }
+
+    fn wait(&mut self) -> BoxFuture<'_, io::Result<ExitStatus>> {
+        let exited = self.runtime.until(|c| c.exit, self.pid);
+        Box::pin(async move { Ok(exited.await) })
+    }
+}
+
+struct FakeChannel {
+    pid: u32,
+    runtime: Fake,
+}
+
+impl PipeReader for FakeChannel {
+    fn read<'a>(&'a mut self, buf: &'a mut [u8]) -> BoxFuture<'a, io::Result<usize>> {
+        let chunk = self.runtime.until(|c| c.channel.pop_front(), self.pid);
+        Box::pin(async move {
+            match chunk.await {
+                Chunk::Bytes(bytes) => {
+                    buf[..bytes.len()].copy_from_slice(&bytes);
+                    Ok(bytes.len())
+                }
+                Chunk::Eof => Ok(0),
+            }
+        })
+    }
+}
+
+/// A started handle on the fake runtime, with every event it reported.
+struct Server {
+    rt: Fake,
+    handle: Handle,
+    events: Arc<Mutex<Vec<Event>>>,
+}
+
+impl Server {
+    fn start(config: Config) -> Self {
+        Self::start_with(config, |options| options)
+    }
+
+    fn start_with(config: Config, more: impl FnOnce(Options) -> Options) -> Self {
+        let rt = Fake::new();
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::clone(&events);
+        let exe = Executable::new("/bin/true", ["--serve"], "/", [("A", "1")]);
+        let options = Options::new()
+            .config(config)
+            .signals(SignalMap::default().with_staged_upgrades())
+            .executable(exe)
+            .on_event(move |e| lock(&seen).push(e.clone()));
+        let handle = Handle::start_with(rt.clone(), more(options), Inherited::empty())
+            .expect("the driver starts");
+        rt.settle();
+        handle.ready();
+        rt.settle();
+        Self { rt, handle, events }
+    }
+
+    fn config() -> Config {
+        Config::new()
+            .upgrade_timeout(UPGRADE)
+            .drain_timeout(Some(DRAIN))
+            .reap_timeout(REAP)
+    }
+
+    /// How the lifecycle ended, if it has.
+    fn exit(&self) -> Option<Exit> {
+        let wait = self.handle.wait();
+        let mut wait = pin!(wait);
+        match wait
+            .as_mut()
+            .poll(&mut Context::from_waker(std::task::Waker::noop()))
+        {
+            Poll::Ready(exit) => Some(exit),
+            Poll::Pending => None,
+        }
+    }
+
+    /// A task that waits for the end, as an application's `main` does: the slot is filled
+    /// once it is woken with the exit.
+    fn watch_exit(&self) -> Arc<Mutex<Option<Exit>>> {
+        let slot = Arc::new(Mutex::new(None));
+        let (handle, filled) = (self.handle.clone(), Arc::clone(&slot));
+        self.rt.spawn(Box::pin(async move {
+            *lock(&filled) = Some(handle.wait().await);
+        }));
+        self.rt.settle();
+        slot
+    }
+
+    fn saw(&self, f: impl Fn(&Event) -> bool) -> bool {
+        lock(&self.events).iter().any(f)
+    }
+
+    fn phase_changes(&self) -> Vec<Phase> {
+        lock(&self.events)
+            .iter()
+            .filter_map(|e| match e {
+                Event::StateChanged { to, .. } => Some(*to),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+#[test]
+fn a_restart_hands_over_to_the_ready_child_and_exits_once_drained() {
+    let s = Server::start(Server::config());
+    let waiter = s.watch_exit();
+    assert!(s.handle.is_accepting());
+    s.rt.signal(Signal::HUP);
+    assert_eq!(
+        *lock(&s.rt.0.spawned),
+        ["/bin/true --serve"],
+        "the same executable and arguments"
+    );
+    let child = s.rt.last_child();
+    assert!(
+        s.handle.is_accepting(),
+        "still serving while the child starts"
+    );
+    // Half the readiness line, then the rest: nothing happens before the whole line.
+    let line = ready::message(child);
+    s.rt.with_child(child, |c| {
+        c.channel.push_back(Chunk::Bytes(line[..7].to_vec()));
+    });
+    assert!(s.handle.is_accepting());
+    s.rt.with_child(child, |c| {
+        c.channel.push_back(Chunk::Bytes(line[7..].to_vec()));
+    });
+    assert!(
+        !s.handle.is_accepting(),
+        "stops accepting once the child is ready"
+    );
+    // No connection: drained at once.
+    assert_eq!(
+        s.exit(),
+        Some(Exit {
+            code: 0,
+            reason: ExitReason::Drained,
+            cause: DrainCause::HandedOver { successor: child },
+        })
+    );
+    assert_eq!(*lock(&waiter), s.exit(), "the waiting application is woken");
+    assert_eq!(
+        s.phase_changes(),
+        [Phase::Forking, Phase::Draining, Phase::Stopped]
+    );
+    assert!(
+        s.rt.signals_of(child).is_empty(),
+        "the successor is left alone"
+    );
+}
+
+#[test]
+fn a_child_that_exits_before_ready_leaves_this_process_serving_and_restartable() {
+    let s = Server::start(Server::config());
+    s.rt.signal(Signal::HUP);
+    let child = s.rt.last_child();
+    s.rt.exit(child, ExitStatus::from_raw(3 << 8)); // exit code 3
+    assert!(s.handle.is_accepting());
+    assert!(s.saw(|e| matches!(
+        e,
+        Event::UpgradeFailed { pid: Some(p), reason: UpgradeFailure::ChildExited(_) } if *p == child
+    ) || matches!(
+        e,
+        Event::UpgradeFailed { pid: Some(p), reason: UpgradeFailure::ChildFailed(_) } if *p == child
+    )));
+    assert_eq!(s.exit(), None);
+    // A later restart spawns again, and works.
+    s.rt.signal(Signal::HUP);
+    let second = s.rt.last_child();
+    assert_ne!(second, child);
+    s.rt.say_ready(second);
+    assert!(!s.handle.is_accepting());
+    assert!(s.exit().is_some());
+}
+
+#[test]
+fn a_child_not_ready_in_time_is_killed_on_the_runtime_clock() {
+    let s = Server::start(Server::config());
+    s.rt.signal(Signal::HUP);
+    let child = s.rt.last_child();
+    s.rt.advance(UPGRADE - Duration::from_millis(1));
+    assert!(
+        s.rt.signals_of(child).is_empty(),
+        "killed before its deadline"
+    );
+    s.rt.advance(Duration::from_millis(1));
+    assert_eq!(s.rt.signals_of(child), ["KILL"]);
+    assert!(s.saw(|e| matches!(
+        e,
+        Event::UpgradeFailed {
+            reason: UpgradeFailure::TimedOut,
+            ..
+        }
+    )));
+    // Its exit is reaped and known.
+    assert!(s.saw(|e| matches!(e, Event::KilledChildExited { pid, .. } if *pid == child)));
+    assert!(s.handle.is_accepting());
+    assert_eq!(s.exit(), None);
+}
+
+#[test]
+fn the_drain_deadline_closes_what_is_left_on_the_runtime_clock() {
+    let s = Server::start(Server::config());
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let guard = s.handle.track(&ours);
+    s.rt.signal(Signal::TERM);
+    assert!(!s.handle.is_accepting());
+    assert!(
+        guard.is_closing(),
+        "the connection is asked to close once idle"
+    );
+    s.rt.advance(DRAIN - Duration::from_millis(1));
+    assert_eq!(s.exit(), None, "the drain waits for the connection");
+    s.rt.advance(Duration::from_millis(1));
+    // Forced: the socket is shut down under the application.
+    let mut buf = [0u8; 1];
+    assert_eq!(io::Read::read(&mut &theirs, &mut buf).unwrap(), 0);
+    assert_eq!(
+        s.exit(),
+        Some(Exit {
+            code: 0,
+            reason: ExitReason::DeadlinePassed,
+            cause: DrainCause::Shutdown,
+        })
+    );
+    drop(guard);
+}
+
+#[test]
+fn a_stop_while_the_child_starts_exits_only_once_the_killed_child_is_reaped() {
+    let s = Server::start(Server::config());
+    s.rt.signal(Signal::HUP);
+    let child = s.rt.last_child();
+    s.rt.with_child(child, |c| c.unkillable = true);
+    s.rt.signal(Signal::TERM);
+    assert_eq!(s.rt.signals_of(child), ["KILL"]);
+    assert_eq!(s.exit(), None, "the killed child still runs");
+    assert_eq!(s.phase_changes().last(), Some(&Phase::Exiting));
+    // A late ready from it changes nothing.
+    s.rt.say_ready(child);
+    assert_eq!(s.exit(), None);
+    s.rt.exit(child, ExitStatus::from_raw(9));
+    assert_eq!(
+        s.exit().map(|e| (e.reason, e.cause)),
+        Some((ExitReason::Drained, DrainCause::Shutdown))
+    );
+}
+
+#[test]
+fn a_killed_child_never_reaped_delays_the_exit_only_until_the_reap_deadline() {
+    let s = Server::start(Server::config());
+    s.rt.signal(Signal::HUP);
+    let child = s.rt.last_child();
+    s.rt.with_child(child, |c| c.unkillable = true);
+    s.rt.signal(Signal::TERM);
+    s.rt.advance(REAP - Duration::from_millis(1));
+    assert_eq!(s.exit(), None);
+    s.rt.advance(Duration::from_millis(1));
+    assert!(s.saw(|e| matches!(e, Event::NotReaped { pids } if pids == &[child])));
+    assert!(s.exit().is_some());
+}
+
+#[test]
+fn a_rolled_back_staged_generation_is_asked_to_stop_through_its_owner() {
+    let s = Server::start(Server::config());
+    s.rt.signal(Signal::USR1); // stage
+    let child = s.rt.last_child();
+    s.rt.say_ready(child);
+    assert!(
+        s.handle.is_accepting(),
+        "both generations serve while staged"
+    );
+    s.rt.signal(Signal::WINCH); // roll back
+    assert_eq!(s.rt.signals_of(child), ["TERM"]);
+    s.rt.exit(child, ExitStatus::from_raw(0));
+    assert!(s.saw(|e| matches!(e, Event::StoppedChildExited { pid, .. } if *pid == child)));
+    assert!(s.handle.is_accepting());
+    assert_eq!(s.exit(), None);
+}
+
+/// The service manager's socket, read by the test.
+fn notify_socket() -> (UnixDatagram, NotifySocket, tempdir::Dir) {
+    let dir = tempdir::Dir::new("driver-notify");
+    let path = dir.0.join("notify.sock");
+    let socket = UnixDatagram::bind(&path).unwrap();
+    socket.set_nonblocking(true).unwrap();
+    (socket, NotifySocket::Path(path), dir)
+}
+
+fn messages(socket: &UnixDatagram) -> Vec<String> {
+    let mut buf = [0u8; 512];
+    std::iter::from_fn(|| {
+        let n = socket.recv(&mut buf).ok()?;
+        Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+    })
+    .collect()
+}
+
+#[test]
+fn under_a_service_manager_a_stop_without_deadline_renews_its_lease_on_the_runtime_clock() {
+    let (socket, target, _dir) = notify_socket();
+    let s = Server::start_with(Server::config().drain_timeout(None), |o| {
+        o.notify_socket(target)
+    });
+    assert_eq!(messages(&socket), ["READY=1\nSTATUS=Serving"]);
+    let (ours, _theirs) = UnixStream::pair().unwrap();
+    let guard = s.handle.track(&ours);
+    s.rt.signal(Signal::TERM);
+    assert_eq!(
+        messages(&socket),
+        [
+            "STOPPING=1\nSTATUS=Stopping: draining connections",
+            "EXTEND_TIMEOUT_USEC=30000000"
+        ]
+    );
+    s.rt.advance(Duration::from_secs(9));
+    assert_eq!(messages(&socket), Vec::<String>::new());
+    s.rt.advance(Duration::from_secs(1));
+    assert_eq!(messages(&socket), ["EXTEND_TIMEOUT_USEC=30000000"]);
+    s.rt.advance(Duration::from_secs(10));
+    assert_eq!(messages(&socket), ["EXTEND_TIMEOUT_USEC=30000000"]);
+    // The end of the drain ends the renewals.
+    drop(guard);
+    s.rt.settle();
+    assert!(s.exit().is_some());
+    s.rt.advance(Duration::from_secs(60));
+    assert_eq!(messages(&socket), Vec::<String>::new());
+}
+
+#[test]
+fn under_a_service_manager_staged_upgrades_are_refused_and_a_failed_restart_reclaims_the_main_pid()
+{
+    let (socket, target, _dir) = notify_socket();
+    let s = Server::start_with(Server::config(), |o| o.notify_socket(target));
+    messages(&socket);
+    s.rt.signal(Signal::USR1); // stage
+    assert!(s.saw(|e| matches!(
+        e,
+        Event::Refused {
+            reason: endless_core::Refusal::UnderServiceManager,
+            ..
+        }
+    )));
+    assert!(lock(&s.rt.0.spawned).is_empty());
+    s.rt.signal(Signal::HUP);
+    let child = s.rt.last_child();
+    s.rt.exit(child, ExitStatus::from_raw(1 << 8));
+    let sent = messages(&socket);
+    assert!(
+        sent[0].starts_with("RELOADING=1\nMONOTONIC_USEC="),
+        "{sent:?}"
+    );
+    assert_eq!(
+        sent[1..],
+        [format!(
+            "MAINPID={}\nREADY=1\nSTATUS=Serving; the last upgrade failed or was rolled back (see the log)",
+            std::process::id()
+        )]
+    );
+}
+
+/// A directory removed at the end of the test.
+mod tempdir {
+    use std::path::PathBuf;
+
+    pub(super) struct Dir(pub(super) PathBuf);
+
+    impl Dir {
+        pub(super) fn new(name: &str) -> Self {
+            let path = std::env::temp_dir().join(format!(
+                "endless-{name}-{}-{:?}",
+                std::process::id(),
+                std::thread::current().id()
+            ));
+            let _ = std::fs::remove_dir_all(&path);
+            std::fs::create_dir_all(&path).unwrap();
+            Self(path)
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
