@@ -163,6 +163,14 @@ impl<N: Net> Builder<N> {
         self
     }
 
+    /// Send the `sd_notify` messages ([`crate::notify`]) to `target` instead of the socket
+    /// `NOTIFY_SOCKET` names (a supervisor's private socket, say).
+    #[must_use]
+    pub fn notify_socket(mut self, target: crate::notify::NotifySocket) -> Self {
+        self.options = self.options.notify_socket(target);
+        self
+    }
+
     /// Adopts what the parent handed over, installs the signal handlers and starts the
     /// lifecycle on the runtime (see [`Net::current`]).
     ///
@@ -286,11 +294,6 @@ impl<N: Net> Endless<N> {
     /// The connections alive.
     pub fn tracker(&self) -> &Tracker {
         self.handle.tracker()
-    }
-
-    /// The runtime-neutral handle underneath.
-    pub fn handle(&self) -> &Handle {
-        &self.handle
     }
 
     // ---- connection takeover ----

@@ -41,7 +41,7 @@ pub type EventHook = Arc<dyn Fn(&Event) + Send + Sync>;
 
 /// How to run the lifecycle.
 #[derive(Clone)]
-pub struct Options {
+pub(crate) struct Options {
     config: Config,
     signals: SignalMap,
     pid_file: Option<PathBuf>,
@@ -79,20 +79,20 @@ impl Default for Options {
 impl Options {
     /// Defaults: [`Config::new`], [`SignalMap::default`], no pid file, the running
     /// executable.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
     /// The lifecycle's timeouts and policies.
     #[must_use]
-    pub fn config(mut self, config: Config) -> Self {
+    pub(crate) fn config(mut self, config: Config) -> Self {
         self.config = config;
         self
     }
 
     /// Which signal means what.
     #[must_use]
-    pub fn signals(mut self, signals: SignalMap) -> Self {
+    pub(crate) fn signals(mut self, signals: SignalMap) -> Self {
         self.signals = signals;
         self
     }
@@ -101,14 +101,14 @@ impl Options {
     /// stop. The restart status file that answers [`crate::control::restart`] is kept
     /// beside it.
     #[must_use]
-    pub fn pid_file(mut self, path: impl Into<PathBuf>) -> Self {
+    pub(crate) fn pid_file(mut self, path: impl Into<PathBuf>) -> Self {
         self.pid_file = Some(path.into());
         self
     }
 
     /// Call `hook` with every lifecycle event, on the driver task (keep it quick).
     #[must_use]
-    pub fn on_event(mut self, hook: impl Fn(&Event) + Send + Sync + 'static) -> Self {
+    pub(crate) fn on_event(mut self, hook: impl Fn(&Event) + Send + Sync + 'static) -> Self {
         self.on_event = Some(Arc::new(hook));
         self
     }
@@ -116,7 +116,7 @@ impl Options {
     /// Restart into this executable instead of the running one (resolved at start-up by
     /// [`Executable::current`]).
     #[must_use]
-    pub fn executable(mut self, executable: Executable) -> Self {
+    pub(crate) fn executable(mut self, executable: Executable) -> Self {
         self.executable = Some(executable);
         self
     }
@@ -124,7 +124,7 @@ impl Options {
     /// Send the `sd_notify` messages ([`crate::notify`]) to `target` instead of the socket
     /// `NOTIFY_SOCKET` names (a supervisor's private socket, or a test's).
     #[must_use]
-    pub fn notify_socket(mut self, target: NotifySocket) -> Self {
+    pub(crate) fn notify_socket(mut self, target: NotifySocket) -> Self {
         self.notify_socket = Some(target);
         self
     }
@@ -141,7 +141,7 @@ pub struct Exit {
     pub cause: DrainCause,
 }
 
-/// Why [`Handle::start`] failed.
+/// Why [`Endless::start`](crate::Endless::start) failed.
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum StartError {
@@ -280,7 +280,7 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// 4. call [`ready`](Self::ready) once it serves;
 /// 5. await [`wait`](Self::wait) and exit with the code it returns.
 #[derive(Clone)]
-pub struct Handle {
+pub(crate) struct Handle {
     shared: Arc<Shared>,
 }
 
@@ -297,13 +297,13 @@ impl fmt::Debug for Handle {
 impl Handle {
     /// Adopts the inherited fds (or none, on a fresh start), resolves the executable,
     /// installs the signal handlers and starts the driver on `runtime`.
-    pub fn start<R: Runtime>(runtime: R, options: Options) -> Result<Self, StartError> {
+    pub(crate) fn start<R: Runtime>(runtime: R, options: Options) -> Result<Self, StartError> {
         let inherited = Inherited::from_env().map_err(StartError::Adopt)?;
         Self::start_with(runtime, options, inherited)
     }
 
     /// [`start`](Self::start) with an inventory adopted by the caller.
-    pub fn start_with<R: Runtime>(
+    pub(crate) fn start_with<R: Runtime>(
         runtime: R,
         options: Options,
         inherited: Inherited,
@@ -371,28 +371,18 @@ impl Handle {
     // ---- getters ----
 
     /// Whether this process was spawned by a previous generation.
-    pub fn origin(&self) -> Origin {
+    pub(crate) fn origin(&self) -> Origin {
         self.shared.origin
     }
 
-    /// What the parent (or systemd) handed over and is not taken yet.
-    pub fn inherited(&self) -> &Inherited {
-        &self.shared.inherited
-    }
-
     /// The connection tracker.
-    pub fn tracker(&self) -> &Tracker {
+    pub(crate) fn tracker(&self) -> &Tracker {
         &self.shared.tracker
     }
 
     /// Whether listeners should still accept.
-    pub fn is_accepting(&self) -> bool {
+    pub(crate) fn is_accepting(&self) -> bool {
         self.shared.accepting.load(Ordering::SeqCst)
-    }
-
-    /// The executable a restart runs.
-    pub fn executable(&self) -> &Executable {
-        &self.shared.executable
     }
 
     // ---- listeners ----
@@ -400,7 +390,7 @@ impl Handle {
     /// The TCP listener `name`: the inherited one, or a fresh one bound to `addr`. An
     /// inherited listener is kept unless `addr` names a specific port it is not bound to
     /// (the configuration moved it; the old one is then closed as unclaimed).
-    pub fn tcp_listener(
+    pub(crate) fn tcp_listener(
         &self,
         name: &str,
         addr: impl ToSocketAddrs + fmt::Debug,
@@ -427,7 +417,7 @@ impl Handle {
 
     /// The UDP socket `name`: the inherited one, or a fresh one bound to `addr` (same rule
     /// as [`tcp_listener`](Self::tcp_listener)).
-    pub fn udp_socket(
+    pub(crate) fn udp_socket(
         &self,
         name: &str,
         addr: impl ToSocketAddrs + fmt::Debug,
@@ -453,7 +443,11 @@ impl Handle {
 
     /// The Unix stream listener `name`: the inherited one, or a fresh one at `path`. The
     /// socket file is never removed on exit: the next generation serves it.
-    pub fn unix_listener(&self, name: &str, path: &Path) -> Result<UnixListener, ListenError> {
+    pub(crate) fn unix_listener(
+        &self,
+        name: &str,
+        path: &Path,
+    ) -> Result<UnixListener, ListenError> {
         let listener = match self.take(name, FdKind::UnixListener)? {
             Some(fd) => {
                 let listener = UnixListener::from(fd);
@@ -479,7 +473,7 @@ impl Handle {
 
     /// Takes the inherited fd `name`, checked to be of `kind`; `Ok(None)` if there is none.
     /// Register what you keep with [`register`](Self::register) to pass it on.
-    pub fn take(&self, name: &str, kind: FdKind) -> Result<Option<OwnedFd>, ListenError> {
+    pub(crate) fn take(&self, name: &str, kind: FdKind) -> Result<Option<OwnedFd>, ListenError> {
         if lock(&self.shared.registry).iter().any(|r| r.name == name) {
             return Err(ListenError::DuplicateName(name.to_owned()));
         }
@@ -490,7 +484,7 @@ impl Handle {
     }
 
     /// Passes `fd` (duplicated now) to every next generation under `name`.
-    pub fn register(
+    pub(crate) fn register(
         &self,
         name: &str,
         kind: FdKind,
@@ -512,14 +506,14 @@ impl Handle {
     // ---- connections ----
 
     /// Registers a connection for the drain (see [`Tracker::track`]).
-    pub fn track(&self, socket: &impl AsRawFd) -> ConnectionGuard {
+    pub(crate) fn track(&self, socket: &impl AsRawFd) -> ConnectionGuard {
         self.shared.tracker.track(Some(socket.as_raw_fd()))
     }
 
     /// Resolves once listeners must stop accepting (a new generation took over, or the
     /// process is stopping). The listening sockets stay open: connections queued in the
     /// kernel are accepted by the new generation.
-    pub async fn stopped_accepting(&self) {
+    pub(crate) async fn stopped_accepting(&self) {
         loop {
             if !self.is_accepting() {
                 return;
@@ -538,7 +532,7 @@ impl Handle {
     ///
     /// A guard is held while accepting, so the drain cannot complete between the kernel
     /// handing over a connection and that connection being tracked.
-    pub async fn accept<S: AsRawFd, A>(
+    pub(crate) async fn accept<S: AsRawFd, A>(
         &self,
         accept: impl Future<Output = io::Result<(S, A)>>,
     ) -> io::Result<Option<(Tracked<S>, A)>> {
@@ -567,13 +561,13 @@ impl Handle {
     /// [`crate::takeover`]). Register every receiver before [`ready`](Self::ready): the
     /// previous generation hands over right after it. The [`Inbox`] ends once the previous
     /// generation is done, at once on a fresh start.
-    pub fn receiver(&self, name: &str) -> Result<Inbox, ReceiveError> {
+    pub(crate) fn receiver(&self, name: &str) -> Result<Inbox, ReceiveError> {
         lock(&self.shared.receivers).register(name)
     }
 
     /// Whether a connection can be handed over now: this process is draining after a
     /// restart, and the new generation takes connections.
-    pub fn can_hand_over(&self) -> bool {
+    pub(crate) fn can_hand_over(&self) -> bool {
         lock(&self.shared.outbox)
             .as_ref()
             .is_some_and(Outbox::is_open)
@@ -583,7 +577,7 @@ impl Handle {
     /// application's `state` and the bytes read from it but not consumed, for its receiver
     /// `name`. Stop reading the connection first. On success this process's copy is closed;
     /// on failure the connection comes back in the error while this process still holds it.
-    pub async fn hand_over(
+    pub(crate) async fn hand_over(
         &self,
         kind: endless_core::takeover::StreamKind,
         name: &str,
@@ -626,17 +620,17 @@ impl Handle {
 
     /// The application serves: tell the parent (if any) and the service manager. The
     /// parent then stops accepting and drains. Only the first call counts.
-    pub fn ready(&self) {
+    pub(crate) fn ready(&self) {
         let _ = self.shared.inputs.try_send(Input::Ready);
     }
 
     /// Asks for a restart, a graceful stop or a hammer, as a signal would.
-    pub fn request(&self, request: Request) {
+    pub(crate) fn request(&self, request: Request) {
         let _ = self.shared.inputs.try_send(Input::Request(request));
     }
 
     /// Resolves when the lifecycle ends; exit the process with [`Exit::code`].
-    pub async fn wait(&self) -> Exit {
+    pub(crate) async fn wait(&self) -> Exit {
         loop {
             if let Some(exit) = *lock(&self.shared.exit) {
                 return exit;

@@ -2,37 +2,60 @@
 //! everything `endless-tokio` and `endless-smol` share, so that each of them is a thin
 //! adapter.
 //!
-//! - [`inherit`]: adopting the fds a parent (or systemd) handed over: decoded, checked to
-//!   be what they claim, made close-on-exec, taken by name.
-//! - [`spawn`]: the executable resolved at start-up, and the child's command with its fds
-//!   renumbered to 3, 4, … after `fork` by endless-core's plan.
+//! # Glossary
+//!
+//! These words mean one thing each, in the code and in the docs of every endless crate:
+//!
+//! - **generation**: one process of the service; the *predecessor* hands over to its
+//!   *successor*.
+//! - **handoff**: what a successor inherits at exec: the listening fds (and other sockets)
+//!   at 3, 4, … and the variables that name them ([`endless_core::Handoff`],
+//!   [`inherit`], [`spawn`]).
+//! - **readiness**: the successor's message to its predecessor that it serves, over the
+//!   *readiness channel* (a socket pair the predecessor creates for each child;
+//!   [`endless_core::ready`]).
+//! - **drain**: the predecessor finishing its connections after the successor is ready, or
+//!   on a stop; **hammer**: closing what is left ([`tracker`]).
+//! - **takeover**: moving an established connection (its socket, state and unread bytes)
+//!   to the successor instead of draining it ([`takeover`]); the predecessor *hands it
+//!   over*.
+//! - **sd_notify**: the messages to systemd (`READY=1`, `MAINPID=`, `RELOADING=1`,
+//!   `STOPPING=1`; [`notify`]). Never used for readiness between generations.
+//!
+//! # Modules
+//!
+//! - [`adapter`]: the one front door, [`Endless`] with its [`Builder`] and typed
+//!   listeners, written once and generic over a runtime ([`Net`] for its sockets,
+//!   [`Runtime`] for the rest). `endless_tokio::Endless` is `Endless<Tokio>`.
+//! - [`runtime`]: what a runtime provides the driver: a clock, tasks, timers, children,
+//!   the readiness channel, signals. The driver (private) carries out the lifecycle's
+//!   actions on it and decides nothing.
+//! - [`inherit`]: adopting the handoff (or systemd's sockets): decoded, checked to be what
+//!   it claims, made close-on-exec, taken by name.
+//! - [`spawn`]: the executable resolved at start-up, and the successor's command with its
+//!   fds renumbered to 3, 4, … by endless-core's plan.
 //! - [`tracker`] and [`Tracked`]: connections counted for the drain, asked to close once
 //!   idle, force-closed at the deadline.
 //! - [`signals`]: which signal means which request.
-//! - [`listen`]: binding fresh listeners; [`pidfile`]: the pid file; [`notify`]: telling
-//!   systemd (`NOTIFY_SOCKET`) that the service is ready, restarting or stopping.
+//! - [`listen`]: binding fresh listeners; [`pidfile`]: the pid file; [`notify`]: sd_notify.
 //! - [`control`]: a restart that reports its result, for deploy scripts
 //!   ([`control::restart`]), and the restart status file beside the pid file that answers it.
-//! - [`takeover`]: handing established connections (socket, state, unconsumed bytes) to
-//!   the new generation over its readiness channel (`SCM_RIGHTS`), instead of draining them.
-//! - [`driver`]: the task that owns the lifecycle, generic over a small [`Runtime`] trait.
-//! - [`adapter`]: the typed API of the adapters ([`adapter::Endless`], its builder and
-//!   listeners), written once and generic over a runtime's sockets ([`Net`]).
+//! - [`takeover`]: handing established connections over the readiness channel
+//!   (`SCM_RIGHTS`).
 //!
 //! All `unsafe` code of endless lives in one private module of this crate (`sys`), each
 //! block with its safety argument.
 //!
 //! Most users want `endless-tokio` or `endless-smol`. An adapter for another runtime
-//! implements [`Net`] (which names its sockets) and [`Runtime`], and uses
-//! [`adapter::Endless`]; or, at a lower level, hands a [`Runtime`] to [`Handle::start`]:
+//! implements [`Net`] (which names its sockets) and [`Runtime`] for a marker type of its
+//! own, and names [`Endless`] for it:
 //!
 //! ```no_run
-//! use endless_unix::{Handle, Options, Runtime};
-//! # fn adapter<R: Runtime>(my_runtime: R) -> Result<(), Box<dyn std::error::Error>> {
-//! let endless = Handle::start(my_runtime, Options::new())?;
+//! use endless_unix::{Endless, Net};
+//! # fn adapter<MyRuntime: Net>() -> Result<(), Box<dyn std::error::Error>> {
+//! let endless = Endless::<MyRuntime>::builder().pid_file("/run/app.pid").start()?;
 //! let listener = endless.tcp_listener("http", "127.0.0.1:8080")?;
-//! // … accept on `listener` until `endless.stopped_accepting()`, tracking each
-//! // connection with `endless.track(&stream)` …
+//! // … `listener.accept()` until it returns `Ok(None)`: each connection is tracked …
 //! endless.ready();
 //! # Ok(()) }
 //! ```
@@ -42,7 +65,7 @@
 pub mod adapter;
 pub mod control;
 mod driver;
-pub mod handle;
+mod handle;
 pub mod inherit;
 pub mod listen;
 pub mod notify;
@@ -56,8 +79,8 @@ pub mod takeover;
 mod tracked;
 pub mod tracker;
 
-pub use adapter::Net;
-pub use handle::{EventHook, Exit, Handle, ListenError, Options, StartError};
+pub use adapter::{Builder, Endless, Net};
+pub use handle::{EventHook, Exit, ListenError, StartError};
 pub use runtime::{BoxFuture, ChildProcess, PipeReader, Runtime};
 pub use signals::{Signal, SignalMap};
 pub use tracked::Tracked;

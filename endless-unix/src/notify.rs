@@ -4,7 +4,7 @@
 //! A service manager that wants to hear from the service sets `NOTIFY_SOCKET` to the
 //! address of a Unix datagram socket: a path (`/run/systemd/notify`) or, when it starts
 //! with `@`, a name in Linux' abstract namespace. Each message is one datagram of
-//! `KEY=VALUE` lines. The driver reads the variable once, when [`Handle::start`] runs, and
+//! `KEY=VALUE` lines. The driver reads the variable once, when [`Endless::start`] runs, and
 //! never changes the environment (no `unset`: that is unsound in a threaded process); the
 //! next generation inherits the variable as it is. Without `NOTIFY_SOCKET` nothing is sent.
 //! A message that cannot be sent is logged (`warn`) and the process goes on; a send waits
@@ -12,7 +12,7 @@
 //!
 //! # What is sent, and when
 //!
-//! The lifecycle announces each change ([`Status`](endless_core::Status)); the driver turns
+//! The lifecycle announces each change ([`Status`]); the driver turns
 //! it into a message:
 //!
 //! | moment | from | message |
@@ -52,7 +52,7 @@
 //! The unit file that goes with it (`KillMode=mixed`, `ExecReload=` or
 //! `Type=notify-reload`) is in the README, section "Operations: systemd".
 //!
-//! [`Handle::start`]: crate::Handle::start
+//! [`Endless::start`]: crate::Endless::start
 //! [`Action::ExtendStopTimeout`]: endless_core::Action::ExtendStopTimeout
 
 use std::ffi::{OsStr, OsString};

@@ -11,7 +11,7 @@
 //! Each side runs one plain thread for the channel, so the same code serves every runtime:
 //! a takeover is rare, sequential and short.
 //!
-//! - Old side: [`Handle::hand_over`](crate::Handle::hand_over) queues a
+//! - Old side: [`Endless::hand_over`](crate::Endless::hand_over) queues a
 //!   connection; the thread sends it and waits for the answer. Taken: the old generation
 //!   closes its copy. Refused, or the channel broke before an answer (the new generation
 //!   died): the connection comes back to the application, which goes on serving it.
@@ -423,7 +423,7 @@ pub(crate) struct Receivers {
 pub enum ReceiveError {
     /// A receiver of this name already exists.
     DuplicateName(String),
-    /// Receivers must be registered before [`ready`](crate::Handle::ready): the
+    /// Receivers must be registered before [`ready`](crate::Endless::ready): the
     /// previous generation hands over right after it.
     AfterReady,
 }
