@@ -62,7 +62,7 @@
 //!             Output::Action(Action::StopAccepting) => accepting = false,
 //!             Output::Action(Action::CloseIdle) => draining = true,
 //!             Output::Action(Action::Exit { code, .. }) => break 'serve code,
-//!             // SpawnChild, KillChild, ForceClose, NotifyParent, Announce: a real
+//!             // SpawnChild, KillChild, ForceClose, SendReadiness, Announce: a real
 //!             // adapter spawns the successor, kills, aborts connections, writes the
 //!             // readiness channel and talks to systemd here.
 //!             Output::Action(_) => {}

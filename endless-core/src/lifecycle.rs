@@ -597,8 +597,8 @@ pub enum Action {
     /// Close every remaining connection now.
     ForceClose,
     /// Tell the parent process that this one is ready (on the inherited channel).
-    NotifyParent,
-    /// Once, at the first ready (after [`Action::NotifyParent`], when there is a parent):
+    SendReadiness,
+    /// Once, at the first ready (after [`Action::SendReadiness`], when there is a parent):
     /// the application's receivers are all registered; receive the connections the parent
     /// hands over on the readiness channel ([`crate::takeover`]). A process without a parent
     /// receives none: its receivers end here. Never before this process is ready.
@@ -713,7 +713,7 @@ pub enum Output {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Readiness {
+enum ReadyState {
     /// The application has not said it is ready.
     Pending,
     /// Ready was announced.
@@ -723,7 +723,7 @@ enum Readiness {
 #[derive(Debug, Clone)]
 enum State {
     Running {
-        readiness: Readiness,
+        readiness: ReadyState,
     },
     Forking {
         /// `None` until the adapter reports the spawn.
@@ -826,7 +826,7 @@ impl Lifecycle {
             config,
             origin,
             state: State::Running {
-                readiness: Readiness::Pending,
+                readiness: ReadyState::Pending,
             },
             stopping: Vec::new(),
             killed: Vec::new(),
@@ -874,7 +874,7 @@ impl Lifecycle {
         !matches!(
             self.state,
             State::Running {
-                readiness: Readiness::Pending
+                readiness: ReadyState::Pending
             }
         )
     }
@@ -1022,20 +1022,20 @@ impl Lifecycle {
         };
         match self.state {
             State::Running {
-                readiness: Readiness::Pending,
+                readiness: ReadyState::Pending,
             } => self.refuse(kind, Refusal::NotReady),
             State::Running {
-                readiness: Readiness::Announced,
+                readiness: ReadyState::Announced,
             } if staged && !self.config.staged_upgrades => {
                 self.refuse(kind, Refusal::StagedUpgradesOff);
             }
             State::Running {
-                readiness: Readiness::Announced,
+                readiness: ReadyState::Announced,
             } if staged && self.config.service_manager => {
                 self.refuse(kind, Refusal::UnderServiceManager);
             }
             State::Running {
-                readiness: Readiness::Announced,
+                readiness: ReadyState::Announced,
             } => {
                 self.enter(State::Forking {
                     child: None,
@@ -1078,7 +1078,7 @@ impl Lifecycle {
                     reason: UpgradeFailure::RolledBack,
                 });
                 self.enter(State::Running {
-                    readiness: Readiness::Announced,
+                    readiness: ReadyState::Announced,
                 });
                 // This process is the service's main one again, before the other stops.
                 self.action(Action::Announce(Status::Ready {
@@ -1139,10 +1139,10 @@ impl Lifecycle {
     fn on_ready(&mut self) {
         match self.state {
             State::Running {
-                readiness: Readiness::Pending,
+                readiness: ReadyState::Pending,
             } => {
                 self.state = State::Running {
-                    readiness: Readiness::Announced,
+                    readiness: ReadyState::Announced,
                 };
                 // The service manager learns first: a new generation must be the main
                 // process before its parent, told next, exits.
@@ -1152,12 +1152,12 @@ impl Lifecycle {
                 }));
                 self.action(Action::CloseUnclaimed);
                 if self.origin == Origin::Inherited {
-                    self.action(Action::NotifyParent);
+                    self.action(Action::SendReadiness);
                 }
                 self.action(Action::ReceiveConnections);
             }
             State::Running {
-                readiness: Readiness::Announced,
+                readiness: ReadyState::Announced,
             }
             | State::Forking { .. }
             | State::Staged { .. } => self.refuse(InputKind::Ready, Refusal::AlreadyReady),
@@ -1252,7 +1252,7 @@ impl Lifecycle {
     fn upgrade_failed(&mut self, pid: Option<Pid>, reason: UpgradeFailure, kill: bool) {
         self.event(Event::UpgradeFailed { pid, reason });
         self.enter(State::Running {
-            readiness: Readiness::Announced,
+            readiness: ReadyState::Announced,
         });
         if let (true, Some(pid)) = (kill, pid) {
             self.kill_child(pid);

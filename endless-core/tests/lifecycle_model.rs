@@ -591,7 +591,7 @@ impl StateMachineTest for LifecycleTest {
                                 "extended outside a stop"
                             );
                         }
-                        Action::NotifyParent => {
+                        Action::SendReadiness => {
                             assert!(m.inherited, "a fresh process has no parent to notify");
                             w.notified_parent += 1;
                             assert_eq!(w.notified_parent, 1, "ready told twice");

@@ -694,7 +694,7 @@ fn child_side_owes_its_parent_exactly_one_ready() {
                 again: false
             })),
             a(CloseUnclaimed),
-            a(NotifyParent),
+            a(SendReadiness),
             a(ReceiveConnections)
         ]
     );

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use async_executor::Executor;
 use async_io::{Async, Timer};
-use endless_unix::{BoxFuture, ChildProcess, Net, PipeReader, Runtime, Signal};
+use endless_unix::{BoxFuture, ChildProcess, Net, ReadinessReader, Runtime, Signal};
 use futures_lite::{AsyncReadExt, StreamExt};
 
 /// The executor of endless' own tasks (the lifecycle driver, signal forwarding): a few
@@ -121,8 +121,10 @@ impl Runtime for Smol {
         Ok(Box::new(SmolChild(child)))
     }
 
-    fn pipe_reader(&self, fd: OwnedFd) -> io::Result<Box<dyn PipeReader>> {
-        Ok(Box::new(SmolPipe(Async::new(std::fs::File::from(fd))?)))
+    fn readiness_reader(&self, fd: OwnedFd) -> io::Result<Box<dyn ReadinessReader>> {
+        Ok(Box::new(SmolReadiness(Async::new(std::fs::File::from(
+            fd,
+        ))?)))
     }
 
     fn forward_signals(
@@ -196,9 +198,9 @@ impl ChildProcess for SmolChild {
     }
 }
 
-struct SmolPipe(Async<std::fs::File>);
+struct SmolReadiness(Async<std::fs::File>);
 
-impl PipeReader for SmolPipe {
+impl ReadinessReader for SmolReadiness {
     fn read<'a>(&'a mut self, buf: &'a mut [u8]) -> BoxFuture<'a, io::Result<usize>> {
         Box::pin(self.0.read(buf))
     }

@@ -6,7 +6,7 @@ use std::os::fd::OwnedFd;
 use std::process::ExitStatus;
 use std::time::Instant;
 
-use endless_unix::{BoxFuture, ChildProcess, Net, PipeReader, Runtime, Signal};
+use endless_unix::{BoxFuture, ChildProcess, Net, ReadinessReader, Runtime, Signal};
 
 /// endless on tokio: the runtime the lifecycle runs on, and tokio's socket types.
 ///
@@ -114,7 +114,7 @@ impl Runtime for Tokio {
         Ok(Box::new(TokioChild { child, pid }))
     }
 
-    fn pipe_reader(&self, fd: OwnedFd) -> io::Result<Box<dyn PipeReader>> {
+    fn readiness_reader(&self, fd: OwnedFd) -> io::Result<Box<dyn ReadinessReader>> {
         let _entered = self.handle.enter();
         // A pipe or a socket (endless' readiness channel is a socketpair): read(2) on
         // either, driven by the reactor. `AsyncFd::new` is deprecated because a `T` that
@@ -123,7 +123,7 @@ impl Runtime for Tokio {
         // `register`, is an `unsafe fn` for the same argument).
         #[allow(deprecated)]
         let fd = tokio::io::unix::AsyncFd::new(std::fs::File::from(fd))?;
-        Ok(Box::new(TokioPipe(fd)))
+        Ok(Box::new(TokioReadiness(fd)))
     }
 
     fn forward_signals(
@@ -180,9 +180,9 @@ impl ChildProcess for TokioChild {
     }
 }
 
-struct TokioPipe(tokio::io::unix::AsyncFd<std::fs::File>);
+struct TokioReadiness(tokio::io::unix::AsyncFd<std::fs::File>);
 
-impl PipeReader for TokioPipe {
+impl ReadinessReader for TokioReadiness {
     fn read<'a>(&'a mut self, buf: &'a mut [u8]) -> BoxFuture<'a, io::Result<usize>> {
         Box::pin(async move {
             loop {

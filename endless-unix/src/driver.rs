@@ -24,7 +24,7 @@ use endless_core::{
 use crate::control::StatusWriter;
 use crate::handle::{Exit, Shared, lock};
 use crate::notify::Notifier;
-use crate::runtime::{PipeReader, Runtime};
+use crate::runtime::{ReadinessReader, Runtime};
 use crate::spawn::{self, Handover};
 use crate::takeover::Outbox;
 
@@ -196,7 +196,7 @@ impl<R: Runtime> Driver<R> {
                 );
                 self.shared.tracker.force_close();
             }
-            Action::NotifyParent => match self.shared.inherited.take_ready_channel() {
+            Action::SendReadiness => match self.shared.inherited.take_ready_channel() {
                 Some(fd) => {
                     // Kept to receive connections, if the channel can carry them.
                     self.parent_channel = takeover_channel(&fd);
@@ -384,7 +384,7 @@ impl<R: Runtime> Driver<R> {
         }));
 
         // Read its readiness line.
-        match self.runtime.pipe_reader(ready) {
+        match self.runtime.readiness_reader(ready) {
             Ok(reader) => {
                 let inputs = self.shared.inputs.clone();
                 self.runtime
@@ -404,7 +404,7 @@ impl<R: Runtime> Driver<R> {
     }
 }
 
-async fn read_readiness(mut reader: Box<dyn PipeReader>, pid: u32, inputs: Sender<Input>) {
+async fn read_readiness(mut reader: Box<dyn ReadinessReader>, pid: u32, inputs: Sender<Input>) {
     let mut parser = ReadyParser::new(pid);
     let mut buf = [0u8; endless_core::ready::MAX_MESSAGE_LEN];
     let outcome = loop {

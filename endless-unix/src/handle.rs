@@ -21,7 +21,7 @@ use async_channel::Sender;
 use endless_core::{
     Config, DrainCause, Event, ExitReason, FdKind, Input, Lifecycle, Origin, Request,
 };
-use event_listener::Event as Notify;
+use event_listener::Event as Wake;
 
 use crate::inherit::{AdoptError, Inherited};
 use crate::notify::{Notifier, NotifySocket};
@@ -252,9 +252,9 @@ pub(crate) struct Shared {
     pub(crate) registry: Mutex<Vec<Registered>>,
     pub(crate) tracker: Tracker,
     pub(crate) accepting: AtomicBool,
-    pub(crate) accepting_changed: Notify,
+    pub(crate) accepting_changed: Wake,
     pub(crate) exit: Mutex<Option<Exit>>,
-    pub(crate) exited: Notify,
+    pub(crate) exited: Wake,
     pub(crate) executable: Executable,
     pub(crate) pid_file: Option<PidFile>,
     pub(crate) on_event: Option<EventHook>,
@@ -321,9 +321,9 @@ impl Handle {
             registry: Mutex::new(Vec::new()),
             tracker: Tracker::new(),
             accepting: AtomicBool::new(true),
-            accepting_changed: Notify::new(),
+            accepting_changed: Wake::new(),
             exit: Mutex::new(None),
-            exited: Notify::new(),
+            exited: Wake::new(),
             executable,
             pid_file: options.pid_file.map(PidFile::new),
             on_event: options.on_event,

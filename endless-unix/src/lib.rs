@@ -81,7 +81,7 @@ pub mod tracker;
 
 pub use adapter::{Builder, Endless, Net};
 pub use handle::{EventHook, Exit, ListenError, StartError};
-pub use runtime::{BoxFuture, ChildProcess, PipeReader, Runtime};
+pub use runtime::{BoxFuture, ChildProcess, ReadinessReader, Runtime};
 pub use signals::{Signal, SignalMap};
 pub use tracked::Tracked;
 pub use tracker::{ConnectionGuard, Tracker};

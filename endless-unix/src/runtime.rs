@@ -37,7 +37,7 @@ pub trait Runtime: Send + Sync + fmt::Debug + 'static {
 
     /// Wraps this process's end of a readiness channel (a socket or a pipe, non-blocking,
     /// close-on-exec) for asynchronous reads.
-    fn pipe_reader(&self, fd: OwnedFd) -> io::Result<Box<dyn PipeReader>>;
+    fn readiness_reader(&self, fd: OwnedFd) -> io::Result<Box<dyn ReadinessReader>>;
 
     /// Sends every arrival of one of `signals` to `to`, from now on. Installing the
     /// handlers must happen before this returns, so that a signal sent right after start-up
@@ -59,7 +59,7 @@ pub trait ChildProcess: Send + 'static {
 }
 
 /// This process's end of a readiness channel (a socket or a pipe).
-pub trait PipeReader: Send + 'static {
+pub trait ReadinessReader: Send + 'static {
     /// Reads into `buf`; `Ok(0)` at end of file.
     fn read<'a>(&'a mut self, buf: &'a mut [u8]) -> BoxFuture<'a, io::Result<usize>>;
 }

@@ -19,12 +19,12 @@ use std::time::{Duration, Instant};
 use async_channel::Sender;
 use endless_core::ready;
 use endless_core::{Config, DrainCause, Event, ExitReason, Phase, UpgradeFailure};
-use event_listener::Event as Notify;
+use event_listener::Event as Wake;
 
 use crate::handle::{Exit, Handle, Options};
 use crate::inherit::Inherited;
 use crate::notify::NotifySocket;
-use crate::runtime::{BoxFuture, ChildProcess, PipeReader, Runtime};
+use crate::runtime::{BoxFuture, ChildProcess, ReadinessReader, Runtime};
 use crate::signals::{Signal, SignalMap};
 use crate::spawn::Executable;
 
@@ -60,7 +60,7 @@ struct Child {
 struct World {
     now: Mutex<Instant>,
     /// Woken whenever the test changes the world (time, a child, a signal).
-    changed: Notify,
+    changed: Wake,
     tasks: async_executor::Executor<'static>,
     children: Mutex<Vec<(u32, Child)>>,
     next_pid: Mutex<u32>,
@@ -77,7 +77,7 @@ impl Fake {
     fn new() -> Self {
         Self(Arc::new(World {
             now: Mutex::new(Instant::now()),
-            changed: Notify::new(),
+            changed: Wake::new(),
             tasks: async_executor::Executor::new(),
             children: Mutex::new(Vec::new()),
             next_pid: Mutex::new(4_000_000),
@@ -213,7 +213,7 @@ impl Runtime for Fake {
         }))
     }
 
-    fn pipe_reader(&self, _fd: OwnedFd) -> io::Result<Box<dyn PipeReader>> {
+    fn readiness_reader(&self, _fd: OwnedFd) -> io::Result<Box<dyn ReadinessReader>> {
         // The channel of the child spawned last (the driver asks right after the spawn).
         Ok(Box::new(FakeChannel {
             pid: self.last_child(),
@@ -277,7 +277,7 @@ struct FakeChannel {
     runtime: Fake,
 }
 
-impl PipeReader for FakeChannel {
+impl ReadinessReader for FakeChannel {
     fn read<'a>(&'a mut self, buf: &'a mut [u8]) -> BoxFuture<'a, io::Result<usize>> {
         let chunk = self.runtime.until(|c| c.channel.pop_front(), self.pid);
         Box::pin(async move {
