@@ -171,6 +171,13 @@ pub(crate) fn with_declared<R>(fd: RawFd, f: impl FnOnce(BorrowedFd<'_>) -> R) -
     Ok(f(borrowed))
 }
 
+/// The first of `fds` that an earlier [`adopt`] took, if any (checked before anything is
+/// changed on the fds, so that reading the environment twice says so).
+pub(crate) fn first_adopted(fds: &[RawFd]) -> Option<RawFd> {
+    let adopted = ADOPTED.lock().unwrap_or_else(PoisonError::into_inner);
+    fds.iter().copied().find(|fd| adopted.contains(fd))
+}
+
 /// Takes ownership of the inherited fd numbers `fds`, all or none.
 ///
 /// Fails, naming the first offending number, with `EBADF` if it is not open, and with
@@ -179,13 +186,6 @@ pub(crate) fn with_declared<R>(fd: RawFd, f: impl FnOnce(BorrowedFd<'_>) -> R) -
 /// is not an `unsafe fn`): callers pass only numbers that the environment declares as
 /// handed to this process and that they have checked; nothing else in the process owns
 /// them.
-/// The first of `fds` that an earlier [`adopt`] took, if any (checked before anything is
-/// changed on the fds, so that reading the environment twice says so).
-pub(crate) fn first_adopted(fds: &[RawFd]) -> Option<RawFd> {
-    let adopted = ADOPTED.lock().unwrap_or_else(PoisonError::into_inner);
-    fds.iter().copied().find(|fd| adopted.contains(fd))
-}
-
 pub(crate) fn adopt(fds: &[RawFd]) -> Result<Vec<OwnedFd>, (RawFd, io::Error)> {
     let mut adopted = ADOPTED.lock().unwrap_or_else(PoisonError::into_inner);
     let mut seen = BTreeSet::new();
