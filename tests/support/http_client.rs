@@ -33,7 +33,6 @@
 //! failed, when its dispatcher stops at the `GOAWAY` while they are being queued
 //! ([`Report::lost_unwritten`], see [`Conn::get`]; told apart from real failures with the wire
 //! in the same way).
-#![allow(dead_code, reason = "each test binary uses a part of the client")]
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, HashMap};
@@ -113,14 +112,6 @@ impl Pki {
     /// The CA certificate, for a client's root store.
     pub(crate) fn ca_cert(&self) -> CertificateDer<'static> {
         self.ca.der().clone()
-    }
-
-    pub(crate) fn cert_file(&self) -> &Path {
-        &self.cert_file
-    }
-
-    pub(crate) fn key_file(&self) -> &Path {
-        &self.key_file
     }
 
     /// The server's command line arguments for the leaf files.
@@ -968,7 +959,6 @@ pub(crate) struct Sample {
     pub(crate) latency: Duration,
     /// When it completed, since the load started.
     pub(crate) at: Duration,
-    pub(crate) conn: u64,
     /// [`cert_id`] of the certificate the connection saw (TLS).
     pub(crate) cert: Option<u64>,
 }
@@ -1036,7 +1026,6 @@ impl Shared {
             pid,
             latency,
             at: self.since_start(),
-            conn: conn.id(),
             cert: conn.peer_cert().map(|c| cert_id(c)),
         };
         lock(&self.samples).push(sample);
@@ -1171,8 +1160,6 @@ impl Load {
         self.runtime.shutdown_timeout(Duration::from_secs(1));
         let shared = &self.shared;
         Report {
-            target: format!("{:?}", self.target),
-            config: self.config,
             elapsed,
             samples: std::mem::take(&mut *lock(&shared.samples)),
             failures: std::mem::take(&mut *lock(&shared.failures)),
@@ -1494,8 +1481,6 @@ fn diagnose_h2(frames: &[Frame]) -> String {
 /// What a load saw.
 #[derive(Debug)]
 pub(crate) struct Report {
-    pub(crate) target: String,
-    pub(crate) config: LoadConfig,
     pub(crate) elapsed: Duration,
     pub(crate) samples: Vec<Sample>,
     pub(crate) failures: Vec<Failure>,
