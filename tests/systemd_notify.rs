@@ -6,9 +6,6 @@
 //! timeout extension of a drain without deadline. Each scenario is a function of the
 //! server binary and runs against `echo-tokio` and `echo-smol` (one shared driver).
 
-#[path = "support/mod.rs"]
-mod support;
-
 use std::ffi::OsString;
 use std::io;
 use std::os::fd::AsRawFd;
@@ -18,7 +15,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use support::{DEADLINE, Exit, Options, Server, TempDir, sh_script};
+use endless_test_support::{DEADLINE, Exit, Options, Server, TempDir, sh_script};
 
 /// What `endless-unix` adds to the drain deadline (`notify::STOP_MARGIN`).
 const STOP_MARGIN: Duration = Duration::from_secs(5);

@@ -4,15 +4,12 @@
 //! of being drained. Real processes on 127.0.0.1, every one killed and reaped however a
 //! test ends.
 
-#[path = "support/mod.rs"]
-mod support;
-
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use support::{Conn, DEADLINE, Exit, Options, Server, wait_for};
+use endless_test_support::{Conn, DEADLINE, Exit, Options, Server, wait_for};
 
 fn pingpong() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_pingpong"))
@@ -176,11 +173,11 @@ fn a_transfer_cut_short_leaves_the_old_generation_serving(bin: &Path) {
     // Kill it once it took a few connections (it logs each one).
     wait_for("the new generation to take 3 connections", DEADLINE, || {
         let taken = server.group.stderr.count_from(0, |l| {
-            l.contains("session taken over") && support::has_field(l, "pid", new)
+            l.contains("session taken over") && endless_test_support::has_field(l, "pid", new)
         });
         (taken >= 3).then_some(())
     });
-    support::signal(new, libc::SIGKILL);
+    endless_test_support::signal(new, libc::SIGKILL);
     // Its parent, the old generation, reaps it.
     server.group.wait_gone(new);
 
@@ -212,7 +209,7 @@ fn a_transfer_cut_short_leaves_the_old_generation_serving(bin: &Path) {
             assert_eq!((pid, rest), (old, format!("3 again{i}")));
         }
     }
-    assert!(support::is_alive(old));
+    assert!(endless_test_support::is_alive(old));
     eprintln!("transfer cut short: {kept} connections kept, {lost} lost with the new generation");
 }
 
@@ -246,8 +243,8 @@ fn a_staged_upgrade_takes_the_sessions_at_commit(bin: &Path) {
     assert_eq!(ping(&mut conn, "a", 1), old);
     let mark = server.group.stderr.len();
     server.group.signal(old, libc::SIGUSR1);
-    let staged = support::scenarios::spawned_child(&server, mark);
-    support::scenarios::wait_staged(&server, mark);
+    let staged = endless_test_support::scenarios::spawned_child(&server, mark);
+    endless_test_support::scenarios::wait_staged(&server, mark);
     server.wait_pid_file(staged);
     assert_eq!(ping(&mut conn, "b", 2), old, "staged: the session stays");
     server.group.signal(old, libc::SIGQUIT);

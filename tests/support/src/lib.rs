@@ -44,9 +44,14 @@
 //!
 //! Synchronisation is by polling conditions with generous deadlines ([`wait_for`]), never by
 //! sleeping a fixed time.
-#![allow(dead_code, reason = "each test binary uses a part of the harness")]
+//!
+//! An unpublished crate, a dev-dependency of `endless-examples`, whose `[[test]]` targets are
+//! the test files in `tests/`. The [`http_client`] is hyper_restart's load client.
+// Read in the source: its docs may point at the private helpers they explain.
+#![allow(rustdoc::private_intra_doc_links)]
 
-pub(crate) mod scenarios;
+pub mod http_client;
+pub mod scenarios;
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -67,14 +72,14 @@ use std::time::{Duration, Instant};
 
 /// How long any awaited condition may take before the test fails. Generous: CI is a loaded
 /// two-core machine.
-pub(crate) const DEADLINE: Duration = Duration::from_secs(30);
+pub const DEADLINE: Duration = Duration::from_secs(30);
 
 /// How often conditions are polled.
 pub(crate) const POLL: Duration = Duration::from_millis(10);
 
 /// Polls `f` every [`POLL`] until it returns `Some`, and returns that; panics with `what`
 /// after `timeout`.
-pub(crate) fn wait_for<T>(
+pub fn wait_for<T>(
     what: impl fmt::Display,
     timeout: Duration,
     mut f: impl FnMut() -> Option<T>,
@@ -94,7 +99,7 @@ pub(crate) fn wait_for<T>(
 
 /// Forks of this process take it shared, writers of executables take it exclusive: see the
 /// module docs (`ETXTBSY`).
-pub(crate) static SPAWN_LOCK: RwLock<()> = RwLock::new(());
+pub static SPAWN_LOCK: RwLock<()> = RwLock::new(());
 
 fn read_lock() -> std::sync::RwLockReadGuard<'static, ()> {
     SPAWN_LOCK
@@ -129,7 +134,7 @@ pub(crate) fn own_pid() -> u32 {
 }
 
 /// Sends `signal` to `pid`.
-pub(crate) fn signal(pid: u32, signal: libc::c_int) {
+pub fn signal(pid: u32, signal: libc::c_int) {
     let pid = libc::pid_t::try_from(pid).expect("pid fits pid_t");
     // SAFETY: kill(2) takes two integers and touches no memory.
     let ret = unsafe { libc::kill(pid, signal) };
@@ -178,7 +183,7 @@ pub(crate) fn proc_info(pid: u32) -> Option<ProcInfo> {
 }
 
 /// Whether `pid` is a process that has not exited (a zombie is not alive).
-pub(crate) fn is_alive(pid: u32) -> bool {
+pub fn is_alive(pid: u32) -> bool {
     proc_info(pid).is_some_and(|p| !p.is_zombie())
 }
 
@@ -219,12 +224,12 @@ pub(crate) fn fd_count(pid: u32) -> Option<usize> {
 
 /// A fresh directory under the system's temporary directory, removed on drop.
 #[derive(Debug)]
-pub(crate) struct TempDir {
+pub struct TempDir {
     path: PathBuf,
 }
 
 impl TempDir {
-    pub(crate) fn new(label: &str) -> Self {
+    pub fn new(label: &str) -> Self {
         static COUNTER: AtomicUsize = AtomicUsize::new(0);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let nanos = std::time::SystemTime::now()
@@ -236,7 +241,7 @@ impl TempDir {
         Self { path }
     }
 
-    pub(crate) fn path(&self) -> &Path {
+    pub fn path(&self) -> &Path {
         &self.path
     }
 }
@@ -269,12 +274,12 @@ pub(crate) fn install_copy(from: &Path, to: &Path) {
 }
 
 /// A shell script that runs `body`.
-pub(crate) fn sh_script(body: &str) -> Vec<u8> {
+pub fn sh_script(body: &str) -> Vec<u8> {
     format!("#!/bin/sh\n{body}\n").into_bytes()
 }
 
 /// `path` quoted for a shell script.
-pub(crate) fn sh_quote(path: &Path) -> String {
+pub fn sh_quote(path: &Path) -> String {
     format!("'{}'", path.display().to_string().replace('\'', r"'\''"))
 }
 
@@ -282,7 +287,7 @@ pub(crate) fn sh_quote(path: &Path) -> String {
 
 /// Every line a stream produced, as they arrive.
 #[derive(Debug, Default)]
-pub(crate) struct Lines {
+pub struct Lines {
     lines: Mutex<Vec<String>>,
     eof: AtomicBool,
 }
@@ -320,7 +325,11 @@ impl Lines {
     }
 
     /// The number of lines so far (a mark for [`Lines::find_from`]).
-    pub(crate) fn len(&self) -> usize {
+    #[allow(
+        clippy::len_without_is_empty,
+        reason = "a mark in the stream, not the size of a collection"
+    )]
+    pub fn len(&self) -> usize {
         self.lines
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -328,7 +337,7 @@ impl Lines {
     }
 
     /// The first line at index `from` or later that `pred` accepts.
-    pub(crate) fn find_from(&self, from: usize, pred: impl Fn(&str) -> bool) -> Option<String> {
+    pub fn find_from(&self, from: usize, pred: impl Fn(&str) -> bool) -> Option<String> {
         self.lines
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -339,7 +348,7 @@ impl Lines {
     }
 
     /// How many lines at index `from` or later `pred` accepts.
-    pub(crate) fn count_from(&self, from: usize, pred: impl Fn(&str) -> bool) -> usize {
+    pub fn count_from(&self, from: usize, pred: impl Fn(&str) -> bool) -> usize {
         self.lines
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -350,7 +359,7 @@ impl Lines {
     }
 
     /// Waits for a line at index `from` or later that `pred` accepts.
-    pub(crate) fn wait_from(
+    pub fn wait_from(
         &self,
         what: impl fmt::Display,
         from: usize,
@@ -381,7 +390,7 @@ fn strip_ansi(s: &str) -> String {
 }
 
 /// Whether a log line carries the field `key=value` (as a whole word).
-pub(crate) fn has_field(line: &str, key: &str, value: impl fmt::Display) -> bool {
+pub fn has_field(line: &str, key: &str, value: impl fmt::Display) -> bool {
     let field = format!("{key}={value}");
     line.split_whitespace().any(|w| w == field)
 }
@@ -389,7 +398,7 @@ pub(crate) fn has_field(line: &str, key: &str, value: impl fmt::Display) -> bool
 /// A `listening <name> <addr> pid=<pid>` line, parsed. `addr` is kept as printed (see
 /// [`Endpoint::parse`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Listening {
+pub struct Listening {
     pub(crate) name: String,
     pub(crate) addr: String,
     pub(crate) pid: u32,
@@ -410,7 +419,7 @@ pub(crate) fn parse_listening(line: &str) -> Option<Listening> {
 
 /// How a process ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Exit {
+pub enum Exit {
     Code(i32),
     Signal(i32),
 }
@@ -470,11 +479,11 @@ fn peek_exit(pid: u32) -> Option<Exit> {
 /// its stdout and stderr lines (shared by every process of the group that inherited them),
 /// and the exit statuses of the processes this test process reaped.
 #[derive(Debug)]
-pub(crate) struct Group {
+pub struct Group {
     label: String,
     leader: u32,
-    pub(crate) stdout: Arc<Lines>,
-    pub(crate) stderr: Arc<Lines>,
+    pub stdout: Arc<Lines>,
+    pub stderr: Arc<Lines>,
     reaped: Mutex<HashMap<u32, Exit>>,
 }
 
@@ -515,7 +524,7 @@ impl Group {
 
     /// A command for `program` with the harness' environment: `RUST_LOG=info`, `NO_COLOR=1`,
     /// no inherited handoff variables, no `NOTIFY_SOCKET`.
-    pub(crate) fn command(program: &Path) -> Command {
+    pub fn command(program: &Path) -> Command {
         let mut command = Command::new(program);
         for (key, _) in std::env::vars_os() {
             let k = key.to_string_lossy();
@@ -595,7 +604,7 @@ impl Group {
     /// Waits until `pid` exits and returns how, when this process can know it (see
     /// [`Group::exit_of`]); panics if `pid` disappeared without this process seeing its
     /// status (its parent reaped it).
-    pub(crate) fn wait_exit(&self, pid: u32) -> Exit {
+    pub fn wait_exit(&self, pid: u32) -> Exit {
         wait_for(
             format_args!("{}: pid {pid} to exit", self.label),
             DEADLINE,
@@ -615,7 +624,7 @@ impl Group {
 
     /// Waits until `pid` is gone: exited and reaped (by its parent or by this process), or
     /// a zombie left for this process to reap.
-    pub(crate) fn wait_gone(&self, pid: u32) {
+    pub fn wait_gone(&self, pid: u32) {
         wait_for(
             format_args!("{}: pid {pid} to be gone", self.label),
             DEADLINE,
@@ -628,7 +637,7 @@ impl Group {
 
     /// Waits until the group's live processes are exactly `expected` and no zombie is left
     /// unreaped by a live parent.
-    pub(crate) fn wait_settled(&self, expected: &[u32]) {
+    pub fn wait_settled(&self, expected: &[u32]) {
         let mut expected = expected.to_vec();
         expected.sort_unstable();
         wait_for(
@@ -642,7 +651,7 @@ impl Group {
     }
 
     /// Sends `signal` to `pid`, which must be a member of this group.
-    pub(crate) fn signal(&self, pid: u32, sig: libc::c_int) {
+    pub fn signal(&self, pid: u32, sig: libc::c_int) {
         let member = proc_info(pid).is_some_and(|p| p.pgrp == self.leader);
         assert!(member, "{}: pid {pid} is not in the group", self.label);
         signal(pid, sig);
@@ -667,7 +676,7 @@ impl Group {
     }
 
     /// The pids announced on stdout by `listening` lines, in order, without repeats.
-    pub(crate) fn announced_pids(&self) -> Vec<u32> {
+    pub fn announced_pids(&self) -> Vec<u32> {
         let mut pids = Vec::new();
         for line in self.stdout.snapshot() {
             if let Some(l) = parse_listening(&line)
@@ -800,7 +809,7 @@ pub(crate) fn place_fds(command: &mut Command, placements: Vec<(RawFd, Option<Ow
 
 /// Where a server listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Endpoint {
+pub enum Endpoint {
     Tcp(SocketAddr),
     Unix(PathBuf),
     /// A UDP socket: no connections, one datagram per request ([`udp_ask`]).
@@ -868,7 +877,7 @@ impl Write for Stream {
 
 /// A client connection speaking the line protocol.
 #[derive(Debug)]
-pub(crate) struct Conn {
+pub struct Conn {
     reader: BufReader<Stream>,
 }
 
@@ -922,7 +931,7 @@ impl Conn {
     }
 
     /// Sends `line` and reads the answer.
-    pub(crate) fn ask(&mut self, line: &str) -> io::Result<(u32, String)> {
+    pub fn ask(&mut self, line: &str) -> io::Result<(u32, String)> {
         self.send(line)?;
         self.recv()
     }
@@ -1011,7 +1020,7 @@ pub(crate) fn udp_ask(
 
 /// How to start a server.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct Options {
+pub struct Options {
     /// Listen on a Unix socket in the test directory instead of `127.0.0.1:0`.
     pub(crate) unix: bool,
     /// The `--listen` addresses, in order (`listen-0`, `listen-1`, …), instead of the
@@ -1028,12 +1037,12 @@ pub(crate) struct Options {
 }
 
 impl Options {
-    pub(crate) fn arg(mut self, arg: impl Into<String>) -> Self {
+    pub fn arg(mut self, arg: impl Into<String>) -> Self {
         self.args.push(arg.into());
         self
     }
 
-    pub(crate) fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
+    pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
         self.env.push((key.into(), value.into()));
         self
     }
@@ -1058,9 +1067,9 @@ impl Options {
 /// A server under test: its process group, its directory (with its executable and pid
 /// file) and the generation the harness believes serves.
 #[derive(Debug)]
-pub(crate) struct Server {
+pub struct Server {
     // Dropped first: every process is gone before the directory is removed.
-    pub(crate) group: Group,
+    pub group: Group,
     dir: TempDir,
     exe: PathBuf,
     real: PathBuf,
@@ -1075,7 +1084,7 @@ pub(crate) struct Server {
 
 impl Server {
     /// Starts `bin` with `options`, waits until it listens and is ready.
-    pub(crate) fn start(bin: &Path, options: &Options) -> Self {
+    pub fn start(bin: &Path, options: &Options) -> Self {
         Self::start_with(bin, options, |_| {})
     }
 
@@ -1168,17 +1177,17 @@ impl Server {
     }
 
     /// The pid of the generation that serves, as far as the harness knows.
-    pub(crate) fn pid(&self) -> u32 {
+    pub fn pid(&self) -> u32 {
         self.current.load(Ordering::SeqCst)
     }
 
     /// Tells the harness which generation serves (after a test drove a restart itself).
-    pub(crate) fn set_pid(&self, pid: u32) {
+    pub fn set_pid(&self, pid: u32) {
         self.current.store(pid, Ordering::SeqCst);
     }
 
     /// Where the first listener (`listen-0`) of the first generation listens.
-    pub(crate) fn endpoint(&self) -> &Endpoint {
+    pub fn endpoint(&self) -> &Endpoint {
         &self.endpoint
     }
 
@@ -1197,7 +1206,7 @@ impl Server {
 
     /// Waits until `pid` announced every listener of the command line (`listen-0` …) and
     /// returns them in order.
-    pub(crate) fn listening(&self, pid: u32) -> Vec<Listening> {
+    pub fn listening(&self, pid: u32) -> Vec<Listening> {
         let count = self.listen.len();
         wait_for(
             format_args!("{pid} to announce its {count} listener(s)"),
@@ -1215,7 +1224,7 @@ impl Server {
             .count()
     }
 
-    pub(crate) fn dir(&self) -> &Path {
+    pub fn dir(&self) -> &Path {
         self.dir.path()
     }
 
@@ -1225,39 +1234,39 @@ impl Server {
     }
 
     /// A pristine copy of the server binary, elsewhere in the test directory.
-    pub(crate) fn real_binary(&self) -> &Path {
+    pub fn real_binary(&self) -> &Path {
         &self.real
     }
 
-    pub(crate) fn pid_file(&self) -> &Path {
+    pub fn pid_file(&self) -> &Path {
         &self.pid_file
     }
 
     /// What the pid file names now.
-    pub(crate) fn pid_file_pid(&self) -> Option<u32> {
+    pub fn pid_file_pid(&self) -> Option<u32> {
         fs::read_to_string(&self.pid_file).ok()?.trim().parse().ok()
     }
 
     /// Waits until the pid file names `pid`.
-    pub(crate) fn wait_pid_file(&self, pid: u32) {
+    pub fn wait_pid_file(&self, pid: u32) {
         wait_for(format_args!("the pid file to name {pid}"), DEADLINE, || {
             (self.pid_file_pid() == Some(pid)).then_some(())
         });
     }
 
     /// Opens a connection.
-    pub(crate) fn connect(&self) -> Conn {
+    pub fn connect(&self) -> Conn {
         Conn::open(&self.endpoint).unwrap_or_else(|e| panic!("connect to {}: {e}", self.endpoint))
     }
 
     /// One request on a new connection; panics on any error.
-    pub(crate) fn ask(&self, line: &str) -> (u32, String) {
+    pub fn ask(&self, line: &str) -> (u32, String) {
         ask(&self.endpoint, line)
             .unwrap_or_else(|e| panic!("ask {line:?} at {}: {e}", self.endpoint))
     }
 
     /// Asserts that a new connection is answered, by `pid`.
-    pub(crate) fn assert_serves(&self, pid: u32) {
+    pub fn assert_serves(&self, pid: u32) {
         let (answered, echo) = self.ask("ping");
         assert_eq!(echo, "ping");
         assert_eq!(answered, pid, "answered by {answered}, expected {pid}");
@@ -1268,7 +1277,7 @@ impl Server {
     /// one stopped accepting on each stream listener (from then on every new connection goes
     /// to the new one). Returns the new pid. The old process may still be draining, and
     /// still receiving on a UDP socket: nothing in its logs says when it stops.
-    pub(crate) fn hup(&self) -> u32 {
+    pub fn hup(&self) -> u32 {
         let old = self.pid();
         let err_mark = self.group.stderr.len();
         self.group.signal(old, libc::SIGHUP);
@@ -1304,7 +1313,7 @@ impl Server {
 
     /// [`Server::hup`], then waits for the old generation to exit with 0 (it must have no
     /// connection left).
-    pub(crate) fn restart(&self) -> u32 {
+    pub fn restart(&self) -> u32 {
         let old = self.pid();
         let new = self.hup();
         assert_eq!(
@@ -1318,7 +1327,7 @@ impl Server {
     /// Sends `SIGHUP` to the serving generation, expecting the restart to fail: waits until
     /// it logs the failure (a line with `restart failed`, returned) and asserts that it
     /// still serves, alone.
-    pub(crate) fn hup_expecting_failure(&self) -> String {
+    pub fn hup_expecting_failure(&self) -> String {
         let pid = self.pid();
         let err_mark = self.group.stderr.len();
         self.group.signal(pid, libc::SIGHUP);
@@ -1334,7 +1343,7 @@ impl Server {
     }
 
     /// Replaces the executable on disk (atomically).
-    pub(crate) fn replace_exe(&self, contents: &[u8], mode: u32) {
+    pub fn replace_exe(&self, contents: &[u8], mode: u32) {
         install_file(&self.exe, contents, mode);
     }
 
@@ -1353,7 +1362,7 @@ impl Server {
     }
 
     /// Puts the real server binary back in place.
-    pub(crate) fn restore_exe(&self) {
+    pub fn restore_exe(&self) {
         install_copy(&self.real, &self.exe);
     }
 
@@ -1399,10 +1408,7 @@ impl Server {
 }
 
 /// Runs `f` on a thread and waits at most [`DEADLINE`] for its result.
-pub(crate) fn with_deadline<T: Send + 'static>(
-    what: &str,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> T {
+pub fn with_deadline<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
     let (tx, rx) = std::sync::mpsc::channel();
     thread::spawn(move || {
         let _ = tx.send(f());
