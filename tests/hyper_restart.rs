@@ -22,6 +22,7 @@ use endless_test_support::http_client::{
 use endless_test_support::{
     DEADLINE, Endpoint, Exit, Options, Server, TempDir, is_alive, wait_for,
 };
+use rustix::process::Signal;
 
 fn hello_hyper() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_hello-hyper"))
@@ -191,7 +192,7 @@ impl HttpServer {
         let server = &self.server;
         let old = server.pid();
         let err_mark = server.group.stderr.len();
-        server.group.signal(old, libc::SIGHUP);
+        server.group.signal(old, Signal::HUP);
         let new = wait_for(
             format_args!("a new generation after {old} to write the pid file"),
             DEADLINE,

@@ -18,6 +18,7 @@ use endless_test_support::{
     DEADLINE, Endpoint, Exit, Group, Options, SPAWN_LOCK, Server, TempDir, has_field, is_alive,
     sh_quote, sh_script, wait_for, with_deadline,
 };
+use rustix::process::Signal;
 
 /// How a run of the restart command ended.
 #[derive(Debug)]
@@ -234,7 +235,7 @@ fn no_answer_in_time_then_refused(bin: &Path) {
     );
 
     let mark = server.group.stderr.len();
-    server.group.signal(child, libc::SIGKILL);
+    server.group.signal(child, Signal::KILL);
     server
         .group
         .stderr
@@ -300,7 +301,7 @@ fn hup_burst_around_the_command(bin: &Path) {
             l.contains("signal received") && l.contains("SIGHUP")
         });
     for _ in 0..100 {
-        server.group.signal(old, libc::SIGHUP);
+        server.group.signal(old, Signal::HUP);
     }
     let run = finish(command, started);
     let new = run.new_pid();
@@ -317,7 +318,7 @@ fn hup_burst_around_the_command(bin: &Path) {
     );
 
     for _ in 0..100 {
-        server.group.signal(new, libc::SIGHUP);
+        server.group.signal(new, Signal::HUP);
     }
     let run = run_restart(bin, server.pid_file(), "20");
     let serving = match run.code {

@@ -70,6 +70,8 @@ use std::sync::{Arc, Mutex, Once, RwLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use rustix::process::{Pid, Signal, WaitId, WaitIdOptions, WaitOptions, WaitStatus};
+
 /// How long any awaited condition may take before the test fails. Generous: CI is a loaded
 /// two-core machine.
 pub const DEADLINE: Duration = Duration::from_secs(30);
@@ -117,14 +119,9 @@ fn write_lock() -> std::sync::RwLockWriteGuard<'static, ()> {
 pub(crate) fn init() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
-        // SAFETY: PR_SET_CHILD_SUBREAPER takes an integer argument and touches no memory.
-        let ret = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
-        assert_eq!(
-            ret,
-            0,
-            "prctl(PR_SET_CHILD_SUBREAPER): {}",
-            io::Error::last_os_error()
-        );
+        // rustix takes the flag as an `Option<Pid>`: any pid sets it.
+        rustix::process::set_child_subreaper(Some(rustix::process::getpid()))
+            .unwrap_or_else(|e| panic!("prctl(PR_SET_CHILD_SUBREAPER): {e}"));
     });
 }
 
@@ -134,16 +131,17 @@ pub(crate) fn own_pid() -> u32 {
 }
 
 /// Sends `signal` to `pid`.
-pub fn signal(pid: u32, signal: libc::c_int) {
-    let pid = libc::pid_t::try_from(pid).expect("pid fits pid_t");
-    // SAFETY: kill(2) takes two integers and touches no memory.
-    let ret = unsafe { libc::kill(pid, signal) };
-    assert_eq!(
-        ret,
-        0,
-        "kill({pid}, {signal}): {}",
-        io::Error::last_os_error()
-    );
+pub fn signal(pid: u32, signal: Signal) {
+    rustix::process::kill_process(to_pid(pid), signal)
+        .unwrap_or_else(|e| panic!("kill({pid}, {signal:?}): {e}"));
+}
+
+/// `pid` as rustix's `Pid`: a process, never 0 or a group.
+fn to_pid(pid: u32) -> Pid {
+    i32::try_from(pid)
+        .ok()
+        .and_then(Pid::from_raw)
+        .unwrap_or_else(|| panic!("{pid} is not a process id"))
 }
 
 // ---- /proc ------------------------------------------------------------------------------
@@ -425,52 +423,37 @@ pub enum Exit {
 }
 
 impl Exit {
-    fn from_wait_status(status: libc::c_int) -> Self {
-        if libc::WIFEXITED(status) {
-            Self::Code(libc::WEXITSTATUS(status))
-        } else {
-            Self::Signal(libc::WTERMSIG(status))
+    /// The exit of a process that `waitpid` (without `WUNTRACED`) reported.
+    fn from_wait_status(status: WaitStatus) -> Self {
+        match (status.exit_status(), status.terminating_signal()) {
+            (Some(code), _) => Self::Code(code),
+            (None, Some(signal)) => Self::Signal(signal),
+            (None, None) => panic!("waitpid reported neither an exit nor a signal"),
         }
     }
 }
 
 /// Reaps `pid` if it is a child of this process that has exited.
 fn try_reap(pid: u32) -> Option<Exit> {
-    let raw = libc::pid_t::try_from(pid).ok()?;
-    let mut status = 0;
-    // SAFETY: `status` is a valid out-pointer; WNOHANG never blocks. Only pids of our own
-    // groups are passed, never -1 or 0.
-    let ret = unsafe { libc::waitpid(raw, &mut status, libc::WNOHANG) };
-    (ret == raw).then(|| Exit::from_wait_status(status))
+    let pid = Pid::from_raw(i32::try_from(pid).ok()?)?;
+    // WNOHANG never blocks. Only pids of our own groups are passed, never -1 or 0.
+    match rustix::process::waitpid(Some(pid), WaitOptions::NOHANG) {
+        Ok(Some((reaped, status))) if reaped == pid => Some(Exit::from_wait_status(status)),
+        _ => None,
+    }
 }
 
 /// The exit status of `pid`, a child of this process, if it has exited, without reaping it.
 fn peek_exit(pid: u32) -> Option<Exit> {
-    let raw = libc::pid_t::try_from(pid).ok()?;
-    // SAFETY: siginfo_t is plain data; zeroed is a valid value.
-    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-    let id = libc::id_t::try_from(raw).ok()?;
-    // SAFETY: `info` is a valid out-pointer; WNOHANG never blocks and WNOWAIT leaves the
-    // child waitable.
-    let ret = unsafe {
-        libc::waitid(
-            libc::P_PID,
-            id,
-            &mut info,
-            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
-        )
-    };
-    // SAFETY: waitid filled `info` (si_pid stays 0 when the child has not exited yet).
-    if ret != 0 || unsafe { info.si_pid() } == 0 {
-        return None;
-    }
-    // SAFETY: as above; for CLD_* codes si_status is the exit code or the signal.
-    let status = unsafe { info.si_status() };
-    Some(if info.si_code == libc::CLD_EXITED {
-        Exit::Code(status)
-    } else {
-        Exit::Signal(status)
-    })
+    let pid = Pid::from_raw(i32::try_from(pid).ok()?)?;
+    // WNOHANG never blocks and WNOWAIT leaves the child waitable. `None` while the child
+    // has not exited.
+    let options = WaitIdOptions::EXITED | WaitIdOptions::NOHANG | WaitIdOptions::NOWAIT;
+    let status = rustix::process::waitid(WaitId::Pid(pid), options).ok()??;
+    status
+        .exit_status()
+        .map(Exit::Code)
+        .or_else(|| status.terminating_signal().map(Exit::Signal))
 }
 
 // ---- process groups ------------------------------------------------------------------------
@@ -651,7 +634,7 @@ impl Group {
     }
 
     /// Sends `signal` to `pid`, which must be a member of this group.
-    pub fn signal(&self, pid: u32, sig: libc::c_int) {
+    pub fn signal(&self, pid: u32, sig: Signal) {
         let member = proc_info(pid).is_some_and(|p| p.pgrp == self.leader);
         assert!(member, "{}: pid {pid} is not in the group", self.label);
         signal(pid, sig);
@@ -719,12 +702,11 @@ impl Group {
 
     /// Kills every process of the group and reaps them all; true if nothing is left.
     fn kill_and_reap(&self) -> bool {
-        let pgid = libc::pid_t::try_from(self.leader).expect("pid fits pid_t");
+        let pgid = to_pid(self.leader);
         let deadline = Instant::now() + DEADLINE;
         loop {
             // The leader is not reaped yet, so the group id is still ours.
-            // SAFETY: kill(2) takes two integers and touches no memory.
-            unsafe { libc::kill(-pgid, libc::SIGKILL) };
+            let _ = rustix::process::kill_process_group(pgid, Signal::KILL);
             self.reap();
             let left: Vec<ProcInfo> = group_members(self.leader)
                 .into_iter()
@@ -740,9 +722,7 @@ impl Group {
             thread::sleep(POLL);
         }
         // Last, the leader (now dead: this does not block).
-        let mut status = 0;
-        // SAFETY: a valid out-pointer; the leader is our child and has exited.
-        unsafe { libc::waitpid(pgid, &mut status, 0) };
+        let _ = rustix::process::waitpid(Some(pgid), WaitOptions::empty());
         true
     }
 }
@@ -774,15 +754,14 @@ pub(crate) fn place_fds(command: &mut Command, placements: Vec<(RawFd, Option<Ow
         .into_iter()
         .map(|(target, fd)| {
             let fd = fd.map(|fd| {
-                // SAFETY: F_DUPFD_CLOEXEC duplicates an fd we own into a new one that we own.
-                let raw = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 100) };
-                assert!(raw >= 100, "dup: {}", io::Error::last_os_error());
-                // SAFETY: `raw` was just created and nothing else owns it.
-                unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) }
+                rustix::io::fcntl_dupfd_cloexec(&fd, 100)
+                    .unwrap_or_else(|e| panic!("dup above 100: {e}"))
             });
             (target, fd)
         })
         .collect();
+    // libc rather than rustix here, as in endless-unix's own hook: the targets are bare
+    // numbers in the child, which rustix's dup2 (onto an `OwnedFd`) cannot name.
     // SAFETY: the hook runs between fork and exec; it only calls dup2 and close (both
     // async-signal-safe) on numbers prepared here, and builds an io::Error from errno,
     // which does not allocate.
@@ -1280,7 +1259,7 @@ impl Server {
     pub fn hup(&self) -> u32 {
         let old = self.pid();
         let err_mark = self.group.stderr.len();
-        self.group.signal(old, libc::SIGHUP);
+        self.group.signal(old, Signal::HUP);
         let new = wait_for(
             format_args!("a new generation after {old} to write the pid file"),
             DEADLINE,
@@ -1330,7 +1309,7 @@ impl Server {
     pub fn hup_expecting_failure(&self) -> String {
         let pid = self.pid();
         let err_mark = self.group.stderr.len();
-        self.group.signal(pid, libc::SIGHUP);
+        self.group.signal(pid, Signal::HUP);
         let line = self.group.stderr.wait_from(
             format_args!("{pid} to report a failed restart"),
             err_mark,

@@ -15,6 +15,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use rustix::fs::OFlags;
+use rustix::process::Signal;
+
 use crate::{
     DEADLINE, Endpoint, Exit, Group, Options, Server, ask, dup, fds, has_field, is_alive, own_pid,
     parse_listening, place_fds, read_to_end, sh_quote, sh_script, wait_for,
@@ -503,14 +506,8 @@ pub fn variables_for_another_process(bin: &Path) {
 }
 
 fn set_nonblocking(pipe: &std::io::PipeReader) {
-    use std::os::fd::AsRawFd;
-    let fd = pipe.as_raw_fd();
-    // SAFETY: fcntl on an fd we own; no memory involved.
-    unsafe {
-        let flags = libc::fcntl(fd, libc::F_GETFL);
-        assert!(flags >= 0);
-        assert_eq!(libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK), 0);
-    }
+    let flags = rustix::fs::fcntl_getfl(pipe).expect("F_GETFL");
+    rustix::fs::fcntl_setfl(pipe, flags | OFlags::NONBLOCK).expect("F_SETFL");
 }
 
 /// Bad input c: an inherited fd that is closed, not a socket, or of the wrong kind, and a
@@ -792,7 +789,7 @@ pub fn hup_burst(bin: &Path) {
     for round in 0..2 {
         let old = server.pid();
         for _ in 0..100 {
-            server.group.signal(old, libc::SIGHUP);
+            server.group.signal(old, Signal::HUP);
         }
         let new = wait_for(
             format_args!("round {round}: a new generation after {old}"),
@@ -838,15 +835,19 @@ pub fn term_while_child_starting(bin: &Path) {
     server.replace_exe(&sh_script(&script), 0o755);
 
     let mark = server.group.stderr.len();
-    server.group.signal(old, libc::SIGHUP);
+    server.group.signal(old, Signal::HUP);
     let child = spawned_child(&server, mark);
-    server.group.signal(old, libc::SIGTERM);
+    server.group.signal(old, Signal::TERM);
 
     assert_eq!(server.group.wait_exit(old), Exit::Code(0));
     server.group.wait_gone(child);
     if let Some(exit) = server.group.exit_of(child) {
         // Reparented to the test process, and reaped here: it must have been killed.
-        assert_eq!(exit, Exit::Signal(libc::SIGKILL), "the starting child");
+        assert_eq!(
+            exit,
+            Exit::Signal(Signal::KILL.as_raw()),
+            "the starting child"
+        );
     }
     // The orphaned `sleep 5` of the killed script ends by itself; then nothing is left (a
     // child that was not killed would `exec` the real server, which never exits).
@@ -1120,7 +1121,7 @@ pub fn hammer_closes_what_is_left(bin: &Path) {
     assert_eq!(idle.ask("hello").unwrap(), (old, "hello".to_owned()));
     let new = server.hup();
     assert!(is_alive(old), "the old generation left a connection behind");
-    server.group.signal(old, libc::SIGUSR2);
+    server.group.signal(old, Signal::USR2);
     wait_closed(idle, "the idle connection after the hammer");
     assert_eq!(server.group.wait_exit(old), Exit::Code(0));
     server.assert_serves(new);
@@ -1135,7 +1136,7 @@ pub fn term_stops_gracefully(bin: &Path) {
     let mut inflight = server.connect();
     assert_eq!(inflight.ask("hello").unwrap(), (pid, "hello".to_owned()));
     inflight.send("sleep 500").unwrap();
-    server.group.signal(pid, libc::SIGTERM);
+    server.group.signal(pid, Signal::TERM);
     assert_eq!(inflight.recv().unwrap(), (pid, "sleep 500".to_owned()));
     assert!(is_alive(pid), "it left with a connection open");
     drop(inflight);
@@ -1488,7 +1489,7 @@ fn stage_beside(server: &Server) -> u32 {
     );
     server.replace_exe(&sh_script(&script), 0o755);
     let mark = server.group.stderr.len();
-    server.group.signal(old, libc::SIGUSR1);
+    server.group.signal(old, Signal::USR1);
     let staged = spawned_child(server, mark);
     wait_staged(server, mark);
     // Both accept on the same socket: new connections go to one or the other.
@@ -1522,7 +1523,7 @@ pub fn staged_upgrade_committed(bin: &Path) {
     let mut held = server.connect();
     let held_by = held.ask("held").unwrap().0;
 
-    server.group.signal(old, libc::SIGQUIT);
+    server.group.signal(old, Signal::QUIT);
     wait_served_only_by(server.endpoint(), old, staged);
     assert_eq!(server.ask("version"), (staged, "2".to_owned()));
     // A connection the old generation had stays with it until the client is done.
@@ -1544,7 +1545,7 @@ pub fn staged_upgrade_rolled_back(bin: &Path) {
     server.restore_exe();
 
     let mark = server.group.stderr.len();
-    server.group.signal(old, libc::SIGWINCH);
+    server.group.signal(old, Signal::WINCH);
     // Its parent reaps it, and says how it ended: drained, not killed.
     let exited = server
         .group
@@ -1621,7 +1622,7 @@ pub fn socket_activation(bin: &Path) {
     let endpoint = Endpoint::Tcp(addr);
     assert_answered_by(&endpoint, first, "the activated server");
 
-    group.signal(first, libc::SIGHUP);
+    group.signal(first, Signal::HUP);
     let new = wait_for("a new generation to listen", DEADLINE, || {
         group.announced_pids().into_iter().find(|&p| p != first)
     });
@@ -1638,7 +1639,7 @@ pub fn socket_activation(bin: &Path) {
             .any(|var| var.starts_with(b"LISTEN_")),
         "the new generation got systemd's variables"
     );
-    group.signal(new, libc::SIGTERM);
+    group.signal(new, Signal::TERM);
     assert_eq!(group.wait_exit(new), Exit::Code(0));
 }
 
