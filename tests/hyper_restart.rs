@@ -1,20 +1,14 @@
 //! End-to-end tests of endless-hyper: the HTTP example servers (`hello-hyper`, `hello-axum`,
 //! `hello-tls`; and `hello-smol`, `hello-async-std`, HTTP/1.1 with hyper on endless-smol)
-//! restarted again and again under continuous load from an in-repo client that
-//! never retries (`support/http_client.rs`, which says exactly what counts as a failure),
-//! over HTTP/1.1 and HTTP/2, cleartext and TLS. The bar is zero failed requests.
+//! restarted again and again under continuous load from an in-repo client that never retries
+//! (`endless_test_support::http_client`, which says exactly what counts as a failure), over
+//! HTTP/1.1 and HTTP/2, cleartext and TLS. The bar is zero failed requests.
 //!
 //! Each scenario is a function of the server binary, so that another server is one more
-//! `#[test]` line. The servers run under the process harness of `support/mod.rs` (own
+//! `#[test]` line. The servers run under the process harness of `endless_test_support` (own
 //! process group, killed and reaped however the test ends, their output printed when a test
 //! fails) with `RUST_LOG=info,endless_hyper=debug`, so that the server side of a failure is
 //! in that output too.
-
-#[path = "support/mod.rs"]
-mod support;
-
-#[path = "support/http_client.rs"]
-mod http_client;
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -22,8 +16,13 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use http_client::{Conn, Load, LoadConfig, Outcome, Pki, Proto, Target, cert_id};
-use support::{DEADLINE, Endpoint, Exit, Options, Server, TempDir, is_alive, wait_for};
+use endless_test_support::http_client::{
+    Conn, Load, LoadConfig, Outcome, Pki, Proto, Target, cert_id,
+};
+use endless_test_support::{
+    DEADLINE, Endpoint, Exit, Options, Server, TempDir, is_alive, wait_for,
+};
+use rustix::process::Signal;
 
 fn hello_hyper() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_hello-hyper"))
@@ -193,7 +192,7 @@ impl HttpServer {
         let server = &self.server;
         let old = server.pid();
         let err_mark = server.group.stderr.len();
-        server.group.signal(old, libc::SIGHUP);
+        server.group.signal(old, Signal::HUP);
         let new = wait_for(
             format_args!("a new generation after {old} to write the pid file"),
             DEADLINE,

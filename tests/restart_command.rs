@@ -7,9 +7,6 @@
 //! scenario is a function of the binary and runs against `echo-tokio` and `echo-smol` (one
 //! shared driver writes the status file for both); `hello-hyper` gets a smoke test.
 
-#[path = "support/mod.rs"]
-mod support;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
@@ -17,10 +14,11 @@ use std::process::{Command, Stdio};
 use std::sync::PoisonError;
 use std::time::{Duration, Instant};
 
-use support::{
+use endless_test_support::{
     DEADLINE, Endpoint, Exit, Group, Options, SPAWN_LOCK, Server, TempDir, has_field, is_alive,
     sh_quote, sh_script, wait_for, with_deadline,
 };
+use rustix::process::Signal;
 
 /// How a run of the restart command ended.
 #[derive(Debug)]
@@ -54,7 +52,7 @@ fn spawn_restart(bin: &Path, pid_file: &Path, timeout: &str) -> std::process::Ch
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    // Forks take the harness' spawn lock shared (see `support`: ETXTBSY).
+    // Forks take the harness' spawn lock shared (see `endless_test_support`: ETXTBSY).
     let _guard = SPAWN_LOCK.read().unwrap_or_else(PoisonError::into_inner);
     command.spawn().expect("spawn the restart command")
 }
@@ -224,7 +222,7 @@ fn no_answer_in_time_then_refused(bin: &Path) {
         "{run:?}"
     );
     assert!(run.elapsed >= Duration::from_secs(1), "{run:?}");
-    let child = support::scenarios::spawned_child(&server, mark);
+    let child = endless_test_support::scenarios::spawned_child(&server, mark);
     assert!(is_alive(child), "the attempt goes on");
 
     let run = run_restart(bin, server.pid_file(), "20");
@@ -237,7 +235,7 @@ fn no_answer_in_time_then_refused(bin: &Path) {
     );
 
     let mark = server.group.stderr.len();
-    server.group.signal(child, libc::SIGKILL);
+    server.group.signal(child, Signal::KILL);
     server
         .group
         .stderr
@@ -303,7 +301,7 @@ fn hup_burst_around_the_command(bin: &Path) {
             l.contains("signal received") && l.contains("SIGHUP")
         });
     for _ in 0..100 {
-        server.group.signal(old, libc::SIGHUP);
+        server.group.signal(old, Signal::HUP);
     }
     let run = finish(command, started);
     let new = run.new_pid();
@@ -320,7 +318,7 @@ fn hup_burst_around_the_command(bin: &Path) {
     );
 
     for _ in 0..100 {
-        server.group.signal(new, libc::SIGHUP);
+        server.group.signal(new, Signal::HUP);
     }
     let run = run_restart(bin, server.pid_file(), "20");
     let serving = match run.code {

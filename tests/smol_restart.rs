@@ -1,12 +1,11 @@
 //! End-to-end tests of zero-downtime restarts with endless-smol, against the example
 //! servers `echo-smol` and `echo-async-std`: the very scenarios `tokio_restart.rs` runs
-//! against `echo-tokio` (`support/scenarios.rs`), one module per binary; and handovers
-//! between a smol build and a tokio build of the same application, both ways.
-
-#[path = "support/mod.rs"]
-mod support;
+//! against `echo-tokio` (`endless_test_support::scenarios`), one module per binary; and
+//! handovers between a smol build and a tokio build of the same application, both ways.
 
 use std::path::Path;
+
+use endless_test_support::scenarios;
 
 fn echo_smol() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_echo-smol"))
@@ -23,21 +22,21 @@ fn echo_tokio() -> &'static Path {
 mod smol {
     use super::*;
 
-    support::scenarios::restart_scenarios!(echo_smol());
+    scenarios::restart_scenarios!(echo_smol());
 }
 
 mod async_std {
     use super::*;
 
-    support::scenarios::restart_scenarios!(echo_async_std());
+    scenarios::restart_scenarios!(echo_async_std());
 }
 
 #[test]
 fn smol_hands_over_to_tokio_and_back() {
-    support::scenarios::interop((echo_smol(), "smol"), (echo_tokio(), "tokio"));
+    scenarios::interop((echo_smol(), "smol"), (echo_tokio(), "tokio"));
 }
 
 #[test]
 fn tokio_hands_over_to_async_std_and_back() {
-    support::scenarios::interop((echo_tokio(), "tokio"), (echo_async_std(), "async-std"));
+    scenarios::interop((echo_tokio(), "tokio"), (echo_async_std(), "async-std"));
 }

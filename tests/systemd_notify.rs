@@ -6,19 +6,19 @@
 //! timeout extension of a drain without deadline. Each scenario is a function of the
 //! server binary and runs against `echo-tokio` and `echo-smol` (one shared driver).
 
-#[path = "support/mod.rs"]
-mod support;
-
 use std::ffi::OsString;
-use std::io;
-use std::os::fd::AsRawFd;
+use std::io::{self, IoSliceMut};
+use std::mem::MaybeUninit;
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use support::{DEADLINE, Exit, Options, Server, TempDir, sh_script};
+use endless_test_support::{DEADLINE, Exit, Options, Server, TempDir, sh_script};
+use rustix::io::Errno;
+use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags};
+use rustix::process::Signal;
 
 /// What `endless-unix` adds to the drain deadline (`notify::STOP_MARGIN`).
 const STOP_MARGIN: Duration = Duration::from_secs(5);
@@ -62,19 +62,7 @@ impl Manager {
     }
 
     fn new(socket: UnixDatagram, address: OsString, dir: Option<TempDir>) -> Self {
-        let on: libc::c_int = 1;
-        let len = libc::socklen_t::try_from(size_of::<libc::c_int>()).expect("socklen_t");
-        // SAFETY: the socket is open for the call; `on` is a live c_int and `len` its size.
-        let ret = unsafe {
-            libc::setsockopt(
-                socket.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_PASSCRED,
-                (&raw const on).cast(),
-                len,
-            )
-        };
-        assert_eq!(ret, 0, "SO_PASSCRED: {}", io::Error::last_os_error());
+        rustix::net::sockopt::set_socket_passcred(&socket, true).expect("SO_PASSCRED");
         socket
             .set_read_timeout(Some(DEADLINE))
             .expect("set the read timeout");
@@ -92,7 +80,7 @@ impl Manager {
 
     /// The next message and the pid of its sender, waiting at most [`DEADLINE`].
     fn recv(&self) -> (u32, String) {
-        match self.try_recv(0) {
+        match self.try_recv(RecvFlags::empty()) {
             Ok(Some(message)) => message,
             Ok(None) => unreachable!("a blocking receive returns a message or fails"),
             Err(e) => panic!("no notification within {DEADLINE:?}: {e}"),
@@ -101,7 +89,7 @@ impl Manager {
 
     /// Asserts that no message is waiting.
     fn assert_quiet(&self) {
-        match self.try_recv(libc::MSG_DONTWAIT) {
+        match self.try_recv(RecvFlags::DONTWAIT) {
             Ok(None) => {}
             Ok(Some(message)) => panic!("unexpected notification {message:?}"),
             Err(e) => panic!("receive: {e}"),
@@ -110,65 +98,39 @@ impl Manager {
 
     /// One `recvmsg` with `SCM_CREDENTIALS`; `Ok(None)` when nothing is waiting and `flags`
     /// say not to wait.
-    fn try_recv(&self, flags: libc::c_int) -> io::Result<Option<(u32, String)>> {
+    fn try_recv(&self, flags: RecvFlags) -> io::Result<Option<(u32, String)>> {
         let mut buf = [0u8; 4096];
-        // Room for one `ucred` control message, aligned for `cmsghdr`.
-        let mut control = [0u64; 16];
-        let mut iov = libc::iovec {
-            iov_base: buf.as_mut_ptr().cast(),
-            iov_len: buf.len(),
-        };
-        // SAFETY: msghdr is plain data; all zeroes is a valid (empty) value.
-        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-        msg.msg_iov = &raw mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = size_of_val(&control);
-        let n = loop {
-            // SAFETY: `msg` points at `iov` and `control`, which point at `buf` and the
-            // control array, all live, writable and of the lengths given.
-            let n = unsafe { libc::recvmsg(self.socket.as_raw_fd(), &raw mut msg, flags) };
-            if n >= 0 {
-                break usize::try_from(n).expect("a non-negative length");
-            }
-            let e = io::Error::last_os_error();
-            match e.kind() {
-                io::ErrorKind::Interrupted => {}
-                io::ErrorKind::WouldBlock if flags & libc::MSG_DONTWAIT != 0 => return Ok(None),
-                _ => return Err(e),
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmCredentials(1))];
+        let mut control = RecvAncillaryBuffer::new(&mut space);
+        let msg = loop {
+            let mut iov = [IoSliceMut::new(&mut buf)];
+            match rustix::net::recvmsg(&self.socket, &mut iov, &mut control, flags) {
+                Ok(msg) => break msg,
+                Err(Errno::INTR) => {}
+                Err(Errno::WOULDBLOCK) if flags.contains(RecvFlags::DONTWAIT) => return Ok(None),
+                Err(e) => return Err(e.into()),
             }
         };
-        assert_eq!(msg.msg_flags & libc::MSG_TRUNC, 0, "a truncated message");
-        let mut pid = None;
-        // SAFETY: `msg` was filled by recvmsg; the CMSG_* macros walk its control buffer
-        // within `msg_controllen`.
-        let mut cmsg = unsafe { libc::CMSG_FIRSTHDR(&raw const msg) };
-        while !cmsg.is_null() {
-            // SAFETY: `cmsg` is non-null and points at a header inside the control buffer.
-            let header = unsafe { &*cmsg };
-            if header.cmsg_level == libc::SOL_SOCKET && header.cmsg_type == libc::SCM_CREDENTIALS {
-                // SAFETY: an SCM_CREDENTIALS message carries one `ucred`; the data may be
-                // unaligned for it, hence read_unaligned.
-                let cred: libc::ucred =
-                    unsafe { std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast()) };
-                pid = Some(u32::try_from(cred.pid).expect("a positive pid"));
-            }
-            // SAFETY: as for CMSG_FIRSTHDR; returns null after the last header.
-            cmsg = unsafe { libc::CMSG_NXTHDR(&raw const msg, cmsg) };
-        }
-        let pid = pid.expect("SO_PASSCRED attaches the sender's credentials");
-        let text = String::from_utf8(buf[..n].to_vec()).expect("a UTF-8 message");
+        assert!(
+            !msg.flags.contains(ReturnFlags::TRUNC),
+            "a truncated message"
+        );
+        let pid = control
+            .drain()
+            .find_map(|message| match message {
+                RecvAncillaryMessage::ScmCredentials(cred) => Some(cred.pid),
+                _ => None,
+            })
+            .expect("SO_PASSCRED attaches the sender's credentials");
+        let pid = u32::try_from(pid.as_raw_pid()).expect("a positive pid");
+        let text = String::from_utf8(buf[..msg.bytes].to_vec()).expect("a UTF-8 message");
         Ok(Some((pid, text)))
     }
 }
 
 /// `CLOCK_MONOTONIC` in µs, the clock of `MONOTONIC_USEC=`.
 fn monotonic_usec() -> u128 {
-    // SAFETY: timespec is plain data; all zeroes is a valid value.
-    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
-    // SAFETY: `ts` is a live, writable timespec.
-    let ret = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
-    assert_eq!(ret, 0, "clock_gettime: {}", io::Error::last_os_error());
+    let ts = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
     let secs = u128::try_from(ts.tv_sec).expect("positive seconds");
     let nanos = u128::try_from(ts.tv_nsec).expect("positive nanoseconds");
     secs * 1_000_000 + nanos / 1000
@@ -231,7 +193,7 @@ fn start_restart_failed_restart_stop(bin: &Path) {
     // A staged upgrade (SIGUSR1 in the examples) is refused under a service manager:
     // nothing is spawned and nothing is said.
     let mark = server.group.stderr.len();
-    server.group.signal(first, libc::SIGUSR1);
+    server.group.signal(first, Signal::USR1);
     server
         .group
         .stderr
@@ -282,7 +244,7 @@ fn start_restart_failed_restart_stop(bin: &Path) {
 
     // A stop.
     let term = Instant::now();
-    server.group.signal(second, libc::SIGTERM);
+    server.group.signal(second, Signal::TERM);
     assert_eq!(manager.recv(), (second, STOPPING.to_owned()), "stop");
     let (sender, extend) = manager.recv();
     let waited = term.elapsed();
@@ -309,7 +271,7 @@ fn unbounded_drain_renews_the_extension(bin: &Path) {
 
     let mut client = server.connect();
     assert_eq!(client.ask("hello").unwrap(), (pid, "hello".to_owned()));
-    server.group.signal(pid, libc::SIGTERM);
+    server.group.signal(pid, Signal::TERM);
     assert_eq!(manager.recv(), (pid, STOPPING.to_owned()), "stop");
     let lease = format!("EXTEND_TIMEOUT_USEC={}", EXTEND_LEASE.as_micros());
     assert_eq!(manager.recv(), (pid, lease.clone()), "the first extension");

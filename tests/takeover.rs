@@ -4,15 +4,13 @@
 //! of being drained. Real processes on 127.0.0.1, every one killed and reaped however a
 //! test ends.
 
-#[path = "support/mod.rs"]
-mod support;
-
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use support::{Conn, DEADLINE, Exit, Options, Server, wait_for};
+use endless_test_support::{Conn, DEADLINE, Exit, Options, Server, wait_for};
+use rustix::process::{Resource, Rlimit, Signal};
 
 fn pingpong() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_pingpong"))
@@ -176,11 +174,11 @@ fn a_transfer_cut_short_leaves_the_old_generation_serving(bin: &Path) {
     // Kill it once it took a few connections (it logs each one).
     wait_for("the new generation to take 3 connections", DEADLINE, || {
         let taken = server.group.stderr.count_from(0, |l| {
-            l.contains("session taken over") && support::has_field(l, "pid", new)
+            l.contains("session taken over") && endless_test_support::has_field(l, "pid", new)
         });
         (taken >= 3).then_some(())
     });
-    support::signal(new, libc::SIGKILL);
+    endless_test_support::signal(new, Signal::KILL);
     // Its parent, the old generation, reaps it.
     server.group.wait_gone(new);
 
@@ -212,7 +210,7 @@ fn a_transfer_cut_short_leaves_the_old_generation_serving(bin: &Path) {
             assert_eq!((pid, rest), (old, format!("3 again{i}")));
         }
     }
-    assert!(support::is_alive(old));
+    assert!(endless_test_support::is_alive(old));
     eprintln!("transfer cut short: {kept} connections kept, {lost} lost with the new generation");
 }
 
@@ -245,12 +243,12 @@ fn a_staged_upgrade_takes_the_sessions_at_commit(bin: &Path) {
     let mut conn = server.connect();
     assert_eq!(ping(&mut conn, "a", 1), old);
     let mark = server.group.stderr.len();
-    server.group.signal(old, libc::SIGUSR1);
-    let staged = support::scenarios::spawned_child(&server, mark);
-    support::scenarios::wait_staged(&server, mark);
+    server.group.signal(old, Signal::USR1);
+    let staged = endless_test_support::scenarios::spawned_child(&server, mark);
+    endless_test_support::scenarios::wait_staged(&server, mark);
     server.wait_pid_file(staged);
     assert_eq!(ping(&mut conn, "b", 2), old, "staged: the session stays");
-    server.group.signal(old, libc::SIGQUIT);
+    server.group.signal(old, Signal::QUIT);
     assert_eq!(server.group.wait_exit(old), Exit::Code(0));
     assert_eq!(
         ping(&mut conn, "c", 3),
@@ -264,23 +262,20 @@ fn a_staged_upgrade_takes_the_sessions_at_commit(bin: &Path) {
 /// inherit it: the tests of this binary run in parallel, each with its clients), or fails
 /// saying why when that is below `wanted`.
 fn raise_fd_limit(wanted: usize) {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit and setrlimit read and write one `rlimit` that outlives the calls.
-    unsafe {
-        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
-        let wanted = wanted as libc::rlim_t;
-        assert!(
-            limit.rlim_max >= wanted,
-            "this test needs {wanted} open files; the hard limit is {}",
-            limit.rlim_max
-        );
-        if limit.rlim_cur >= limit.rlim_max {
-            return;
-        }
-        limit.rlim_cur = limit.rlim_max;
-        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
+    // `None` is unlimited.
+    let limit = rustix::process::getrlimit(Resource::Nofile);
+    let wanted = u64::try_from(wanted).expect("a count of files fits u64");
+    assert!(
+        limit.maximum.is_none_or(|max| max >= wanted),
+        "this test needs {wanted} open files; the hard limit is {:?}",
+        limit.maximum
+    );
+    if limit.current == limit.maximum {
+        return;
     }
+    let raised = Rlimit {
+        current: limit.maximum,
+        maximum: limit.maximum,
+    };
+    rustix::process::setrlimit(Resource::Nofile, raised).expect("setrlimit(RLIMIT_NOFILE)");
 }

@@ -602,7 +602,7 @@ fn failure(
         // still running when the server killed it for closing the channel.
         FailureKind::ClosedChannel => match status {
             Some(status @ (ChildStatus::Exited(_) | ChildStatus::Signaled(_)))
-                if status != ChildStatus::Signaled(libc::SIGKILL) =>
+                if status != ChildStatus::Signaled(rustix::process::Signal::KILL.as_raw()) =>
             {
                 RestartError::Crashed { pid, child, status }
             }
@@ -1614,7 +1614,9 @@ mod tests {
             "the new process (pid 4) exited with code 3 before it was ready; pid 100 keeps serving"
         );
         // The server killed it for closing its channel.
-        let killed = Some(ChildStatus::Signaled(libc::SIGKILL));
+        let killed = Some(ChildStatus::Signaled(
+            rustix::process::Signal::KILL.as_raw(),
+        ));
         assert!(matches!(
             decide(failed(FailureKind::ClosedChannel, killed), true),
             Some(Err(RestartError::Failed { .. }))

@@ -50,6 +50,8 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use endless_core::env::{self, DecodeError, Handoff};
 use endless_core::{FdKind, Inventory, Origin};
+use rustix::fs::OFlags;
+use rustix::io::Errno;
 use socket2::{Domain, SockRef, Type};
 
 use crate::sys;
@@ -212,9 +214,9 @@ impl Inherited {
         }
 
         let mut owned = sys::adopt(&numbers)
-            .map_err(|(fd, error)| match error.raw_os_error() {
-                Some(libc::EALREADY) => AdoptError::AlreadyAdopted { fd },
-                Some(libc::EBADF) => AdoptError::FdClosed {
+            .map_err(|(fd, error)| match Errno::from_io_error(&error) {
+                Some(Errno::ALREADY) => AdoptError::AlreadyAdopted { fd },
+                Some(Errno::BADF) => AdoptError::FdClosed {
                     name: name_of(inventory, fd),
                     fd,
                 },
@@ -374,7 +376,7 @@ fn close_on_exec_ready(fd: RawFd) -> Result<(), AdoptError> {
             name: env::READY_FD_VAR.to_owned(),
             fd,
         }),
-        Err(e) if e.raw_os_error() == Some(libc::EBADF) => Err(AdoptError::ReadyFdClosed { fd }),
+        Err(e) if sys::is_errno(&e, Errno::BADF) => Err(AdoptError::ReadyFdClosed { fd }),
         Ok(Err(error)) | Err(error) => Err(AdoptError::Io { fd, error }),
     }
 }
@@ -387,7 +389,7 @@ fn inspect<R>(
 ) -> Result<R, AdoptError> {
     match sys::with_declared(fd, f) {
         Ok(Ok(r)) => Ok(r),
-        Err(e) if e.raw_os_error() == Some(libc::EBADF) => Err(AdoptError::FdClosed {
+        Err(e) if sys::is_errno(&e, Errno::BADF) => Err(AdoptError::FdClosed {
             name: name.to_owned(),
             fd,
         }),
@@ -424,8 +426,8 @@ fn check_declared(name: &str, declared: FdKind, fd: RawFd) -> Result<FdKind, Ado
 /// The adoption check of the readiness channel: open, a pipe or socket, open for writing.
 fn check_ready(fd: RawFd) -> Result<(), AdoptError> {
     let usable = |b: BorrowedFd<'_>| -> io::Result<bool> {
-        let mode = sys::status_flags(b)? & libc::O_ACCMODE;
-        let writable = mode == libc::O_WRONLY || mode == libc::O_RDWR;
+        let mode = sys::status_flags(b)? & OFlags::ACCMODE;
+        let writable = mode == OFlags::WRONLY || mode == OFlags::RDWR;
         // fstat through a duplicate: std offers it only on owned files.
         let file_type = std::fs::File::from(b.try_clone_to_owned()?)
             .metadata()?
@@ -435,7 +437,7 @@ fn check_ready(fd: RawFd) -> Result<(), AdoptError> {
     match sys::with_declared(fd, usable) {
         Ok(Ok(true)) => Ok(()),
         Ok(Ok(false)) => Err(AdoptError::ReadyFdNotWritable { fd }),
-        Err(e) if e.raw_os_error() == Some(libc::EBADF) => Err(AdoptError::ReadyFdClosed { fd }),
+        Err(e) if sys::is_errno(&e, Errno::BADF) => Err(AdoptError::ReadyFdClosed { fd }),
         Ok(Err(error)) | Err(error) => Err(AdoptError::Io { fd, error }),
     }
 }
@@ -476,7 +478,7 @@ fn classify(fd: BorrowedFd<'_>) -> io::Result<Option<FdKind>> {
     // SO_ACCEPTCONN first: it also tells whether `fd` is a socket at all (ENOTSOCK).
     let listening = match sys::is_listening(fd) {
         Ok(listening) => listening,
-        Err(e) if e.raw_os_error() == Some(libc::ENOTSOCK) => return Ok(None),
+        Err(e) if sys::is_errno(&e, Errno::NOTSOCK) => return Ok(None),
         Err(e) => return Err(e),
     };
     let socket = SockRef::from(&fd);
@@ -510,9 +512,7 @@ fn domain(socket: &SockRef<'_>) -> io::Result<Domain> {
 /// socket.
 #[cfg(not(any(target_os = "android", target_os = "fuchsia", target_os = "linux")))]
 fn domain(socket: &SockRef<'_>) -> io::Result<Domain> {
-    Ok(Domain::from(libc::c_int::from(
-        socket.local_addr()?.family(),
-    )))
+    Ok(Domain::from(i32::from(socket.local_addr()?.family())))
 }
 
 /// Why the inherited descriptors could not be adopted: bad input from the parent process
@@ -1205,7 +1205,7 @@ pub(crate) mod tests {
             (
                 AdoptError::Io {
                     fd: 8,
-                    error: io::Error::from_raw_os_error(libc::EMFILE),
+                    error: Errno::MFILE.into(),
                 },
                 &["8"],
             ),

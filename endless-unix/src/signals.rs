@@ -8,6 +8,7 @@
 use std::fmt;
 
 use endless_core::Request;
+use rustix::process::Signal as Raw;
 
 /// A Unix signal number.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -15,19 +16,19 @@ pub struct Signal(i32);
 
 impl Signal {
     /// `SIGHUP`: restart, by default.
-    pub const HUP: Self = Self(libc::SIGHUP);
+    pub const HUP: Self = Self(Raw::HUP.as_raw());
     /// `SIGTERM`: graceful stop, by default.
-    pub const TERM: Self = Self(libc::SIGTERM);
+    pub const TERM: Self = Self(Raw::TERM.as_raw());
     /// `SIGINT`: graceful stop, by default.
-    pub const INT: Self = Self(libc::SIGINT);
+    pub const INT: Self = Self(Raw::INT.as_raw());
     /// `SIGQUIT`.
-    pub const QUIT: Self = Self(libc::SIGQUIT);
+    pub const QUIT: Self = Self(Raw::QUIT.as_raw());
     /// `SIGUSR1`.
-    pub const USR1: Self = Self(libc::SIGUSR1);
+    pub const USR1: Self = Self(Raw::USR1.as_raw());
     /// `SIGUSR2`: hammer, by default.
-    pub const USR2: Self = Self(libc::SIGUSR2);
+    pub const USR2: Self = Self(Raw::USR2.as_raw());
     /// `SIGWINCH`.
-    pub const WINCH: Self = Self(libc::SIGWINCH);
+    pub const WINCH: Self = Self(Raw::WINCH.as_raw());
 
     /// A signal by number.
     pub const fn from_raw(signal: i32) -> Self {

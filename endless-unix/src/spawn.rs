@@ -43,6 +43,7 @@ use std::process::Command;
 use endless_core::env::{self, Handoff};
 use endless_core::plan::{self, PlanError};
 use endless_core::{FIRST_INHERITED_FD, FdKind, Inventory, InventoryError};
+use rustix::io::Errno;
 
 use crate::sys;
 
@@ -162,9 +163,8 @@ impl Executable {
     /// or [`SpawnError::Inaccessible`] when the file system refuses to tell.
     pub fn check(&self) -> Result<(), SpawnError> {
         let path = || self.path.clone();
-        let missing = |e: &io::Error| {
-            e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENOTDIR)
-        };
+        let missing =
+            |e: &io::Error| e.kind() == io::ErrorKind::NotFound || sys::is_errno(e, Errno::NOTDIR);
         match fs::metadata(&self.path) {
             Err(e) if missing(&e) => Err(SpawnError::NotFound { path: path() }),
             Err(error) => Err(SpawnError::Inaccessible {
@@ -406,7 +406,7 @@ pub fn notify_parent(channel: OwnedFd) -> io::Result<()> {
 ///
 /// [`ChildProcess::terminate`]: crate::ChildProcess::terminate
 pub fn terminate(pid: u32) -> io::Result<()> {
-    sys::kill(pid, libc::SIGTERM)
+    sys::kill(pid, rustix::process::Signal::TERM.as_raw())
 }
 
 /// Why the next generation could not be prepared.
@@ -509,6 +509,8 @@ mod tests {
 
     use endless_core::ready::{Readiness, ReadyParser};
     use endless_core::{ChildFailure, Origin};
+    use rustix::fs::OFlags;
+    use rustix::io::FdFlags;
 
     use crate::inherit::Inherited;
     use crate::inherit::tests::TempDir;
@@ -788,13 +790,13 @@ mod tests {
         assert_eq!(envs, expected);
         assert!(sys::is_cloexec(prepared.ready.as_fd()).unwrap());
         assert_ne!(
-            sys::status_flags(prepared.ready.as_fd()).unwrap() & libc::O_NONBLOCK,
-            0
+            sys::status_flags(prepared.ready.as_fd()).unwrap() & OFlags::NONBLOCK,
+            OFlags::empty()
         );
         assert!(sys::is_cloexec(prepared.write_end.as_fd()).unwrap());
         assert_eq!(
-            sys::status_flags(prepared.write_end.as_fd()).unwrap() & libc::O_NONBLOCK,
-            0,
+            sys::status_flags(prepared.write_end.as_fd()).unwrap() & OFlags::NONBLOCK,
+            OFlags::empty(),
             "the child's end blocks"
         );
         // Not spawned: `spawned` closes the write end, so the read end sees EOF (once any
@@ -955,7 +957,7 @@ mod tests {
             let Some(flags) = sys::fd_flags(fd).unwrap() else {
                 continue; // closed by another thread meanwhile
             };
-            fds.insert(fd, (target, flags & libc::FD_CLOEXEC != 0));
+            fds.insert(fd, (target, flags.contains(FdFlags::CLOEXEC)));
         }
         fds
     }

@@ -1,8 +1,12 @@
 //! Raw file descriptor primitives: the only module of this crate with `unsafe` code.
 //!
 //! Every function here is safe to call and wraps one small system call (or one ownership
-//! step) behind an interface whose safety argument is written next to its `unsafe` block.
-//! Everything else in the crate is safe code built on these functions, [`socket2`] and std.
+//! step). Most are built on [`rustix`] and [`socket2`], whose typed, I/O-safe interfaces
+//! need no `unsafe`; `libc` is called by hand only where they cannot say what is meant:
+//! on fd *numbers* that no Rust object owns (which may not even be open), in the child
+//! between `fork` and `exec`, and for signal numbers that rustix does not name. Each of
+//! those `unsafe` blocks has its safety argument next to it. Everything else in the crate
+//! is safe code built on these functions, rustix, socket2 and std.
 //!
 //! Two functions work on fd *numbers* that no Rust object owns yet: [`with_declared`] and
 //! [`adopt`]. They exist for the fds a parent process hands over (at 3, 4, … by the
@@ -14,10 +18,10 @@
 //! async-signal-safe (see its docs).
 
 use std::collections::BTreeSet;
-use std::ffi::CString;
 use std::fs::File;
-use std::io::{self, Write};
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::io::{self, IoSlice, IoSliceMut, Write};
+use std::mem::MaybeUninit;
+use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -25,6 +29,15 @@ use std::process::Command;
 use std::sync::{Mutex, PoisonError};
 
 use endless_core::plan::{Plan, Source, Step};
+use rustix::event::{PollFd, PollFlags};
+use rustix::fs::OFlags;
+use rustix::io::{Errno, FdFlags};
+use rustix::net::{
+    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags,
+};
+use rustix::process::{Pid, Signal};
+use socket2::{Domain, Socket, Type};
 
 /// Turns the `-1` convention of libc into an `io::Result` (the error read from `errno`).
 fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
@@ -45,6 +58,21 @@ fn retry(mut f: impl FnMut() -> libc::c_int) -> io::Result<libc::c_int> {
     }
 }
 
+/// Calls the rustix function `f` again as long as it fails with `EINTR`.
+fn retry_rustix<T>(mut f: impl FnMut() -> rustix::io::Result<T>) -> io::Result<T> {
+    loop {
+        match f() {
+            Err(Errno::INTR) => {}
+            other => return other.map_err(io::Error::from),
+        }
+    }
+}
+
+/// Whether `error` is the OS error `errno`.
+pub(crate) fn is_errno(error: &io::Error, errno: Errno) -> bool {
+    error.raw_os_error() == Some(errno.raw_os_error())
+}
+
 // ---------------------------------------------------------------------------------------
 // Queries and flags on descriptors we can name safely
 // ---------------------------------------------------------------------------------------
@@ -53,12 +81,14 @@ fn retry(mut f: impl FnMut() -> libc::c_int) -> io::Result<libc::c_int> {
 /// open (`EBADF`).
 ///
 /// Only a query: it reads nothing and changes nothing, so it is harmless on any number.
-pub(crate) fn fd_flags(fd: RawFd) -> io::Result<Option<libc::c_int>> {
+/// By hand rather than rustix's `fcntl_getfd`: that takes a `BorrowedFd`, which promises
+/// an open fd, and the point here is to ask whether a bare number is open at all.
+pub(crate) fn fd_flags(fd: RawFd) -> io::Result<Option<FdFlags>> {
     // SAFETY: F_GETFD takes no argument and only reads the fd's flags; on a number that is
     // not open it fails with EBADF. No memory is involved.
     match cvt(unsafe { libc::fcntl(fd, libc::F_GETFD) }) {
-        Ok(flags) => Ok(Some(flags)),
-        Err(e) if e.raw_os_error() == Some(libc::EBADF) => Ok(None),
+        Ok(flags) => Ok(Some(FdFlags::from_bits_retain(flags.cast_unsigned()))),
+        Err(e) if is_errno(&e, Errno::BADF) => Ok(None),
         Err(e) => Err(e),
     }
 }
@@ -71,62 +101,39 @@ pub(crate) fn is_open(fd: RawFd) -> io::Result<bool> {
 /// Whether `FD_CLOEXEC` is set on `fd`.
 #[allow(dead_code, reason = "for tests and adapters that check a descriptor")]
 pub(crate) fn is_cloexec(fd: BorrowedFd<'_>) -> io::Result<bool> {
-    // SAFETY: `fd` is open for the duration of the borrow; F_GETFD only reads its flags.
-    let flags = cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFD) })?;
-    Ok(flags & libc::FD_CLOEXEC != 0)
+    Ok(rustix::io::fcntl_getfd(fd)?.contains(FdFlags::CLOEXEC))
 }
 
 /// Sets `FD_CLOEXEC` on `fd`, so that no program this process executes inherits it.
 pub(crate) fn set_cloexec(fd: BorrowedFd<'_>) -> io::Result<()> {
-    let raw = fd.as_raw_fd();
-    // SAFETY: `fd` is open for the duration of the borrow; F_GETFD/F_SETFD read and write
-    // only its descriptor flags, never memory.
-    let flags = cvt(unsafe { libc::fcntl(raw, libc::F_GETFD) })?;
-    if flags & libc::FD_CLOEXEC == 0 {
-        // SAFETY: as above.
-        cvt(unsafe { libc::fcntl(raw, libc::F_SETFD, flags | libc::FD_CLOEXEC) })?;
+    let flags = rustix::io::fcntl_getfd(fd)?;
+    if !flags.contains(FdFlags::CLOEXEC) {
+        rustix::io::fcntl_setfd(fd, flags | FdFlags::CLOEXEC)?;
     }
     Ok(())
 }
 
 /// The file status flags of `fd` (`fcntl(F_GETFL)`: access mode, `O_NONBLOCK`, …).
-pub(crate) fn status_flags(fd: BorrowedFd<'_>) -> io::Result<libc::c_int> {
-    // SAFETY: `fd` is open for the duration of the borrow; F_GETFL only reads its flags.
-    cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) })
+pub(crate) fn status_flags(fd: BorrowedFd<'_>) -> io::Result<OFlags> {
+    Ok(rustix::fs::fcntl_getfl(fd)?)
 }
 
 /// Sets `O_NONBLOCK` on `fd`'s open file description (shared with every duplicate of it).
 pub(crate) fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
     let flags = status_flags(fd)?;
-    if flags & libc::O_NONBLOCK == 0 {
-        // SAFETY: `fd` is open for the duration of the borrow; F_SETFL changes only its
-        // status flags, never memory.
-        cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) })?;
+    if !flags.contains(OFlags::NONBLOCK) {
+        rustix::fs::fcntl_setfl(fd, flags | OFlags::NONBLOCK)?;
     }
     Ok(())
 }
 
 /// Whether the socket `fd` is listening (`getsockopt(SOL_SOCKET, SO_ACCEPTCONN)`).
 ///
-/// Fails with `ENOTSOCK` if `fd` is not a socket. Written here rather than taken from
-/// `socket2`, whose `is_listener` exists only on some systems (not on macOS).
+/// Fails with `ENOTSOCK` if `fd` is not a socket. Like socket2's `is_listener`, rustix's
+/// `socket_acceptconn` does not exist on Apple systems (which, rustix notes, declare
+/// `SO_ACCEPTCONN` but do not implement it).
 pub(crate) fn is_listening(fd: BorrowedFd<'_>) -> io::Result<bool> {
-    let mut value: libc::c_int = 0;
-    let mut len = libc::socklen_t::try_from(size_of::<libc::c_int>())
-        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    // SAFETY: `fd` is open for the duration of the borrow; `value` and `len` are valid,
-    // writable locals, and `len` tells the kernel that `value` holds `size_of::<c_int>()`
-    // bytes, which is what SO_ACCEPTCONN writes (the kernel never writes more than `len`).
-    cvt(unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_ACCEPTCONN,
-            (&raw mut value).cast(),
-            &raw mut len,
-        )
-    })?;
-    Ok(value != 0)
+    Ok(rustix::net::sockopt::socket_acceptconn(fd)?)
 }
 
 /// A new fd for `fd`'s open file description, close-on-exec, at the lowest free number
@@ -136,12 +143,7 @@ pub(crate) fn is_listening(fd: BorrowedFd<'_>) -> io::Result<bool> {
     reason = "for tests and for adapters that duplicate descriptors"
 )]
 pub(crate) fn dup_at_least(fd: BorrowedFd<'_>, min: RawFd) -> io::Result<OwnedFd> {
-    // SAFETY: `fd` is open for the duration of the borrow; F_DUPFD_CLOEXEC creates a new fd
-    // and touches no memory.
-    let new = cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, min) })?;
-    // SAFETY: `new` was just returned by the kernel as a new, open fd that nothing else in
-    // this process knows of: we are its only owner.
-    Ok(unsafe { OwnedFd::from_raw_fd(new) })
+    Ok(rustix::io::fcntl_dupfd_cloexec(fd, min)?)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -160,13 +162,20 @@ static ADOPTED: Mutex<BTreeSet<RawFd>> = Mutex::new(BTreeSet::new());
 /// flags; it cannot close it (a `BorrowedFd` does not allow that).
 pub(crate) fn with_declared<R>(fd: RawFd, f: impl FnOnce(BorrowedFd<'_>) -> R) -> io::Result<R> {
     if !is_open(fd)? {
-        return Err(io::Error::from_raw_os_error(libc::EBADF));
+        return Err(Errno::BADF.into());
     }
     // SAFETY: `fd` is open (checked just above) and, by the contract above, stays open until
     // `f` returns: it belongs to no other object of this process, and the borrow cannot
     // outlive this call because `f` only gets it for its own duration.
     let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
     Ok(f(borrowed))
+}
+
+/// The first of `fds` that an earlier [`adopt`] took, if any (checked before anything is
+/// changed on the fds, so that reading the environment twice says so).
+pub(crate) fn first_adopted(fds: &[RawFd]) -> Option<RawFd> {
+    let adopted = ADOPTED.lock().unwrap_or_else(PoisonError::into_inner);
+    fds.iter().copied().find(|fd| adopted.contains(fd))
 }
 
 /// Takes ownership of the inherited fd numbers `fds`, all or none.
@@ -177,25 +186,18 @@ pub(crate) fn with_declared<R>(fd: RawFd, f: impl FnOnce(BorrowedFd<'_>) -> R) -
 /// is not an `unsafe fn`): callers pass only numbers that the environment declares as
 /// handed to this process and that they have checked; nothing else in the process owns
 /// them.
-/// The first of `fds` that an earlier [`adopt`] took, if any (checked before anything is
-/// changed on the fds, so that reading the environment twice says so).
-pub(crate) fn first_adopted(fds: &[RawFd]) -> Option<RawFd> {
-    let adopted = ADOPTED.lock().unwrap_or_else(PoisonError::into_inner);
-    fds.iter().copied().find(|fd| adopted.contains(fd))
-}
-
 pub(crate) fn adopt(fds: &[RawFd]) -> Result<Vec<OwnedFd>, (RawFd, io::Error)> {
     let mut adopted = ADOPTED.lock().unwrap_or_else(PoisonError::into_inner);
     let mut seen = BTreeSet::new();
     for &fd in fds {
         if adopted.contains(&fd) || !seen.insert(fd) {
-            return Err((fd, io::Error::from_raw_os_error(libc::EALREADY)));
+            return Err((fd, Errno::ALREADY.into()));
         }
     }
     for &fd in fds {
         match is_open(fd) {
             Ok(true) => {}
-            Ok(false) => return Err((fd, io::Error::from_raw_os_error(libc::EBADF))),
+            Ok(false) => return Err((fd, Errno::BADF.into())),
             Err(e) => return Err((fd, e)),
         }
     }
@@ -321,12 +323,13 @@ fn run_ops(ops: &[Op], stash: &mut [RawFd]) -> io::Result<()> {
 /// Uses the real uid and gid (as `access` does). As root, any regular file with at least
 /// one execute bit passes.
 pub(crate) fn access_executable(path: &Path) -> io::Result<()> {
-    let path = CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))?;
-    // SAFETY: `path` is a valid NUL-terminated C string that outlives the call; access only
-    // reads it.
-    cvt(unsafe { libc::access(path.as_ptr(), libc::X_OK) })?;
-    Ok(())
+    if path.as_os_str().as_bytes().contains(&0) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "path contains a NUL byte",
+        ));
+    }
+    Ok(rustix::fs::access(path, rustix::fs::Access::EXEC_OK)?)
 }
 
 /// Shuts down both directions of the socket `fd` (`shutdown(fd, SHUT_RDWR)`), so that the
@@ -337,23 +340,27 @@ pub(crate) fn access_executable(path: &Path) -> io::Result<()> {
 /// `fd` still is the connection it means (for example by holding its registration until
 /// the connection is dropped); on a closed number this fails with `EBADF`. `ENOTCONN` (the
 /// connection is already gone) counts as success.
+///
+/// By hand rather than with rustix's `shutdown`, which takes a `BorrowedFd`: the tracker
+/// keeps bare numbers, so a borrow would take an `unsafe` `borrow_raw` all the same, with a
+/// promise that the number is open which the `EBADF` case above does not keep.
 #[allow(dead_code, reason = "used by the connection tracker")]
 pub(crate) fn shutdown_both(fd: RawFd) -> io::Result<()> {
     // SAFETY: shutdown on an fd number touches no memory; on a number that is not a socket
     // it fails (EBADF, ENOTSOCK).
     match cvt(unsafe { libc::shutdown(fd, libc::SHUT_RDWR) }) {
-        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => Ok(()),
+        Err(e) if is_errno(&e, Errno::NOTCONN) => Ok(()),
         other => other.map(drop),
     }
 }
 
-/// Sends `signal` (a `libc::SIG*` number) to the process `pid`. A process that no longer
-/// exists (`ESRCH`) counts as success.
+/// Sends `signal` (a raw signal number, such as `Signal::TERM.as_raw()` or `libc::SIGTERM`)
+/// to the process `pid`. A process that no longer exists (`ESRCH`) counts as success.
 ///
 /// `pid` must be a real process id (1 to `i32::MAX`): `0` and values that would turn
 /// negative as a `pid_t` address process groups or every process, and are refused with
 /// `InvalidInput`.
-pub(crate) fn kill(pid: u32, signal: libc::c_int) -> io::Result<()> {
+pub(crate) fn kill(pid: u32, signal: i32) -> io::Result<()> {
     signal_process(pid, signal).map(drop)
 }
 
@@ -364,35 +371,45 @@ pub(crate) fn kill(pid: u32, signal: libc::c_int) -> io::Result<()> {
 ///
 /// Unlike [`kill`], a missing process is reported: the restart command must tell a stale
 /// pid file apart from a signal that was delivered. The same pids as [`kill`] are refused.
-pub(crate) fn signal_process(pid: u32, signal: libc::c_int) -> io::Result<bool> {
-    let pid = libc::pid_t::try_from(pid)
+pub(crate) fn signal_process(pid: u32, signal: i32) -> io::Result<bool> {
+    let pid = i32::try_from(pid)
         .ok()
-        .filter(|&p| p > 0)
+        .and_then(Pid::from_raw)
         .ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "refusing to signal pid 0 or a pid above i32::MAX (a process group)",
             )
         })?;
-    // SAFETY: kill takes plain integers and touches no memory; `pid` is positive, so it
-    // names one process.
-    match cvt(unsafe { libc::kill(pid, signal) }) {
-        Ok(_) => Ok(true),
-        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(false),
+    let sent = match (signal, Signal::from_named_raw(signal)) {
+        (0, _) => rustix::process::test_kill_process(pid).map_err(io::Error::from),
+        (_, Some(named)) => rustix::process::kill_process(pid, named).map_err(io::Error::from),
+        (_, None) => kill_unnamed(pid, signal),
+    };
+    match sent {
+        Ok(()) => Ok(true),
+        Err(e) if is_errno(&e, Errno::SRCH) => Ok(false),
         Err(e) => Err(e),
     }
+}
+
+/// `kill(pid, signal)` for a signal number that rustix does not name (a real-time signal,
+/// say, or a number that is no signal at all, which the kernel refuses with `EINVAL`).
+///
+/// By hand: rustix makes a `Signal` of such a number only through `from_raw_unchecked`,
+/// whose contract excludes the numbers libc reserves for itself, which this function
+/// cannot tell apart; `kill` itself is safe with any number.
+fn kill_unnamed(pid: Pid, signal: i32) -> io::Result<()> {
+    // SAFETY: kill takes plain integers and touches no memory; `pid` is positive (a `Pid`),
+    // so it names one process.
+    cvt(unsafe { libc::kill(pid.as_raw_pid(), signal) }).map(drop)
 }
 
 /// The time of `CLOCK_MONOTONIC` (`clock_gettime`), as the time since its origin (boot, on
 /// Linux): the clock of systemd's `MONOTONIC_USEC=`, which `std::time::Instant` reads too
 /// but does not expose as a number.
 pub(crate) fn monotonic_now() -> io::Result<std::time::Duration> {
-    let mut ts = std::mem::MaybeUninit::<libc::timespec>::uninit();
-    // SAFETY: `ts` is a writable `timespec` that outlives the call; clock_gettime writes
-    // only it, and only fails (leaving it untouched) for an invalid clock id.
-    cvt(unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, ts.as_mut_ptr()) })?;
-    // SAFETY: clock_gettime succeeded, so it initialised `ts`.
-    let ts = unsafe { ts.assume_init() };
+    let ts = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
     let out_of_range =
         || io::Error::new(io::ErrorKind::InvalidData, "CLOCK_MONOTONIC out of range");
     let secs = u64::try_from(ts.tv_sec).map_err(|_| out_of_range())?;
@@ -439,29 +456,9 @@ pub(crate) fn notify_parent(fd: OwnedFd) -> io::Result<()> {
 /// and takeover channel between a generation and the one it spawns. Each `send` is one
 /// record; each `recv` reads one record.
 pub(crate) fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds: [libc::c_int; 2] = [-1, -1];
-    // SAFETY: `fds` is a writable array of two ints that outlives the call; socketpair
-    // writes the two new descriptors there on success and nothing on failure.
-    cvt(unsafe {
-        libc::socketpair(
-            libc::AF_UNIX,
-            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
-            0,
-            fds.as_mut_ptr(),
-        )
-    })?;
-    // SAFETY: socketpair succeeded, so both numbers are new descriptors that nothing else in
-    // this process owns.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
-}
-
-/// Room for the control message of `n` descriptors, as `u64`s so that it is aligned for
-/// `cmsghdr`.
-fn cmsg_buffer(n: usize) -> Vec<u64> {
-    let bytes = n * size_of::<RawFd>();
-    // SAFETY: CMSG_SPACE only computes a size from its argument.
-    let space = unsafe { libc::CMSG_SPACE(bytes as libc::c_uint) } as usize;
-    vec![0u64; space.div_ceil(8)]
+    // socket2 creates every socket close-on-exec (atomically, where the system can).
+    let (a, b) = Socket::pair(Domain::UNIX, Type::SEQPACKET, None)?;
+    Ok((a.into(), b.into()))
 }
 
 /// Sends `message` as one record on `socket` with `fd` attached (`SCM_RIGHTS`): the
@@ -473,41 +470,18 @@ pub(crate) fn send_with_fd(
     message: &[u8],
     fd: BorrowedFd<'_>,
 ) -> io::Result<()> {
-    let mut control = cmsg_buffer(1);
-    let mut iov = libc::iovec {
-        iov_base: message.as_ptr().cast_mut().cast(),
-        iov_len: message.len(),
-    };
-    // SAFETY: an all-zero msghdr is a valid empty one.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &raw mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = (control.len() * 8) as _;
-    // SAFETY: `msg` points at `control`, which has room for one header with one fd
-    // (CMSG_SPACE above), so CMSG_FIRSTHDR returns a valid, aligned pointer into it and
-    // CMSG_DATA one with room for the fd, written unaligned-safe.
-    unsafe {
-        let cmsg = libc::CMSG_FIRSTHDR(&raw const msg);
-        (*cmsg).cmsg_level = libc::SOL_SOCKET;
-        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-        (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<RawFd>() as libc::c_uint) as _;
-        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>(), fd.as_raw_fd());
+    let fds = [fd];
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !control.push(SendAncillaryMessage::ScmRights(&fds)) {
+        // Not reached: `space` is sized for one descriptor.
+        return Err(io::Error::other(
+            "no room for the descriptor's control message",
+        ));
     }
-    loop {
-        // SAFETY: `msg` and everything it points to (`iov` → `message`, `control`) are alive
-        // and initialised for the call; sendmsg only reads them. The sender keeps `fd` open
-        // across the call (it is borrowed).
-        let sent = unsafe { libc::sendmsg(socket.as_raw_fd(), &raw const msg, libc::MSG_NOSIGNAL) };
-        if sent >= 0 {
-            // A SOCK_SEQPACKET record is sent whole or not at all.
-            return Ok(());
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
+    let iov = [IoSlice::new(message)];
+    // A SOCK_SEQPACKET record is sent whole or not at all.
+    retry_rustix(|| rustix::net::sendmsg(socket, &iov, &mut control, SendFlags::NOSIGNAL)).map(drop)
 }
 
 /// One record read by [`recv_with_fds`].
@@ -528,73 +502,42 @@ pub(crate) struct Record {
 /// with `WouldBlock`.
 pub(crate) fn recv_with_fds(socket: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Record> {
     const MAX_FDS: usize = 4;
-    let mut control = cmsg_buffer(MAX_FDS);
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
-    // SAFETY: an all-zero msghdr is a valid empty one.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &raw mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = (control.len() * 8) as _;
-    let len = loop {
-        // SAFETY: `msg` points at `iov` (→ `buf`) and `control`, both writable and alive for
-        // the call; recvmsg writes at most their lengths into them.
-        let n = unsafe { libc::recvmsg(socket.as_raw_fd(), &raw mut msg, libc::MSG_CMSG_CLOEXEC) };
-        if n >= 0 {
-            break n as usize;
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    };
-    let mut fds = Vec::new();
-    // SAFETY: recvmsg succeeded: the kernel filled `control` with `msg_controllen` bytes of
-    // well-formed control messages, which CMSG_FIRSTHDR / CMSG_NXTHDR walk without leaving
-    // it. Each SCM_RIGHTS message holds `(cmsg_len - CMSG_LEN(0)) / size_of::<int>()`
-    // descriptors, new in this process and owned by nobody else: each is taken once.
-    unsafe {
-        let mut cmsg = libc::CMSG_FIRSTHDR(&raw const msg);
-        while !cmsg.is_null() {
-            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
-                let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
-                let bytes = (*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
-                for i in 0..bytes / size_of::<RawFd>() {
-                    let fd = std::ptr::read_unaligned(data.add(i));
-                    fds.push(OwnedFd::from_raw_fd(fd));
-                }
-            }
-            cmsg = libc::CMSG_NXTHDR(&raw const msg, cmsg);
-        }
-    }
-    let truncated = msg.msg_flags & (libc::MSG_TRUNC | libc::MSG_CTRUNC) != 0;
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let mut iov = [IoSliceMut::new(buf)];
+    let msg = retry_rustix(|| {
+        rustix::net::recvmsg(socket, &mut iov, &mut control, RecvFlags::CMSG_CLOEXEC)
+    })?;
+    let fds = control
+        .drain()
+        .filter_map(|message| match message {
+            RecvAncillaryMessage::ScmRights(fds) => Some(fds),
+            _ => None,
+        })
+        .flatten()
+        .collect();
     Ok(Record {
-        len,
+        len: msg.bytes,
         fds,
-        truncated,
+        truncated: msg
+            .flags
+            .intersects(ReturnFlags::TRUNC | ReturnFlags::CTRUNC),
     })
 }
 
 /// Blocks until `fd` is readable (or, with `write`, writable), or in error or hung up
 /// (the next operation then reports it).
 pub(crate) fn wait_fd(fd: BorrowedFd<'_>, write: bool) -> io::Result<()> {
-    let mut pollfd = libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events: if write { libc::POLLOUT } else { libc::POLLIN },
-        revents: 0,
-    };
-    // SAFETY: `pollfd` is one writable struct that outlives the call (nfds = 1).
-    retry(|| unsafe { libc::poll(&raw mut pollfd, 1, -1) }).map(drop)
+    let events = if write { PollFlags::OUT } else { PollFlags::IN };
+    let mut pollfd = [PollFd::from_borrowed_fd(fd, events)];
+    retry_rustix(|| rustix::event::poll(&mut pollfd, None)).map(drop)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::io::Read;
-    use std::os::fd::AsFd;
+    use std::os::fd::{AsFd, AsRawFd};
     use std::os::unix::net::UnixStream;
 
     #[test]
@@ -604,10 +547,14 @@ mod tests {
         let dup = dup_at_least(a.as_fd(), 100).unwrap();
         assert!(dup.as_raw_fd() >= 100);
         assert!(is_cloexec(dup.as_fd()).unwrap());
-        assert_eq!(status_flags(dup.as_fd()).unwrap() & libc::O_NONBLOCK, 0);
+        assert!(
+            !status_flags(dup.as_fd())
+                .unwrap()
+                .contains(OFlags::NONBLOCK)
+        );
         set_nonblocking(dup.as_fd()).unwrap();
         // Shared by the open file description.
-        assert_ne!(status_flags(a.as_fd()).unwrap() & libc::O_NONBLOCK, 0);
+        assert!(status_flags(a.as_fd()).unwrap().contains(OFlags::NONBLOCK));
         assert!(!is_listening(a.as_fd()).unwrap());
         assert!(is_open(dup.as_raw_fd()).unwrap());
         assert!(!is_open(RawFd::MAX).unwrap());
@@ -617,7 +564,7 @@ mod tests {
     #[test]
     fn with_declared_refuses_a_closed_number() {
         let e = with_declared(RawFd::MAX, |_| ()).unwrap_err();
-        assert_eq!(e.raw_os_error(), Some(libc::EBADF));
+        assert_eq!(e.raw_os_error(), Some(Errno::BADF.raw_os_error()));
         let (a, _b) = UnixStream::pair().unwrap();
         let raw = a.as_raw_fd();
         assert_eq!(with_declared(raw, |fd| fd.as_raw_fd()).unwrap(), raw);
@@ -628,10 +575,13 @@ mod tests {
         let (fd, e) = adopt(&[RawFd::MAX - 1, RawFd::MAX - 1]).unwrap_err();
         assert_eq!(
             (fd, e.raw_os_error()),
-            (RawFd::MAX - 1, Some(libc::EALREADY))
+            (RawFd::MAX - 1, Some(Errno::ALREADY.raw_os_error()))
         );
         let (fd, e) = adopt(&[RawFd::MAX - 1]).unwrap_err();
-        assert_eq!((fd, e.raw_os_error()), (RawFd::MAX - 1, Some(libc::EBADF)));
+        assert_eq!(
+            (fd, e.raw_os_error()),
+            (RawFd::MAX - 1, Some(Errno::BADF.raw_os_error()))
+        );
         // Nothing was recorded by the failed calls.
         let adopted = ADOPTED.lock().unwrap_or_else(PoisonError::into_inner);
         assert!(!adopted.contains(&(RawFd::MAX - 1)));
@@ -674,7 +624,7 @@ mod tests {
         assert_eq!(b.read(&mut buf).unwrap(), 0, "the peer sees EOF");
         shutdown_both(a.as_raw_fd()).unwrap();
         let e = shutdown_both(RawFd::MAX).unwrap_err();
-        assert_eq!(e.raw_os_error(), Some(libc::EBADF));
+        assert_eq!(e.raw_os_error(), Some(Errno::BADF.raw_os_error()));
     }
 
     #[test]
@@ -720,6 +670,6 @@ mod tests {
     #[test]
     fn run_ops_reports_a_bad_slot_instead_of_panicking() {
         let e = run_ops(&[Op::CloseStash { slot: 3 }], &mut []).unwrap_err();
-        assert_eq!(e.raw_os_error(), Some(libc::EINVAL));
+        assert_eq!(e.raw_os_error(), Some(Errno::INVAL.raw_os_error()));
     }
 }

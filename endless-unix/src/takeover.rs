@@ -30,6 +30,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use endless_core::takeover::{
     FrameError, MAX_OFFER_LEN, Offer, Outcome, REPLY_LEN, RefuseReason, Reply,
 };
+use rustix::io::Errno;
+use rustix::net::SendFlags;
 
 use crate::sys;
 use crate::tracker::ConnectionGuard;
@@ -218,7 +220,7 @@ fn send_loop(
             continue;
         }
         if let Err(e) = send_blocking(channel, &message, &fd) {
-            if e.raw_os_error() == Some(libc::EMSGSIZE) {
+            if sys::is_errno(&e, Errno::MSGSIZE) {
                 // Too big for the socket buffer: this one stays; the channel is fine.
                 fail(HandOverFailure::Io(e), Some((fd, guard)));
                 continue;
@@ -293,7 +295,7 @@ fn read_reply(channel: &OwnedFd, buf: &mut [u8]) -> io::Result<Option<Reply>> {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 sys::wait_fd(channel.as_fd(), false)?;
             }
-            Err(e) if e.raw_os_error() == Some(libc::ECONNRESET) => return Ok(None),
+            Err(e) if sys::is_errno(&e, Errno::CONNRESET) => return Ok(None),
             other => break other?,
         }
     };
@@ -391,9 +393,9 @@ impl Drop for Incoming {
 fn reply(channel: &OwnedFd, id: u64, outcome: Outcome) -> io::Result<()> {
     let message = Reply { id, outcome }.encode();
     // A reply is a few bytes on a blocking channel: it does not wait in practice.
-    socket2::SockRef::from(channel)
-        .send_with_flags(&message, libc::MSG_NOSIGNAL)
+    rustix::net::send(channel, &message, SendFlags::NOSIGNAL)
         .map(drop)
+        .map_err(io::Error::from)
 }
 
 /// The connections this process receives under one name, from the previous generation.

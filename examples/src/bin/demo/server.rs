@@ -16,6 +16,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use rustix::process::{Pid, Signal, WaitOptions};
+
 /// How long a server may take to print its `listening` line and write its pid file.
 const START_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -25,11 +27,9 @@ const POLL: Duration = Duration::from_millis(1);
 /// Makes this process the reaper of its orphaned descendants (Linux), so that every
 /// generation of the server is reaped here and its exit noted.
 pub(crate) fn become_subreaper() {
+    // rustix takes the flag as an `Option<Pid>`: any pid sets it.
     #[cfg(target_os = "linux")]
-    // SAFETY: prctl(PR_SET_CHILD_SUBREAPER) takes integer arguments only.
-    unsafe {
-        libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
-    }
+    let _ = rustix::process::set_child_subreaper(Some(rustix::process::getpid()));
 }
 
 /// How a generation ended.
@@ -147,9 +147,9 @@ impl Group {
     /// Ends every generation: `SIGTERM` to the group (a graceful stop), `SIGKILL` to what
     /// is left after `grace`; reaps them.
     pub(crate) fn stop(&mut self, grace: Duration) {
-        signal_group(self.pgid, libc::SIGTERM);
+        signal_group(self.pgid, Signal::TERM);
         if !wait_gone(self.pgid, grace) {
-            signal_group(self.pgid, libc::SIGKILL);
+            signal_group(self.pgid, Signal::KILL);
             wait_gone(self.pgid, Duration::from_secs(2));
         }
         self.reaping.store(false, Ordering::Relaxed);
@@ -177,11 +177,18 @@ pub(crate) fn restart(pid_file: &Path, timeout: Duration, stop: &AtomicBool) -> 
         };
     };
     let hup = Instant::now();
-    // SAFETY: kill(2) with a pid read from the pid file and a valid signal number.
-    if unsafe { libc::kill(old as i32, libc::SIGHUP) } != 0 {
+    let sent = i32::try_from(old)
+        .ok()
+        .and_then(Pid::from_raw)
+        .ok_or_else(|| "not a process id".to_owned())
+        .and_then(|pid| {
+            rustix::process::kill_process(pid, Signal::HUP)
+                .map_err(|e| io::Error::from(e).to_string())
+        });
+    if let Err(e) = sent {
         return Handover::Missed {
             old: Some(old),
-            why: format!("cannot signal pid {old}: {}", io::Error::last_os_error()),
+            why: format!("cannot signal pid {old}: {e}"),
         };
     }
     loop {
@@ -227,17 +234,18 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-fn signal_group(pgid: i32, signal: i32) {
-    // SAFETY: kill(2) on a process group this process created.
-    unsafe {
-        libc::kill(-pgid, signal);
-    }
+/// The process group `pgid` as rustix names it (a group this process created: positive).
+fn group(pgid: i32) -> Pid {
+    Pid::from_raw(pgid).expect("a process group id is positive")
+}
+
+fn signal_group(pgid: i32, signal: Signal) {
+    let _ = rustix::process::kill_process_group(group(pgid), signal);
 }
 
 /// Whether any process of the group is alive (zombies not yet reaped count).
 fn group_alive(pgid: i32) -> bool {
-    // SAFETY: kill(2) with signal 0 only checks.
-    unsafe { libc::kill(-pgid, 0) == 0 }
+    rustix::process::test_kill_process_group(group(pgid)).is_ok()
 }
 
 fn wait_gone(pgid: i32, timeout: Duration) -> bool {
@@ -255,17 +263,14 @@ fn wait_gone(pgid: i32, timeout: Duration) -> bool {
 /// generation, and the orphans a subreaper inherits), noting when and how they exited.
 fn reap(pgid: i32, exits: &Mutex<BTreeMap<u32, Exit>>, reaping: &AtomicBool) {
     loop {
-        let mut status = 0;
-        // SAFETY: waitpid(2) on our own children of that process group.
-        let pid = unsafe { libc::waitpid(-pgid, &mut status, libc::WNOHANG) };
-        if pid > 0 {
-            let code = if libc::WIFEXITED(status) {
-                libc::WEXITSTATUS(status)
-            } else {
-                -libc::WTERMSIG(status)
+        if let Ok(Some((pid, status))) = rustix::process::waitpgid(group(pgid), WaitOptions::NOHANG)
+        {
+            let code = match (status.exit_status(), status.terminating_signal()) {
+                (Some(code), _) => code,
+                (None, signal) => -signal.unwrap_or(0),
             };
             lock(exits).insert(
-                pid as u32,
+                pid.as_raw_pid().unsigned_abs(),
                 Exit {
                     at: Instant::now(),
                     code,
@@ -273,7 +278,7 @@ fn reap(pgid: i32, exits: &Mutex<BTreeMap<u32, Exit>>, reaping: &AtomicBool) {
             );
             continue;
         }
-        // None exited yet (0), or no child of that group at the moment (ECHILD).
+        // None exited yet (`Ok(None)`), or no child of that group at the moment (ECHILD).
         if !reaping.load(Ordering::Relaxed) {
             return;
         }

@@ -15,177 +15,179 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::{
+use rustix::fs::OFlags;
+use rustix::process::Signal;
+
+use crate::{
     DEADLINE, Endpoint, Exit, Group, Options, Server, ask, dup, fds, has_field, is_alive, own_pid,
     parse_listening, place_fds, read_to_end, sh_quote, sh_script, wait_for,
 };
 
 /// The end-to-end tests, one `#[test]` per scenario, against the server binary `$bin` (an
 /// expression of type `&Path`): each runtime's test file invokes it once per echo server.
-#[allow(unused_macros)] // not every test crate that includes the support module uses it
+#[macro_export]
 macro_rules! restart_scenarios {
     ($bin:expr) => {
         #[test]
         fn stale_pid_file_is_overwritten() {
-            $crate::support::scenarios::stale_pid_file_is_overwritten($bin);
+            $crate::scenarios::stale_pid_file_is_overwritten($bin);
         }
 
         #[test]
         fn staged_upgrade_committed() {
-            $crate::support::scenarios::staged_upgrade_committed($bin);
+            $crate::scenarios::staged_upgrade_committed($bin);
         }
 
         #[test]
         fn staged_upgrade_rolled_back() {
-            $crate::support::scenarios::staged_upgrade_rolled_back($bin);
+            $crate::scenarios::staged_upgrade_rolled_back($bin);
         }
 
         #[test]
         fn socket_activation_listener_is_served_and_passed_on() {
-            $crate::support::scenarios::socket_activation($bin);
+            $crate::scenarios::socket_activation($bin);
         }
 
         #[test]
         fn in_flight_request_completes_across_a_restart() {
-            $crate::support::scenarios::in_flight_request($bin);
+            $crate::scenarios::in_flight_request($bin);
         }
 
         #[test]
         fn twenty_restarts_leak_nothing() {
-            $crate::support::scenarios::twenty_restarts($bin);
+            $crate::scenarios::twenty_restarts($bin);
         }
 
         #[test]
         fn malformed_variables_are_refused() {
-            $crate::support::scenarios::malformed_variables($bin);
+            $crate::scenarios::malformed_variables($bin);
         }
 
         #[test]
         fn variables_for_another_process_are_ignored() {
-            $crate::support::scenarios::variables_for_another_process($bin);
+            $crate::scenarios::variables_for_another_process($bin);
         }
 
         #[test]
         fn bad_inherited_fds_are_refused() {
-            $crate::support::scenarios::bad_inherited_fds($bin);
+            $crate::scenarios::bad_inherited_fds($bin);
         }
 
         #[test]
         fn closed_fd_declared_other_is_refused() {
-            $crate::support::scenarios::closed_fd_declared_other_is_refused($bin);
+            $crate::scenarios::closed_fd_declared_other_is_refused($bin);
         }
 
         #[test]
         fn executable_missing_or_not_executable() {
-            $crate::support::scenarios::executable_missing_or_not_executable($bin);
+            $crate::scenarios::executable_missing_or_not_executable($bin);
         }
 
         #[test]
         fn new_binary_exits_before_ready() {
-            $crate::support::scenarios::new_binary_exits_before_ready($bin);
+            $crate::scenarios::new_binary_exits_before_ready($bin);
         }
 
         #[test]
         fn new_binary_never_ready_is_killed() {
-            $crate::support::scenarios::new_binary_never_ready($bin);
+            $crate::scenarios::new_binary_never_ready($bin);
         }
 
         #[test]
         fn hup_burst() {
-            $crate::support::scenarios::hup_burst($bin);
+            $crate::scenarios::hup_burst($bin);
         }
 
         #[test]
         fn term_while_child_starting() {
-            $crate::support::scenarios::term_while_child_starting($bin);
+            $crate::scenarios::term_while_child_starting($bin);
         }
 
         #[test]
         fn replaced_binary_runs_new_code() {
-            $crate::support::scenarios::replaced_binary_runs($bin);
+            $crate::scenarios::replaced_binary_runs($bin);
         }
 
         #[test]
         fn symlink_switch_runs_new_release() {
-            $crate::support::scenarios::symlink_switch_runs_new_release($bin);
+            $crate::scenarios::symlink_switch_runs_new_release($bin);
         }
 
         #[test]
         fn subprocess_sees_no_listener() {
-            $crate::support::scenarios::subprocess_sees_no_listener($bin);
+            $crate::scenarios::subprocess_sees_no_listener($bin);
         }
 
         #[test]
         fn unix_socket_restart() {
-            $crate::support::scenarios::unix_socket_restart($bin);
+            $crate::scenarios::unix_socket_restart($bin);
         }
 
         #[test]
         fn unclaimed_listener_is_closed() {
-            $crate::support::scenarios::unclaimed_listener_is_closed($bin);
+            $crate::scenarios::unclaimed_listener_is_closed($bin);
         }
 
         #[test]
         fn restarts_under_load() {
-            $crate::support::scenarios::restarts_under_load($bin, 16, 60);
+            $crate::scenarios::restarts_under_load($bin, 16, 60);
         }
 
         #[test]
         fn drain_deadline_closes_what_is_left() {
-            $crate::support::scenarios::drain_deadline_closes_what_is_left($bin);
+            $crate::scenarios::drain_deadline_closes_what_is_left($bin);
         }
 
         #[test]
         fn hammer_closes_what_is_left() {
-            $crate::support::scenarios::hammer_closes_what_is_left($bin);
+            $crate::scenarios::hammer_closes_what_is_left($bin);
         }
 
         #[test]
         fn term_stops_gracefully() {
-            $crate::support::scenarios::term_stops_gracefully($bin);
+            $crate::scenarios::term_stops_gracefully($bin);
         }
 
         #[test]
         fn udp_socket_restart() {
-            $crate::support::scenarios::udp_socket_restart($bin);
+            $crate::scenarios::udp_socket_restart($bin);
         }
 
         #[test]
         fn ipv6_listener_restart() {
-            $crate::support::scenarios::ipv6_listener_restart($bin);
+            $crate::scenarios::ipv6_listener_restart($bin);
         }
 
         #[test]
         fn several_listeners_restart() {
-            $crate::support::scenarios::several_listeners_restart($bin);
+            $crate::scenarios::several_listeners_restart($bin);
         }
 
         #[test]
         fn tcp_listen_address_change_binds_anew() {
-            $crate::support::scenarios::tcp_listen_address_changes($bin);
+            $crate::scenarios::tcp_listen_address_changes($bin);
         }
 
         #[test]
         fn udp_listen_address_change_binds_anew() {
-            $crate::support::scenarios::udp_listen_address_changes($bin);
+            $crate::scenarios::udp_listen_address_changes($bin);
         }
 
         #[test]
         fn unix_listen_path_change_binds_anew() {
-            $crate::support::scenarios::unix_listen_path_changes($bin);
+            $crate::scenarios::unix_listen_path_changes($bin);
         }
 
         #[test]
         fn unix_path_written_differently_keeps_listener() {
-            $crate::support::scenarios::unix_path_written_differently_keeps_listener($bin);
+            $crate::scenarios::unix_path_written_differently_keeps_listener($bin);
         }
     };
 }
-#[allow(unused_imports)]
-pub(crate) use restart_scenarios;
+pub use crate::restart_scenarios;
 
 /// The pid in the server's `spawned the new generation pid=<pid>` log line after `mark`.
-pub(crate) fn spawned_child(server: &Server, mark: usize) -> u32 {
+pub fn spawned_child(server: &Server, mark: usize) -> u32 {
     let line = server
         .group
         .stderr
@@ -211,7 +213,7 @@ fn still_serves_and_restarts(server: &Server) {
 /// A request in flight in the old process (`sleep 2000`) completes after the HUP, answered
 /// by the old pid; connections made once the new generation took over are answered by the
 /// new pid; the old process exits 0 once its connection is done, not before.
-pub(crate) fn in_flight_request(bin: &Path) {
+pub fn in_flight_request(bin: &Path) {
     let server = Server::start(bin, &Options::default());
     let old = server.pid();
 
@@ -254,7 +256,7 @@ pub(crate) fn in_flight_request(bin: &Path) {
 /// 20 restarts in a row: each new generation serves and names itself in the pid file, the
 /// old one exits 0, and once settled exactly one process is left, with as many fds as the
 /// first generation had, and no zombie.
-pub(crate) fn twenty_restarts(bin: &Path) {
+pub fn twenty_restarts(bin: &Path) {
     let server = Server::start(bin, &Options::default());
     let first = server.pid();
     server.assert_serves(first);
@@ -353,7 +355,7 @@ fn assert_refused(
 /// Bad input a: malformed `ENDLESS_*` variables at start-up, meant for the process (the
 /// parent pid is right). Each one makes it exit non-zero with an error naming the problem;
 /// the running server is unaffected and restarts.
-pub(crate) fn malformed_variables(bin: &Path) {
+pub fn malformed_variables(bin: &Path) {
     let server = Server::start(bin, &Options::default());
     let me = own_pid();
     let set = |key: &'static str, value: &str| {
@@ -458,7 +460,7 @@ pub(crate) fn malformed_variables(bin: &Path) {
 /// names another process), with a listener and a pipe at the fds they describe: the server
 /// warns, ignores them (neither adopts the listener nor writes "ready" on the pipe), starts
 /// fresh on its own `--listen` address, serves, and restarts.
-pub(crate) fn variables_for_another_process(bin: &Path) {
+pub fn variables_for_another_process(bin: &Path) {
     let other = if own_pid() == 1 { 2 } else { 1 };
     let decoy = TcpListener::bind("127.0.0.1:0").unwrap();
     let decoy_addr = decoy.local_addr().unwrap();
@@ -504,21 +506,15 @@ pub(crate) fn variables_for_another_process(bin: &Path) {
 }
 
 fn set_nonblocking(pipe: &std::io::PipeReader) {
-    use std::os::fd::AsRawFd;
-    let fd = pipe.as_raw_fd();
-    // SAFETY: fcntl on an fd we own; no memory involved.
-    unsafe {
-        let flags = libc::fcntl(fd, libc::F_GETFL);
-        assert!(flags >= 0);
-        assert_eq!(libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK), 0);
-    }
+    let flags = rustix::fs::fcntl_getfl(pipe).expect("F_GETFL");
+    rustix::fs::fcntl_setfl(pipe, flags | OFlags::NONBLOCK).expect("F_SETFL");
 }
 
 /// Bad input c: an inherited fd that is closed, not a socket, or of the wrong kind, and a
 /// readiness channel that is closed or not writable: the process exits non-zero with an
 /// error naming the fd and the problem. A control with the right fds adopts the listener
 /// and reports ready on the pipe, so the negative cases fail for the reason they name.
-pub(crate) fn bad_inherited_fds(bin: &Path) {
+pub fn bad_inherited_fds(bin: &Path) {
     let server = Server::start(bin, &Options::default());
     let vars = handoff_vars(own_pid());
 
@@ -648,7 +644,7 @@ pub(crate) fn bad_inherited_fds(bin: &Path) {
 /// it as unclaimed, and tokio would abort ("unexpected error when polling the I/O driver:
 /// Bad file descriptor") after the parent had handed over. It is refused because an
 /// inherited fd has close-on-exec clear, and the runtime's own fds have it set.
-pub(crate) fn closed_fd_declared_other_is_refused(bin: &Path) {
+pub fn closed_fd_declared_other_is_refused(bin: &Path) {
     let server = Server::start(bin, &Options::default());
     let vars = vec![
         ("ENDLESS_VERSION", "1".to_owned()),
@@ -677,7 +673,7 @@ pub(crate) fn closed_fd_declared_other_is_refused(bin: &Path) {
 
 /// Bad input d: the executable is missing, then not executable, at restart time: each HUP
 /// fails (logged), the server keeps serving with no fd leaked; restored, a HUP works.
-pub(crate) fn executable_missing_or_not_executable(bin: &Path) {
+pub fn executable_missing_or_not_executable(bin: &Path) {
     let server = Server::start(bin, &Options::default());
     let pid = server.pid();
     let baseline = server.settled_fd_count();
@@ -700,7 +696,7 @@ pub(crate) fn executable_missing_or_not_executable(bin: &Path) {
 
 /// Bad input e: the new binary exits 1 before it is ready: the HUP fails (logged), the
 /// failed child is reaped by the server (no zombie), no fd leaks; restored, a HUP works.
-pub(crate) fn new_binary_exits_before_ready(bin: &Path) {
+pub fn new_binary_exits_before_ready(bin: &Path) {
     let server = Server::start(bin, &Options::default());
     let pid = server.pid();
     let baseline = server.settled_fd_count();
@@ -716,7 +712,7 @@ pub(crate) fn new_binary_exits_before_ready(bin: &Path) {
         let child = spawned_child(&server, mark);
         server.group.wait_gone(child);
         assert_eq!(
-            super::proc_info(child),
+            crate::proc_info(child),
             None,
             "the failed child {child} is not reaped"
         );
@@ -730,7 +726,7 @@ pub(crate) fn new_binary_exits_before_ready(bin: &Path) {
 /// Bad input f: the new binary never becomes ready (`exec sleep 600`) with
 /// `--upgrade-timeout 1`: it is killed and reaped after the timeout, the server keeps
 /// serving with no fd leaked; restored, a HUP works.
-pub(crate) fn new_binary_never_ready(bin: &Path) {
+pub fn new_binary_never_ready(bin: &Path) {
     let server = Server::start(bin, &Options::default().arg("--upgrade-timeout").arg("1"));
     let pid = server.pid();
     let baseline = server.settled_fd_count();
@@ -745,7 +741,7 @@ pub(crate) fn new_binary_never_ready(bin: &Path) {
     wait_for(
         format_args!("the sleeping child {child} to be killed and reaped"),
         DEADLINE,
-        || super::proc_info(child).is_none().then_some(()),
+        || crate::proc_info(child).is_none().then_some(()),
     );
     server.group.wait_settled(&[pid]);
     server.wait_fd_count(pid, baseline);
@@ -756,7 +752,7 @@ pub(crate) fn new_binary_never_ready(bin: &Path) {
 
 /// Bad input g: 100 HUPs in a burst, twice: a client keeps getting answers throughout, and
 /// each burst ends with exactly one new generation serving, alone, with no zombie.
-pub(crate) fn hup_burst(bin: &Path) {
+pub fn hup_burst(bin: &Path) {
     let server = Server::start(bin, &Options::default());
     let endpoint = server.endpoint().clone();
 
@@ -793,7 +789,7 @@ pub(crate) fn hup_burst(bin: &Path) {
     for round in 0..2 {
         let old = server.pid();
         for _ in 0..100 {
-            server.group.signal(old, libc::SIGHUP);
+            server.group.signal(old, Signal::HUP);
         }
         let new = wait_for(
             format_args!("round {round}: a new generation after {old}"),
@@ -832,22 +828,26 @@ pub(crate) fn hup_burst(bin: &Path) {
 /// Bad input h: TERM while a child is starting (a script that sleeps before it `exec`s the
 /// real binary): the child is killed, the old process drains and exits 0, the pid file is
 /// removed, the real binary never runs, and nothing of the group is left.
-pub(crate) fn term_while_child_starting(bin: &Path) {
+pub fn term_while_child_starting(bin: &Path) {
     let server = Server::start(bin, &Options::default());
     let old = server.pid();
     let script = format!("sleep 5\nexec {} \"$@\"", sh_quote(server.real_binary()));
     server.replace_exe(&sh_script(&script), 0o755);
 
     let mark = server.group.stderr.len();
-    server.group.signal(old, libc::SIGHUP);
+    server.group.signal(old, Signal::HUP);
     let child = spawned_child(&server, mark);
-    server.group.signal(old, libc::SIGTERM);
+    server.group.signal(old, Signal::TERM);
 
     assert_eq!(server.group.wait_exit(old), Exit::Code(0));
     server.group.wait_gone(child);
     if let Some(exit) = server.group.exit_of(child) {
         // Reparented to the test process, and reaped here: it must have been killed.
-        assert_eq!(exit, Exit::Signal(libc::SIGKILL), "the starting child");
+        assert_eq!(
+            exit,
+            Exit::Signal(Signal::KILL.as_raw()),
+            "the starting child"
+        );
     }
     // The orphaned `sleep 5` of the killed script ends by itself; then nothing is left (a
     // child that was not killed would `exec` the real server, which never exits).
@@ -867,7 +867,7 @@ pub(crate) fn term_while_child_starting(bin: &Path) {
 /// The binary on disk is replaced by a script that `exec`s the real binary with
 /// `ECHO_VERSION=2`: the old process still runs the old code, and after a HUP the new pid
 /// answers `version` with 2.
-pub(crate) fn replaced_binary_runs(bin: &Path) {
+pub fn replaced_binary_runs(bin: &Path) {
     let server = Server::start(bin, &Options::default());
     let old = server.pid();
     assert_eq!(server.ask("version"), (old, "1".to_owned()));
@@ -888,7 +888,7 @@ pub(crate) fn replaced_binary_runs(bin: &Path) {
 /// `current/<binary>`; after the switch to a release whose binary runs the real server with
 /// `ECHO_VERSION=2`, a HUP runs the new release (the path is kept as the operator named it,
 /// symlinks not resolved at start-up).
-pub(crate) fn symlink_switch_runs_new_release(bin: &Path) {
+pub fn symlink_switch_runs_new_release(bin: &Path) {
     let server = Server::start(bin, &Options::default().symlinked_release());
     let old = server.pid();
     assert_eq!(server.ask("version"), (old, "1".to_owned()));
@@ -932,7 +932,7 @@ fn subprocess_sockets(server: &Server, pid: u32) -> Vec<String> {
 
 /// A subprocess of the server (`ls -l /proc/self/fd`) sees no socket but stdio, before and
 /// after restarts, although the server itself holds its listener.
-pub(crate) fn subprocess_sees_no_listener(bin: &Path) {
+pub fn subprocess_sees_no_listener(bin: &Path) {
     let server = Server::start(bin, &Options::default());
     for _ in 0..3 {
         let pid = server.pid();
@@ -954,7 +954,7 @@ pub(crate) fn subprocess_sees_no_listener(bin: &Path) {
 
 /// A restart on a Unix socket: the new pid answers on the same path, the socket file (the
 /// same inode: nobody bound it anew) is still there after the old process exits.
-pub(crate) fn unix_socket_restart(bin: &Path) {
+pub fn unix_socket_restart(bin: &Path) {
     let server = Server::start(bin, &Options::default().unix());
     let Endpoint::Unix(path) = server.endpoint().clone() else {
         panic!("not a Unix socket: {}", server.endpoint());
@@ -979,7 +979,7 @@ pub(crate) fn unix_socket_restart(bin: &Path) {
 /// only one `--listen`) does not keep the dropped listener open, so once the old generation
 /// is gone, connecting to it is refused rather than left hanging in a backlog nobody
 /// accepts from.
-pub(crate) fn unclaimed_listener_is_closed(bin: &Path) {
+pub fn unclaimed_listener_is_closed(bin: &Path) {
     let server = Server::start(bin, &Options::default().arg("--listen").arg("127.0.0.1:0"));
     let old = server.pid();
     let line = server
@@ -1034,7 +1034,7 @@ pub(crate) fn unclaimed_listener_is_closed(bin: &Path) {
 
 /// Restarts while clients keep connecting: `clients` threads each open connections in a
 /// loop (one request each); across `restarts` restarts not one connection fails.
-pub(crate) fn restarts_under_load(bin: &Path, clients: usize, restarts: usize) {
+pub fn restarts_under_load(bin: &Path, clients: usize, restarts: usize) {
     let server = Server::start(bin, &Options::default());
     let stop = Arc::new(AtomicBool::new(false));
     let ok = Arc::new(AtomicUsize::new(0));
@@ -1082,7 +1082,7 @@ pub(crate) fn restarts_under_load(bin: &Path, clients: usize, restarts: usize) {
 // ---- more: the end of a drain ------------------------------------------------------------------
 
 /// Waits until the server closes `conn` (end of file or reset, not a timeout).
-fn wait_closed(mut conn: super::Conn, what: &str) {
+fn wait_closed(mut conn: crate::Conn, what: &str) {
     match conn.recv() {
         Err(e)
             if matches!(
@@ -1095,7 +1095,7 @@ fn wait_closed(mut conn: super::Conn, what: &str) {
 
 /// `--drain-timeout 1`: a connection that stays open in the old generation is really
 /// closed at the deadline (the client sees it closed), and the old process then exits 0.
-pub(crate) fn drain_deadline_closes_what_is_left(bin: &Path) {
+pub fn drain_deadline_closes_what_is_left(bin: &Path) {
     let server = Server::start(bin, &Options::default().arg("--drain-timeout").arg("1"));
     let old = server.pid();
     let mut idle = server.connect();
@@ -1114,14 +1114,14 @@ pub(crate) fn drain_deadline_closes_what_is_left(bin: &Path) {
 
 /// `SIGUSR2` while draining (no drain deadline) closes what is left at once: the client
 /// sees its connection closed, the old process exits 0.
-pub(crate) fn hammer_closes_what_is_left(bin: &Path) {
+pub fn hammer_closes_what_is_left(bin: &Path) {
     let server = Server::start(bin, &Options::default().arg("--drain-timeout").arg("never"));
     let old = server.pid();
     let mut idle = server.connect();
     assert_eq!(idle.ask("hello").unwrap(), (old, "hello".to_owned()));
     let new = server.hup();
     assert!(is_alive(old), "the old generation left a connection behind");
-    server.group.signal(old, libc::SIGUSR2);
+    server.group.signal(old, Signal::USR2);
     wait_closed(idle, "the idle connection after the hammer");
     assert_eq!(server.group.wait_exit(old), Exit::Code(0));
     server.assert_serves(new);
@@ -1130,13 +1130,13 @@ pub(crate) fn hammer_closes_what_is_left(bin: &Path) {
 
 /// `SIGTERM` stops gracefully: a request in flight is answered, then the process exits 0
 /// once its client hangs up, removes its pid file, and nothing of the group is left.
-pub(crate) fn term_stops_gracefully(bin: &Path) {
+pub fn term_stops_gracefully(bin: &Path) {
     let server = Server::start(bin, &Options::default());
     let pid = server.pid();
     let mut inflight = server.connect();
     assert_eq!(inflight.ask("hello").unwrap(), (pid, "hello".to_owned()));
     inflight.send("sleep 500").unwrap();
-    server.group.signal(pid, libc::SIGTERM);
+    server.group.signal(pid, Signal::TERM);
     assert_eq!(inflight.recv().unwrap(), (pid, "sleep 500".to_owned()));
     assert!(is_alive(pid), "it left with a connection open");
     drop(inflight);
@@ -1247,7 +1247,7 @@ fn first_addresses(server: &Server) -> Vec<(String, String)> {
 /// socket until the old one stops); the old process exits 0; the new one announces the same
 /// port and answers from it. A client sending datagrams throughout gets every one answered
 /// (resent if dropped), by one of the generations.
-pub(crate) fn udp_socket_restart(bin: &Path) {
+pub fn udp_socket_restart(bin: &Path) {
     let server = Server::start(bin, &Options::default().listen("udp:127.0.0.1:0"));
     let endpoint = server.endpoint().clone();
     let Endpoint::Udp(addr) = endpoint else {
@@ -1270,7 +1270,7 @@ pub(crate) fn udp_socket_restart(bin: &Path) {
             while !stop.load(Ordering::SeqCst) {
                 n += 1;
                 let line = format!("datagram {n}");
-                match super::udp_ask(addr, &line, DEADLINE) {
+                match crate::udp_ask(addr, &line, DEADLINE) {
                     Ok((pid, echo)) if echo == line => {
                         answers.push(pid);
                         ok.fetch_add(1, Ordering::SeqCst);
@@ -1278,7 +1278,7 @@ pub(crate) fn udp_socket_restart(bin: &Path) {
                     Ok(other) => errors.push(format!("bad answer to {line:?}: {other:?}")),
                     Err(e) => {
                         errors.push(format!("{line:?}: {e}"));
-                        thread::sleep(super::POLL);
+                        thread::sleep(crate::POLL);
                     }
                 }
             }
@@ -1333,7 +1333,7 @@ pub(crate) fn udp_socket_restart(bin: &Path) {
 /// A restart on IPv6 loopback (`--listen [::1]:0`, and `udp:[::1]:0` as a second
 /// listener), three times: the new pid answers on the same addresses, the old one exits 0.
 /// Skipped, with a note, where this process cannot bind `[::1]:0`.
-pub(crate) fn ipv6_listener_restart(bin: &Path) {
+pub fn ipv6_listener_restart(bin: &Path) {
     if let Err(e) = TcpListener::bind("[::1]:0").and_then(|_| UdpSocket::bind("[::1]:0").map(drop))
     {
         eprintln!("note: ipv6_listener_restart skipped: cannot bind [::1]:0 here: {e}");
@@ -1404,7 +1404,7 @@ fn with_tcp_unix_udp(bin: &Path) -> (Server, [Endpoint; 3]) {
 /// still answered by the old pid; once it is closed the old process exits 0. The new
 /// generation announces the same addresses (the Unix socket file is the same inode) and,
 /// settled, has as many fds as the first one.
-pub(crate) fn several_listeners_restart(bin: &Path) {
+pub fn several_listeners_restart(bin: &Path) {
     let (server, [tcp, unix, udp]) = with_tcp_unix_udp(bin);
     let (tcp, unix, udp) = (&tcp, &unix, &udp);
     assert!(matches!(tcp, Endpoint::Tcp(_)), "{tcp}");
@@ -1425,7 +1425,7 @@ pub(crate) fn several_listeners_restart(bin: &Path) {
 
     for round in 0..3 {
         let old = server.pid();
-        let mut held = super::Conn::open(tcp)
+        let mut held = crate::Conn::open(tcp)
             .unwrap_or_else(|e| panic!("round {round}: connect to {tcp}: {e}"));
         assert_eq!(
             held.ask("hello")
@@ -1489,7 +1489,7 @@ fn stage_beside(server: &Server) -> u32 {
     );
     server.replace_exe(&sh_script(&script), 0o755);
     let mark = server.group.stderr.len();
-    server.group.signal(old, libc::SIGUSR1);
+    server.group.signal(old, Signal::USR1);
     let staged = spawned_child(server, mark);
     wait_staged(server, mark);
     // Both accept on the same socket: new connections go to one or the other.
@@ -1516,14 +1516,14 @@ fn stage_beside(server: &Server) -> u32 {
 /// A staged upgrade committed: `SIGUSR1` starts the new generation beside the old one and
 /// both serve; `SIGQUIT` (commit) makes the old one stop accepting, drain and exit 0, and
 /// from then on only the new one answers.
-pub(crate) fn staged_upgrade_committed(bin: &Path) {
+pub fn staged_upgrade_committed(bin: &Path) {
     let server = Server::start(bin, &Options::default());
     let old = server.pid();
     let staged = stage_beside(&server);
     let mut held = server.connect();
     let held_by = held.ask("held").unwrap().0;
 
-    server.group.signal(old, libc::SIGQUIT);
+    server.group.signal(old, Signal::QUIT);
     wait_served_only_by(server.endpoint(), old, staged);
     assert_eq!(server.ask("version"), (staged, "2".to_owned()));
     // A connection the old generation had stays with it until the client is done.
@@ -1538,14 +1538,14 @@ pub(crate) fn staged_upgrade_committed(bin: &Path) {
 /// A staged upgrade rolled back: after `SIGUSR1`, `SIGWINCH` (rollback) to the old process
 /// stops the new one gracefully (it exits 0) and the old one serves alone again, names
 /// itself in the pid file again, and can be restarted later.
-pub(crate) fn staged_upgrade_rolled_back(bin: &Path) {
+pub fn staged_upgrade_rolled_back(bin: &Path) {
     let server = Server::start(bin, &Options::default());
     let old = server.pid();
     let staged = stage_beside(&server);
     server.restore_exe();
 
     let mark = server.group.stderr.len();
-    server.group.signal(old, libc::SIGWINCH);
+    server.group.signal(old, Signal::WINCH);
     // Its parent reaps it, and says how it ended: drained, not killed.
     let exited = server
         .group
@@ -1566,7 +1566,7 @@ pub(crate) fn staged_upgrade_rolled_back(bin: &Path) {
 
 /// A pid file left by a crash (naming a process that is gone) does not block start-up: the
 /// server overwrites it once ready, and restarts as usual.
-pub(crate) fn stale_pid_file_is_overwritten(bin: &Path) {
+pub fn stale_pid_file_is_overwritten(bin: &Path) {
     let server = Server::start_with(bin, &Options::default(), |command| {
         let args: Vec<_> = command.get_args().map(|a| a.to_owned()).collect();
         let path = args
@@ -1591,12 +1591,12 @@ pub(crate) fn stale_pid_file_is_overwritten(bin: &Path) {
 /// socket instead of binding its `--listen 127.0.0.1:0`; a restart passes it on (the new
 /// generation answers on it, the `LISTEN_*` variables are not passed to it), and the old
 /// one exits 0.
-pub(crate) fn socket_activation(bin: &Path) {
+pub fn socket_activation(bin: &Path) {
     let activated = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = activated.local_addr().unwrap();
-    let dir = super::TempDir::new("socket-activation");
+    let dir = crate::TempDir::new("socket-activation");
     let exe = dir.path().join("server");
-    super::install_copy(bin, &exe);
+    crate::install_copy(bin, &exe);
     let mut command = Group::command(Path::new("/bin/sh"));
     command
         .current_dir(dir.path())
@@ -1622,7 +1622,7 @@ pub(crate) fn socket_activation(bin: &Path) {
     let endpoint = Endpoint::Tcp(addr);
     assert_answered_by(&endpoint, first, "the activated server");
 
-    group.signal(first, libc::SIGHUP);
+    group.signal(first, Signal::HUP);
     let new = wait_for("a new generation to listen", DEADLINE, || {
         group.announced_pids().into_iter().find(|&p| p != first)
     });
@@ -1639,7 +1639,7 @@ pub(crate) fn socket_activation(bin: &Path) {
             .any(|var| var.starts_with(b"LISTEN_")),
         "the new generation got systemd's variables"
     );
-    group.signal(new, libc::SIGTERM);
+    group.signal(new, Signal::TERM);
     assert_eq!(group.wait_exit(new), Exit::Code(0));
 }
 
@@ -1650,7 +1650,7 @@ pub(crate) fn socket_activation(bin: &Path) {
 /// path (`second`), and back: the inheritance protocol is endless-unix's, whatever the
 /// adapter. Each generation keeps the same sockets (addresses, socket file), a connection
 /// held across each handover stays with its generation, and the old one exits 0.
-pub(crate) fn interop(first: (&Path, &str), second: (&Path, &str)) {
+pub fn interop(first: (&Path, &str), second: (&Path, &str)) {
     let (server, [tcp, unix, udp]) = with_tcp_unix_udp(first.0);
     let (tcp, unix, udp) = (&tcp, &unix, &udp);
     let announced = first_addresses(&server);
@@ -1658,7 +1658,7 @@ pub(crate) fn interop(first: (&Path, &str), second: (&Path, &str)) {
 
     for (round, (bin, runtime)) in [second, first, second].into_iter().enumerate() {
         let old = server.pid();
-        let mut held = super::Conn::open(tcp).expect("connect");
+        let mut held = crate::Conn::open(tcp).expect("connect");
         assert_eq!(held.ask("hello").unwrap(), (old, "hello".to_owned()));
 
         server.replace_exe(&fs::read(bin).expect("read the other build"), 0o755);
@@ -1733,7 +1733,7 @@ fn args_listening_on(server: &Server, listen: &[&str]) -> Vec<String> {
 /// `mark`, as staged (and so accepts a commit or a rollback). Not the new generation's
 /// pid file or its `ready` line: it writes both before its parent has read its ready
 /// message, and a commit sent in between is refused.
-pub(crate) fn wait_staged(server: &Server, mark: usize) {
+pub fn wait_staged(server: &Server, mark: usize) {
     server.group.stderr.wait_from(
         "the old generation to take the new one as staged",
         mark,
@@ -1802,7 +1802,7 @@ fn assert_nothing_answers(endpoint: &Endpoint, pid: u32, what: &str) {
         Endpoint::Udp(addr) => wait_for(
             format_args!("{what}: a datagram to {endpoint} to be refused"),
             DEADLINE,
-            || match super::udp_ask(*addr, "ping", Duration::from_millis(200)) {
+            || match crate::udp_ask(*addr, "ping", Duration::from_millis(200)) {
                 Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Some(()),
                 Err(e) if e.kind() == std::io::ErrorKind::TimedOut => None,
                 Err(e) => panic!("{what}: ask at {endpoint}: {e}"),
@@ -1893,7 +1893,7 @@ fn listen_address_changes(
 /// TCP, `127.0.0.1:P` → `127.0.0.2:P`: the same port on another address (a check of the
 /// port alone would keep the old listener), then a third generation on `127.0.0.2:P`. See
 /// [`listen_address_changes`].
-pub(crate) fn tcp_listen_address_changes(bin: &Path) {
+pub fn tcp_listen_address_changes(bin: &Path) {
     if !other_loopback_usable("tcp_listen_address_changes") {
         return;
     }
@@ -1914,7 +1914,7 @@ pub(crate) fn tcp_listen_address_changes(bin: &Path) {
 /// UDP, `udp:127.0.0.1:P` → `udp:127.0.0.2:P` (same port, another address), then a third
 /// generation on `udp:127.0.0.2:P`; once the old generation exited, a datagram to
 /// `127.0.0.1:P` gets no answer and is refused. See [`listen_address_changes`].
-pub(crate) fn udp_listen_address_changes(bin: &Path) {
+pub fn udp_listen_address_changes(bin: &Path) {
     if !other_loopback_usable("udp_listen_address_changes") {
         return;
     }
@@ -1939,7 +1939,7 @@ pub(crate) fn udp_listen_address_changes(bin: &Path) {
 /// new pid (and keeps its inode across the third generation); once the old generation
 /// exited, `a.sock` refuses connections (the file itself may remain). See
 /// [`listen_address_changes`].
-pub(crate) fn unix_listen_path_changes(bin: &Path) {
+pub fn unix_listen_path_changes(bin: &Path) {
     let to =
         |server: &Server, _: &Endpoint| format!("unix:{}", server.dir().join("b.sock").display());
     let (server, old, new) =
@@ -1973,7 +1973,7 @@ pub(crate) fn unix_listen_path_changes(bin: &Path) {
 ///    the first generation (a second `--listen`, after the harness' TCP one), then
 ///    `unix:<dir>/a.sock` in the second: the inherited socket's own name is relative.
 /// 2. `unix:<dir>/a.sock`, then `unix:./a.sock`.
-pub(crate) fn unix_path_written_differently_keeps_listener(bin: &Path) {
+pub fn unix_path_written_differently_keeps_listener(bin: &Path) {
     // 1. Relative, then absolute.
     let server = Server::start(bin, &Options::default().arg("--listen").arg("unix:a.sock"));
     let first = server.pid();

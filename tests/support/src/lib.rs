@@ -44,9 +44,14 @@
 //!
 //! Synchronisation is by polling conditions with generous deadlines ([`wait_for`]), never by
 //! sleeping a fixed time.
-#![allow(dead_code, reason = "each test binary uses a part of the harness")]
+//!
+//! An unpublished crate, a dev-dependency of `endless-examples`, whose `[[test]]` targets are
+//! the test files in `tests/`. The [`http_client`] is hyper_restart's load client.
+// Read in the source: its docs may point at the private helpers they explain.
+#![allow(rustdoc::private_intra_doc_links)]
 
-pub(crate) mod scenarios;
+pub mod http_client;
+pub mod scenarios;
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -65,16 +70,18 @@ use std::sync::{Arc, Mutex, Once, RwLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use rustix::process::{Pid, Signal, WaitId, WaitIdOptions, WaitOptions, WaitStatus};
+
 /// How long any awaited condition may take before the test fails. Generous: CI is a loaded
 /// two-core machine.
-pub(crate) const DEADLINE: Duration = Duration::from_secs(30);
+pub const DEADLINE: Duration = Duration::from_secs(30);
 
 /// How often conditions are polled.
 pub(crate) const POLL: Duration = Duration::from_millis(10);
 
 /// Polls `f` every [`POLL`] until it returns `Some`, and returns that; panics with `what`
 /// after `timeout`.
-pub(crate) fn wait_for<T>(
+pub fn wait_for<T>(
     what: impl fmt::Display,
     timeout: Duration,
     mut f: impl FnMut() -> Option<T>,
@@ -94,7 +101,7 @@ pub(crate) fn wait_for<T>(
 
 /// Forks of this process take it shared, writers of executables take it exclusive: see the
 /// module docs (`ETXTBSY`).
-pub(crate) static SPAWN_LOCK: RwLock<()> = RwLock::new(());
+pub static SPAWN_LOCK: RwLock<()> = RwLock::new(());
 
 fn read_lock() -> std::sync::RwLockReadGuard<'static, ()> {
     SPAWN_LOCK
@@ -112,14 +119,9 @@ fn write_lock() -> std::sync::RwLockWriteGuard<'static, ()> {
 pub(crate) fn init() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
-        // SAFETY: PR_SET_CHILD_SUBREAPER takes an integer argument and touches no memory.
-        let ret = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
-        assert_eq!(
-            ret,
-            0,
-            "prctl(PR_SET_CHILD_SUBREAPER): {}",
-            io::Error::last_os_error()
-        );
+        // rustix takes the flag as an `Option<Pid>`: any pid sets it.
+        rustix::process::set_child_subreaper(Some(rustix::process::getpid()))
+            .unwrap_or_else(|e| panic!("prctl(PR_SET_CHILD_SUBREAPER): {e}"));
     });
 }
 
@@ -129,16 +131,17 @@ pub(crate) fn own_pid() -> u32 {
 }
 
 /// Sends `signal` to `pid`.
-pub(crate) fn signal(pid: u32, signal: libc::c_int) {
-    let pid = libc::pid_t::try_from(pid).expect("pid fits pid_t");
-    // SAFETY: kill(2) takes two integers and touches no memory.
-    let ret = unsafe { libc::kill(pid, signal) };
-    assert_eq!(
-        ret,
-        0,
-        "kill({pid}, {signal}): {}",
-        io::Error::last_os_error()
-    );
+pub fn signal(pid: u32, signal: Signal) {
+    rustix::process::kill_process(to_pid(pid), signal)
+        .unwrap_or_else(|e| panic!("kill({pid}, {signal:?}): {e}"));
+}
+
+/// `pid` as rustix's `Pid`: a process, never 0 or a group.
+fn to_pid(pid: u32) -> Pid {
+    i32::try_from(pid)
+        .ok()
+        .and_then(Pid::from_raw)
+        .unwrap_or_else(|| panic!("{pid} is not a process id"))
 }
 
 // ---- /proc ------------------------------------------------------------------------------
@@ -178,7 +181,7 @@ pub(crate) fn proc_info(pid: u32) -> Option<ProcInfo> {
 }
 
 /// Whether `pid` is a process that has not exited (a zombie is not alive).
-pub(crate) fn is_alive(pid: u32) -> bool {
+pub fn is_alive(pid: u32) -> bool {
     proc_info(pid).is_some_and(|p| !p.is_zombie())
 }
 
@@ -219,12 +222,12 @@ pub(crate) fn fd_count(pid: u32) -> Option<usize> {
 
 /// A fresh directory under the system's temporary directory, removed on drop.
 #[derive(Debug)]
-pub(crate) struct TempDir {
+pub struct TempDir {
     path: PathBuf,
 }
 
 impl TempDir {
-    pub(crate) fn new(label: &str) -> Self {
+    pub fn new(label: &str) -> Self {
         static COUNTER: AtomicUsize = AtomicUsize::new(0);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let nanos = std::time::SystemTime::now()
@@ -236,7 +239,7 @@ impl TempDir {
         Self { path }
     }
 
-    pub(crate) fn path(&self) -> &Path {
+    pub fn path(&self) -> &Path {
         &self.path
     }
 }
@@ -269,12 +272,12 @@ pub(crate) fn install_copy(from: &Path, to: &Path) {
 }
 
 /// A shell script that runs `body`.
-pub(crate) fn sh_script(body: &str) -> Vec<u8> {
+pub fn sh_script(body: &str) -> Vec<u8> {
     format!("#!/bin/sh\n{body}\n").into_bytes()
 }
 
 /// `path` quoted for a shell script.
-pub(crate) fn sh_quote(path: &Path) -> String {
+pub fn sh_quote(path: &Path) -> String {
     format!("'{}'", path.display().to_string().replace('\'', r"'\''"))
 }
 
@@ -282,7 +285,7 @@ pub(crate) fn sh_quote(path: &Path) -> String {
 
 /// Every line a stream produced, as they arrive.
 #[derive(Debug, Default)]
-pub(crate) struct Lines {
+pub struct Lines {
     lines: Mutex<Vec<String>>,
     eof: AtomicBool,
 }
@@ -320,7 +323,11 @@ impl Lines {
     }
 
     /// The number of lines so far (a mark for [`Lines::find_from`]).
-    pub(crate) fn len(&self) -> usize {
+    #[allow(
+        clippy::len_without_is_empty,
+        reason = "a mark in the stream, not the size of a collection"
+    )]
+    pub fn len(&self) -> usize {
         self.lines
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -328,7 +335,7 @@ impl Lines {
     }
 
     /// The first line at index `from` or later that `pred` accepts.
-    pub(crate) fn find_from(&self, from: usize, pred: impl Fn(&str) -> bool) -> Option<String> {
+    pub fn find_from(&self, from: usize, pred: impl Fn(&str) -> bool) -> Option<String> {
         self.lines
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -339,7 +346,7 @@ impl Lines {
     }
 
     /// How many lines at index `from` or later `pred` accepts.
-    pub(crate) fn count_from(&self, from: usize, pred: impl Fn(&str) -> bool) -> usize {
+    pub fn count_from(&self, from: usize, pred: impl Fn(&str) -> bool) -> usize {
         self.lines
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -350,7 +357,7 @@ impl Lines {
     }
 
     /// Waits for a line at index `from` or later that `pred` accepts.
-    pub(crate) fn wait_from(
+    pub fn wait_from(
         &self,
         what: impl fmt::Display,
         from: usize,
@@ -381,7 +388,7 @@ fn strip_ansi(s: &str) -> String {
 }
 
 /// Whether a log line carries the field `key=value` (as a whole word).
-pub(crate) fn has_field(line: &str, key: &str, value: impl fmt::Display) -> bool {
+pub fn has_field(line: &str, key: &str, value: impl fmt::Display) -> bool {
     let field = format!("{key}={value}");
     line.split_whitespace().any(|w| w == field)
 }
@@ -389,7 +396,7 @@ pub(crate) fn has_field(line: &str, key: &str, value: impl fmt::Display) -> bool
 /// A `listening <name> <addr> pid=<pid>` line, parsed. `addr` is kept as printed (see
 /// [`Endpoint::parse`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Listening {
+pub struct Listening {
     pub(crate) name: String,
     pub(crate) addr: String,
     pub(crate) pid: u32,
@@ -410,58 +417,43 @@ pub(crate) fn parse_listening(line: &str) -> Option<Listening> {
 
 /// How a process ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Exit {
+pub enum Exit {
     Code(i32),
     Signal(i32),
 }
 
 impl Exit {
-    fn from_wait_status(status: libc::c_int) -> Self {
-        if libc::WIFEXITED(status) {
-            Self::Code(libc::WEXITSTATUS(status))
-        } else {
-            Self::Signal(libc::WTERMSIG(status))
+    /// The exit of a process that `waitpid` (without `WUNTRACED`) reported.
+    fn from_wait_status(status: WaitStatus) -> Self {
+        match (status.exit_status(), status.terminating_signal()) {
+            (Some(code), _) => Self::Code(code),
+            (None, Some(signal)) => Self::Signal(signal),
+            (None, None) => panic!("waitpid reported neither an exit nor a signal"),
         }
     }
 }
 
 /// Reaps `pid` if it is a child of this process that has exited.
 fn try_reap(pid: u32) -> Option<Exit> {
-    let raw = libc::pid_t::try_from(pid).ok()?;
-    let mut status = 0;
-    // SAFETY: `status` is a valid out-pointer; WNOHANG never blocks. Only pids of our own
-    // groups are passed, never -1 or 0.
-    let ret = unsafe { libc::waitpid(raw, &mut status, libc::WNOHANG) };
-    (ret == raw).then(|| Exit::from_wait_status(status))
+    let pid = Pid::from_raw(i32::try_from(pid).ok()?)?;
+    // WNOHANG never blocks. Only pids of our own groups are passed, never -1 or 0.
+    match rustix::process::waitpid(Some(pid), WaitOptions::NOHANG) {
+        Ok(Some((reaped, status))) if reaped == pid => Some(Exit::from_wait_status(status)),
+        _ => None,
+    }
 }
 
 /// The exit status of `pid`, a child of this process, if it has exited, without reaping it.
 fn peek_exit(pid: u32) -> Option<Exit> {
-    let raw = libc::pid_t::try_from(pid).ok()?;
-    // SAFETY: siginfo_t is plain data; zeroed is a valid value.
-    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-    let id = libc::id_t::try_from(raw).ok()?;
-    // SAFETY: `info` is a valid out-pointer; WNOHANG never blocks and WNOWAIT leaves the
-    // child waitable.
-    let ret = unsafe {
-        libc::waitid(
-            libc::P_PID,
-            id,
-            &mut info,
-            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
-        )
-    };
-    // SAFETY: waitid filled `info` (si_pid stays 0 when the child has not exited yet).
-    if ret != 0 || unsafe { info.si_pid() } == 0 {
-        return None;
-    }
-    // SAFETY: as above; for CLD_* codes si_status is the exit code or the signal.
-    let status = unsafe { info.si_status() };
-    Some(if info.si_code == libc::CLD_EXITED {
-        Exit::Code(status)
-    } else {
-        Exit::Signal(status)
-    })
+    let pid = Pid::from_raw(i32::try_from(pid).ok()?)?;
+    // WNOHANG never blocks and WNOWAIT leaves the child waitable. `None` while the child
+    // has not exited.
+    let options = WaitIdOptions::EXITED | WaitIdOptions::NOHANG | WaitIdOptions::NOWAIT;
+    let status = rustix::process::waitid(WaitId::Pid(pid), options).ok()??;
+    status
+        .exit_status()
+        .map(Exit::Code)
+        .or_else(|| status.terminating_signal().map(Exit::Signal))
 }
 
 // ---- process groups ------------------------------------------------------------------------
@@ -470,11 +462,11 @@ fn peek_exit(pid: u32) -> Option<Exit> {
 /// its stdout and stderr lines (shared by every process of the group that inherited them),
 /// and the exit statuses of the processes this test process reaped.
 #[derive(Debug)]
-pub(crate) struct Group {
+pub struct Group {
     label: String,
     leader: u32,
-    pub(crate) stdout: Arc<Lines>,
-    pub(crate) stderr: Arc<Lines>,
+    pub stdout: Arc<Lines>,
+    pub stderr: Arc<Lines>,
     reaped: Mutex<HashMap<u32, Exit>>,
 }
 
@@ -515,7 +507,7 @@ impl Group {
 
     /// A command for `program` with the harness' environment: `RUST_LOG=info`, `NO_COLOR=1`,
     /// no inherited handoff variables, no `NOTIFY_SOCKET`.
-    pub(crate) fn command(program: &Path) -> Command {
+    pub fn command(program: &Path) -> Command {
         let mut command = Command::new(program);
         for (key, _) in std::env::vars_os() {
             let k = key.to_string_lossy();
@@ -595,7 +587,7 @@ impl Group {
     /// Waits until `pid` exits and returns how, when this process can know it (see
     /// [`Group::exit_of`]); panics if `pid` disappeared without this process seeing its
     /// status (its parent reaped it).
-    pub(crate) fn wait_exit(&self, pid: u32) -> Exit {
+    pub fn wait_exit(&self, pid: u32) -> Exit {
         wait_for(
             format_args!("{}: pid {pid} to exit", self.label),
             DEADLINE,
@@ -615,7 +607,7 @@ impl Group {
 
     /// Waits until `pid` is gone: exited and reaped (by its parent or by this process), or
     /// a zombie left for this process to reap.
-    pub(crate) fn wait_gone(&self, pid: u32) {
+    pub fn wait_gone(&self, pid: u32) {
         wait_for(
             format_args!("{}: pid {pid} to be gone", self.label),
             DEADLINE,
@@ -628,7 +620,7 @@ impl Group {
 
     /// Waits until the group's live processes are exactly `expected` and no zombie is left
     /// unreaped by a live parent.
-    pub(crate) fn wait_settled(&self, expected: &[u32]) {
+    pub fn wait_settled(&self, expected: &[u32]) {
         let mut expected = expected.to_vec();
         expected.sort_unstable();
         wait_for(
@@ -642,7 +634,7 @@ impl Group {
     }
 
     /// Sends `signal` to `pid`, which must be a member of this group.
-    pub(crate) fn signal(&self, pid: u32, sig: libc::c_int) {
+    pub fn signal(&self, pid: u32, sig: Signal) {
         let member = proc_info(pid).is_some_and(|p| p.pgrp == self.leader);
         assert!(member, "{}: pid {pid} is not in the group", self.label);
         signal(pid, sig);
@@ -667,7 +659,7 @@ impl Group {
     }
 
     /// The pids announced on stdout by `listening` lines, in order, without repeats.
-    pub(crate) fn announced_pids(&self) -> Vec<u32> {
+    pub fn announced_pids(&self) -> Vec<u32> {
         let mut pids = Vec::new();
         for line in self.stdout.snapshot() {
             if let Some(l) = parse_listening(&line)
@@ -710,12 +702,11 @@ impl Group {
 
     /// Kills every process of the group and reaps them all; true if nothing is left.
     fn kill_and_reap(&self) -> bool {
-        let pgid = libc::pid_t::try_from(self.leader).expect("pid fits pid_t");
+        let pgid = to_pid(self.leader);
         let deadline = Instant::now() + DEADLINE;
         loop {
             // The leader is not reaped yet, so the group id is still ours.
-            // SAFETY: kill(2) takes two integers and touches no memory.
-            unsafe { libc::kill(-pgid, libc::SIGKILL) };
+            let _ = rustix::process::kill_process_group(pgid, Signal::KILL);
             self.reap();
             let left: Vec<ProcInfo> = group_members(self.leader)
                 .into_iter()
@@ -731,9 +722,7 @@ impl Group {
             thread::sleep(POLL);
         }
         // Last, the leader (now dead: this does not block).
-        let mut status = 0;
-        // SAFETY: a valid out-pointer; the leader is our child and has exited.
-        unsafe { libc::waitpid(pgid, &mut status, 0) };
+        let _ = rustix::process::waitpid(Some(pgid), WaitOptions::empty());
         true
     }
 }
@@ -765,15 +754,14 @@ pub(crate) fn place_fds(command: &mut Command, placements: Vec<(RawFd, Option<Ow
         .into_iter()
         .map(|(target, fd)| {
             let fd = fd.map(|fd| {
-                // SAFETY: F_DUPFD_CLOEXEC duplicates an fd we own into a new one that we own.
-                let raw = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 100) };
-                assert!(raw >= 100, "dup: {}", io::Error::last_os_error());
-                // SAFETY: `raw` was just created and nothing else owns it.
-                unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) }
+                rustix::io::fcntl_dupfd_cloexec(&fd, 100)
+                    .unwrap_or_else(|e| panic!("dup above 100: {e}"))
             });
             (target, fd)
         })
         .collect();
+    // libc rather than rustix here, as in endless-unix's own hook: the targets are bare
+    // numbers in the child, which rustix's dup2 (onto an `OwnedFd`) cannot name.
     // SAFETY: the hook runs between fork and exec; it only calls dup2 and close (both
     // async-signal-safe) on numbers prepared here, and builds an io::Error from errno,
     // which does not allocate.
@@ -800,7 +788,7 @@ pub(crate) fn place_fds(command: &mut Command, placements: Vec<(RawFd, Option<Ow
 
 /// Where a server listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Endpoint {
+pub enum Endpoint {
     Tcp(SocketAddr),
     Unix(PathBuf),
     /// A UDP socket: no connections, one datagram per request ([`udp_ask`]).
@@ -868,7 +856,7 @@ impl Write for Stream {
 
 /// A client connection speaking the line protocol.
 #[derive(Debug)]
-pub(crate) struct Conn {
+pub struct Conn {
     reader: BufReader<Stream>,
 }
 
@@ -922,7 +910,7 @@ impl Conn {
     }
 
     /// Sends `line` and reads the answer.
-    pub(crate) fn ask(&mut self, line: &str) -> io::Result<(u32, String)> {
+    pub fn ask(&mut self, line: &str) -> io::Result<(u32, String)> {
         self.send(line)?;
         self.recv()
     }
@@ -1011,7 +999,7 @@ pub(crate) fn udp_ask(
 
 /// How to start a server.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct Options {
+pub struct Options {
     /// Listen on a Unix socket in the test directory instead of `127.0.0.1:0`.
     pub(crate) unix: bool,
     /// The `--listen` addresses, in order (`listen-0`, `listen-1`, …), instead of the
@@ -1028,12 +1016,12 @@ pub(crate) struct Options {
 }
 
 impl Options {
-    pub(crate) fn arg(mut self, arg: impl Into<String>) -> Self {
+    pub fn arg(mut self, arg: impl Into<String>) -> Self {
         self.args.push(arg.into());
         self
     }
 
-    pub(crate) fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
+    pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
         self.env.push((key.into(), value.into()));
         self
     }
@@ -1058,9 +1046,9 @@ impl Options {
 /// A server under test: its process group, its directory (with its executable and pid
 /// file) and the generation the harness believes serves.
 #[derive(Debug)]
-pub(crate) struct Server {
+pub struct Server {
     // Dropped first: every process is gone before the directory is removed.
-    pub(crate) group: Group,
+    pub group: Group,
     dir: TempDir,
     exe: PathBuf,
     real: PathBuf,
@@ -1075,7 +1063,7 @@ pub(crate) struct Server {
 
 impl Server {
     /// Starts `bin` with `options`, waits until it listens and is ready.
-    pub(crate) fn start(bin: &Path, options: &Options) -> Self {
+    pub fn start(bin: &Path, options: &Options) -> Self {
         Self::start_with(bin, options, |_| {})
     }
 
@@ -1168,17 +1156,17 @@ impl Server {
     }
 
     /// The pid of the generation that serves, as far as the harness knows.
-    pub(crate) fn pid(&self) -> u32 {
+    pub fn pid(&self) -> u32 {
         self.current.load(Ordering::SeqCst)
     }
 
     /// Tells the harness which generation serves (after a test drove a restart itself).
-    pub(crate) fn set_pid(&self, pid: u32) {
+    pub fn set_pid(&self, pid: u32) {
         self.current.store(pid, Ordering::SeqCst);
     }
 
     /// Where the first listener (`listen-0`) of the first generation listens.
-    pub(crate) fn endpoint(&self) -> &Endpoint {
+    pub fn endpoint(&self) -> &Endpoint {
         &self.endpoint
     }
 
@@ -1197,7 +1185,7 @@ impl Server {
 
     /// Waits until `pid` announced every listener of the command line (`listen-0` …) and
     /// returns them in order.
-    pub(crate) fn listening(&self, pid: u32) -> Vec<Listening> {
+    pub fn listening(&self, pid: u32) -> Vec<Listening> {
         let count = self.listen.len();
         wait_for(
             format_args!("{pid} to announce its {count} listener(s)"),
@@ -1215,7 +1203,7 @@ impl Server {
             .count()
     }
 
-    pub(crate) fn dir(&self) -> &Path {
+    pub fn dir(&self) -> &Path {
         self.dir.path()
     }
 
@@ -1225,39 +1213,39 @@ impl Server {
     }
 
     /// A pristine copy of the server binary, elsewhere in the test directory.
-    pub(crate) fn real_binary(&self) -> &Path {
+    pub fn real_binary(&self) -> &Path {
         &self.real
     }
 
-    pub(crate) fn pid_file(&self) -> &Path {
+    pub fn pid_file(&self) -> &Path {
         &self.pid_file
     }
 
     /// What the pid file names now.
-    pub(crate) fn pid_file_pid(&self) -> Option<u32> {
+    pub fn pid_file_pid(&self) -> Option<u32> {
         fs::read_to_string(&self.pid_file).ok()?.trim().parse().ok()
     }
 
     /// Waits until the pid file names `pid`.
-    pub(crate) fn wait_pid_file(&self, pid: u32) {
+    pub fn wait_pid_file(&self, pid: u32) {
         wait_for(format_args!("the pid file to name {pid}"), DEADLINE, || {
             (self.pid_file_pid() == Some(pid)).then_some(())
         });
     }
 
     /// Opens a connection.
-    pub(crate) fn connect(&self) -> Conn {
+    pub fn connect(&self) -> Conn {
         Conn::open(&self.endpoint).unwrap_or_else(|e| panic!("connect to {}: {e}", self.endpoint))
     }
 
     /// One request on a new connection; panics on any error.
-    pub(crate) fn ask(&self, line: &str) -> (u32, String) {
+    pub fn ask(&self, line: &str) -> (u32, String) {
         ask(&self.endpoint, line)
             .unwrap_or_else(|e| panic!("ask {line:?} at {}: {e}", self.endpoint))
     }
 
     /// Asserts that a new connection is answered, by `pid`.
-    pub(crate) fn assert_serves(&self, pid: u32) {
+    pub fn assert_serves(&self, pid: u32) {
         let (answered, echo) = self.ask("ping");
         assert_eq!(echo, "ping");
         assert_eq!(answered, pid, "answered by {answered}, expected {pid}");
@@ -1268,10 +1256,10 @@ impl Server {
     /// one stopped accepting on each stream listener (from then on every new connection goes
     /// to the new one). Returns the new pid. The old process may still be draining, and
     /// still receiving on a UDP socket: nothing in its logs says when it stops.
-    pub(crate) fn hup(&self) -> u32 {
+    pub fn hup(&self) -> u32 {
         let old = self.pid();
         let err_mark = self.group.stderr.len();
-        self.group.signal(old, libc::SIGHUP);
+        self.group.signal(old, Signal::HUP);
         let new = wait_for(
             format_args!("a new generation after {old} to write the pid file"),
             DEADLINE,
@@ -1304,7 +1292,7 @@ impl Server {
 
     /// [`Server::hup`], then waits for the old generation to exit with 0 (it must have no
     /// connection left).
-    pub(crate) fn restart(&self) -> u32 {
+    pub fn restart(&self) -> u32 {
         let old = self.pid();
         let new = self.hup();
         assert_eq!(
@@ -1318,10 +1306,10 @@ impl Server {
     /// Sends `SIGHUP` to the serving generation, expecting the restart to fail: waits until
     /// it logs the failure (a line with `restart failed`, returned) and asserts that it
     /// still serves, alone.
-    pub(crate) fn hup_expecting_failure(&self) -> String {
+    pub fn hup_expecting_failure(&self) -> String {
         let pid = self.pid();
         let err_mark = self.group.stderr.len();
-        self.group.signal(pid, libc::SIGHUP);
+        self.group.signal(pid, Signal::HUP);
         let line = self.group.stderr.wait_from(
             format_args!("{pid} to report a failed restart"),
             err_mark,
@@ -1334,7 +1322,7 @@ impl Server {
     }
 
     /// Replaces the executable on disk (atomically).
-    pub(crate) fn replace_exe(&self, contents: &[u8], mode: u32) {
+    pub fn replace_exe(&self, contents: &[u8], mode: u32) {
         install_file(&self.exe, contents, mode);
     }
 
@@ -1353,7 +1341,7 @@ impl Server {
     }
 
     /// Puts the real server binary back in place.
-    pub(crate) fn restore_exe(&self) {
+    pub fn restore_exe(&self) {
         install_copy(&self.real, &self.exe);
     }
 
@@ -1399,10 +1387,7 @@ impl Server {
 }
 
 /// Runs `f` on a thread and waits at most [`DEADLINE`] for its result.
-pub(crate) fn with_deadline<T: Send + 'static>(
-    what: &str,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> T {
+pub fn with_deadline<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
     let (tx, rx) = std::sync::mpsc::channel();
     thread::spawn(move || {
         let _ = tx.send(f());

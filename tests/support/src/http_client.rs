@@ -33,7 +33,6 @@
 //! failed, when its dispatcher stops at the `GOAWAY` while they are being queued
 //! ([`Report::lost_unwritten`], see [`Conn::get`]; told apart from real failures with the wire
 //! in the same way).
-#![allow(dead_code, reason = "each test binary uses a part of the client")]
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, HashMap};
@@ -73,7 +72,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// A CA made with rcgen, and the leaf certificate files a TLS server is started with
 /// (`cert.pem`, `key.pem` in a directory of the test).
-pub(crate) struct Pki {
+pub struct Pki {
     ca: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
     cert_file: PathBuf,
     key_file: PathBuf,
@@ -90,7 +89,7 @@ impl fmt::Debug for Pki {
 
 impl Pki {
     /// A new CA; the leaf files will be in `dir` (nothing is written yet).
-    pub(crate) fn new(dir: &Path) -> Self {
+    pub fn new(dir: &Path) -> Self {
         let mut params = rcgen::CertificateParams::default();
         params
             .distinguished_name
@@ -111,20 +110,12 @@ impl Pki {
     }
 
     /// The CA certificate, for a client's root store.
-    pub(crate) fn ca_cert(&self) -> CertificateDer<'static> {
+    pub fn ca_cert(&self) -> CertificateDer<'static> {
         self.ca.der().clone()
     }
 
-    pub(crate) fn cert_file(&self) -> &Path {
-        &self.cert_file
-    }
-
-    pub(crate) fn key_file(&self) -> &Path {
-        &self.key_file
-    }
-
     /// The server's command line arguments for the leaf files.
-    pub(crate) fn server_args(&self) -> Vec<String> {
+    pub fn server_args(&self) -> Vec<String> {
         vec![
             "--tls-cert".to_owned(),
             self.cert_file.display().to_string(),
@@ -137,7 +128,7 @@ impl Pki {
     /// common name `endless test leaf <serial>`, a new key) and puts it in place of the leaf
     /// files, each replaced atomically (written next to it, renamed over it). Returns the
     /// certificate, as a client will see it.
-    pub(crate) fn issue_leaf(&self, serial: u64) -> CertificateDer<'static> {
+    pub fn issue_leaf(&self, serial: u64) -> CertificateDer<'static> {
         let mut params =
             rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
                 .expect("leaf parameters");
@@ -164,7 +155,7 @@ fn write_atomically(path: &Path, contents: &[u8]) {
 }
 
 /// A short name for a certificate (a hash of its DER), to compare what connections saw.
-pub(crate) fn cert_id(der: &[u8]) -> u64 {
+pub fn cert_id(der: &[u8]) -> u64 {
     let mut h = DefaultHasher::new();
     der.hash(&mut h);
     h.finish()
@@ -174,7 +165,7 @@ pub(crate) fn cert_id(der: &[u8]) -> u64 {
 
 /// The HTTP version a connection speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub(crate) enum Proto {
+pub enum Proto {
     Http1,
     Http2,
 }
@@ -190,7 +181,7 @@ impl fmt::Display for Proto {
 
 /// Where and how to connect.
 #[derive(Clone)]
-pub(crate) struct Target {
+pub struct Target {
     pub(crate) addr: SocketAddr,
     pub(crate) proto: Proto,
     tls: Option<tokio_rustls::TlsConnector>,
@@ -208,7 +199,7 @@ impl fmt::Debug for Target {
 
 impl Target {
     /// Cleartext: HTTP/1.1, or HTTP/2 with prior knowledge (h2c).
-    pub(crate) fn cleartext(addr: SocketAddr, proto: Proto) -> Self {
+    pub fn cleartext(addr: SocketAddr, proto: Proto) -> Self {
         Self {
             addr,
             proto,
@@ -219,7 +210,7 @@ impl Target {
     /// TLS trusting `ca` only, offering only `proto` by ALPN (and requiring the server to
     /// pick it). No session resumption: every connection shows the certificate of the
     /// process that accepted it.
-    pub(crate) fn tls(addr: SocketAddr, proto: Proto, ca: CertificateDer<'static>) -> Self {
+    pub fn tls(addr: SocketAddr, proto: Proto, ca: CertificateDer<'static>) -> Self {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(ca).expect("add the CA to the root store");
         let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -281,9 +272,9 @@ struct StreamBook {
 
 /// A `GOAWAY` frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct GoAway {
+pub struct GoAway {
     pub(crate) last_stream_id: u32,
-    pub(crate) error_code: u32,
+    pub error_code: u32,
 }
 
 /// Which way a frame went.
@@ -607,7 +598,7 @@ struct ConnInfo {
 type TaskEnd = (Instant, Result<(), String>);
 
 /// One client connection (for HTTP/2, one handle of it: [`Conn::stream`] makes more).
-pub(crate) struct Conn {
+pub struct Conn {
     info: Arc<ConnInfo>,
     sender: Sender,
 }
@@ -620,17 +611,17 @@ impl fmt::Debug for Conn {
 
 /// A response, read to the end.
 #[derive(Debug, Clone)]
-pub(crate) struct Answer {
+pub struct Answer {
     pub(crate) status: StatusCode,
     pub(crate) body: Bytes,
     /// The response said `Connection: close` (HTTP/1.1).
-    pub(crate) connection_close: bool,
-    pub(crate) latency: Duration,
+    pub connection_close: bool,
+    pub latency: Duration,
 }
 
 impl Answer {
     /// The pid of a `200` response whose body is `pid=<n>\n`, or what is wrong with it.
-    pub(crate) fn pid(&self) -> Result<u32, String> {
+    pub fn pid(&self) -> Result<u32, String> {
         if self.status != StatusCode::OK {
             return Err(format!("status {} (body {:?})", self.status, self.body));
         }
@@ -643,7 +634,7 @@ impl Answer {
 
 /// How one request went.
 #[derive(Debug)]
-pub(crate) enum Outcome {
+pub enum Outcome {
     Answered(Answer),
     /// hyper gave the request back without writing any of it (the connection was closed or
     /// going away).
@@ -673,7 +664,7 @@ fn chain(e: &(dyn std::error::Error + 'static)) -> String {
 impl Conn {
     /// Opens a connection (TCP, TLS with the ALPN of the target's protocol, HTTP
     /// handshake), within [`REQUEST_TIMEOUT`].
-    pub(crate) async fn open(target: &Target, id: u64) -> Result<Self, String> {
+    pub async fn open(target: &Target, id: u64) -> Result<Self, String> {
         match tokio::time::timeout(REQUEST_TIMEOUT, Self::open_inner(target, id)).await {
             Ok(result) => result,
             Err(_) => Err(format!(
@@ -756,21 +747,21 @@ impl Conn {
         })
     }
 
-    pub(crate) fn id(&self) -> u64 {
+    pub fn id(&self) -> u64 {
         self.info.id
     }
 
-    pub(crate) fn proto(&self) -> Proto {
+    pub fn proto(&self) -> Proto {
         self.info.target.proto
     }
 
     /// The certificate the server showed (TLS).
-    pub(crate) fn peer_cert(&self) -> Option<&CertificateDer<'static>> {
+    pub fn peer_cert(&self) -> Option<&CertificateDer<'static>> {
         self.info.peer_cert.as_ref()
     }
 
     /// The `GOAWAY` frames received so far (HTTP/2).
-    pub(crate) fn goaways(&self) -> Vec<GoAway> {
+    pub fn goaways(&self) -> Vec<GoAway> {
         self.info.frames.goaways()
     }
 
@@ -819,7 +810,7 @@ impl Conn {
 
     /// Whether the connection is closed (HTTP/2: the dispatcher is gone, after a `GOAWAY`
     /// or the end of the connection).
-    pub(crate) fn is_closed(&self) -> bool {
+    pub fn is_closed(&self) -> bool {
         match &self.sender {
             Sender::H1(s) => s.is_closed(),
             Sender::H2(s) => s.is_closed(),
@@ -853,7 +844,7 @@ impl Conn {
     /// (tokio documents a value sent that way as dropped only with the channel, tokio issue
     /// #7714.) Seen here on a loaded machine: a `try_send_request` call took 14 to 64 ms
     /// (preempted), and the dispatcher stopped within it.
-    pub(crate) async fn get(&mut self, path: &str) -> Outcome {
+    pub async fn get(&mut self, path: &str) -> Outcome {
         let target = &self.info.target;
         let request = match target.proto {
             Proto::Http1 => Request::get(path).header(header::HOST, target.addr.to_string()),
@@ -938,16 +929,16 @@ impl Conn {
 
 /// How much load.
 #[derive(Debug, Clone)]
-pub(crate) struct LoadConfig {
+pub struct LoadConfig {
     /// Connections open at any time.
-    pub(crate) connections: usize,
+    pub connections: usize,
     /// HTTP/2: requests in flight on each connection at any time.
-    pub(crate) streams: usize,
+    pub streams: usize,
     /// The path every request asks for.
-    pub(crate) path: String,
+    pub path: String,
     /// HTTP/1: a connection may move to the next generation (connection takeover), so a
     /// new pid on the same connection is no failure.
-    pub(crate) connections_move: bool,
+    pub connections_move: bool,
 }
 
 impl Default for LoadConfig {
@@ -963,19 +954,18 @@ impl Default for LoadConfig {
 
 /// One good response.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Sample {
-    pub(crate) pid: u32,
+pub struct Sample {
+    pub pid: u32,
     pub(crate) latency: Duration,
     /// When it completed, since the load started.
     pub(crate) at: Duration,
-    pub(crate) conn: u64,
     /// [`cert_id`] of the certificate the connection saw (TLS).
-    pub(crate) cert: Option<u64>,
+    pub cert: Option<u64>,
 }
 
 /// One failed request (or connection).
 #[derive(Debug, Clone)]
-pub(crate) struct Failure {
+pub struct Failure {
     /// When it was seen, since the load started.
     pub(crate) at: Duration,
     pub(crate) conn: u64,
@@ -1036,7 +1026,6 @@ impl Shared {
             pid,
             latency,
             at: self.since_start(),
-            conn: conn.id(),
             cert: conn.peer_cert().map(|c| cert_id(c)),
         };
         lock(&self.samples).push(sample);
@@ -1090,7 +1079,7 @@ impl ConnTally {
 }
 
 /// A running load: worker tasks on a runtime of their own, until [`Load::stop`].
-pub(crate) struct Load {
+pub struct Load {
     runtime: tokio::runtime::Runtime,
     shared: Arc<Shared>,
     workers: Vec<tokio::task::JoinHandle<()>>,
@@ -1109,7 +1098,7 @@ impl fmt::Debug for Load {
 
 impl Load {
     /// Starts `config.connections` workers against `target`.
-    pub(crate) fn start(target: Target, config: LoadConfig) -> Self {
+    pub fn start(target: Target, config: LoadConfig) -> Self {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -1139,23 +1128,23 @@ impl Load {
     }
 
     /// Time since the load started.
-    pub(crate) fn elapsed(&self) -> Duration {
+    pub fn elapsed(&self) -> Duration {
         self.shared.since_start()
     }
 
     /// How many good responses came from `pid` so far.
-    pub(crate) fn responses_from(&self, pid: u32) -> usize {
+    pub fn responses_from(&self, pid: u32) -> usize {
         lock(&self.shared.by_pid).get(&pid).copied().unwrap_or(0)
     }
 
     /// How many requests failed so far.
-    pub(crate) fn failures(&self) -> usize {
+    pub fn failures(&self) -> usize {
         lock(&self.shared.failures).len()
     }
 
     /// Stops the workers (each finishes the request it has in flight and drops its
     /// connection) and returns what happened.
-    pub(crate) fn stop(self) -> Report {
+    pub fn stop(self) -> Report {
         self.shared.stop.store(true, Ordering::SeqCst);
         let elapsed = self.shared.since_start();
         let workers = self.workers;
@@ -1171,8 +1160,6 @@ impl Load {
         self.runtime.shutdown_timeout(Duration::from_secs(1));
         let shared = &self.shared;
         Report {
-            target: format!("{:?}", self.target),
-            config: self.config,
             elapsed,
             samples: std::mem::take(&mut *lock(&shared.samples)),
             failures: std::mem::take(&mut *lock(&shared.failures)),
@@ -1493,12 +1480,10 @@ fn diagnose_h2(frames: &[Frame]) -> String {
 
 /// What a load saw.
 #[derive(Debug)]
-pub(crate) struct Report {
-    pub(crate) target: String,
-    pub(crate) config: LoadConfig,
+pub struct Report {
     pub(crate) elapsed: Duration,
-    pub(crate) samples: Vec<Sample>,
-    pub(crate) failures: Vec<Failure>,
+    pub samples: Vec<Sample>,
+    pub failures: Vec<Failure>,
     /// Connections opened.
     pub(crate) opened: usize,
     /// HTTP/1.1 responses with `Connection: close`.
@@ -1514,17 +1499,17 @@ pub(crate) struct Report {
     /// resets the stream): a client bug, not a failure of the server; see [`http2_worker`].
     pub(crate) client_aborted: usize,
     /// The connections where that happened, with their last frames.
-    pub(crate) aborted_examples: Vec<String>,
+    pub aborted_examples: Vec<String>,
     /// HTTP/2 requests hyper's client lost without writing them, neither sent nor failed
     /// (see [`Conn::get`]): a client bug, not a failure of the server; see [`http2_worker`].
     pub(crate) lost_unwritten: usize,
     /// The connections where that happened, with their last frames.
-    pub(crate) lost_examples: Vec<String>,
+    pub lost_examples: Vec<String>,
 }
 
 impl Report {
     /// The pids that answered, in the order of their first answer.
-    pub(crate) fn pids(&self) -> Vec<u32> {
+    pub fn pids(&self) -> Vec<u32> {
         let mut first: BTreeMap<u32, Duration> = BTreeMap::new();
         for s in &self.samples {
             first.entry(s.pid).or_insert(s.at);
@@ -1552,7 +1537,7 @@ impl Report {
     }
 
     /// One line for the test's output.
-    pub(crate) fn summary(&self) -> String {
+    pub fn summary(&self) -> String {
         format!(
             "{} ok, {} failed in {:.1}s over {} connections ({} `Connection: close`, {} GOAWAY, \
              {} + {} refused unsent after GOAWAY, {} cancelled and {} lost unsent by hyper's \
@@ -1574,7 +1559,7 @@ impl Report {
     }
 
     /// The failures, listed (the first `max`).
-    pub(crate) fn failure_list(&self, max: usize) -> String {
+    pub fn failure_list(&self, max: usize) -> String {
         let mut s = String::new();
         for f in self.failures.iter().take(max) {
             s.push_str("  ");
