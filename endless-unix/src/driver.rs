@@ -149,6 +149,12 @@ impl<R: Runtime> Driver<R> {
             Event::StoppedChildExited { pid, status } => {
                 tracing::info!(pid, %status, "the rolled-back generation exited");
             }
+            Event::KilledChildExited { pid, status } => {
+                tracing::debug!(pid, %status, "a killed child was reaped");
+            }
+            Event::NotReaped { pids } => {
+                tracing::warn!(?pids, "killed children not reaped in time; exiting anyway");
+            }
             other => tracing::debug!(event = ?other, "lifecycle event"),
         }
         if let Some(hook) = &self.shared.on_event {
