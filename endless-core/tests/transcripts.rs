@@ -61,6 +61,13 @@ impl Harness {
         h
     }
 
+    /// A fresh process with `config` that reported ready (its outputs are dropped).
+    fn ready_with(config: Config) -> Self {
+        let mut h = Self::new(config, Origin::Fresh);
+        h.input(Input::Ready);
+        h
+    }
+
     fn drain_outputs(&mut self) -> Vec<Output> {
         std::iter::from_fn(|| self.lc.poll_output()).collect()
     }
@@ -551,11 +558,7 @@ fn restart_while_draining_is_refused_and_says_why() {
 
 #[test]
 fn hammer_while_draining() {
-    let mut h = Harness::new(
-        Config::new().drain_timeout(Some(DRAIN)).forced_exit_code(3),
-        Origin::Fresh,
-    );
-    h.input(Input::Ready);
+    let mut h = Harness::ready_with(Config::new().drain_timeout(Some(DRAIN)).forced_exit_code(3));
     assert_eq!(
         h.request(Request::Hammer),
         [
@@ -620,8 +623,7 @@ fn drain_deadline_closes_what_is_left() {
 
 #[test]
 fn never_hammer_waits_for_ever() {
-    let mut h = Harness::new(Config::new().drain_timeout(None), Origin::Fresh);
-    h.input(Input::Ready);
+    let mut h = Harness::ready_with(Config::new().drain_timeout(None));
     h.request(Request::Stop);
     assert_eq!(h.lc.poll_timeout(), None);
     h.advance(Duration::from_secs(365 * 24 * 3600));
@@ -652,11 +654,7 @@ fn never_hammer_waits_for_ever() {
 
 #[test]
 fn repeated_stop_can_mean_hammer() {
-    let mut h = Harness::new(
-        Config::new().repeated_stop(RepeatedStop::Hammer),
-        Origin::Fresh,
-    );
-    h.input(Input::Ready);
+    let mut h = Harness::ready_with(Config::new().repeated_stop(RepeatedStop::Hammer));
     h.request(Request::Stop);
     assert_eq!(
         h.request(Request::Stop),
@@ -737,13 +735,11 @@ fn successor_exit_while_draining_is_reported() {
 
 #[test]
 fn huge_timeouts_do_not_overflow() {
-    let mut h = Harness::new(
+    let mut h = Harness::ready_with(
         Config::new()
             .upgrade_timeout(Duration::MAX)
             .drain_timeout(Some(Duration::MAX)),
-        Origin::Fresh,
     );
-    h.input(Input::Ready);
     h.request(Request::Restart);
     assert_eq!(h.lc.poll_timeout(), None);
     h.request(Request::Stop);
@@ -919,8 +915,7 @@ fn rollback_while_the_new_generation_starts_kills_it() {
 
 #[test]
 fn staged_upgrades_can_be_turned_off() {
-    let mut h = Harness::new(Config::new().staged_upgrades(false), Origin::Fresh);
-    h.input(Input::Ready);
+    let mut h = Harness::ready_with(Config::new().staged_upgrades(false));
     assert_eq!(
         h.request(Request::Stage),
         [
@@ -934,11 +929,7 @@ fn staged_upgrades_can_be_turned_off() {
 
 #[test]
 fn under_a_service_manager_staged_upgrades_are_refused_whatever_the_configuration() {
-    let mut h = Harness::new(
-        Config::new().staged_upgrades(true).service_manager(true),
-        Origin::Fresh,
-    );
-    h.input(Input::Ready);
+    let mut h = Harness::ready_with(Config::new().staged_upgrades(true).service_manager(true));
     assert_eq!(
         h.request(Request::Stage),
         [
@@ -951,13 +942,11 @@ fn under_a_service_manager_staged_upgrades_are_refused_whatever_the_configuratio
 
 #[test]
 fn under_a_service_manager_a_stop_extends_its_timeout_to_the_drain_deadline() {
-    let mut h = Harness::new(
+    let mut h = Harness::ready_with(
         Config::new()
             .drain_timeout(Some(DRAIN))
             .service_manager(true),
-        Origin::Fresh,
     );
-    h.input(Input::Ready);
     assert_eq!(
         h.request(Request::Stop),
         [
@@ -975,13 +964,11 @@ fn under_a_service_manager_a_stop_extends_its_timeout_to_the_drain_deadline() {
     assert_eq!(h.lc.poll_timeout(), Some(h.now + DRAIN));
 
     // A handover is no stop: the service manager hears nothing of the old generation.
-    let mut h = Harness::new(
+    let mut h = Harness::ready_with(
         Config::new()
             .drain_timeout(Some(DRAIN))
             .service_manager(true),
-        Origin::Fresh,
     );
-    h.input(Input::Ready);
     h.request(Request::Restart);
     h.input(Input::ChildSpawned { pid: CHILD });
     assert_eq!(
@@ -999,11 +986,7 @@ fn under_a_service_manager_a_stop_extends_its_timeout_to_the_drain_deadline() {
 #[test]
 fn under_a_service_manager_a_stop_without_deadline_renews_its_lease() {
     use endless_core::{EXTEND_LEASE, EXTEND_PERIOD};
-    let mut h = Harness::new(
-        Config::new().drain_timeout(None).service_manager(true),
-        Origin::Fresh,
-    );
-    h.input(Input::Ready);
+    let mut h = Harness::ready_with(Config::new().drain_timeout(None).service_manager(true));
     let stop = h.request(Request::Stop);
     assert!(stop.contains(&a(ExtendStopTimeout { by: EXTEND_LEASE })));
     for round in 1..=3u32 {
@@ -1023,8 +1006,7 @@ fn under_a_service_manager_a_stop_without_deadline_renews_its_lease() {
     assert_eq!(h.lc.poll_timeout(), None);
 
     // Without a service manager nothing is extended.
-    let mut h = Harness::new(Config::new().drain_timeout(None), Origin::Fresh);
-    h.input(Input::Ready);
+    let mut h = Harness::ready_with(Config::new().drain_timeout(None));
     assert!(
         !h.request(Request::Stop)
             .iter()

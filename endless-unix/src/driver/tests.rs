@@ -495,13 +495,20 @@ fn the_drain_deadline_closes_what_is_left_on_the_runtime_clock() {
     drop(guard);
 }
 
-#[test]
-fn a_stop_while_the_child_starts_exits_only_once_the_killed_child_is_reaped() {
+/// A server asked to stop while its new child starts, and a child that `SIGKILL` does not
+/// end (yet).
+fn stopped_while_an_unkillable_child_starts() -> (Server, u32) {
     let s = Server::start(Server::config());
     s.rt.signal(Signal::HUP);
     let child = s.rt.last_child();
     s.rt.with_child(child, |c| c.unkillable = true);
     s.rt.signal(Signal::TERM);
+    (s, child)
+}
+
+#[test]
+fn a_stop_while_the_child_starts_exits_only_once_the_killed_child_is_reaped() {
+    let (s, child) = stopped_while_an_unkillable_child_starts();
     assert_eq!(s.rt.signals_of(child), ["KILL"]);
     assert_eq!(s.exit(), None, "the killed child still runs");
     assert_eq!(s.phase_changes().last(), Some(&Phase::Exiting));
@@ -517,11 +524,7 @@ fn a_stop_while_the_child_starts_exits_only_once_the_killed_child_is_reaped() {
 
 #[test]
 fn a_killed_child_never_reaped_delays_the_exit_only_until_the_reap_deadline() {
-    let s = Server::start(Server::config());
-    s.rt.signal(Signal::HUP);
-    let child = s.rt.last_child();
-    s.rt.with_child(child, |c| c.unkillable = true);
-    s.rt.signal(Signal::TERM);
+    let (s, child) = stopped_while_an_unkillable_child_starts();
     s.rt.advance(REAP - Duration::from_millis(1));
     assert_eq!(s.exit(), None);
     s.rt.advance(Duration::from_millis(1));
