@@ -11,6 +11,8 @@
 //! - [`Inventory`]: the named file descriptors a process hands over, and [`env`](mod@env), their
 //!   encoding into the child's environment (and systemd's `LISTEN_FDS`).
 //! - [`ready`]: the line a new generation writes to tell its parent it is ready.
+//! - [`control`]: the restart command's request and answer lines, and the answer to a
+//!   request as a projection of the lifecycle's outputs.
 //! - [`takeover`]: the messages that hand an established connection (its socket, its
 //!   state) to the new generation, instead of draining it.
 //! - [`plan`]: the `dup2` steps that place the inherited descriptors at 3, 4, … in the
@@ -107,6 +109,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod control;
 pub mod env;
 mod inventory;
 mod lifecycle;

@@ -1,0 +1,19 @@
+//! Feeds arbitrary bytes to the restart command's decoders: they must return, never panic,
+//! and an answer they accept must encode to a line that decodes to the same answer.
+#![no_main]
+
+use endless_core::control;
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    match control::decode_answer(data) {
+        Ok((pid, answer)) => {
+            let line = control::encode_answer(pid, &answer);
+            assert_eq!(control::decode_answer(&line), Ok((pid, answer)));
+        }
+        Err(e) => {
+            let _ = e.to_string();
+        }
+    }
+    let _ = control::decode_request(data);
+});

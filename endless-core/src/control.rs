@@ -1,0 +1,909 @@
+//! The restart command: its wire format, and the answer a restart request gets.
+//!
+//! A deploy script asks a running server to restart and wants the outcome of *its*
+//! request: the new generation serves, or why not. The server keeps a control socket (a
+//! Unix stream socket each generation inherits like any listener); the command connects,
+//! sends [`REQUEST`] and reads one answer line. What the answer says is decided here, as a
+//! projection of the lifecycle's outputs ([`Answers`]): the request is handed to the
+//! [`Lifecycle`](crate::Lifecycle) like any other, and the events and actions that follow
+//! it say how it ended. Nothing else keeps lifecycle state for the command.
+//!
+//! # The lines
+//!
+//! ```text
+//! endless-control/1 restart                                        (the request)
+//! endless-control/1 ready pid=4242 new=4250
+//! endless-control/1 failed pid=4242 kind=exited child=4250 status=exited:3 -- the new process exited with code 3 before it was ready
+//! endless-control/1 refused pid=4242 reason=in-progress -- a restart is already in progress
+//! endless-control/1 moved pid=4242 to=4250
+//! ```
+//!
+//! `pid` is the process that answers. `moved` says that it handed over to `to` before it
+//! took the request: the command asks `to`, which accepts on the same socket. `child` and
+//! `status` are `-` when unknown. Each line ends with `\n` and is at most [`MAX_LINE`]
+//! bytes; decoding is strict and never panics.
+//!
+//! # Examples
+//!
+//! ```
+//! use endless_core::control::{self, Answer};
+//!
+//! let line = control::encode_answer(4242, &Answer::Ready { new: 4250 });
+//! assert_eq!(line, b"endless-control/1 ready pid=4242 new=4250\n");
+//! assert_eq!(control::decode_answer(&line), Ok((4242, Answer::Ready { new: 4250 })));
+//! assert!(control::decode_request(control::REQUEST).is_ok());
+//! ```
+
+use std::fmt;
+
+use crate::{
+    Action, ChildFailure, ChildStatus, Event, InputKind, Output, Phase, Pid, Refusal,
+    UpgradeFailure,
+};
+
+/// What every line starts with; the number is the protocol version.
+pub const PREFIX: &str = "endless-control/1 ";
+
+/// The restart request.
+pub const REQUEST: &[u8] = b"endless-control/1 restart\n";
+
+/// The longest line either side sends, newline included.
+pub const MAX_LINE: usize = 4096;
+
+/// How a restart request ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Answer {
+    /// The new generation is ready, and the one that answers has stopped accepting.
+    Ready {
+        /// The new generation.
+        new: Pid,
+    },
+    /// The attempt failed; the process that answers keeps serving (or stops, when a stop
+    /// cancelled it).
+    Failed {
+        /// How.
+        kind: FailureKind,
+        /// The new process, if one was spawned.
+        child: Option<Pid>,
+        /// How it ended, once reaped.
+        status: Option<ChildStatus>,
+        /// The lifecycle's words for it.
+        message: String,
+    },
+    /// The request was refused; nothing changed.
+    Refused {
+        /// Why.
+        reason: RefusalKind,
+        /// The lifecycle's words for it.
+        message: String,
+    },
+    /// The process handed over to `to` before it took the request: ask `to`.
+    Moved {
+        /// The generation that serves now.
+        to: Pid,
+    },
+}
+
+macro_rules! words {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident = $word:literal),* $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        #[non_exhaustive]
+        pub enum $name { $($(#[$vdoc])* $variant),* }
+
+        impl $name {
+            /// Its word on the wire.
+            pub fn word(self) -> &'static str {
+                match self { $(Self::$variant => $word),* }
+            }
+
+            /// The kind a word names.
+            pub fn from_word(word: &str) -> Option<Self> {
+                match word { $($word => Some(Self::$variant),)* _ => None }
+            }
+        }
+    };
+}
+
+words!(
+    /// How an attempt failed.
+    FailureKind {
+        /// The new process exited before it was ready.
+        Exited = "exited",
+        /// Its readiness channel closed before it was ready.
+        ClosedChannel = "closed-channel",
+        /// It broke the readiness protocol.
+        BadMessage = "bad-message",
+        /// It was not ready within the upgrade timeout and was killed.
+        TimedOut = "timed-out",
+        /// It could not be started.
+        SpawnFailed = "spawn-failed",
+        /// A stop request cancelled the attempt.
+        Cancelled = "cancelled",
+        /// Anything else.
+        Other = "other",
+    }
+);
+
+words!(
+    /// Why a request was refused.
+    RefusalKind {
+        /// A restart is already in progress.
+        InProgress = "in-progress",
+        /// The application has not reported ready yet.
+        NotReady = "not-ready",
+        /// The process drains (it stops).
+        Draining = "draining",
+        /// The process has stopped.
+        Stopped = "stopped",
+        /// The peer may not ask (another user).
+        Permission = "permission",
+        /// Anything else.
+        Other = "other",
+    }
+);
+
+impl From<&UpgradeFailure> for FailureKind {
+    fn from(failure: &UpgradeFailure) -> Self {
+        match failure {
+            UpgradeFailure::ChildExited(_) => Self::Exited,
+            UpgradeFailure::ChildFailed(ChildFailure::ChannelClosed) => Self::ClosedChannel,
+            UpgradeFailure::ChildFailed(_) => Self::BadMessage,
+            UpgradeFailure::TimedOut => Self::TimedOut,
+            UpgradeFailure::SpawnFailed(_) => Self::SpawnFailed,
+            UpgradeFailure::Cancelled => Self::Cancelled,
+            UpgradeFailure::RolledBack => Self::Other,
+        }
+    }
+}
+
+impl From<Refusal> for RefusalKind {
+    fn from(refusal: Refusal) -> Self {
+        match refusal {
+            Refusal::UpgradeInProgress => Self::InProgress,
+            Refusal::NotReady => Self::NotReady,
+            Refusal::Draining => Self::Draining,
+            Refusal::Stopped => Self::Stopped,
+            _ => Self::Other,
+        }
+    }
+}
+
+/// Why a control line could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ControlError {
+    /// Longer than [`MAX_LINE`], or no newline at its end.
+    NotALine,
+    /// It does not start with [`PREFIX`] (another protocol or version).
+    Version,
+    /// The words after the prefix are not a request or an answer of this version.
+    Malformed(String),
+}
+
+impl fmt::Display for ControlError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NotALine => write!(f, "not one line of at most {MAX_LINE} bytes"),
+            Self::Version => write!(f, "not a line of the endless control protocol, version 1"),
+            Self::Malformed(what) => write!(f, "malformed control line: {what}"),
+        }
+    }
+}
+
+impl std::error::Error for ControlError {}
+
+/// The answer line `pid` sends.
+pub fn encode_answer(pid: Pid, answer: &Answer) -> Vec<u8> {
+    let optional = |value: Option<String>| value.unwrap_or_else(|| "-".to_owned());
+    let line = match answer {
+        Answer::Ready { new } => format!("ready pid={pid} new={new}"),
+        Answer::Moved { to } => format!("moved pid={pid} to={to}"),
+        Answer::Failed {
+            kind,
+            child,
+            status,
+            message,
+        } => format!(
+            "failed pid={pid} kind={} child={} status={} -- {}",
+            kind.word(),
+            optional(child.map(|c| c.to_string())),
+            optional(status.map(encode_status)),
+            one_line(message)
+        ),
+        Answer::Refused { reason, message } => format!(
+            "refused pid={pid} reason={} -- {}",
+            reason.word(),
+            one_line(message)
+        ),
+    };
+    let mut line = format!("{PREFIX}{line}");
+    // A message never makes a line too long for the other side.
+    if line.len() >= MAX_LINE {
+        let mut end = MAX_LINE - 1;
+        while !line.is_char_boundary(end) {
+            end -= 1;
+        }
+        line.truncate(end);
+    }
+    line.push('\n');
+    line.into_bytes()
+}
+
+/// Decodes an answer line (newline included): the pid that answers, and its answer.
+pub fn decode_answer(line: &[u8]) -> Result<(Pid, Answer), ControlError> {
+    let words = words_of(line)?;
+    let malformed = || ControlError::Malformed(words.to_owned());
+    let (head, message) = match words.split_once(" -- ") {
+        Some((head, message)) => (head, Some(message.to_owned())),
+        None => (words, None),
+    };
+    let mut fields = head.split(' ');
+    let verb = fields.next().ok_or_else(malformed)?;
+    let mut field = |key: &str| -> Result<&str, ControlError> {
+        fields
+            .next()
+            .and_then(|f| f.strip_prefix(key)?.strip_prefix('='))
+            .ok_or_else(malformed)
+    };
+    let pid = parse_pid(field("pid")?).ok_or_else(malformed)?;
+    let answer = match (verb, message) {
+        ("ready", None) => Answer::Ready {
+            new: parse_pid(field("new")?).ok_or_else(malformed)?,
+        },
+        ("moved", None) => Answer::Moved {
+            to: parse_pid(field("to")?).ok_or_else(malformed)?,
+        },
+        ("failed", Some(message)) => {
+            let kind = FailureKind::from_word(field("kind")?).ok_or_else(malformed)?;
+            let child = match field("child")? {
+                "-" => None,
+                pid => Some(parse_pid(pid).ok_or_else(malformed)?),
+            };
+            let status = match field("status")? {
+                "-" => None,
+                status => Some(decode_status(status).ok_or_else(malformed)?),
+            };
+            Answer::Failed {
+                kind,
+                child,
+                status,
+                message,
+            }
+        }
+        ("refused", Some(message)) => Answer::Refused {
+            reason: RefusalKind::from_word(field("reason")?).ok_or_else(malformed)?,
+            message,
+        },
+        _ => return Err(malformed()),
+    };
+    if fields.next().is_some() {
+        return Err(malformed());
+    }
+    Ok((pid, answer))
+}
+
+/// Checks a request line (newline included): [`REQUEST`] is the only one.
+pub fn decode_request(line: &[u8]) -> Result<(), ControlError> {
+    match words_of(line)? {
+        "restart" => Ok(()),
+        other => Err(ControlError::Malformed(other.to_owned())),
+    }
+}
+
+/// The words of a line after the prefix.
+fn words_of(line: &[u8]) -> Result<&str, ControlError> {
+    if line.len() > MAX_LINE {
+        return Err(ControlError::NotALine);
+    }
+    let line = line.strip_suffix(b"\n").ok_or(ControlError::NotALine)?;
+    if line.contains(&b'\n') {
+        return Err(ControlError::NotALine);
+    }
+    let line = std::str::from_utf8(line).map_err(|_| ControlError::Version)?;
+    let words = line.strip_prefix(PREFIX).ok_or(ControlError::Version)?;
+    if words.chars().any(char::is_control) {
+        return Err(ControlError::Malformed(words.escape_debug().to_string()));
+    }
+    Ok(words)
+}
+
+fn parse_pid(text: &str) -> Option<Pid> {
+    // Digits only: no sign, no spaces.
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok().filter(|&pid| pid > 0)
+}
+
+fn encode_status(status: ChildStatus) -> String {
+    match status {
+        ChildStatus::Exited(code) => format!("exited:{code}"),
+        ChildStatus::Signaled(signal) => format!("signal:{signal}"),
+        ChildStatus::Unknown => "unknown".to_owned(),
+    }
+}
+
+fn decode_status(text: &str) -> Option<ChildStatus> {
+    if text == "unknown" {
+        return Some(ChildStatus::Unknown);
+    }
+    let (kind, number) = text.split_once(':')?;
+    let number = number.parse().ok()?;
+    match kind {
+        "exited" => Some(ChildStatus::Exited(number)),
+        "signal" => Some(ChildStatus::Signaled(number)),
+        _ => None,
+    }
+}
+
+/// `text` on one line, without control characters.
+fn one_line(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+/// The answers to restart requests, projected from the lifecycle's outputs.
+///
+/// `T` is whatever the adapter needs to deliver an answer (a reply channel). Call
+/// [`ask`](Self::ask) right before handing the request to the lifecycle
+/// (`Input::Request(Request::Restart)`), then [`observe`](Self::observe) every output the
+/// lifecycle emits, in order, from then on (those of every later input too): each returns
+/// the answers it completes. A request is answered
+///
+/// - at once if the lifecycle refuses it ([`Answer::Moved`] when this process already
+///   handed over);
+/// - [`Answer::Ready`] when this process stops accepting for the child it started;
+/// - [`Answer::Failed`] when the attempt fails, once a child that had to be killed is
+///   reaped (its exit status tells a crash from a kill).
+///
+/// Requests that started no attempt of their own are never answered with another's
+/// outcome: a request taken while an attempt runs is refused (in progress).
+#[derive(Debug)]
+pub struct Answers<T> {
+    /// The request being handed in, until the lifecycle takes or refuses it.
+    asking: Option<T>,
+    /// The attempt under way.
+    attempt: Option<Attempt<T>>,
+    /// Whom this process handed over to.
+    successor: Option<Pid>,
+}
+
+#[derive(Debug)]
+struct Attempt<T> {
+    waiters: Vec<T>,
+    child: Option<Pid>,
+    ready: Option<Pid>,
+    /// Failed; the answer waits for the killed child's exit.
+    failed: Option<(FailureKind, String)>,
+}
+
+impl<T> Default for Answers<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T> Answers<T> {
+    /// No request, no attempt.
+    pub const fn new() -> Self {
+        Self {
+            asking: None,
+            attempt: None,
+            successor: None,
+        }
+    }
+
+    /// A restart request is about to be handed in; `token` is answered later.
+    pub fn ask(&mut self, token: T) {
+        self.asking = Some(token);
+    }
+
+    /// The request handed in last, if the lifecycle neither took nor refused it (it always
+    /// does one or the other): give it back to answer it otherwise.
+    pub fn unasked(&mut self) -> Option<T> {
+        self.asking.take()
+    }
+
+    /// How many requests wait for the attempt under way.
+    pub fn waiting(&self) -> usize {
+        self.attempt.as_ref().map_or(0, |a| a.waiters.len())
+    }
+
+    /// Observes one output of the lifecycle; returns the answers it completes.
+    pub fn observe(&mut self, output: &Output) -> Vec<(T, Answer)> {
+        match output {
+            Output::Event(Event::Refused {
+                input: InputKind::Restart,
+                reason,
+            }) => self
+                .asking
+                .take()
+                .map(|token| {
+                    let answer = match (reason, self.successor) {
+                        (Refusal::Draining, Some(to)) => Answer::Moved { to },
+                        _ => Answer::Refused {
+                            reason: RefusalKind::from(*reason),
+                            message: reason.to_string(),
+                        },
+                    };
+                    vec![(token, answer)]
+                })
+                .unwrap_or_default(),
+            Output::Event(Event::StateChanged {
+                to: Phase::Forking, ..
+            }) => {
+                // A failure still waiting for its killed child's exit is told without it.
+                let earlier = self.attempt.take().map(finish).unwrap_or_default();
+                self.attempt = Some(Attempt {
+                    waiters: self.asking.take().into_iter().collect(),
+                    child: None,
+                    ready: None,
+                    failed: None,
+                });
+                earlier
+            }
+            Output::Event(Event::ChildSpawned { pid }) => {
+                if let Some(attempt) = &mut self.attempt {
+                    attempt.child = Some(*pid);
+                }
+                Vec::new()
+            }
+            Output::Event(Event::ChildReady { pid }) => {
+                if let Some(attempt) = &mut self.attempt {
+                    attempt.ready = Some(*pid);
+                }
+                Vec::new()
+            }
+            Output::Action(Action::StopAccepting) => {
+                let Some(attempt) = self.attempt.take_if(|a| a.ready.is_some()) else {
+                    return Vec::new();
+                };
+                let new = attempt.ready.unwrap_or_default();
+                self.successor = Some(new);
+                answer_all(attempt.waiters, &Answer::Ready { new })
+            }
+            Output::Event(Event::UpgradeFailed { pid, reason }) => {
+                let Some(mut attempt) = self.attempt.take() else {
+                    return Vec::new();
+                };
+                let kind = FailureKind::from(reason);
+                let message = reason.to_string();
+                attempt.child = attempt.child.or(*pid);
+                match (reason, attempt.child) {
+                    // It exited by itself, or never ran: the answer is complete.
+                    (UpgradeFailure::ChildExited(status), child) => answer_all(
+                        attempt.waiters,
+                        &Answer::Failed {
+                            kind,
+                            child,
+                            status: Some(*status),
+                            message,
+                        },
+                    ),
+                    (_, None) => answer_all(
+                        attempt.waiters,
+                        &Answer::Failed {
+                            kind,
+                            child: None,
+                            status: None,
+                            message,
+                        },
+                    ),
+                    // Killed or stopped: how it ended tells a crash from a kill.
+                    (_, Some(_)) => {
+                        attempt.failed = Some((kind, message));
+                        self.attempt = Some(attempt);
+                        Vec::new()
+                    }
+                }
+            }
+            Output::Event(
+                Event::KilledChildExited { pid, status }
+                | Event::StoppedChildExited { pid, status },
+            ) => {
+                let Some(attempt) = self
+                    .attempt
+                    .take_if(|a| a.failed.is_some() && a.child == Some(*pid))
+                else {
+                    return Vec::new();
+                };
+                let (kind, message) = attempt
+                    .failed
+                    .unwrap_or((FailureKind::Other, String::new()));
+                answer_all(
+                    attempt.waiters,
+                    &Answer::Failed {
+                        kind,
+                        child: Some(*pid),
+                        status: Some(*status),
+                        message,
+                    },
+                )
+            }
+            // The end: a failure still waiting for its child's exit is told without it.
+            Output::Action(Action::Exit { .. }) => {
+                self.attempt.take().map(finish).unwrap_or_default()
+            }
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// The answers an attempt that is given up on still owes: its failure, without the exit
+/// status it waited for. (An attempt that has not failed owes nothing yet: it cannot be
+/// given up on while it runs.)
+fn finish<T>(attempt: Attempt<T>) -> Vec<(T, Answer)> {
+    match attempt.failed {
+        Some((kind, message)) => answer_all(
+            attempt.waiters,
+            &Answer::Failed {
+                kind,
+                child: attempt.child,
+                status: None,
+                message,
+            },
+        ),
+        None => Vec::new(),
+    }
+}
+
+fn answer_all<T>(waiters: Vec<T>, answer: &Answer) -> Vec<(T, Answer)> {
+    waiters.into_iter().map(|t| (t, answer.clone())).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Config, Input, Lifecycle, Origin, Request};
+    use std::time::{Duration, Instant};
+
+    /// A ready lifecycle and its answers, driven with a fake clock.
+    struct Rig {
+        lc: Lifecycle,
+        answers: Answers<u32>,
+        now: Instant,
+        told: Vec<(u32, Answer)>,
+    }
+
+    impl Rig {
+        fn new() -> Self {
+            let mut lc = Lifecycle::new(
+                Config::new().upgrade_timeout(Duration::from_secs(5)),
+                Origin::Fresh,
+            );
+            let now = Instant::now();
+            lc.handle(Input::Ready, now);
+            let mut rig = Self {
+                lc,
+                answers: Answers::new(),
+                now,
+                told: Vec::new(),
+            };
+            rig.drain();
+            rig
+        }
+
+        fn drain(&mut self) {
+            while let Some(output) = self.lc.poll_output() {
+                self.told.extend(self.answers.observe(&output));
+            }
+        }
+
+        fn ask(&mut self, token: u32) {
+            self.answers.ask(token);
+            self.input(Input::Request(Request::Restart));
+            assert!(
+                self.answers.unasked().is_none(),
+                "the request left no trace"
+            );
+        }
+
+        fn input(&mut self, input: Input) {
+            self.lc.handle(input, self.now);
+            self.drain();
+        }
+
+        fn told(&mut self) -> Vec<(u32, Answer)> {
+            std::mem::take(&mut self.told)
+        }
+    }
+
+    #[test]
+    fn a_request_is_answered_ready_when_this_process_stops_accepting() {
+        let mut r = Rig::new();
+        r.ask(1);
+        r.input(Input::ChildSpawned { pid: 50 });
+        // A second request while the attempt runs is refused at once, alone.
+        r.ask(2);
+        assert_eq!(
+            r.told(),
+            [(
+                2,
+                Answer::Refused {
+                    reason: RefusalKind::InProgress,
+                    message: "a restart is already in progress".into()
+                }
+            )]
+        );
+        assert_eq!(r.answers.waiting(), 1);
+        r.input(Input::ChildReady { pid: 50 });
+        assert_eq!(r.told(), [(1, Answer::Ready { new: 50 })]);
+        // Asked again after the handover: the successor is named.
+        r.ask(3);
+        assert_eq!(r.told(), [(3, Answer::Moved { to: 50 })]);
+    }
+
+    #[test]
+    fn a_crash_is_answered_with_its_status_whichever_news_comes_first() {
+        // The exit first.
+        let mut r = Rig::new();
+        r.ask(1);
+        r.input(Input::ChildSpawned { pid: 50 });
+        r.input(Input::ChildExited {
+            pid: 50,
+            status: ChildStatus::Exited(3),
+        });
+        assert!(matches!(
+            &r.told()[..],
+            [(
+                1,
+                Answer::Failed {
+                    kind: FailureKind::Exited,
+                    child: Some(50),
+                    status: Some(ChildStatus::Exited(3)),
+                    ..
+                }
+            )]
+        ));
+        // The channel's end first: the child is killed, and its real status is told.
+        r.ask(2);
+        r.input(Input::ChildSpawned { pid: 51 });
+        r.input(Input::ChildFailed {
+            pid: 51,
+            reason: ChildFailure::ChannelClosed,
+        });
+        assert!(r.told().is_empty(), "waits for the killed child's exit");
+        r.input(Input::ChildExited {
+            pid: 51,
+            status: ChildStatus::Exited(3),
+        });
+        assert!(matches!(
+            &r.told()[..],
+            [(
+                2,
+                Answer::Failed {
+                    kind: FailureKind::ClosedChannel,
+                    child: Some(51),
+                    status: Some(ChildStatus::Exited(3)),
+                    ..
+                }
+            )]
+        ));
+    }
+
+    #[test]
+    fn a_timeout_and_a_spawn_failure_are_answered() {
+        let mut r = Rig::new();
+        r.ask(1);
+        r.input(Input::ChildSpawned { pid: 50 });
+        r.now += Duration::from_secs(5);
+        r.lc.handle_timeout(r.now);
+        r.drain();
+        assert!(r.told().is_empty());
+        r.input(Input::ChildExited {
+            pid: 50,
+            status: ChildStatus::Signaled(9),
+        });
+        assert!(matches!(
+            &r.told()[..],
+            [(
+                1,
+                Answer::Failed {
+                    kind: FailureKind::TimedOut,
+                    status: Some(ChildStatus::Signaled(9)),
+                    ..
+                }
+            )]
+        ));
+        r.ask(2);
+        r.input(Input::SpawnFailed {
+            reason: "Too many open files".into(),
+        });
+        assert!(matches!(
+            &r.told()[..],
+            [(2, Answer::Failed { kind: FailureKind::SpawnFailed, child: None, status: None, message })]
+                if message.contains("Too many open files")
+        ));
+    }
+
+    #[test]
+    fn a_new_attempt_before_the_killed_child_is_reaped_answers_the_earlier_one() {
+        let mut r = Rig::new();
+        r.ask(1);
+        r.input(Input::ChildSpawned { pid: 50 });
+        r.input(Input::ChildFailed {
+            pid: 50,
+            reason: ChildFailure::BadMessage("junk".into()),
+        });
+        assert!(r.told().is_empty());
+        r.ask(2);
+        assert!(matches!(
+            &r.told()[..],
+            [(
+                1,
+                Answer::Failed {
+                    kind: FailureKind::BadMessage,
+                    child: Some(50),
+                    status: None,
+                    ..
+                }
+            )]
+        ));
+        // The late exit of the first child is not the second attempt's answer.
+        r.input(Input::ChildExited {
+            pid: 50,
+            status: ChildStatus::Signaled(9),
+        });
+        assert!(r.told().is_empty());
+        assert_eq!(r.answers.waiting(), 1);
+    }
+
+    #[test]
+    fn a_restart_by_signal_is_nobody_s_answer() {
+        let mut r = Rig::new();
+        r.input(Input::Request(Request::Restart));
+        r.input(Input::ChildSpawned { pid: 50 });
+        r.input(Input::ChildExited {
+            pid: 50,
+            status: ChildStatus::Exited(1),
+        });
+        assert!(r.told().is_empty());
+        // A later request gets its own attempt's answer.
+        r.ask(1);
+        r.input(Input::ChildSpawned { pid: 51 });
+        r.input(Input::ChildReady { pid: 51 });
+        assert_eq!(r.told(), [(1, Answer::Ready { new: 51 })]);
+    }
+
+    #[test]
+    fn a_stop_while_the_child_starts_answers_cancelled_once_it_is_reaped_or_at_the_end() {
+        let mut r = Rig::new();
+        r.ask(1);
+        r.input(Input::ChildSpawned { pid: 50 });
+        r.input(Input::Request(Request::Stop));
+        assert!(r.told().is_empty());
+        r.input(Input::ChildExited {
+            pid: 50,
+            status: ChildStatus::Signaled(9),
+        });
+        assert!(matches!(
+            &r.told()[..],
+            [(
+                1,
+                Answer::Failed {
+                    kind: FailureKind::Cancelled,
+                    ..
+                }
+            )]
+        ));
+        // Refused once stopping.
+        r.ask(2);
+        assert!(matches!(
+            &r.told()[..],
+            [(
+                2,
+                Answer::Refused {
+                    reason: RefusalKind::Draining,
+                    ..
+                }
+            )]
+        ));
+    }
+
+    #[test]
+    fn every_answer_round_trips() {
+        let answers = [
+            Answer::Ready { new: 7 },
+            Answer::Moved { to: 9 },
+            Answer::Failed {
+                kind: FailureKind::Exited,
+                child: Some(8),
+                status: Some(ChildStatus::Exited(3)),
+                message: "it -- exited\nbadly".into(),
+            },
+            Answer::Failed {
+                kind: FailureKind::SpawnFailed,
+                child: None,
+                status: None,
+                message: String::new(),
+            },
+            Answer::Failed {
+                kind: FailureKind::TimedOut,
+                child: Some(8),
+                status: Some(ChildStatus::Signaled(9)),
+                message: "late".into(),
+            },
+            Answer::Failed {
+                kind: FailureKind::Other,
+                child: Some(8),
+                status: Some(ChildStatus::Unknown),
+                message: "x".into(),
+            },
+            Answer::Refused {
+                reason: RefusalKind::Permission,
+                message: "uid 1000 may not ask".into(),
+            },
+        ];
+        for answer in answers {
+            let line = encode_answer(42, &answer);
+            let (pid, decoded) = decode_answer(&line).unwrap();
+            assert_eq!(pid, 42);
+            let expected = match answer {
+                Answer::Failed {
+                    kind,
+                    child,
+                    status,
+                    message,
+                } => Answer::Failed {
+                    kind,
+                    child,
+                    status,
+                    message: one_line(&message),
+                },
+                other => other,
+            };
+            assert_eq!(decoded, expected);
+        }
+        // A huge message is cut, never sent as a line the other side refuses.
+        let long = Answer::Refused {
+            reason: RefusalKind::Other,
+            message: "é".repeat(MAX_LINE),
+        };
+        let line = encode_answer(42, &long);
+        assert!(line.len() <= MAX_LINE);
+        assert!(decode_answer(&line).is_ok());
+    }
+
+    #[test]
+    fn decoding_is_strict() {
+        assert_eq!(decode_request(REQUEST), Ok(()));
+        for bad in [
+            &b"endless-control/1 restart"[..],
+            b"endless-control/2 restart\n",
+            b"endless-control/1 restart now\n",
+            b"endless-control/1 ready pid=1\n",
+            b"endless-control/1 ready pid=0 new=2\n",
+            b"endless-control/1 ready pid=+1 new=2\n",
+            b"endless-control/1 ready new=2 pid=1\n",
+            b"endless-control/1 ready pid=1 new=2 more=3\n",
+            b"endless-control/1 ready pid=1 new=2 -- why\n",
+            b"endless-control/1 failed pid=1 kind=exited child=- status=- \n",
+            b"endless-control/1 failed pid=1 kind=nope child=- status=- -- m\n",
+            b"endless-control/1 failed pid=1 kind=exited child=x status=- -- m\n",
+            b"endless-control/1 failed pid=1 kind=exited child=- status=exited:x -- m\n",
+            b"endless-control/1 refused pid=1 reason=nope -- m\n",
+            b"endless-control/1 moved pid=1\n",
+            b"endless-control/1 ready pid=1 new=2\nx\n",
+            b"endless-control/1 refused pid=1 reason=other -- a\rb\n",
+            b"\xff\n",
+        ] {
+            assert!(
+                decode_answer(bad).is_err() || bad == REQUEST,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert!(decode_request(b"endless-control/1 stop\n").is_err());
+        assert_eq!(
+            decode_answer(&vec![b'x'; MAX_LINE + 1]),
+            Err(ControlError::NotALine)
+        );
+        assert_eq!(
+            ControlError::Version.to_string(),
+            "not a line of the endless control protocol, version 1"
+        );
+    }
+}
