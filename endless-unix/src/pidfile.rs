@@ -53,11 +53,13 @@ impl PidFile {
     }
 }
 
-/// Replaces the file at `path` with `contents` atomically: written to a temporary file in
-/// the same directory (named after `path` and this process's pid, so that two processes
-/// never share one), then renamed over `path`. A reader sees the old contents or the new
-/// ones, never a part. With `sync`, the data reaches the disk before the rename.
-pub(crate) fn write_atomically(path: &Path, contents: &[u8], sync: bool) -> io::Result<()> {
+/// Replaces the file at `path` with `contents` atomically: written to a new temporary file
+/// in the same directory, then renamed over `path`. A reader sees the old contents or the
+/// new ones, never a part. With `sync`, the data reaches the disk before the rename.
+///
+/// The temporary file is created exclusively (`O_EXCL`, which never follows a symlink): a
+/// file or symlink planted at its name is left alone, and another name is tried.
+fn write_atomically(path: &Path, contents: &[u8], sync: bool) -> io::Result<()> {
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
@@ -65,12 +67,29 @@ pub(crate) fn write_atomically(path: &Path, contents: &[u8], sync: bool) -> io::
     let file_name = path
         .file_name()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "the path has no file name"))?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(file_name);
-    tmp_name.push(format!(".{}.tmp", std::process::id()));
-    let tmp = dir.join(tmp_name);
+    let mut attempt = 0u32;
+    let (tmp, mut file) = loop {
+        let mut tmp_name = std::ffi::OsString::from(".");
+        tmp_name.push(file_name);
+        tmp_name.push(format!(
+            ".{}.{}.{attempt}.tmp",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos())
+        ));
+        let tmp = dir.join(tmp_name);
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+        {
+            Ok(file) => break (tmp, file),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && attempt < 8 => attempt += 1,
+            Err(e) => return Err(e),
+        }
+    };
     let result = (|| {
-        let mut file = std::fs::File::create(&tmp)?;
         file.write_all(contents)?;
         if sync {
             file.sync_all()?;
@@ -115,5 +134,30 @@ mod tests {
             "no temp file left"
         );
         std::fs::remove_dir(dir).unwrap();
+    }
+
+    #[test]
+    fn a_symlink_planted_at_a_temporary_name_is_never_written_through() {
+        let pf = PidFile::new(temp_path("planted"));
+        let dir = pf.path().parent().unwrap().to_owned();
+        let victim = dir.join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        // The name an earlier version always used, and a guess at a current one.
+        for name in [
+            format!(".server.pid.{}.tmp", std::process::id()),
+            format!(".server.pid.{}.0.0.tmp", std::process::id()),
+        ] {
+            std::os::unix::fs::symlink(&victim, dir.join(name)).unwrap();
+        }
+        pf.write(42).unwrap();
+        assert_eq!(pf.read().unwrap(), Some(42));
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        assert!(
+            !std::fs::symlink_metadata(pf.path())
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
