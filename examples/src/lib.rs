@@ -21,12 +21,13 @@
 //! SERVER restart --pid-file PATH [--timeout SECS]
 //! ```
 //!
-//! which asks the server that the pid file names to restart (`SIGHUP`) and waits for the
-//! outcome ([`endless_unix::control::restart`]): exit 0 once the new process is ready, with
+//! which asks the server that the pid file names to restart, over its control socket, and
+//! waits for the outcome ([`endless_unix::control::restart`]): exit 0 once the new process is ready, with
 //! its pid on standard output; otherwise the reason on standard error and exit 1 (the new
 //! binary crashed, was not ready within the server's `--upgrade-timeout`, or could not
 //! start: the old process keeps serving), 3 (refused: a restart is already in progress),
-//! 4 (no answer within `--timeout`, default 90) or 5 (the pid file names no live process).
+//! 4 (no answer within `--timeout`, default 90) or 5 (the pid file names no live process,
+//! or it keeps no control socket).
 //!
 //! Signals: `SIGHUP` restart, `SIGTERM`/`SIGINT` graceful stop, `SIGUSR2` hammer, and
 //! staged upgrades (`SignalMap::with_staged_upgrades`): `SIGUSR1` starts the new
@@ -354,6 +355,18 @@ pub trait Listener: Send + Sync + 'static {
     type Stream: Send + 'static;
     /// The next connection, or `None` once the process stops accepting.
     fn next(&self) -> impl Future<Output = std::io::Result<Option<Self::Stream>>> + Send;
+    /// A short pause after an accept error, on the listener's own runtime (a timer that
+    /// needs no new fd: the error may be that there is none left).
+    fn pause(&self) -> impl Future<Output = ()> + Send;
+}
+
+/// How long [`accept_loop`] waits after an accept error.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(10);
+
+/// [`Listener::pause`] on the runtime `N`.
+fn pause_on<N: Net>() -> impl Future<Output = ()> + Send {
+    let runtime = N::current();
+    runtime.sleep_until(runtime.now() + ACCEPT_PAUSE)
 }
 
 impl<N: Net> Listener for endless_unix::adapter::TcpListener<N> {
@@ -361,12 +374,18 @@ impl<N: Net> Listener for endless_unix::adapter::TcpListener<N> {
     async fn next(&self) -> std::io::Result<Option<Self::Stream>> {
         Ok(self.accept().await?.map(|(stream, _)| stream))
     }
+    fn pause(&self) -> impl Future<Output = ()> + Send {
+        pause_on::<N>()
+    }
 }
 
 impl<N: Net> Listener for endless_unix::adapter::UnixListener<N> {
     type Stream = Tracked<N::UnixStream>;
     async fn next(&self) -> std::io::Result<Option<Self::Stream>> {
         Ok(self.accept().await?.map(|(stream, _)| stream))
+    }
+    fn pause(&self) -> impl Future<Output = ()> + Send {
+        pause_on::<N>()
     }
 }
 
@@ -380,7 +399,7 @@ pub async fn accept_loop<L: Listener>(name: String, listener: L, mut serve: impl
             Ok(None) => break,
             Err(e) => {
                 tracing::warn!(error = %e, "accept failed");
-                async_io::Timer::after(Duration::from_millis(10)).await;
+                listener.pause().await;
             }
         }
     }
