@@ -3,12 +3,14 @@
 //! the test runs the example binary itself as the command, against a server of the same
 //! binary started by the harness, and checks its exit code and output for a restart that
 //! succeeds, a new binary that crashes, one that is never ready, a restart already in
-//! progress, no answer in time, a stale pid file, and a burst of `SIGHUP`s around it. Each
+//! progress, no answer in time, a stale pid file, a burst of `SIGHUP`s around it, a server
+//! out of file descriptors, and a command run 0–20 ms after the previous handover. Each
 //! scenario is a function of the binary and runs against `echo-tokio` and `echo-smol` (one
-//! shared driver writes the status file for both); `hello-hyper` gets a smoke test.
+//! shared control socket server for both); `hello-hyper` gets a smoke test.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::PoisonError;
@@ -102,9 +104,9 @@ fn wait_stopped_accepting(server: &Server, old: u32) {
 }
 
 /// The command restarts the server into the binary on disk: exit 0 with the new pid, which
-/// the pid file names and which runs the new code; the old process exits 0. A second run
-/// asks the new generation (which has not written a status file yet), and `kill -HUP`
-/// still works afterwards.
+/// the pid file names and which runs the new code; the old process exits 0. The control
+/// socket beside the pid file is private (`0600`). A second run asks the new generation
+/// (which inherited the socket), and `kill -HUP` still works afterwards.
 fn restart_succeeds(bin: &Path) {
     let server = Server::start(bin, &Options::default());
     let old = server.pid();
@@ -131,11 +133,9 @@ fn restart_succeeds(bin: &Path) {
         "the old process"
     );
     assert_eq!(server.ask("version"), (new, "2".to_owned()));
-    let status = std::fs::read_to_string(server.dir().join("server.pid.restart")).unwrap();
-    assert!(
-        status.contains(&format!(" ready child={new}\n")),
-        "{status}"
-    );
+    let control = std::fs::symlink_metadata(server.dir().join("server.pid.control")).unwrap();
+    assert!(control.file_type().is_socket(), "{control:?}");
+    assert_eq!(control.mode() & 0o777, 0o600, "{control:?}");
 
     let run = run_restart(bin, server.pid_file(), "20");
     let newer = run.new_pid();
@@ -297,8 +297,8 @@ fn hup_burst_around_the_command(bin: &Path) {
     server
         .group
         .stderr
-        .wait_from("the command's SIGHUP to arrive", mark, |l| {
-            l.contains("signal received") && l.contains("SIGHUP")
+        .wait_from("the command's request to arrive", mark, |l| {
+            l.contains("restart requested over the control socket")
         });
     for _ in 0..100 {
         server.group.signal(old, Signal::HUP);
@@ -338,6 +338,104 @@ fn hup_burst_around_the_command(bin: &Path) {
     server.assert_serves(serving);
 }
 
+/// The file descriptors `pid` has open.
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(Iterator::count)
+        .unwrap_or(0)
+}
+
+/// The hard `RLIMIT_NOFILE` of `pid` (`None`: unlimited), kept as it is when the soft one
+/// is lowered: raising it back would need `CAP_SYS_RESOURCE`.
+fn hard_fd_limit(pid: u32) -> Option<u64> {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("read limits");
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("a Max open files line");
+    let hard = line
+        .split_whitespace()
+        .nth(4)
+        .expect("the hard limit column");
+    hard.parse().ok()
+}
+
+/// A server out of file descriptors (its limit lowered to what it has open, plus a few,
+/// and clients holding the rest): a command cannot even be accepted, so it gets no answer
+/// (exit 4) instead of an earlier failure's. Once the clients leave, the next command gets
+/// its own answer: the restart succeeds.
+fn out_of_file_descriptors(bin: &Path) {
+    use rustix::process::{Pid, Resource, Rlimit, prlimit};
+    let server = Server::start(bin, &Options::default());
+    let pid = server.pid();
+    let open = open_fds(pid) as u64;
+    let limit = open + 4;
+    let target = Pid::from_raw(pid as i32);
+    let original = prlimit(
+        target,
+        Resource::Nofile,
+        Rlimit {
+            current: Some(limit),
+            maximum: hard_fd_limit(pid),
+        },
+    )
+    .expect("lower the server's RLIMIT_NOFILE");
+    let mut clients = Vec::new();
+    wait_for("the server to run out of fds", DEADLINE, || {
+        if let Ok(conn) = TcpStream::connect(match server.endpoint() {
+            Endpoint::Tcp(addr) => *addr,
+            other => panic!("not TCP: {other}"),
+        }) {
+            clients.push(conn);
+        }
+        (open_fds(pid) as u64 >= limit).then_some(())
+    });
+
+    // Its own answer: not accepted in time (4), or accepted and the spawn failed (1).
+    let run = run_restart(bin, server.pid_file(), "2");
+    match run.code {
+        Some(4) => assert!(run.stderr.contains("no answer from pid"), "{run:?}"),
+        Some(1) => assert!(run.stderr.contains("Too many open files"), "{run:?}"),
+        _ => panic!("out of fds: {run:?}"),
+    }
+
+    drop(clients);
+    prlimit(target, Resource::Nofile, original).expect("restore the server's RLIMIT_NOFILE");
+    let new = run_restart(bin, server.pid_file(), "20").new_pid();
+    assert_ne!(new, pid);
+    server.set_pid(new);
+    wait_stopped_accepting(&server, pid);
+    server.assert_serves(new);
+    server.group.wait_settled(&[new]);
+}
+
+/// A command run right after the previous one's answer (0, 5, 10 and 20 ms later) reaches
+/// the generation that just took over, and gets the answer to its own request.
+fn right_after_a_handover(bin: &Path) {
+    let server = Server::start(bin, &Options::default());
+    for delay in [0, 5, 10, 20] {
+        let old = server.pid();
+        let new = run_restart(bin, server.pid_file(), "20").new_pid();
+        std::thread::sleep(Duration::from_millis(delay));
+        let run = run_restart(bin, server.pid_file(), "20");
+        let newer = run.new_pid();
+        assert!(
+            newer != new && newer != old,
+            "{delay} ms after a handover: {run:?}"
+        );
+        assert!(
+            run.stderr.contains(&format!(
+                "pid {new} handed over to pid {newer}, which is ready"
+            )),
+            "{delay} ms after a handover: {run:?}"
+        );
+        server.set_pid(newer);
+        wait_stopped_accepting(&server, new);
+        server.group.wait_settled(&[newer]);
+    }
+    server.assert_serves(server.pid());
+}
+
 macro_rules! restart_command_scenarios {
     ($bin:expr) => {
         #[test]
@@ -368,6 +466,16 @@ macro_rules! restart_command_scenarios {
         #[test]
         fn hup_burst_around_the_command() {
             super::hup_burst_around_the_command($bin);
+        }
+
+        #[test]
+        fn out_of_file_descriptors() {
+            super::out_of_file_descriptors($bin);
+        }
+
+        #[test]
+        fn right_after_a_handover() {
+            super::right_after_a_handover($bin);
         }
     };
 }

@@ -141,7 +141,9 @@ impl<N: Net> Builder<N> {
     }
 
     /// Keep a pid file: written atomically once the process is ready, rewritten by each new
-    /// generation, removed on a clean stop.
+    /// generation, removed on a clean stop. The control socket that answers
+    /// [`control::restart`](crate::control::restart) is kept beside it
+    /// ([`control::socket_path`](crate::control::socket_path)).
     #[must_use]
     pub fn pid_file(mut self, path: impl Into<PathBuf>) -> Self {
         self.options = self.options.pid_file(path);

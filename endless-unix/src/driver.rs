@@ -10,37 +10,48 @@ use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use async_channel::{Receiver, Sender};
+use endless_core::control::{Answer, Answers, RefusalKind};
 use endless_core::ready::{Readiness, ReadyParser};
 use endless_core::{
-    Action, ChildStatus, DrainCause, Event, Input, Lifecycle, Output, Status, UpgradeFailure,
+    Action, ChildStatus, DrainCause, Event, Input, Lifecycle, Output, Request, Status,
+    UpgradeFailure,
 };
 
-use crate::control::StatusWriter;
+use crate::control::ControlServer;
 use crate::handle::{Exit, Shared, lock};
 use crate::notify::Notifier;
 use crate::runtime::{ReadinessReader, Runtime};
 use crate::spawn::{self, Handover};
 use crate::takeover::Outbox;
 
+/// What reaches the driver task.
+#[derive(Debug)]
+pub(crate) enum Message {
+    /// Something for the lifecycle.
+    Input(Input),
+    /// A restart request from the control socket, answered on its connection with the
+    /// outcome of this request ([`Answers`]). The driver writes the answer itself, so that
+    /// it is sent before the process acts on what follows (an exit, say).
+    Restart(UnixStream),
+}
+
 /// Starts the task that owns `lifecycle` on `runtime`, taking its inputs from `inputs`.
 pub(crate) fn start<R: Runtime>(
     runtime: R,
     shared: Arc<Shared>,
     lifecycle: Lifecycle,
-    inputs: Receiver<Input>,
+    inputs: Receiver<Message>,
     notifier: Option<Notifier>,
+    control: Option<ControlServer>,
 ) {
     let runtime = Arc::new(runtime);
-    let restart_status = shared
-        .pid_file
-        .as_ref()
-        .map(|pid_file| StatusWriter::new(pid_file.path()));
     let driver = Driver {
         runtime: Arc::clone(&runtime),
         shared,
@@ -48,7 +59,8 @@ pub(crate) fn start<R: Runtime>(
         inputs,
         children: HashMap::new(),
         notifier,
-        restart_status,
+        control,
+        answers: Answers::new(),
         channels: HashMap::new(),
         parent_channel: None,
     };
@@ -69,14 +81,16 @@ struct Driver<R> {
     runtime: Arc<R>,
     shared: Arc<Shared>,
     lifecycle: Lifecycle,
-    inputs: Receiver<Input>,
+    inputs: Receiver<Message>,
     /// How to reach the task that owns each child not reaped yet, by pid.
     children: HashMap<u32, Sender<ChildCommand>>,
     /// The service manager to tell (`NOTIFY_SOCKET`, read once at start-up).
     notifier: Option<Notifier>,
-    /// The restart status file beside the pid file, if there is one (see
+    /// The control socket's accept loop, while this process answers on it (see
     /// [`crate::control`]).
-    restart_status: Option<StatusWriter>,
+    control: Option<ControlServer>,
+    /// The answers owed to restart requests from the control socket.
+    answers: Answers<UnixStream>,
     /// This process's end of each live child's readiness channel, which carries the
     /// connections handed over once the child is ready.
     channels: HashMap<u32, OwnedFd>,
@@ -90,10 +104,25 @@ impl<R: Runtime> Driver<R> {
     async fn run(mut self) {
         loop {
             while let Some(output) = self.lifecycle.poll_output() {
+                let answers = self.answers.observe(&output);
                 match output {
                     Output::Event(event) => self.event(&event),
                     Output::Action(action) => self.act(action),
                 }
+                // After the action: a `ready` answer once this process stopped accepting.
+                for (connection, answer) in answers {
+                    crate::control::answer(connection, &answer);
+                }
+            }
+            // The lifecycle takes or refuses every request: this is only a safety net.
+            if let Some(connection) = self.answers.unasked() {
+                crate::control::answer(
+                    connection,
+                    &Answer::Refused {
+                        reason: RefusalKind::Other,
+                        message: "the request was not taken".to_owned(),
+                    },
+                );
             }
             if self.lifecycle.is_stopped() {
                 return;
@@ -111,15 +140,17 @@ impl<R: Runtime> Driver<R> {
             };
             let now = self.runtime.now();
             match next {
-                Some(Ok(input)) => {
-                    if let Input::ChildExited { pid, status } = input {
+                Some(Ok(Message::Input(input))) => {
+                    if let Input::ChildExited { pid, .. } = input {
                         self.children.remove(&pid);
                         self.channels.remove(&pid);
-                        if let Some(restart_status) = &mut self.restart_status {
-                            restart_status.child_exited(pid, status);
-                        }
                     }
                     self.lifecycle.handle(input, now);
+                }
+                Some(Ok(Message::Restart(connection))) => {
+                    tracing::info!("restart requested over the control socket");
+                    self.answers.ask(connection);
+                    self.lifecycle.handle(Input::Request(Request::Restart), now);
                 }
                 // Unreachable while `shared` holds a sender; stop rather than spin.
                 Some(Err(_)) => return,
@@ -129,9 +160,6 @@ impl<R: Runtime> Driver<R> {
     }
 
     fn event(&mut self, event: &Event) {
-        if let Some(restart_status) = &mut self.restart_status {
-            restart_status.on_event(event);
-        }
         match event {
             Event::UpgradeFailed {
                 pid,
@@ -179,10 +207,11 @@ impl<R: Runtime> Driver<R> {
                 // refused instead of queueing for a process that will never accept; one the
                 // new generation took stays open through its copy.
                 lock(&self.shared.registry).clear();
-                // A restart command learns of a handover only now: once it answers, new
-                // connections go to the new generation.
-                if let Some(restart_status) = &mut self.restart_status {
-                    restart_status.stopped_accepting();
+                // The control socket too: the next generation answers what is queued. (A
+                // restart command learns of a handover only now, from `answers`: once it
+                // has its answer, new connections go to the new generation.)
+                if let Some(control) = &mut self.control {
+                    control.stop_accepting();
                 }
             }
             Action::CloseIdle => {
@@ -192,7 +221,7 @@ impl<R: Runtime> Driver<R> {
                 tracing::info!(connections = tracker.len(), "draining");
                 self.runtime.spawn(Box::pin(async move {
                     tracker.drained().await;
-                    let _ = inputs.send(Input::Drained).await;
+                    let _ = inputs.send(Message::Input(Input::Drained)).await;
                 }));
             }
             Action::ForceClose => {
@@ -250,6 +279,12 @@ impl<R: Runtime> Driver<R> {
                     && let Err(e) = pid_file.remove_if(std::process::id())
                 {
                     tracing::warn!(error = %e, "cannot remove the pid file");
+                }
+                if let Some(control) = &mut self.control {
+                    control.stop_accepting();
+                    if cause == DrainCause::Shutdown {
+                        control.remove_file();
+                    }
                 }
                 // Ends the handover: the new generation's receivers see the end.
                 lock(&self.shared.outbox).take();
@@ -386,7 +421,9 @@ impl<R: Runtime> Driver<R> {
                     ChildStatus::Unknown
                 }
             };
-            let _ = inputs.send(Input::ChildExited { pid, status }).await;
+            let _ = inputs
+                .send(Message::Input(Input::ChildExited { pid, status }))
+                .await;
         }));
 
         // Read its readiness line.
@@ -410,7 +447,7 @@ impl<R: Runtime> Driver<R> {
     }
 }
 
-async fn read_readiness(mut reader: Box<dyn ReadinessReader>, pid: u32, inputs: Sender<Input>) {
+async fn read_readiness(mut reader: Box<dyn ReadinessReader>, pid: u32, inputs: Sender<Message>) {
     let mut parser = ReadyParser::new(pid);
     let mut buf = [0u8; endless_core::ready::MAX_MESSAGE_LEN];
     let outcome = loop {
@@ -432,7 +469,7 @@ async fn read_readiness(mut reader: Box<dyn ReadinessReader>, pid: u32, inputs: 
         Readiness::Failed(reason) => Input::ChildFailed { pid, reason },
         Readiness::Pending => return,
     };
-    let _ = inputs.send(input).await;
+    let _ = inputs.send(Message::Input(input)).await;
 }
 
 /// A copy of the readiness channel `fd` if it can carry connections (a `SOCK_SEQPACKET`

@@ -23,6 +23,8 @@ use endless_core::{
 };
 use event_listener::Event as Wake;
 
+use crate::control::{self, ControlServer};
+use crate::driver::Message;
 use crate::inherit::{AdoptError, Inherited};
 use crate::notify::{Notifier, NotifySocket};
 use crate::pidfile::PidFile;
@@ -98,8 +100,8 @@ impl Options {
     }
 
     /// Keep a pid file at `path`: written when this process is ready, removed on a clean
-    /// stop. The restart status file that answers [`crate::control::restart`] is kept
-    /// beside it.
+    /// stop. The control socket that answers [`crate::control::restart`] is kept beside
+    /// it.
     #[must_use]
     pub(crate) fn pid_file(mut self, path: impl Into<PathBuf>) -> Self {
         self.pid_file = Some(path.into());
@@ -246,7 +248,7 @@ pub(crate) struct Registered {
 
 /// What the handles and the driver task share.
 pub(crate) struct Shared {
-    pub(crate) inputs: Sender<Input>,
+    pub(crate) inputs: Sender<Message>,
     pub(crate) origin: Origin,
     pub(crate) inherited: Inherited,
     pub(crate) registry: Mutex<Vec<Registered>>,
@@ -262,6 +264,61 @@ pub(crate) struct Shared {
     pub(crate) receivers: Mutex<Receivers>,
     /// While handing connections over to the new generation.
     pub(crate) outbox: Mutex<Option<Outbox>>,
+}
+
+impl Shared {
+    /// The control socket beside the pid file (see [`crate::control`]): the inherited one,
+    /// or one bound now, registered for the next generation and answered from now on.
+    /// Without a pid file there is none; a control socket that cannot be set up is logged
+    /// and the process serves without one.
+    fn control_server(&self) -> Option<ControlServer> {
+        let path = control::socket_path(self.pid_file.as_ref()?.path());
+        let inherited = match self
+            .inherited
+            .take(control::INVENTORY_NAME, FdKind::UnixListener)
+        {
+            Ok(fd) => fd.map(UnixListener::from).filter(|listener| {
+                let bound = listener.local_addr().ok();
+                control::bound_for(bound.as_ref().and_then(|a| a.as_pathname()), &path)
+            }),
+            Err(e) => {
+                tracing::warn!(error = %e, "the inherited control socket is unusable");
+                None
+            }
+        };
+        let listener = match inherited {
+            Some(listener) => listener,
+            None => match control::bind(&path) {
+                Ok(listener) => listener,
+                Err(e) => {
+                    tracing::error!(
+                        path = %path.display(),
+                        error = %e,
+                        "no control socket: the restart command cannot ask this process"
+                    );
+                    return None;
+                }
+            },
+        };
+        let started = listener.try_clone().and_then(|copy| {
+            lock(&self.registry).push(Registered {
+                name: control::INVENTORY_NAME.to_owned(),
+                kind: FdKind::UnixListener,
+                fd: OwnedFd::from(copy),
+            });
+            ControlServer::start(listener, path.clone(), self.inputs.clone())
+        });
+        match started {
+            Ok(server) => {
+                tracing::debug!(path = %path.display(), "answering on the control socket");
+                Some(server)
+            }
+            Err(e) => {
+                tracing::error!(path = %path.display(), error = %e, "no control socket");
+                None
+            }
+        }
+    }
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -342,7 +399,7 @@ impl Handle {
             while let Ok(signal) = signal_rx.recv().await {
                 if let Some(request) = map.get(signal) {
                     tracing::info!(%signal, ?request, "signal received");
-                    let _ = inputs.send(Input::Request(request)).await;
+                    let _ = inputs.send(Message::Input(Input::Request(request))).await;
                 }
             }
         }));
@@ -364,7 +421,15 @@ impl Handle {
         // Whether a service manager listens is a fact the lifecycle decides with.
         let config = options.config.service_manager(notifier.is_some());
         let lifecycle = Lifecycle::new(config, origin);
-        crate::driver::start(runtime, Arc::clone(&shared), lifecycle, receiver, notifier);
+        let control = shared.control_server();
+        crate::driver::start(
+            runtime,
+            Arc::clone(&shared),
+            lifecycle,
+            receiver,
+            notifier,
+            control,
+        );
         Ok(Self { shared })
     }
 
@@ -621,12 +686,15 @@ impl Handle {
     /// The application serves: tell the parent (if any) and the service manager. The
     /// parent then stops accepting and drains. Only the first call counts.
     pub(crate) fn ready(&self) {
-        let _ = self.shared.inputs.try_send(Input::Ready);
+        let _ = self.shared.inputs.try_send(Message::Input(Input::Ready));
     }
 
     /// Asks for a restart, a graceful stop or a hammer, as a signal would.
     pub(crate) fn request(&self, request: Request) {
-        let _ = self.shared.inputs.try_send(Input::Request(request));
+        let _ = self
+            .shared
+            .inputs
+            .try_send(Message::Input(Input::Request(request)));
     }
 
     /// Resolves when the lifecycle ends; exit the process with [`Exit::code`].

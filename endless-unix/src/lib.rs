@@ -39,7 +39,7 @@
 //! - [`signals`]: which signal means which request.
 //! - [`listen`]: binding fresh listeners; [`pidfile`]: the pid file; [`notify`]: sd_notify.
 //! - [`control`]: a restart that reports its result, for deploy scripts
-//!   ([`control::restart`]), and the restart status file beside the pid file that answers it.
+//!   ([`control::restart`]), and the control socket beside the pid file that answers it.
 //! - [`takeover`]: handing established connections over the readiness channel
 //!   (`SCM_RIGHTS`).
 //!

@@ -96,6 +96,19 @@ impl Fake {
         panic!("the driver does not settle");
     }
 
+    /// Settles until `done` holds, for a test whose other side is a real thread.
+    fn settle_until(&self, what: &str, done: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            self.settle();
+            if done() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
     fn advance(&self, by: Duration) {
         *lock(&self.0.now) += by;
         self.0.changed.notify(usize::MAX);
@@ -655,4 +668,78 @@ mod tempdir {
             let _ = std::fs::remove_dir_all(&self.0);
         }
     }
+}
+
+/// A restart command, run on a thread of its own against the server's control socket.
+fn restart_command(
+    pid_file: &std::path::Path,
+) -> std::thread::JoinHandle<Result<crate::control::Restarted, crate::control::RestartError>> {
+    let pid_file = pid_file.to_owned();
+    std::thread::spawn(move || crate::control::restart(&pid_file, Duration::from_secs(30)))
+}
+
+fn with_pid_file(dir: &tempdir::Dir) -> impl FnOnce(Options) -> Options {
+    let pid_file = dir.0.join("server.pid");
+    move |o| o.pid_file(pid_file)
+}
+
+#[test]
+fn the_restart_command_gets_the_answer_to_its_own_request() {
+    use crate::control::RestartError;
+    let dir = tempdir::Dir::new("driver-control-ready");
+    let s = Server::start_with(Server::config(), with_pid_file(&dir));
+    let pid_file = dir.0.join("server.pid");
+
+    let first = restart_command(&pid_file);
+    s.rt.settle_until("the command's restart", || !s.rt.pids().is_empty());
+    let child = s.rt.last_child();
+    // A second command while the attempt runs is refused at once, with its own answer.
+    let second = restart_command(&pid_file);
+    s.rt.settle_until("the refusal", || second.is_finished());
+    let second = second.join().unwrap();
+    assert!(
+        matches!(&second, Err(RestartError::Refused { pid, reason })
+            if *pid == std::process::id() && reason == "a restart is already in progress"),
+        "{second:?}"
+    );
+    assert_eq!(second.unwrap_err().exit_code(), 3);
+    assert!(!first.is_finished(), "answered before the child was ready");
+    s.rt.say_ready(child);
+    s.rt.settle_until("the answer", || first.is_finished());
+    let restarted = first.join().unwrap().unwrap();
+    assert_eq!((restarted.old, restarted.new), (std::process::id(), child));
+    assert!(!s.handle.is_accepting());
+}
+
+#[test]
+fn the_restart_command_is_told_a_crash_with_its_status_and_a_timeout() {
+    use crate::control::RestartError;
+    let dir = tempdir::Dir::new("driver-control-fail");
+    let s = Server::start_with(Server::config(), with_pid_file(&dir));
+    let pid_file = dir.0.join("server.pid");
+
+    // The new binary exits 3: its readiness channel ends, then it is reaped.
+    let command = restart_command(&pid_file);
+    s.rt.settle_until("the command's restart", || s.rt.pids().len() == 1);
+    let child = s.rt.last_child();
+    s.rt.exit(child, ExitStatus::from_raw(3 << 8));
+    s.rt.settle_until("the answer", || command.is_finished());
+    let crashed = command.join().unwrap().unwrap_err();
+    assert!(
+        matches!(crashed, RestartError::Crashed { child: Some(c), status: endless_core::ChildStatus::Exited(3), .. } if c == child),
+        "{crashed:?}"
+    );
+    assert_eq!(crashed.exit_code(), 1);
+
+    // The next one hangs: killed at the upgrade timeout, on the runtime's clock.
+    let command = restart_command(&pid_file);
+    s.rt.settle_until("the command's restart", || s.rt.pids().len() == 2);
+    s.rt.advance(UPGRADE);
+    s.rt.settle_until("the answer", || command.is_finished());
+    let late = command.join().unwrap().unwrap_err();
+    assert!(
+        matches!(late, RestartError::NotReadyInTime { .. }),
+        "{late:?}"
+    );
+    assert!(s.handle.is_accepting());
 }

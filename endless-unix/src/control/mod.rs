@@ -1,0 +1,573 @@
+//! A restart that reports its own result: the command side ([`restart`]) and the control
+//! socket that answers it.
+//!
+//! `kill -HUP` asks a server to restart and says nothing of how it went. A deploy script
+//! wants to wait until the new binary serves, or to learn why it does not. [`restart`]
+//! asks the server over its *control socket* and receives the outcome of exactly its own
+//! request:
+//!
+//! - the new process is ready and the old one has stopped accepting: [`Restarted`], with
+//!   the new pid;
+//! - the new binary exited before it was ready ([`RestartError::Crashed`], with its exit
+//!   status), was not ready within the server's upgrade timeout and was killed
+//!   ([`RestartError::NotReadyInTime`]), or failed otherwise (it could not be started:
+//!   too many open files, say); the old process keeps serving;
+//! - the server refused the restart because one is already in progress
+//!   ([`RestartError::Refused`]);
+//! - no answer within the command's own timeout, or the process exited without one
+//!   ([`RestartError::TimedOut`], [`RestartError::Gone`]);
+//! - the pid file names no live process ([`RestartError::NoSuchProcess`]), or the server
+//!   keeps no control socket ([`RestartError::Control`]).
+//!
+//! [`RestartError::exit_code`] sorts these into exit codes for a command line.
+//!
+//! # The control socket
+//!
+//! A server that keeps a pid file (`Builder::pid_file`) also keeps a control socket beside
+//! it, at [`socket_path`] (`<pid file>.control`): a Unix stream socket, mode `0600`,
+//! created under a temporary name and renamed into place (a file that is not a socket is
+//! never replaced, and a socket another live server answers on is never taken). Its
+//! directory must not be writable by other users unless it is sticky (`/tmp`): otherwise
+//! the server logs an error and keeps no control socket. Each connection's peer must be
+//! the server's own user or root (`SO_PEERCRED`, on Linux).
+//!
+//! Each generation inherits the socket like any listener (the inventory entry
+//! `endless.control`): the old one stops accepting on it when it hands over, and the new
+//! one answers what is queued. So a command that asks just after a handover is answered by
+//! the new generation; one that reached the old generation after it handed over is told
+//! to ask the new one (`moved`), and [`restart`] does. The request goes to the lifecycle
+//! like a `SIGHUP`, and its answer is projected from the lifecycle's events
+//! ([`endless_core::control`], which also defines the lines). `kill -HUP` works as before.
+//!
+//! With systemd, `ExecReload=` running the command (`myserver restart --pid-file …`)
+//! makes `systemctl reload` fail when the restart fails.
+//!
+//! # Examples
+//!
+//! A `restart` subcommand (it asks a real process, hence `no_run`):
+//!
+//! ```no_run
+//! use std::path::Path;
+//! use std::time::Duration;
+//!
+//! match endless_unix::control::restart(Path::new("/run/hello/hello.pid"), Duration::from_secs(90)) {
+//!     Ok(restarted) => println!("{}", restarted.new),
+//!     Err(e) => {
+//!         eprintln!("restart failed: {e}");
+//!         std::process::exit(e.exit_code());
+//!     }
+//! }
+//! ```
+
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use endless_core::ChildStatus;
+use endless_core::control::{self as wire, Answer, FailureKind};
+
+use crate::sys;
+
+mod server;
+
+pub(crate) use server::{ControlServer, INVENTORY_NAME, answer, bind, bound_for};
+
+/// A command timeout comfortably above the lifecycle's default upgrade timeout (60 s).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// How many times the command follows `moved` answers (handovers during one request).
+const MAX_MOVES: usize = 8;
+
+/// Where the control socket of the pid file `pid_file` is: `<pid file>.control`.
+///
+/// ```
+/// use std::path::Path;
+/// use endless_unix::control::socket_path;
+///
+/// assert_eq!(socket_path(Path::new("/run/app.pid")), Path::new("/run/app.pid.control"));
+/// ```
+pub fn socket_path(pid_file: &Path) -> PathBuf {
+    let mut path = pid_file.as_os_str().to_owned();
+    path.push(".control");
+    PathBuf::from(path)
+}
+
+// ---- the command ---------------------------------------------------------------------------
+
+/// A restart that succeeded: the new process is ready and serves; the old one has stopped
+/// accepting and drains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Restarted {
+    /// The process that was asked to restart (now draining).
+    pub old: u32,
+    /// The new process, ready (the pid file names it).
+    pub new: u32,
+}
+
+/// Why [`restart`] did not report a new process ready.
+///
+/// `pid` is the process that answered (the one the pid file named, or the generation it
+/// had handed over to), and `child` the new process when one was spawned.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum RestartError {
+    /// The pid file is missing, unreadable or holds no pid.
+    PidFile {
+        /// The pid file.
+        path: PathBuf,
+        /// What went wrong.
+        error: io::Error,
+    },
+    /// The pid file names no running process (a stale pid file: the server is not running).
+    NoSuchProcess {
+        /// The pid it names.
+        pid: u32,
+        /// The pid file.
+        pid_file: PathBuf,
+    },
+    /// The control socket cannot be reached (the server keeps none: it has no pid file, an
+    /// older version, or its directory is writable by others), or it answered something
+    /// that is not an answer.
+    Control {
+        /// The control socket.
+        path: PathBuf,
+        /// What went wrong.
+        error: io::Error,
+    },
+    /// The server refused the restart (one is already in progress, or it is draining).
+    Refused {
+        /// The process that refused.
+        pid: u32,
+        /// Why.
+        reason: String,
+    },
+    /// The new process exited before it was ready (the new binary crashed). The old process
+    /// keeps serving.
+    Crashed {
+        /// The process that keeps serving.
+        pid: u32,
+        /// The new process.
+        child: Option<u32>,
+        /// How it ended.
+        status: ChildStatus,
+    },
+    /// The new process was not ready within the server's upgrade timeout and was killed.
+    /// The old process keeps serving.
+    NotReadyInTime {
+        /// The process that keeps serving.
+        pid: u32,
+        /// The new process.
+        child: Option<u32>,
+    },
+    /// The restart failed otherwise (the new process could not be started, broke the
+    /// readiness protocol, …). The old process keeps serving.
+    Failed {
+        /// The process that keeps serving.
+        pid: u32,
+        /// The new process, if one was started.
+        child: Option<u32>,
+        /// What the server said.
+        reason: String,
+    },
+    /// The server was asked to stop while the new process was starting: the new process
+    /// was killed and the server stops.
+    Cancelled {
+        /// The process that stops.
+        pid: u32,
+        /// The new process, if it was spawned.
+        child: Option<u32>,
+    },
+    /// The process exited before it answered.
+    Gone {
+        /// The process.
+        pid: u32,
+    },
+    /// No answer within the command's timeout (the restart may still be in progress).
+    TimedOut {
+        /// The process that was signalled.
+        pid: u32,
+        /// The command's timeout.
+        timeout: Duration,
+    },
+}
+
+impl RestartError {
+    /// An exit code for a command line, by what a deploy script should do next:
+    ///
+    /// | code | meaning | errors |
+    /// |---|---|---|
+    /// | 1 | the restart failed; the old process keeps serving (or stops, if cancelled) | [`Crashed`](Self::Crashed), [`NotReadyInTime`](Self::NotReadyInTime), [`Failed`](Self::Failed), [`Cancelled`](Self::Cancelled) |
+    /// | 3 | refused: a restart is already in progress; try again later | [`Refused`](Self::Refused) |
+    /// | 4 | no answer: the outcome is unknown | [`TimedOut`](Self::TimedOut), [`Gone`](Self::Gone) |
+    /// | 5 | no server to ask: no live process, or no control socket to ask it on | [`PidFile`](Self::PidFile), [`NoSuchProcess`](Self::NoSuchProcess), [`Control`](Self::Control) |
+    ///
+    /// (2 is left to usage errors, by convention.)
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Self::Crashed { .. }
+            | Self::NotReadyInTime { .. }
+            | Self::Failed { .. }
+            | Self::Cancelled { .. } => 1,
+            Self::Refused { .. } => 3,
+            Self::TimedOut { .. } | Self::Gone { .. } => 4,
+            Self::PidFile { .. } | Self::NoSuchProcess { .. } | Self::Control { .. } => 5,
+        }
+    }
+}
+
+/// ` (pid N)`, or nothing.
+struct ChildPid(Option<u32>);
+
+impl fmt::Display for ChildPid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(pid) => write!(f, " (pid {pid})"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl fmt::Display for RestartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::PidFile { path, error } => {
+                write!(f, "cannot read the pid file {}: {error}", path.display())
+            }
+            Self::NoSuchProcess { pid, pid_file } => write!(
+                f,
+                "no process has pid {pid}, which the pid file {} names: the server is not running",
+                pid_file.display()
+            ),
+            Self::Control { path, error } => write!(
+                f,
+                "cannot ask the server on its control socket {}: {error}",
+                path.display()
+            ),
+            Self::Refused { pid, reason } => write!(f, "pid {pid} refused the restart: {reason}"),
+            Self::Crashed { pid, child, status } => write!(
+                f,
+                "the new process{} {status} before it was ready; pid {pid} keeps serving",
+                ChildPid(*child)
+            ),
+            Self::NotReadyInTime { pid, child } => write!(
+                f,
+                "the new process{} was not ready within the server's upgrade timeout and was \
+                 killed; pid {pid} keeps serving",
+                ChildPid(*child)
+            ),
+            Self::Failed { pid, reason, .. } => {
+                write!(f, "{reason}; pid {pid} keeps serving")
+            }
+            Self::Cancelled { pid, child } => write!(
+                f,
+                "pid {pid} was asked to stop while the new process{} was starting: the restart \
+                 was cancelled",
+                ChildPid(*child)
+            ),
+            Self::Gone { pid } => write!(f, "pid {pid} exited before it answered"),
+            Self::TimedOut { pid, timeout } => write!(
+                f,
+                "no answer from pid {pid} within {timeout:?}; the restart may still be in progress"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for RestartError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::PidFile { error, .. } | Self::Control { error, .. } => Some(error),
+            _ => None,
+        }
+    }
+}
+
+impl From<RestartError> for io::Error {
+    fn from(e: RestartError) -> Self {
+        let kind = match &e {
+            RestartError::PidFile { error, .. } | RestartError::Control { error, .. } => {
+                error.kind()
+            }
+            RestartError::NoSuchProcess { .. } | RestartError::Gone { .. } => {
+                io::ErrorKind::NotFound
+            }
+            RestartError::Refused { .. } => io::ErrorKind::ResourceBusy,
+            RestartError::TimedOut { .. } => io::ErrorKind::TimedOut,
+            _ => io::ErrorKind::Other,
+        };
+        Self::new(kind, e)
+    }
+}
+
+/// Asks the server whose pid file is `pid_file` to restart, over its control socket, and
+/// waits at most `timeout` for the outcome of this request: `Ok` once the new process is
+/// ready, or why not.
+///
+/// Blocking: call it from `main`, before any runtime starts (or from a blocking thread).
+/// Give it a `timeout` above the server's upgrade timeout, or it may give up while the new
+/// process is still starting ([`DEFAULT_TIMEOUT`] suits the default upgrade timeout).
+///
+/// # Examples
+///
+/// ```no_run
+/// use std::path::Path;
+/// use endless_unix::control::{self, RestartError};
+///
+/// match control::restart(Path::new("/run/app.pid"), control::DEFAULT_TIMEOUT) {
+///     Ok(r) => println!("pid {} serves", r.new),
+///     Err(e @ RestartError::Refused { .. }) => eprintln!("busy, try again: {e}"),
+///     Err(e) => eprintln!("{e}"),
+/// }
+/// ```
+pub fn restart(pid_file: &Path, timeout: Duration) -> Result<Restarted, RestartError> {
+    let deadline = Instant::now().checked_add(timeout);
+    let path = socket_path(pid_file);
+    let mut pid = read_pid(pid_file)?;
+    for _ in 0..MAX_MOVES {
+        if !is_running(pid) {
+            return Err(RestartError::NoSuchProcess {
+                pid,
+                pid_file: pid_file.to_owned(),
+            });
+        }
+        let control = |error| RestartError::Control {
+            path: path.clone(),
+            error,
+        };
+        let mut stream = match UnixStream::connect(&path) {
+            Ok(stream) => stream,
+            Err(_) if !is_running(pid) => {
+                return Err(RestartError::NoSuchProcess {
+                    pid,
+                    pid_file: pid_file.to_owned(),
+                });
+            }
+            Err(e) => return Err(control(e)),
+        };
+        tracing::debug!(pid, path = %path.display(), "restart requested; waiting for the answer");
+        let line = match exchange(&mut stream, deadline) {
+            Ok(line) => line,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(RestartError::TimedOut { pid, timeout });
+            }
+            // The connection ended without an answer: the process went away (or was
+            // stopped) while the request was under way.
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                return Err(RestartError::Gone { pid });
+            }
+            Err(e) => return Err(control(e)),
+        };
+        let (answered, answer) = wire::decode_answer(&line)
+            .map_err(|e| control(io::Error::new(io::ErrorKind::InvalidData, e)))?;
+        return match answer {
+            Answer::Ready { new } => Ok(Restarted { old: answered, new }),
+            Answer::Moved { to } => {
+                tracing::debug!(
+                    old = answered,
+                    new = to,
+                    "handed over already; asking the new process"
+                );
+                pid = to;
+                continue;
+            }
+            Answer::Refused { message, .. } => Err(RestartError::Refused {
+                pid: answered,
+                reason: message,
+            }),
+            Answer::Failed {
+                kind,
+                child,
+                status,
+                message,
+            } => Err(failure(answered, kind, child, status, &message)),
+            _ => Err(control(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "an answer this version does not know",
+            ))),
+        };
+    }
+    Err(RestartError::Gone { pid })
+}
+
+/// Sends the request on `stream` and reads the answer line, both before `deadline`.
+fn exchange(stream: &mut UnixStream, deadline: Option<Instant>) -> io::Result<Vec<u8>> {
+    let left = || match deadline {
+        Some(deadline) => match deadline.saturating_duration_since(Instant::now()) {
+            left if left.is_zero() => Err(io::Error::from(io::ErrorKind::TimedOut)),
+            left => Ok(Some(left)),
+        },
+        None => Ok(None),
+    };
+    stream.set_write_timeout(left()?)?;
+    stream.write_all(wire::REQUEST)?;
+    let mut line = Vec::new();
+    let mut buf = [0u8; 512];
+    loop {
+        stream.set_read_timeout(left()?)?;
+        let n = match stream.read(&mut buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        line.extend_from_slice(&buf[..n]);
+        if line.contains(&b'\n') || line.len() > wire::MAX_LINE {
+            return Ok(line);
+        }
+    }
+}
+
+fn read_pid(path: &Path) -> Result<u32, RestartError> {
+    let error = |error| RestartError::PidFile {
+        path: path.to_owned(),
+        error,
+    };
+    let text = std::fs::read_to_string(path).map_err(error)?;
+    text.trim()
+        .parse()
+        .ok()
+        .filter(|&pid| pid > 0)
+        .ok_or_else(|| {
+            error(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("it holds no pid: {:?}", text.trim()),
+            ))
+        })
+}
+
+/// Whether `pid` is a process that has not exited (a zombie has).
+fn is_running(pid: u32) -> bool {
+    match sys::signal_process(pid, 0) {
+        Ok(false) => false,
+        // Another user's process exists too.
+        Ok(true) | Err(_) => !is_zombie(pid),
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn is_zombie(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // The command name is in parentheses and may hold anything: the state follows the last.
+    stat.rfind(')')
+        .and_then(|i| stat[i + 1..].split_whitespace().next())
+        .is_some_and(|state| matches!(state, "Z" | "X"))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn is_zombie(_pid: u32) -> bool {
+    false
+}
+
+fn failure(
+    pid: u32,
+    kind: FailureKind,
+    child: Option<u32>,
+    status: Option<ChildStatus>,
+    message: &str,
+) -> RestartError {
+    let failed = || RestartError::Failed {
+        pid,
+        child,
+        reason: message.to_owned(),
+    };
+    match kind {
+        FailureKind::Exited => RestartError::Crashed {
+            pid,
+            child,
+            status: status.unwrap_or(ChildStatus::Unknown),
+        },
+        // Its readiness channel closed first: it ended by itself (a crash) unless it was
+        // still running when the server killed it for closing the channel.
+        FailureKind::ClosedChannel => match status {
+            Some(status @ (ChildStatus::Exited(_) | ChildStatus::Signaled(_)))
+                if status != ChildStatus::Signaled(rustix::process::Signal::KILL.as_raw()) =>
+            {
+                RestartError::Crashed { pid, child, status }
+            }
+            _ => failed(),
+        },
+        FailureKind::TimedOut => RestartError::NotReadyInTime { pid, child },
+        FailureKind::Cancelled => RestartError::Cancelled { pid, child },
+        _ => failed(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("endless-control-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn exit_codes() {
+        let io = || io::Error::other("x");
+        assert_eq!(RestartError::Gone { pid: 1 }.exit_code(), 4);
+        assert_eq!(
+            RestartError::TimedOut {
+                pid: 1,
+                timeout: Duration::from_secs(1)
+            }
+            .exit_code(),
+            4
+        );
+        assert_eq!(
+            RestartError::NoSuchProcess {
+                pid: 1,
+                pid_file: "p".into()
+            }
+            .exit_code(),
+            5
+        );
+        assert_eq!(
+            RestartError::PidFile {
+                path: "p".into(),
+                error: io()
+            }
+            .exit_code(),
+            5
+        );
+        let e: io::Error = RestartError::TimedOut {
+            pid: 1,
+            timeout: Duration::from_secs(1),
+        }
+        .into();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+    }
+
+    #[test]
+    fn restart_reports_a_missing_pid_file_and_a_stale_one() {
+        let dir = temp_dir("command");
+        let pid_file = dir.join("s.pid");
+        let e = restart(&pid_file, Duration::from_secs(1)).unwrap_err();
+        assert!(matches!(e, RestartError::PidFile { .. }), "{e}");
+        for garbage in ["garbage\n", "0\n", "-1\n", ""] {
+            std::fs::write(&pid_file, garbage).unwrap();
+            let e = restart(&pid_file, Duration::from_secs(1)).unwrap_err();
+            assert!(e.to_string().contains("holds no pid"), "{e}");
+        }
+        // Far above any pid_max: nobody.
+        std::fs::write(&pid_file, format!("{}\n", i32::MAX)).unwrap();
+        let e = restart(&pid_file, Duration::from_secs(1)).unwrap_err();
+        assert!(matches!(e, RestartError::NoSuchProcess { .. }), "{e}");
+        assert_eq!(e.exit_code(), 5);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
