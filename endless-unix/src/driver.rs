@@ -28,7 +28,7 @@ use crate::control::ControlServer;
 use crate::handle::{Exit, Shared, lock};
 use crate::notify::Notifier;
 use crate::runtime::{ReadinessReader, Runtime};
-use crate::spawn::{self, Handover};
+use crate::spawn::{self, HandoffFd};
 use crate::takeover::Outbox;
 
 /// What reaches the driver task.
@@ -235,7 +235,7 @@ impl<R: Runtime> Driver<R> {
                 Some(fd) => {
                     // Kept to receive connections, if the channel can carry them.
                     self.parent_channel = takeover_channel(&fd);
-                    match spawn::notify_parent(fd) {
+                    match spawn::send_readiness(fd) {
                         Ok(()) => tracing::info!("told the parent this process is ready"),
                         Err(e) => {
                             self.parent_channel = None;
@@ -356,15 +356,15 @@ impl<R: Runtime> Driver<R> {
             );
         };
         let registry = lock(&self.shared.registry);
-        let handovers: Vec<Handover<'_>> = registry
+        let handoff: Vec<HandoffFd<'_>> = registry
             .iter()
-            .map(|r| Handover {
+            .map(|r| HandoffFd {
                 name: &r.name,
                 kind: r.kind,
                 fd: r.fd.as_fd(),
             })
             .collect();
-        let mut prepared = match spawn::prepare(&self.shared.executable, &handovers) {
+        let mut prepared = match spawn::prepare(&self.shared.executable, &handoff) {
             Ok(prepared) => prepared,
             Err(e) => return failed(&mut self.lifecycle, "cannot prepare the new process", &e),
         };
@@ -373,7 +373,7 @@ impl<R: Runtime> Driver<R> {
         // Close our copy of the write end now, so that the child's exit means end of file.
         let ready = prepared.spawned();
         let channel = ready.try_clone();
-        drop(handovers);
+        drop(handoff);
         drop(registry);
         let mut child = match spawned {
             Ok(child) => child,

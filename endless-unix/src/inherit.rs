@@ -32,7 +32,7 @@
 //! };
 //! // … build the application, then report ready and drop what nobody took:
 //! if let Some(channel) = inherited.take_ready_channel() {
-//!     endless_unix::spawn::notify_parent(channel)?;
+//!     endless_unix::spawn::send_readiness(channel)?;
 //! }
 //! for name in inherited.close_unclaimed() {
 //!     eprintln!("closed inherited fd {name:?}: nobody claimed it");
@@ -324,7 +324,7 @@ impl Inherited {
 
     /// Takes the write end of the readiness channel (only when spawned by an endless
     /// parent), once; write the ready line to it with
-    /// [`notify_parent`](crate::spawn::notify_parent).
+    /// [`send_readiness`](crate::spawn::send_readiness).
     pub fn take_ready_channel(&self) -> Option<OwnedFd> {
         self.state().ready.take()
     }

@@ -6,7 +6,7 @@
 //! directory and its environment. [`prepare`] turns it and the descriptors to hand over into
 //! a [`std::process::Command`] whose child finds them at fds 3, 4, … (the readiness channel
 //! right after them), described by the `ENDLESS_*` variables; the runtime adapter spawns that
-//! command and reads the readiness channel. The child reports ready with [`notify_parent`].
+//! command and reads the readiness channel. The child reports ready with [`send_readiness`].
 //!
 //! # Examples
 //!
@@ -14,13 +14,13 @@
 //! use std::net::TcpListener;
 //! use std::os::fd::AsFd;
 //! use endless_core::FdKind;
-//! use endless_unix::spawn::{self, Executable, Handover};
+//! use endless_unix::spawn::{self, Executable, HandoffFd};
 //!
 //! let exe = Executable::current()?; // at start-up
 //! let listener = TcpListener::bind("127.0.0.1:0")?;
 //! // … at restart time:
-//! let handovers = [Handover { name: "http", kind: FdKind::TcpListener, fd: listener.as_fd() }];
-//! let prepared = spawn::prepare(&exe, &handovers)?;
+//! let handoff = [HandoffFd { name: "http", kind: FdKind::TcpListener, fd: listener.as_fd() }];
+//! let prepared = spawn::prepare(&exe, &handoff)?;
 //! let (mut child, ready) = prepared.spawn_with(|mut command| command.spawn())?;
 //! // `ready` is the non-blocking read end of the readiness channel: feed what it yields to
 //! // `endless_core::ready::ReadyParser::new(child.id())`; end of file means the child failed.
@@ -253,8 +253,8 @@ fn logical_cwd(pwd: Option<&OsStr>, physical: PathBuf) -> PathBuf {
 /// One descriptor to hand to the child: it finds `fd` at `3 + its index`, described as
 /// `name` of kind `kind`.
 #[derive(Debug, Clone, Copy)]
-pub struct Handover<'a> {
-    /// The entry's name, unique among the handovers.
+pub struct HandoffFd<'a> {
+    /// The entry's name, unique among the handoff.
     pub name: &'a str,
     /// What the descriptor is (the child checks it).
     pub kind: FdKind,
@@ -280,7 +280,7 @@ pub struct Prepared<'a> {
     /// The parent's end of the readiness channel: non-blocking and close-on-exec.
     pub ready: OwnedFd,
     write_end: OwnedFd,
-    handovers: PhantomData<BorrowedFd<'a>>,
+    handoff: PhantomData<BorrowedFd<'a>>,
 }
 
 impl Prepared<'_> {
@@ -316,7 +316,7 @@ impl Prepared<'_> {
 ///
 /// Checks the executable ([`Executable::check`]), creates the readiness channel (a
 /// `SOCK_SEQPACKET` socketpair, both ends close-on-exec, this process's end non-blocking,
-/// which later carries the connections handed over), numbers the handovers 3, 4, … in
+/// which later carries the connections handed over), numbers the handoff 3, 4, … in
 /// order with the child's end last, at `3 + fds.len()`, describes them with
 /// [`env::encode`] (this process's pid as the parent), plans the renumbering with
 /// [`plan::plan`], and builds the command: program `exe.path()`, its arguments, working
@@ -324,7 +324,7 @@ impl Prepared<'_> {
 /// plus the `ENDLESS_*` variables, and a `pre_exec` hook that runs the plan in the child.
 /// The hook only calls `fcntl`, `dup2` and `close` on data prepared here: after `fork`
 /// nothing allocates. Every other descriptor of this process keeps its close-on-exec flag,
-/// so the child gets exactly stdio, the handovers and the readiness channel.
+/// so the child gets exactly stdio, the handoff and the readiness channel.
 ///
 /// # The exec error pipe
 ///
@@ -339,9 +339,9 @@ impl Prepared<'_> {
 ///
 /// # Errors
 ///
-/// [`SpawnError`]: the executable is unusable, the handovers are invalid (duplicate names,
+/// [`SpawnError`]: the executable is unusable, the handoff is invalid (duplicate names,
 /// too many), or the system refused a socket.
-pub fn prepare<'a>(exe: &Executable, fds: &[Handover<'a>]) -> Result<Prepared<'a>, SpawnError> {
+pub fn prepare<'a>(exe: &Executable, fds: &[HandoffFd<'a>]) -> Result<Prepared<'a>, SpawnError> {
     exe.check()?;
 
     let mut inventory = Inventory::new();
@@ -384,7 +384,7 @@ pub fn prepare<'a>(exe: &Executable, fds: &[Handover<'a>]) -> Result<Prepared<'a
         command,
         ready,
         write_end,
-        handovers: PhantomData,
+        handoff: PhantomData,
     })
 }
 
@@ -396,8 +396,8 @@ pub fn prepare<'a>(exe: &Executable, fds: &[Handover<'a>]) -> Result<Prepared<'a
 /// # Errors
 ///
 /// When the write fails; `EPIPE` (`BrokenPipe`) means the parent is gone.
-pub fn notify_parent(channel: OwnedFd) -> io::Result<()> {
-    sys::notify_parent(channel)
+pub fn send_readiness(channel: OwnedFd) -> io::Result<()> {
+    sys::send_readiness(channel)
 }
 
 /// Sends `SIGTERM` to the child `pid`, for [`ChildProcess::terminate`]: call it only while
@@ -435,7 +435,7 @@ pub enum SpawnError {
         /// The error.
         error: io::Error,
     },
-    /// The handovers do not make an inventory (a name given twice, a name too long, too
+    /// The handoff do not make an inventory (a name given twice, a name too long, too
     /// many): a mistake of the caller.
     Inventory(InventoryError),
     /// The fds cannot be renumbered (too many): a mistake of the caller.
@@ -465,7 +465,7 @@ impl fmt::Display for SpawnError {
                     path.display()
                 )
             }
-            Self::Inventory(e) => write!(f, "invalid handovers: {e}"),
+            Self::Inventory(e) => write!(f, "invalid handoff: {e}"),
             Self::Plan(e) => write!(f, "cannot renumber the handed-over fds: {e}"),
             Self::Io(e) => write!(f, "cannot prepare the new process: {e}"),
         }
@@ -755,12 +755,12 @@ mod tests {
                 ("ENDLESS_LOG", "kept"),
             ],
         );
-        let handovers = [Handover {
+        let handoff = [HandoffFd {
             name: "web server",
             kind: FdKind::TcpListener,
             fd: listener.as_fd(),
         }];
-        let prepared = prepare(&exe, &handovers).unwrap();
+        let prepared = prepare(&exe, &handoff).unwrap();
         let cmd = &prepared.command;
         assert_eq!(cmd.get_program(), "/bin/sh");
         assert_eq!(cmd.get_args().collect::<Vec<_>>(), ["-c", "true"]);
@@ -809,15 +809,15 @@ mod tests {
     }
 
     #[test]
-    fn prepare_refuses_bad_executables_and_handovers() {
+    fn prepare_refuses_bad_executables_and_handoffs() {
         let (a, _b) = UnixStream::pair().unwrap();
         let twice = [
-            Handover {
+            HandoffFd {
                 name: "x",
                 kind: FdKind::UnixStream,
                 fd: a.as_fd(),
             },
-            Handover {
+            HandoffFd {
                 name: "x",
                 kind: FdKind::UnixStream,
                 fd: a.as_fd(),
@@ -909,8 +909,8 @@ mod tests {
         }
     }
 
-    fn run(exe: &Executable, handovers: &[Handover<'_>], tweak: impl FnOnce(&mut Command)) -> Run {
-        let mut prepared = prepare(exe, handovers).unwrap();
+    fn run(exe: &Executable, handoff: &[HandoffFd<'_>], tweak: impl FnOnce(&mut Command)) -> Run {
+        let mut prepared = prepare(exe, handoff).unwrap();
         prepared
             .command
             .stdin(Stdio::null())
@@ -962,8 +962,8 @@ mod tests {
         fds
     }
 
-    /// The target fds of the handovers in these tests: 3, 4, 5, 6, and 7 for the
-    /// readiness channel of four handovers.
+    /// The target fds of the handoff in these tests: 3, 4, 5, 6, and 7 for the
+    /// readiness channel of four handoff.
     const TARGETS: [RawFd; 5] = [3, 4, 5, 6, 7];
 
     /// The variable that tells a helper which fds are strays.
@@ -973,7 +973,7 @@ mod tests {
     /// whoever started the tests (shells and job runners leak some). Every child inherits
     /// them, as `exec` passes them on, and `prepare` does not close them; the checks of
     /// "nothing else is open" leave them out. A helper reads them from [`STRAYS_VAR`], since
-    /// its own handovers lack `FD_CLOEXEC` too.
+    /// its own handoff lack `FD_CLOEXEC` too.
     fn strays() -> BTreeSet<RawFd> {
         match std::env::var(STRAYS_VAR) {
             Ok(list) => list
@@ -1126,7 +1126,7 @@ mod tests {
         }
         if let Some(ready) = inherited.take_ready_channel() {
             assert!(sys::is_cloexec(ready.as_fd()).unwrap());
-            notify_parent(ready).unwrap();
+            send_readiness(ready).unwrap();
             println!("@@ notified");
         }
     }
@@ -1207,29 +1207,29 @@ mod tests {
                 .stash_slots()
                 >= 1
         );
-        let handovers = [
-            Handover {
+        let handoff = [
+            HandoffFd {
                 name: "c",
                 kind: FdKind::UdpSocket,
                 fd: c.as_fd(),
             },
-            Handover {
+            HandoffFd {
                 name: "a",
                 kind: FdKind::TcpListener,
                 fd: a.as_fd(),
             },
-            Handover {
+            HandoffFd {
                 name: "b",
                 kind: FdKind::UnixListener,
                 fd: b.as_fd(),
             },
-            Handover {
+            HandoffFd {
                 name: "far",
                 kind: FdKind::TcpListener,
                 fd: far.as_fd(),
             },
         ];
-        let run = run(&helper("list", &[]), &handovers, |_| {});
+        let run = run(&helper("list", &[]), &handoff, |_| {});
         let report = run.report();
         let ctx = run.context();
         assert!(run.status.success(), "{ctx}");
@@ -1265,7 +1265,7 @@ mod tests {
         assert_eq!(run.readiness, Readiness::Ready, "{ctx}");
 
         println!("@@ scramble ok");
-        notify_parent(ready).unwrap();
+        send_readiness(ready).unwrap();
     }
 
     /// A TCP listener, a Unix listener in a fresh directory, a UDP socket, and a socket pair.
@@ -1294,23 +1294,23 @@ mod tests {
         let s = sockets();
         // A source far above everything else.
         let far = sys::dup_at_least(s.pair.0.as_fd(), 200).unwrap();
-        let handovers = [
-            Handover {
+        let handoff = [
+            HandoffFd {
                 name: "tcp",
                 kind: FdKind::TcpListener,
                 fd: s.tcp.as_fd(),
             },
-            Handover {
+            HandoffFd {
                 name: "unix",
                 kind: FdKind::UnixListener,
                 fd: s.unix.as_fd(),
             },
-            Handover {
+            HandoffFd {
                 name: "udp",
                 kind: FdKind::UdpSocket,
                 fd: s.udp.as_fd(),
             },
-            Handover {
+            HandoffFd {
                 name: "pair end",
                 kind: FdKind::UnixStream,
                 fd: far.as_fd(),
@@ -1327,7 +1327,7 @@ mod tests {
             ],
         );
         for _ in 0..3 {
-            let run = run(&exe, &handovers, |_| {});
+            let run = run(&exe, &handoff, |_| {});
             let ctx = run.context();
             let report = run.report();
             assert!(run.status.success(), "{ctx}");
@@ -1385,25 +1385,25 @@ mod tests {
     #[cfg(target_os = "linux")]
     fn child_hands_over_sources_that_sit_in_the_target_range() {
         let s = sockets();
-        let handovers = [
-            Handover {
+        let handoff = [
+            HandoffFd {
                 name: "a",
                 kind: FdKind::TcpListener,
                 fd: s.tcp.as_fd(),
             },
-            Handover {
+            HandoffFd {
                 name: "b",
                 kind: FdKind::UnixListener,
                 fd: s.unix.as_fd(),
             },
-            Handover {
+            HandoffFd {
                 name: "c",
                 kind: FdKind::UdpSocket,
                 fd: s.udp.as_fd(),
             },
         ];
         for _ in 0..2 {
-            let run = run(&helper("scramble", &[]), &handovers, |_| {});
+            let run = run(&helper("scramble", &[]), &handoff, |_| {});
             let ctx = run.context();
             assert!(run.status.success(), "{ctx}");
             assert!(run.stdout.contains("@@ scramble ok"), "{ctx}");
@@ -1415,18 +1415,18 @@ mod tests {
     #[cfg(target_os = "linux")]
     fn child_started_by_systemd_adopts_listen_fds() {
         let s = sockets();
-        let handovers = [
-            Handover {
+        let handoff = [
+            HandoffFd {
                 name: "x",
                 kind: FdKind::Other,
                 fd: s.tcp.as_fd(),
             },
-            Handover {
+            HandoffFd {
                 name: "y",
                 kind: FdKind::Other,
                 fd: s.unix.as_fd(),
             },
-            Handover {
+            HandoffFd {
                 name: "z",
                 kind: FdKind::Other,
                 fd: s.udp.as_fd(),
@@ -1443,7 +1443,7 @@ mod tests {
         ];
         args.extend(helper_exe.args().iter().cloned());
         let exe = Executable::new("/bin/sh", args, "/", helper_exe.env().to_vec());
-        let run = run(&exe, &handovers, |cmd| {
+        let run = run(&exe, &handoff, |cmd| {
             for k in [
                 "ENDLESS_VERSION",
                 "ENDLESS_PARENT_PID",
@@ -1485,9 +1485,9 @@ mod tests {
     fn child_with_wrong_fds_fails_at_start_up() {
         let s = sockets();
         let file = File::open("/dev/null").unwrap();
-        let cases: [(Handover<'_>, &[&str]); 3] = [
+        let cases: [(HandoffFd<'_>, &[&str]); 3] = [
             (
-                Handover {
+                HandoffFd {
                     name: "web",
                     kind: FdKind::TcpListener,
                     fd: s.udp.as_fd(),
@@ -1495,7 +1495,7 @@ mod tests {
                 &["fd 3", "\"web\"", "declared as tcp-listener but is udp"],
             ),
             (
-                Handover {
+                HandoffFd {
                     name: "admin",
                     kind: FdKind::UnixListener,
                     fd: file.as_fd(),
@@ -1503,7 +1503,7 @@ mod tests {
                 &["fd 3", "\"admin\"", "not a socket, but is declared as one"],
             ),
             (
-                Handover {
+                HandoffFd {
                     name: "conn",
                     kind: FdKind::TcpListener,
                     fd: s.pair.0.as_fd(),
@@ -1530,13 +1530,13 @@ mod tests {
     #[test]
     fn child_that_exits_without_ready_closes_the_channel() {
         let s = sockets();
-        let handovers = [Handover {
+        let handoff = [HandoffFd {
             name: "a",
             kind: FdKind::TcpListener,
             fd: s.tcp.as_fd(),
         }];
         for _ in 0..3 {
-            let run = run(&sh("exit 3"), &handovers, |_| {});
+            let run = run(&sh("exit 3"), &handoff, |_| {});
             assert_eq!(run.status.code(), Some(3), "{}", run.context());
             assert_eq!(
                 run.readiness,
@@ -1581,15 +1581,15 @@ mod tests {
     fn handover_set_is_exactly_what_the_plan_targets() {
         // The plan's targets end at the ready fd: 3 + n.
         let (a, _b) = UnixStream::pair().unwrap();
-        let handovers: Vec<Handover<'_>> = ["p", "q", "r"]
+        let handoff: Vec<HandoffFd<'_>> = ["p", "q", "r"]
             .iter()
-            .map(|name| Handover {
+            .map(|name| HandoffFd {
                 name,
                 kind: FdKind::UnixStream,
                 fd: a.as_fd(),
             })
             .collect();
-        let prepared = prepare(&sh("true"), &handovers).unwrap();
+        let prepared = prepare(&sh("true"), &handoff).unwrap();
         let envs: BTreeSet<String> = prepared
             .command
             .get_envs()

@@ -437,7 +437,7 @@ pub(crate) fn getppid() -> u32 {
 /// The line is far shorter than `PIPE_BUF`, so on a pipe it arrives in one piece. If the
 /// parent is gone the write fails with `EPIPE` (Rust programs ignore `SIGPIPE` by default;
 /// a program that restored the default disposition is killed by it instead).
-pub(crate) fn notify_parent(fd: OwnedFd) -> io::Result<()> {
+pub(crate) fn send_readiness(fd: OwnedFd) -> io::Result<()> {
     let message = endless_core::ready::message(getpid());
     let mut channel = File::from(fd);
     // One write: on a SOCK_SEQPACKET channel the line is one record.
@@ -630,7 +630,7 @@ mod tests {
     #[test]
     fn notify_parent_writes_the_line_and_closes() {
         let (reader, writer) = io::pipe().unwrap();
-        notify_parent(OwnedFd::from(writer)).unwrap();
+        send_readiness(OwnedFd::from(writer)).unwrap();
         let mut got = Vec::new();
         // read_to_end returns only at EOF: the write end was closed.
         File::from(OwnedFd::from(reader))
