@@ -42,7 +42,8 @@ impl<S> Tracked<S> {
 
     /// The stream and its guard, apart. The guard no longer shuts the stream down on a
     /// forced close (it cannot know when the stream closes), but still counts it: keep it
-    /// as long as the connection lives.
+    /// as long as the connection lives. To read and write from different tasks, use
+    /// `into_split` (tokio's streams) instead, which keeps the forced close.
     pub fn into_parts(self) -> (S, ConnectionGuard) {
         self.guard.forget_socket();
         (self.stream, self.guard)
@@ -77,7 +78,34 @@ mod tokio_io {
     use std::pin::Pin;
     use std::task::{Context, Poll};
 
+    use tokio::net::{TcpStream, UnixStream, tcp, unix};
+
     use super::Tracked;
+
+    impl Tracked<TcpStream> {
+        /// Splits the connection into a read half and a write half that can move to
+        /// different tasks, as [`TcpStream::into_split`] does. Both halves stay tracked:
+        /// the connection counts for the drain until both are dropped, and a forced close
+        /// shuts the socket down while either lives.
+        pub fn into_split(self) -> (Tracked<tcp::OwnedReadHalf>, Tracked<tcp::OwnedWriteHalf>) {
+            let Self { mut guard, stream } = self;
+            let other = guard.share();
+            let (read, write) = stream.into_split();
+            (Tracked::new(read, guard), Tracked::new(write, other))
+        }
+    }
+
+    impl Tracked<UnixStream> {
+        /// Splits the connection into halves that can move to different tasks, as
+        /// [`UnixStream::into_split`] does; both stay tracked (see
+        /// [`Tracked<TcpStream>::into_split`](Tracked::into_split)).
+        pub fn into_split(self) -> (Tracked<unix::OwnedReadHalf>, Tracked<unix::OwnedWriteHalf>) {
+            let Self { mut guard, stream } = self;
+            let other = guard.share();
+            let (read, write) = stream.into_split();
+            (Tracked::new(read, guard), Tracked::new(write, other))
+        }
+    }
 
     impl<S: tokio::io::AsyncRead> tokio::io::AsyncRead for Tracked<S> {
         fn poll_read(

@@ -95,6 +95,7 @@ impl Tracker {
         ConnectionGuard {
             inner: Arc::clone(&self.inner),
             key,
+            shared: None,
         }
     }
 
@@ -185,6 +186,9 @@ impl Inner {
 pub struct ConnectionGuard {
     inner: Arc<Inner>,
     key: u64,
+    /// Set once the guard is shared by the halves of a split stream: the registration
+    /// ends with the last of them.
+    shared: Option<Arc<()>>,
 }
 
 impl fmt::Debug for ConnectionGuard {
@@ -227,10 +231,30 @@ impl ConnectionGuard {
     pub fn forget_socket(&self) {
         self.inner.lock().remove(&self.key);
     }
+
+    /// A second guard of the same registration, for the other half of a split stream: the
+    /// connection counts, and its socket is shut down on a forced close, until both are
+    /// dropped. Crate-private: only halves that own the socket between them share a
+    /// guard, so that the registration always ends before the socket closes.
+    pub(crate) fn share(&mut self) -> Self {
+        let shared = self.shared.get_or_insert_with(Arc::default);
+        Self {
+            inner: Arc::clone(&self.inner),
+            key: self.key,
+            shared: Some(Arc::clone(shared)),
+        }
+    }
 }
 
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
+        // Of a shared registration, only the last guard ends it (`into_inner` is `Some`
+        // for exactly one of guards dropped at the same time on different threads).
+        if let Some(shared) = self.shared.take()
+            && Arc::into_inner(shared).is_none()
+        {
+            return;
+        }
         let mut sockets = self.inner.lock();
         sockets.remove(&self.key);
         let left = self.inner.count.fetch_sub(1, Ordering::SeqCst) - 1;
@@ -300,6 +324,35 @@ mod tests {
         assert_eq!(late_peer.read(&mut buf).unwrap(), 0);
         drop(guard);
         drop(ours);
+    }
+
+    #[test]
+    fn a_shared_guard_counts_once_until_the_last_is_dropped() {
+        let tracker = Tracker::new();
+        let (ours, mut peer) = UnixStream::pair().unwrap();
+        let mut first = tracker.track(Some(ours.as_raw_fd()));
+        let second = first.share();
+        let third = first.share();
+        assert_eq!(tracker.len(), 1);
+        drop(first);
+        drop(third);
+        assert_eq!(tracker.len(), 1);
+        // The socket is still registered: a forced close reaches it.
+        tracker.force_close();
+        let mut buf = [0u8; 1];
+        assert_eq!(peer.read(&mut buf).unwrap(), 0);
+        drop(second);
+        assert!(tracker.is_empty());
+        assert!(tracker.inner.lock().is_empty());
+        // Dropped on several threads at once, exactly one ends the registration.
+        for _ in 0..200 {
+            let mut a = tracker.track(None);
+            let b = a.share();
+            let t = std::thread::spawn(move || drop(b));
+            drop(a);
+            t.join().unwrap();
+            assert!(tracker.is_empty());
+        }
     }
 
     #[test]
