@@ -21,17 +21,23 @@ use endless_core::{Config, Event, Origin, Request};
 /// Everything an adapter's users name besides its own types, for `pub use
 /// endless_unix::adapter::api::*` in each adapter.
 pub mod api {
-    pub use crate::handle::{Exit, ListenError, StartError};
+    pub use crate::control::{self, RestartError, Restarted};
+    pub use crate::handle::{EventHook, Exit, ListenError, StartError};
+    pub use crate::inherit::{AdoptError, TakeError};
+    pub use crate::notify::NotifySocket;
     pub use crate::signals::{Signal, SignalMap};
     pub use crate::spawn::Executable;
     pub use crate::takeover::{HandOverError, HandOverFailure, ReceiveError};
     pub use crate::tracked::Tracked;
     pub use crate::tracker::{ConnectionGuard, Tracker};
     pub use endless_core::takeover::{RefuseReason, StreamKind};
-    pub use endless_core::{Config, Event, FdKind, Origin, RepeatedStop, Request};
+    pub use endless_core::{
+        ChildFailure, ChildStatus, Config, DrainCause, Event, ExitReason, FdKind, InputKind,
+        Origin, Phase, Pid, Refusal, RepeatedStop, Request, UpgradeFailure,
+    };
 }
 
-use crate::handle::{Exit, Handle, Options, StartError};
+use crate::handle::{Exit, Handle, ListenError, Options, StartError};
 use crate::runtime::Runtime;
 use crate::signals::SignalMap;
 use crate::spawn::Executable;
@@ -225,24 +231,31 @@ impl<N: Net> Endless<N> {
     /// The TCP listener `name`: inherited from the previous generation, or bound to `addr`
     /// (IPv4 or IPv6; port 0 for any). Names are how generations match listeners, so keep
     /// them stable across versions.
+    ///
+    /// The error names the listener and what failed; it converts into an [`io::Error`], so
+    /// `?` works in a function that returns `io::Result`.
     pub fn tcp_listener(
         &self,
         name: &str,
         addr: impl ToSocketAddrs + fmt::Debug,
-    ) -> io::Result<TcpListener<N>> {
+    ) -> Result<TcpListener<N>, ListenError> {
         let std = self.handle.tcp_listener(name, addr)?;
         Ok(TcpListener {
-            inner: self.net.tcp_listener(std)?,
+            inner: self.net.tcp_listener(std).map_err(ListenError::io(name))?,
             handle: self.handle.clone(),
         })
     }
 
     /// The Unix stream listener `name`: inherited, or bound at `path` (a stale socket file
     /// is replaced). The old generation never removes the file: the new one serves it.
-    pub fn unix_listener(&self, name: &str, path: impl AsRef<Path>) -> io::Result<UnixListener<N>> {
+    pub fn unix_listener(
+        &self,
+        name: &str,
+        path: impl AsRef<Path>,
+    ) -> Result<UnixListener<N>, ListenError> {
         let std = self.handle.unix_listener(name, path.as_ref())?;
         Ok(UnixListener {
-            inner: self.net.unix_listener(std)?,
+            inner: self.net.unix_listener(std).map_err(ListenError::io(name))?,
             handle: self.handle.clone(),
         })
     }
@@ -254,9 +267,9 @@ impl<N: Net> Endless<N> {
         &self,
         name: &str,
         addr: impl ToSocketAddrs + fmt::Debug,
-    ) -> io::Result<N::UdpSocket> {
+    ) -> Result<N::UdpSocket, ListenError> {
         let std = self.handle.udp_socket(name, addr)?;
-        self.net.udp_socket(std)
+        self.net.udp_socket(std).map_err(ListenError::io(name))
     }
 
     /// Tracks a connection accepted elsewhere, for the drain.
@@ -296,6 +309,15 @@ impl<N: Net> Endless<N> {
     /// The connections alive.
     pub fn tracker(&self) -> &Tracker {
         self.handle.tracker()
+    }
+
+    /// The [`tracing`] span every line endless logs runs in, `endless{pid=…}`: two
+    /// generations write to the same stderr or journal, and the pid tells them apart. Run
+    /// your own tasks in it and their lines carry the pid too:
+    /// `tokio::spawn(task.instrument(endless.span().clone()))` (with
+    /// [`tracing::Instrument`]).
+    pub fn span(&self) -> &tracing::Span {
+        self.handle.span()
     }
 
     // ---- connection takeover ----
@@ -362,7 +384,9 @@ impl<N: Net> Endless<N> {
         match stream {
             Ok(stream) => Some(stream),
             Err(e) => {
-                tracing::warn!(error = %e, "a connection not handed over could not be served on");
+                self.handle.span().in_scope(|| {
+                    tracing::warn!(error = %e, "a connection not handed over could not be served on");
+                });
                 None
             }
         }
@@ -511,7 +535,9 @@ impl<N: Net> Connections<N> {
                         unconsumed: offer.unconsumed,
                     });
                 }
-                Err(e) => tracing::warn!(error = %e, "refused a connection handed over"),
+                Err(e) => self.endless.handle.span().in_scope(|| {
+                    tracing::warn!(error = %e, "refused a connection handed over");
+                }),
             }
         }
     }

@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::future::Future;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
@@ -23,6 +24,7 @@ use endless_core::{
     Action, ChildStatus, DrainCause, Event, Input, Lifecycle, Output, Request, Status,
     UpgradeFailure,
 };
+use tracing::Instrument;
 
 use crate::control::ControlServer;
 use crate::handle::{Exit, Shared, lock};
@@ -64,7 +66,18 @@ pub(crate) fn start<R: Runtime>(
         channels: HashMap::new(),
         parent_channel: None,
     };
-    runtime.spawn(Box::pin(driver.run()));
+    let span = driver.shared.span.clone();
+    spawn(&*runtime, &span, driver.run());
+}
+
+/// Runs `task` on `runtime` inside `span` (the process's span: every line endless logs
+/// carries the pid).
+pub(crate) fn spawn<R: Runtime + ?Sized>(
+    runtime: &R,
+    span: &tracing::Span,
+    task: impl Future<Output = ()> + Send + 'static,
+) {
+    runtime.spawn(Box::pin(task.instrument(span.clone())));
 }
 
 /// What the driver asks of the task that owns a child process.
@@ -219,10 +232,10 @@ impl<R: Runtime> Driver<R> {
                 let tracker = self.shared.tracker.clone();
                 let inputs = self.shared.inputs.clone();
                 tracing::info!(connections = tracker.len(), "draining");
-                self.runtime.spawn(Box::pin(async move {
+                spawn(&*self.runtime, &self.shared.span, async move {
                     tracker.drained().await;
                     let _ = inputs.send(Message::Input(Input::Drained)).await;
-                }));
+                });
             }
             Action::ForceClose => {
                 tracing::warn!(
@@ -394,7 +407,7 @@ impl<R: Runtime> Driver<R> {
         let (commands, received) = async_channel::bounded::<ChildCommand>(2);
         self.children.insert(pid, commands);
         let inputs = self.shared.inputs.clone();
-        self.runtime.spawn(Box::pin(async move {
+        spawn(&*self.runtime, &self.shared.span, async move {
             let status = loop {
                 let waited = futures_lite::future::or(async { Ok(child.wait().await) }, async {
                     match received.recv().await {
@@ -424,14 +437,17 @@ impl<R: Runtime> Driver<R> {
             let _ = inputs
                 .send(Message::Input(Input::ChildExited { pid, status }))
                 .await;
-        }));
+        });
 
         // Read its readiness line.
         match self.runtime.readiness_reader(ready) {
             Ok(reader) => {
                 let inputs = self.shared.inputs.clone();
-                self.runtime
-                    .spawn(Box::pin(read_readiness(reader, pid, inputs)));
+                spawn(
+                    &*self.runtime,
+                    &self.shared.span,
+                    read_readiness(reader, pid, inputs),
+                );
             }
             Err(e) => {
                 tracing::error!(pid, error = %e, "cannot read the readiness channel");

@@ -185,27 +185,96 @@ impl From<StartError> for io::Error {
     }
 }
 
-/// Why a listener could not be set up.
+/// Why a listener could not be set up: which listener, what was asked for, what failed.
+///
+/// It converts into an [`io::Error`] (of a matching [`io::ErrorKind`], with this error as
+/// its message), so `?` works in a function that returns `io::Result`.
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum ListenError {
     /// A listener of this name is already registered in this process.
-    DuplicateName(String),
+    DuplicateName {
+        /// The listener's name.
+        name: String,
+    },
     /// The inherited fd of this name is of another kind.
-    Take(crate::inherit::TakeError),
-    /// The address did not resolve.
-    NoAddress(String),
-    /// Binding or configuring the socket failed.
-    Io(io::Error),
+    Take {
+        /// The listener's name.
+        name: String,
+        /// What is wrong with it.
+        source: crate::inherit::TakeError,
+    },
+    /// The address did not parse, or resolved to no address.
+    Resolve {
+        /// The listener's name.
+        name: String,
+        /// The address, as given.
+        addr: String,
+        /// Why it did not resolve (`None`: it resolved to nothing).
+        source: Option<io::Error>,
+    },
+    /// Binding a new socket failed (the address is in use, a privileged port, …).
+    Bind {
+        /// The listener's name.
+        name: String,
+        /// The address or path.
+        addr: String,
+        /// What the OS said.
+        source: io::Error,
+    },
+    /// Setting up the socket, inherited or bound, failed (out of file descriptors, …).
+    Io {
+        /// The listener's name.
+        name: String,
+        /// What the OS said.
+        source: io::Error,
+    },
+}
+
+impl ListenError {
+    /// The name of the listener that could not be set up.
+    pub fn name(&self) -> &str {
+        match self {
+            Self::DuplicateName { name }
+            | Self::Take { name, .. }
+            | Self::Resolve { name, .. }
+            | Self::Bind { name, .. }
+            | Self::Io { name, .. } => name,
+        }
+    }
+
+    pub(crate) fn io(name: &str) -> impl FnOnce(io::Error) -> Self + '_ {
+        move |source| Self::Io {
+            name: name.to_owned(),
+            source,
+        }
+    }
+
+    fn bind<'a>(name: &'a str, addr: &'a dyn fmt::Display) -> impl FnOnce(io::Error) -> Self + 'a {
+        move |source| Self::Bind {
+            name: name.to_owned(),
+            addr: addr.to_string(),
+            source,
+        }
+    }
 }
 
 impl fmt::Display for ListenError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "listener {:?}: ", self.name())?;
         match self {
-            Self::DuplicateName(name) => write!(f, "a listener named {name:?} already exists"),
-            Self::Take(e) => e.fmt(f),
-            Self::NoAddress(what) => write!(f, "{what} resolves to no address"),
-            Self::Io(e) => e.fmt(f),
+            Self::DuplicateName { .. } => f.write_str("a listener of this name already exists"),
+            Self::Take { source, .. } => source.fmt(f),
+            Self::Resolve {
+                addr,
+                source: Some(e),
+                ..
+            } => write!(f, "cannot resolve {addr:?}: {e}"),
+            Self::Resolve {
+                addr, source: None, ..
+            } => write!(f, "{addr:?} resolves to no address"),
+            Self::Bind { addr, source, .. } => write!(f, "cannot bind {addr}: {source}"),
+            Self::Io { source, .. } => source.fmt(f),
         }
     }
 }
@@ -213,27 +282,25 @@ impl fmt::Display for ListenError {
 impl std::error::Error for ListenError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Self::Take(e) => Some(e),
-            Self::Io(e) => Some(e),
-            Self::DuplicateName(_) | Self::NoAddress(_) => None,
+            Self::Take { source, .. } => Some(source),
+            Self::Resolve { source, .. } => source.as_ref().map(|e| e as _),
+            Self::Bind { source, .. } | Self::Io { source, .. } => Some(source),
+            Self::DuplicateName { .. } => None,
         }
-    }
-}
-
-impl From<io::Error> for ListenError {
-    fn from(e: io::Error) -> Self {
-        Self::Io(e)
     }
 }
 
 impl From<ListenError> for io::Error {
     fn from(e: ListenError) -> Self {
-        match e {
-            ListenError::Io(e) => e,
-            ListenError::DuplicateName(_) => Self::new(io::ErrorKind::AlreadyExists, e),
-            ListenError::Take(_) => Self::new(io::ErrorKind::InvalidData, e),
-            ListenError::NoAddress(_) => Self::new(io::ErrorKind::InvalidInput, e),
-        }
+        let kind = match &e {
+            ListenError::DuplicateName { .. } => io::ErrorKind::AlreadyExists,
+            ListenError::Take { .. } => io::ErrorKind::InvalidData,
+            ListenError::Resolve { source, .. } => source
+                .as_ref()
+                .map_or(io::ErrorKind::InvalidInput, Self::kind),
+            ListenError::Bind { source, .. } | ListenError::Io { source, .. } => source.kind(),
+        };
+        Self::new(kind, e)
     }
 }
 
@@ -264,6 +331,8 @@ pub(crate) struct Shared {
     pub(crate) receivers: Mutex<Receivers>,
     /// While handing connections over to the new generation.
     pub(crate) outbox: Mutex<Option<Outbox>>,
+    /// The span of every line endless logs in this process ([`process_span`]).
+    pub(crate) span: tracing::Span,
 }
 
 impl Shared {
@@ -321,6 +390,12 @@ impl Shared {
     }
 }
 
+/// The span every line endless logs runs in: `endless{pid=…}`, so that the lines of two
+/// generations writing to one stderr (or journal) tell apart.
+pub(crate) fn process_span() -> tracing::Span {
+    tracing::info_span!("endless", pid = std::process::id())
+}
+
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -355,7 +430,9 @@ impl Handle {
     /// Adopts the inherited fds (or none, on a fresh start), resolves the executable,
     /// installs the signal handlers and starts the driver on `runtime`.
     pub(crate) fn start<R: Runtime>(runtime: R, options: Options) -> Result<Self, StartError> {
-        let inherited = Inherited::from_env().map_err(StartError::Adopt)?;
+        let inherited = process_span()
+            .in_scope(Inherited::from_env)
+            .map_err(StartError::Adopt)?;
         Self::start_with(runtime, options, inherited)
     }
 
@@ -365,6 +442,8 @@ impl Handle {
         options: Options,
         inherited: Inherited,
     ) -> Result<Self, StartError> {
+        let span = process_span();
+        let _entered = span.enter();
         let executable = match options.executable {
             Some(exe) => exe,
             None => Executable::current().map_err(StartError::Executable)?,
@@ -386,6 +465,7 @@ impl Handle {
             on_event: options.on_event,
             receivers: Mutex::new(Receivers::new()),
             outbox: Mutex::new(None),
+            span: span.clone(),
         });
 
         let (signal_tx, signal_rx) = async_channel::unbounded();
@@ -395,17 +475,16 @@ impl Handle {
             .map_err(StartError::Signals)?;
         let map = options.signals;
         let inputs = shared.inputs.clone();
-        runtime.spawn(Box::pin(async move {
+        crate::driver::spawn(&runtime, &span, async move {
             while let Ok(signal) = signal_rx.recv().await {
                 if let Some(request) = map.get(signal) {
                     tracing::info!(%signal, ?request, "signal received");
                     let _ = inputs.send(Message::Input(Input::Request(request))).await;
                 }
             }
-        }));
+        });
 
         tracing::info!(
-            pid = std::process::id(),
             ?origin,
             executable = %shared.executable.path().display(),
             "endless started"
@@ -440,6 +519,11 @@ impl Handle {
         self.shared.origin
     }
 
+    /// The span of every line endless logs in this process.
+    pub(crate) fn span(&self) -> &tracing::Span {
+        &self.shared.span
+    }
+
     /// The connection tracker.
     pub(crate) fn tracker(&self) -> &Tracker {
         &self.shared.tracker
@@ -460,22 +544,26 @@ impl Handle {
         name: &str,
         addr: impl ToSocketAddrs + fmt::Debug,
     ) -> Result<std::net::TcpListener, ListenError> {
-        let wanted = resolve(&addr)?;
+        let _span = self.shared.span.enter();
+        let wanted = resolve(name, &addr)?;
+        let bind = |addr| crate::listen::bind_tcp(addr).map_err(ListenError::bind(name, &wanted));
         let listener = match self.take(name, FdKind::TcpListener)? {
             Some(fd) => {
                 let listener = std::net::TcpListener::from(fd);
-                let bound = listener.local_addr()?;
+                let bound = listener.local_addr().map_err(ListenError::io(name))?;
                 if wanted.port() != 0 && bound != wanted {
                     tracing::info!(name, %bound, %wanted, "listen address changed; binding anew");
-                    crate::listen::bind_tcp(wanted)?
+                    bind(wanted)?
                 } else {
                     tracing::debug!(name, %bound, "using the inherited TCP listener");
                     listener
                 }
             }
-            None => crate::listen::bind_tcp(wanted)?,
+            None => bind(wanted)?,
         };
-        listener.set_nonblocking(true)?;
+        listener
+            .set_nonblocking(true)
+            .map_err(ListenError::io(name))?;
         self.register(name, FdKind::TcpListener, listener.as_fd())?;
         Ok(listener)
     }
@@ -487,21 +575,25 @@ impl Handle {
         name: &str,
         addr: impl ToSocketAddrs + fmt::Debug,
     ) -> Result<std::net::UdpSocket, ListenError> {
-        let wanted = resolve(&addr)?;
+        let _span = self.shared.span.enter();
+        let wanted = resolve(name, &addr)?;
+        let bind = |addr| crate::listen::bind_udp(addr).map_err(ListenError::bind(name, &wanted));
         let socket = match self.take(name, FdKind::UdpSocket)? {
             Some(fd) => {
                 let socket = std::net::UdpSocket::from(fd);
-                let bound = socket.local_addr()?;
+                let bound = socket.local_addr().map_err(ListenError::io(name))?;
                 if wanted.port() != 0 && bound != wanted {
                     tracing::info!(name, %bound, %wanted, "listen address changed; binding anew");
-                    crate::listen::bind_udp(wanted)?
+                    bind(wanted)?
                 } else {
                     socket
                 }
             }
-            None => crate::listen::bind_udp(wanted)?,
+            None => bind(wanted)?,
         };
-        socket.set_nonblocking(true)?;
+        socket
+            .set_nonblocking(true)
+            .map_err(ListenError::io(name))?;
         self.register(name, FdKind::UdpSocket, socket.as_fd())?;
         Ok(socket)
     }
@@ -513,10 +605,13 @@ impl Handle {
         name: &str,
         path: &Path,
     ) -> Result<UnixListener, ListenError> {
+        let _span = self.shared.span.enter();
+        let shown = path.display();
+        let bind = || crate::listen::bind_unix(path).map_err(ListenError::bind(name, &shown));
         let listener = match self.take(name, FdKind::UnixListener)? {
             Some(fd) => {
                 let listener = UnixListener::from(fd);
-                let bound = listener.local_addr()?;
+                let bound = listener.local_addr().map_err(ListenError::io(name))?;
                 if same_socket_file(bound.as_pathname(), path) {
                     listener
                 } else {
@@ -526,12 +621,14 @@ impl Handle {
                         wanted = %path.display(),
                         "listen path changed; binding anew"
                     );
-                    crate::listen::bind_unix(path)?
+                    bind()?
                 }
             }
-            None => crate::listen::bind_unix(path)?,
+            None => bind()?,
         };
-        listener.set_nonblocking(true)?;
+        listener
+            .set_nonblocking(true)
+            .map_err(ListenError::io(name))?;
         self.register(name, FdKind::UnixListener, listener.as_fd())?;
         Ok(listener)
     }
@@ -540,12 +637,17 @@ impl Handle {
     /// Register what you keep with [`register`](Self::register) to pass it on.
     pub(crate) fn take(&self, name: &str, kind: FdKind) -> Result<Option<OwnedFd>, ListenError> {
         if lock(&self.shared.registry).iter().any(|r| r.name == name) {
-            return Err(ListenError::DuplicateName(name.to_owned()));
+            return Err(ListenError::DuplicateName {
+                name: name.to_owned(),
+            });
         }
         self.shared
             .inherited
             .take(name, kind)
-            .map_err(ListenError::Take)
+            .map_err(|source| ListenError::Take {
+                name: name.to_owned(),
+                source,
+            })
     }
 
     /// Passes `fd` (duplicated now) to every next generation under `name`.
@@ -557,9 +659,11 @@ impl Handle {
     ) -> Result<(), ListenError> {
         let mut registry = lock(&self.shared.registry);
         if registry.iter().any(|r| r.name == name) {
-            return Err(ListenError::DuplicateName(name.to_owned()));
+            return Err(ListenError::DuplicateName {
+                name: name.to_owned(),
+            });
         }
-        let fd = fd.try_clone_to_owned()?;
+        let fd = fd.try_clone_to_owned().map_err(ListenError::io(name))?;
         registry.push(Registered {
             name: name.to_owned(),
             kind,
@@ -728,8 +832,18 @@ fn same_socket_file(bound: Option<&Path>, wanted: &Path) -> bool {
     }
 }
 
-fn resolve(addr: &(impl ToSocketAddrs + fmt::Debug)) -> Result<SocketAddr, ListenError> {
-    addr.to_socket_addrs()?
+fn resolve(
+    name: &str,
+    addr: &(impl ToSocketAddrs + fmt::Debug),
+) -> Result<SocketAddr, ListenError> {
+    let error = |source| ListenError::Resolve {
+        name: name.to_owned(),
+        // A `&str` shows as itself, quoted; a `SocketAddr` or a tuple as Rust writes it.
+        addr: format!("{addr:?}").trim_matches('"').to_owned(),
+        source,
+    };
+    addr.to_socket_addrs()
+        .map_err(|e| error(Some(e)))?
         .next()
-        .ok_or_else(|| ListenError::NoAddress(format!("{addr:?}")))
+        .ok_or_else(|| error(None))
 }

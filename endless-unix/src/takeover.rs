@@ -158,9 +158,10 @@ impl Outbox {
         let (jobs, queue) = async_channel::unbounded::<(Outgoing, Done)>();
         let open = Arc::new(AtomicBool::new(true));
         let flag = Arc::clone(&open);
+        let span = tracing::Span::current();
         std::thread::Builder::new()
             .name("endless-handover".into())
-            .spawn(move || send_loop(&channel, successor, &queue, &flag))?;
+            .spawn(move || span.in_scope(|| send_loop(&channel, successor, &queue, &flag)))?;
         Ok(Self {
             jobs,
             open,

@@ -131,23 +131,29 @@ pub async fn pingpong(args: Args, spawn: Spawn) -> i32 {
     for (i, addr) in args.listen.iter().enumerate() {
         let name = Args::listener_name(i);
         let listened = match addr {
-            ListenAddr::Tcp(a) => endless.tcp_listener(&name, a.as_str()).and_then(|l| {
-                announce(&name, l.local_addr()?);
-                let endless = endless.clone();
-                let serve = move |s| {
-                    spawn_session(endless.clone(), Stream::Tcp(s), Session::default(), spawn);
-                };
-                spawn(Box::pin(accept_loop(name.clone(), l, serve)));
-                Ok(())
-            }),
-            ListenAddr::Unix(path) => endless.unix_listener(&name, path).map(|l| {
-                announce(&name, addr);
-                let endless = endless.clone();
-                let serve = move |s| {
-                    spawn_session(endless.clone(), Stream::Unix(s), Session::default(), spawn);
-                };
-                spawn(Box::pin(accept_loop(name.clone(), l, serve)));
-            }),
+            ListenAddr::Tcp(a) => endless
+                .tcp_listener(&name, a.as_str())
+                .map_err(io::Error::from)
+                .and_then(|l| {
+                    announce(&name, l.local_addr()?);
+                    let endless = endless.clone();
+                    let serve = move |s| {
+                        spawn_session(endless.clone(), Stream::Tcp(s), Session::default(), spawn);
+                    };
+                    spawn(Box::pin(accept_loop(name.clone(), l, serve)));
+                    Ok(())
+                }),
+            ListenAddr::Unix(path) => endless
+                .unix_listener(&name, path)
+                .map_err(io::Error::from)
+                .map(|l| {
+                    announce(&name, addr);
+                    let endless = endless.clone();
+                    let serve = move |s| {
+                        spawn_session(endless.clone(), Stream::Unix(s), Session::default(), spawn);
+                    };
+                    spawn(Box::pin(accept_loop(name.clone(), l, serve)));
+                }),
             ListenAddr::Udp(_) => Err(io::Error::other(
                 "pingpong speaks TCP and Unix sockets only",
             )),
@@ -271,17 +277,23 @@ pub async fn hello(args: Args, spawn: Spawn) -> i32 {
     for (i, addr) in args.listen.iter().enumerate() {
         let name = Args::listener_name(i);
         let result = match addr {
-            ListenAddr::Tcp(a) => endless.tcp_listener(&name, a.as_str()).and_then(|l| {
-                announce(&name, l.local_addr()?);
-                let serve = move |stream| spawn(Box::pin(http_connection(stream)));
-                spawn(Box::pin(accept_loop(name.clone(), l, serve)));
-                Ok(())
-            }),
-            ListenAddr::Unix(path) => endless.unix_listener(&name, path).map(|l| {
-                announce(&name, addr);
-                let serve = move |stream| spawn(Box::pin(http_connection(stream)));
-                spawn(Box::pin(accept_loop(name.clone(), l, serve)));
-            }),
+            ListenAddr::Tcp(a) => endless
+                .tcp_listener(&name, a.as_str())
+                .map_err(io::Error::from)
+                .and_then(|l| {
+                    announce(&name, l.local_addr()?);
+                    let serve = move |stream| spawn(Box::pin(http_connection(stream)));
+                    spawn(Box::pin(accept_loop(name.clone(), l, serve)));
+                    Ok(())
+                }),
+            ListenAddr::Unix(path) => endless
+                .unix_listener(&name, path)
+                .map_err(io::Error::from)
+                .map(|l| {
+                    announce(&name, addr);
+                    let serve = move |stream| spawn(Box::pin(http_connection(stream)));
+                    spawn(Box::pin(accept_loop(name.clone(), l, serve)));
+                }),
             ListenAddr::Udp(_) => Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "HTTP needs a stream socket",

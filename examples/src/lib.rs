@@ -327,16 +327,22 @@ pub fn serve_http<S, B>(
     for (i, addr) in args.listen.iter().enumerate() {
         let name = Args::listener_name(i);
         let result = match addr {
-            ListenAddr::Tcp(a) => endless.tcp_listener(&name, a.as_str()).map(|l| {
-                if let Ok(local) = l.local_addr() {
-                    announce(&name, local);
-                }
-                server.serve(l, service.clone());
-            }),
-            ListenAddr::Unix(path) => endless.unix_listener(&name, path).map(|l| {
-                announce(&name, addr);
-                server.serve(l, service.clone());
-            }),
+            ListenAddr::Tcp(a) => endless
+                .tcp_listener(&name, a.as_str())
+                .map_err(std::io::Error::from)
+                .map(|l| {
+                    if let Ok(local) = l.local_addr() {
+                        announce(&name, local);
+                    }
+                    server.serve(l, service.clone());
+                }),
+            ListenAddr::Unix(path) => endless
+                .unix_listener(&name, path)
+                .map_err(std::io::Error::from)
+                .map(|l| {
+                    announce(&name, addr);
+                    server.serve(l, service.clone());
+                }),
             ListenAddr::Udp(_) => Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
                 "HTTP needs a stream socket",

@@ -140,9 +140,12 @@ impl ControlServer {
         listener.set_nonblocking(true)?;
         let (stop_read, stop_write) = io::pipe()?;
         let file = std::fs::metadata(&path).ok().map(|m| (m.dev(), m.ino()));
+        let span = tracing::Span::current();
         std::thread::Builder::new()
             .name("endless-control".into())
-            .spawn(move || accept_loop(&listener, &OwnedFd::from(stop_read), &requests))?;
+            .spawn(move || {
+                span.in_scope(|| accept_loop(&listener, &OwnedFd::from(stop_read), &requests));
+            })?;
         Ok(Self {
             path,
             file,
@@ -193,9 +196,10 @@ fn accept_loop(listener: &UnixListener, stop: &OwnedFd, requests: &Sender<Messag
             Ok((stream, _)) => {
                 failing = false;
                 let requests = requests.clone();
+                let span = tracing::Span::current();
                 let spawned = std::thread::Builder::new()
                     .name("endless-control-request".into())
-                    .spawn(move || take_request(stream, &requests));
+                    .spawn(move || span.in_scope(|| take_request(stream, &requests)));
                 if let Err(e) = spawned {
                     tracing::warn!(error = %e, "cannot answer a restart request");
                 }
