@@ -48,9 +48,15 @@
 //!             }
 //!         };
 //!         tokio::spawn(async move {
-//!             let (read, mut write) = tokio::io::split(stream);
+//!             let (read, mut write) = stream.into_split(); // both halves stay tracked
 //!             let mut lines = BufReader::new(read).lines();
-//!             while let Ok(Some(line)) = lines.next_line().await {
+//!             loop {
+//!                 let line = tokio::select! {
+//!                     line = lines.next_line() => line,
+//!                     // Idle between lines: close once this process drains.
+//!                     () = write.guard().closing() => break,
+//!                 };
+//!                 let Ok(Some(line)) = line else { break };
 //!                 let reply = format!("{} {line}\n", std::process::id());
 //!                 if write.write_all(reply.as_bytes()).await.is_err() {
 //!                     break;
