@@ -454,7 +454,7 @@ mod tests {
                 actual: 23
             })
         );
-        let mut longer = blob.clone();
+        let mut longer = blob;
         longer.push(0);
         assert_eq!(
             decode(&longer, 1, 10),
@@ -478,7 +478,7 @@ mod tests {
                 "byte {i}"
             );
         }
-        let mut bad = blob.clone();
+        let mut bad = blob;
         bad[20] ^= 1; // the checksum itself
         assert!(matches!(
             decode(&bad, 7, 10),

@@ -31,6 +31,7 @@ use crate::pidfile::PidFile;
 use crate::runtime::Runtime;
 use crate::signals::{Signal, SignalMap};
 use crate::spawn::Executable;
+use crate::state::{self, StateError};
 use crate::takeover::{
     HandOverError, HandOverFailure, Held, Inbox, Outbox, Outgoing, ReceiveError, Receivers,
 };
@@ -50,6 +51,7 @@ pub(crate) struct Options {
     on_event: Option<EventHook>,
     executable: Option<Executable>,
     notify_socket: Option<NotifySocket>,
+    max_state_len: usize,
 }
 
 impl fmt::Debug for Options {
@@ -61,6 +63,7 @@ impl fmt::Debug for Options {
             .field("on_event", &self.on_event.as_ref().map(|_| "…"))
             .field("executable", &self.executable)
             .field("notify_socket", &self.notify_socket)
+            .field("max_state_len", &self.max_state_len)
             .finish()
     }
 }
@@ -74,6 +77,7 @@ impl Default for Options {
             on_event: None,
             executable: None,
             notify_socket: None,
+            max_state_len: state::DEFAULT_MAX_LEN,
         }
     }
 }
@@ -128,6 +132,13 @@ impl Options {
     #[must_use]
     pub(crate) fn notify_socket(mut self, target: NotifySocket) -> Self {
         self.notify_socket = Some(target);
+        self
+    }
+
+    /// The most bytes of application state this process sends or reads ([`crate::state`]).
+    #[must_use]
+    pub(crate) fn max_state_len(mut self, bytes: usize) -> Self {
+        self.max_state_len = bytes;
         self
     }
 }
@@ -191,6 +202,9 @@ impl From<StartError> for io::Error {
 pub enum ListenError {
     /// A listener of this name is already registered in this process.
     DuplicateName(String),
+    /// The name starts with `endless.`, which names endless' own fds
+    /// ([`state::RESERVED_PREFIX`]).
+    ReservedName(String),
     /// The inherited fd of this name is of another kind.
     Take(crate::inherit::TakeError),
     /// The address did not resolve.
@@ -203,6 +217,11 @@ impl fmt::Display for ListenError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::DuplicateName(name) => write!(f, "a listener named {name:?} already exists"),
+            Self::ReservedName(name) => write!(
+                f,
+                "the name {name:?} is reserved: names that start with {:?} are endless' own",
+                state::RESERVED_PREFIX
+            ),
             Self::Take(e) => e.fmt(f),
             Self::NoAddress(what) => write!(f, "{what} resolves to no address"),
             Self::Io(e) => e.fmt(f),
@@ -215,7 +234,7 @@ impl std::error::Error for ListenError {
         match self {
             Self::Take(e) => Some(e),
             Self::Io(e) => Some(e),
-            Self::DuplicateName(_) | Self::NoAddress(_) => None,
+            Self::DuplicateName(_) | Self::ReservedName(_) | Self::NoAddress(_) => None,
         }
     }
 }
@@ -231,6 +250,7 @@ impl From<ListenError> for io::Error {
         match e {
             ListenError::Io(e) => e,
             ListenError::DuplicateName(_) => Self::new(io::ErrorKind::AlreadyExists, e),
+            ListenError::ReservedName(_) => Self::new(io::ErrorKind::InvalidInput, e),
             ListenError::Take(_) => Self::new(io::ErrorKind::InvalidData, e),
             ListenError::NoAddress(_) => Self::new(io::ErrorKind::InvalidInput, e),
         }
@@ -264,6 +284,12 @@ pub(crate) struct Shared {
     pub(crate) receivers: Mutex<Receivers>,
     /// While handing connections over to the new generation.
     pub(crate) outbox: Mutex<Option<Outbox>>,
+    /// The application state handed over by the previous generation.
+    pub(crate) state: Mutex<state::Slot>,
+    /// What produces the application state for the next generation.
+    pub(crate) state_provider: Mutex<Option<state::Provider>>,
+    /// The most bytes of application state sent or read.
+    pub(crate) max_state_len: usize,
 }
 
 impl Shared {
@@ -370,6 +396,15 @@ impl Handle {
             None => Executable::current().map_err(StartError::Executable)?,
         };
         let origin = inherited.origin();
+        // Taken now, so that it is never closed as unclaimed: it is dropped at `ready`, with
+        // a warning if nobody read it.
+        let state_file = match inherited.take(state::INVENTORY_NAME, FdKind::Other) {
+            Ok(fd) => fd.map(std::fs::File::from),
+            Err(e) => {
+                tracing::warn!(error = %e, "the inherited application state is unusable");
+                None
+            }
+        };
         let (inputs, receiver) = async_channel::unbounded();
         let shared = Arc::new(Shared {
             inputs,
@@ -386,6 +421,9 @@ impl Handle {
             on_event: options.on_event,
             receivers: Mutex::new(Receivers::new()),
             outbox: Mutex::new(None),
+            state: Mutex::new(state::Slot::Unread(state_file)),
+            state_provider: Mutex::new(None),
+            max_state_len: options.max_state_len,
         });
 
         let (signal_tx, signal_rx) = async_channel::unbounded();
@@ -539,6 +577,9 @@ impl Handle {
     /// Takes the inherited fd `name`, checked to be of `kind`; `Ok(None)` if there is none.
     /// Register what you keep with [`register`](Self::register) to pass it on.
     pub(crate) fn take(&self, name: &str, kind: FdKind) -> Result<Option<OwnedFd>, ListenError> {
+        if name.starts_with(state::RESERVED_PREFIX) {
+            return Err(ListenError::ReservedName(name.to_owned()));
+        }
         if lock(&self.shared.registry).iter().any(|r| r.name == name) {
             return Err(ListenError::DuplicateName(name.to_owned()));
         }
@@ -555,6 +596,9 @@ impl Handle {
         kind: FdKind,
         fd: BorrowedFd<'_>,
     ) -> Result<(), ListenError> {
+        if name.starts_with(state::RESERVED_PREFIX) {
+            return Err(ListenError::ReservedName(name.to_owned()));
+        }
         let mut registry = lock(&self.shared.registry);
         if registry.iter().any(|r| r.name == name) {
             return Err(ListenError::DuplicateName(name.to_owned()));
@@ -681,11 +725,37 @@ impl Handle {
             .await
     }
 
+    // ---- application state ----
+
+    /// The application state the previous generation handed over, if it is of
+    /// `expected_version` (see [`crate::state`]).
+    pub(crate) fn inherited_state(
+        &self,
+        expected_version: u32,
+    ) -> Result<Option<Vec<u8>>, StateError> {
+        lock(&self.shared.state).take(expected_version, self.shared.max_state_len)
+    }
+
+    /// Produce the application state for every next generation with `produce`, as
+    /// `version` (replacing what was registered before).
+    pub(crate) fn hand_over_state(
+        &self,
+        version: u32,
+        produce: impl Fn() -> Vec<u8> + Send + Sync + 'static,
+    ) {
+        *lock(&self.shared.state_provider) = Some(state::Provider {
+            version,
+            produce: Arc::new(produce),
+        });
+    }
+
     // ---- commands ----
 
     /// The application serves: tell the parent (if any) and the service manager. The
-    /// parent then stops accepting and drains. Only the first call counts.
+    /// parent then stops accepting and drains. Only the first call counts. Application
+    /// state not read by now is dropped.
     pub(crate) fn ready(&self) {
+        lock(&self.shared.state).drop_unread(self.shared.max_state_len);
         let _ = self.shared.inputs.try_send(Message::Input(Input::Ready));
     }
 
