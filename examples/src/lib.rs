@@ -475,6 +475,15 @@ mod tests {
         assert!(parse(&["--listen"]).is_err());
         assert!(parse(&["--drain-timeout", "-1"]).is_err());
         assert!(parse(&["--bogus"]).is_err());
+        assert_eq!(parse(&[]).unwrap().state_version, None);
+        let v = |args: &[&str]| parse(args).map(|a| a.state_version);
+        assert_eq!(v(&["--state-version", "3"]), Ok(Some(3)));
+        // The last one wins: a wrapper script can append its own.
+        assert_eq!(
+            v(&["--state-version", "3", "--state-version", "none"]),
+            Ok(None)
+        );
+        assert!(v(&["--state-version", "-1"]).is_err());
     }
 
     #[test]
