@@ -15,6 +15,9 @@
 //!   request as a projection of the lifecycle's outputs.
 //! - [`takeover`]: the messages that hand an established connection (its socket, its
 //!   state) to the new generation, instead of draining it.
+//! - [`state`]: the application's state that a generation hands to its successor beside
+//!   its sockets (a cache, counters, a session table): one bounded, versioned, checksummed
+//!   blob.
 //! - [`plan`]: the `dup2` steps that place the inherited descriptors at 3, 4, … in the
 //!   child without clobbering one that is still needed.
 //!
@@ -115,6 +118,7 @@ mod inventory;
 mod lifecycle;
 pub mod plan;
 pub mod ready;
+pub mod state;
 pub mod takeover;
 
 pub use inventory::{

@@ -27,6 +27,7 @@ pub mod api {
     pub use crate::notify::NotifySocket;
     pub use crate::signals::{Signal, SignalMap};
     pub use crate::spawn::Executable;
+    pub use crate::state::StateError;
     pub use crate::takeover::{HandOverError, HandOverFailure, ReceiveError};
     pub use crate::tracked::Tracked;
     pub use crate::tracker::{ConnectionGuard, Tracker};
@@ -41,6 +42,7 @@ use crate::handle::{Exit, Handle, ListenError, Options, StartError};
 use crate::runtime::Runtime;
 use crate::signals::SignalMap;
 use crate::spawn::Executable;
+use crate::state::StateError;
 use crate::takeover::{HandOverError, HandOverFailure, Inbox, ReceiveError};
 use crate::tracked::Tracked;
 use crate::tracker::{ConnectionGuard, Tracker};
@@ -176,6 +178,16 @@ impl<N: Net> Builder<N> {
     #[must_use]
     pub fn notify_socket(mut self, target: crate::notify::NotifySocket) -> Self {
         self.options = self.options.notify_socket(target);
+        self
+    }
+
+    /// The most bytes of application state this process hands to its successor, and
+    /// accepts from its predecessor (default
+    /// [`DEFAULT_MAX_LEN`](crate::state::DEFAULT_MAX_LEN), 64 MiB); see
+    /// [`Endless::hand_over_state`].
+    #[must_use]
+    pub fn max_state_len(mut self, bytes: usize) -> Self {
+        self.options = self.options.max_state_len(bytes);
         self
     }
 
@@ -318,6 +330,59 @@ impl<N: Net> Endless<N> {
     /// [`tracing::Instrument`]).
     pub fn span(&self) -> &tracing::Span {
         self.handle.span()
+    }
+
+    // ---- application state ----
+
+    /// The application state the previous generation handed over
+    /// ([`hand_over_state`](Self::hand_over_state)), read and checked: `Ok(Some(bytes))`
+    /// when it sent state of `expected_version`, `Ok(None)` on a fresh start or when it
+    /// sent none (it had no provider, or its provider failed).
+    ///
+    /// Call it before [`ready`](Self::ready), once: a second call is
+    /// [`StateError::AlreadyRead`], a call after `ready` is [`StateError::AfterReady`]
+    /// (state not read by then is dropped, with a warning). See [`crate::state`].
+    ///
+    /// # Errors
+    ///
+    /// [`StateError::VersionMismatch`] for state of another version,
+    /// [`StateError::TooLarge`] for more than
+    /// [`Builder::max_state_len`] bytes, [`StateError::Corrupt`] or [`StateError::Io`]
+    /// when it cannot be read; the process then starts without it.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # use endless_unix::{Endless, Net};
+    /// # fn server<N: Net>(endless: Endless<N>) {
+    /// let sessions: Vec<u8> = match endless.inherited_state(1) {
+    ///     Ok(state) => state.unwrap_or_default(),
+    ///     Err(e) => {
+    ///         eprintln!("starting without the previous generation's sessions: {e}");
+    ///         Vec::new()
+    ///     }
+    /// };
+    /// # }
+    /// ```
+    pub fn inherited_state(&self, expected_version: u32) -> Result<Option<Vec<u8>>, StateError> {
+        self.handle.inherited_state(expected_version)
+    }
+
+    /// Hands application state to every next generation: at each restart, just before the
+    /// successor is spawned, `produce` runs on a thread of its own and its bytes go to the
+    /// successor as state of `version` (the application's number for their layout), which
+    /// it reads with [`inherited_state`](Self::inherited_state). Replaces what was
+    /// registered before.
+    ///
+    /// A `produce` that panics, or returns more than [`Builder::max_state_len`] bytes, is
+    /// logged as an error and the successor starts without state: the restart goes on. One
+    /// that never returns fails the restart at the upgrade timeout. See [`crate::state`].
+    pub fn hand_over_state(
+        &self,
+        version: u32,
+        produce: impl Fn() -> Vec<u8> + Send + Sync + 'static,
+    ) {
+        self.handle.hand_over_state(version, produce);
     }
 
     // ---- connection takeover ----

@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::fs::File;
 use std::future::Future;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
@@ -20,9 +21,10 @@ use std::sync::atomic::Ordering;
 use async_channel::{Receiver, Sender};
 use endless_core::control::{Answer, Answers, RefusalKind};
 use endless_core::ready::{Readiness, ReadyParser};
+use endless_core::state::Header;
 use endless_core::{
-    Action, ChildStatus, DrainCause, Event, Input, Lifecycle, Output, Request, Status,
-    UpgradeFailure,
+    Action, ChildStatus, DrainCause, Event, FdKind, Input, Lifecycle, Output, Phase, Request,
+    Status, UpgradeFailure,
 };
 use tracing::Instrument;
 
@@ -31,6 +33,7 @@ use crate::handle::{Exit, Shared, lock};
 use crate::notify::Notifier;
 use crate::runtime::{ReadinessReader, Runtime};
 use crate::spawn::{self, HandoffFd};
+use crate::state::ProvideError;
 use crate::takeover::Outbox;
 
 /// What reaches the driver task.
@@ -42,6 +45,14 @@ pub(crate) enum Message {
     /// outcome of this request ([`Answers`]). The driver writes the answer itself, so that
     /// it is sent before the process acts on what follows (an exit, say).
     Restart(UnixStream),
+    /// The application state for the child of restart number `attempt` is written (or
+    /// could not be): spawn it now.
+    State {
+        /// Which [`Action::SpawnChild`] it is for.
+        attempt: u64,
+        /// The file and its header, or why there is none.
+        produced: Result<(File, Header), ProvideError>,
+    },
 }
 
 /// Starts the task that owns `lifecycle` on `runtime`, taking its inputs from `inputs`.
@@ -65,6 +76,7 @@ pub(crate) fn start<R: Runtime>(
         answers: Answers::new(),
         channels: HashMap::new(),
         parent_channel: None,
+        spawn_attempt: 0,
     };
     let span = driver.shared.span.clone();
     spawn(&*runtime, &span, driver.run());
@@ -110,6 +122,9 @@ struct Driver<R> {
     /// The readiness channel to the parent, kept after the "ready" line to receive
     /// connections.
     parent_channel: Option<OwnedFd>,
+    /// The number of the latest [`Action::SpawnChild`] that waits for application state:
+    /// state produced for an earlier one (given up meanwhile) is dropped.
+    spawn_attempt: u64,
 }
 
 impl<R: Runtime> Driver<R> {
@@ -164,6 +179,9 @@ impl<R: Runtime> Driver<R> {
                     tracing::info!("restart requested over the control socket");
                     self.answers.ask(connection);
                     self.lifecycle.handle(Input::Request(Request::Restart), now);
+                }
+                Some(Ok(Message::State { attempt, produced })) => {
+                    self.state_produced(attempt, produced);
                 }
                 // Unreachable while `shared` holds a sender; stop rather than spin.
                 Some(Err(_)) => return,
@@ -358,7 +376,65 @@ impl<R: Runtime> Driver<R> {
         }
     }
 
+    /// Spawns the successor; with a state provider registered, first produces the
+    /// application state on a thread of its own ([`crate::state`]), and spawns once it is
+    /// there ([`Message::State`]). The driver goes on meanwhile: it never runs the
+    /// application's provider, and the lifecycle's upgrade timeout covers one that never
+    /// returns.
     fn spawn_child(&mut self) {
+        let provider = lock(&self.shared.state_provider).clone();
+        let Some(provider) = provider else {
+            return self.spawn_with_state(None);
+        };
+        self.spawn_attempt += 1;
+        let attempt = self.spawn_attempt;
+        let inputs = self.shared.inputs.clone();
+        let max = self.shared.max_state_len;
+        let span = self.shared.span.clone();
+        let started = std::thread::Builder::new()
+            .name("endless-state".to_owned())
+            .spawn(move || {
+                let produced = span.in_scope(|| crate::state::produce(&provider, max));
+                let _ = inputs.send_blocking(Message::State { attempt, produced });
+            });
+        if let Err(e) = started {
+            tracing::error!(error = %e, "no thread to produce the application state; the new generation starts without it");
+            self.spawn_with_state(None);
+        }
+    }
+
+    /// The application state for restart `attempt` is there: spawn, if the lifecycle still
+    /// waits for that child.
+    fn state_produced(&mut self, attempt: u64, produced: Result<(File, Header), ProvideError>) {
+        let waiting = attempt == self.spawn_attempt
+            && self.lifecycle.phase() == Phase::Forking
+            && self.lifecycle.child().is_none();
+        if !waiting {
+            tracing::info!(
+                attempt,
+                "application state produced for a restart given up: dropped"
+            );
+            return;
+        }
+        let file = match produced {
+            Ok((file, header)) => {
+                tracing::info!(
+                    version = header.version,
+                    bytes = header.len,
+                    "handing application state to the new generation"
+                );
+                Some(file)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "no application state for the new generation; it starts without it");
+                None
+            }
+        };
+        self.spawn_with_state(file);
+    }
+
+    /// Spawns the successor with the registered fds, and `state` as `endless.state`.
+    fn spawn_with_state(&mut self, state: Option<File>) {
         let now = self.runtime.now();
         let failed = |lc: &mut Lifecycle, what: &str, error: &dyn fmt::Display| {
             lc.handle(
@@ -376,6 +452,11 @@ impl<R: Runtime> Driver<R> {
                 kind: r.kind,
                 fd: r.fd.as_fd(),
             })
+            .chain(state.as_ref().map(|file| HandoffFd {
+                name: crate::state::INVENTORY_NAME,
+                kind: FdKind::Other,
+                fd: file.as_fd(),
+            }))
             .collect();
         let mut prepared = match spawn::prepare(&self.shared.executable, &handoff) {
             Ok(prepared) => prepared,
@@ -388,6 +469,8 @@ impl<R: Runtime> Driver<R> {
         let channel = ready.try_clone();
         drop(handoff);
         drop(registry);
+        // The child has its own copy (or there is no child): this process needs none.
+        drop(state);
         let mut child = match spawned {
             Ok(child) => child,
             Err(e) => return failed(&mut self.lifecycle, "cannot start the new process", &e),

@@ -31,6 +31,7 @@ use crate::pidfile::PidFile;
 use crate::runtime::Runtime;
 use crate::signals::{Signal, SignalMap};
 use crate::spawn::Executable;
+use crate::state::{self, StateError};
 use crate::takeover::{
     HandOverError, HandOverFailure, Held, Inbox, Outbox, Outgoing, ReceiveError, Receivers,
 };
@@ -50,6 +51,7 @@ pub(crate) struct Options {
     on_event: Option<EventHook>,
     executable: Option<Executable>,
     notify_socket: Option<NotifySocket>,
+    max_state_len: usize,
 }
 
 impl fmt::Debug for Options {
@@ -61,6 +63,7 @@ impl fmt::Debug for Options {
             .field("on_event", &self.on_event.as_ref().map(|_| "…"))
             .field("executable", &self.executable)
             .field("notify_socket", &self.notify_socket)
+            .field("max_state_len", &self.max_state_len)
             .finish()
     }
 }
@@ -74,6 +77,7 @@ impl Default for Options {
             on_event: None,
             executable: None,
             notify_socket: None,
+            max_state_len: state::DEFAULT_MAX_LEN,
         }
     }
 }
@@ -128,6 +132,13 @@ impl Options {
     #[must_use]
     pub(crate) fn notify_socket(mut self, target: NotifySocket) -> Self {
         self.notify_socket = Some(target);
+        self
+    }
+
+    /// The most bytes of application state this process sends or reads ([`crate::state`]).
+    #[must_use]
+    pub(crate) fn max_state_len(mut self, bytes: usize) -> Self {
+        self.max_state_len = bytes;
         self
     }
 }
@@ -197,6 +208,12 @@ pub enum ListenError {
         /// The listener's name.
         name: String,
     },
+    /// The name starts with `endless.`, which names endless' own fds
+    /// ([`state::RESERVED_PREFIX`]).
+    ReservedName {
+        /// The listener's name.
+        name: String,
+    },
     /// The inherited fd of this name is of another kind.
     Take {
         /// The listener's name.
@@ -236,6 +253,7 @@ impl ListenError {
     pub fn name(&self) -> &str {
         match self {
             Self::DuplicateName { name }
+            | Self::ReservedName { name }
             | Self::Take { name, .. }
             | Self::Resolve { name, .. }
             | Self::Bind { name, .. }
@@ -264,6 +282,11 @@ impl fmt::Display for ListenError {
         write!(f, "listener {:?}: ", self.name())?;
         match self {
             Self::DuplicateName { .. } => f.write_str("a listener of this name already exists"),
+            Self::ReservedName { .. } => write!(
+                f,
+                "names that start with {:?} are reserved for endless' own fds",
+                state::RESERVED_PREFIX
+            ),
             Self::Take { source, .. } => source.fmt(f),
             Self::Resolve {
                 addr,
@@ -285,7 +308,7 @@ impl std::error::Error for ListenError {
             Self::Take { source, .. } => Some(source),
             Self::Resolve { source, .. } => source.as_ref().map(|e| e as _),
             Self::Bind { source, .. } | Self::Io { source, .. } => Some(source),
-            Self::DuplicateName { .. } => None,
+            Self::DuplicateName { .. } | Self::ReservedName { .. } => None,
         }
     }
 }
@@ -294,6 +317,7 @@ impl From<ListenError> for io::Error {
     fn from(e: ListenError) -> Self {
         let kind = match &e {
             ListenError::DuplicateName { .. } => io::ErrorKind::AlreadyExists,
+            ListenError::ReservedName { .. } => io::ErrorKind::InvalidInput,
             ListenError::Take { .. } => io::ErrorKind::InvalidData,
             ListenError::Resolve { source, .. } => source
                 .as_ref()
@@ -333,6 +357,12 @@ pub(crate) struct Shared {
     pub(crate) outbox: Mutex<Option<Outbox>>,
     /// The span of every line endless logs in this process ([`process_span`]).
     pub(crate) span: tracing::Span,
+    /// The application state handed over by the previous generation.
+    pub(crate) state: Mutex<state::Slot>,
+    /// What produces the application state for the next generation.
+    pub(crate) state_provider: Mutex<Option<state::Provider>>,
+    /// The most bytes of application state sent or read.
+    pub(crate) max_state_len: usize,
 }
 
 impl Shared {
@@ -449,6 +479,15 @@ impl Handle {
             None => Executable::current().map_err(StartError::Executable)?,
         };
         let origin = inherited.origin();
+        // Taken now, so that it is never closed as unclaimed: it is dropped at `ready`, with
+        // a warning if nobody read it.
+        let state_file = match inherited.take(state::INVENTORY_NAME, FdKind::Other) {
+            Ok(fd) => fd.map(std::fs::File::from),
+            Err(e) => {
+                tracing::warn!(error = %e, "the inherited application state is unusable");
+                None
+            }
+        };
         let (inputs, receiver) = async_channel::unbounded();
         let shared = Arc::new(Shared {
             inputs,
@@ -466,6 +505,9 @@ impl Handle {
             receivers: Mutex::new(Receivers::new()),
             outbox: Mutex::new(None),
             span: span.clone(),
+            state: Mutex::new(state::Slot::Unread(state_file)),
+            state_provider: Mutex::new(None),
+            max_state_len: options.max_state_len,
         });
 
         let (signal_tx, signal_rx) = async_channel::unbounded();
@@ -636,6 +678,11 @@ impl Handle {
     /// Takes the inherited fd `name`, checked to be of `kind`; `Ok(None)` if there is none.
     /// Register what you keep with [`register`](Self::register) to pass it on.
     pub(crate) fn take(&self, name: &str, kind: FdKind) -> Result<Option<OwnedFd>, ListenError> {
+        if name.starts_with(state::RESERVED_PREFIX) {
+            return Err(ListenError::ReservedName {
+                name: name.to_owned(),
+            });
+        }
         if lock(&self.shared.registry).iter().any(|r| r.name == name) {
             return Err(ListenError::DuplicateName {
                 name: name.to_owned(),
@@ -657,6 +704,11 @@ impl Handle {
         kind: FdKind,
         fd: BorrowedFd<'_>,
     ) -> Result<(), ListenError> {
+        if name.starts_with(state::RESERVED_PREFIX) {
+            return Err(ListenError::ReservedName {
+                name: name.to_owned(),
+            });
+        }
         let mut registry = lock(&self.shared.registry);
         if registry.iter().any(|r| r.name == name) {
             return Err(ListenError::DuplicateName {
@@ -785,11 +837,37 @@ impl Handle {
             .await
     }
 
+    // ---- application state ----
+
+    /// The application state the previous generation handed over, if it is of
+    /// `expected_version` (see [`crate::state`]).
+    pub(crate) fn inherited_state(
+        &self,
+        expected_version: u32,
+    ) -> Result<Option<Vec<u8>>, StateError> {
+        lock(&self.shared.state).take(expected_version, self.shared.max_state_len)
+    }
+
+    /// Produce the application state for every next generation with `produce`, as
+    /// `version` (replacing what was registered before).
+    pub(crate) fn hand_over_state(
+        &self,
+        version: u32,
+        produce: impl Fn() -> Vec<u8> + Send + Sync + 'static,
+    ) {
+        *lock(&self.shared.state_provider) = Some(state::Provider {
+            version,
+            produce: Arc::new(produce),
+        });
+    }
+
     // ---- commands ----
 
     /// The application serves: tell the parent (if any) and the service manager. The
-    /// parent then stops accepting and drains. Only the first call counts.
+    /// parent then stops accepting and drains. Only the first call counts. Application
+    /// state not read by now is dropped.
     pub(crate) fn ready(&self) {
+        lock(&self.shared.state).drop_unread(self.shared.max_state_len);
         let _ = self.shared.inputs.try_send(Message::Input(Input::Ready));
     }
 

@@ -42,6 +42,8 @@
 //!   ([`control::restart`]), and the control socket beside the pid file that answers it.
 //! - [`takeover`]: handing established connections over the readiness channel
 //!   (`SCM_RIGHTS`).
+//! - [`state`]: handing the application's own state (a cache, counters, a session
+//!   table) to the next generation, as one bounded, versioned blob it reads before ready.
 //!
 //! All `unsafe` code of endless lives in one private module of this crate (`sys`), each
 //! block with its safety argument.
@@ -73,6 +75,7 @@ pub mod pidfile;
 pub mod runtime;
 pub mod signals;
 pub mod spawn;
+pub mod state;
 #[allow(unsafe_code)]
 mod sys;
 pub mod takeover;

@@ -533,6 +533,72 @@ pub(crate) fn wait_fd(fd: BorrowedFd<'_>, write: bool) -> io::Result<()> {
     retry_rustix(|| rustix::event::poll(&mut pollfd, None)).map(drop)
 }
 
+// ---------------------------------------------------------------------------------------
+// Anonymous files: the application state handed to the successor
+// ---------------------------------------------------------------------------------------
+
+/// A new file that has no name, open for reading and writing, close-on-exec: a `memfd`
+/// where the system has them (Linux, Android, FreeBSD; sealable), else a file created in
+/// `std::env::temp_dir()` with a fresh name, mode 0600, and unlinked at once.
+pub(crate) fn anonymous_file(name: &str) -> io::Result<File> {
+    #[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
+    {
+        use rustix::fs::MemfdFlags;
+        match rustix::fs::memfd_create(name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING) {
+            Ok(fd) => return Ok(File::from(fd)),
+            // An old kernel, or a sandbox that forbids it: a file in the temp dir will do.
+            Err(Errno::NOSYS | Errno::PERM | Errno::ACCESS) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    unlinked_file(&std::env::temp_dir(), name)
+}
+
+/// A file created in `dir` under a fresh name, mode 0600, close-on-exec (std opens every
+/// file so), and unlinked before it is returned.
+pub(crate) fn unlinked_file(dir: &Path, name: &str) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let mut last = None;
+    for _ in 0..64 {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let path = dir.join(format!(".{name}-{}-{n}", std::process::id()));
+        match std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+        {
+            Ok(file) => {
+                std::fs::remove_file(&path)?;
+                return Ok(file);
+            }
+            // Left behind by a process that had our pid: try the next name.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| io::Error::from(io::ErrorKind::AlreadyExists)))
+}
+
+/// Makes `file` read-only for good where the system can say so (the seals of a `memfd`):
+/// whoever holds it can rely on its contents not changing. Elsewhere, or for a file that
+/// cannot be sealed, does nothing.
+pub(crate) fn seal(file: &File) {
+    #[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
+    {
+        use rustix::fs::SealFlags;
+        let seals = SealFlags::SHRINK | SealFlags::GROW | SealFlags::WRITE | SealFlags::SEAL;
+        if let Err(e) = rustix::fs::fcntl_add_seals(file, seals) {
+            tracing::debug!(error = %e, "the application state file is not sealed");
+        }
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android", target_os = "freebsd")))]
+    let _ = file;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,15 +9,58 @@
 //! - `version` is answered with the environment variable `ECHO_VERSION` (default `1`), to
 //!   show that a restart runs the binary (or wrapper) now on disk;
 //! - `runtime` is answered with the runtime the server runs on (`tokio`, `smol`,
-//!   `async-std`), to show a handover from one build to another.
+//!   `async-std`), to show a handover from one build to another;
+//! - `count` is answered with the number of lines answered before it. With
+//!   `--state-version N` ([`carry_count`]) the count survives restarts: each generation
+//!   hands it to the next as application state of version N, so it counts the lines the
+//!   whole service answered.
 //!
 //! A UDP datagram is answered with the pid and the datagram, without its trailing newline.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+use endless_unix::adapter::Endless;
+use endless_unix::{Net, state::StateError};
+
+/// The lines answered so far (by this generation, plus what its predecessor handed over).
+static ANSWERED: AtomicU64 = AtomicU64::new(0);
+
+/// With `--state-version VERSION`: starts the count at the one the previous generation
+/// handed over (as application state of `VERSION`: the count, eight bytes big-endian), and
+/// hands it to the next generation the same way. Call it before `ready`. Without (`None`),
+/// nothing is read or handed over.
+pub fn carry_count<N: Net>(endless: &Endless<N>, version: Option<u32>) {
+    let Some(version) = version else {
+        return;
+    };
+    match endless.inherited_state(version) {
+        Ok(Some(bytes)) => match <[u8; 8]>::try_from(bytes.as_slice()) {
+            Ok(count) => {
+                let count = u64::from_be_bytes(count);
+                ANSWERED.store(count, Ordering::SeqCst);
+                tracing::info!(count, version, "inherited the count");
+            }
+            Err(_) => tracing::warn!(
+                bytes = bytes.len(),
+                "inherited state is not a count; starting from 0"
+            ),
+        },
+        Ok(None) => tracing::info!(version, "no count inherited; starting from 0"),
+        Err(e @ StateError::VersionMismatch { .. }) => {
+            tracing::warn!(error = %e, "the count is of another version; starting from 0");
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot inherit the count; starting from 0"),
+    }
+    endless.hand_over_state(version, || {
+        ANSWERED.load(Ordering::SeqCst).to_be_bytes().to_vec()
+    });
+}
 
 /// The answer to `line` (without its newline) and how long to wait before sending it.
 pub fn answer(line: &str, runtime: &str) -> (Option<Duration>, String) {
     let pid = std::process::id();
+    let answered = ANSWERED.fetch_add(1, Ordering::SeqCst);
     if let Some(ms) = line.strip_prefix("sleep ") {
         let ms: u64 = ms.trim().parse().unwrap_or(0);
         return (Some(Duration::from_millis(ms)), format!("{pid} {line}\n"));
@@ -26,6 +69,7 @@ pub fn answer(line: &str, runtime: &str) -> (Option<Duration>, String) {
         "fds" => subprocess_fds(),
         "version" => std::env::var("ECHO_VERSION").unwrap_or_else(|_| "1".to_owned()),
         "runtime" => runtime.to_owned(),
+        "count" => answered.to_string(),
         _ => line.to_owned(),
     };
     (None, format!("{pid} {answer}\n"))

@@ -36,6 +36,7 @@ pub const IDLE_GRACE: Duration = Duration::from_secs(2);
 /// runs the lifecycle; returns the exit code.
 pub async fn echo(args: Args, runtime: &'static str, spawn: Spawn) -> i32 {
     let endless: Endless = args.start_endless();
+    crate::echo::carry_count(&endless, args.state_version);
     for (i, addr) in args.listen.iter().enumerate() {
         let name = Args::listener_name(i);
         if let Err(e) = echo_listen(&endless, &name, addr, runtime, spawn) {

@@ -13,6 +13,9 @@
 //! --tls-key PATH         (TLS servers) the private key, PEM
 //! --hand-over-idle       (hello-hyper, hello-axum) hand idle HTTP/1.1 keep-alive
 //!                        connections to the new generation instead of draining them
+//! --state-version N      (echo servers) carry the count of answered lines across
+//!                        restarts as application state of version N; `none` (the
+//!                        default) to neither hand it over nor read it
 //! ```
 //!
 //! and one subcommand, for deploy scripts ([`RestartArgs`]):
@@ -95,6 +98,8 @@ pub struct Args {
     pub tls_key: Option<PathBuf>,
     /// `--hand-over-idle`.
     pub hand_over_idle: bool,
+    /// `--state-version` (`None`: `none`, the default).
+    pub state_version: Option<u32>,
 }
 
 impl Args {
@@ -131,6 +136,7 @@ impl Args {
             tls_cert: None,
             tls_key: None,
             hand_over_idle: false,
+            state_version: None,
         };
         let mut args = args.into_iter();
         while let Some(flag) = args.next() {
@@ -161,6 +167,16 @@ impl Args {
                 "--tls-cert" => parsed.tls_cert = Some(value()?.into()),
                 "--tls-key" => parsed.tls_key = Some(value()?.into()),
                 "--hand-over-idle" => parsed.hand_over_idle = true,
+                "--state-version" => {
+                    let v = value()?;
+                    parsed.state_version =
+                        match v.as_str() {
+                            "none" => None,
+                            n => Some(n.parse().map_err(|_| {
+                                format!("{flag} takes a number or `none`, not {v:?}")
+                            })?),
+                        };
+                }
                 "-h" | "--help" => return Err("help requested".into()),
                 other => return Err(format!("unknown argument {other:?}")),
             }
@@ -263,7 +279,8 @@ impl RestartArgs {
 
 /// Usage text.
 pub const USAGE: &str = "usage: SERVER [--listen ADDR|unix:PATH|udp:ADDR]... [--pid-file PATH] \
-[--drain-timeout SECS|never] [--upgrade-timeout SECS] [--tls-cert PATH --tls-key PATH] [--hand-over-idle]
+[--drain-timeout SECS|never] [--upgrade-timeout SECS] [--tls-cert PATH --tls-key PATH] [--hand-over-idle] \
+[--state-version N|none]
        SERVER restart --pid-file PATH [--timeout SECS]";
 
 /// The HTTP examples' handler: `pid=<pid>` and a newline, after `?sleep=MS` milliseconds
@@ -464,6 +481,15 @@ mod tests {
         assert!(parse(&["--listen"]).is_err());
         assert!(parse(&["--drain-timeout", "-1"]).is_err());
         assert!(parse(&["--bogus"]).is_err());
+        assert_eq!(parse(&[]).unwrap().state_version, None);
+        let v = |args: &[&str]| parse(args).map(|a| a.state_version);
+        assert_eq!(v(&["--state-version", "3"]), Ok(Some(3)));
+        // The last one wins: a wrapper script can append its own.
+        assert_eq!(
+            v(&["--state-version", "3", "--state-version", "none"]),
+            Ok(None)
+        );
+        assert!(v(&["--state-version", "-1"]).is_err());
     }
 
     #[test]

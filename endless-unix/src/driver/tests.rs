@@ -67,6 +67,8 @@ struct World {
     signals: Mutex<Option<Sender<Signal>>>,
     /// The command lines spawned.
     spawned: Mutex<Vec<String>>,
+    /// The `ENDLESS_FD_*` values of each spawned command, in fd order.
+    handoffs: Mutex<Vec<Vec<String>>>,
 }
 
 /// A runtime whose clock, children and signals the test controls.
@@ -83,6 +85,7 @@ impl Fake {
             next_pid: Mutex::new(4_000_000),
             signals: Mutex::new(None),
             spawned: Mutex::new(Vec::new()),
+            handoffs: Mutex::new(Vec::new()),
         }))
     }
 
@@ -214,6 +217,15 @@ impl Runtime for Fake {
             .collect::<Vec<_>>()
             .join(" ");
         lock(&self.0.spawned).push(line);
+        let mut fds: Vec<(String, String)> = command
+            .get_envs()
+            .filter_map(|(k, v)| {
+                let k = k.to_str()?.strip_prefix("ENDLESS_FD_")?.to_owned();
+                Some((k, v?.to_string_lossy().into_owned()))
+            })
+            .collect();
+        fds.sort_by_key(|(fd, _)| fd.parse::<u32>().unwrap_or(u32::MAX));
+        lock(&self.0.handoffs).push(fds.into_iter().map(|(_, v)| v).collect());
         let pid = {
             let mut next = lock(&self.0.next_pid);
             *next += 1;
@@ -742,4 +754,87 @@ fn the_restart_command_is_told_a_crash_with_its_status_and_a_timeout() {
         "{late:?}"
     );
     assert!(s.handle.is_accepting());
+}
+
+#[test]
+fn application_state_is_produced_off_the_driver_and_handed_to_the_child() {
+    let s = Server::start(Server::config());
+    s.handle.hand_over_state(7, || b"hits=41".to_vec());
+    s.rt.signal(Signal::HUP);
+    s.rt.settle_until("the child spawned once the state is written", || {
+        !lock(&s.rt.0.spawned).is_empty()
+    });
+    assert_eq!(*lock(&s.rt.0.handoffs), [["other:endless.state"]]);
+    let child = s.rt.last_child();
+    s.rt.say_ready(child);
+    assert!(!s.handle.is_accepting());
+}
+
+#[test]
+fn a_provider_that_panics_leaves_the_restart_going_without_state() {
+    let s = Server::start(Server::config());
+    s.handle
+        .hand_over_state(1, || panic!("the cache is poisoned"));
+    s.rt.signal(Signal::HUP);
+    s.rt.settle_until("the child spawned without state", || {
+        !lock(&s.rt.0.spawned).is_empty()
+    });
+    assert_eq!(*lock(&s.rt.0.handoffs), [Vec::<String>::new()]);
+    s.rt.say_ready(s.rt.last_child());
+    assert!(!s.handle.is_accepting(), "the restart went on");
+}
+
+#[test]
+fn a_provider_that_never_returns_fails_only_its_restart() {
+    let s = Server::start(Server::config());
+    let (release, wait) = std::sync::mpsc::channel::<()>();
+    let wait = Mutex::new(wait);
+    s.handle.hand_over_state(1, move || {
+        let _ = lock(&wait).recv();
+        b"late".to_vec()
+    });
+    s.rt.signal(Signal::HUP);
+    // The driver is not blocked: a second request is answered (refused) meanwhile.
+    s.rt.signal(Signal::HUP);
+    assert!(s.saw(|e| matches!(e, Event::Refused { .. })));
+    assert!(lock(&s.rt.0.spawned).is_empty());
+    s.rt.advance(UPGRADE);
+    assert!(s.saw(|e| matches!(
+        e,
+        Event::UpgradeFailed {
+            pid: None,
+            reason: UpgradeFailure::TimedOut
+        }
+    )));
+    assert!(s.handle.is_accepting());
+    // The late state is dropped; the next restart spawns exactly one child, with its own.
+    release.send(()).unwrap();
+    release.send(()).unwrap();
+    s.rt.signal(Signal::HUP);
+    s.rt.settle_until("the second restart's child", || {
+        !lock(&s.rt.0.spawned).is_empty()
+    });
+    std::thread::sleep(Duration::from_millis(20));
+    s.rt.settle();
+    assert_eq!(lock(&s.rt.0.spawned).len(), 1);
+    s.rt.say_ready(s.rt.last_child());
+    assert!(!s.handle.is_accepting());
+}
+
+#[test]
+fn state_asked_for_after_ready_is_an_error_and_endless_names_are_reserved() {
+    let s = Server::start(Server::config()); // it reported ready
+    assert!(matches!(
+        s.handle.inherited_state(1),
+        Err(crate::state::StateError::AfterReady)
+    ));
+    let (socket, _peer) = UnixStream::pair().unwrap();
+    assert!(matches!(
+        s.handle.register(
+            "endless.mine",
+            endless_core::FdKind::Other,
+            std::os::fd::AsFd::as_fd(&socket)
+        ),
+        Err(crate::handle::ListenError::ReservedName { .. })
+    ));
 }

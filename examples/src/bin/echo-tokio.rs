@@ -13,6 +13,10 @@
 //! kill -HUP <pid>            # restart: connections in hand finish, new ones go to the new pid
 //! ```
 //!
+//! With `--state-version N`, the count of answered lines (`count`) survives restarts:
+//! each generation hands it to the next as application state (see
+//! [`endless_examples::echo::carry_count`]).
+//!
 //! A line protocol has no way to tell a client "this connection is closing" without racing
 //! the client's next line, so a draining process keeps each connection until the client
 //! hangs up, or until the drain deadline closes it.
@@ -26,6 +30,7 @@ async fn main() {
     init_logging();
     let args = Args::from_env();
     let endless: Endless = args.start_endless();
+    echo::carry_count(&endless, args.state_version);
     for (i, addr) in args.listen.iter().enumerate() {
         let name = Args::listener_name(i);
         if let Err(e) = listen(&endless, &name, addr) {
