@@ -106,6 +106,11 @@
 //!
 //! `ConnectInfo<PeerAddr>` (`into_make_service_with_connect_info::<PeerAddr>()`) tells
 //! the peers of Unix listeners apart too; with `SocketAddr` they are `0.0.0.0:0`.
+//!
+//! # Features
+//!
+//! - `tls`: TLS through tokio-rustls (`Server::tls`, the `tls` module). Off by default.
+//! - `axum`: axum's `ConnectInfo` (above). Off by default.
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -116,6 +121,7 @@ mod server;
 mod service;
 mod takeover;
 #[cfg(feature = "tls")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
 pub mod tls;
 
 pub use peer::{ConnectionInfo, PeerAddr};
