@@ -16,6 +16,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::Server;
 use crate::h2_shutdown;
+use crate::peer::{PeerAddr, WithPeer};
 use crate::service::{BoxError, ConnState, DrainAware, HttpService, ResponseBody, poll_draining};
 use crate::takeover::{self, IntoStream};
 
@@ -25,6 +26,7 @@ impl Server {
     pub(crate) async fn h1_takeover<T, S, B>(
         &self,
         io: takeover::Prefixed<T>,
+        peer: PeerAddr,
         service: S,
         mut closing: Closing,
     ) where
@@ -37,7 +39,10 @@ impl Server {
         };
         let idle = Arc::new(takeover::Idle::default());
         let counted = takeover::Counted {
-            inner: service.clone().into_connection(),
+            inner: WithPeer {
+                inner: service.clone().into_connection(),
+                peer: peer.clone(),
+            },
             idle: Arc::clone(&idle),
         };
         let io = TokioIo::new(takeover::Watched::new(io, Arc::clone(&idle)));
@@ -72,7 +77,7 @@ impl Server {
                     let mut unconsumed = parts.read_buf.to_vec();
                     unconsumed.extend_from_slice(&left);
                     return self
-                        .hand_over_h1(&takeover, stream, unconsumed, service)
+                        .hand_over_h1(&takeover, stream, unconsumed, peer, service)
                         .await;
                 }
                 // Its last request had a body: drained here.
@@ -98,6 +103,7 @@ impl Server {
         takeover: &takeover::Takeover,
         stream: T,
         unconsumed: Vec<u8>,
+        peer: PeerAddr,
         service: S,
     ) where
         T: IntoStream,
@@ -123,24 +129,32 @@ impl Server {
         match back {
             endless_tokio::Stream::Tcp(io) => {
                 let io = takeover::Prefixed::new(prefix, io);
-                self.http(io, service, Closing::fired()).await;
+                self.http(io, peer, service, Closing::fired()).await;
             }
             endless_tokio::Stream::Unix(io) => {
                 let io = takeover::Prefixed::new(prefix, io);
-                self.http(io, service, Closing::fired()).await;
+                self.http(io, peer, service, Closing::fired()).await;
             }
         }
     }
 
-    pub(crate) async fn http<I, S, B>(&self, io: I, service: S, mut closing: Closing)
-    where
+    pub(crate) async fn http<I, S, B>(
+        &self,
+        io: I,
+        peer: PeerAddr,
+        service: S,
+        mut closing: Closing,
+    ) where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
         S: HttpService<B>,
         B: ResponseBody,
     {
         let state = Arc::new(ConnState::default());
         let service = DrainAware {
-            inner: service.into_connection(),
+            inner: WithPeer {
+                inner: service.into_connection(),
+                peer,
+            },
             state: Arc::clone(&state),
         };
         let conn = self

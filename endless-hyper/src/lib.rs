@@ -58,17 +58,73 @@
 //! }
 //! ```
 //!
-//! With axum, pass the `Router` itself: `Server::new().serve(listener, router)`.
+//! Each request carries the address of its connection's peer in its extensions:
+//! [`PeerAddr`] (TCP or Unix).
+//!
+//! # axum
+//!
+//! Pass the `Router` itself: `Server::new().serve(listener, router)`. For axum's
+//! `ConnectInfo<SocketAddr>` extractor, turn on this crate's `axum` feature and serve the
+//! make service axum makes for it, as with `axum::serve`
+//! ([`Server::serve_with_connect_info`]):
+//!
+//! ```
+//! # #[cfg(not(feature = "axum"))]
+//! # fn main() {}
+//! # #[cfg(feature = "axum")]
+//! # #[tokio::main]
+//! # async fn main() -> std::io::Result<()> {
+//! use std::net::SocketAddr;
+//! use axum::{Router, extract::ConnectInfo, routing::get};
+//! use endless_hyper::Server;
+//! use endless_tokio::Endless;
+//! # use tokio::io::{AsyncReadExt, AsyncWriteExt};
+//!
+//! async fn hello(ConnectInfo(peer): ConnectInfo<SocketAddr>) -> String {
+//!     format!("hello, {peer}\n")
+//! }
+//!
+//! let endless = Endless::start()?;
+//! let listener = endless.tcp_listener("http", "127.0.0.1:0")?;
+//! # let addr = listener.local_addr()?;
+//! let app = Router::new().route("/", get(hello));
+//! Server::new().serve_with_connect_info(listener, app.into_make_service_with_connect_info::<SocketAddr>());
+//! endless.ready();
+//! # let mut client = tokio::net::TcpStream::connect(addr).await?;
+//! # let local = client.local_addr()?;
+//! # client.write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await?;
+//! # let mut response = String::new();
+//! # client.read_to_string(&mut response).await?;
+//! # assert!(response.ends_with(&format!("hello, {local}\n")), "{response}");
+//! # endless.request(endless_tokio::Request::Stop);
+//! let exit = endless.run().await;
+//! # assert_eq!(exit.code, 0);
+//! # return Ok(());
+//! std::process::exit(exit.code);
+//! # }
+//! ```
+//!
+//! `ConnectInfo<PeerAddr>` (`into_make_service_with_connect_info::<PeerAddr>()`) tells
+//! the peers of Unix listeners apart too; with `SocketAddr` they are `0.0.0.0:0`.
+//!
+//! # Features
+//!
+//! - `tls`: TLS through tokio-rustls (`Server::tls`, the `tls` module). Off by default.
+//! - `axum`: axum's `ConnectInfo` (above). Off by default.
 #![warn(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod drain;
 mod h2_shutdown;
+mod peer;
 mod server;
 mod service;
 mod takeover;
 #[cfg(feature = "tls")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
 pub mod tls;
 
+pub use peer::{ConnectionInfo, PeerAddr};
 pub use server::{Accept, DEFAULT_IDLE_GRACE, Server, TLS_HANDSHAKE_TIMEOUT};
 pub use service::{BoxError, HttpService, HyperService, ResponseBody};
 pub use takeover::IntoStream;

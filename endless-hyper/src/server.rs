@@ -13,7 +13,8 @@ use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::drain::{Closers, Closing};
-use crate::service::{HttpService, ResponseBody};
+use crate::peer::{ConnectionInfo, PeerAddr};
+use crate::service::{BoxError, Cloned, HttpService, MakeHttpService, MakeWith, ResponseBody};
 use crate::takeover::{self, IntoStream};
 
 /// How long a draining HTTP/1.1 connection may stay idle before it is closed, unless
@@ -31,9 +32,9 @@ pub trait Accept: Send + Sync + 'static {
     /// The tracked stream, as [`Server::hand_over_idle`] hands it over.
     type Tracked: IntoStream + AsyncRead + AsyncWrite + Unpin + Send + 'static;
 
-    /// The next connection, tracked for the drain, or `None` once the process stops
-    /// accepting.
-    fn accept(&self) -> impl Future<Output = io::Result<Option<Self::Tracked>>> + Send;
+    /// The next connection, tracked for the drain, and its peer; or `None` once the
+    /// process stops accepting.
+    fn accept(&self) -> impl Future<Output = io::Result<Option<(Self::Tracked, PeerAddr)>>> + Send;
 
     /// The tracker of the accepted connections.
     fn tracker(&self) -> &Tracker;
@@ -43,12 +44,12 @@ impl Accept for endless_tokio::TcpListener {
     type Stream = tokio::net::TcpStream;
     type Tracked = Tracked<tokio::net::TcpStream>;
 
-    async fn accept(&self) -> io::Result<Option<Self::Tracked>> {
+    async fn accept(&self) -> io::Result<Option<(Self::Tracked, PeerAddr)>> {
         let accepted = Self::accept(self).await?;
-        Ok(accepted.map(|(stream, _)| {
+        Ok(accepted.map(|(stream, peer)| {
             // Small responses go out at once, as every HTTP server does it.
             let _ = stream.set_nodelay(true);
-            stream
+            (stream, PeerAddr::Tcp(peer))
         }))
     }
 
@@ -61,9 +62,9 @@ impl Accept for endless_tokio::UnixListener {
     type Stream = tokio::net::UnixStream;
     type Tracked = Tracked<tokio::net::UnixStream>;
 
-    async fn accept(&self) -> io::Result<Option<Self::Tracked>> {
+    async fn accept(&self) -> io::Result<Option<(Self::Tracked, PeerAddr)>> {
         let accepted = Self::accept(self).await?;
-        Ok(accepted.map(|(stream, _)| stream))
+        Ok(accepted.map(|(stream, peer)| (stream, PeerAddr::from(peer))))
     }
 
     fn tracker(&self) -> &Tracker {
@@ -131,6 +132,7 @@ impl Server {
     /// [`tls::acceptor_from_pem_files`](crate::tls::acceptor_from_pem_files); offer ALPN
     /// `h2` and `http/1.1` for HTTP/2).
     #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
     #[must_use]
     pub fn tls(mut self, acceptor: tokio_rustls::TlsAcceptor) -> Self {
         self.tls = Some(acceptor);
@@ -173,11 +175,70 @@ impl Server {
     /// within the tokio runtime.
     ///
     /// `service` is a tower service (an axum `Router`), or a hyper service wrapped in
-    /// [`HyperService`](crate::HyperService): see [`HttpService`].
+    /// [`HyperService`](crate::HyperService): see [`HttpService`]. Each request carries
+    /// the address of its connection's peer in its extensions ([`PeerAddr`]).
     pub fn serve<L, S, B>(&self, listener: L, service: S) -> tokio::task::JoinHandle<()>
     where
         L: Accept,
         S: HttpService<B>,
+        B: ResponseBody,
+    {
+        self.serve_made(listener, Cloned(service))
+    }
+
+    /// Like [`serve`](Self::serve), but each connection is served by the service that
+    /// `make_service` returns for it, called once per connection with its
+    /// [`ConnectionInfo`] (as `axum::serve` and tower's `MakeService` do). An error
+    /// from `make_service` closes the connection.
+    ///
+    /// This is how axum's `ConnectInfo` extractor gets its value: with the `axum` feature,
+    /// serve `router.into_make_service_with_connect_info::<SocketAddr>()` (or
+    /// `::<PeerAddr>()`, which also tells Unix peers apart).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # #[cfg(feature = "axum")]
+    /// # async fn doc(endless: endless_tokio::Endless) -> std::io::Result<()> {
+    /// use std::net::SocketAddr;
+    /// use axum::extract::ConnectInfo;
+    ///
+    /// async fn hello(ConnectInfo(peer): ConnectInfo<SocketAddr>) -> String {
+    ///     format!("hello, {peer}\n")
+    /// }
+    ///
+    /// let app = axum::Router::new().route("/", axum::routing::get(hello));
+    /// let listener = endless.tcp_listener("http", "0.0.0.0:8080")?;
+    /// endless_hyper::Server::new()
+    ///     .serve_with_connect_info(listener, app.into_make_service_with_connect_info::<SocketAddr>());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn serve_with_connect_info<L, M, S, B>(
+        &self,
+        listener: L,
+        make_service: M,
+    ) -> tokio::task::JoinHandle<()>
+    where
+        L: Accept,
+        M: tower_service::Service<
+                ConnectionInfo,
+                Response = S,
+                Error: Into<BoxError>,
+                Future: Send,
+            > + Clone
+            + Send
+            + 'static,
+        S: HttpService<B>,
+        B: ResponseBody,
+    {
+        self.serve_made(listener, MakeWith(make_service))
+    }
+
+    fn serve_made<L, M, B>(&self, listener: L, make: M) -> tokio::task::JoinHandle<()>
+    where
+        L: Accept,
+        M: MakeHttpService<B>,
         B: ResponseBody,
     {
         let server = self.clone();
@@ -189,35 +250,18 @@ impl Server {
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .take();
             if let Some(connections) = connections {
-                let (server, service, closers) = (self.clone(), service.clone(), closers.clone());
+                let (server, make, closers) = (self.clone(), make.clone(), closers.clone());
                 tokio::spawn(async move {
                     let mut taken = 0u64;
                     while let Some(received) = connections.next().await {
                         taken += 1;
                         let prefix = bytes::Bytes::from(received.unconsumed);
-                        let (server, service) = (server.clone(), service.clone());
+                        let (server, make) = (server.clone(), make.clone());
                         let closing = closers.register();
                         tokio::spawn(async move {
-                            match received.stream {
-                                endless_tokio::Stream::Tcp(io) => {
-                                    server
-                                        .h1_takeover(
-                                            takeover::Prefixed::new(prefix, io),
-                                            service,
-                                            closing,
-                                        )
-                                        .await;
-                                }
-                                endless_tokio::Stream::Unix(io) => {
-                                    server
-                                        .h1_takeover(
-                                            takeover::Prefixed::new(prefix, io),
-                                            service,
-                                            closing,
-                                        )
-                                        .await;
-                                }
-                            }
+                            server
+                                .taken_over(received.stream, prefix, make, closing)
+                                .await;
                         });
                     }
                     if taken > 0 {
@@ -229,11 +273,13 @@ impl Server {
         tokio::spawn(async move {
             loop {
                 match listener.accept().await {
-                    Ok(Some(io)) => {
+                    Ok(Some((io, peer))) => {
                         let server = server.clone();
-                        let service = service.clone();
+                        let make = make.clone();
                         let closing = closers.register();
-                        tokio::spawn(async move { server.connection(io, service, closing).await });
+                        tokio::spawn(
+                            async move { server.connection(io, peer, make, closing).await },
+                        );
                     }
                     Ok(None) => break,
                     Err(e) => {
@@ -248,17 +294,56 @@ impl Server {
         })
     }
 
-    async fn connection<T, S, B>(self, io: T, service: S, closing: Closing)
-    where
-        T: IntoStream + AsyncRead + AsyncWrite + Unpin + Send + 'static,
-        S: HttpService<B>,
+    /// Serves a connection received from the previous generation (HTTP/1, at a request
+    /// boundary), whose peer is read from its socket.
+    async fn taken_over<M, B>(
+        self,
+        stream: endless_tokio::Stream,
+        prefix: bytes::Bytes,
+        make: M,
+        closing: Closing,
+    ) where
+        M: MakeHttpService<B>,
         B: ResponseBody,
     {
+        let peer = match &stream {
+            endless_tokio::Stream::Tcp(io) => io.peer_addr().map(PeerAddr::Tcp),
+            endless_tokio::Stream::Unix(io) => io.peer_addr().map(PeerAddr::from),
+        };
+        // Only a connection whose peer is gone has no peer address: nobody to answer.
+        let peer = match peer {
+            Ok(peer) => peer,
+            Err(e) => return tracing::debug!(error = %e, "connection taken over ended"),
+        };
+        let Some(service) = make_service(make, &peer).await else {
+            return;
+        };
+        match stream {
+            endless_tokio::Stream::Tcp(io) => {
+                let io = takeover::Prefixed::new(prefix, io);
+                self.h1_takeover(io, peer, service, closing).await;
+            }
+            endless_tokio::Stream::Unix(io) => {
+                let io = takeover::Prefixed::new(prefix, io);
+                self.h1_takeover(io, peer, service, closing).await;
+            }
+        }
+    }
+
+    async fn connection<T, M, B>(self, io: T, peer: PeerAddr, make: M, closing: Closing)
+    where
+        T: IntoStream + AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        M: MakeHttpService<B>,
+        B: ResponseBody,
+    {
+        let Some(service) = make_service(make, &peer).await else {
+            return;
+        };
         #[cfg(feature = "tls")]
         if let Some(acceptor) = &self.tls {
             let handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(io));
             match handshake.await {
-                Ok(Ok(tls)) => self.http(tls, service, closing).await,
+                Ok(Ok(tls)) => self.http(tls, peer, service, closing).await,
                 Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
                 Err(_) => tracing::debug!("TLS handshake timed out"),
             }
@@ -274,10 +359,25 @@ impl Server {
             };
             let io = takeover::Prefixed::new(prefix, io);
             if h2 {
-                return self.http(io, service, closing).await;
+                return self.http(io, peer, service, closing).await;
             }
-            return self.h1_takeover(io, service, closing).await;
+            return self.h1_takeover(io, peer, service, closing).await;
         }
-        self.http(io, service, closing).await;
+        self.http(io, peer, service, closing).await;
+    }
+}
+
+/// The service of the connection of `peer`, or `None` (logged) if `make` refuses it.
+async fn make_service<M, B>(make: M, peer: &PeerAddr) -> Option<M::Service>
+where
+    M: MakeHttpService<B>,
+    B: ResponseBody,
+{
+    match make.make(ConnectionInfo::new(peer.clone())).await {
+        Ok(service) => Some(service),
+        Err(e) => {
+            tracing::debug!(error = %e, ?peer, "connection refused by the make service");
+            None
+        }
     }
 }

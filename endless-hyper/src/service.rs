@@ -14,6 +14,8 @@ use http::{HeaderValue, Request, Response, Version, header};
 use hyper::body::Incoming;
 use hyper_util::service::TowerToHyperService;
 
+use crate::peer::ConnectionInfo;
+
 /// A hyper service (such as `hyper::service::service_fn(…)`), for
 /// [`Server::serve`](crate::Server::serve): each connection calls a clone of it directly,
 /// without going through tower.
@@ -76,6 +78,58 @@ where
 
     fn into_connection(self) -> S {
         self.0
+    }
+}
+
+/// What makes the service of each connection: a clone of one service
+/// ([`Server::serve`](crate::Server::serve): [`Cloned`]), or what a make service returns
+/// for the connection ([`Server::serve_with_connect_info`](crate::Server::serve_with_connect_info):
+/// [`MakeWith`]).
+pub(crate) trait MakeHttpService<B>: Clone + Send + 'static {
+    /// The service of a connection.
+    type Service: HttpService<B>;
+
+    /// The service of the connection `info` tells about; an error closes the connection.
+    fn make(
+        self,
+        info: ConnectionInfo,
+    ) -> impl Future<Output = Result<Self::Service, BoxError>> + Send;
+}
+
+/// Serves every connection with a clone of the same service.
+#[derive(Debug, Clone)]
+pub(crate) struct Cloned<S>(pub(crate) S);
+
+impl<S, B> MakeHttpService<B> for Cloned<S>
+where
+    S: HttpService<B>,
+{
+    type Service = S;
+
+    fn make(self, _: ConnectionInfo) -> impl Future<Output = Result<S, BoxError>> + Send {
+        std::future::ready(Ok(self.0))
+    }
+}
+
+/// Serves each connection with the service a tower make service returns for it.
+#[derive(Debug, Clone)]
+pub(crate) struct MakeWith<M>(pub(crate) M);
+
+impl<M, S, B> MakeHttpService<B> for MakeWith<M>
+where
+    M: tower_service::Service<ConnectionInfo, Response = S, Error: Into<BoxError>, Future: Send>
+        + Clone
+        + Send
+        + 'static,
+    S: HttpService<B>,
+{
+    type Service = S;
+
+    async fn make(mut self, info: ConnectionInfo) -> Result<S, BoxError> {
+        std::future::poll_fn(|cx| self.0.poll_ready(cx))
+            .await
+            .map_err(Into::into)?;
+        self.0.call(info).await.map_err(Into::into)
     }
 }
 
