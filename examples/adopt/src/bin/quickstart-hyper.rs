@@ -1,13 +1,12 @@
+use std::convert::Infallible;
+
 use endless_hyper::{HyperService, Server};
 use endless_tokio::Endless;
 use hyper::{Request, Response, body::Incoming};
-use std::convert::Infallible;
 
 async fn hello(_req: Request<Incoming>) -> Result<Response<String>, Infallible> {
-    Ok(Response::new(format!(
-        "hello from pid {}\n",
-        std::process::id()
-    )))
+    let pid = std::process::id();
+    Ok(Response::new(format!("hello from pid {pid}\n")))
 }
 
 #[tokio::main]
