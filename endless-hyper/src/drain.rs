@@ -21,6 +21,14 @@ use crate::service::{BoxError, ConnState, DrainAware, HttpService, ResponseBody,
 use crate::takeover::{self, IntoStream};
 
 impl Server {
+    /// Logs how a connection ended, in the process's span.
+    fn log_end(&self, result: Result<(), BoxError>) {
+        if let Err(e) = result {
+            let _in = self.span.enter();
+            tracing::debug!(error = %e, "connection ended with an error");
+        }
+    }
+
     /// Serves HTTP/1 on `io` and, once the process drains, hands it to the new generation
     /// at a request boundary (see [`Server::hand_over_idle`]).
     pub(crate) async fn h1_takeover<T, S, B>(
@@ -55,7 +63,7 @@ impl Server {
         })
         .await
         {
-            return log_end(result.map_err(Into::into));
+            return self.log_end(result.map_err(Into::into));
         }
         if takeover.endless.can_hand_over() {
             // Serve on until the connection is at a request boundary.
@@ -67,7 +75,7 @@ impl Server {
             })
             .await;
             match boundary {
-                Err(result) => return log_end(result.map_err(Into::into)),
+                Err(result) => return self.log_end(result.map_err(Into::into)),
                 Ok(true) => {
                     // Upgraded meanwhile: hyper serves it no more.
                     let Some(parts) = conn.into_parts() else {
@@ -88,11 +96,11 @@ impl Server {
         idle.close_responses.store(true, Ordering::SeqCst);
         tokio::select! {
             biased;
-            result = &mut conn => return log_end(result.map_err(Into::into)),
+            result = &mut conn => return self.log_end(result.map_err(Into::into)),
             () = tokio::time::sleep(self.idle_grace) => {}
         }
         Pin::new(&mut conn).graceful_shutdown();
-        log_end(conn.await.map_err(Into::into));
+        self.log_end(conn.await.map_err(Into::into));
     }
 
     /// Hands a connection taken apart at a request boundary, with the bytes read and not
@@ -117,7 +125,9 @@ impl Server {
         let back = match handed {
             Ok(()) => return,
             Err(e) => {
-                tracing::info!(error = %e, "idle connection drained here");
+                self.span.in_scope(|| {
+                    tracing::info!(error = %e, "idle connection drained here");
+                });
                 match e.connection {
                     Some(back) => back,
                     None => return,
@@ -170,7 +180,7 @@ impl Server {
         })
         .await
         {
-            return log_end(result);
+            return self.log_end(result);
         }
         if !state.h2.load(Ordering::Relaxed) {
             // HTTP/1: every response from now on says `Connection: close` (`Draining`). A
@@ -178,14 +188,14 @@ impl Server {
             // stays idle is closed after the grace period.
             tokio::select! {
                 biased;
-                result = Draining(conn.as_mut()) => return log_end(result),
+                result = Draining(conn.as_mut()) => return self.log_end(result),
                 () = tokio::time::sleep(self.idle_grace) => {}
             }
         }
         // HTTP/2: GOAWAY, streams in flight complete. HTTP/1: closes now if idle, else after
         // the response in flight (which hyper then marks `Connection: close` itself).
         conn.as_mut().graceful_shutdown();
-        log_end(Draining(conn.as_mut()).await);
+        self.log_end(Draining(conn.as_mut()).await);
     }
 }
 
@@ -336,12 +346,6 @@ impl Closers {
             key: self.shared.next.fetch_add(1, Ordering::Relaxed),
             waker: None,
         }
-    }
-}
-
-fn log_end(result: Result<(), BoxError>) {
-    if let Err(e) = result {
-        tracing::debug!(error = %e, "connection ended with an error");
     }
 }
 

@@ -11,6 +11,7 @@ use endless_tokio::{Tracked, Tracker};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
+use tracing::Instrument;
 
 use crate::drain::{Closers, Closing};
 use crate::peer::{ConnectionInfo, PeerAddr};
@@ -38,6 +39,12 @@ pub trait Accept: Send + Sync + 'static {
 
     /// The tracker of the accepted connections.
     fn tracker(&self) -> &Tracker;
+
+    /// The span the server logs in: endless' listeners give endless' own
+    /// ([`Endless::span`](endless_tokio::Endless::span), `endless{pid=…}`).
+    fn span(&self) -> tracing::Span {
+        tracing::Span::none()
+    }
 }
 
 impl Accept for endless_tokio::TcpListener {
@@ -56,6 +63,10 @@ impl Accept for endless_tokio::TcpListener {
     fn tracker(&self) -> &Tracker {
         Self::tracker(self)
     }
+
+    fn span(&self) -> tracing::Span {
+        Self::span(self).clone()
+    }
 }
 
 impl Accept for endless_tokio::UnixListener {
@@ -70,6 +81,10 @@ impl Accept for endless_tokio::UnixListener {
     fn tracker(&self) -> &Tracker {
         Self::tracker(self)
     }
+
+    fn span(&self) -> tracing::Span {
+        Self::span(self).clone()
+    }
 }
 
 /// Serves HTTP on endless listeners.
@@ -80,6 +95,9 @@ pub struct Server {
     #[cfg(feature = "tls")]
     tls: Option<tokio_rustls::TlsAcceptor>,
     pub(crate) takeover: Option<Arc<takeover::Takeover>>,
+    /// The span of the process's lines (endless' `endless{pid=…}`), set by `serve` from the
+    /// listener. Entered only to log: entering it at every poll would cost every request.
+    pub(crate) span: tracing::Span,
 }
 
 impl std::fmt::Debug for Server {
@@ -112,6 +130,7 @@ impl Server {
             #[cfg(feature = "tls")]
             tls: None,
             takeover: None,
+            span: tracing::Span::none(),
         }
     }
 
@@ -241,7 +260,11 @@ impl Server {
         M: MakeHttpService<B>,
         B: ResponseBody,
     {
-        let server = self.clone();
+        let span = listener.span();
+        let server = Self {
+            span: span.clone(),
+            ..self.clone()
+        };
         let closers = Closers::watch(listener.tracker().clone());
         if let Some(takeover) = &self.takeover {
             let connections = takeover
@@ -250,8 +273,8 @@ impl Server {
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .take();
             if let Some(connections) = connections {
-                let (server, make, closers) = (self.clone(), make.clone(), closers.clone());
-                tokio::spawn(async move {
+                let (server, make, closers) = (server.clone(), make.clone(), closers.clone());
+                let receiving = async move {
                     let mut taken = 0u64;
                     while let Some(received) = connections.next().await {
                         taken += 1;
@@ -267,10 +290,11 @@ impl Server {
                     if taken > 0 {
                         tracing::info!(taken, "idle connections taken over");
                     }
-                });
+                };
+                tokio::spawn(receiving.instrument(span.clone()));
             }
         }
-        tokio::spawn(async move {
+        let accepting = async move {
             loop {
                 match listener.accept().await {
                     Ok(Some((io, peer))) => {
@@ -290,8 +314,11 @@ impl Server {
                     }
                 }
             }
-            tracing::info!(pid = std::process::id(), "stopped accepting");
-        })
+            tracing::info!("stopped accepting");
+        };
+        // The accept loop runs in the span (a poll per connection accepted); a connection's
+        // task does not, and enters it only to log (`Server::span`).
+        tokio::spawn(accepting.instrument(span))
     }
 
     /// Serves a connection received from the previous generation (HTTP/1, at a request
@@ -313,9 +340,12 @@ impl Server {
         // Only a connection whose peer is gone has no peer address: nobody to answer.
         let peer = match peer {
             Ok(peer) => peer,
-            Err(e) => return tracing::debug!(error = %e, "connection taken over ended"),
+            Err(e) => {
+                let _in = self.span.enter();
+                return tracing::debug!(error = %e, "connection taken over ended");
+            }
         };
-        let Some(service) = make_service(make, &peer).await else {
+        let Some(service) = make_service(make, &peer, &self.span).await else {
             return;
         };
         match stream {
@@ -336,7 +366,7 @@ impl Server {
         M: MakeHttpService<B>,
         B: ResponseBody,
     {
-        let Some(service) = make_service(make, &peer).await else {
+        let Some(service) = make_service(make, &peer, &self.span).await else {
             return;
         };
         #[cfg(feature = "tls")]
@@ -344,8 +374,12 @@ impl Server {
             let handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(io));
             match handshake.await {
                 Ok(Ok(tls)) => self.http(tls, peer, service, closing).await,
-                Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
-                Err(_) => tracing::debug!("TLS handshake timed out"),
+                Ok(Err(e)) => self
+                    .span
+                    .in_scope(|| tracing::debug!(error = %e, "TLS handshake failed")),
+                Err(_) => self
+                    .span
+                    .in_scope(|| tracing::debug!("TLS handshake timed out")),
             }
             return;
         }
@@ -355,7 +389,10 @@ impl Server {
             let detected = takeover::detect_h2(&mut io, tracker.closing()).await;
             let (h2, prefix) = match detected {
                 Ok(detected) => detected,
-                Err(e) => return tracing::debug!(error = %e, "connection failed"),
+                Err(e) => {
+                    let _in = self.span.enter();
+                    return tracing::debug!(error = %e, "connection failed");
+                }
             };
             let io = takeover::Prefixed::new(prefix, io);
             if h2 {
@@ -368,7 +405,7 @@ impl Server {
 }
 
 /// The service of the connection of `peer`, or `None` (logged) if `make` refuses it.
-async fn make_service<M, B>(make: M, peer: &PeerAddr) -> Option<M::Service>
+async fn make_service<M, B>(make: M, peer: &PeerAddr, span: &tracing::Span) -> Option<M::Service>
 where
     M: MakeHttpService<B>,
     B: ResponseBody,
@@ -376,6 +413,7 @@ where
     match make.make(ConnectionInfo::new(peer.clone())).await {
         Ok(service) => Some(service),
         Err(e) => {
+            let _in = span.enter();
             tracing::debug!(error = %e, ?peer, "connection refused by the make service");
             None
         }

@@ -1,7 +1,7 @@
 //! Every request endless-hyper serves carries its peer's address (`PeerAddr`) in its
 //! extensions, read here by a plain hyper service on a TCP and on a Unix listener; and a
 //! make service (`Server::serve_with_connect_info`) sees it once per connection, and may
-//! refuse the connection.
+//! refuse the connection. The server's lines carry endless' span with the pid.
 //!
 //! One test only: it starts `Endless` in this process.
 
@@ -90,8 +90,29 @@ fn tcp_client() -> (tokio::net::TcpSocket, SocketAddr) {
     (socket, local)
 }
 
+/// Every line this process's subscriber received.
+#[derive(Clone, Default)]
+struct Lines(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Lines {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plain_hyper_service_reads_the_peer_address() {
+    let lines = Lines::default();
+    let writer = lines.clone();
+    tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_max_level(tracing::Level::DEBUG)
+        .with_writer(move || writer.clone())
+        .init();
     let endless = Endless::start().unwrap();
     let server = Server::new();
     let service = HyperService(Peer);
@@ -154,4 +175,21 @@ async fn a_plain_hyper_service_reads_the_peer_address() {
     assert_eq!(exit.code, 0);
     let _ = std::fs::remove_file(&path);
     let _ = std::fs::remove_file(&client_path);
+
+    // The server's lines (the refused connection's, each listener's "stopped accepting")
+    // carry the process's span, as endless' own do.
+    let logged = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+    let ours: Vec<&str> = logged
+        .lines()
+        .filter(|line| line.contains(" endless_hyper::"))
+        .collect();
+    assert!(
+        ours.iter().any(|l| l.contains("refused by the make service"))
+            && ours.iter().filter(|l| l.contains("stopped accepting")).count() == 3,
+        "{logged}"
+    );
+    let span = format!("endless{{pid={}}}", std::process::id());
+    for line in ours {
+        assert!(line.contains(&span), "a line without {span}: {line}");
+    }
 }

@@ -647,6 +647,12 @@ impl<N: Net> TcpListener<N> {
     pub fn tracker(&self) -> &Tracker {
         self.handle.tracker()
     }
+
+    /// The span endless logs in ([`Endless::span`]), for the tasks that serve this
+    /// listener's connections.
+    pub fn span(&self) -> &tracing::Span {
+        self.handle.span()
+    }
 }
 
 /// A Unix stream listener whose connections are tracked, and that stops accepting when the
@@ -683,5 +689,11 @@ impl<N: Net> UnixListener<N> {
     /// The tracker of the connections this listener accepts.
     pub fn tracker(&self) -> &Tracker {
         self.handle.tracker()
+    }
+
+    /// The span endless logs in ([`Endless::span`]), for the tasks that serve this
+    /// listener's connections.
+    pub fn span(&self) -> &tracing::Span {
+        self.handle.span()
     }
 }
