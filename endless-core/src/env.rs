@@ -34,6 +34,12 @@
 //! the parent pid (variables inherited by a process they were not meant for, such as a
 //! grandchild or a re-run command line, give [`DecodeError::NotForThisProcess`]), then the
 //! rest.
+//!
+//! Decoding is only half of adopting: the descriptors it names arrive without
+//! `FD_CLOEXEC` and are whatever the environment claims. Set close-on-exec on each and
+//! check it against its [`FdKind`] before use, and spawn the executable resolved at
+//! start-up, not the one `current_exe()` names at restart time: see
+//! [the crate docs](crate#what-an-adapter-must-do-that-the-core-cannot) for why.
 
 use std::collections::btree_map;
 use std::collections::{BTreeMap, HashSet};

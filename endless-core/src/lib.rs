@@ -68,8 +68,9 @@
 //!             Output::Action(Action::CloseIdle) => draining = true,
 //!             Output::Action(Action::Exit { code, .. }) => break 'serve code,
 //!             // SpawnChild, KillChild, ForceClose, SendReadiness, Announce: a real
-//!             // adapter spawns the successor, kills, aborts connections, writes the
-//!             // readiness channel and talks to systemd here.
+//!             // adapter spawns the successor (the executable it resolved at start-up,
+//!             // see below), kills, aborts connections, writes the readiness channel and
+//!             // talks to systemd here.
 //!             Output::Action(_) => {}
 //!         }
 //!     }
@@ -109,6 +110,39 @@
 //! assert!(client.join().unwrap()?.ends_with(" hello\n"));
 //! # Ok::<(), std::io::Error>(())
 //! ```
+//!
+//! # What an adapter must do that the core cannot
+//!
+//! The core decides; these two duties fall on the code around it, because they touch the
+//! process and its descriptors. `endless-unix` does both (`spawn::Executable::current`,
+//! `inherit::Inherited`); a server written against the core alone must do them itself.
+//!
+//! **Resolve the executable at start-up, not at restart.** [`Action::SpawnChild`] comes
+//! when the operator asks for a restart, typically right after replacing the binary. By
+//! then `std::env::current_exe()` (on Linux, `/proc/self/exe`) names the *old* inode: after
+//! `mv new-binary /usr/local/bin/app` it reads `/usr/local/bin/app (deleted)` or still
+//! points at the replaced file, and the "new" generation is the old code, so the upgrade is
+//! silently lost. Capture the program path (from `argv[0]`, made absolute against the
+//! working directory, or looked up in `PATH`), the arguments and the working directory
+//! once, before anything can change them, and spawn that on every restart; build the
+//! child's environment per spawn from the captured one with [`env::encode`]'s variables
+//! added and [`env::is_reserved`] ones removed, never by changing this process's
+//! environment.
+//!
+//! **Make adopted descriptors close-on-exec, and check that each is what it claims.** An
+//! [`Inventory`] from [`env::decode`] or [`env::decode_systemd`] is only a claim made by
+//! the environment. The descriptors arrive without `FD_CLOEXEC` (they had to survive the
+//! `exec`), so set it on each as soon as it is adopted: otherwise every process the server
+//! runs (a helper, a shell-out, the next generation spawned with other fds) inherits the
+//! listening sockets and keeps them, and their ports, open after this process is gone.
+//! Then check each descriptor against its [`FdKind`] before using it (open, a socket, the
+//! right type and family, listening or not: `getsockopt(SO_TYPE)`, `SO_ACCEPTCONN`,
+//! `getsockname`): an environment inherited by a process it was not meant for, a
+//! hand-written `LISTEN_FDS` or a stale variable may name fd numbers that are closed or
+//! are something else entirely (a file, a pipe, another socket), and treating a file as a
+//! listener fails far from the cause, or worse, writes to it. Refuse to start on a
+//! mismatch, so that the previous generation keeps serving, and close inherited
+//! descriptors nobody claimed once the process is ready.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 

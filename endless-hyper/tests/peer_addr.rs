@@ -184,8 +184,13 @@ async fn a_plain_hyper_service_reads_the_peer_address() {
         .filter(|line| line.contains(" endless_hyper::"))
         .collect();
     assert!(
-        ours.iter().any(|l| l.contains("refused by the make service"))
-            && ours.iter().filter(|l| l.contains("stopped accepting")).count() == 3,
+        ours.iter()
+            .any(|l| l.contains("refused by the make service"))
+            && ours
+                .iter()
+                .filter(|l| l.contains("stopped accepting"))
+                .count()
+                == 3,
         "{logged}"
     );
     let span = format!("endless{{pid={}}}", std::process::id());

@@ -102,6 +102,24 @@ pub trait Net: Runtime + Clone {
 }
 
 /// Configures and starts [`Endless`].
+///
+/// # Examples
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::time::Duration;
+/// use endless_tokio::{Config, Endless, Request, Signal, SignalMap};
+///
+/// let endless = Endless::builder()
+///     .config(Config::new().drain_timeout(Some(Duration::from_secs(30))))
+///     .signals(SignalMap::default().with(Signal::QUIT, Request::Hammer))
+///     .on_event(|event| eprintln!("endless: {event:?}"))
+///     .start()?;
+/// # endless.request(endless_tokio::Request::Stop);
+/// # assert_eq!(endless.run().await.code, 0);
+/// # Ok(()) }
+/// ```
 pub struct Builder<N> {
     options: Options,
     net: PhantomData<fn() -> N>,
@@ -135,6 +153,25 @@ impl<N> Clone for Builder<N> {
 
 impl<N: Net> Builder<N> {
     /// The lifecycle's timeouts and policies ([`Config`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    /// use endless_tokio::{Config, Endless};
+    ///
+    /// let config = Config::new()
+    ///     // How long a new generation has to report ready before it is killed.
+    ///     .upgrade_timeout(Duration::from_secs(30))
+    ///     // How long the old generation drains before it closes what is left (`None`: no limit).
+    ///     .drain_timeout(Some(Duration::from_secs(60)));
+    /// let endless = Endless::builder().config(config).start()?;
+    /// # endless.request(endless_tokio::Request::Stop);
+    /// # assert_eq!(endless.run().await.code, 0);
+    /// # Ok(()) }
+    /// ```
     #[must_use]
     pub fn config(mut self, config: Config) -> Self {
         self.options = self.options.config(config);
@@ -142,6 +179,24 @@ impl<N: Net> Builder<N> {
     }
 
     /// Which signal means what (default: [`SignalMap::default`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use endless_tokio::{Config, Endless, Signal, SignalMap};
+    ///
+    /// // nginx-style staged upgrades (SIGUSR1 stage, SIGQUIT commit, SIGWINCH roll back), and
+    /// // SIGINT left to its default action.
+    /// let endless = Endless::builder()
+    ///     .config(Config::new().staged_upgrades(true))
+    ///     .signals(SignalMap::default().with_staged_upgrades().without(Signal::INT))
+    ///     .start()?;
+    /// # endless.request(endless_tokio::Request::Stop);
+    /// # assert_eq!(endless.run().await.code, 0);
+    /// # Ok(()) }
+    /// ```
     #[must_use]
     pub fn signals(mut self, signals: SignalMap) -> Self {
         self.options = self.options.signals(signals);
@@ -152,6 +207,33 @@ impl<N: Net> Builder<N> {
     /// generation, removed on a clean stop. The control socket that answers
     /// [`control::restart`](crate::control::restart) is kept beside it
     /// ([`control::socket_path`](crate::control::socket_path)).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use endless_tokio::{Endless, Request};
+    ///
+    /// let dir = std::env::temp_dir().join(format!("endless-doc-{}", std::process::id()));
+    /// std::fs::create_dir_all(&dir)?;
+    /// let pid_file = dir.join("app.pid");
+    /// let endless = Endless::builder().pid_file(&pid_file).start()?;
+    /// endless.ready();
+    /// // Written once ready (by the driver, so give it a moment here).
+    /// # for _ in 0..500 {
+    /// #     if std::fs::read_to_string(&pid_file).is_ok_and(|s| !s.is_empty()) { break }
+    /// #     tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    /// # }
+    /// let pid: u32 = std::fs::read_to_string(&pid_file)?.trim().parse()?;
+    /// assert_eq!(pid, std::process::id());
+    ///
+    /// endless.request(Request::Stop);
+    /// assert_eq!(endless.run().await.code, 0);
+    /// assert!(!pid_file.exists(), "removed on a clean stop");
+    /// # std::fs::remove_dir_all(&dir)?;
+    /// # Ok(()) }
+    /// ```
     #[must_use]
     pub fn pid_file(mut self, path: impl Into<PathBuf>) -> Self {
         self.options = self.options.pid_file(path);
@@ -160,6 +242,25 @@ impl<N: Net> Builder<N> {
 
     /// Observe every lifecycle event ([`Event::Requested`] before a request is acted on,
     /// [`Event::StateChanged`] after a transition): endless' PRE/POST hooks.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::sync::{Arc, Mutex};
+    /// use endless_tokio::{Endless, Event, Request};
+    ///
+    /// let seen = Arc::new(Mutex::new(Vec::new()));
+    /// let log = Arc::clone(&seen);
+    /// let endless = Endless::builder()
+    ///     .on_event(move |event| log.lock().unwrap().push(event.clone()))
+    ///     .start()?;
+    /// endless.request(Request::Stop);
+    /// endless.run().await;
+    /// assert!(seen.lock().unwrap().contains(&Event::Requested(Request::Stop)));
+    /// # Ok(()) }
+    /// ```
     #[must_use]
     pub fn on_event(mut self, hook: impl Fn(&Event) + Send + Sync + 'static) -> Self {
         self.options = self.options.on_event(hook);
@@ -167,6 +268,27 @@ impl<N: Net> Builder<N> {
     }
 
     /// Restart into this executable instead of the running one.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use endless_tokio::{Endless, Executable};
+    ///
+    /// // Restart into the binary a deploy puts in place, with the arguments of the next version;
+    /// // the environment is this process's (the handoff variables are added per child).
+    /// let next = Executable::new(
+    ///     "/opt/app/current/bin/app",
+    ///     ["--config", "/etc/app.toml"],
+    ///     "/opt/app",
+    ///     std::env::vars_os(),
+    /// );
+    /// let endless = Endless::builder().executable(next).start()?;
+    /// # endless.request(endless_tokio::Request::Stop);
+    /// # assert_eq!(endless.run().await.code, 0);
+    /// # Ok(()) }
+    /// ```
     #[must_use]
     pub fn executable(mut self, executable: Executable) -> Self {
         self.options = self.options.executable(executable);
@@ -175,6 +297,33 @@ impl<N: Net> Builder<N> {
 
     /// Send the `sd_notify` messages ([`crate::notify`]) to `target` instead of the socket
     /// `NOTIFY_SOCKET` names (a supervisor's private socket, say).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use endless_tokio::Endless;
+    /// use endless_unix::notify::NotifySocket;
+    ///
+    /// // A supervisor's socket, where systemd's would be.
+    /// # let dir = std::env::temp_dir().join(format!("endless-doc-notify-{}", std::process::id()));
+    /// # std::fs::create_dir_all(&dir)?;
+    /// let path = dir.join("notify.sock");
+    /// let supervisor = tokio::net::UnixDatagram::bind(&path)?;
+    /// let endless = Endless::builder()
+    ///     .notify_socket(NotifySocket::parse(path.as_os_str())?)
+    ///     .start()?;
+    /// endless.ready();
+    ///
+    /// let mut message = [0; 256];
+    /// let len = supervisor.recv(&mut message).await?;
+    /// assert!(String::from_utf8_lossy(&message[..len]).contains("READY=1"));
+    /// # endless.request(endless_tokio::Request::Stop);
+    /// # assert_eq!(endless.run().await.code, 0);
+    /// # std::fs::remove_dir_all(&dir)?;
+    /// # Ok(()) }
+    /// ```
     #[must_use]
     pub fn notify_socket(mut self, target: crate::notify::NotifySocket) -> Self {
         self.options = self.options.notify_socket(target);
@@ -196,6 +345,24 @@ impl<N: Net> Builder<N> {
     ///
     /// Fails with a typed error when the inherited variables or fds are unusable; the
     /// parent then keeps serving.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use endless_tokio::{Endless, StartError};
+    ///
+    /// let endless = match Endless::builder().start() {
+    ///     Ok(endless) => endless,
+    ///     // Say why and exit: the previous generation sees this child die and keeps serving.
+    ///     Err(StartError::Adopt(e)) => return Err(format!("inherited sockets unusable: {e}").into()),
+    ///     Err(e) => return Err(e.into()),
+    /// };
+    /// # endless.request(endless_tokio::Request::Stop);
+    /// # assert_eq!(endless.run().await.code, 0);
+    /// # Ok(()) }
+    /// ```
     pub fn start(self) -> Result<Endless<N>, StartError> {
         let net = N::current();
         let handle = Handle::start(net.clone(), self.options)?;
@@ -209,6 +376,32 @@ impl<N: Net> Builder<N> {
 /// are installed then); take or bind its listeners by name; accept until `accept` returns
 /// `Ok(None)`; call [`ready`](Self::ready) once it serves; await [`run`](Self::run) and
 /// exit with the code it returns.
+///
+/// # Examples
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use endless_tokio::{Endless, Request};
+///
+/// let endless = Endless::start()?;
+/// let listener = endless.tcp_listener("http", "127.0.0.1:0")?;
+/// tokio::spawn(async move {
+///     // Until a new generation takes over (or the process stops): `Ok(None)`.
+///     while let Ok(Some((connection, _peer))) = listener.accept().await {
+///         tokio::spawn(async move {
+///             // … serve `connection`, a `Tracked<tokio::net::TcpStream>` …
+/// #           drop(connection);
+///         });
+///     }
+/// });
+/// endless.ready();
+/// # endless.request(Request::Stop);
+/// let exit = endless.run().await;
+/// # assert_eq!(exit.code, 0);
+/// // std::process::exit(exit.code);
+/// # Ok(()) }
+/// ```
 pub struct Endless<N> {
     handle: Handle,
     net: N,
@@ -231,11 +424,39 @@ impl<N> fmt::Debug for Endless<N> {
 
 impl<N: Net> Endless<N> {
     /// A [`Builder`] with every default.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use endless_tokio::{Config, Endless};
+    ///
+    /// let endless = Endless::builder().config(Config::new().staged_upgrades(true)).start()?;
+    /// # endless.request(endless_tokio::Request::Stop);
+    /// # assert_eq!(endless.run().await.code, 0);
+    /// # Ok(()) }
+    /// ```
     pub fn builder() -> Builder<N> {
         Builder::default()
     }
 
     /// Starts with every default (see [`Builder::start`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use endless_tokio::Endless;
+    ///
+    /// // Early in main, inside the runtime, before the listeners.
+    /// let endless = Endless::start()?;
+    /// assert_eq!(endless.origin(), endless_tokio::Origin::Fresh);
+    /// # endless.request(endless_tokio::Request::Stop);
+    /// # assert_eq!(endless.run().await.code, 0);
+    /// # Ok(()) }
+    /// ```
     pub fn start() -> Result<Self, StartError> {
         Builder::default().start()
     }
@@ -246,6 +467,33 @@ impl<N: Net> Endless<N> {
     ///
     /// The error names the listener and what failed; it converts into an [`io::Error`], so
     /// `?` works in a function that returns `io::Result`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use endless_tokio::Endless;
+    ///
+    /// let endless = Endless::start()?;
+    /// let listener = endless.tcp_listener("http", "127.0.0.1:0")?;
+    /// let addr = listener.local_addr()?;
+    /// assert_ne!(addr.port(), 0);
+    ///
+    /// let client = tokio::net::TcpStream::connect(addr).await?;
+    /// let (connection, peer) = listener.accept().await?.expect("still accepting");
+    /// assert_eq!(peer, client.local_addr()?);
+    /// assert_eq!(endless.tracker().len(), 1);
+    ///
+    /// // The error names the listener and what failed.
+    /// let err = endless.tcp_listener("admin", "127.0.0.1:80x").unwrap_err();
+    /// assert!(matches!(err, endless_tokio::ListenError::Resolve { .. }));
+    /// assert!(err.to_string().starts_with(r#"listener "admin": cannot resolve "127.0.0.1:80x""#));
+    /// # drop(connection);
+    /// # endless.request(endless_tokio::Request::Stop);
+    /// # assert_eq!(endless.run().await.code, 0);
+    /// # Ok(()) }
+    /// ```
     pub fn tcp_listener(
         &self,
         name: &str,
@@ -260,6 +508,28 @@ impl<N: Net> Endless<N> {
 
     /// The Unix stream listener `name`: inherited, or bound at `path` (a stale socket file
     /// is replaced). The old generation never removes the file: the new one serves it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use endless_tokio::Endless;
+    ///
+    /// # let dir = std::env::temp_dir().join(format!("endless-doc-unix-{}", std::process::id()));
+    /// # std::fs::create_dir_all(&dir)?;
+    /// let endless = Endless::start()?;
+    /// let path = dir.join("admin.sock");
+    /// let listener = endless.unix_listener("admin", &path)?;
+    ///
+    /// let _client = tokio::net::UnixStream::connect(&path).await?;
+    /// let (connection, _addr) = listener.accept().await?.expect("still accepting");
+    /// # drop(connection);
+    /// # endless.request(endless_tokio::Request::Stop);
+    /// # assert_eq!(endless.run().await.code, 0);
+    /// # std::fs::remove_dir_all(&dir)?;
+    /// # Ok(()) }
+    /// ```
     pub fn unix_listener(
         &self,
         name: &str,
@@ -275,6 +545,26 @@ impl<N: Net> Endless<N> {
     /// The UDP socket `name`: inherited, or bound to `addr`. Both generations receive on it
     /// until the old one exits; stop receiving in the old one on
     /// [`stopped_accepting`](Self::stopped_accepting).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use endless_tokio::Endless;
+    ///
+    /// let endless = Endless::start()?;
+    /// let socket = endless.udp_socket("dns", "127.0.0.1:0")?; // a tokio::net::UdpSocket
+    /// let client = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+    /// client.send_to(b"ping", socket.local_addr()?).await?;
+    ///
+    /// let mut buf = [0; 16];
+    /// let (len, from) = socket.recv_from(&mut buf).await?;
+    /// assert_eq!((&buf[..len], from), (&b"ping"[..], client.local_addr()?));
+    /// # endless.request(endless_tokio::Request::Stop);
+    /// # assert_eq!(endless.run().await.code, 0);
+    /// # Ok(()) }
+    /// ```
     pub fn udp_socket(
         &self,
         name: &str,
@@ -285,6 +575,28 @@ impl<N: Net> Endless<N> {
     }
 
     /// Tracks a connection accepted elsewhere, for the drain.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use endless_tokio::Endless;
+    ///
+    /// let endless = Endless::start()?;
+    /// // A connection endless did not accept: an outgoing one, or one from a plain listener.
+    /// let plain = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    /// let _client = tokio::net::TcpStream::connect(plain.local_addr()?).await?;
+    /// let (stream, _) = plain.accept().await?;
+    ///
+    /// let connection = endless.track(stream);
+    /// assert_eq!(endless.tracker().len(), 1); // the drain waits for it
+    /// drop(connection);
+    /// assert!(endless.tracker().is_empty());
+    /// # endless.request(endless_tokio::Request::Stop);
+    /// # assert_eq!(endless.run().await.code, 0);
+    /// # Ok(()) }
+    /// ```
     pub fn track<S: AsRawFd>(&self, stream: S) -> Tracked<S> {
         let guard = self.handle.track(&stream);
         Tracked::new(stream, guard)
@@ -292,33 +604,143 @@ impl<N: Net> Endless<N> {
 
     /// The application serves: the parent (if any) stops accepting and drains. Only the
     /// first call counts.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use endless_tokio::Endless;
+    ///
+    /// let endless = Endless::start()?;
+    /// let _listener = endless.tcp_listener("http", "127.0.0.1:0")?;
+    /// // … load the configuration, warm the caches, spawn the accept loops …
+    /// endless.ready(); // the previous generation (if any) now stops accepting and drains
+    /// # endless.request(endless_tokio::Request::Stop);
+    /// # assert_eq!(endless.run().await.code, 0);
+    /// # Ok(()) }
+    /// ```
     pub fn ready(&self) {
         self.handle.ready();
     }
 
     /// Asks for a restart, a graceful stop or a hammer, as a signal would.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use endless_tokio::{Endless, Request};
+    ///
+    /// let endless = Endless::start()?;
+    /// endless.ready();
+    /// // An admin endpoint, say, asks for what `SIGHUP` or `SIGTERM` would.
+    /// endless.request(Request::Stop);
+    /// assert_eq!(endless.run().await.code, 0);
+    /// # Ok(()) }
+    /// ```
     pub fn request(&self, request: Request) {
         self.handle.request(request);
     }
 
     /// Resolves once listeners must stop accepting (a new generation took over, or the
     /// process is stopping). The sockets stay open for the next generation.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use endless_tokio::{Endless, Request};
+    ///
+    /// let endless = Endless::start()?;
+    /// let socket = endless.udp_socket("metrics", "127.0.0.1:0")?;
+    /// let stop = endless.clone();
+    /// let receiver = tokio::spawn(async move {
+    ///     let mut buf = [0; 1500];
+    ///     loop {
+    ///         tokio::select! {
+    ///             _ = socket.recv_from(&mut buf) => { /* … handle the datagram … */ }
+    ///             // The new generation receives from here on.
+    ///             () = stop.stopped_accepting() => break,
+    ///         }
+    ///     }
+    /// });
+    /// endless.request(Request::Stop);
+    /// receiver.await?;
+    /// assert_eq!(endless.run().await.code, 0);
+    /// # Ok(()) }
+    /// ```
     pub async fn stopped_accepting(&self) {
         self.handle.stopped_accepting().await;
     }
 
     /// Runs until the lifecycle ends (after a handover or a stop, once drained or at the
     /// deadline); exit the process with the returned [`Exit::code`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use endless_tokio::{Endless, Request};
+    ///
+    /// let endless = Endless::start()?;
+    /// endless.ready();
+    /// # endless.request(Request::Stop);
+    /// let exit = endless.run().await;
+    /// println!("exiting: {:?}, {:?}", exit.reason, exit.cause);
+    /// # assert_eq!(exit.code, 0);
+    /// // std::process::exit(exit.code);
+    /// # Ok(()) }
+    /// ```
     pub async fn run(&self) -> Exit {
         self.handle.wait().await
     }
 
     /// Whether this process was started by a previous generation.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use endless_tokio::{Endless, Origin};
+    ///
+    /// let endless = Endless::start()?;
+    /// if endless.origin() == Origin::Inherited {
+    ///     println!("started by the previous generation, which waits for `ready`");
+    /// }
+    /// # assert_eq!(endless.origin(), Origin::Fresh);
+    /// # endless.request(endless_tokio::Request::Stop);
+    /// # assert_eq!(endless.run().await.code, 0);
+    /// # Ok(()) }
+    /// ```
     pub fn origin(&self) -> Origin {
         self.handle.origin()
     }
 
     /// The connections alive.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use endless_tokio::Endless;
+    ///
+    /// let endless = Endless::start()?;
+    /// let listener = endless.tcp_listener("http", "127.0.0.1:0")?;
+    /// let _client = tokio::net::TcpStream::connect(listener.local_addr()?).await?;
+    /// let connection = listener.accept().await?;
+    /// assert_eq!(endless.tracker().len(), 1);
+    /// drop(connection);
+    /// endless.tracker().drained().await; // what the drain waits for
+    /// # endless.request(endless_tokio::Request::Stop);
+    /// # assert_eq!(endless.run().await.code, 0);
+    /// # Ok(()) }
+    /// ```
     pub fn tracker(&self) -> &Tracker {
         self.handle.tracker()
     }
@@ -390,6 +812,32 @@ impl<N: Net> Endless<N> {
     /// Receives the connections the previous generation hands over under `name`, as typed,
     /// tracked streams with their state (see [`crate::takeover`]). Register every receiver
     /// before [`ready`](Self::ready). On a fresh start the receiver ends at once.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use endless_tokio::Endless;
+    ///
+    /// let endless = Endless::start()?;
+    /// let incoming = endless.receive_connections("chat")?;
+    /// let receiver = tokio::spawn(async move {
+    ///     let mut received = 0;
+    ///     while let Some(connection) = incoming.next().await {
+    ///         // `connection.stream` is tracked; `state` and `unconsumed` are what the previous
+    ///         // generation sent with it.
+    ///         # let _ = (&connection.state, &connection.unconsumed);
+    ///         received += 1;
+    ///     }
+    ///     received
+    /// });
+    /// endless.ready();
+    /// assert_eq!(receiver.await?, 0); // a fresh start: nothing to receive
+    /// # endless.request(endless_tokio::Request::Stop);
+    /// # assert_eq!(endless.run().await.code, 0);
+    /// # Ok(()) }
+    /// ```
     pub fn receive_connections(&self, name: &str) -> Result<Connections<N>, ReceiveError> {
         Ok(Connections {
             inbox: self.handle.receiver(name)?,
@@ -400,6 +848,20 @@ impl<N: Net> Endless<N> {
     /// Whether a connection can be handed over now: this process drains after a restart
     /// and the new generation takes connections. Ask on
     /// [`ConnectionGuard::closing`](crate::ConnectionGuard::closing).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use endless_tokio::Endless;
+    ///
+    /// let endless = Endless::start()?;
+    /// assert!(!endless.can_hand_over()); // serving, not draining after a restart
+    /// # endless.request(endless_tokio::Request::Stop);
+    /// # assert_eq!(endless.run().await.code, 0);
+    /// # Ok(()) }
+    /// ```
     pub fn can_hand_over(&self) -> bool {
         self.handle.can_hand_over()
     }
@@ -411,6 +873,32 @@ impl<N: Net> Endless<N> {
     /// it first. Resolves once the new generation took it (this process's copy is then
     /// closed) or did not: the error then gives the connection back, still tracked, to be
     /// served on or closed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use endless_tokio::{Endless, HandOverFailure, Stream};
+    ///
+    /// let endless = Endless::start()?;
+    /// let listener = endless.tcp_listener("game", "127.0.0.1:0")?;
+    /// let _client = tokio::net::TcpStream::connect(listener.local_addr()?).await?;
+    /// let (connection, _) = listener.accept().await?.expect("still accepting");
+    ///
+    /// // Once the drain asks the connection to close (`connection.guard().closing()`):
+    /// match endless.hand_over(Stream::Tcp(connection), "game", b"level=3", b"").await {
+    ///     Ok(()) => { /* the new generation serves it now */ }
+    ///     Err(e) => {
+    ///         // No new generation takes it (here: nothing restarted): serve on, or close.
+    ///         assert!(matches!(e.failure, HandOverFailure::NoSuccessor));
+    ///         let _connection = e.connection.expect("given back");
+    ///     }
+    /// }
+    /// # endless.request(endless_tokio::Request::Stop);
+    /// # assert_eq!(endless.run().await.code, 0);
+    /// # Ok(()) }
+    /// ```
     pub async fn hand_over(
         &self,
         stream: Stream<N>,
@@ -626,6 +1114,41 @@ impl<N: Net> fmt::Debug for TcpListener<N> {
 impl<N: Net> TcpListener<N> {
     /// The next connection, or `Ok(None)` once this process stops accepting (the socket
     /// stays open for the next generation).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    /// use endless_tokio::{Endless, Request};
+    /// use tokio::io::AsyncWriteExt;
+    ///
+    /// let endless = Endless::start()?;
+    /// let listener = endless.tcp_listener("hello", "127.0.0.1:0")?;
+    /// # let addr = listener.local_addr()?;
+    /// let accepting = tokio::spawn(async move {
+    ///     loop {
+    ///         match listener.accept().await {
+    ///             Ok(Some((mut connection, _peer))) => {
+    ///                 tokio::spawn(async move { connection.write_all(b"hello\n").await });
+    ///             }
+    ///             // This process stopped accepting; the socket stays open for the next one.
+    ///             Ok(None) => break,
+    ///             // EMFILE, say: the listener is fine, pause a little.
+    ///             Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+    ///         }
+    ///     }
+    /// });
+    /// # let mut client = tokio::net::TcpStream::connect(addr).await?;
+    /// # let mut reply = String::new();
+    /// # tokio::io::AsyncReadExt::read_to_string(&mut client, &mut reply).await?;
+    /// # assert_eq!(reply, "hello\n");
+    /// endless.request(Request::Stop);
+    /// accepting.await?;
+    /// # assert_eq!(endless.run().await.code, 0);
+    /// # Ok(()) }
+    /// ```
     pub async fn accept(&self) -> io::Result<Option<(Tracked<N::TcpStream>, SocketAddr)>> {
         self.handle.accept(N::accept_tcp(&self.inner)).await
     }

@@ -60,6 +60,24 @@ use crate::sys;
 ///
 /// Shared freely between threads (`Send + Sync`; a mutex inside). Every descriptor is owned:
 /// those still here when the value is dropped are closed.
+///
+/// # Examples
+///
+/// ```
+/// use endless_unix::core::{FdKind, Origin};
+/// use endless_unix::inherit::Inherited;
+///
+/// // Once, early: what the previous generation (or systemd) handed over.
+/// let inherited = Inherited::from_env()?;
+/// if inherited.origin() == Origin::Fresh {
+///     assert_eq!(inherited.kind("http"), None); // nothing inherited: bind
+/// }
+/// match inherited.take("http", FdKind::TcpListener)? {
+///     Some(fd) => drop(std::net::TcpListener::from(fd)), // serve the inherited socket
+///     None => { /* bind a fresh one */ }
+/// }
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug)]
 pub struct Inherited {
     origin: Origin,

@@ -14,6 +14,14 @@ pub const BACKLOG: i32 = 1024;
 /// A TCP listener on `addr` (IPv4 or IPv6, port 0 for any), with `SO_REUSEADDR` so that a
 /// fresh start right after a stop does not fail on `TIME_WAIT` connections. Never
 /// `SO_REUSEPORT`: endless hands the one socket over instead. Non-blocking, close-on-exec.
+///
+/// # Examples
+///
+/// ```
+/// let listener = endless_unix::listen::bind_tcp("127.0.0.1:0".parse()?)?;
+/// assert_ne!(listener.local_addr()?.port(), 0);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn bind_tcp(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;

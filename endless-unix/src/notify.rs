@@ -171,6 +171,26 @@ impl fmt::Display for NotifySocket {
 /// A sender of notifications to the service manager's socket.
 ///
 /// One unbound datagram socket (close-on-exec, so no child inherits it), created once.
+///
+/// # Examples
+///
+/// ```
+/// use std::os::unix::net::UnixDatagram;
+/// use endless_unix::notify::{Notifier, NotifySocket};
+///
+/// # let dir = std::env::temp_dir().join(format!("endless-doc-notifier-{}", std::process::id()));
+/// # std::fs::create_dir_all(&dir)?;
+/// let path = dir.join("notify.sock");
+/// let service_manager = UnixDatagram::bind(&path)?;
+///
+/// let notifier = Notifier::new(NotifySocket::Path(path))?;
+/// notifier.send("STATUS=warming up")?;
+/// let mut message = [0; 64];
+/// let len = service_manager.recv(&mut message)?;
+/// assert_eq!(&message[..len], b"STATUS=warming up");
+/// # std::fs::remove_dir_all(&dir)?;
+/// # Ok::<(), std::io::Error>(())
+/// ```
 #[derive(Debug)]
 pub struct Notifier {
     socket: UnixDatagram,

@@ -10,6 +10,24 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 /// A pid file at a fixed path.
+///
+/// # Examples
+///
+/// ```
+/// use endless_unix::pidfile::PidFile;
+///
+/// # let dir = std::env::temp_dir().join(format!("endless-doc-pidfile-{}", std::process::id()));
+/// # std::fs::create_dir_all(&dir)?;
+/// let pid_file = PidFile::new(dir.join("app.pid"));
+/// assert_eq!(pid_file.read()?, None);
+/// pid_file.write(std::process::id())?;
+/// assert_eq!(pid_file.read()?, Some(std::process::id()));
+/// // A generation removes it only while it still names that generation.
+/// assert!(!pid_file.remove_if(1)?);
+/// assert!(pid_file.remove_if(std::process::id())?);
+/// # std::fs::remove_dir_all(&dir)?;
+/// # Ok::<(), std::io::Error>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PidFile {
     path: PathBuf,

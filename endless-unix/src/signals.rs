@@ -11,6 +11,16 @@ use endless_core::Request;
 use rustix::process::Signal as Raw;
 
 /// A Unix signal number.
+///
+/// # Examples
+///
+/// ```
+/// use endless_unix::signals::Signal;
+///
+/// assert_eq!(Signal::HUP.name(), Some("SIGHUP"));
+/// assert_eq!(Signal::from_raw(Signal::TERM.as_raw()), Signal::TERM);
+/// assert_eq!(Signal::USR2.to_string(), "SIGUSR2");
+/// ```
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Signal(i32);
 

@@ -49,6 +49,24 @@ use crate::sys;
 
 /// What to run to start the next generation: program, arguments, working directory and
 /// environment, resolved once at start-up.
+///
+/// # Examples
+///
+/// ```
+/// use endless_unix::spawn::Executable;
+///
+/// // What endless restarts into by default, resolved now (not when the restart comes, when
+/// // the binary may have been replaced).
+/// let this = Executable::current()?;
+/// assert!(this.path().is_absolute());
+/// assert!(this.cwd().is_absolute());
+///
+/// // Or a chosen one (for `Builder::executable`), checked before it is needed.
+/// let sh = Executable::new("/bin/sh", ["-c", "exec my-server"], "/", [("LANG", "C")]);
+/// assert_eq!(sh.args().len(), 2);
+/// sh.check()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Executable {
     path: PathBuf,

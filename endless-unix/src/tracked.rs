@@ -11,6 +11,33 @@ pin_project_lite::pin_project! {
     /// `AsyncRead`/`AsyncWrite`; with `futures-io`, as a futures one) and dereferences to
     /// it. Dropping it unregisters the connection, then closes the stream, in that order,
     /// so that a forced close never shuts down an fd number that was reused.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use endless_tokio::Endless;
+    /// use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    ///
+    /// let endless = Endless::start()?;
+    /// let listener = endless.tcp_listener("echo", "127.0.0.1:0")?;
+    /// let mut client = tokio::net::TcpStream::connect(listener.local_addr()?).await?;
+    /// let (mut connection, _) = listener.accept().await?.expect("still accepting");
+    ///
+    /// // Read and write it as the tokio stream it wraps…
+    /// client.write_all(b"ping").await?;
+    /// let mut buf = [0; 4];
+    /// connection.read_exact(&mut buf).await?;
+    /// // …reach the stream itself through `Deref`…
+    /// assert_eq!(connection.peer_addr()?, client.local_addr()?);
+    /// // …and ask its guard whether the drain wants it closed.
+    /// assert!(!connection.guard().is_closing());
+    /// # drop(connection);
+    /// # endless.request(endless_tokio::Request::Stop);
+    /// # assert_eq!(endless.run().await.code, 0);
+    /// # Ok(()) }
+    /// ```
     pub struct Tracked<S> {
         // Declared first: dropped before the stream closes its fd.
         guard: ConnectionGuard,

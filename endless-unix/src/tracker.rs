@@ -209,6 +209,36 @@ impl ConnectionGuard {
 
     /// Resolves once the connection is asked to close: finish the request in hand, then
     /// close (an HTTP server answers with `Connection: close`).
+    ///
+    /// In a loop that reads the connection between requests, select on
+    /// [`tracker`](Self::tracker)`().closing()` instead (the same moment, without borrowing the
+    /// connection).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use endless_tokio::{Endless, Request};
+    /// use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    ///
+    /// let endless = Endless::start()?;
+    /// let listener = endless.tcp_listener("push", "127.0.0.1:0")?;
+    /// let mut client = tokio::net::TcpStream::connect(listener.local_addr()?).await?;
+    /// let (mut connection, _) = listener.accept().await?.expect("still accepting");
+    ///
+    /// tokio::spawn(async move {
+    ///     // An idle subscriber: say goodbye when the drain asks, then close.
+    ///     connection.guard().closing().await;
+    ///     connection.write_all(b"bye\n").await
+    /// });
+    /// endless.request(Request::Stop); // starts the drain
+    /// let mut goodbye = String::new();
+    /// client.read_to_string(&mut goodbye).await?;
+    /// assert_eq!(goodbye, "bye\n");
+    /// assert_eq!(endless.run().await.code, 0);
+    /// # Ok(()) }
+    /// ```
     pub async fn closing(&self) {
         self.inner.wait_phase(CLOSING).await;
     }

@@ -55,6 +55,22 @@ use endless_unix::{Net, Tracked};
 #[doc = include_str!("../../README.md")]
 pub struct ReadmeDoctests;
 
+/// The published crates' own READMEs (crates.io shows them), compiled and run as doctests
+/// here, where every crate they use is a dependency.
+#[cfg(doctest)]
+pub mod crate_readmes {
+    #[doc = include_str!("../../endless-core/README.md")]
+    pub struct Core;
+    #[doc = include_str!("../../endless-unix/README.md")]
+    pub struct Unix;
+    #[doc = include_str!("../../endless-tokio/README.md")]
+    pub struct Tokio;
+    #[doc = include_str!("../../endless-smol/README.md")]
+    pub struct Smol;
+    #[doc = include_str!("../../endless-hyper/README.md")]
+    pub struct Hyper;
+}
+
 pub mod echo;
 pub mod futures_rt;
 pub mod pingpong;

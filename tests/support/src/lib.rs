@@ -2,7 +2,7 @@
 //! outside, each one killed and reaped however the test ends.
 //!
 //! Nothing here knows which server it runs: every entry point takes the path of a server
-//! binary that speaks the shared example command line (DESIGN.md) and the line protocol of
+//! binary that speaks the shared example command line (`endless_examples::Args`) and the line protocol of
 //! the echo examples (`<pid> <line>` answers, `sleep MS`, `fds`, `version`). The scenarios
 //! themselves are in [`scenarios`], so that a test file per server binary only has to call
 //! them.
