@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """The newcomer check: the README's quickstarts, exactly as written, build and restart.
 
-1. Every quickstart in README.md is, verbatim, a binary of this crate (src/bin/*.rs):
-   the README cannot drift from code that compiles.
+1. Every quickstart in README.md, and the example each crate's README opens with, is,
+   verbatim, a binary of this crate (src/bin/*.rs): no README can drift from code that
+   compiles and restarts.
 2. The crate builds (`--locked`) against the workspace's crates by path, as a user's crate
    does against crates.io.
 3. Each server is started, answers, is restarted once with SIGHUP while a client holds an
@@ -45,7 +46,32 @@ def fail(message):
     sys.exit(1)
 
 
+# Each crate's README opens with the quickstart of its runtime.
+CRATE_READMES = [
+    ("endless-tokio/README.md", "quickstart-tokio"),
+    ("endless-smol/README.md", "quickstart-smol"),
+    ("endless-hyper/README.md", "quickstart-hyper"),
+]
+
+
+def same_or_fail(block, where, binary):
+    path = os.path.join(HERE, "src", "bin", binary + ".rs")
+    ours = open(path).read()
+    if block != ours:
+        diff = difflib.unified_diff(
+            block.splitlines(True), ours.splitlines(True), where, os.path.relpath(path, ROOT)
+        )
+        fail(f"{where} drifted from the quickstart {binary}:\n" + "".join(diff))
+    return ours
+
+
 def check_verbatim():
+    for readme, binary in CRATE_READMES:
+        text = open(os.path.join(ROOT, readme)).read()
+        found = re.search(r"^```rust[^\n]*\n(.*?)^```", text, re.S | re.M)
+        if not found:
+            fail(f"{readme} has no rust block")
+        same_or_fail(found.group(1), readme, binary)
     readme = open(os.path.join(ROOT, "README.md")).read()
     for section, binary, _ in QUICKSTARTS:
         found = re.search(
@@ -55,16 +81,7 @@ def check_verbatim():
         )
         if not found:
             fail(f"README.md has no rust block under '## Quickstart ({section})'")
-        path = os.path.join(HERE, "src", "bin", binary + ".rs")
-        ours = open(path).read()
-        if found.group(1) != ours:
-            diff = difflib.unified_diff(
-                found.group(1).splitlines(True),
-                ours.splitlines(True),
-                f"README.md ({section})",
-                os.path.relpath(path, ROOT),
-            )
-            fail("a quickstart drifted from README.md:\n" + "".join(diff))
+        ours = same_or_fail(found.group(1), f"README.md ({section})", binary)
         lines = [
             l for l in ours.splitlines() if l.strip() and not l.strip().startswith("//")
         ]
