@@ -16,7 +16,6 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::Server;
 use crate::h2_shutdown;
-use crate::peer::{PeerAddr, WithPeer};
 use crate::service::{BoxError, ConnState, DrainAware, HttpService, ResponseBody, poll_draining};
 use crate::takeover::{self, IntoStream};
 
@@ -34,7 +33,6 @@ impl Server {
     pub(crate) async fn h1_takeover<T, S, B>(
         &self,
         io: takeover::Prefixed<T>,
-        peer: PeerAddr,
         service: S,
         mut closing: Closing,
     ) where
@@ -47,10 +45,7 @@ impl Server {
         };
         let idle = Arc::new(takeover::Idle::default());
         let counted = takeover::Counted {
-            inner: WithPeer {
-                inner: service.clone().into_connection(),
-                peer: peer.clone(),
-            },
+            inner: service.clone().into_connection(),
             idle: Arc::clone(&idle),
         };
         let io = TokioIo::new(takeover::Watched::new(io, Arc::clone(&idle)));
@@ -85,7 +80,7 @@ impl Server {
                     let mut unconsumed = parts.read_buf.to_vec();
                     unconsumed.extend_from_slice(&left);
                     return self
-                        .hand_over_h1(&takeover, stream, unconsumed, peer, service)
+                        .hand_over_h1(&takeover, stream, unconsumed, service)
                         .await;
                 }
                 // Its last request had a body: drained here.
@@ -111,7 +106,6 @@ impl Server {
         takeover: &takeover::Takeover,
         stream: T,
         unconsumed: Vec<u8>,
-        peer: PeerAddr,
         service: S,
     ) where
         T: IntoStream,
@@ -139,32 +133,24 @@ impl Server {
         match back {
             endless_tokio::Stream::Tcp(io) => {
                 let io = takeover::Prefixed::new(prefix, io);
-                self.http(io, peer, service, Closing::fired()).await;
+                self.http(io, service, Closing::fired()).await;
             }
             endless_tokio::Stream::Unix(io) => {
                 let io = takeover::Prefixed::new(prefix, io);
-                self.http(io, peer, service, Closing::fired()).await;
+                self.http(io, service, Closing::fired()).await;
             }
         }
     }
 
-    pub(crate) async fn http<I, S, B>(
-        &self,
-        io: I,
-        peer: PeerAddr,
-        service: S,
-        mut closing: Closing,
-    ) where
+    pub(crate) async fn http<I, S, B>(&self, io: I, service: S, mut closing: Closing)
+    where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
         S: HttpService<B>,
         B: ResponseBody,
     {
         let state = Arc::new(ConnState::default());
         let service = DrainAware {
-            inner: WithPeer {
-                inner: service.into_connection(),
-                peer,
-            },
+            inner: service.into_connection(),
             state: Arc::clone(&state),
         };
         let conn = self

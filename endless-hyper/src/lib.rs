@@ -58,8 +58,9 @@
 //! }
 //! ```
 //!
-//! Each request carries the address of its connection's peer in its extensions:
-//! [`PeerAddr`] (TCP or Unix).
+//! A service that needs its peer's address ([`PeerAddr`], TCP or Unix) is made per
+//! connection: [`Server::serve_with_connect_info`] with [`make_service_fn`], or axum's
+//! `ConnectInfo` (below).
 //!
 //! # axum
 //!
@@ -124,7 +125,7 @@ mod takeover;
 #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
 pub mod tls;
 
-pub use peer::{ConnectionInfo, PeerAddr};
+pub use peer::{ConnectionInfo, MakeServiceFn, PeerAddr, make_service_fn};
 pub use server::{Accept, DEFAULT_IDLE_GRACE, Server, TLS_HANDSHAKE_TIMEOUT};
 pub use service::{BoxError, HttpService, HyperService, ResponseBody};
 pub use takeover::IntoStream;

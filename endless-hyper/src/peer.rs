@@ -1,38 +1,20 @@
-//! Who is at the other end of a connection: [`PeerAddr`], which every request served
-//! carries in its extensions, and [`ConnectionInfo`], what the make service of
-//! [`Server::serve_with_connect_info`](crate::Server::serve_with_connect_info) is called
-//! with once per connection (axum's `ConnectInfo`, with the `axum` feature).
+//! Who is at the other end of a connection: [`ConnectionInfo`] (its [`PeerAddr`]), what the
+//! make service of [`Server::serve_with_connect_info`](crate::Server::serve_with_connect_info)
+//! is called with once per connection: axum's `ConnectInfo` with the `axum` feature, or a
+//! closure through [`make_service_fn`].
+//!
+//! Nothing is put in each request's extensions: that costs every request (an allocation,
+//! a map insert; about 10% of a small request's instructions, `bench/instructions.sh`),
+//! and only the services that ask for the peer should pay for it, once per connection.
 
 use std::net::SocketAddr;
 use std::os::unix::net::SocketAddr as UnixSocketAddr;
 
-use http::Request;
-
-/// The address of a connection's peer, in the extensions of every request
-/// [`Server`](crate::Server) serves (`req.extensions().get::<PeerAddr>()`, or axum's
-/// `Extension<PeerAddr>`).
+/// The address of a connection's peer ([`ConnectionInfo::peer_addr`]).
 ///
 /// A connection taken over from the previous generation
-/// ([`Server::hand_over_idle`](crate::Server::hand_over_idle)) carries the same peer as
+/// ([`Server::hand_over_idle`](crate::Server::hand_over_idle)) has the same peer as
 /// before: the address is read from its socket.
-///
-/// # Examples
-///
-/// ```
-/// use std::convert::Infallible;
-/// use endless_hyper::{HyperService, PeerAddr};
-/// use hyper::{Request, Response, body::Incoming};
-///
-/// let service = HyperService(hyper::service::service_fn(|req: Request<Incoming>| async move {
-///     let peer = match req.extensions().get::<PeerAddr>() {
-///         Some(PeerAddr::Tcp(addr)) => addr.to_string(),
-///         Some(peer) => format!("{peer:?}"),
-///         None => "?".to_owned(),
-///     };
-///     Ok::<_, Infallible>(Response::new(format!("hello, {peer}\n")))
-/// }));
-/// # drop(service);
-/// ```
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum PeerAddr {
@@ -124,25 +106,80 @@ impl axum::extract::connect_info::Connected<ConnectionInfo> for PeerAddr {
     }
 }
 
-/// The service of a connection, which puts the connection's [`PeerAddr`] in the extensions
-/// of each request.
-#[derive(Debug, Clone)]
-pub(crate) struct WithPeer<S> {
-    pub(crate) inner: S,
-    pub(crate) peer: PeerAddr,
+/// A make service from a closure, for
+/// [`Server::serve_with_connect_info`](crate::Server::serve_with_connect_info): `make` is
+/// called once per connection with its [`ConnectionInfo`] and returns the connection's
+/// service (tower's `service_fn`, for make services).
+///
+/// # Examples
+///
+/// A hyper service that greets each peer by its address:
+///
+/// ```
+/// use std::convert::Infallible;
+/// use endless_hyper::{ConnectionInfo, HyperService, Server, make_service_fn};
+/// use hyper::{Request, Response, body::Incoming, service::service_fn};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # use tokio::io::{AsyncReadExt, AsyncWriteExt};
+/// let endless = endless_tokio::Endless::start()?;
+/// let listener = endless.tcp_listener("http", "127.0.0.1:0")?;
+/// # let addr = listener.local_addr()?;
+/// let make = make_service_fn(|info: ConnectionInfo| {
+///     let peer = info.peer_addr().clone();
+///     HyperService(service_fn(move |_req: Request<Incoming>| {
+///         let hello = format!("hello, {:?}\n", peer.tcp());
+///         async move { Ok::<_, Infallible>(Response::new(hello)) }
+///     }))
+/// });
+/// Server::new().serve_with_connect_info(listener, make);
+/// endless.ready();
+/// # let mut client = tokio::net::TcpStream::connect(addr).await?;
+/// # let local = client.local_addr()?;
+/// # client.write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await?;
+/// # let mut response = String::new();
+/// # client.read_to_string(&mut response).await?;
+/// # assert!(response.ends_with(&format!("hello, Some({local})\n")), "{response}");
+/// # endless.request(endless_tokio::Request::Stop);
+/// # assert_eq!(endless.run().await.code, 0);
+/// # Ok(()) }
+/// ```
+pub fn make_service_fn<F, S>(make: F) -> MakeServiceFn<F>
+where
+    F: Fn(ConnectionInfo) -> S,
+{
+    MakeServiceFn { make }
 }
 
-impl<S, B> hyper::service::Service<Request<B>> for WithPeer<S>
-where
-    S: hyper::service::Service<Request<B>>,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = S::Future;
+/// The make service of [`make_service_fn`].
+#[derive(Clone, Copy)]
+pub struct MakeServiceFn<F> {
+    make: F,
+}
 
-    #[inline(always)]
-    fn call(&self, mut req: Request<B>) -> Self::Future {
-        req.extensions_mut().insert(self.peer.clone());
-        self.inner.call(req)
+impl<F> std::fmt::Debug for MakeServiceFn<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MakeServiceFn").finish_non_exhaustive()
+    }
+}
+
+impl<F, S> tower_service::Service<ConnectionInfo> for MakeServiceFn<F>
+where
+    F: Fn(ConnectionInfo) -> S,
+{
+    type Response = S;
+    type Error = std::convert::Infallible;
+    type Future = std::future::Ready<Result<S, std::convert::Infallible>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, info: ConnectionInfo) -> Self::Future {
+        std::future::ready(Ok((self.make)(info)))
     }
 }

@@ -194,8 +194,8 @@ impl Server {
     /// within the tokio runtime.
     ///
     /// `service` is a tower service (an axum `Router`), or a hyper service wrapped in
-    /// [`HyperService`](crate::HyperService): see [`HttpService`]. Each request carries
-    /// the address of its connection's peer in its extensions ([`PeerAddr`]).
+    /// [`HyperService`](crate::HyperService): see [`HttpService`]. For the peer's address,
+    /// see [`serve_with_connect_info`](Self::serve_with_connect_info).
     pub fn serve<L, S, B>(&self, listener: L, service: S) -> tokio::task::JoinHandle<()>
     where
         L: Accept,
@@ -210,9 +210,11 @@ impl Server {
     /// [`ConnectionInfo`] (as `axum::serve` and tower's `MakeService` do). An error
     /// from `make_service` closes the connection.
     ///
-    /// This is how axum's `ConnectInfo` extractor gets its value: with the `axum` feature,
-    /// serve `router.into_make_service_with_connect_info::<SocketAddr>()` (or
-    /// `::<PeerAddr>()`, which also tells Unix peers apart).
+    /// This is how a service learns its peer's address ([`ConnectionInfo::peer_addr`]): a
+    /// hyper service through [`make_service_fn`](crate::make_service_fn); axum's
+    /// `ConnectInfo` extractor, with the `axum` feature, by serving
+    /// `router.into_make_service_with_connect_info::<SocketAddr>()` (or `::<PeerAddr>()`,
+    /// which also tells Unix peers apart).
     ///
     /// # Examples
     ///
@@ -351,11 +353,11 @@ impl Server {
         match stream {
             endless_tokio::Stream::Tcp(io) => {
                 let io = takeover::Prefixed::new(prefix, io);
-                self.h1_takeover(io, peer, service, closing).await;
+                self.h1_takeover(io, service, closing).await;
             }
             endless_tokio::Stream::Unix(io) => {
                 let io = takeover::Prefixed::new(prefix, io);
-                self.h1_takeover(io, peer, service, closing).await;
+                self.h1_takeover(io, service, closing).await;
             }
         }
     }
@@ -373,7 +375,7 @@ impl Server {
         if let Some(acceptor) = &self.tls {
             let handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(io));
             match handshake.await {
-                Ok(Ok(tls)) => self.http(tls, peer, service, closing).await,
+                Ok(Ok(tls)) => self.http(tls, service, closing).await,
                 Ok(Err(e)) => self
                     .span
                     .in_scope(|| tracing::debug!(error = %e, "TLS handshake failed")),
@@ -396,11 +398,11 @@ impl Server {
             };
             let io = takeover::Prefixed::new(prefix, io);
             if h2 {
-                return self.http(io, peer, service, closing).await;
+                return self.http(io, service, closing).await;
             }
-            return self.h1_takeover(io, peer, service, closing).await;
+            return self.h1_takeover(io, service, closing).await;
         }
-        self.http(io, peer, service, closing).await;
+        self.http(io, service, closing).await;
     }
 }
 

@@ -1,7 +1,6 @@
-//! Every request endless-hyper serves carries its peer's address (`PeerAddr`) in its
-//! extensions, read here by a plain hyper service on a TCP and on a Unix listener; and a
-//! make service (`Server::serve_with_connect_info`) sees it once per connection, and may
-//! refuse the connection. The server's lines carry endless' span with the pid.
+//! A plain hyper service learns its peer's address (`PeerAddr`) through a make service
+//! (`Server::serve_with_connect_info` with `make_service_fn`), on a TCP and on a Unix
+//! listener; a make service sees it once per connection, and may refuse the connection. The server's lines carry endless' span with the pid.
 //!
 //! One test only: it starts `Endless` in this process.
 
@@ -12,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use endless_hyper::{ConnectionInfo, HyperService, PeerAddr, Server};
+use endless_hyper::{ConnectionInfo, HyperService, PeerAddr, Server, make_service_fn};
 use endless_tokio::Endless;
 use hyper::{Request, Response, body::Incoming};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -20,9 +19,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 /// How long any step may take before the test fails instead of hanging.
 const DEADLINE: Duration = Duration::from_secs(10);
 
-/// A plain hyper service: answers with what it finds in the request's extensions.
-#[derive(Debug, Clone, Copy)]
-struct Peer;
+/// A plain hyper service: answers with the peer of its connection.
+#[derive(Debug, Clone)]
+struct Peer(PeerAddr);
 
 impl hyper::service::Service<Request<Incoming>> for Peer {
     type Response = Response<String>;
@@ -30,12 +29,13 @@ impl hyper::service::Service<Request<Incoming>> for Peer {
     type Future = std::future::Ready<Result<Response<String>, Infallible>>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
-        let body = match req.extensions().get::<PeerAddr>() {
-            Some(PeerAddr::Tcp(addr)) => format!("tcp {addr}"),
-            Some(PeerAddr::Unix(addr)) if addr.is_unnamed() => "unix unnamed".to_owned(),
-            Some(PeerAddr::Unix(addr)) => format!("unix {:?}", addr.as_pathname()),
-            Some(other) => format!("other {other:?}"),
-            None => "none".to_owned(),
+        // Nothing in the extensions: the peer comes from the make service, per connection.
+        assert!(req.extensions().get::<PeerAddr>().is_none());
+        let body = match &self.0 {
+            PeerAddr::Tcp(addr) => format!("tcp {addr}"),
+            PeerAddr::Unix(addr) if addr.is_unnamed() => "unix unnamed".to_owned(),
+            PeerAddr::Unix(addr) => format!("unix {:?}", addr.as_pathname()),
+            other => format!("other {other:?}"),
         };
         std::future::ready(Ok(Response::new(body)))
     }
@@ -76,7 +76,7 @@ impl tower_service::Service<ConnectionInfo> for OnlyFrom {
     fn call(&mut self, info: ConnectionInfo) -> Self::Future {
         let allowed = *self.0.lock().unwrap();
         std::future::ready(match info.peer_addr().tcp() {
-            Some(peer) if Some(peer) == allowed => Ok(HyperService(Peer)),
+            Some(peer) if Some(peer) == allowed => Ok(HyperService(Peer(info.peer_addr().clone()))),
             _ => Err("not this peer"),
         })
     }
@@ -105,7 +105,7 @@ impl std::io::Write for Lines {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_plain_hyper_service_reads_the_peer_address() {
+async fn a_plain_hyper_service_learns_its_peer_address() {
     let lines = Lines::default();
     let writer = lines.clone();
     tracing_subscriber::fmt()
@@ -115,11 +115,12 @@ async fn a_plain_hyper_service_reads_the_peer_address() {
         .init();
     let endless = Endless::start().unwrap();
     let server = Server::new();
-    let service = HyperService(Peer);
+    let service =
+        make_service_fn(|info: ConnectionInfo| HyperService(Peer(info.peer_addr().clone())));
 
     let tcp = endless.tcp_listener("tcp", "127.0.0.1:0").unwrap();
     let tcp_addr = tcp.local_addr().unwrap();
-    server.serve(tcp, service);
+    server.serve_with_connect_info(tcp, service);
 
     let path: PathBuf = std::env::temp_dir().join(format!(
         "endless-hyper-peer-addr-{}.sock",
@@ -127,7 +128,7 @@ async fn a_plain_hyper_service_reads_the_peer_address() {
     ));
     let _ = std::fs::remove_file(&path);
     let unix = endless.unix_listener("unix", &path).unwrap();
-    server.serve(unix, service);
+    server.serve_with_connect_info(unix, service);
 
     let allowed = OnlyFrom::default();
     let made = endless.tcp_listener("made", "127.0.0.1:0").unwrap();
