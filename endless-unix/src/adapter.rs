@@ -745,11 +745,11 @@ impl<N: Net> Endless<N> {
         self.handle.tracker()
     }
 
-    /// The [`tracing`] span every line endless logs runs in, `endless{pid=…}`: two
+    /// The `tracing` span every line endless logs runs in, `endless{pid=…}`: two
     /// generations write to the same stderr or journal, and the pid tells them apart. Run
     /// your own tasks in it and their lines carry the pid too:
     /// `tokio::spawn(task.instrument(endless.span().clone()))` (with
-    /// [`tracing::Instrument`]).
+    /// `tracing::Instrument`).
     pub fn span(&self) -> &tracing::Span {
         self.handle.span()
     }

@@ -111,7 +111,7 @@ mod tokio_io {
 
     impl Tracked<TcpStream> {
         /// Splits the connection into a read half and a write half that can move to
-        /// different tasks, as [`TcpStream::into_split`] does. Both halves stay tracked:
+        /// different tasks, as tokio's `TcpStream::into_split` does. Both halves stay tracked:
         /// the connection counts for the drain until both are dropped, and a forced close
         /// shuts the socket down while either lives.
         pub fn into_split(self) -> (Tracked<tcp::OwnedReadHalf>, Tracked<tcp::OwnedWriteHalf>) {
@@ -124,7 +124,7 @@ mod tokio_io {
 
     impl Tracked<UnixStream> {
         /// Splits the connection into halves that can move to different tasks, as
-        /// [`UnixStream::into_split`] does; both stay tracked (see
+        /// tokio's `UnixStream::into_split` does; both stay tracked (see
         /// [`Tracked<TcpStream>::into_split`](Tracked::into_split)).
         pub fn into_split(self) -> (Tracked<unix::OwnedReadHalf>, Tracked<unix::OwnedWriteHalf>) {
             let Self { mut guard, stream } = self;

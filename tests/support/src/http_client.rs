@@ -213,6 +213,9 @@ impl Target {
     pub fn tls(addr: SocketAddr, proto: Proto, ca: CertificateDer<'static>) -> Self {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(ca).expect("add the CA to the root store");
+        // rustls 0.23.48 deprecates ring's provider, with no other way to it within 0.23 (see
+        // endless_hyper::tls); the tests and the demo use ring all the same.
+        #[allow(deprecated)]
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut config = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()

@@ -320,6 +320,9 @@ pub(crate) fn tls_connector(
     roots
         .add(cert)
         .map_err(|e| format!("the demo's certificate: {e}"))?;
+    // rustls 0.23.48 deprecates ring's provider, with no other way to it within 0.23 (see
+    // endless_hyper::tls); the tests and the demo use ring all the same.
+    #[allow(deprecated)]
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
