@@ -266,6 +266,7 @@ impl ConnectionGuard {
     /// connection counts, and its socket is shut down on a forced close, until both are
     /// dropped. Crate-private: only halves that own the socket between them share a
     /// guard, so that the registration always ends before the socket closes.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
     pub(crate) fn share(&mut self) -> Self {
         let shared = self.shared.get_or_insert_with(Arc::default);
         Self {
