@@ -41,26 +41,64 @@ pub fn bind_udp(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
 
 /// A Unix stream listener at `path`. A socket file left behind by a process that is gone
 /// (connecting to it is refused) is removed first; one that somebody still serves is not,
-/// and binding then fails with `AddrInUse`. Non-blocking, close-on-exec.
+/// and binding then fails with `AddrInUse`. Anything else at `path` — a regular file, a
+/// directory, a symlink (even to a socket) — is never removed: binding fails with
+/// `AlreadyExists`, naming it. Non-blocking, close-on-exec.
 pub fn bind_unix(path: &Path) -> io::Result<UnixListener> {
-    match UnixListener::bind(path) {
+    let listener = match UnixListener::bind(path) {
         Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
-            match UnixStream::connect(path) {
-                Err(c) if c.kind() == io::ErrorKind::ConnectionRefused => {
-                    tracing::info!(path = %path.display(), "removing a stale unix socket");
-                    std::fs::remove_file(path)?;
-                }
-                _ => return Err(e),
-            }
-            let listener = UnixListener::bind(path)?;
-            listener.set_nonblocking(true)?;
-            Ok(listener)
+            remove_stale_socket(path, e)?;
+            UnixListener::bind(path)?
         }
-        Err(e) => Err(e),
-        Ok(listener) => {
-            listener.set_nonblocking(true)?;
-            Ok(listener)
-        }
+        bound => bound?,
+    };
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+/// Removes the socket file at `path` if nobody serves it; `in_use` (the failed bind's
+/// error) if somebody does.
+fn remove_stale_socket(path: &Path, in_use: io::Error) -> io::Result<()> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    // Not followed: a symlink is not ours to judge, whatever it points to.
+    let before = std::fs::symlink_metadata(path)?;
+    if !before.file_type().is_socket() {
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!(
+                "{} exists and is not a socket (a {}); it is left as it is",
+                path.display(),
+                kind_of(&before.file_type())
+            ),
+        ));
+    }
+    match UnixStream::connect(path) {
+        Err(c) if c.kind() == io::ErrorKind::ConnectionRefused => {}
+        _ => return Err(in_use),
+    }
+    // The same file as the one checked (not replaced meanwhile), then removed.
+    let now = std::fs::symlink_metadata(path)?;
+    if (now.dev(), now.ino()) != (before.dev(), before.ino()) {
+        return Err(in_use);
+    }
+    tracing::info!(path = %path.display(), "removing a stale unix socket");
+    std::fs::remove_file(path)
+}
+
+fn kind_of(kind: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if kind.is_file() {
+        "regular file"
+    } else if kind.is_dir() {
+        "directory"
+    } else if kind.is_symlink() {
+        "symbolic link"
+    } else if kind.is_fifo() {
+        "fifo"
+    } else if kind.is_char_device() || kind.is_block_device() {
+        "device"
+    } else {
+        "file of another kind"
     }
 }
 
@@ -92,6 +130,47 @@ mod tests {
         assert!(path.exists());
         let again = bind_unix(&path).unwrap();
         drop(again);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn unix_never_removes_what_is_not_a_socket() {
+        let dir = std::env::temp_dir().join(format!("endless-listen-keep-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // A regular file: kept, with its contents, and the error names it.
+        let file = dir.join("data.db");
+        std::fs::write(&file, b"precious").unwrap();
+        let err = bind_unix(&file).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
+        assert!(
+            err.to_string().contains("not a socket (a regular file)"),
+            "{err}"
+        );
+        assert_eq!(std::fs::read(&file).unwrap(), b"precious");
+        // A symlink to a stale socket: neither the link nor the socket is touched.
+        let stale = dir.join("stale.sock");
+        drop(bind_unix(&stale).unwrap());
+        let link = dir.join("link.sock");
+        std::os::unix::fs::symlink(&stale, &link).unwrap();
+        let err = bind_unix(&link).unwrap_err();
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        assert!(
+            std::fs::symlink_metadata(&link)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        assert!(stale.exists());
+        // A directory.
+        let sub = dir.join("sub");
+        std::fs::create_dir(&sub).unwrap();
+        assert!(
+            bind_unix(&sub)
+                .unwrap_err()
+                .to_string()
+                .contains("directory")
+        );
+        assert!(sub.is_dir());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -182,6 +182,11 @@ macro_rules! restart_scenarios {
         fn unix_path_written_differently_keeps_listener() {
             $crate::scenarios::unix_path_written_differently_keeps_listener($bin);
         }
+
+        #[test]
+        fn unix_listen_path_that_is_not_a_socket_is_kept() {
+            $crate::scenarios::unix_listen_path_not_a_socket($bin);
+        }
     };
 }
 pub use crate::restart_scenarios;
@@ -1933,6 +1938,43 @@ pub fn udp_listen_address_changes(bin: &Path) {
         to,
         "listen address changed; binding anew",
     );
+}
+
+/// `--listen unix:PATH` where `PATH` is a regular file, or a symlink to a stale socket: the
+/// server refuses to start with an error naming the path, and the file (its contents),
+/// the link and the socket it points to are all left as they were. (A refused connect was
+/// once taken to mean "stale socket", and the file was deleted.)
+pub fn unix_listen_path_not_a_socket(bin: &Path) {
+    let dir = crate::TempDir::new("not-a-socket");
+    let file = dir.path().join("data.db");
+    fs::write(&file, b"precious").unwrap();
+    let stale = dir.path().join("stale.sock");
+    drop(UnixListener::bind(&stale).unwrap());
+    let link = dir.path().join("link.sock");
+    std::os::unix::fs::symlink(&stale, &link).unwrap();
+    for (path, kind) in [(&file, "a regular file"), (&link, "a symbolic link")] {
+        let mut command = Group::command(bin);
+        command.arg("--listen").arg(format!("unix:{}", path.display()));
+        let group = Group::spawn("a server on a path that is not a socket", command);
+        let exit = group.wait_exit(group.leader());
+        assert!(
+            matches!(exit, Exit::Code(c) if c != 0),
+            "{kind}: exit status {exit:?}\n{}",
+            group.dump()
+        );
+        group.wait_output_closed();
+        let expected = format!("{} exists and is not a socket ({kind})", path.display());
+        assert!(
+            group.stderr.find_from(0, |l| l.contains(&expected)).is_some(),
+            "{kind}: expected {expected:?}\n{}",
+            group.dump()
+        );
+        assert_eq!(group.announced_pids(), [0u32; 0], "{kind}: it listened");
+        group.wait_settled(&[]);
+    }
+    assert_eq!(fs::read(&file).unwrap(), b"precious");
+    assert!(fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+    assert!(fs::symlink_metadata(&stale).unwrap().file_type().is_socket());
 }
 
 /// Unix, `unix:<dir>/a.sock` → `unix:<dir>/b.sock`: `b.sock` is created and served by the
