@@ -837,7 +837,7 @@ fn handover_set_is_exactly_what_the_plan_targets() {
 fn child_leads_a_process_group_of_its_own() {
     // Field 5 of /proc/<pid>/stat is the process group (`sh` has no space in its name).
     let mut prepared = prepare(&sh("cut -d' ' -f5 /proc/$$/stat"), &[]).unwrap();
-    prepared.command.stdout(std::process::Stdio::piped());
+    prepared.command.stdout(Stdio::piped());
     let (child, _ready) = prepared.spawn_with(|mut c| c.spawn()).unwrap();
     let child = Reaped(Some(child));
     let pid = child.id();
