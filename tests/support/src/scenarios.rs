@@ -890,13 +890,14 @@ pub fn hup_burst(bin: &Path) {
     still_serves_and_restarts(&server);
 }
 
-/// Bad input h: TERM while a child is starting (a script that sleeps before it `exec`s the
-/// real binary): the child is killed, the old process drains and exits 0, the pid file is
-/// removed, the real binary never runs, and nothing of the group is left.
+/// Bad input h: TERM while a child is starting (a script that sleeps, in a process of its
+/// own, before it `exec`s the real binary): the child is killed with its process group (the
+/// `sleep` too), the old process drains and exits 0, the pid file is removed, the real
+/// binary never runs, and nothing of the group is left.
 pub fn term_while_child_starting(bin: &Path) {
     let server = Server::start(bin, &Options::default());
     let old = server.pid();
-    let script = format!("sleep 5\nexec {} \"$@\"", sh_quote(server.real_binary()));
+    let script = format!("sleep 600\nexec {} \"$@\"", sh_quote(server.real_binary()));
     server.replace_exe(&sh_script(&script), 0o755);
 
     let mark = server.group.stderr.len();
@@ -914,8 +915,8 @@ pub fn term_while_child_starting(bin: &Path) {
             "the starting child"
         );
     }
-    // The script's `sleep 5` was killed with it (its process group); then nothing is left
-    // (a child that was not killed would `exec` the real server, which never exits).
+    // The script's `sleep 600` was killed with it (its process group): nothing is left (a
+    // child that was not killed would `exec` the real server, which never exits).
     server.group.wait_settled(&[]);
     assert_eq!(server.group.announced_pids(), [old]);
     server
