@@ -476,11 +476,11 @@ fn peek_exit(pid: u32) -> Option<Exit> {
         .or_else(|| status.terminating_signal().map(Exit::Signal))
 }
 
-// ---- process groups ------------------------------------------------------------------------
+// ---- sessions ------------------------------------------------------------------------------
 
-/// A process started by the test in its own session, and everything in that session (every
-/// generation, each in a process group of its own, and what they start); "the group":
-/// its stdout and stderr lines (shared by every process of the group that inherited them),
+/// A process started by the test in its own session, and everything in that session ("the
+/// group": every generation, each in a process group of its own, and what they start): its
+/// stdout and stderr lines (shared by every process of the group that inherited them),
 /// and the exit statuses of the processes this test process reaped.
 #[derive(Debug)]
 pub struct Group {
@@ -1097,7 +1097,7 @@ impl Options {
     }
 }
 
-/// A server under test: its process group, its directory (with its executable and pid
+/// A server under test: its session ([`Group`]), its directory (with its executable and pid
 /// file) and the generation the harness believes serves.
 #[derive(Debug)]
 pub struct Server {
