@@ -321,8 +321,9 @@ pub struct HandoffFd<'a> {
 #[derive(Debug)]
 pub struct Prepared<'a> {
     /// The child's command: program, arguments, working directory, environment (cleared,
-    /// then the executable's plus the `ENDLESS_*` variables), and a `pre_exec` hook that
-    /// puts the descriptors in place. Change its stdio if you like; keep the hook.
+    /// then the executable's plus the `ENDLESS_*` variables), a process group of its own
+    /// (see [the module docs](self#process-groups)), and a `pre_exec` hook that puts the
+    /// descriptors in place. Change its stdio if you like; keep the group and the hook.
     pub command: Command,
     /// The parent's end of the readiness channel: non-blocking and close-on-exec.
     pub ready: OwnedFd,
@@ -375,7 +376,9 @@ impl Prepared<'_> {
 /// [`env::encode`] (this process's pid as the parent), plans the renumbering with
 /// [`plan::plan`], and builds the command: program `exe.path()`, its arguments, working
 /// directory `exe.cwd()`, an environment of exactly `exe.env()` (minus reserved variables)
-/// plus the `ENDLESS_*` variables, and a `pre_exec` hook that runs the plan in the child.
+/// plus the `ENDLESS_*` variables, a process group of its own (its pid; see
+/// [the module docs](self#process-groups)), and a `pre_exec` hook that runs the plan in the
+/// child.
 /// The hook only calls `fcntl`, `dup2` and `close` on data prepared here: after `fork`
 /// nothing allocates. Every other descriptor of this process keeps its close-on-exec flag,
 /// so the child gets exactly stdio, the handoff and the readiness channel.
