@@ -177,16 +177,16 @@ impl ChildProcess for SmolChild {
     }
 
     fn start_kill(&mut self) -> io::Result<()> {
-        match self.0.kill() {
-            // Already reaped: nothing to kill.
-            Err(e) if e.kind() == io::ErrorKind::InvalidInput => Ok(()),
-            other => other,
+        // Its whole process group, only while it is not reaped (reaping here keeps its
+        // status for `wait`): neither its pid nor its group id can have been reused.
+        match self.0.try_status()? {
+            Some(_) => Ok(()),
+            None => endless_unix::spawn::kill(self.0.id()),
         }
     }
 
     fn terminate(&mut self) -> io::Result<()> {
-        // Only while it is not reaped (reaping here keeps its status for `wait`): its pid
-        // cannot have been reused.
+        // As `start_kill`.
         match self.0.try_status()? {
             Some(_) => Ok(()),
             None => endless_unix::spawn::terminate(self.0.id()),

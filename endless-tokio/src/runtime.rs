@@ -160,10 +160,11 @@ impl ChildProcess for TokioChild {
     }
 
     fn start_kill(&mut self) -> io::Result<()> {
-        match self.child.start_kill() {
-            // Already reaped: nothing to kill.
-            Err(e) if e.kind() == io::ErrorKind::InvalidInput => Ok(()),
-            other => other,
+        // Its whole process group, and only while tokio has not reaped it (it forgets the
+        // pid then): neither the pid nor the group id can have been reused.
+        match self.child.id() {
+            Some(pid) => endless_unix::spawn::kill(pid),
+            None => Ok(()),
         }
     }
 

@@ -95,9 +95,11 @@ pub(crate) fn spawn<R: Runtime + ?Sized>(
 /// What the driver asks of the task that owns a child process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ChildCommand {
-    /// `SIGKILL`: it may still run and must not live on.
+    /// `SIGKILL` to it and its process group: it may still run and must not live on, nor
+    /// anything it started (a wrapper script's server that holds the listeners).
     Kill,
-    /// `SIGTERM`: it serves (a staged generation) and stops on its own terms.
+    /// `SIGTERM` to it and its process group: it serves (a staged generation) and stops on
+    /// its own terms.
     Terminate,
 }
 
@@ -485,8 +487,9 @@ impl<R: Runtime> Driver<R> {
         }
         self.lifecycle.handle(Input::ChildSpawned { pid }, now);
 
-        // Reap it, whatever happens, and signal it when asked: only this task touches the
-        // child, so no signal reaches a reused pid.
+        // Reap it, whatever happens, and signal it (with its process group) when asked: only
+        // this task touches the child, and it signals only before the reap, while the pid is
+        // still in use and so can name neither another process nor another group.
         let (commands, received) = async_channel::bounded::<ChildCommand>(2);
         self.children.insert(pid, commands);
         let inputs = self.shared.inputs.clone();

@@ -49,10 +49,13 @@ pub trait Runtime: Send + Sync + fmt::Debug + 'static {
 pub trait ChildProcess: Send + 'static {
     /// Its pid.
     fn id(&self) -> u32;
-    /// Sends it `SIGKILL` (a no-op if it was already reaped).
+    /// Sends `SIGKILL` to it and its process group, so that nothing it started outlives it
+    /// (a no-op if it was already reaped, so that a reused pid or group id is never
+    /// signalled; [`crate::spawn::kill`] does it by pid).
     fn start_kill(&mut self) -> io::Result<()>;
-    /// Sends it `SIGTERM`: stop gracefully (a no-op if it was already reaped, so that a
-    /// reused pid is never signalled; [`crate::spawn::terminate`] does it by pid).
+    /// Sends `SIGTERM` to it and its process group: stop gracefully (a no-op if it was
+    /// already reaped, as for [`start_kill`](Self::start_kill);
+    /// [`crate::spawn::terminate`] does it by pid).
     fn terminate(&mut self) -> io::Result<()>;
     /// Waits for it to exit and reaps it. Cancel-safe.
     fn wait(&mut self) -> BoxFuture<'_, io::Result<ExitStatus>>;

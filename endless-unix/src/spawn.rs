@@ -8,6 +8,34 @@
 //! right after them), described by the `ENDLESS_*` variables; the runtime adapter spawns that
 //! command and reads the readiness channel. The child reports ready with [`send_readiness`].
 //!
+//! # Process groups
+//!
+//! The next generation is started in a process group of its own, whose id is its pid
+//! (`process_group(0)` in [`prepare`]). When it fails (not ready within the upgrade
+//! timeout, a staged upgrade rolled back, a stop while it starts), [`kill`] and
+//! [`terminate`] signal that whole group, not only the child: a new "binary" that is a
+//! wrapper script without `exec` takes the server it started with it, and no stray process
+//! keeps an inherited listener open after the service stopped. The group is signalled only
+//! while the child is not reaped, by the one task that owns it: until the reap, the child's
+//! pid is in use, so no other process or group can be given that number.
+//!
+//! What the group does not catch: a descendant that moved to a group or session of its own
+//! (`setsid`, a double fork into a daemon), and the descendants of a child that exited on
+//! its own (once it is reaped, its group id may name a stranger's group, so it is not
+//! signalled). A service manager that tracks every descendant (systemd's cgroups,
+//! `KillMode=control-group`) catches those too.
+//!
+//! A generation that succeeds keeps its group. What that means for job control when the
+//! server runs in a terminal: the shell's job is the first generation's group, and Ctrl-C
+//! (`SIGINT`), Ctrl-\\ and Ctrl-Z reach only the terminal's foreground group, so after a
+//! restart they no longer reach the generation that serves (the shell gives the prompt back
+//! once the first generation exits, while its successor serves on). Stop a server started
+//! from a terminal by signalling the pid in its pid file (`kill -TERM "$(cat server.pid)"`),
+//! or run it under a supervisor (systemd, s6, runit) that owns it. A later generation is in
+//! a background group of the terminal: reading from the terminal stops it (`SIGTTIN`), and
+//! so does writing to it under `stty tostop` (`SIGTTOU`); point stdin at `/dev/null` and
+//! logs at a file or the journal.
+//!
 //! # Examples
 //!
 //! ```no_run
@@ -37,6 +65,7 @@ use std::marker::PhantomData;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Component, Path, PathBuf};
 use std::process::Command;
 
@@ -292,8 +321,9 @@ pub struct HandoffFd<'a> {
 #[derive(Debug)]
 pub struct Prepared<'a> {
     /// The child's command: program, arguments, working directory, environment (cleared,
-    /// then the executable's plus the `ENDLESS_*` variables), and a `pre_exec` hook that
-    /// puts the descriptors in place. Change its stdio if you like; keep the hook.
+    /// then the executable's plus the `ENDLESS_*` variables), a process group of its own
+    /// (see [the module docs](self#process-groups)), and a `pre_exec` hook that puts the
+    /// descriptors in place. Change its stdio if you like; keep the group and the hook.
     pub command: Command,
     /// The parent's end of the readiness channel: non-blocking and close-on-exec.
     pub ready: OwnedFd,
@@ -346,7 +376,9 @@ impl Prepared<'_> {
 /// [`env::encode`] (this process's pid as the parent), plans the renumbering with
 /// [`plan::plan`], and builds the command: program `exe.path()`, its arguments, working
 /// directory `exe.cwd()`, an environment of exactly `exe.env()` (minus reserved variables)
-/// plus the `ENDLESS_*` variables, and a `pre_exec` hook that runs the plan in the child.
+/// plus the `ENDLESS_*` variables, a process group of its own (its pid; see
+/// [the module docs](self#process-groups)), and a `pre_exec` hook that runs the plan in the
+/// child.
 /// The hook only calls `fcntl`, `dup2` and `close` on data prepared here: after `fork`
 /// nothing allocates. Every other descriptor of this process keeps its close-on-exec flag,
 /// so the child gets exactly stdio, the handoff and the readiness channel.
@@ -402,7 +434,10 @@ pub fn prepare<'a>(exe: &Executable, fds: &[HandoffFd<'a>]) -> Result<Prepared<'
                 .filter(|(k, _)| !env::is_reserved(k))
                 .map(|(k, v)| (k, v)),
         )
-        .envs(env::encode(&handoff));
+        .envs(env::encode(&handoff))
+        // Its own process group, so that killing it kills what it started (module docs).
+        // std calls `setpgid(0, 0)` in the child before the `pre_exec` hook runs.
+        .process_group(0);
     sys::install_plan(&mut command, &plan).map_err(SpawnError::Io)?;
 
     Ok(Prepared {
@@ -425,13 +460,32 @@ pub fn send_readiness(channel: OwnedFd) -> io::Result<()> {
     sys::send_readiness(channel)
 }
 
-/// Sends `SIGTERM` to the child `pid`, for [`ChildProcess::terminate`]: call it only while
-/// the child is not reaped (its pid cannot be reused until then). A child that has exited
-/// but is not reaped yet counts as success.
+/// Sends `SIGTERM` to the child `pid` and its process group (see
+/// [the module docs](self#process-groups)), for [`ChildProcess::terminate`]: call it only
+/// while the child is not reaped (until then neither its pid nor its group id, the same
+/// number, can be reused). A child that has exited but is not reaped yet counts as success.
+///
+/// # Errors
+///
+/// When `kill` fails for another reason than a missing process (`pid` 0 or 1 is refused).
 ///
 /// [`ChildProcess::terminate`]: crate::ChildProcess::terminate
 pub fn terminate(pid: u32) -> io::Result<()> {
-    sys::kill(pid, rustix::process::Signal::TERM.as_raw())
+    sys::signal_child_group(pid, rustix::process::Signal::TERM)
+}
+
+/// Sends `SIGKILL` to the child `pid` and its process group (see
+/// [the module docs](self#process-groups)), for [`ChildProcess::start_kill`]: whatever the
+/// child started (a wrapper script's server, a `sleep` that inherited the listeners) dies
+/// with it. Call it only while the child is not reaped, as [`terminate`].
+///
+/// # Errors
+///
+/// As [`terminate`].
+///
+/// [`ChildProcess::start_kill`]: crate::ChildProcess::start_kill
+pub fn kill(pid: u32) -> io::Result<()> {
+    sys::signal_child_group(pid, rustix::process::Signal::KILL)
 }
 
 /// Why the next generation could not be prepared.

@@ -355,22 +355,14 @@ pub(crate) fn shutdown_both(fd: RawFd) -> io::Result<()> {
 }
 
 /// Sends `signal` (a raw signal number, such as `Signal::TERM.as_raw()` or `libc::SIGTERM`)
-/// to the process `pid`. A process that no longer exists (`ESRCH`) counts as success.
+/// to the process `pid` and says whether there was one: `Ok(false)` if no process has that
+/// pid (`ESRCH`). Signal `0` sends nothing and only checks that the process exists (a
+/// process that exists but belongs to another user fails with `PermissionDenied`).
 ///
-/// `pid` must be a real process id (1 to `i32::MAX`): `0` and values that would turn
-/// negative as a `pid_t` address process groups or every process, and are refused with
-/// `InvalidInput`.
-pub(crate) fn kill(pid: u32, signal: i32) -> io::Result<()> {
-    signal_process(pid, signal).map(drop)
-}
-
-/// Sends `signal` to the process `pid` and says whether there was one: `Ok(false)` if no
-/// process has that pid (`ESRCH`). Signal `0` sends nothing and only checks that the
-/// process exists (a process that exists but belongs to another user fails with
-/// `PermissionDenied`).
-///
-/// Unlike [`kill`], a missing process is reported: the restart command must tell a stale
-/// pid file apart from a signal that was delivered. The same pids as [`kill`] are refused.
+/// A missing process is reported: the restart command must tell a stale pid file apart
+/// from a signal that was delivered. `pid` must be a real process id (1 to `i32::MAX`): `0`
+/// and values that would turn negative as a `pid_t` address process groups or every
+/// process, and are refused with `InvalidInput`.
 pub(crate) fn signal_process(pid: u32, signal: i32) -> io::Result<bool> {
     let pid = i32::try_from(pid)
         .ok()
@@ -389,6 +381,48 @@ pub(crate) fn signal_process(pid: u32, signal: i32) -> io::Result<bool> {
     match sent {
         Ok(()) => Ok(true),
         Err(e) if is_errno(&e, Errno::SRCH) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Sends `signal` to the child `pid` and to every process of its process group `pid` (the
+/// group [`crate::spawn::prepare`] makes it lead), so that what it started goes with it. A
+/// child that no longer exists (`ESRCH`) counts as success.
+///
+/// Call it only while the child is not reaped: until then its pid cannot be reused, and
+/// neither can the group id, which is that same number (the kernel hands out no pid that is
+/// still in use as a process id or a process group id). After the reap, a stranger could
+/// own both, which is why only the task that owns and reaps the child calls this.
+///
+/// A child that left its group (`setpgid`, `setsid`: a daemonizing server) is signalled by
+/// its pid as well; a child spawned without a group of its own (`ESRCH` for the group)
+/// only by its pid. Pids 0 and 1 and values above `i32::MAX` are refused with
+/// `InvalidInput`: `kill(-1)` would reach every process.
+pub(crate) fn signal_child_group(pid: u32, signal: Signal) -> io::Result<()> {
+    let pid = i32::try_from(pid)
+        .ok()
+        .filter(|&p| p > 1)
+        .and_then(Pid::from_raw)
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "refusing to signal process group 0, 1 or above i32::MAX",
+            )
+        })?;
+    let gone = |e: &io::Error| is_errno(e, Errno::SRCH);
+    match rustix::process::kill_process_group(pid, signal).map_err(io::Error::from) {
+        Err(e) if !gone(&e) => return Err(e),
+        _ => {}
+    }
+    // Still its group's leader (a zombie too: `getpgid` sees it until it is reaped)? Then
+    // the group signal reached it.
+    match rustix::process::getpgid(Some(pid)).map_err(io::Error::from) {
+        Ok(pgid) if pgid == pid => Ok(()),
+        Ok(_) => match rustix::process::kill_process(pid, signal).map_err(io::Error::from) {
+            Err(e) if !gone(&e) => Err(e),
+            _ => Ok(()),
+        },
+        Err(e) if gone(&e) => Ok(()),
         Err(e) => Err(e),
     }
 }
@@ -654,21 +688,6 @@ mod tests {
     }
 
     #[test]
-    fn kill_refuses_groups_and_ignores_missing_processes() {
-        for pid in [0, u32::MAX, 1 << 31] {
-            assert_eq!(
-                kill(pid, 0).unwrap_err().kind(),
-                io::ErrorKind::InvalidInput,
-                "{pid}"
-            );
-        }
-        kill(getpid(), 0).unwrap();
-        // Far above any pid_max: no such process.
-        kill(i32::MAX.unsigned_abs(), 0).unwrap();
-        assert_ne!(getppid(), 0);
-    }
-
-    #[test]
     fn signal_process_reports_missing_processes() {
         for pid in [0, u32::MAX, 1 << 31] {
             assert_eq!(
@@ -678,6 +697,7 @@ mod tests {
             );
         }
         assert!(signal_process(getpid(), 0).unwrap());
+        assert_ne!(getppid(), 0);
         // Far above any pid_max: no such process.
         assert!(!signal_process(i32::MAX.unsigned_abs(), 0).unwrap());
     }
@@ -703,6 +723,57 @@ mod tests {
             .read_to_end(&mut got)
             .unwrap();
         assert_eq!(got, endless_core::ready::message(getpid()));
+    }
+
+    #[test]
+    fn signal_child_group_refuses_broadcasts() {
+        for pid in [0, 1, u32::MAX, 1 << 31] {
+            let e = signal_child_group(pid, Signal::TERM).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{pid}");
+        }
+    }
+
+    #[test]
+    fn signal_child_group_kills_what_the_child_started() {
+        use std::io::BufRead;
+        // A wrapper that runs its child without `exec`, in a group of its own as `prepare`
+        // makes it.
+        let mut child = Command::new("/bin/sh")
+            .args(["-c", "sleep 600 & echo $!; wait"])
+            .process_group(0)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let sleep: u32 = line.trim().parse().unwrap();
+        signal_child_group(child.id(), Signal::KILL).unwrap();
+        let status = child.wait().unwrap();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(9)
+        );
+        // The orphaned `sleep` was killed too (its new parent reaps it): gone, or a zombie.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let state = std::fs::read_to_string(format!("/proc/{sleep}/stat"))
+                .ok()
+                .and_then(|s| s.rsplit_once(')').map(|(_, r)| r.trim_start().to_owned()));
+            match state {
+                None => break,
+                Some(r) if r.starts_with('Z') || r.starts_with('X') => break,
+                Some(_) => {}
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "sleep {sleep} lives on"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        // Reaped: a no-op now (no such process or group).
+        signal_child_group(child.id(), Signal::KILL).unwrap();
     }
 
     #[test]

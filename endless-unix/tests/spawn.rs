@@ -832,3 +832,18 @@ fn handover_set_is_exactly_what_the_plan_targets() {
     );
     drop(prepared.spawned());
 }
+
+#[test]
+fn child_leads_a_process_group_of_its_own() {
+    // Field 5 of /proc/<pid>/stat is the process group (`sh` has no space in its name).
+    let mut prepared = prepare(&sh("cut -d' ' -f5 /proc/$$/stat"), &[]).unwrap();
+    prepared.command.stdout(Stdio::piped());
+    let (child, _ready) = prepared.spawn_with(|mut c| c.spawn()).unwrap();
+    let child = Reaped(Some(child));
+    let pid = child.id();
+    let output = child.output();
+    assert!(output.status.success(), "{output:?}");
+    let pgid = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    assert_eq!(pgid, pid.to_string(), "its own group, led by itself");
+    assert_ne!(pid, rustix::process::getpgrp().as_raw_pid().unsigned_abs());
+}

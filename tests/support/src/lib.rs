@@ -22,7 +22,7 @@
 //!
 //! # Processes
 //!
-//! - Each server is started in a process group of its own (`process_group(0)`), from a copy
+//! - Each server is started in a session of its own (`setsid`), from a copy
 //!   of its binary in a per-test temporary directory (so a test may replace the file on
 //!   disk), with `--pid-file` in that directory and its stdout and stderr read by two
 //!   background threads that keep every line (printed when the test fails).
@@ -31,13 +31,15 @@
 //!   reaped, its exit status read and its zombie counted.
 //! - Reaping: tests of one binary run on parallel threads of one process, so `waitpid(-1)`
 //!   is never used (it could steal another test's child). A [`Group`] reaps only the pids
-//!   that `/proc` shows in *its* process group with the test process as their parent, one
-//!   `waitpid(pid)` each. The group leader (the first generation, whose pid is the group id)
-//!   is left a zombie until the group is dropped (its status is read with `WNOWAIT`): as
-//!   long as it is not reaped, its pid, hence the group id, cannot be reused, so the final
-//!   `kill(-pgid, SIGKILL)` can never hit a stranger.
-//! - Dropping a [`Group`] (also while a failed test unwinds) sends `SIGKILL` to the whole
-//!   group and reaps until `/proc` shows nothing of it left.
+//!   that `/proc` shows in *its* session with the test process as their parent, one
+//!   `waitpid(pid)` each. A session rather than a process group: endless starts each new
+//!   generation in a process group of its own (inside the session). The session leader (the
+//!   first generation, whose pid is the session id) is left a zombie until the group is
+//!   dropped (its status is read with `WNOWAIT`): as long as it is not reaped, its pid, hence
+//!   the session id, cannot be reused, so no stranger is taken for a member.
+//! - Dropping a [`Group`] (also while a failed test unwinds) sends `SIGKILL` to every
+//!   process of the session (through a pidfd, opened before checking that the pid is still
+//!   a member) and reaps until `/proc` shows nothing of it left.
 //! - Forks of the test process and writes of executables take [`SPAWN_LOCK`] (shared and
 //!   exclusive), so that no child forked by a parallel test holds a file open for writing
 //!   while a server tries to `exec` it (`ETXTBSY`).
@@ -154,6 +156,7 @@ pub(crate) struct ProcInfo {
     pub(crate) state: char,
     pub(crate) ppid: u32,
     pub(crate) pgrp: u32,
+    pub(crate) session: u32,
 }
 
 impl ProcInfo {
@@ -172,11 +175,13 @@ pub(crate) fn proc_info(pid: u32) -> Option<ProcInfo> {
     let state = fields.next()?.chars().next()?;
     let ppid = fields.next()?.parse().ok()?;
     let pgrp = fields.next()?.parse().ok()?;
+    let session = fields.next()?.parse().ok()?;
     Some(ProcInfo {
         pid,
         state,
         ppid,
         pgrp,
+        session,
     })
 }
 
@@ -185,14 +190,29 @@ pub fn is_alive(pid: u32) -> bool {
     proc_info(pid).is_some_and(|p| !p.is_zombie())
 }
 
-/// Every process of process group `pgid`, zombies included.
-pub(crate) fn group_members(pgid: u32) -> Vec<ProcInfo> {
+/// Every process `/proc` shows, zombies included.
+fn all_processes() -> Vec<ProcInfo> {
     let Ok(dir) = fs::read_dir("/proc") else {
         return Vec::new();
     };
     dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
         .filter_map(proc_info)
+        .collect()
+}
+
+/// Every process of process group `pgid`, zombies included.
+pub(crate) fn group_members(pgid: u32) -> Vec<ProcInfo> {
+    all_processes()
+        .into_iter()
         .filter(|p| p.pgrp == pgid)
+        .collect()
+}
+
+/// Every process of session `sid`, zombies included.
+pub(crate) fn session_members(sid: u32) -> Vec<ProcInfo> {
+    all_processes()
+        .into_iter()
+        .filter(|p| p.session == sid)
         .collect()
 }
 
@@ -456,10 +476,11 @@ fn peek_exit(pid: u32) -> Option<Exit> {
         .or_else(|| status.terminating_signal().map(Exit::Signal))
 }
 
-// ---- process groups ------------------------------------------------------------------------
+// ---- sessions ------------------------------------------------------------------------------
 
-/// A process started by the test in its own process group, and everything in that group:
-/// its stdout and stderr lines (shared by every process of the group that inherited them),
+/// A process started by the test in its own session, and everything in that session ("the
+/// group": every generation, each in a process group of its own, and what they start): its
+/// stdout and stderr lines (shared by every process of the group that inherited them),
 /// and the exit statuses of the processes this test process reaped.
 #[derive(Debug)]
 pub struct Group {
@@ -471,14 +492,21 @@ pub struct Group {
 }
 
 impl Group {
-    /// Spawns `command` as the leader of a new process group, stdin `/dev/null`, stdout and
+    /// Spawns `command` as the leader of a new session, stdin `/dev/null`, stdout and
     /// stderr captured. Sets `RUST_LOG=info` and `NO_COLOR=1`, and removes the handoff
     /// variables (`ENDLESS_*` of the encoding, `LISTEN_*`) this test process may have, unless
     /// the caller sets them again afterwards (later `env` calls win).
     pub(crate) fn spawn(label: &str, mut command: Command) -> Self {
         init();
+        // SAFETY: the hook runs between fork and exec and only calls setsid (a system call,
+        // async-signal-safe); the error conversion does not allocate.
+        unsafe {
+            command.pre_exec(|| {
+                rustix::process::setsid().map_err(io::Error::from)?;
+                Ok(())
+            });
+        }
         command
-            .process_group(0)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -520,7 +548,7 @@ impl Group {
         command
     }
 
-    /// The pid of the process the test started (also the group id).
+    /// The pid of the process the test started (also the session id).
     pub(crate) fn leader(&self) -> u32 {
         self.leader
     }
@@ -535,7 +563,7 @@ impl Group {
     /// leader excepted, see the module docs), recording its status.
     pub(crate) fn reap(&self) {
         let me = own_pid();
-        for p in group_members(self.leader) {
+        for p in session_members(self.leader) {
             if p.pid != self.leader
                 && p.ppid == me
                 && p.is_zombie()
@@ -549,7 +577,7 @@ impl Group {
     /// The processes of the group, after reaping what this process can reap.
     pub(crate) fn members(&self) -> Vec<ProcInfo> {
         self.reap();
-        group_members(self.leader)
+        session_members(self.leader)
     }
 
     /// The pids of the group's processes that have not exited.
@@ -635,7 +663,7 @@ impl Group {
 
     /// Sends `signal` to `pid`, which must be a member of this group.
     pub fn signal(&self, pid: u32, sig: Signal) {
-        let member = proc_info(pid).is_some_and(|p| p.pgrp == self.leader);
+        let member = proc_info(pid).is_some_and(|p| p.session == self.leader);
         assert!(member, "{}: pid {pid} is not in the group", self.label);
         signal(pid, sig);
     }
@@ -687,7 +715,7 @@ impl Group {
 
     /// Everything the group printed, for a failure message.
     pub(crate) fn dump(&self) -> String {
-        let mut s = format!("==== {} (pgid {}) stdout ====\n", self.label, self.leader);
+        let mut s = format!("==== {} (sid {}) stdout ====\n", self.label, self.leader);
         for l in self.stdout.snapshot() {
             s.push_str(&l);
             s.push('\n');
@@ -700,15 +728,16 @@ impl Group {
         s
     }
 
-    /// Kills every process of the group and reaps them all; true if nothing is left.
+    /// Kills every process of the session and reaps them all; true if nothing is left.
     fn kill_and_reap(&self) -> bool {
-        let pgid = to_pid(self.leader);
+        let leader = to_pid(self.leader);
         let deadline = Instant::now() + DEADLINE;
         loop {
-            // The leader is not reaped yet, so the group id is still ours.
-            let _ = rustix::process::kill_process_group(pgid, Signal::KILL);
+            for p in session_members(self.leader) {
+                kill_member(self.leader, p.pid);
+            }
             self.reap();
-            let left: Vec<ProcInfo> = group_members(self.leader)
+            let left: Vec<ProcInfo> = session_members(self.leader)
                 .into_iter()
                 .filter(|p| p.pid != self.leader)
                 .collect();
@@ -722,8 +751,33 @@ impl Group {
             thread::sleep(POLL);
         }
         // Last, the leader (now dead: this does not block).
-        let _ = rustix::process::waitpid(Some(pgid), WaitOptions::empty());
+        let _ = rustix::process::waitpid(Some(leader), WaitOptions::empty());
         true
+    }
+}
+
+/// Sends `SIGKILL` to `pid` if it is (still) a process of session `sid`: the pidfd names
+/// that very process, and is opened before the check, so a pid reused meanwhile by a
+/// stranger fails the check instead of being killed. The session id cannot be reused while
+/// its leader is not reaped.
+fn kill_member(sid: u32, pid: u32) {
+    let Some(target) = i32::try_from(pid).ok().and_then(Pid::from_raw) else {
+        return;
+    };
+    let member = || proc_info(pid).is_some_and(|p| p.session == sid);
+    match rustix::process::pidfd_open(target, rustix::process::PidfdFlags::empty()) {
+        Ok(pidfd) => {
+            if member() {
+                let _ = rustix::process::pidfd_send_signal(&pidfd, Signal::KILL);
+            }
+        }
+        // A kernel without pidfds (before 5.3): by pid, right after the check.
+        Err(rustix::io::Errno::NOSYS) => {
+            if member() {
+                let _ = rustix::process::kill_process(target, Signal::KILL);
+            }
+        }
+        Err(_) => {}
     }
 }
 
@@ -1043,7 +1097,7 @@ impl Options {
     }
 }
 
-/// A server under test: its process group, its directory (with its executable and pid
+/// A server under test: its session ([`Group`]), its directory (with its executable and pid
 /// file) and the generation the harness believes serves.
 #[derive(Debug)]
 pub struct Server {

@@ -94,6 +94,11 @@ macro_rules! restart_scenarios {
         }
 
         #[test]
+        fn wrapper_never_ready_is_killed_with_what_it_started() {
+            $crate::scenarios::wrapper_never_ready($bin);
+        }
+
+        #[test]
         fn hup_burst() {
             $crate::scenarios::hup_burst($bin);
         }
@@ -755,6 +760,66 @@ pub fn new_binary_never_ready(bin: &Path) {
     still_serves_and_restarts(&server);
 }
 
+/// Bad input f, wrapped: the new binary is a script without `exec` that starts a `sleep`
+/// (which inherits the listener and the readiness channel) and waits for it, with
+/// `--upgrade-timeout 2`. At the timeout the script is killed with its process group, so the
+/// `sleep` dies too (`SIGKILL`) and nothing is left in that group; the old generation keeps
+/// serving. Once the service is stopped nothing holds the port: connecting is refused and a
+/// fresh bind succeeds.
+pub fn wrapper_never_ready(bin: &Path) {
+    let server = Server::start(bin, &Options::default().arg("--upgrade-timeout").arg("2"));
+    let pid = server.pid();
+    let Endpoint::Tcp(addr) = server.endpoint().clone() else {
+        panic!("the default listener is TCP: {:?}", server.endpoint());
+    };
+    let stray_file = server.dir().join("stray.pid");
+    let script = format!(
+        "sleep 600 &\necho \"$!\" > {}\nwait\n",
+        sh_quote(&stray_file)
+    );
+    server.replace_exe(&sh_script(&script), 0o755);
+
+    let mark = server.group.stderr.len();
+    let line = server.hup_expecting_failure();
+    assert!(line.contains("did not become ready in time"), "{line}");
+    let child = spawned_child(&server, mark);
+    let stray: u32 = wait_for("the script to write the pid of its sleep", DEADLINE, || {
+        fs::read_to_string(&stray_file).ok()?.trim().parse().ok()
+    });
+    server.group.wait_gone(child);
+    // Orphaned by the script, the `sleep` was reparented to the test process and reaped here.
+    server.group.wait_gone(stray);
+    assert_eq!(
+        server.group.exit_of(stray),
+        Some(Exit::Signal(Signal::KILL.as_raw())),
+        "the script's sleep was killed with it"
+    );
+    wait_for(
+        format_args!("nothing left in the process group of {child}"),
+        DEADLINE,
+        || {
+            server.group.reap();
+            crate::group_members(child).is_empty().then_some(())
+        },
+    );
+    server.group.wait_settled(&[pid]);
+    server.assert_serves(pid);
+
+    // The service stops: no stray process keeps its listener.
+    server.group.signal(pid, Signal::TERM);
+    assert_eq!(server.group.wait_exit(pid), Exit::Code(0));
+    server.group.wait_settled(&[]);
+    wait_for(
+        format_args!("connections to {addr} to be refused"),
+        DEADLINE,
+        || match TcpStream::connect(addr) {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Some(()),
+            _ => None,
+        },
+    );
+    TcpListener::bind(addr).unwrap_or_else(|e| panic!("a fresh start cannot bind {addr}: {e}"));
+}
+
 /// Bad input g: 100 HUPs in a burst, twice: a client keeps getting answers throughout, and
 /// each burst ends with exactly one new generation serving, alone, with no zombie.
 pub fn hup_burst(bin: &Path) {
@@ -830,13 +895,14 @@ pub fn hup_burst(bin: &Path) {
     still_serves_and_restarts(&server);
 }
 
-/// Bad input h: TERM while a child is starting (a script that sleeps before it `exec`s the
-/// real binary): the child is killed, the old process drains and exits 0, the pid file is
-/// removed, the real binary never runs, and nothing of the group is left.
+/// Bad input h: TERM while a child is starting (a script that sleeps, in a process of its
+/// own, before it `exec`s the real binary): the child is killed with its process group (the
+/// `sleep` too), the old process drains and exits 0, the pid file is removed, the real
+/// binary never runs, and nothing of the group is left.
 pub fn term_while_child_starting(bin: &Path) {
     let server = Server::start(bin, &Options::default());
     let old = server.pid();
-    let script = format!("sleep 5\nexec {} \"$@\"", sh_quote(server.real_binary()));
+    let script = format!("sleep 600\nexec {} \"$@\"", sh_quote(server.real_binary()));
     server.replace_exe(&sh_script(&script), 0o755);
 
     let mark = server.group.stderr.len();
@@ -854,7 +920,7 @@ pub fn term_while_child_starting(bin: &Path) {
             "the starting child"
         );
     }
-    // The orphaned `sleep 5` of the killed script ends by itself; then nothing is left (a
+    // The script's `sleep 600` was killed with it (its process group): nothing is left (a
     // child that was not killed would `exec` the real server, which never exits).
     server.group.wait_settled(&[]);
     assert_eq!(server.group.announced_pids(), [old]);

@@ -1,10 +1,11 @@
-//! The server under test: started in a process group of its own (every later generation is
-//! in it too, so one signal reaches them all), restarted by `SIGHUP` to the pid its pid
-//! file names, and ended — every generation, also on Ctrl-C or a panic — by [`Group`]'s
-//! drop.
+//! The server under test: started in a process group of its own (endless starts every later
+//! generation in a group of its own too, so each is signalled by its own group), restarted
+//! by `SIGHUP` to the pid its pid file names, and ended — every generation, also on Ctrl-C
+//! or a panic — by [`Group`]'s drop.
 //!
 //! On Linux the demo is a child subreaper: each generation whose parent (the previous
 //! generation) exits is re-parented to the demo, which reaps it and notes when it exited.
+//! The server is the demo's only child process, so the reaper waits for any child.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -40,7 +41,8 @@ pub(crate) struct Exit {
     pub(crate) code: i32,
 }
 
-/// The server's process group: its first generation and all later ones.
+/// The server's generations: the first one (its pid is `pgid`, the group the demo made) and
+/// all later ones, each in a process group of its own.
 #[derive(Debug)]
 pub(crate) struct Group {
     pub(crate) pgid: i32,
@@ -77,7 +79,7 @@ impl Group {
         let reaping = Arc::new(AtomicBool::new(true));
         let reaper = {
             let (exits, reaping) = (exits.clone(), reaping.clone());
-            std::thread::spawn(move || reap(pgid, &exits, &reaping))
+            std::thread::spawn(move || reap(&exits, &reaping))
         };
         // The child is reaped by the reaper thread, by pid: `Child` is not waited on.
         drop(child);
@@ -144,13 +146,38 @@ impl Group {
         lock(&self.exits).clone()
     }
 
-    /// Ends every generation: `SIGTERM` to the group (a graceful stop), `SIGKILL` to what
-    /// is left after `grace`; reaps them.
+    /// The generations that exist (zombies too) and were not reaped here: the first one,
+    /// and every pid a `listening` line named. Each leads a process group of its own.
+    fn live(&self) -> Vec<i32> {
+        let mut pids: Vec<u32> = std::iter::once(self.pgid.unsigned_abs())
+            .chain(self.listening().into_iter().map(|(pid, _)| pid))
+            .collect();
+        pids.sort_unstable();
+        pids.dedup();
+        pids.into_iter()
+            .filter(|&pid| self.exit_of(pid).is_none())
+            .filter_map(|pid| i32::try_from(pid).ok())
+            .filter(|&pid| {
+                Pid::from_raw(pid).is_some_and(|p| rustix::process::test_kill_process(p).is_ok())
+            })
+            .collect()
+    }
+
+    /// Ends every generation: `SIGTERM` to each one's group (a graceful stop), `SIGKILL`
+    /// to what is left after `grace`; reaps them. A generation is signalled only while the
+    /// demo has not reaped it; one whose parent (an older generation) still lives could in
+    /// principle be reaped by that parent and its pid reused in between, a window of
+    /// microseconds that the demo accepts (a real deployment signals the pid file's pid).
     pub(crate) fn stop(&mut self, grace: Duration) {
-        signal_group(self.pgid, Signal::TERM);
-        if !wait_gone(self.pgid, grace) {
-            signal_group(self.pgid, Signal::KILL);
-            wait_gone(self.pgid, Duration::from_secs(2));
+        let signal_all = |signal| {
+            for pid in self.live() {
+                signal_group(pid, signal);
+            }
+        };
+        signal_all(Signal::TERM);
+        if !self.wait_gone(grace) {
+            signal_all(Signal::KILL);
+            self.wait_gone(Duration::from_secs(2));
         }
         self.reaping.store(false, Ordering::Relaxed);
         if let Some(reaper) = self.reaper.take() {
@@ -243,28 +270,26 @@ fn signal_group(pgid: i32, signal: Signal) {
     let _ = rustix::process::kill_process_group(group(pgid), signal);
 }
 
-/// Whether any process of the group is alive (zombies not yet reaped count).
-fn group_alive(pgid: i32) -> bool {
-    rustix::process::test_kill_process_group(group(pgid)).is_ok()
-}
-
-fn wait_gone(pgid: i32, timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
-    while group_alive(pgid) {
-        if Instant::now() > deadline {
-            return false;
+impl Group {
+    /// Waits until no generation is left unreaped; false after `timeout`.
+    fn wait_gone(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while !self.live().is_empty() {
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
         }
-        std::thread::sleep(Duration::from_millis(10));
+        true
     }
-    true
 }
 
-/// Reaps the members of the group that are this process's children (the first
-/// generation, and the orphans a subreaper inherits), noting when and how they exited.
-fn reap(pgid: i32, exits: &Mutex<BTreeMap<u32, Exit>>, reaping: &AtomicBool) {
+/// Reaps this process's children (the first generation, and the orphans a subreaper
+/// inherits: the server is the demo's only child process), noting when and how they
+/// exited.
+fn reap(exits: &Mutex<BTreeMap<u32, Exit>>, reaping: &AtomicBool) {
     loop {
-        if let Ok(Some((pid, status))) = rustix::process::waitpgid(group(pgid), WaitOptions::NOHANG)
-        {
+        if let Ok(Some((pid, status))) = rustix::process::wait(WaitOptions::NOHANG) {
             let code = match (status.exit_status(), status.terminating_signal()) {
                 (Some(code), _) => code,
                 (None, signal) => -signal.unwrap_or(0),
@@ -278,7 +303,7 @@ fn reap(pgid: i32, exits: &Mutex<BTreeMap<u32, Exit>>, reaping: &AtomicBool) {
             );
             continue;
         }
-        // None exited yet (`Ok(None)`), or no child of that group at the moment (ECHILD).
+        // None exited yet (`Ok(None)`), or no child at the moment (ECHILD).
         if !reaping.load(Ordering::Relaxed) {
             return;
         }
