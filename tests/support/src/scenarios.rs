@@ -74,6 +74,11 @@ macro_rules! restart_scenarios {
         }
 
         #[test]
+        fn orphaned_successor_serves() {
+            $crate::scenarios::orphaned_successor_serves($bin);
+        }
+
+        #[test]
         fn closed_fd_declared_other_is_not_adopted() {
             $crate::scenarios::closed_fd_declared_other_is_not_adopted($bin);
         }
@@ -958,6 +963,88 @@ pub fn term_while_child_starting(bin: &Path) {
             l.contains("cancelled by a stop request")
         });
     assert_eq!(server.pid_file_pid(), None, "the pid file is removed");
+}
+
+/// Issue 15.2, an orphaned successor serves: the old generation dies (`SIGKILL`) while its
+/// successor starts (a script that waits for a gate file before it `exec`s the real
+/// binary). Re-parented to the test process (a subreaper), the successor sees another
+/// parent pid than the one that spawned it, but the fds it holds are the declared files: it
+/// adopts the listener, serves on the same address (a connection made while nobody
+/// accepted is answered by it: the port never refused), writes its own pid in the pid
+/// file, and says that it serves alone; that its readiness report reaches no one is not
+/// fatal. A later restart from it works.
+pub fn orphaned_successor_serves(bin: &Path) {
+    let server = Server::start(bin, &Options::default());
+    let old = server.pid();
+    server.assert_serves(old);
+    let gate = server.dir().join("gate");
+    let script = format!(
+        "while [ ! -e {} ]; do sleep 0.01; done\nexec {} \"$@\"",
+        sh_quote(&gate),
+        sh_quote(server.real_binary())
+    );
+    server.replace_exe(&sh_script(&script), 0o755);
+
+    let mark = server.group.stderr.len();
+    server.group.signal(old, Signal::HUP);
+    let successor = spawned_child(&server, mark);
+    server.group.signal(old, Signal::KILL);
+    assert_eq!(
+        server.group.wait_exit(old),
+        Exit::Signal(Signal::KILL.as_raw()),
+        "the old generation"
+    );
+    assert!(is_alive(successor), "the successor outlived its parent");
+    // Nobody accepts now, but the successor holds the listener: the connection waits in its
+    // backlog.
+    let mut queued = server.connect();
+    server.restore_exe();
+    fs::write(&gate, b"").expect("open the gate");
+
+    server.wait_pid_file(successor);
+    let listening = server.listening(successor);
+    assert_eq!(
+        Endpoint::parse(&listening[0].addr),
+        *server.endpoint(),
+        "the successor serves on the inherited address"
+    );
+    server.set_pid(successor);
+    assert_eq!(
+        queued
+            .ask("queued")
+            .expect("the queued connection is answered"),
+        (successor, "queued".to_owned())
+    );
+    // Closed, or the next restart would wait for it to drain.
+    drop(queued);
+    server.assert_serves(successor);
+    let gone =
+        server
+            .group
+            .stderr
+            .wait_from("the successor to say its parent is gone", mark, |l| {
+                l.contains("WARN") && l.contains("is gone")
+            });
+    assert!(has_field(&gone, "spawned_by", old), "{gone:?}");
+    assert!(
+        server
+            .group
+            .stderr
+            .find_from(mark, |l| l.contains("ignoring the inherited"))
+            .is_none(),
+        "the successor ignored its inherited fds"
+    );
+    assert!(
+        server
+            .group
+            .stderr
+            .find_from(mark, |l| l.contains("ERROR"))
+            .is_none(),
+        "an error was logged"
+    );
+    assert_eq!(server.pid_file_pid(), Some(successor));
+    server.group.wait_settled(&[successor]);
+    still_serves_and_restarts(&server);
 }
 
 // ---- 4. the new code runs --------------------------------------------------------------------
