@@ -15,7 +15,8 @@ use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use endless_test_support::{DEADLINE, Exit, Options, Server, TempDir, sh_script};
+use endless_test_support::scenarios::spawned_child;
+use endless_test_support::{DEADLINE, Exit, Options, Server, TempDir, sh_quote, sh_script};
 use rustix::io::Errno;
 use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags};
 use rustix::process::Signal;
@@ -290,6 +291,47 @@ fn unbounded_drain_renews_the_extension(bin: &Path) {
     manager.assert_quiet();
 }
 
+/// Issue 15.2 under a service manager: the old generation is killed while its successor
+/// starts (a script that waits for a gate file before it `exec`s the real binary). The
+/// successor, whose parent is gone, adopts the listener and makes itself the main process:
+/// `MAINPID=<successor>` with `READY=1`, and the pid file names it.
+fn orphaned_successor_becomes_the_main_pid(bin: &Path) {
+    let manager = Manager::at_path();
+    let server = Server::start(bin, &manager.options());
+    let first = server.pid();
+    assert_eq!(manager.recv(), (first, SERVING.to_owned()), "start");
+
+    let gate = server.dir().join("gate");
+    let script = format!(
+        "while [ ! -e {} ]; do sleep 0.01; done\nexec {} \"$@\"",
+        sh_quote(&gate),
+        sh_quote(server.real_binary())
+    );
+    server.replace_exe(&sh_script(&script), 0o755);
+    let mark = server.group.stderr.len();
+    server.group.signal(first, Signal::HUP);
+    let (sender, _reloading) = manager.recv();
+    assert_eq!(sender, first, "RELOADING=1 comes from the old process");
+    let successor = spawned_child(&server, mark);
+    server.group.signal(first, Signal::KILL);
+    assert_eq!(
+        server.group.wait_exit(first),
+        Exit::Signal(Signal::KILL.as_raw())
+    );
+    server.restore_exe();
+    std::fs::write(&gate, b"").expect("open the gate");
+
+    assert_eq!(
+        manager.recv(),
+        (successor, format!("MAINPID={successor}\n{SERVING}")),
+        "the orphaned successor makes itself the main process"
+    );
+    server.wait_pid_file(successor);
+    server.set_pid(successor);
+    server.assert_serves(successor);
+    manager.assert_quiet();
+}
+
 macro_rules! notify_tests {
     ($bin:expr) => {
         #[test]
@@ -300,6 +342,11 @@ macro_rules! notify_tests {
         #[test]
         fn unbounded_drain_renews_the_extension() {
             super::unbounded_drain_renews_the_extension($bin);
+        }
+
+        #[test]
+        fn orphaned_successor_becomes_the_main_pid() {
+            super::orphaned_successor_becomes_the_main_pid($bin);
         }
     };
 }

@@ -5,22 +5,27 @@
 //! variables; [`decode`] turns the variables a process started with back into a `Handoff`.
 //! [`decode_systemd`] reads the variables of systemd socket activation (`LISTEN_PID`,
 //! `LISTEN_FDS`, `LISTEN_FDNAMES`) into an [`Inventory`]. Neither reads the environment: the
-//! adapter reads it and hands the pairs in, with its real parent pid or own pid.
+//! adapter reads it and hands the pairs in, with what it observes of the fds (for
+//! `ENDLESS_*`) or its own pid (for systemd).
 //!
-//! # Format, version 1
+//! # Format, version 2
 //!
 //! | variable | value |
 //! |---|---|
-//! | `ENDLESS_VERSION` | `1` |
+//! | `ENDLESS_VERSION` | `2` |
 //! | `ENDLESS_PARENT_PID` | the pid of the process that spawned the recipient |
 //! | `ENDLESS_FDS` | `n`, the number of inventory entries |
-//! | `ENDLESS_FD_<fd>` | `<kind>:<escaped name>`, one per entry, `<fd>` its fd number |
-//! | `ENDLESS_READY_FD` | the fd of the readiness channel the recipient writes "ready" to |
+//! | `ENDLESS_FD_<fd>` | `<kind>:<escaped name>:<dev>:<ino>`, one per entry, `<fd>` its fd number |
+//! | `ENDLESS_READY_FD` | `<fd>:<dev>:<ino>`, the readiness channel the recipient writes "ready" to |
 //!
 //! - The `n` entries and the ready fd are exactly the fds `3, 4, …, 3+n`, each used once.
+//! - `<dev>:<ino>` is the [`FileId`] of the open file the fd refers to, as `fstat` shows it
+//!   to the spawning process (which is what the recipient sees too: the fd is a copy).
 //! - Numbers are strict decimal: ASCII digits only, no sign, no whitespace, no leading zero
-//!   (except `0` itself), and they must fit their type (`u32` for pids, [`Fd`] for fds).
-//! - `<kind>` is an [`FdKind::as_str`] token. The value is split at its first `:`.
+//!   (except `0` itself), and they must fit their type (`u32` for pids, [`Fd`] for fds,
+//!   `u64` for devices and inodes).
+//! - `<kind>` is an [`FdKind::as_str`] token. An entry's value is split at its first `:`
+//!   (the kind) and its last two (the identity); what is left between is the name.
 //! - Names are UTF-8. Each byte in `[A-Za-z0-9._~-]` is written as is, every other byte as
 //!   `%XX` with uppercase hex. The decoder takes either case of hex digit; any other raw byte,
 //!   or a `%` not followed by two hex digits, is an error, and so is a decoded name that is
@@ -31,9 +36,20 @@
 //!   variables that is not UTF-8 is an error, and so is one of our keys given twice.
 //!
 //! [`decode`] checks the version first (a later version may change everything else), then
-//! the parent pid (variables inherited by a process they were not meant for, such as a
-//! grandchild or a re-run command line, give [`DecodeError::NotForThisProcess`]), then the
-//! rest.
+//! the rest of the format, then that every declared fd of this process is the declared
+//! open file: variables inherited by a process they were not meant for, such as a
+//! grandchild (which gets the environment but not the fds, or other files at those
+//! numbers) or a re-run command line, give [`DecodeError::NotTheDeclaredFile`].
+//!
+//! # Why version 2
+//!
+//! Version 1 had no identities: a recipient checked that `ENDLESS_PARENT_PID` was its
+//! parent. A successor whose parent died while it started saw another parent pid
+//! (re-parented to init or a subreaper), refused the fds it held, bound anew against its own
+//! inherited listener and failed (issue 15). The fds themselves say whether they were
+//! handed to this process; the parent pid is now information only. The number changed
+//! because a version 1 decoder would misread the new entries (the identity as part of the
+//! name); it now says [`DecodeError::UnsupportedVersion`] instead.
 //!
 //! Decoding is only half of adopting: the descriptors it names arrive without
 //! `FD_CLOEXEC` and are whatever the environment claims. Set close-on-exec on each and
@@ -49,7 +65,7 @@ use std::fmt;
 use crate::{FIRST_INHERITED_FD, Fd, FdKind, Inventory, InventoryError, MAX_ENTRIES, MAX_NAME_LEN};
 
 /// The version of the encoding that [`encode`] writes and [`decode`] reads.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 
 /// The prefix of every variable of the encoding. Other variables with this prefix are ignored.
 pub const PREFIX: &str = "ENDLESS_";
@@ -57,17 +73,18 @@ pub const PREFIX: &str = "ENDLESS_";
 /// Variable holding the version of the encoding ([`VERSION`]).
 pub const VERSION_VAR: &str = "ENDLESS_VERSION";
 
-/// Variable holding the pid of the process that spawned the recipient.
+/// Variable holding the pid of the process that spawned the recipient (information: who to
+/// report ready to, and for logs; not what decides whether the fds are meant for a process).
 pub const PARENT_PID_VAR: &str = "ENDLESS_PARENT_PID";
 
 /// Variable holding the number of inventory entries.
 pub const FDS_VAR: &str = "ENDLESS_FDS";
 
-/// Prefix of the per-entry variables `ENDLESS_FD_<fd>=<kind>:<escaped name>`. A key with this
+/// Prefix of the per-entry variables `ENDLESS_FD_<fd>=<kind>:<escaped name>:<dev>:<ino>`. A key with this
 /// prefix followed by a digit is ours, and the rest must be a strict fd number.
 pub const FD_VAR_PREFIX: &str = "ENDLESS_FD_";
 
-/// Variable holding the fd of the readiness channel.
+/// Variable holding the fd of the readiness channel and its identity, `<fd>:<dev>:<ino>`.
 pub const READY_FD_VAR: &str = "ENDLESS_READY_FD";
 
 /// systemd socket activation: the pid the passed fds are meant for.
@@ -85,8 +102,32 @@ pub const SYSTEMD_UNKNOWN_NAME: &str = "unknown";
 /// Longest excerpt of an offending value or key that [`DecodeError`]'s `Display` shows.
 const DISPLAY_LIMIT: usize = 64;
 
+/// The identity of an open file: its device and inode numbers, as `fstat` gives them
+/// (`st_dev`, `st_ino`). Two fds with the same identity refer to the same file (for a
+/// socket or pipe: the same socket or pipe), whichever process holds them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FileId {
+    /// The device (`st_dev`).
+    pub dev: u64,
+    /// The inode (`st_ino`).
+    pub ino: u64,
+}
+
+impl FileId {
+    /// The identity with device `dev` and inode `ino`.
+    pub const fn new(dev: u64, ino: u64) -> Self {
+        Self { dev, ino }
+    }
+}
+
+impl fmt::Display for FileId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.dev, self.ino)
+    }
+}
+
 /// What a process hands to the process it spawns: who spawned it, the inventory of inherited
-/// fds, and the fd of the readiness channel.
+/// fds, the fd of the readiness channel, and the identity of each of these fds.
 ///
 /// Built with [`Handoff::new`] or [`Handoff::for_spawn`], which check that the entries and
 /// the ready fd are exactly the fds `3, 4, …, 3+n`, each used once, and which order the
@@ -103,20 +144,29 @@ pub struct Handoff {
     pub inventory: Inventory,
     /// The fd of the readiness channel (a pipe or socket) the recipient writes "ready" to.
     pub ready_fd: Fd,
+    /// The identity of the open file at each of the fds `3, 4, …, 3+n` (the entries and the
+    /// ready fd), in fd order: `identities[i]` is that of fd `3+i`.
+    pub identities: Vec<FileId>,
 }
 
 impl Handoff {
-    /// A handoff from `parent_pid`, with the entries of `inventory` and the readiness channel
-    /// at `ready_fd`.
+    /// A handoff from `parent_pid`, with the entries of `inventory`, the readiness channel
+    /// at `ready_fd`, and the `identities` of the fds `3, 4, …, 3+n` in fd order.
     ///
     /// Fails unless the entries and `ready_fd` are exactly `3, 4, …, 3+n` (with `n` entries),
-    /// each used once. The entries are reordered by fd.
-    pub fn new(parent_pid: u32, inventory: Inventory, ready_fd: Fd) -> Result<Self, HandoffError> {
-        check_fds(&inventory, ready_fd)?;
+    /// each used once, and there are `n+1` identities. The entries are reordered by fd.
+    pub fn new(
+        parent_pid: u32,
+        inventory: Inventory,
+        ready_fd: Fd,
+        identities: Vec<FileId>,
+    ) -> Result<Self, HandoffError> {
+        check_fds(&inventory, ready_fd, identities.len())?;
         Ok(Self {
             parent_pid,
             inventory: sorted_by_fd(inventory),
             ready_fd,
+            identities,
         })
     }
 
@@ -127,23 +177,35 @@ impl Handoff {
     ///
     /// ```
     /// use endless_core::{FdKind, Inventory};
-    /// use endless_core::env::Handoff;
+    /// use endless_core::env::{FileId, Handoff};
     ///
     /// let mut inventory = Inventory::new();
     /// inventory.push("http", FdKind::TcpListener)?;
-    /// let handoff = Handoff::for_spawn(1234, inventory)?;
+    /// let ids = vec![FileId::new(8, 1001), FileId::new(8, 1002)];
+    /// let handoff = Handoff::for_spawn(1234, inventory, ids)?;
     /// assert_eq!(handoff.ready_fd, 4);
+    /// assert_eq!(handoff.identity(4), Some(FileId::new(8, 1002)));
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn for_spawn(parent_pid: u32, inventory: Inventory) -> Result<Self, HandoffError> {
+    pub fn for_spawn(
+        parent_pid: u32,
+        inventory: Inventory,
+        identities: Vec<FileId>,
+    ) -> Result<Self, HandoffError> {
         let ready_fd = fd_after(inventory.len());
-        Self::new(parent_pid, inventory, ready_fd)
+        Self::new(parent_pid, inventory, ready_fd, identities)
     }
 
     /// Whether the fds still hold the rule [`Handoff::new`] checks (useful after the public
     /// fields were changed).
     pub fn check(&self) -> Result<(), HandoffError> {
-        check_fds(&self.inventory, self.ready_fd)
+        check_fds(&self.inventory, self.ready_fd, self.identities.len())
+    }
+
+    /// The declared identity of the open file at `fd`, if `fd` is one of the handoff's.
+    pub fn identity(&self, fd: Fd) -> Option<FileId> {
+        let i = usize::try_from(fd.checked_sub(FIRST_INHERITED_FD)?).ok()?;
+        self.identities.get(i).copied()
     }
 }
 
@@ -153,7 +215,7 @@ fn fd_after(n: usize) -> Fd {
     Fd::try_from(n).map_or(Fd::MAX, |n| FIRST_INHERITED_FD.saturating_add(n))
 }
 
-fn check_fds(inventory: &Inventory, ready_fd: Fd) -> Result<(), HandoffError> {
+fn check_fds(inventory: &Inventory, ready_fd: Fd, identities: usize) -> Result<(), HandoffError> {
     // The inventory's fds are distinct and >= 3. With the ready fd that makes n+1 fds; they
     // are exactly 3..=3+n iff they are distinct and all within that range.
     let max = fd_after(inventory.len());
@@ -168,6 +230,13 @@ fn check_fds(inventory: &Inventory, ready_fd: Fd) -> Result<(), HandoffError> {
     }
     if let Some(e) = inventory.iter().find(|e| e.fd() > max) {
         return Err(HandoffError::FdOutOfRange { fd: e.fd(), max });
+    }
+    let expected = inventory.len() + 1;
+    if identities != expected {
+        return Err(HandoffError::IdentityCount {
+            expected,
+            found: identities,
+        });
     }
     Ok(())
 }
@@ -207,6 +276,13 @@ pub enum HandoffError {
         /// The highest fd allowed, `3+n`.
         max: Fd,
     },
+    /// The number of identities is not `n+1` (one per entry, one for the ready fd).
+    IdentityCount {
+        /// `n+1`.
+        expected: usize,
+        /// The number given.
+        found: usize,
+    },
 }
 
 impl fmt::Display for HandoffError {
@@ -224,6 +300,10 @@ impl fmt::Display for HandoffError {
                 "fd {fd} is out of range: the entries and the ready fd must be exactly \
                  {FIRST_INHERITED_FD}..={max}"
             ),
+            Self::IdentityCount { expected, found } => write!(
+                f,
+                "{found} file identities given, the handoff has {expected} fds"
+            ),
         }
     }
 }
@@ -240,32 +320,36 @@ impl From<HandoffError> for std::io::Error {
 /// (after removing those for which [`is_reserved`] is true).
 ///
 /// In order: `ENDLESS_VERSION`, `ENDLESS_PARENT_PID`, `ENDLESS_FDS`, one `ENDLESS_FD_<fd>` per
-/// entry, `ENDLESS_READY_FD`.
+/// entry, `ENDLESS_READY_FD`. A handoff whose fields were changed so that an fd has no
+/// identity (see [`Handoff::check`]) is encoded with the identity `0:0`.
 ///
 /// # Examples
 ///
 /// ```
 /// use endless_core::{FdKind, Inventory};
-/// use endless_core::env::{self, Handoff};
+/// use endless_core::env::{self, FileId, Handoff};
 ///
 /// let mut inventory = Inventory::new();
 /// inventory.push("http", FdKind::TcpListener)?;
 /// inventory.push("admin socket", FdKind::UnixListener)?;
-/// let handoff = Handoff::for_spawn(4242, inventory)?;
+/// // What fstat says of the fds 3, 4 and 5 (in the spawning process, before renumbering).
+/// let ids = vec![FileId::new(8, 31), FileId::new(8, 32), FileId::new(8, 33)];
+/// let handoff = Handoff::for_spawn(4242, inventory, ids.clone())?;
 ///
 /// let vars = env::encode(&handoff);
 /// let expected = [
-///     ("ENDLESS_VERSION", "1"),
+///     ("ENDLESS_VERSION", "2"),
 ///     ("ENDLESS_PARENT_PID", "4242"),
 ///     ("ENDLESS_FDS", "2"),
-///     ("ENDLESS_FD_3", "tcp-listener:http"),
-///     ("ENDLESS_FD_4", "unix-listener:admin%20socket"),
-///     ("ENDLESS_READY_FD", "5"),
+///     ("ENDLESS_FD_3", "tcp-listener:http:8:31"),
+///     ("ENDLESS_FD_4", "unix-listener:admin%20socket:8:32"),
+///     ("ENDLESS_READY_FD", "5:8:33"),
 /// ];
 /// assert!(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).eq(expected));
 ///
-/// // The spawned process decodes them, with its real parent pid.
-/// assert_eq!(env::decode(vars, 4242)?, Some(handoff));
+/// // The spawned process decodes them, with what fstat says of its own fds.
+/// let observed = |fd: i32| ids.get(usize::try_from(fd - 3).ok()?).copied();
+/// assert_eq!(env::decode(vars, observed)?, Some(handoff));
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub fn encode(handoff: &Handoff) -> Vec<(String, String)> {
@@ -273,14 +357,20 @@ pub fn encode(handoff: &Handoff) -> Vec<(String, String)> {
     vars.push((VERSION_VAR.to_owned(), VERSION.to_string()));
     vars.push((PARENT_PID_VAR.to_owned(), handoff.parent_pid.to_string()));
     vars.push((FDS_VAR.to_owned(), handoff.inventory.len().to_string()));
+    let id = |fd| handoff.identity(fd).unwrap_or(FileId::new(0, 0));
     for e in &handoff.inventory {
-        let mut value = String::with_capacity(e.kind().as_str().len() + 1 + e.name().len());
+        let mut value = String::with_capacity(e.kind().as_str().len() + 1 + e.name().len() + 24);
         value.push_str(e.kind().as_str());
         value.push(':');
         escape_into(e.name(), &mut value);
+        value.push(':');
+        value.push_str(&id(e.fd()).to_string());
         vars.push((format!("{FD_VAR_PREFIX}{}", e.fd()), value));
     }
-    vars.push((READY_FD_VAR.to_owned(), handoff.ready_fd.to_string()));
+    vars.push((
+        READY_FD_VAR.to_owned(),
+        format!("{}:{}", handoff.ready_fd, id(handoff.ready_fd)),
+    ));
     vars
 }
 
@@ -369,45 +459,59 @@ impl<V: AsRef<OsStr>> Slot<V> {
 /// Reads the handoff that the spawning process described in the environment `vars`.
 ///
 /// `vars` are all the environment variables of the process (other variables are ignored);
-/// `parent_pid` is its real parent pid (`getppid()`). Returns `Ok(None)` when none of the
-/// variables of the encoding is present: a fresh start.
+/// `observe(fd)` is the identity of the open file this process has at `fd` (`fstat`), or
+/// `None` if `fd` is not open. Returns `Ok(None)` when none of the variables of the
+/// encoding is present: a fresh start.
 ///
-/// The version is checked first, then that `ENDLESS_PARENT_PID` is `parent_pid`
-/// ([`DecodeError::NotForThisProcess`] otherwise), then the rest; see the
-/// [module docs](self) for the format.
+/// The version is checked first, then the rest of the format, then, fd by fd from 3, that
+/// each declared fd is the declared file ([`DecodeError::NotTheDeclaredFile`] otherwise:
+/// the variables were meant for another process). `observe` is called once for each of
+/// the fds `3, 4, …, 3+n`, in order, until one differs, and only once the format is valid.
+/// The parent pid is not compared with anything: a recipient whose parent died while it
+/// started still holds the fds, and adopts them. See the [module docs](self) for the
+/// format.
 ///
 /// # Examples
 ///
 /// ```
 /// use endless_core::FdKind;
-/// use endless_core::env::{self, DecodeError};
+/// use endless_core::env::{self, DecodeError, FileId};
 ///
 /// let vars = [
 ///     ("PATH", "/usr/bin"),
-///     ("ENDLESS_VERSION", "1"),
+///     ("ENDLESS_VERSION", "2"),
 ///     ("ENDLESS_PARENT_PID", "4242"),
 ///     ("ENDLESS_FDS", "1"),
-///     ("ENDLESS_FD_3", "tcp-listener:public%3A443"),
-///     ("ENDLESS_READY_FD", "4"),
+///     ("ENDLESS_FD_3", "tcp-listener:public%3A443:8:31"),
+///     ("ENDLESS_READY_FD", "4:8:32"),
 /// ];
-/// let handoff = env::decode(vars, 4242)?.expect("started by a handoff");
+/// // What fstat says of fds 3 and 4 in the process that was spawned with them.
+/// let spawned = |fd| match fd {
+///     3 => Some(FileId::new(8, 31)),
+///     4 => Some(FileId::new(8, 32)),
+///     _ => None,
+/// };
+/// let handoff = env::decode(vars, spawned)?.expect("started by a handoff");
 /// let entry = handoff.inventory.get("public:443").expect("entry");
 /// assert_eq!((entry.fd(), entry.kind()), (3, FdKind::TcpListener));
 /// assert_eq!(handoff.ready_fd, 4);
+/// assert_eq!(handoff.parent_pid, 4242);
 ///
-/// // Inherited by a process they were not meant for:
-/// let err = env::decode(vars, 1).unwrap_err();
+/// // Inherited by a process they were not meant for (it has other files, or none, there):
+/// let grandchild = |_| None;
+/// let err = env::decode(vars, grandchild).unwrap_err();
 /// assert!(err.is_not_for_this_process());
 ///
 /// // A fresh start:
-/// assert_eq!(env::decode([("PATH", "/usr/bin")], 1)?, None);
+/// assert_eq!(env::decode([("PATH", "/usr/bin")], grandchild)?, None);
 /// # Ok::<(), DecodeError>(())
 /// ```
-pub fn decode<I, K, V>(vars: I, parent_pid: u32) -> Result<Option<Handoff>, DecodeError>
+pub fn decode<I, K, V, F>(vars: I, mut observe: F) -> Result<Option<Handoff>, DecodeError>
 where
     I: IntoIterator<Item = (K, V)>,
     K: AsRef<OsStr>,
     V: AsRef<OsStr>,
+    F: FnMut(Fd) -> Option<FileId>,
 {
     let mut version = Slot::Absent;
     let mut parent = Slot::Absent;
@@ -467,17 +571,11 @@ where
         });
     }
 
-    let intended: u32 = parse_number(PARENT_PID_VAR, parent.require(PARENT_PID_VAR)?)?;
-    if intended != parent_pid {
-        return Err(DecodeError::NotForThisProcess {
-            intended,
-            actual: parent_pid,
-        });
-    }
-
     if let Some(e) = key_error {
         return Err(e);
     }
+
+    let parent_pid: u32 = parse_number(PARENT_PID_VAR, parent.require(PARENT_PID_VAR)?)?;
 
     let n: usize = parse_number(FDS_VAR, fds.require(FDS_VAR)?)?;
     if n > MAX_ENTRIES {
@@ -488,8 +586,21 @@ where
     }
     let max = fd_after(n);
 
-    let ready_fd: Fd = parse_number(READY_FD_VAR, ready.require(READY_FD_VAR)?)?;
+    let ready_value = ready.require(READY_FD_VAR)?;
+    let malformed_ready = || DecodeError::MalformedEntry {
+        variable: READY_FD_VAR.to_owned(),
+        value: ready_value.to_owned(),
+    };
+    let (ready_fd, ready_dev, ready_ino) = {
+        let mut fields = ready_value.split(':');
+        match (fields.next(), fields.next(), fields.next(), fields.next()) {
+            (Some(fd), Some(dev), Some(ino), None) => (fd, dev, ino),
+            _ => return Err(malformed_ready()),
+        }
+    };
+    let ready_fd: Fd = parse_number(READY_FD_VAR, ready_fd)?;
     check_fd_range(READY_FD_VAR, ready_fd, max)?;
+    let ready_id = parse_id(READY_FD_VAR, ready_dev, ready_ino)?;
 
     if entries.len() != n {
         return Err(DecodeError::CountMismatch {
@@ -500,6 +611,8 @@ where
     }
 
     let mut inventory = Inventory::new();
+    // Declared identities by fd, with the variable that declares each.
+    let mut declared: BTreeMap<Fd, (String, FileId)> = BTreeMap::new();
     for (fd, (variable, value)) in entries {
         check_fd_range(&variable, fd, max)?;
         if fd == ready_fd {
@@ -509,11 +622,15 @@ where
             });
         }
         let value = utf8(&variable, value.as_ref())?;
-        let Some((token, escaped)) = value.split_once(':') else {
-            return Err(DecodeError::MalformedEntry {
-                variable,
-                value: value.to_owned(),
-            });
+        let malformed = || DecodeError::MalformedEntry {
+            variable: variable.clone(),
+            value: value.to_owned(),
+        };
+        // <kind>:<escaped name>:<dev>:<ino>; a raw ':' in the name is an invalid escape.
+        let (token, rest) = value.split_once(':').ok_or_else(malformed)?;
+        let mut tail = rest.rsplitn(3, ':');
+        let (Some(ino), Some(dev), Some(escaped)) = (tail.next(), tail.next(), tail.next()) else {
+            return Err(malformed());
         };
         let Some(kind) = FdKind::from_token(token) else {
             return Err(DecodeError::UnknownKind {
@@ -522,14 +639,41 @@ where
             });
         };
         let name = unescape(&variable, escaped)?;
+        let id = parse_id(&variable, dev, ino)?;
         insert(&mut inventory, &variable, name, kind, fd)?;
+        declared.insert(fd, (variable, id));
+    }
+    declared.insert(ready_fd, (READY_FD_VAR.to_owned(), ready_id));
+
+    // The format is valid: are these fds the declared files? The map holds exactly the fds
+    // 3..=3+n (checked above), in order.
+    let mut identities = Vec::with_capacity(declared.len());
+    for (fd, (variable, id)) in declared {
+        let found = observe(fd);
+        if found != Some(id) {
+            return Err(DecodeError::NotTheDeclaredFile {
+                variable,
+                fd,
+                declared: id,
+                found,
+            });
+        }
+        identities.push(id);
     }
 
     Ok(Some(Handoff {
-        parent_pid: intended,
+        parent_pid,
         inventory,
         ready_fd,
+        identities,
     }))
+}
+
+fn parse_id(variable: &str, dev: &str, ino: &str) -> Result<FileId, DecodeError> {
+    Ok(FileId::new(
+        parse_number(variable, dev)?,
+        parse_number(variable, ino)?,
+    ))
 }
 
 /// Reads the fds passed by systemd socket activation, as sd_listen_fds_with_names(3) does.
@@ -800,7 +944,8 @@ pub enum DecodeError {
         /// The key.
         variable: String,
     },
-    /// An entry's value has no `:` between kind and name.
+    /// An entry's value is not `<kind>:<name>:<dev>:<ino>`, or that of `ENDLESS_READY_FD`
+    /// not `<fd>:<dev>:<ino>`.
     MalformedEntry {
         /// The entry's variable.
         variable: String,
@@ -885,22 +1030,40 @@ pub enum DecodeError {
         /// The declared number.
         declared: usize,
     },
-    /// The variables name another process as their recipient: they were inherited by a
-    /// process they were not meant for (a grandchild, a re-run command line). The adapter
-    /// usually ignores them and starts fresh.
+    /// Of [`decode_systemd`]: `LISTEN_PID` names another process as the recipient: the
+    /// variables were inherited by a process they were not meant for. The adapter usually
+    /// ignores them and starts fresh.
     NotForThisProcess {
-        /// The pid the variables were meant for (for [`decode`], the parent pid they name).
+        /// The pid the variables were meant for.
         intended: u32,
-        /// The pid of this process (for [`decode`], its real parent pid).
+        /// The pid of this process.
         actual: u32,
+    },
+    /// Of [`decode`]: a declared fd of this process is not the declared open file (another
+    /// file, or not open): the variables were inherited by a process they were not meant
+    /// for (a grandchild, which gets the environment but not the fds; a re-run command
+    /// line). The adapter usually ignores them and starts fresh.
+    NotTheDeclaredFile {
+        /// The variable that declares the fd.
+        variable: String,
+        /// The fd.
+        fd: Fd,
+        /// The identity declared.
+        declared: FileId,
+        /// The identity of the file this process has at `fd`; `None` if it is not open.
+        found: Option<FileId>,
     },
 }
 
 impl DecodeError {
     /// Whether the variables were meant for another process
-    /// ([`DecodeError::NotForThisProcess`]), as opposed to being malformed.
+    /// ([`DecodeError::NotForThisProcess`], [`DecodeError::NotTheDeclaredFile`]), as opposed
+    /// to being malformed.
     pub fn is_not_for_this_process(&self) -> bool {
-        matches!(self, Self::NotForThisProcess { .. })
+        matches!(
+            self,
+            Self::NotForThisProcess { .. } | Self::NotTheDeclaredFile { .. }
+        )
     }
 }
 
@@ -950,9 +1113,15 @@ impl fmt::Display for DecodeError {
                 "{} has the reserved prefix {FD_VAR_PREFIX} but does not end in a valid fd number",
                 Excerpt(variable)
             ),
+            Self::MalformedEntry { variable, value } if variable == READY_FD_VAR => write!(
+                f,
+                "the value of {} is not <fd>:<dev>:<ino>: {}",
+                Excerpt(variable),
+                Excerpt(value)
+            ),
             Self::MalformedEntry { variable, value } => write!(
                 f,
-                "the value of {} is not <kind>:<name>: {}",
+                "the value of {} is not <kind>:<name>:<dev>:<ino>: {}",
                 Excerpt(variable),
                 Excerpt(value)
             ),
@@ -1024,6 +1193,28 @@ impl fmt::Display for DecodeError {
                 "the inherited fds are not meant for this process: the variables name \
                  pid {intended}, this process expected {actual}"
             ),
+            Self::NotTheDeclaredFile {
+                variable,
+                fd,
+                declared,
+                found: Some(found),
+            } => write!(
+                f,
+                "the inherited fds are not meant for this process: {} declares fd {fd} \
+                 as file {declared}, but this process has file {found} there",
+                Excerpt(variable)
+            ),
+            Self::NotTheDeclaredFile {
+                variable,
+                fd,
+                declared,
+                found: None,
+            } => write!(
+                f,
+                "the inherited fds are not meant for this process: {} declares fd {fd} \
+                 as file {declared}, but fd {fd} is not open in this process",
+                Excerpt(variable)
+            ),
         }
     }
 }
@@ -1042,11 +1233,26 @@ mod tests {
 
     const PID: u32 = 100;
 
+    /// The identity the tests give the file at `fd`.
+    fn id(fd: Fd) -> FileId {
+        FileId::new(7, 1000 + u64::try_from(fd).unwrap())
+    }
+
+    /// What a process spawned with a handoff of the tests sees at its fds.
+    fn observed(fd: Fd) -> Option<FileId> {
+        (fd >= FIRST_INHERITED_FD).then(|| id(fd))
+    }
+
+    /// The identities of the fds `3..3+n`.
+    fn ids(n: usize) -> Vec<FileId> {
+        (FIRST_INHERITED_FD..).take(n).map(id).collect()
+    }
+
     fn handoff() -> Handoff {
         let mut inventory = Inventory::new();
         inventory.push("http", FdKind::TcpListener).unwrap();
         inventory.push("admin", FdKind::UnixListener).unwrap();
-        Handoff::for_spawn(PID, inventory).unwrap()
+        Handoff::for_spawn(PID, inventory, ids(3)).unwrap()
     }
 
     /// The valid encoding of [`handoff`], with `key` set to `value` (added if absent) or
@@ -1066,34 +1272,35 @@ mod tests {
     }
 
     fn err(vars: Vec<(String, String)>) -> DecodeError {
-        decode(vars, PID).unwrap_err()
+        decode(vars, observed).unwrap_err()
     }
 
     fn s(x: &str) -> String {
         x.to_owned()
     }
 
+    /// The error for entry 4 with the value `value` followed by its identity.
     fn entry_err(value: &str) -> DecodeError {
-        err(with("ENDLESS_FD_4", Some(value)))
+        err(with("ENDLESS_FD_4", Some(&format!("{value}:7:1004"))))
     }
 
     #[test]
     fn encodes_the_documented_format() {
         let vars = encode(&handoff());
         let expected = [
-            ("ENDLESS_VERSION", "1"),
+            ("ENDLESS_VERSION", "2"),
             ("ENDLESS_PARENT_PID", "100"),
             ("ENDLESS_FDS", "2"),
-            ("ENDLESS_FD_3", "tcp-listener:http"),
-            ("ENDLESS_FD_4", "unix-listener:admin"),
-            ("ENDLESS_READY_FD", "5"),
+            ("ENDLESS_FD_3", "tcp-listener:http:7:1003"),
+            ("ENDLESS_FD_4", "unix-listener:admin:7:1004"),
+            ("ENDLESS_READY_FD", "5:7:1005"),
         ];
         assert!(
             vars.iter()
                 .map(|(k, v)| (k.as_str(), v.as_str()))
                 .eq(expected)
         );
-        assert_eq!(decode(vars, PID), Ok(Some(handoff())));
+        assert_eq!(decode(vars, observed), Ok(Some(handoff())));
     }
 
     #[test]
@@ -1110,13 +1317,13 @@ mod tests {
     #[test]
     fn absent_variables_are_a_fresh_start() {
         let empty: [(&str, &str); 0] = [];
-        assert_eq!(decode(empty, PID), Ok(None));
+        assert_eq!(decode(empty, observed), Ok(None));
         let others = [
             ("PATH", "/bin"),
             ("ENDLESS_LOG", "x"),
             ("ENDLESS_FDSX", "1"),
         ];
-        assert_eq!(decode(others, PID), Ok(None));
+        assert_eq!(decode(others, observed), Ok(None));
         assert_eq!(decode_systemd(others, PID), Ok(None));
         // LISTEN_FDNAMES alone does not make an activation (sd_listen_fds looks at the pid).
         assert_eq!(decode_systemd([("LISTEN_FDNAMES", "a")], PID), Ok(None));
@@ -1127,7 +1334,7 @@ mod tests {
         let mut vars = encode(&handoff());
         vars.push((s("ENDLESS_LOG"), s("\u{0}garbage")));
         vars.push((s("ENDLESS_FDS_EXTRA"), s("x")));
-        assert_eq!(decode(vars, PID), Ok(Some(handoff())));
+        assert_eq!(decode(vars, observed), Ok(Some(handoff())));
     }
 
     #[cfg(unix)]
@@ -1145,12 +1352,12 @@ mod tests {
             s("x").into(),
         ));
         vars.push((OsString::from_vec(b"ENDLESS_\xff".to_vec()), s("x").into()));
-        assert_eq!(decode(vars.clone(), PID), Ok(Some(handoff())));
+        assert_eq!(decode(vars.clone(), observed), Ok(Some(handoff())));
 
         let fds = vars.iter().position(|(k, _)| k == FDS_VAR).unwrap();
         vars[fds].1 = OsString::from_vec(b"2\xff".to_vec());
         assert_eq!(
-            decode(vars, PID),
+            decode(vars, observed),
             Err(DecodeError::ValueNotUtf8 {
                 variable: s(FDS_VAR),
                 value: s("2\u{fffd}")
@@ -1165,14 +1372,14 @@ mod tests {
             .collect();
         vars.push((s("ENDLESS_FD_3").into(), bad));
         assert!(matches!(
-            decode(vars, PID),
+            decode(vars, observed),
             Err(DecodeError::ValueNotUtf8 { variable, .. }) if variable == "ENDLESS_FD_3"
         ));
     }
 
     #[test]
     fn unsupported_version() {
-        for v in ["2", "0", "01", "1.0", "", "v1"] {
+        for v in ["1", "3", "0", "02", "2.0", "", "v2"] {
             assert_eq!(
                 err(with(VERSION_VAR, Some(v))),
                 DecodeError::UnsupportedVersion { found: s(v) }
@@ -1227,8 +1434,13 @@ mod tests {
             (PARENT_PID_VAR, "4294967296"),
             (PARENT_PID_VAR, "-1"),
         ] {
+            let full = if var == READY_FD_VAR {
+                format!("{value}:7:1005")
+            } else {
+                value.to_owned()
+            };
             assert_eq!(
-                err(with(var, Some(value))),
+                err(with(var, Some(&full))),
                 DecodeError::InvalidNumber {
                     variable: s(var),
                     value: s(value)
@@ -1258,13 +1470,30 @@ mod tests {
 
     #[test]
     fn malformed_entry() {
-        assert_eq!(
-            entry_err("unix-listener"),
-            DecodeError::MalformedEntry {
-                variable: s("ENDLESS_FD_4"),
-                value: s("unix-listener")
-            }
-        );
+        for value in [
+            "unix-listener",
+            "unix-listener:admin:7",
+            "unix-listener:7:1004",
+        ] {
+            assert_eq!(
+                err(with("ENDLESS_FD_4", Some(value))),
+                DecodeError::MalformedEntry {
+                    variable: s("ENDLESS_FD_4"),
+                    value: s(value)
+                },
+                "{value}"
+            );
+        }
+        for value in ["5", "5:7", "5:7:1005:1", "x"] {
+            assert_eq!(
+                err(with(READY_FD_VAR, Some(value))),
+                DecodeError::MalformedEntry {
+                    variable: s(READY_FD_VAR),
+                    value: s(value)
+                },
+                "{value}"
+            );
+        }
     }
 
     #[test]
@@ -1324,8 +1553,8 @@ mod tests {
         let at_limit = "a".repeat(MAX_NAME_LEN);
         assert!(
             decode(
-                with("ENDLESS_FD_4", Some(&format!("other:{at_limit}"))),
-                PID
+                with("ENDLESS_FD_4", Some(&format!("other:{at_limit}:7:1004"))),
+                observed
             )
             .is_ok()
         );
@@ -1357,7 +1586,7 @@ mod tests {
     #[test]
     fn duplicate_fd() {
         assert_eq!(
-            err(with(READY_FD_VAR, Some("4"))),
+            err(with(READY_FD_VAR, Some("4:7:1004"))),
             DecodeError::DuplicateFd {
                 variable: s(READY_FD_VAR),
                 fd: 4
@@ -1369,7 +1598,7 @@ mod tests {
     fn fd_below_first() {
         for fd in ["0", "2"] {
             assert_eq!(
-                err(with(READY_FD_VAR, Some(fd))),
+                err(with(READY_FD_VAR, Some(&format!("{fd}:7:1005")))),
                 DecodeError::FdBelowFirst {
                     variable: s(READY_FD_VAR),
                     fd: fd.parse().unwrap()
@@ -1390,7 +1619,7 @@ mod tests {
     #[test]
     fn fd_out_of_range() {
         assert_eq!(
-            err(with(READY_FD_VAR, Some("6"))),
+            err(with(READY_FD_VAR, Some("6:7:1006"))),
             DecodeError::FdOutOfRange {
                 variable: s(READY_FD_VAR),
                 fd: 6,
@@ -1426,7 +1655,7 @@ mod tests {
             .into_iter()
             .map(|(k, v)| {
                 if k == READY_FD_VAR {
-                    (k, s("6"))
+                    (k, s("6:7:1006"))
                 } else {
                     (k, v)
                 }
@@ -1455,13 +1684,16 @@ mod tests {
     }
 
     #[test]
-    fn not_for_this_process() {
-        let e = decode(encode(&handoff()), PID + 1).unwrap_err();
+    fn a_grandchild_without_the_fds_refuses() {
+        // It inherited the environment, but fds 3, 4, 5 are closed.
+        let e = decode(encode(&handoff()), |_| None).unwrap_err();
         assert_eq!(
             e,
-            DecodeError::NotForThisProcess {
-                intended: PID,
-                actual: PID + 1
+            DecodeError::NotTheDeclaredFile {
+                variable: s("ENDLESS_FD_3"),
+                fd: 3,
+                declared: id(3),
+                found: None
             }
         );
         assert!(e.is_not_for_this_process());
@@ -1469,16 +1701,119 @@ mod tests {
     }
 
     #[test]
-    fn checks_version_then_parent_pid_then_the_rest() {
+    fn a_process_with_other_files_at_the_fds_refuses() {
+        // Every fd is checked, the ready fd too: one other file is enough to refuse.
+        for other in 3..=5 {
+            let e = decode(encode(&handoff()), |fd| {
+                if fd == other {
+                    Some(FileId::new(7, 1))
+                } else {
+                    observed(fd)
+                }
+            })
+            .unwrap_err();
+            let variable = if other == 5 {
+                s(READY_FD_VAR)
+            } else {
+                format!("ENDLESS_FD_{other}")
+            };
+            assert_eq!(
+                e,
+                DecodeError::NotTheDeclaredFile {
+                    variable,
+                    fd: other,
+                    declared: id(other),
+                    found: Some(FileId::new(7, 1))
+                }
+            );
+        }
+        // Same inode on another device is another file.
+        let e = decode(encode(&handoff()), |fd| Some(FileId::new(8, id(fd).ino)));
+        assert!(e.unwrap_err().is_not_for_this_process());
+    }
+
+    #[test]
+    fn the_parent_pid_is_information_not_the_gate() {
+        // The parent died while this process started: whatever getppid() says now, the fds
+        // are the declared files, so they are adopted, and the dead parent is named.
+        let h = decode(encode(&handoff()), observed).unwrap().unwrap();
+        assert_eq!(h, handoff());
+        assert_eq!(h.parent_pid, PID);
+        assert_eq!(h.identity(3), Some(id(3)));
+        assert_eq!(h.identity(5), Some(id(5)));
+        assert_eq!(h.identity(6), None);
+        assert_eq!(h.identity(2), None);
+    }
+
+    #[test]
+    fn observes_each_fd_once_in_order_and_only_a_valid_format() {
+        let mut seen = Vec::new();
+        let _ = decode(encode(&handoff()), |fd| {
+            seen.push(fd);
+            observed(fd)
+        });
+        assert_eq!(seen, [3, 4, 5]);
+        let mut seen = Vec::new();
+        let _ = decode(with(FDS_VAR, Some("x")), |fd| {
+            seen.push(fd);
+            observed(fd)
+        });
+        assert_eq!(seen, []);
+    }
+
+    #[test]
+    fn checks_version_then_format_then_identities() {
         // An unknown version wins over everything else.
-        let mut vars = with(VERSION_VAR, Some("2"));
+        let mut vars = with(VERSION_VAR, Some("3"));
         vars.push((s("ENDLESS_FD_x"), s("?")));
         vars.push((s(FDS_VAR), s("7")));
         assert!(matches!(err(vars), DecodeError::UnsupportedVersion { .. }));
-        // A foreign parent pid wins over malformed entries.
+        // A malformed format wins over foreign fds.
         let mut vars = with(FDS_VAR, Some("x"));
         vars.push((s("ENDLESS_FD_x"), s("?")));
-        assert!(decode(vars, PID + 1).unwrap_err().is_not_for_this_process());
+        assert_eq!(
+            decode(vars, |_| None),
+            Err(DecodeError::InvalidNumber {
+                variable: s(FDS_VAR),
+                value: s("x")
+            })
+        );
+    }
+
+    #[test]
+    fn invalid_identity() {
+        for (var, value, bad) in [
+            ("ENDLESS_FD_4", "unix-listener:admin:07:1004", "07"),
+            ("ENDLESS_FD_4", "unix-listener:admin:7:", ""),
+            (
+                "ENDLESS_FD_4",
+                "unix-listener:admin:7:18446744073709551616",
+                "18446744073709551616",
+            ),
+            (READY_FD_VAR, "5:-7:1005", "-7"),
+            (READY_FD_VAR, "5:7:x", "x"),
+        ] {
+            assert_eq!(
+                err(with(var, Some(value))),
+                DecodeError::InvalidNumber {
+                    variable: s(var),
+                    value: s(bad)
+                },
+                "{value}"
+            );
+        }
+        let max = format!("unix-listener:admin:{}:{}", u64::MAX, u64::MAX);
+        let h = decode(with("ENDLESS_FD_4", Some(&max)), |fd| {
+            if fd == 4 {
+                Some(FileId::new(u64::MAX, u64::MAX))
+            } else {
+                observed(fd)
+            }
+        });
+        assert_eq!(
+            h.unwrap().unwrap().identity(4),
+            Some(FileId::new(u64::MAX, u64::MAX))
+        );
     }
 
     #[test]
@@ -1487,40 +1822,49 @@ mod tests {
         inv.insert("b", FdKind::Other, 4).unwrap();
         inv.insert("a", FdKind::Other, 3).unwrap();
         assert_eq!(
-            Handoff::new(1, inv.clone(), 2),
+            Handoff::new(1, inv.clone(), 2, ids(3)),
             Err(HandoffError::FdBelowFirst { fd: 2 })
         );
         assert_eq!(
-            Handoff::new(1, inv.clone(), 4),
+            Handoff::new(1, inv.clone(), 4, ids(3)),
             Err(HandoffError::DuplicateFd { fd: 4 })
         );
         assert_eq!(
-            Handoff::new(1, inv.clone(), 6),
+            Handoff::new(1, inv.clone(), 6, ids(3)),
             Err(HandoffError::FdOutOfRange { fd: 6, max: 5 })
         );
-        let h = Handoff::new(1, inv.clone(), 5).unwrap();
+        for n in [0, 2, 4] {
+            assert_eq!(
+                Handoff::new(1, inv.clone(), 5, ids(n)),
+                Err(HandoffError::IdentityCount {
+                    expected: 3,
+                    found: n
+                })
+            );
+        }
+        let h = Handoff::new(1, inv.clone(), 5, ids(3)).unwrap();
         let fds: Vec<_> = h.inventory.iter().map(crate::Entry::fd).collect();
         assert_eq!(fds, [3, 4]);
-        assert_eq!(decode(encode(&h), 1), Ok(Some(h.clone())));
+        assert_eq!(decode(encode(&h), observed), Ok(Some(h.clone())));
         assert_eq!(h.check(), Ok(()));
 
         let mut gap = Inventory::new();
         gap.insert("a", FdKind::Other, 3).unwrap();
         gap.insert("b", FdKind::Other, 5).unwrap();
         // The ready fd may fill the hole the entries leave.
-        assert!(Handoff::new(1, gap.clone(), 4).is_ok());
+        assert!(Handoff::new(1, gap.clone(), 4, ids(3)).is_ok());
         assert_eq!(
-            Handoff::for_spawn(1, gap.clone()),
+            Handoff::for_spawn(1, gap.clone(), ids(3)),
             Err(HandoffError::DuplicateFd { fd: 5 })
         );
         gap.insert("c", FdKind::Other, 7).unwrap();
         assert_eq!(
-            Handoff::new(1, gap, 4),
+            Handoff::new(1, gap, 4, ids(4)),
             Err(HandoffError::FdOutOfRange { fd: 7, max: 6 })
         );
-        let empty = Handoff::for_spawn(1, Inventory::new()).unwrap();
+        let empty = Handoff::for_spawn(1, Inventory::new(), ids(1)).unwrap();
         assert_eq!(empty.ready_fd, 3);
-        assert_eq!(decode(encode(&empty), 1), Ok(Some(empty)));
+        assert_eq!(decode(encode(&empty), observed), Ok(Some(empty)));
     }
 
     #[test]

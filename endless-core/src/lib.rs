@@ -129,6 +129,14 @@
 //! added and [`env::is_reserved`] ones removed, never by changing this process's
 //! environment.
 //!
+//! **Let the descriptors say whom they were handed to.** [`env::Handoff`] declares the
+//! identity of each open file handed over (`fstat`'s `st_dev` and `st_ino`, as
+//! [`env::FileId`]), and [`env::decode`] asks the adapter for the identity of the file at
+//! each declared fd of the recipient. That, not the parent pid, decides whether the
+//! variables are meant for this process: a successor whose parent died while it started
+//! (re-parented to init or a subreaper) still adopts what it holds and serves, and a
+//! grandchild, which inherits the variables but not the fds, does not adopt.
+//!
 //! **Make adopted descriptors close-on-exec, and check that each is what it claims.** An
 //! [`Inventory`] from [`env::decode`] or [`env::decode_systemd`] is only a claim made by
 //! the environment. The descriptors arrive without `FD_CLOEXEC` (they had to survive the

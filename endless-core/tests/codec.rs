@@ -5,8 +5,8 @@ use std::collections::HashSet;
 use std::ffi::OsString;
 
 use endless_core::env::{
-    self, DecodeError, FDS_VAR, Handoff, LISTEN_FDNAMES_VAR, LISTEN_FDS_VAR, LISTEN_PID_VAR,
-    PARENT_PID_VAR, READY_FD_VAR, VERSION_VAR,
+    self, DecodeError, FDS_VAR, FileId, Handoff, LISTEN_FDNAMES_VAR, LISTEN_FDS_VAR,
+    LISTEN_PID_VAR, PARENT_PID_VAR, READY_FD_VAR, VERSION_VAR,
 };
 use endless_core::{FIRST_INHERITED_FD, Fd, FdKind, Inventory, MAX_ENTRIES, MAX_NAME_LEN};
 use proptest::collection::vec;
@@ -67,8 +67,12 @@ fn kind() -> impl Strategy<Value = FdKind> {
 /// A valid handoff: up to 63 uniquely named entries and a ready fd, on the fds `3..=3+n` in
 /// any order (entries are not necessarily inserted in fd order).
 fn handoff() -> impl Strategy<Value = Handoff> {
-    (vec((name(), kind()), 0..64), any::<u32>())
-        .prop_flat_map(|(entries, pid)| {
+    (
+        vec((name(), kind()), 0..64),
+        any::<u32>(),
+        any::<(u64, u64)>(),
+    )
+        .prop_flat_map(|(entries, pid, (dev, ino))| {
             let mut seen = HashSet::new();
             let entries: Vec<_> = entries
                 .into_iter()
@@ -77,16 +81,29 @@ fn handoff() -> impl Strategy<Value = Handoff> {
             let fds: Vec<Fd> = (0..=entries.len())
                 .map(|i| FIRST_INHERITED_FD + Fd::try_from(i).unwrap())
                 .collect();
-            (Just(entries), Just(pid), Just(fds).prop_shuffle())
+            let ids: Vec<FileId> = (0..fds.len() as u64)
+                .map(|i| FileId::new(dev, ino.wrapping_add(i)))
+                .collect();
+            (
+                Just(entries),
+                Just(pid),
+                Just(fds).prop_shuffle(),
+                Just(ids),
+            )
         })
-        .prop_map(|(entries, pid, fds)| {
+        .prop_map(|(entries, pid, fds, ids)| {
             let mut inventory = Inventory::new();
             for ((name, kind), fd) in entries.into_iter().zip(&fds) {
                 inventory.insert(name, kind, *fd).unwrap();
             }
             let ready_fd = *fds.last().unwrap();
-            Handoff::new(pid, inventory, ready_fd).unwrap()
+            Handoff::new(pid, inventory, ready_fd, ids).unwrap()
         })
+}
+
+/// What the process spawned with `h` sees at its fds: the declared files.
+fn spawned(h: &Handoff) -> impl Fn(Fd) -> Option<FileId> + '_ {
+    |fd| h.identity(fd)
 }
 
 /// Everything a decoded handoff must satisfy.
@@ -108,9 +125,14 @@ fn check_invariants(h: &Handoff, parent_pid: u32) -> Result<(), TestCaseError> {
         prop_assert!(names.insert(e.name()), "duplicate name {:?}", e.name());
     }
     // Canonical (ordered by fd), and it encodes to something that decodes to itself.
-    let rebuilt = Handoff::new(h.parent_pid, h.inventory.clone(), h.ready_fd);
+    let rebuilt = Handoff::new(
+        h.parent_pid,
+        h.inventory.clone(),
+        h.ready_fd,
+        h.identities.clone(),
+    );
     prop_assert_eq!(rebuilt.as_ref(), Ok(h));
-    prop_assert_eq!(env::decode(env::encode(h), parent_pid), Ok(Some(h.clone())));
+    prop_assert_eq!(env::decode(env::encode(h), spawned(h)), Ok(Some(h.clone())));
     Ok(())
 }
 
@@ -148,10 +170,11 @@ fn key() -> impl Strategy<Value = OsString> {
 /// A value, mostly plausible for one of our variables.
 fn value() -> impl Strategy<Value = OsString> {
     prop_oneof![
-        4 => select(vec!["0", "1", "2", "3", "4", "5", "7", "100", "01", ""]).prop_map(OsString::from),
+        4 => select(vec!["0", "1", "2", "3", "4", "5", "7", "100", "01", "", "4:0:0", "5:0:1"]).prop_map(OsString::from),
         2 => (kind(), name()).prop_map(|(k, n)| {
             let mut s = format!("{}:", k.as_str());
             s.extend(n.bytes().map(|b| format!("%{b:02X}")));
+            s.push_str(":0:0");
             OsString::from(s)
         }),
         1 => "[a-z:%0-9A-F#]{0,12}".prop_map(OsString::from),
@@ -248,24 +271,33 @@ proptest! {
             prop_assert!(k.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_'));
             prop_assert!(v.bytes().all(|b| b.is_ascii_graphic() && b != b'='), "{}", v);
         }
-        prop_assert_eq!(env::decode(vars.clone(), h.parent_pid), Ok(Some(h.clone())));
+        prop_assert_eq!(env::decode(vars.clone(), spawned(&h)), Ok(Some(h.clone())));
         // Any order of the variables, and unrelated variables around them, change nothing.
         let mut shuffled = vars;
         shuffled.reverse();
         shuffled.push(("ENDLESS_USER_THING".into(), "%%%".into()));
         shuffled.insert(0, ("PATH".into(), "/bin".into()));
-        prop_assert_eq!(env::decode(shuffled, h.parent_pid), Ok(Some(h.clone())));
+        prop_assert_eq!(env::decode(shuffled, spawned(&h)), Ok(Some(h.clone())));
         check_invariants(&h, h.parent_pid)?;
     }
 
     #[test]
-    fn decode_with_another_parent_pid_is_not_for_this_process(h in handoff(), other in any::<u32>()) {
-        prop_assume!(other != h.parent_pid);
-        let err = env::decode(env::encode(&h), other).unwrap_err();
-        prop_assert_eq!(
-            &err,
-            &DecodeError::NotForThisProcess { intended: h.parent_pid, actual: other }
-        );
+    fn decode_where_one_fd_is_another_file_is_not_for_this_process(
+        h in handoff(),
+        which in any::<prop::sample::Index>(),
+        other in prop::option::of(any::<(u64, u64)>()),
+    ) {
+        let fd = FIRST_INHERITED_FD + Fd::try_from(which.index(h.identities.len())).unwrap();
+        let other = other.map(|(dev, ino)| FileId::new(dev, ino));
+        prop_assume!(other != h.identity(fd));
+        let err = env::decode(env::encode(&h), |at| {
+            if at == fd { other } else { h.identity(at) }
+        })
+        .unwrap_err();
+        let DecodeError::NotTheDeclaredFile { fd: at, declared, found, .. } = &err else {
+            return Err(TestCaseError::fail(format!("{err:?}")));
+        };
+        prop_assert_eq!((*at, Some(*declared), *found), (fd, h.identity(fd), other));
         prop_assert!(err.is_not_for_this_process());
     }
 
@@ -378,26 +410,28 @@ proptest! {
         // with a plausible count and ready fd), so that decoding gets into the entries.
         let mut fixed: Vec<(&str, String)> = Vec::new();
         if header >= 1 {
-            fixed.push((VERSION_VAR, "1".to_owned()));
+            fixed.push((VERSION_VAR, "2".to_owned()));
             fixed.push((PARENT_PID_VAR, pid.to_string()));
         }
         if header >= 2 {
             fixed.push((FDS_VAR, counts.0.to_string()));
-            fixed.push((READY_FD_VAR, counts.1.to_string()));
+            fixed.push((READY_FD_VAR, format!("{}:0:0", counts.1)));
         }
         let vars: Vec<(OsString, OsString)> = fixed
             .iter()
             .map(|(k, v)| (OsString::from(k), OsString::from(v)))
             .chain(vars.into_iter().filter(|(k, _)| !fixed.iter().any(|(f, _)| k == f)))
             .collect();
-        if let Ok(Some(h)) = env::decode(vars.clone(), pid) {
-            check_invariants(&h, pid)?;
+        // Every fd of this process is the file 0:0, as the plausible values declare.
+        let observe = |_| Some(FileId::new(0, 0));
+        if let Ok(Some(h)) = env::decode(vars.clone(), observe) {
+            check_invariants(&h, h.parent_pid)?;
         }
         if let Ok(Some(inv)) = env::decode_systemd(vars.clone(), pid) {
             prop_assert!(inv.iter().map(|e| e.fd()).eq((0..inv.len()).map(|i| 3 + Fd::try_from(i).unwrap())));
         }
         // Errors render (bounded) without panicking.
-        if let Err(e) = env::decode(vars, pid) {
+        if let Err(e) = env::decode(vars, observe) {
             prop_assert!(e.to_string().len() < 1_000);
         }
     }
@@ -417,12 +451,19 @@ proptest! {
         }
         let pairs: Vec<(OsString, OsString)> =
             vars.iter().map(|(k, v)| (os(k.clone()), os(v.clone()))).collect();
-        let decoded = env::decode(pairs.clone(), h.parent_pid);
+        let decoded = env::decode(pairs.clone(), spawned(&h));
         if vars == original {
             prop_assert_eq!(decoded, Ok(Some(h.clone())));
         } else {
             match decoded {
-                Ok(Some(got)) => check_invariants(&got, h.parent_pid)?,
+                Ok(Some(got)) => {
+                    // Only the files declared in the original can be accepted.
+                    for (i, id) in got.identities.iter().enumerate() {
+                        let fd = FIRST_INHERITED_FD + Fd::try_from(i).unwrap();
+                        prop_assert_eq!(Some(*id), h.identity(fd));
+                    }
+                    check_invariants(&got, got.parent_pid)?;
+                }
                 // Every variable of ours was mangled out of our namespace.
                 Ok(None) => {
                     let ours = vars.iter().any(|(k, _)| {
@@ -441,13 +482,15 @@ proptest! {
 #[test]
 fn a_declared_count_is_checked_before_anything_is_allocated_for_it() {
     let vars = [
-        (VERSION_VAR, "1"),
+        (VERSION_VAR, "2"),
         (PARENT_PID_VAR, "1"),
         (FDS_VAR, "18446744073709551615"),
-        (READY_FD_VAR, "3"),
+        (READY_FD_VAR, "3:0:0"),
     ];
     assert!(matches!(
-        env::decode(vars, 1),
+        env::decode(vars, |_| unreachable!(
+            "observed before the format is valid"
+        )),
         Err(DecodeError::TooManyEntries { .. })
     ));
     let vars = [
@@ -468,10 +511,13 @@ fn the_largest_inventory_round_trips() {
             .push(format!("listener {i}"), FdKind::ALL[i % FdKind::ALL.len()])
             .unwrap();
     }
-    let h = Handoff::for_spawn(u32::MAX, inventory).unwrap();
+    let ids = (0..=MAX_ENTRIES as u64)
+        .map(|i| FileId::new(u64::MAX, u64::MAX - i))
+        .collect();
+    let h = Handoff::for_spawn(u32::MAX, inventory, ids).unwrap();
     let vars = env::encode(&h);
     assert_eq!(vars.len(), MAX_ENTRIES + 4);
-    assert_eq!(env::decode(vars, u32::MAX), Ok(Some(h)));
+    assert_eq!(env::decode(vars, spawned(&h)), Ok(Some(h.clone())));
 }
 
 #[test]
@@ -496,6 +542,9 @@ fn systemd_takes_exactly_up_to_the_largest_count() {
 #[test]
 fn os_pairs_helper_round_trips() {
     // Keeps `os_pairs` honest (and used): a decoded encoding from OsString pairs.
-    let h = Handoff::for_spawn(3, Inventory::new()).unwrap();
-    assert_eq!(env::decode(os_pairs(env::encode(&h)), 3), Ok(Some(h)));
+    let h = Handoff::for_spawn(3, Inventory::new(), vec![FileId::new(1, 2)]).unwrap();
+    assert_eq!(
+        env::decode(os_pairs(env::encode(&h)), spawned(&h)),
+        Ok(Some(h.clone()))
+    );
 }

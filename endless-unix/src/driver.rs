@@ -34,6 +34,7 @@ use crate::notify::Notifier;
 use crate::runtime::{ReadinessReader, Runtime};
 use crate::spawn::{self, HandoffFd};
 use crate::state::ProvideError;
+use crate::sys;
 use crate::takeover::Outbox;
 
 /// What reaches the driver task.
@@ -272,7 +273,16 @@ impl<R: Runtime> Driver<R> {
                         Ok(()) => tracing::info!("told the parent this process is ready"),
                         Err(e) => {
                             self.parent_channel = None;
-                            tracing::error!(error = %e, "cannot tell the parent we are ready");
+                            // A parent that died while this process started (it was
+                            // re-parented): nobody to tell, and this process serves alone.
+                            if self.shared.inherited.parent_pid() == Some(sys::getppid()) {
+                                tracing::error!(error = %e, "cannot tell the parent we are ready");
+                            } else {
+                                tracing::warn!(
+                                    error = %e,
+                                    "the parent is gone: nobody to tell this process is ready"
+                                );
+                            }
                         }
                     }
                 }

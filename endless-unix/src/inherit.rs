@@ -104,13 +104,20 @@ struct Slot {
 impl Inherited {
     /// Reads this process's environment and adopts the descriptors it describes.
     ///
-    /// The `ENDLESS_*` variables come first ([`env::decode`] with the real parent pid,
-    /// `getppid()`); if there are none, systemd's `LISTEN_*` ([`env::decode_systemd`] with
-    /// this process's pid). Variables meant for another process
-    /// ([`DecodeError::NotForThisProcess`], e.g. inherited by a subprocess of a server, or
-    /// by a command-line tool the server ran) are not an error: a warning is logged and they
-    /// are ignored (for `ENDLESS_*`, systemd's variables are then looked at as if they were
-    /// absent). Any other malformed variable is an error.
+    /// The `ENDLESS_*` variables come first ([`env::decode`], which compares the identity
+    /// each declares for its fd with what `fstat` says of that fd in this process); if there
+    /// are none, systemd's `LISTEN_*` ([`env::decode_systemd`] with this process's pid).
+    /// Variables meant for another process ([`DecodeError::NotTheDeclaredFile`], e.g.
+    /// inherited by a subprocess of a server, which gets the environment but not the fds, or
+    /// by a command-line tool the server ran; [`DecodeError::NotForThisProcess`] for
+    /// systemd's) are not an error: a warning is logged and they are ignored (for
+    /// `ENDLESS_*`, systemd's variables are then looked at as if they were absent). Any
+    /// other malformed variable is an error.
+    ///
+    /// The parent pid decides nothing: a process whose endless parent died while it started
+    /// (its parent is now init or a subreaper) still holds the fds and adopts them; it is
+    /// then the only generation left, and serves as the service's main process (its
+    /// readiness report reaches no one, which is logged and not fatal). A warning says so.
     ///
     /// Every declared descriptor must be open and, unless its kind is [`FdKind::Other`],
     /// really be of its declared kind (a [`FdKind::Unknown`] one, as systemd passes them, is
@@ -132,6 +139,9 @@ impl Inherited {
     /// application that read its environment early).
     ///
     /// # Safety
+    ///
+    /// `parent_pid` is only compared with the parent pid the variables name, to log that the
+    /// parent is gone.
     ///
     /// Like `from_env`, this takes ownership of the descriptors the variables describe, as
     /// [`OwnedFd::from_raw_fd`](std::os::fd::FromRawFd::from_raw_fd) does: the variables
@@ -161,8 +171,21 @@ impl Inherited {
     {
         let vars: Vec<(K, V)> = vars.into_iter().collect();
         let pairs = || vars.iter().map(|(k, v)| (k.as_ref(), v.as_ref()));
-        match env::decode(pairs(), parent_pid) {
-            Ok(Some(handoff)) => return Self::adopt_handoff(handoff),
+        // Only the numbers the variables declare are observed: the contract of
+        // `sys::with_declared`.
+        match env::decode(pairs(), sys::observe_declared) {
+            Ok(Some(handoff)) => {
+                if handoff.parent_pid != parent_pid {
+                    tracing::warn!(
+                        spawned_by = handoff.parent_pid,
+                        parent = parent_pid,
+                        "the generation that spawned this process is gone; adopting the \
+                         fds it handed over (they are the declared files): this process \
+                         serves alone and becomes the main process"
+                    );
+                }
+                return Self::adopt_handoff(handoff);
+            }
             Ok(None) => {}
             Err(e) if e.is_not_for_this_process() => tracing::warn!(
                 "ignoring the inherited {}* variables ({}, {}, {}, {}…): {e}",
@@ -1098,10 +1121,26 @@ pub(crate) mod tests {
             .collect()
     }
 
+    /// A handoff of one listener at fd 3 and the ready fd at 4, declaring files that no fd
+    /// of this process is (the identity of a file that cannot exist).
     fn endless_vars(parent: u32) -> Vec<(String, String)> {
         let mut inventory = Inventory::new();
         inventory.push("http", FdKind::TcpListener).unwrap();
-        env::encode(&Handoff::for_spawn(parent, inventory).unwrap())
+        let nowhere = env::FileId::new(u64::MAX, u64::MAX);
+        env::encode(&Handoff::for_spawn(parent, inventory, vec![nowhere; 2]).unwrap())
+    }
+
+    #[test]
+    fn observe_declared_is_the_identity_of_the_open_file() {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let id = sys::observe_declared(listener.as_raw_fd()).unwrap();
+        assert_eq!(id, sys::file_id(listener.as_fd()).unwrap());
+        // A copy of the fd is the same open file (what the child gets); another socket is not.
+        let copy = listener.try_clone().unwrap();
+        assert_eq!(sys::observe_declared(copy.as_raw_fd()), Some(id));
+        let other = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        assert_ne!(sys::observe_declared(other.as_raw_fd()), Some(id));
+        assert_eq!(sys::observe_declared(CLOSED), None);
     }
 
     #[test]
@@ -1116,7 +1155,13 @@ pub(crate) mod tests {
 
     #[test]
     fn from_vars_ignores_variables_meant_for_another_process() {
-        // ENDLESS_* naming another parent (a grandchild of the server).
+        // ENDLESS_* declaring files this process does not have at fds 3 and 4 (a grandchild
+        // of the server: it inherited the environment, not the fds), whichever parent they
+        // name.
+        for parent in [100, 200] {
+            let i = Inherited::decode_and_adopt(endless_vars(100), parent, 300).unwrap();
+            assert_eq!((i.origin(), i.parent_pid()), (Origin::Fresh, None));
+        }
         let i = Inherited::decode_and_adopt(endless_vars(100), 200, 300).unwrap();
         assert_eq!((i.origin(), i.parent_pid()), (Origin::Fresh, None));
         assert!(i.unclaimed().is_empty());

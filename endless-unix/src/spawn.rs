@@ -373,7 +373,8 @@ impl Prepared<'_> {
 /// `SOCK_SEQPACKET` socketpair, both ends close-on-exec, this process's end non-blocking,
 /// which later carries the connections handed over), numbers the handoff 3, 4, … in
 /// order with the child's end last, at `3 + fds.len()`, describes them with
-/// [`env::encode`] (this process's pid as the parent), plans the renumbering with
+/// [`env::encode`] (this process's pid as the parent, and the identity of each open file,
+/// by which the child knows they were handed to it), plans the renumbering with
 /// [`plan::plan`], and builds the command: program `exe.path()`, its arguments, working
 /// directory `exe.cwd()`, an environment of exactly `exe.env()` (minus reserved variables)
 /// plus the `ENDLESS_*` variables, a process group of its own (its pid; see
@@ -407,13 +408,23 @@ pub fn prepare<'a>(exe: &Executable, fds: &[HandoffFd<'a>]) -> Result<Prepared<'
             .push(handover.name, handover.kind)
             .map_err(SpawnError::Inventory)?;
     }
-    let handoff = Handoff::for_spawn(sys::getpid(), inventory)
-        .map_err(|e| SpawnError::Io(io::Error::from(e)))?;
 
     // A SOCK_SEQPACKET socketpair, both ends close-on-exec: the child writes its readiness
     // line on it, and then receives the connections handed over (`crate::takeover`).
     let (ready, write_end) = sys::seqpacket_pair().map_err(SpawnError::Io)?;
     sys::set_nonblocking(ready.as_fd()).map_err(SpawnError::Io)?;
+
+    // The identity of each open file, in the child's fd order: the child compares them with
+    // its fds to know they were handed to it (whether or not this process still lives).
+    let identities = fds
+        .iter()
+        .map(|h| h.fd)
+        .chain([write_end.as_fd()])
+        .map(sys::file_id)
+        .collect::<io::Result<Vec<_>>>()
+        .map_err(SpawnError::Io)?;
+    let handoff = Handoff::for_spawn(sys::getpid(), inventory, identities)
+        .map_err(|e| SpawnError::Io(io::Error::from(e)))?;
 
     let sources: Vec<RawFd> = fds
         .iter()
@@ -850,14 +861,18 @@ mod tests {
             })
             .collect();
         let pid = std::process::id().to_string();
+        let listener_id = sys::file_id(listener.as_fd()).unwrap();
+        let ready_id = sys::file_id(prepared.write_end.as_fd()).unwrap();
+        let entry = format!("tcp-listener:web%20server:{listener_id}");
+        let ready_value = format!("4:{ready_id}");
         let expected: BTreeMap<String, Option<String>> = [
             ("PATH", "/bin"),
             ("ENDLESS_LOG", "kept"),
-            ("ENDLESS_VERSION", "1"),
+            ("ENDLESS_VERSION", "2"),
             ("ENDLESS_PARENT_PID", pid.as_str()),
             ("ENDLESS_FDS", "1"),
-            ("ENDLESS_FD_3", "tcp-listener:web%20server"),
-            ("ENDLESS_READY_FD", "4"),
+            ("ENDLESS_FD_3", entry.as_str()),
+            ("ENDLESS_READY_FD", ready_value.as_str()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), Some(v.to_owned())))

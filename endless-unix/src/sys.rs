@@ -98,6 +98,28 @@ pub(crate) fn is_open(fd: RawFd) -> io::Result<bool> {
     Ok(fd_flags(fd)?.is_some())
 }
 
+/// The identity of the open file `fd` refers to (`fstat`'s `st_dev` and `st_ino`): what
+/// the handoff declares for each fd, and what the recipient compares.
+pub(crate) fn file_id(fd: BorrowedFd<'_>) -> io::Result<endless_core::env::FileId> {
+    let stat = rustix::fs::fstat(fd)?;
+    // `st_dev` and `st_ino` are unsigned on Linux; on the BSDs `st_dev` may be a signed
+    // type: reinterpreting its bits keeps two different devices different.
+    #[allow(
+        clippy::cast_sign_loss,
+        clippy::useless_conversion,
+        trivial_numeric_casts
+    )]
+    let (dev, ino) = (stat.st_dev as u64, stat.st_ino as u64);
+    Ok(endless_core::env::FileId::new(dev, ino))
+}
+
+/// The identity of the open file at the declared fd number `fd`, or `None` if it is not
+/// open (or `fstat` fails): what [`endless_core::env::decode`] compares with the declared
+/// one. Same contract as [`with_declared`].
+pub(crate) fn observe_declared(fd: RawFd) -> Option<endless_core::env::FileId> {
+    with_declared(fd, file_id).ok()?.ok()
+}
+
 /// Whether `FD_CLOEXEC` is set on `fd`.
 #[allow(dead_code, reason = "for tests and adapters that check a descriptor")]
 pub(crate) fn is_cloexec(fd: BorrowedFd<'_>) -> io::Result<bool> {

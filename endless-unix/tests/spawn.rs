@@ -573,18 +573,35 @@ fn child_gets_exactly_the_handovers_at_3_and_on_and_its_variables() {
 
         let pid = std::process::id().to_string();
         let strays = strays_value();
+        // Each entry ends in the identity (`<dev>:<ino>`) of the open file handed over.
+        let id = |fd: BorrowedFd<'_>| {
+            let st = rustix::fs::fstat(fd).unwrap();
+            format!("{}:{}", st.st_dev, st.st_ino)
+        };
+        let sockfs = rustix::fs::fstat(s.tcp.as_fd()).unwrap().st_dev;
+        let ready_ino = run
+            .pipe
+            .trim_start_matches("socket:[")
+            .trim_end_matches(']');
+        let values = [
+            format!("tcp-listener:tcp:{}", id(s.tcp.as_fd())),
+            format!("unix-listener:unix:{}", id(s.unix.as_fd())),
+            format!("udp:udp:{}", id(s.udp.as_fd())),
+            format!("unix-stream:pair%20end:{}", id(s.pair.0.as_fd())),
+            format!("7:{sockfs}:{ready_ino}"),
+        ];
         let env: BTreeMap<String, String> = [
             (HELPER_VAR, "list"),
             (STRAYS_VAR, strays.as_str()),
             ("ENDLESS_LOG", "kept"),
-            ("ENDLESS_VERSION", "1"),
+            ("ENDLESS_VERSION", "2"),
             ("ENDLESS_PARENT_PID", pid.as_str()),
             ("ENDLESS_FDS", "4"),
-            ("ENDLESS_FD_3", "tcp-listener:tcp"),
-            ("ENDLESS_FD_4", "unix-listener:unix"),
-            ("ENDLESS_FD_5", "udp:udp"),
-            ("ENDLESS_FD_6", "unix-stream:pair%20end"),
-            ("ENDLESS_READY_FD", "7"),
+            ("ENDLESS_FD_3", &values[0]),
+            ("ENDLESS_FD_4", &values[1]),
+            ("ENDLESS_FD_5", &values[2]),
+            ("ENDLESS_FD_6", &values[3]),
+            ("ENDLESS_READY_FD", &values[4]),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))

@@ -5,11 +5,17 @@
 //! `/proc/<pid>/environ`, with `\n` in place of NUL so that seeds are easy to write). The
 //! first byte picks the pid handed to the decoders. On Unix, keys and values are raw bytes
 //! (non-UTF-8 included).
+//!
+//! The identity this process observes at every fd is `<pid>:<fd>` (device: the pid byte,
+//! inode: the fd number), so that seeds which declare those identities, like
+//! `ENDLESS_FD_3=other:x:1:3`, get past the identity check and into the round trip, and
+//! others exercise the refusal.
 #![no_main]
 
 use std::ffi::OsString;
 
-use endless_core::env::{self, Handoff, LISTEN_FDNAMES_VAR, LISTEN_FDS_VAR};
+use endless_core::Fd;
+use endless_core::env::{self, FileId, Handoff, LISTEN_FDNAMES_VAR, LISTEN_FDS_VAR};
 use libfuzzer_sys::fuzz_target;
 
 #[cfg(unix)]
@@ -23,12 +29,26 @@ fn os(bytes: &[u8]) -> OsString {
     String::from_utf8_lossy(bytes).into_owned().into()
 }
 
+/// What this process sees at `fd`: `None` below 3, else the file `<pid>:<fd>`.
+fn observed(pid: u32, fd: Fd) -> Option<FileId> {
+    let fd = u64::try_from(fd).ok().filter(|&fd| fd >= 3)?;
+    Some(FileId::new(u64::from(pid), fd))
+}
+
 fn check(h: &Handoff, pid: u32) {
-    assert_eq!(h.parent_pid, pid);
     assert_eq!(h.check(), Ok(()));
-    let rebuilt = Handoff::new(h.parent_pid, h.inventory.clone(), h.ready_fd);
+    for (fd, id) in (3..).zip(&h.identities) {
+        assert_eq!(Some(*id), observed(pid, fd));
+    }
+    let rebuilt = Handoff::new(
+        h.parent_pid,
+        h.inventory.clone(),
+        h.ready_fd,
+        h.identities.clone(),
+    );
     assert_eq!(rebuilt.as_ref(), Ok(h));
-    assert_eq!(env::decode(env::encode(h), pid), Ok(Some(h.clone())));
+    let observe = |fd| observed(pid, fd);
+    assert_eq!(env::decode(env::encode(h), observe), Ok(Some(h.clone())));
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -44,7 +64,7 @@ fuzz_target!(|data: &[u8]| {
         })
         .collect();
 
-    match env::decode(vars.iter().map(|(k, v)| (k, v)), pid) {
+    match env::decode(vars.iter().map(|(k, v)| (k, v)), |fd| observed(pid, fd)) {
         Ok(Some(h)) => check(&h, pid),
         Ok(None) => {}
         Err(e) => {

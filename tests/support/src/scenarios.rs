@@ -6,7 +6,7 @@
 
 use std::fs;
 use std::net::{Ipv4Addr, TcpListener, TcpStream, UdpSocket};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
@@ -74,8 +74,13 @@ macro_rules! restart_scenarios {
         }
 
         #[test]
-        fn closed_fd_declared_other_is_refused() {
-            $crate::scenarios::closed_fd_declared_other_is_refused($bin);
+        fn orphaned_successor_serves() {
+            $crate::scenarios::orphaned_successor_serves($bin);
+        }
+
+        #[test]
+        fn closed_fd_declared_other_is_not_adopted() {
+            $crate::scenarios::closed_fd_declared_other_is_not_adopted($bin);
         }
 
         #[test]
@@ -295,16 +300,41 @@ pub fn twenty_restarts(bin: &Path) {
 
 // ---- 3. bad input ----------------------------------------------------------------------------
 
+/// The identity of the open file `fd` as the handoff encoding writes it, `<dev>:<ino>`.
+fn file_id(fd: impl AsFd) -> String {
+    let st = rustix::fs::fstat(fd).expect("fstat");
+    format!("{}:{}", st.st_dev, st.st_ino)
+}
+
 /// The handoff variables of a valid handoff of one listener (`listen-0` at fd 3, the
-/// readiness channel at fd 4) from `parent`.
-fn handoff_vars(parent: u32) -> Vec<(&'static str, String)> {
+/// readiness channel at fd 4) from `parent`, declaring the open files `listener` and
+/// `ready` at those fds.
+fn handoff_vars(parent: u32, listener: impl AsFd, ready: impl AsFd) -> Vec<(&'static str, String)> {
     vec![
-        ("ENDLESS_VERSION", "1".to_owned()),
+        ("ENDLESS_VERSION", "2".to_owned()),
         ("ENDLESS_PARENT_PID", parent.to_string()),
         ("ENDLESS_FDS", "1".to_owned()),
-        ("ENDLESS_FD_3", "tcp-listener:listen-0".to_owned()),
-        ("ENDLESS_READY_FD", "4".to_owned()),
+        (
+            "ENDLESS_FD_3",
+            format!("tcp-listener:listen-0:{}", file_id(listener)),
+        ),
+        ("ENDLESS_READY_FD", format!("4:{}", file_id(ready))),
     ]
+}
+
+/// [`handoff_vars`] declaring the files placed at fds 3 and 4 by `placements`; a fd placed
+/// closed (`None`) is declared as a file that exists elsewhere (as for a grandchild, which
+/// inherits the variables but not the fds).
+fn handoff_vars_for(placements: &[(i32, Option<OwnedFd>)]) -> Vec<(&'static str, String)> {
+    let elsewhere = TcpListener::bind("127.0.0.1:0").unwrap();
+    let at = |fd: i32| {
+        placements
+            .iter()
+            .find(|(n, _)| *n == fd)
+            .and_then(|(_, f)| f.as_ref())
+            .map_or_else(|| dup(&elsewhere), dup)
+    };
+    handoff_vars(own_pid(), at(3), at(4))
 }
 
 /// Starts a process of `server`'s binary (not the server itself), as if the test process
@@ -324,6 +354,63 @@ fn start_adopter(
     }
     place_fds(&mut command, placements);
     Group::spawn(label, command)
+}
+
+/// [`assert_refused`] with [`handoff_vars_for`] the placements: the variables declare the
+/// files placed, which are wrong in some other way.
+fn assert_refused_placed(
+    server: &Server,
+    label: &str,
+    placements: Vec<(i32, Option<OwnedFd>)>,
+    ready: Option<OwnedFd>,
+    expected: &str,
+) {
+    let vars = handoff_vars_for(&placements);
+    assert_refused(server, label, &vars, placements, ready, expected);
+}
+
+/// A process started with [`handoff_vars_for`] these fds, one of which is not the declared
+/// file, takes the variables as meant for another process: it warns, starts fresh (listens
+/// on its own `--listen` address), and writes nothing on the readiness pipe whose read end
+/// is `reader` (none of the fds is adopted, the declared ones that are right included).
+fn assert_ignored(
+    server: &Server,
+    label: &str,
+    placements: Vec<(i32, Option<OwnedFd>)>,
+    reader: OwnedFd,
+) {
+    let vars = handoff_vars_for(&placements);
+    let group = start_adopter(server, label, &vars, placements);
+    let pid = group.leader();
+    let warning = group
+        .stderr
+        .wait_from("a warning about the inherited variables", 0, |l| {
+            l.contains("WARN") && l.contains("ignoring the inherited")
+        });
+    assert!(
+        warning.contains("not meant for this process"),
+        "{label}: {warning:?}\n{}",
+        group.dump()
+    );
+    let line = group.stdout.wait_from("the fresh start to listen", 0, |l| {
+        parse_listening(l).is_some()
+    });
+    let listening = parse_listening(&line).unwrap();
+    assert_eq!(listening.pid, pid, "{label}");
+    let addr = listening.addr.parse().unwrap();
+    assert_eq!(
+        ask(&Endpoint::Tcp(addr), "ping").unwrap(),
+        (pid, "ping".to_owned()),
+        "{label}"
+    );
+    let reader = std::io::PipeReader::from(reader);
+    set_nonblocking(&reader);
+    let read = std::io::Read::read(&mut &reader, &mut [0u8; 64]);
+    assert!(
+        matches!(&read, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "{label}: it wrote on a readiness pipe not meant for it: {read:?}"
+    );
+    // Dropping the group kills and reaps it.
 }
 
 /// A process started with these variables and fds exits non-zero, says `expected` on
@@ -367,27 +454,18 @@ fn assert_refused(
 /// the running server is unaffected and restarts.
 pub fn malformed_variables(bin: &Path) {
     let server = Server::start(bin, &Options::default());
-    let me = own_pid();
-    let set = |key: &'static str, value: &str| {
-        let mut vars = handoff_vars(me);
-        match vars.iter_mut().find(|(k, _)| *k == key) {
-            Some(slot) => slot.1 = value.to_owned(),
-            None => vars.push((key, value.to_owned())),
-        }
-        vars
-    };
-    let without = |key: &str| {
-        let mut vars = handoff_vars(me);
-        vars.retain(|(k, _)| *k != key);
-        vars
-    };
-    // (what is wrong, the variables, what the error must say)
-    type Case = (&'static str, Vec<(&'static str, String)>, &'static str);
+    // A change to the valid variables: set `key` to the value (`{listener}` and `{ready}`
+    // stand for the identities of the files at fds 3 and 4), or remove it (`None`).
+    type Change = (&'static str, Option<&'static str>);
+    let set = |key, value| (key, Some(value));
+    let without = |key| (key, None);
+    // (what is wrong, the change, what the error must say)
+    type Case = (&'static str, Change, &'static str);
     let cases: Vec<Case> = vec![
         (
             "unsupported version",
-            set("ENDLESS_VERSION", "2"),
-            r#"ENDLESS_VERSION is "2", this program reads version 1"#,
+            set("ENDLESS_VERSION", "1"),
+            r#"ENDLESS_VERSION is "1", this program reads version 2"#,
         ),
         (
             "count not a number",
@@ -406,27 +484,27 @@ pub fn malformed_variables(bin: &Path) {
         ),
         (
             "unknown kind",
-            set("ENDLESS_FD_3", "carrier-pigeon:listen-0"),
+            set("ENDLESS_FD_3", "carrier-pigeon:listen-0:{listener}"),
             r#""ENDLESS_FD_3" has an unknown fd kind "carrier-pigeon""#,
         ),
         (
             "entry without a kind",
-            set("ENDLESS_FD_3", "listen-0"),
+            set("ENDLESS_FD_3", "listen-0:{listener}"),
             r#"the value of "ENDLESS_FD_3" is not <kind>:<name>"#,
         ),
         (
             "bad escape in a name",
-            set("ENDLESS_FD_3", "tcp-listener:listen%zz"),
+            set("ENDLESS_FD_3", "tcp-listener:listen%zz:{listener}"),
             r#"the name in "ENDLESS_FD_3" has an invalid escape"#,
         ),
         (
             "ready fd is an entry's fd",
-            set("ENDLESS_READY_FD", "3"),
+            set("ENDLESS_READY_FD", "3:{ready}"),
             r#""ENDLESS_READY_FD" names fd 3, which is already the fd of another entry"#,
         ),
         (
             "ready fd out of range",
-            set("ENDLESS_READY_FD", "9"),
+            set("ENDLESS_READY_FD", "9:{ready}"),
             r#""ENDLESS_READY_FD" names fd 9"#,
         ),
         (
@@ -441,7 +519,7 @@ pub fn malformed_variables(bin: &Path) {
         ),
         (
             "fd variable with a bad number",
-            set("ENDLESS_FD_3x", "tcp-listener:x"),
+            set("ENDLESS_FD_3x", "tcp-listener:x:{listener}"),
             r#""ENDLESS_FD_3x" has the reserved prefix ENDLESS_FD_"#,
         ),
         (
@@ -450,10 +528,20 @@ pub fn malformed_variables(bin: &Path) {
             r#"the value of "ENDLESS_PARENT_PID" is not a valid number: "12ab""#,
         ),
     ];
-    for (label, vars, expected) in cases {
+    for (label, (key, value), expected) in cases {
         // A real listener and readiness pipe at 3 and 4: only the variables are wrong.
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let (reader, writer) = std::io::pipe().unwrap();
+        let mut vars = handoff_vars(own_pid(), &listener, &writer);
+        let value = value.map(|v| {
+            v.replace("{listener}", &file_id(&listener))
+                .replace("{ready}", &file_id(&writer))
+        });
+        match (vars.iter_mut().find(|(k, _)| *k == key), value) {
+            (Some(slot), Some(value)) => slot.1 = value,
+            (None, Some(value)) => vars.push((key, value)),
+            (_, None) => vars.retain(|(k, _)| *k != key),
+        }
         assert_refused(
             &server,
             label,
@@ -466,17 +554,20 @@ pub fn malformed_variables(bin: &Path) {
     still_serves_and_restarts(&server);
 }
 
-/// Bad input b: variables present but not meant for this process (`ENDLESS_PARENT_PID`
-/// names another process), with a listener and a pipe at the fds they describe: the server
-/// warns, ignores them (neither adopts the listener nor writes "ready" on the pipe), starts
-/// fresh on its own `--listen` address, serves, and restarts.
+/// Bad input b: variables present but not meant for this process (they declare other
+/// files than the listener and the pipe at fds 3 and 4, as a grandchild of a server sees
+/// them: it inherits the variables, not the fds): the server warns, ignores them (neither
+/// adopts the listener nor writes "ready" on the pipe), starts fresh on its own `--listen`
+/// address, serves, and restarts.
 pub fn variables_for_another_process(bin: &Path) {
-    let other = if own_pid() == 1 { 2 } else { 1 };
     let decoy = TcpListener::bind("127.0.0.1:0").unwrap();
     let decoy_addr = decoy.local_addr().unwrap();
     let (reader, writer) = std::io::pipe().unwrap();
+    // The files the variables were meant for: another listener and another pipe.
+    let (_other_reader, other_writer) = std::io::pipe().unwrap();
+    let other_listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let mut options = Options::default();
-    for (k, v) in handoff_vars(other) {
+    for (k, v) in handoff_vars(own_pid(), &other_listener, &other_writer) {
         options = options.env(k, v);
     }
     let placements = vec![(3, Some(dup(&decoy))), (4, Some(OwnedFd::from(writer)))];
@@ -526,13 +617,13 @@ fn set_nonblocking(pipe: &std::io::PipeReader) {
 /// and reports ready on the pipe, so the negative cases fail for the reason they name.
 pub fn bad_inherited_fds(bin: &Path) {
     let server = Server::start(bin, &Options::default());
-    let vars = handoff_vars(own_pid());
 
     // The control: everything right.
     {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let (reader, writer) = std::io::pipe().unwrap();
+        let vars = handoff_vars(own_pid(), &listener, &writer);
         let group = start_adopter(
             &server,
             "a good handoff",
@@ -566,24 +657,17 @@ pub fn bad_inherited_fds(bin: &Path) {
     let listener = || OwnedFd::from(TcpListener::bind("127.0.0.1:0").unwrap());
 
     let (r, w) = pipe();
-    assert_refused(
-        &server,
-        "fd 3 closed",
-        &vars,
-        vec![(3, None), (4, Some(w))],
-        Some(r),
-        // The runtime, built before `Endless::start`, takes the lowest free fds: a closed
-        // fd 3 may be tokio's by the time the inherited fds are checked. It is refused
-        // either way (not open, or open but close-on-exec: not inherited).
-        r#"inherited fd 3 ("listen-0") was not passed by the parent"#,
-    );
+    // A declared fd that is closed is what a grandchild of a server sees (it inherits the
+    // variables, not the fds): not an error, the variables are not meant for it. (The
+    // runtime, built before `Endless::start`, takes the lowest free fds: a closed fd 3 may
+    // be tokio's by the time the inherited fds are looked at; another file either way.)
+    assert_ignored(&server, "fd 3 closed", vec![(3, None), (4, Some(w))], r);
 
     let file = fs::File::create(server.dir().join("not-a-socket")).unwrap();
     let (r, w) = pipe();
-    assert_refused(
+    assert_refused_placed(
         &server,
         "a file at fd 3",
-        &vars,
         vec![(3, Some(OwnedFd::from(file))), (4, Some(w))],
         Some(r),
         r#"inherited fd 3 ("listen-0") is not a socket, but is declared as one"#,
@@ -591,10 +675,9 @@ pub fn bad_inherited_fds(bin: &Path) {
 
     let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
     let (r, w) = pipe();
-    assert_refused(
+    assert_refused_placed(
         &server,
         "a UDP socket declared tcp-listener",
-        &vars,
         vec![(3, Some(OwnedFd::from(udp))), (4, Some(w))],
         Some(r),
         r#"inherited fd 3 ("listen-0") is declared as tcp-listener but is udp"#,
@@ -603,10 +686,9 @@ pub fn bad_inherited_fds(bin: &Path) {
     let peer = TcpListener::bind("127.0.0.1:0").unwrap();
     let stream = TcpStream::connect(peer.local_addr().unwrap()).unwrap();
     let (r, w) = pipe();
-    assert_refused(
+    assert_refused_placed(
         &server,
         "a TCP stream declared tcp-listener",
-        &vars,
         vec![(3, Some(OwnedFd::from(stream))), (4, Some(w))],
         Some(r),
         r#"inherited fd 3 ("listen-0") is declared as tcp-listener but is tcp-stream"#,
@@ -614,30 +696,26 @@ pub fn bad_inherited_fds(bin: &Path) {
 
     let unix = UnixListener::bind(server.dir().join("other.sock")).unwrap();
     let (r, w) = pipe();
-    assert_refused(
+    assert_refused_placed(
         &server,
         "a Unix listener declared tcp-listener",
-        &vars,
         vec![(3, Some(OwnedFd::from(unix))), (4, Some(w))],
         Some(r),
         r#"inherited fd 3 ("listen-0") is declared as tcp-listener but is unix-listener"#,
     );
 
-    assert_refused(
+    let (r, _w) = pipe();
+    assert_ignored(
         &server,
         "readiness channel closed",
-        &vars,
         vec![(3, Some(listener())), (4, None)],
-        None,
-        // As above: fd 4 may be the runtime's by then.
-        "the readiness channel, fd 4 (ENDLESS_READY_FD), ",
+        r,
     );
 
     let (r, _w) = pipe();
-    assert_refused(
+    assert_refused_placed(
         &server,
         "readiness channel not writable",
-        &vars,
         vec![(3, Some(listener())), (4, Some(r))],
         None,
         "the readiness channel, fd 4 (ENDLESS_READY_FD), is not a pipe or socket open for writing",
@@ -647,26 +725,31 @@ pub fn bad_inherited_fds(bin: &Path) {
 }
 
 /// An inherited fd declared with the kind `other` (not checked: any fd will do) that the
-/// parent did not pass: the process must refuse to start, without reporting ready.
+/// parent did not pass: the process must not adopt it, nor report ready.
 ///
 /// The trap: the runtime (built before `Endless::start`) reuses the free number for its own
 /// epoll fd. Were that fd adopted as the entry, the process would report ready, then close
 /// it as unclaimed, and tokio would abort ("unexpected error when polling the I/O driver:
-/// Bad file descriptor") after the parent had handed over. It is refused because an
-/// inherited fd has close-on-exec clear, and the runtime's own fds have it set.
-pub fn closed_fd_declared_other_is_refused(bin: &Path) {
+/// Bad file descriptor") after the parent had handed over. The fd is not the declared file
+/// (whatever it is, closed or the runtime's), so the variables are not meant for this
+/// process: it starts fresh, and writes nothing on the readiness pipe.
+pub fn closed_fd_declared_other_is_not_adopted(bin: &Path) {
     let server = Server::start(bin, &Options::default());
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let junk = TcpListener::bind("127.0.0.1:0").unwrap();
+    let (reader, writer) = std::io::pipe().unwrap();
     let vars = vec![
-        ("ENDLESS_VERSION", "1".to_owned()),
+        ("ENDLESS_VERSION", "2".to_owned()),
         ("ENDLESS_PARENT_PID", own_pid().to_string()),
         ("ENDLESS_FDS", "2".to_owned()),
-        ("ENDLESS_FD_3", "tcp-listener:listen-0".to_owned()),
-        ("ENDLESS_FD_4", "other:junk".to_owned()),
-        ("ENDLESS_READY_FD", "5".to_owned()),
+        (
+            "ENDLESS_FD_3",
+            format!("tcp-listener:listen-0:{}", file_id(&listener)),
+        ),
+        ("ENDLESS_FD_4", format!("other:junk:{}", file_id(&junk))),
+        ("ENDLESS_READY_FD", format!("5:{}", file_id(&writer))),
     ];
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let (reader, writer) = std::io::pipe().unwrap();
-    assert_refused(
+    let group = start_adopter(
         &server,
         "fd 4 (other) closed",
         &vars,
@@ -675,9 +758,29 @@ pub fn closed_fd_declared_other_is_refused(bin: &Path) {
             (4, None),
             (5, Some(OwnedFd::from(writer))),
         ],
-        Some(OwnedFd::from(reader)),
-        r#"inherited fd 4 ("junk") was not passed by the parent"#,
     );
+    let warning = group
+        .stderr
+        .wait_from("a warning about the inherited variables", 0, |l| {
+            l.contains("WARN") && l.contains("ignoring the inherited")
+        });
+    assert!(warning.contains("fd 4"), "{warning:?}\n{}", group.dump());
+    let line = group.stdout.wait_from("the fresh start to listen", 0, |l| {
+        parse_listening(l).is_some()
+    });
+    let listening = parse_listening(&line).unwrap();
+    assert_ne!(
+        listening.addr,
+        listener.local_addr().unwrap().to_string(),
+        "it adopted the listener"
+    );
+    set_nonblocking(&reader);
+    let read = std::io::Read::read(&mut &reader, &mut [0u8; 64]);
+    assert!(
+        matches!(&read, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "it wrote on a readiness pipe not meant for it: {read:?}"
+    );
+    drop(group);
     still_serves_and_restarts(&server);
 }
 
@@ -931,6 +1034,88 @@ pub fn term_while_child_starting(bin: &Path) {
             l.contains("cancelled by a stop request")
         });
     assert_eq!(server.pid_file_pid(), None, "the pid file is removed");
+}
+
+/// Issue 15.2, an orphaned successor serves: the old generation dies (`SIGKILL`) while its
+/// successor starts (a script that waits for a gate file before it `exec`s the real
+/// binary). Re-parented to the test process (a subreaper), the successor sees another
+/// parent pid than the one that spawned it, but the fds it holds are the declared files: it
+/// adopts the listener, serves on the same address (a connection made while nobody
+/// accepted is answered by it: the port never refused), writes its own pid in the pid
+/// file, and says that it serves alone; that its readiness report reaches no one is not
+/// fatal. A later restart from it works.
+pub fn orphaned_successor_serves(bin: &Path) {
+    let server = Server::start(bin, &Options::default());
+    let old = server.pid();
+    server.assert_serves(old);
+    let gate = server.dir().join("gate");
+    let script = format!(
+        "while [ ! -e {} ]; do sleep 0.01; done\nexec {} \"$@\"",
+        sh_quote(&gate),
+        sh_quote(server.real_binary())
+    );
+    server.replace_exe(&sh_script(&script), 0o755);
+
+    let mark = server.group.stderr.len();
+    server.group.signal(old, Signal::HUP);
+    let successor = spawned_child(&server, mark);
+    server.group.signal(old, Signal::KILL);
+    assert_eq!(
+        server.group.wait_exit(old),
+        Exit::Signal(Signal::KILL.as_raw()),
+        "the old generation"
+    );
+    assert!(is_alive(successor), "the successor outlived its parent");
+    // Nobody accepts now, but the successor holds the listener: the connection waits in its
+    // backlog.
+    let mut queued = server.connect();
+    server.restore_exe();
+    fs::write(&gate, b"").expect("open the gate");
+
+    server.wait_pid_file(successor);
+    let listening = server.listening(successor);
+    assert_eq!(
+        Endpoint::parse(&listening[0].addr),
+        *server.endpoint(),
+        "the successor serves on the inherited address"
+    );
+    server.set_pid(successor);
+    assert_eq!(
+        queued
+            .ask("queued")
+            .expect("the queued connection is answered"),
+        (successor, "queued".to_owned())
+    );
+    // Closed, or the next restart would wait for it to drain.
+    drop(queued);
+    server.assert_serves(successor);
+    let gone =
+        server
+            .group
+            .stderr
+            .wait_from("the successor to say its parent is gone", mark, |l| {
+                l.contains("WARN") && l.contains("is gone")
+            });
+    assert!(has_field(&gone, "spawned_by", old), "{gone:?}");
+    assert!(
+        server
+            .group
+            .stderr
+            .find_from(mark, |l| l.contains("ignoring the inherited"))
+            .is_none(),
+        "the successor ignored its inherited fds"
+    );
+    assert!(
+        server
+            .group
+            .stderr
+            .find_from(mark, |l| l.contains("ERROR"))
+            .is_none(),
+        "an error was logged"
+    );
+    assert_eq!(server.pid_file_pid(), Some(successor));
+    server.group.wait_settled(&[successor]);
+    still_serves_and_restarts(&server);
 }
 
 // ---- 4. the new code runs --------------------------------------------------------------------
