@@ -2205,7 +2205,9 @@ pub fn unix_listen_path_not_a_socket(bin: &Path) {
     std::os::unix::fs::symlink(&stale, &link).unwrap();
     for (path, kind) in [(&file, "a regular file"), (&link, "a symbolic link")] {
         let mut command = Group::command(bin);
-        command.arg("--listen").arg(format!("unix:{}", path.display()));
+        command
+            .arg("--listen")
+            .arg(format!("unix:{}", path.display()));
         let group = Group::spawn("a server on a path that is not a socket", command);
         let exit = group.wait_exit(group.leader());
         assert!(
@@ -2216,7 +2218,10 @@ pub fn unix_listen_path_not_a_socket(bin: &Path) {
         group.wait_output_closed();
         let expected = format!("{} exists and is not a socket ({kind})", path.display());
         assert!(
-            group.stderr.find_from(0, |l| l.contains(&expected)).is_some(),
+            group
+                .stderr
+                .find_from(0, |l| l.contains(&expected))
+                .is_some(),
             "{kind}: expected {expected:?}\n{}",
             group.dump()
         );
@@ -2224,8 +2229,18 @@ pub fn unix_listen_path_not_a_socket(bin: &Path) {
         group.wait_settled(&[]);
     }
     assert_eq!(fs::read(&file).unwrap(), b"precious");
-    assert!(fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
-    assert!(fs::symlink_metadata(&stale).unwrap().file_type().is_socket());
+    assert!(
+        fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert!(
+        fs::symlink_metadata(&stale)
+            .unwrap()
+            .file_type()
+            .is_socket()
+    );
 }
 
 /// Unix, `unix:<dir>/a.sock` → `unix:<dir>/b.sock`: `b.sock` is created and served by the
