@@ -107,7 +107,7 @@ round() {
     local clients_rc=0
     wait "$clients" || clients_rc=$?
     BG_PIDS=()
-    stop_server "$SERVER_PGID"
+    stop_server "$SERVER_SID"
     local json
     json=$(tail -1 "$prefix.clients")
     jq -r --arg hup "$HUP_AT" '

@@ -81,7 +81,7 @@ WRAP
     start_server "$server" "$tag.sh" "$tag"
     oha --no-tui -n "$n" -c 16 "http://$SERVER_ADDR/" >"$tag.oha" 2>&1
     grep -Eq 'Success rate:[[:space:]]*100' "$tag.oha" || die "$server: requests failed ($tag.oha)"
-    stop_server "$SERVER_PGID"
+    stop_server "$SERVER_SID"
     awk '/^(summary|totals):/ { print $2; exit }' "$tag.callgrind"
 }
 

@@ -4,9 +4,9 @@
 # - build_examples: the example servers in release, as a fresh clone builds them.
 # - need_wrk / need_oha / need_jq: install a tool if it is missing (apt for wrk and jq,
 #   `cargo install oha --locked` for oha, kept in cargo's bin directory between runs).
-# - start_server / stop_server / stop_all_servers: run an example server in its own process
-#   group (so that every later generation is in it too) on a loopback port chosen by the
-#   kernel, and end the whole group.
+# - start_server / stop_server / stop_all_servers: run an example server in a session of its
+#   own (every later generation stays in it; each leads its own process group) on a loopback
+#   port chosen by the kernel, and end every process of the session.
 # - parse_wrk: wrk's text output as key=value lines.
 # - usage / die / log: the script's usage lines (from its header) and exit 2; an error and
 #   exit 2; a timestamped line on stderr.
@@ -32,7 +32,7 @@ bench_init() {
     local target="${CARGO_TARGET_DIR:-target}"
     [[ $target == /* ]] || target="$ROOT/$target"
     BIN_DIR="$target/release"
-    SERVER_PGIDS=()
+    SERVER_SIDS=()
     BG_PIDS=()
     SUDO=()
     if [[ $EUID -ne 0 ]] && command -v sudo >/dev/null; then
@@ -100,17 +100,18 @@ now_us() {
     echo $((10#${t/./}))
 }
 
-# start_server NAME BIN OUT_PREFIX [ARGS...]: starts BIN in a new session (its own process
-# group, which later generations share) with `--listen 127.0.0.1:0` and ARGS; stdout goes
-# to OUT_PREFIX.out, stderr to OUT_PREFIX.err. Waits for the `listening` line and sets
-# SERVER_ADDR, SERVER_PID and SERVER_PGID. TASKSET, if set, is a `taskset -c CPUS` prefix.
+# start_server NAME BIN OUT_PREFIX [ARGS...]: starts BIN in a new session (which later
+# generations share: each leads a process group of its own, inside it) with
+# `--listen 127.0.0.1:0` and ARGS; stdout goes to OUT_PREFIX.out, stderr to
+# OUT_PREFIX.err. Waits for the `listening` line and sets SERVER_ADDR, SERVER_PID and
+# SERVER_SID. TASKSET, if set, is a `taskset -c CPUS` prefix.
 start_server() {
     local name=$1 bin=$2 prefix=$3
     shift 3
     [[ -x $bin ]] || die "$bin not found; build the examples first"
     : >"$prefix.out"
-    # setsid: a new session and process group; the group id is the server's pid. (No fork:
-    # a background job of a non-interactive shell is not a group leader.)
+    # setsid: a new session; its id is the server's pid. (No fork: a background job of a
+    # non-interactive shell is not a group leader.)
     ${TASKSET:-} setsid "$bin" --listen 127.0.0.1:0 "$@" >"$prefix.out" 2>"$prefix.err" </dev/null &
     local launched=$!
     local deadline=$(($(now_us) + 15000000)) line=""
@@ -127,38 +128,39 @@ start_server() {
     # listening <name> <addr> pid=<pid>
     read -r _ _ SERVER_ADDR SERVER_PID <<<"$line"
     SERVER_PID=${SERVER_PID#pid=}
-    SERVER_PGID=$(ps -o pgid= -p "$SERVER_PID" | tr -d ' ')
-    [[ -n $SERVER_PGID && $SERVER_PGID != 0 ]] || die "cannot find the process group of $name"
-    [[ $SERVER_PGID == "$SERVER_PID" ]] || die "$name is not a process group leader"
-    SERVER_PGIDS+=("$SERVER_PGID")
+    SERVER_SID=$(ps -o sid= -p "$SERVER_PID" | tr -d ' ')
+    [[ -n $SERVER_SID && $SERVER_SID != 0 ]] || die "cannot find the session of $name"
+    [[ $SERVER_SID == "$SERVER_PID" ]] || die "$name is not a session leader"
+    SERVER_SIDS+=("$SERVER_SID")
 }
 
-# Live (non-zombie) members of process group $1.
-group_members() {
-    ps -eo pgid=,pid=,stat= | awk -v g="$1" '$1 == g && $3 !~ /^Z/ { print $2 }'
+# Live (non-zombie) members of session $1: every generation of a server, and whatever
+# they started.
+session_members() {
+    ps -eo sid=,pid=,stat= | awk -v s="$1" '$1 == s && $3 !~ /^Z/ { print $2 }'
 }
 
-# stop_server PGID: SIGTERM to the whole group (every generation), SIGKILL to what is left
-# after 5 s.
+# stop_server SID: SIGTERM to every process of the session (every generation), SIGKILL to
+# what is left after 5 s.
 stop_server() {
-    local pgid=$1 i
-    [[ -n $(group_members "$pgid") ]] || return 0
-    kill -TERM -- "-$pgid" 2>/dev/null || true
+    local sid=$1 i pid
+    [[ -n $(session_members "$sid") ]] || return 0
+    for pid in $(session_members "$sid"); do kill -TERM "$pid" 2>/dev/null || true; done
     for ((i = 0; i < 250; i++)); do
-        [[ -n $(group_members "$pgid") ]] || return 0
+        [[ -n $(session_members "$sid") ]] || return 0
         sleep 0.02
     done
-    log "process group $pgid still alive 5 s after SIGTERM: SIGKILL"
-    kill -KILL -- "-$pgid" 2>/dev/null || true
+    log "session $sid still alive 5 s after SIGTERM: SIGKILL"
+    for pid in $(session_members "$sid"); do kill -KILL "$pid" 2>/dev/null || true; done
 }
 
 cleanup_all() {
-    local pid pgid
+    local pid sid
     for pid in "${BG_PIDS[@]}"; do
         kill -TERM "$pid" 2>/dev/null || true
     done
-    for pgid in "${SERVER_PGIDS[@]}"; do
-        stop_server "$pgid"
+    for sid in "${SERVER_SIDS[@]}"; do
+        stop_server "$sid"
     done
     # Reap what this shell started.
     wait 2>/dev/null || true

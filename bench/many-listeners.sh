@@ -120,7 +120,7 @@ count() {
     local newest answered
     newest=$(pid_in "$pidfile")
     answered=$(check_ports "$prefix.addrs" "$newest")
-    stop_server "$SERVER_PGID"
+    stop_server "$SERVER_SID"
     {
         echo "start_us=$start_us"
         echo "handover=$(ms_summary "${handovers[@]}")"

@@ -214,8 +214,8 @@ run_one() {
     local generations
     generations=$(grep -c '^listening ' "$prefix-server.out" || true)
     local alive
-    alive=$(group_members "$SERVER_PGID" | wc -l)
-    stop_server "$SERVER_PGID"
+    alive=$(session_members "$SERVER_SID" | wc -l)
+    stop_server "$SERVER_SID"
 
     local requests failures p50 p99 max detail
     case $tool in

@@ -96,7 +96,7 @@ measure() {
     rss=$(awk '/^VmRSS:/ { print $2 }' "/proc/$pid/status")
     threads=$(awk '/^Threads:/ { print $2 }' "/proc/$pid/status")
     fds=$(find "/proc/$pid/fd" -mindepth 1 -maxdepth 1 | wc -l)
-    alive=$(group_members "$SERVER_PGID" | wc -l)
+    alive=$(session_members "$SERVER_SID" | wc -l)
     printf '%8s %8s %8s %5s %8s %15s\n' "$1" "$pid" "$rss" "$fds" "$threads" "$alive" >>"$OUT/table"
     ((alive == 1)) || { log "$alive processes alive after $1 restarts"; STATUS=1; }
 }
@@ -117,7 +117,7 @@ for ((r = 0; ; r++)); do
     [[ -n $GONE_AT ]] || die "pid $OLD_PID still alive 30 s after restart $((r + 1))"
     if (((r + 1) % 10 == 0)); then log "$((r + 1)) restarts"; fi
 done
-stop_server "$SERVER_PGID"
+stop_server "$SERVER_SID"
 
 echo
 printf '%s, %d restarts, %d keep-alive requests per generation (loopback, %d CPUs, load average %s before, %s after)\n' \

@@ -130,7 +130,7 @@ measure() {
     BG_PIDS=("$!")
     wait "$!" || die "wrk failed against $server (see $prefix.txt)"
     BG_PIDS=()
-    stop_server "$SERVER_PGID"
+    stop_server "$SERVER_SID"
     local -A w=()
     local k v
     while IFS='=' read -r k v; do w[$k]=$v; done < <(parse_wrk "$prefix.txt")
