@@ -396,9 +396,9 @@ awk -v g="$gap_unanswered" -v m="$max_gap_ms" 'BEGIN { exit !(g > m) }' &&
 echo
 printf 'chaos against %s (%s build): %ss, seed %s (loopback, %d CPUs, load average %s before, %s after)\n' \
     "$SERVER" "$PROFILE" "$DURATION" "$SEED" "$(nproc)" "$LOAD_BEFORE" "$(loadavg)"
-printf 'injected:'
-for k in $(printf '%s\n' "${!COUNT[@]}" | sort); do printf ' %s %s,' "$k" "${COUNT[$k]}"; done
-printf '\b \n'
+injected=""
+for k in $(printf '%s\n' "${!COUNT[@]}" | sort); do injected+="${injected:+, }$k ${COUNT[$k]}"; done
+echo "injected: ${injected:-nothing}"
 printf 'saw: %s requests, %s failed (%s on processes the script killed, %s not), probes sent/refused/unanswered %s\n' \
     "$requests" "$failures" "$attributed" "$unattributed" "$probes"
 printf '     longest gap without a connect %s ms, without an answer %s ms (limit %s ms)\n' \
@@ -408,7 +408,10 @@ printf 'end: serving pid %s; in its session: %s; zombies: %s; %s fds (fresh: %s)
 if ((${#breaches[@]})); then
     echo "BREACHES (${#breaches[@]}):"
     printf '  %s\n' "${breaches[@]}"
-    echo "replay: bench/chaos.sh --seed $SEED --duration $DURATION; raw outputs: $OUT"
+    replay="bench/chaos.sh --seed $SEED --duration $DURATION --server $SERVER"
+    [[ $PROFILE == debug ]] && replay+=" --debug"
+    ((KILL_AFTER_READY)) && replay+=" --kill-after-ready"
+    echo "replay: $replay; raw outputs: $OUT"
     exit 1
 fi
 echo "no breach; raw outputs: $OUT"
