@@ -147,7 +147,7 @@ log_size() { stat -c %s "$LOG"; }
 log_has() {
     tail -c +$(($1 + 1)) "$LOG" | sed 's/\x1b\[[0-9;]*m//g' | grep -q -- "$2"
 }
-fd_count() { find "/proc/$1/fd" -mindepth 1 -maxdepth 1 2>/dev/null | wc -l; }
+fd_count() { { find "/proc/$1/fd" -mindepth 1 -maxdepth 1 2>/dev/null || true; } | wc -l; }
 main_pid() { pid_in "$PIDFILE"; }
 
 # Ancestors of PID (up to, not including, pid 1).
@@ -325,6 +325,10 @@ END_US=$((START_US + DURATION * 1000000))
 KINDS=(hup hup burst kill-new kill-new kill-old kill-old swap swap swap hammer hammer)
 ((KILL_AFTER_READY)) && KINDS+=(kill-ready)
 while (($(now_us) < END_US)); do
+    if ! proc_alive "$(main_pid)"; then
+        breach "no serving process: the pid file names $(main_pid), which is gone; injections stop here"
+        break
+    fi
     kind=${KINDS[RANDOM % ${#KINDS[@]}]}
     # Killing the predecessor, or hammering it, needs a successor that can take over.
     case $kind in
