@@ -13,7 +13,9 @@
 #   swap-KIND    the installed binary replaced (atomic rename) by KIND, then SIGHUP: crash
 #                (exits 1 at start), hang (a script that never reports ready: killed at
 #                the upgrade timeout with its process group), wrapper (a script without
-#                exec that runs the real server as its child), good (back to the server)
+#                exec that runs the real server as its child: its readiness names the
+#                child, which the parent refuses, so it must fail like the other two),
+#                good (back to the server)
 #   hammer       SIGHUP, then SIGUSR2 to the draining predecessor while slow requests are
 #                in flight on it
 #   kill-ready   (only with --kill-after-ready; NEEDS THE FALLBACK of issue 15 point 1,
