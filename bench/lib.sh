@@ -104,7 +104,8 @@ now_us() {
 # generations share: each leads a process group of its own, inside it) with
 # `--listen 127.0.0.1:0` and ARGS; stdout goes to OUT_PREFIX.out, stderr to
 # OUT_PREFIX.err. Waits for the `listening` line and sets SERVER_ADDR, SERVER_PID and
-# SERVER_SID. TASKSET, if set, is a `taskset -c CPUS` prefix.
+# SERVER_SID. TASKSET, if set, is a `taskset -c CPUS` prefix; LAUNCH, if set, another prefix
+# that runs the rest as its child (chaos.sh: a subreaper that reaps orphaned generations).
 start_server() {
     local name=$1 bin=$2 prefix=$3
     shift 3
@@ -112,7 +113,7 @@ start_server() {
     : >"$prefix.out"
     # setsid: a new session; its id is the server's pid. (No fork: a background job of a
     # non-interactive shell is not a group leader.)
-    ${TASKSET:-} setsid "$bin" --listen 127.0.0.1:0 "$@" >"$prefix.out" 2>"$prefix.err" </dev/null &
+    ${TASKSET:-} ${LAUNCH:-} setsid "$bin" --listen 127.0.0.1:0 "$@" >"$prefix.out" 2>"$prefix.err" </dev/null &
     local launched=$!
     local deadline=$(($(now_us) + 15000000)) line=""
     while :; do
