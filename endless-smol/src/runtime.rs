@@ -196,6 +196,10 @@ impl ChildProcess for SmolChild {
     fn wait(&mut self) -> BoxFuture<'_, io::Result<ExitStatus>> {
         Box::pin(self.0.status())
     }
+
+    fn kill_left_behind(&mut self) -> io::Result<bool> {
+        endless_unix::spawn::kill_left_behind(self.0.id())
+    }
 }
 
 struct SmolReadiness(Async<std::fs::File>);

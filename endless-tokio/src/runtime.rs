@@ -179,6 +179,10 @@ impl ChildProcess for TokioChild {
     fn wait(&mut self) -> BoxFuture<'_, io::Result<ExitStatus>> {
         Box::pin(self.child.wait())
     }
+
+    fn kill_left_behind(&mut self) -> io::Result<bool> {
+        endless_unix::spawn::kill_left_behind(self.pid)
+    }
 }
 
 struct TokioReadiness(tokio::io::unix::AsyncFd<std::fs::File>);

@@ -530,6 +530,18 @@ impl<R: Runtime> Driver<R> {
                     ChildStatus::Unknown
                 }
             };
+            // Nothing of a child outlives it: what it left in its process group (a wrapper
+            // script's server, a `sleep` holding the listeners) dies now, whether this
+            // process killed the child or it died on its own before it was ready.
+            match child.kill_left_behind() {
+                Ok(true) => {
+                    tracing::warn!(pid, "killed what the child left in its process group");
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(pid, error = %e, "cannot kill what the child left in its group");
+                }
+            }
             let _ = inputs
                 .send(Message::Input(Input::ChildExited { pid, status }))
                 .await;

@@ -59,6 +59,11 @@ pub trait ChildProcess: Send + 'static {
     fn terminate(&mut self) -> io::Result<()>;
     /// Waits for it to exit and reaps it. Cancel-safe.
     fn wait(&mut self) -> BoxFuture<'_, io::Result<ExitStatus>>;
+    /// Once [`wait`](Self::wait) has returned: sends `SIGKILL` to whatever the child left
+    /// running in its process group (a wrapper script's server, a `sleep` that inherited
+    /// the listeners), so that nothing of a child outlives it; `Ok(true)` if anything was
+    /// there. [`crate::spawn::kill_left_behind`] does it by pid.
+    fn kill_left_behind(&mut self) -> io::Result<bool>;
 }
 
 /// This process's end of a readiness channel (a socket or a pipe).

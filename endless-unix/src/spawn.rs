@@ -15,15 +15,16 @@
 //! timeout, a staged upgrade rolled back, a stop while it starts), [`kill`] and
 //! [`terminate`] signal that whole group, not only the child: a new "binary" that is a
 //! wrapper script without `exec` takes the server it started with it, and no stray process
-//! keeps an inherited listener open after the service stopped. The group is signalled only
+//! keeps an inherited listener open after the service stopped. The group is signalled
 //! while the child is not reaped, by the one task that owns it: until the reap, the child's
-//! pid is in use, so no other process or group can be given that number.
+//! pid is in use, so no other process or group can be given that number. A child that dies
+//! on its own before it is ready (it crashed, or somebody killed it) takes its group with
+//! it too: once the task has reaped it, [`kill_left_behind`] kills what is left in the
+//! group, whose id the kernel does not hand out again while any member lives.
 //!
 //! What the group does not catch: a descendant that moved to a group or session of its own
-//! (`setsid`, a double fork into a daemon), and the descendants of a child that exited on
-//! its own (once it is reaped, its group id may name a stranger's group, so it is not
-//! signalled). A service manager that tracks every descendant (systemd's cgroups,
-//! `KillMode=control-group`) catches those too.
+//! (`setsid`, a double fork into a daemon). A service manager that tracks every descendant
+//! (systemd's cgroups, `KillMode=control-group`) catches those too.
 //!
 //! A generation that succeeds keeps its group. What that means for job control when the
 //! server runs in a terminal: the shell's job is the first generation's group, and Ctrl-C
@@ -497,6 +498,26 @@ pub fn terminate(pid: u32) -> io::Result<()> {
 /// [`ChildProcess::start_kill`]: crate::ChildProcess::start_kill
 pub fn kill(pid: u32) -> io::Result<()> {
     sys::signal_child_group(pid, rustix::process::Signal::KILL)
+}
+
+/// Sends `SIGKILL` to what the reaped child `pid` left in its process group, for
+/// [`ChildProcess::kill_left_behind`]: a child that died on its own (crashed, or killed by
+/// someone else) before it was ready takes its descendants with it, as one this process
+/// kills does. `Ok(true)` if anything was there, `Ok(false)` if the group is gone.
+///
+/// The child is reaped, so its pid is free; the group id is not: the kernel does not hand
+/// out a number that is still the id of a process group with a live member, so while
+/// anything of the child's group lives the signal reaches that and nothing else. Only when
+/// nothing lives could the number have been taken again, by a process that made a group of
+/// it, in the moments since the reap: the pid space would have had to wrap around first.
+///
+/// # Errors
+///
+/// When `kill` fails for another reason than a missing group (`pid` 0 or 1 is refused).
+///
+/// [`ChildProcess::kill_left_behind`]: crate::ChildProcess::kill_left_behind
+pub fn kill_left_behind(pid: u32) -> io::Result<bool> {
+    sys::signal_group(pid, rustix::process::Signal::KILL)
 }
 
 /// Why the next generation could not be prepared.

@@ -421,16 +421,7 @@ pub(crate) fn signal_process(pid: u32, signal: i32) -> io::Result<bool> {
 /// only by its pid. Pids 0 and 1 and values above `i32::MAX` are refused with
 /// `InvalidInput`: `kill(-1)` would reach every process.
 pub(crate) fn signal_child_group(pid: u32, signal: Signal) -> io::Result<()> {
-    let pid = i32::try_from(pid)
-        .ok()
-        .filter(|&p| p > 1)
-        .and_then(Pid::from_raw)
-        .ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "refusing to signal process group 0, 1 or above i32::MAX",
-            )
-        })?;
+    let pid = group_id(pid)?;
     let gone = |e: &io::Error| is_errno(e, Errno::SRCH);
     match rustix::process::kill_process_group(pid, signal).map_err(io::Error::from) {
         Err(e) if !gone(&e) => return Err(e),
@@ -447,6 +438,31 @@ pub(crate) fn signal_child_group(pid: u32, signal: Signal) -> io::Result<()> {
         Err(e) if gone(&e) => Ok(()),
         Err(e) => Err(e),
     }
+}
+
+/// `signal` to the process group `pgid` only; `Ok(false)` if there is no such group (see
+/// [`crate::spawn::kill_left_behind`] for when that is safe to call after a reap).
+pub(crate) fn signal_group(pgid: u32, signal: Signal) -> io::Result<bool> {
+    let pgid = group_id(pgid)?;
+    match rustix::process::kill_process_group(pgid, signal) {
+        Ok(()) => Ok(true),
+        Err(Errno::SRCH) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `pid` as a process group id that may be signalled: not 0 or 1, not above `i32::MAX`.
+fn group_id(pid: u32) -> io::Result<Pid> {
+    i32::try_from(pid)
+        .ok()
+        .filter(|&p| p > 1)
+        .and_then(Pid::from_raw)
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "refusing to signal process group 0, 1 or above i32::MAX",
+            )
+        })
 }
 
 /// `kill(pid, signal)` for a signal number that rustix does not name (a real-time signal,

@@ -295,6 +295,11 @@ impl ChildProcess for FakeChild {
         let exited = self.runtime.until(|c| c.exit, self.pid);
         Box::pin(async move { Ok(exited.await) })
     }
+
+    fn kill_left_behind(&mut self) -> io::Result<bool> {
+        // A fake pid: never a real process group.
+        Ok(false)
+    }
 }
 
 struct FakeChannel {

@@ -104,6 +104,11 @@ macro_rules! restart_scenarios {
         }
 
         #[test]
+        fn a_child_killed_before_ready_takes_its_group_with_it() {
+            $crate::scenarios::wrapper_killed_before_ready($bin);
+        }
+
+        #[test]
         fn hup_burst() {
             $crate::scenarios::hup_burst($bin);
         }
@@ -921,6 +926,56 @@ pub fn wrapper_never_ready(bin: &Path) {
         },
     );
     TcpListener::bind(addr).unwrap_or_else(|e| panic!("a fresh start cannot bind {addr}: {e}"));
+}
+
+/// The new binary is the same wrapper script as in [`wrapper_never_ready`], but the
+/// script is SIGKILLed by someone else (an operator, the OOM killer) before it is ready:
+/// the old generation reaps it, kills what it left in its process group (its `sleep`,
+/// which holds the listeners), and serves on alone. (Found by `bench/chaos.sh`: only a
+/// child this process killed took its group with it.)
+pub fn wrapper_killed_before_ready(bin: &Path) {
+    let server = Server::start(bin, &Options::default().arg("--upgrade-timeout").arg("60"));
+    let pid = server.pid();
+    let stray_file = server.dir().join("stray.pid");
+    let script = format!(
+        "sleep 600 &\necho \"$!\" > {}\nwait\n",
+        sh_quote(&stray_file)
+    );
+    server.replace_exe(&sh_script(&script), 0o755);
+
+    let mark = server.group.stderr.len();
+    server.group.signal(pid, Signal::HUP);
+    let child = spawned_child(&server, mark);
+    let stray: u32 = wait_for("the script to write the pid of its sleep", DEADLINE, || {
+        fs::read_to_string(&stray_file).ok()?.trim().parse().ok()
+    });
+    crate::signal(child, Signal::KILL);
+    let line = server.group.stderr.wait_from(
+        format_args!("{pid} to report a failed restart"),
+        mark,
+        |l| l.contains("restart failed"),
+    );
+    assert!(line.contains("before it was ready"), "{line}");
+    server.group.wait_gone(stray);
+    assert_eq!(
+        server.group.exit_of(stray),
+        Some(Exit::Signal(Signal::KILL.as_raw())),
+        "the script's sleep was killed with it"
+    );
+    server
+        .group
+        .stderr
+        .wait_from("the group kill to be logged", mark, |l| {
+            l.contains("killed what the child left in its process group")
+        });
+    server.group.wait_settled(&[pid]);
+    server.assert_serves(pid);
+    assert_eq!(server.pid_file_pid(), Some(pid), "the pid file");
+    // A later restart (into the real binary) works.
+    server.replace_exe(&fs::read(server.real_binary()).unwrap(), 0o755);
+    let new = server.restart();
+    server.assert_serves(new);
+    server.group.wait_settled(&[new]);
 }
 
 /// Bad input g: 100 HUPs in a burst, twice: a client keeps getting answers throughout, and
