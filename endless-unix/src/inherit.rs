@@ -140,8 +140,8 @@ impl Inherited {
     ///
     /// # Safety
     ///
-    /// `parent_pid` is only compared with the parent pid the variables name, to log that the
-    /// parent is gone.
+    /// `parent_pid` is only compared with the parent pid the variables name, to log when this
+    /// process's parent is not the generation that spawned it.
     ///
     /// Like `from_env`, this takes ownership of the descriptors the variables describe, as
     /// [`OwnedFd::from_raw_fd`](std::os::fd::FromRawFd::from_raw_fd) does: the variables
@@ -179,9 +179,10 @@ impl Inherited {
                     tracing::warn!(
                         spawned_by = handoff.parent_pid,
                         parent = parent_pid,
-                        "the generation that spawned this process is gone; adopting the \
-                         fds it handed over (they are the declared files): this process \
-                         serves alone and becomes the main process"
+                        "the parent of this process is not the generation that spawned it \
+                         (that generation died, or a wrapper started this process without \
+                         exec); adopting the fds it handed over, which are the declared \
+                         files"
                     );
                 }
                 return Self::adopt_handoff(handoff);
