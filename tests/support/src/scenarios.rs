@@ -1144,13 +1144,11 @@ pub fn orphaned_successor_serves(bin: &Path) {
     // Closed, or the next restart would wait for it to drain.
     drop(queued);
     server.assert_serves(successor);
-    let gone =
-        server
-            .group
-            .stderr
-            .wait_from("the successor to say its parent is gone", mark, |l| {
-                l.contains("WARN") && l.contains("is gone")
-            });
+    let gone = server.group.stderr.wait_from(
+        "the successor to say its parent is not its spawner",
+        mark,
+        |l| l.contains("WARN") && l.contains("is not the generation that spawned it"),
+    );
     assert!(has_field(&gone, "spawned_by", old), "{gone:?}");
     assert!(
         server
