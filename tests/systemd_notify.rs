@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use endless_test_support::scenarios::spawned_child;
-use endless_test_support::{DEADLINE, Exit, Options, Server, TempDir, sh_quote, sh_script};
+use endless_test_support::{DEADLINE, Exit, Options, Server, TempDir, sh_script};
 use rustix::io::Errno;
 use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags};
 use rustix::process::Signal;
@@ -301,13 +301,7 @@ fn orphaned_successor_becomes_the_main_pid(bin: &Path) {
     let first = server.pid();
     assert_eq!(manager.recv(), (first, SERVING.to_owned()), "start");
 
-    let gate = server.dir().join("gate");
-    let script = format!(
-        "while [ ! -e {} ]; do sleep 0.01; done\nexec {} \"$@\"",
-        sh_quote(&gate),
-        sh_quote(server.real_binary())
-    );
-    server.replace_exe(&sh_script(&script), 0o755);
+    let gate = server.install_gated_exe();
     let mark = server.group.stderr.len();
     server.group.signal(first, Signal::HUP);
     let (sender, _reloading) = manager.recv();

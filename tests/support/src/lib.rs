@@ -1375,6 +1375,33 @@ impl Server {
         line
     }
 
+    /// Installs as the executable a wrapper script without `exec` that never reports ready:
+    /// it starts `sleep 600` (which inherits the listeners), writes that sleep's pid to the
+    /// returned file, and waits for it.
+    pub fn install_stray_wrapper(&self) -> PathBuf {
+        let stray_file = self.dir().join("stray.pid");
+        let script = format!(
+            "sleep 600 &\necho \"$!\" > {}\nwait\n",
+            sh_quote(&stray_file)
+        );
+        self.replace_exe(&sh_script(&script), 0o755);
+        stray_file
+    }
+
+    /// Installs as the executable a script that waits until the returned path exists, then
+    /// `exec`s the real binary: a new generation that is slow to start, for as long as the
+    /// test wants.
+    pub fn install_gated_exe(&self) -> PathBuf {
+        let gate = self.dir().join("gate");
+        let script = format!(
+            "while [ ! -e {} ]; do sleep 0.01; done\nexec {} \"$@\"",
+            sh_quote(&gate),
+            sh_quote(self.real_binary())
+        );
+        self.replace_exe(&sh_script(&script), 0o755);
+        gate
+    }
+
     /// Replaces the executable on disk (atomically).
     pub fn replace_exe(&self, contents: &[u8], mode: u32) {
         install_file(&self.exe, contents, mode);

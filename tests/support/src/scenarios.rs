@@ -880,12 +880,7 @@ pub fn wrapper_never_ready(bin: &Path) {
     let Endpoint::Tcp(addr) = server.endpoint().clone() else {
         panic!("the default listener is TCP: {:?}", server.endpoint());
     };
-    let stray_file = server.dir().join("stray.pid");
-    let script = format!(
-        "sleep 600 &\necho \"$!\" > {}\nwait\n",
-        sh_quote(&stray_file)
-    );
-    server.replace_exe(&sh_script(&script), 0o755);
+    let stray_file = server.install_stray_wrapper();
 
     let mark = server.group.stderr.len();
     let line = server.hup_expecting_failure();
@@ -936,12 +931,7 @@ pub fn wrapper_never_ready(bin: &Path) {
 pub fn wrapper_killed_before_ready(bin: &Path) {
     let server = Server::start(bin, &Options::default().arg("--upgrade-timeout").arg("60"));
     let pid = server.pid();
-    let stray_file = server.dir().join("stray.pid");
-    let script = format!(
-        "sleep 600 &\necho \"$!\" > {}\nwait\n",
-        sh_quote(&stray_file)
-    );
-    server.replace_exe(&sh_script(&script), 0o755);
+    let stray_file = server.install_stray_wrapper();
 
     let mark = server.group.stderr.len();
     server.group.signal(pid, Signal::HUP);
@@ -1103,13 +1093,7 @@ pub fn orphaned_successor_serves(bin: &Path) {
     let server = Server::start(bin, &Options::default());
     let old = server.pid();
     server.assert_serves(old);
-    let gate = server.dir().join("gate");
-    let script = format!(
-        "while [ ! -e {} ]; do sleep 0.01; done\nexec {} \"$@\"",
-        sh_quote(&gate),
-        sh_quote(server.real_binary())
-    );
-    server.replace_exe(&sh_script(&script), 0o755);
+    let gate = server.install_gated_exe();
 
     let mark = server.group.stderr.len();
     server.group.signal(old, Signal::HUP);
