@@ -6,7 +6,8 @@
 //! accepting, finishes the connections it has and exits. Nothing is refused, nothing is
 //! lost. This crate holds every decision of that dance and none of its I/O:
 //!
-//! - [`Lifecycle`]: the state machine `Running → Forking → Draining → (Exiting →) Stopped`, driven by
+//! - [`Lifecycle`]: the state machine `Running → Forking → Draining → (Probation →) (Exiting →)
+//!   Stopped`, back to `Running` when a successor dies (the fallback), driven by
 //!   [`Input`]s that carry the time, answering with [`Action`]s and [`Event`]s.
 //! - [`Inventory`]: the named file descriptors a process hands over, and [`env`](mod@env), their
 //!   encoding into the child's environment (and systemd's `LISTEN_FDS`).
@@ -167,10 +168,10 @@ pub use inventory::{
     Entry, FIRST_INHERITED_FD, FdKind, Inventory, InventoryError, MAX_ENTRIES, MAX_NAME_LEN,
 };
 pub use lifecycle::{
-    Action, ChildFailure, ChildStatus, Config, DEFAULT_DRAIN_TIMEOUT, DEFAULT_REAP_TIMEOUT,
-    DEFAULT_UPGRADE_TIMEOUT, DrainCause, EXTEND_LEASE, EXTEND_PERIOD, Event, ExitReason, Input,
-    InputKind, Lifecycle, Origin, Output, Phase, Pid, Refusal, RepeatedStop, Request, STOP_MARGIN,
-    Status, UpgradeFailure,
+    Action, ChildFailure, ChildStatus, Config, DEFAULT_DRAIN_TIMEOUT, DEFAULT_PROBATION,
+    DEFAULT_REAP_TIMEOUT, DEFAULT_UPGRADE_TIMEOUT, Departure, DrainCause, EXTEND_LEASE,
+    EXTEND_PERIOD, Event, ExitReason, Input, InputKind, Lifecycle, Origin, Output, Phase, Pid,
+    Refusal, RepeatedStop, Request, STOP_MARGIN, Status, UpgradeFailure,
 };
 
 pub use env::{DecodeError, Handoff, HandoffError};

@@ -22,6 +22,23 @@
 //!             or the child exited
 //! ```
 //!
+//! # The fallback
+//!
+//! A generation that handed over is the fallback of its successor until it exits: it keeps
+//! its listening sockets (not accepting, [`Action::StopAccepting`]), and after its drain it
+//! waits [`Config::probation`] more ([`Phase::Probation`]). If the successor ends
+//! abnormally meanwhile (a signal, a non-zero exit) without having said that it goes
+//! ([`Input::SuccessorDeparted`]: it handed over onward, or the service stops), this
+//! process takes the service back ([`Event::TookServiceBack`]): it is `Running` again,
+//! accepts again ([`Action::ResumeAccepting`]) and claims the main pid.
+//!
+//! ```text
+//!  Draining (handed over) ── drained / deadline / hammer ──▶ Probation ── over, stop, ──▶ Stopped
+//!     │                                                        │          successor departed
+//!     └──────── the successor crashed, ─────▶ Running ◀────────┘
+//!               it had not departed
+//! ```
+//!
 //! A staged upgrade (nginx' binary upgrade) runs the new generation beside this one: both
 //! serve until the operator commits (this one drains, as after a restart) or rolls back
 //! (the new one is asked to stop, [`Action::StopChild`], and this one serves alone).
@@ -61,6 +78,16 @@ pub const DEFAULT_UPGRADE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a draining process waits for its connections before it closes them, unless
 /// configured.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long a generation that handed over stays the fallback of its successor after its
+/// drain, unless configured ([`Config::probation`]).
+///
+/// Five seconds: the bad deploy that this catches dies on its first real requests (a panic
+/// in a handler, a missing file, an OOM kill under load), which a busy server sees in its
+/// first second; the drain before the probation has already given it as long as the
+/// slowest request took. Longer costs the old generation's memory for longer on every
+/// deploy, and a successor that hands over onward, or a stop, ends the probation at once.
+pub const DEFAULT_PROBATION: Duration = Duration::from_secs(5);
 
 /// How long an ending lifecycle waits for the children it killed to be reaped, unless
 /// configured. `SIGKILL` cannot be caught: a moment, unless the machine is stuck.
@@ -113,6 +140,7 @@ pub struct Config {
     staged_upgrades: bool,
     service_manager: bool,
     reap_timeout: Duration,
+    probation: Duration,
 }
 
 impl Default for Config {
@@ -123,7 +151,7 @@ impl Default for Config {
 
 impl Config {
     /// The defaults: a 60 s upgrade timeout, a 60 s drain timeout, a repeated stop is
-    /// refused, exit code 0 even when the drain was cut short.
+    /// refused, exit code 0 even when the drain was cut short, a 5 s probation.
     pub const fn new() -> Self {
         Self {
             upgrade_timeout: DEFAULT_UPGRADE_TIMEOUT,
@@ -133,6 +161,7 @@ impl Config {
             staged_upgrades: true,
             service_manager: false,
             reap_timeout: DEFAULT_REAP_TIMEOUT,
+            probation: DEFAULT_PROBATION,
         }
     }
 
@@ -199,6 +228,20 @@ impl Config {
     pub const fn reap_timeout(mut self, timeout: Duration) -> Self {
         self.reap_timeout = timeout;
         self
+    }
+
+    /// How long a generation that handed over stays, after its drain, the fallback of its
+    /// successor ([`Phase::Probation`], [`DEFAULT_PROBATION`]). `Duration::ZERO`: none; it
+    /// is still the fallback while it drains.
+    #[must_use]
+    pub const fn probation(mut self, probation: Duration) -> Self {
+        self.probation = probation;
+        self
+    }
+
+    /// The configured probation.
+    pub const fn get_probation(&self) -> Duration {
+        self.probation
     }
 
     /// Whether a service manager hears of this service.
@@ -351,8 +394,37 @@ pub enum Input {
         status: ChildStatus,
     },
     /// Every tracked connection has closed (report it once connections hit zero after
-    /// [`Action::StopAccepting`], or at once if there were none).
+    /// [`Action::CloseIdle`], or at once if there were none).
     Drained,
+    /// The generation this process handed over to said that it goes, and why, before it
+    /// ended ([`Action::Depart`] on its side): its end is then no crash, and this process
+    /// will not take the service back.
+    SuccessorDeparted {
+        /// Its pid.
+        pid: Pid,
+        /// Why it goes.
+        how: Departure,
+    },
+}
+
+/// Why a generation goes, as it tells the generation it took over from
+/// ([`Action::Depart`], [`Input::SuccessorDeparted`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Departure {
+    /// It handed over to a successor of its own, which reported ready.
+    HandedOver,
+    /// The service stops.
+    Stopping,
+}
+
+impl fmt::Display for Departure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::HandedOver => "it handed over to its own successor",
+            Self::Stopping => "the service stops",
+        })
+    }
 }
 
 impl Input {
@@ -372,6 +444,7 @@ impl Input {
             Self::ChildFailed { .. } => InputKind::ChildFailed,
             Self::ChildExited { .. } => InputKind::ChildExited,
             Self::Drained => InputKind::Drained,
+            Self::SuccessorDeparted { .. } => InputKind::SuccessorDeparted,
         }
     }
 }
@@ -394,6 +467,7 @@ pub enum InputKind {
     ChildFailed,
     ChildExited,
     Drained,
+    SuccessorDeparted,
 }
 
 /// The phases of the lifecycle.
@@ -407,8 +481,12 @@ pub enum Phase {
     /// A staged upgrade: serving beside a new generation that is ready, until the operator
     /// commits or rolls back.
     Staged,
-    /// No longer accepting; finishing the connections in hand.
+    /// No longer accepting; finishing the connections in hand. After a handover, the
+    /// fallback of the successor.
     Draining,
+    /// Handed over and drained: still the fallback of the successor, not accepting, for
+    /// [`Config::probation`].
+    Probation,
     /// The drain is over; waiting (at most [`Config::reap_timeout`]) for the children this
     /// process killed to be reaped before it exits.
     Exiting,
@@ -423,6 +501,7 @@ impl fmt::Display for Phase {
             Self::Forking => "forking",
             Self::Staged => "staged",
             Self::Draining => "draining",
+            Self::Probation => "probation",
             Self::Exiting => "exiting",
             Self::Stopped => "stopped",
         })
@@ -517,6 +596,9 @@ pub enum Refusal {
     StagedUpgradesOff,
     /// Staged upgrades are refused under a service manager ([`Config::service_manager`]).
     UnderServiceManager,
+    /// The process handed over and drained; it only waits as the fallback of its
+    /// successor ([`Phase::Probation`]).
+    HandedOver,
 }
 
 impl fmt::Display for Refusal {
@@ -536,6 +618,9 @@ impl fmt::Display for Refusal {
             Self::UnderServiceManager => {
                 f.write_str("staged upgrades are refused under a service manager")
             }
+            Self::HandedOver => {
+                f.write_str("the process handed over and only waits as the fallback")
+            }
         }
     }
 }
@@ -552,7 +637,7 @@ pub enum Status {
         /// generation taking over, or one serving again (a staged generation that was
         /// ready may have claimed it).
         main_pid: bool,
-        /// Serving again after an upgrade failed or was rolled back.
+        /// Serving again after an upgrade failed or was rolled back, or after a fallback.
         again: bool,
     },
     /// A restart began.
@@ -580,9 +665,29 @@ pub enum Action {
         /// Its pid.
         pid: Pid,
     },
-    /// Stop accepting new connections. Do not close the listening sockets: the new
-    /// generation accepts on the same ones, including what is queued in the kernel.
+    /// Stop accepting new connections (park the accept loops). Do not close the listening
+    /// sockets: the new generation accepts on the same ones, including what is queued in
+    /// the kernel; and after a handover this process may accept on them again
+    /// ([`Action::ResumeAccepting`]) until [`Action::ReleaseListeners`] or the exit.
     StopAccepting,
+    /// Accept again, as before [`Action::StopAccepting`]: the successor died and this
+    /// process took the service back ([`Event::TookServiceBack`]). Connections told to
+    /// close before ([`Action::CloseIdle`]) still close; new ones are served as usual.
+    ResumeAccepting,
+    /// This process will never accept again (a stop, or its successor no longer needs a
+    /// fallback): accept loops end, and its copies of the listening sockets may be closed
+    /// (the next generation holds its own). [`Action::Exit`] implies it.
+    ReleaseListeners,
+    /// Tell the generation this one took over from (on the inherited readiness channel,
+    /// if it still listens) that this process goes, and why: its end is then no crash to
+    /// fall back from ([`Input::SuccessorDeparted`] on the other side).
+    Depart {
+        /// Why.
+        how: Departure,
+    },
+    /// The drain after a handover is over: close this process's sending side of the
+    /// takeover channel, so that the new generation's receivers end.
+    EndHandOver,
     /// Connections may now be handed to the new generation, which reported ready
     /// ([`crate::takeover`]). Comes after [`Action::StopAccepting`] and before
     /// [`Action::CloseIdle`], so that an application told to close a connection can choose
@@ -668,9 +773,26 @@ pub enum Event {
         /// Its pid.
         pid: Pid,
     },
-    /// The generation this process handed over to exited while this one drains.
+    /// The generation this process handed over to exited, and this process does not take
+    /// the service back: it had departed, or it exited with code 0.
     SuccessorExited {
         /// Its pid.
+        pid: Pid,
+        /// How it ended.
+        status: ChildStatus,
+    },
+    /// The generation this process handed over to said it goes ([`Input::SuccessorDeparted`]):
+    /// it no longer needs a fallback.
+    SuccessorDeparted {
+        /// Its pid.
+        pid: Pid,
+        /// Why it goes.
+        how: Departure,
+    },
+    /// The fallback: the generation this process handed over to ended abnormally without
+    /// departing, and this process serves again.
+    TookServiceBack {
+        /// The successor's pid.
         pid: Pid,
         /// How it ended.
         status: ChildStatus,
@@ -741,6 +863,14 @@ enum State {
         /// When the service manager's stop timeout is extended next (a stop without a
         /// drain deadline, under a service manager).
         renew: Option<Instant>,
+        /// This process takes the service back if its successor crashes: it handed over,
+        /// and the successor has neither departed nor exited cleanly.
+        fallback: bool,
+    },
+    Probation {
+        successor: Pid,
+        until: Option<Instant>,
+        exit: Exit,
     },
     Exiting {
         exit: Exit,
@@ -764,6 +894,7 @@ impl State {
             Self::Forking { .. } => Phase::Forking,
             Self::Staged { .. } => Phase::Staged,
             Self::Draining { .. } => Phase::Draining,
+            Self::Probation { .. } => Phase::Probation,
             Self::Exiting { .. } => Phase::Exiting,
             Self::Stopped => Phase::Stopped,
         }
@@ -925,7 +1056,7 @@ impl Lifecycle {
                     self.refuse(kind, Refusal::UnknownChild(pid));
                 }
             }
-            Input::ChildExited { pid, status } => self.on_child_exited(pid, status),
+            Input::ChildExited { pid, status } => self.on_child_exited(pid, status, now),
             Input::Drained => {
                 if matches!(self.state, State::Draining { .. }) {
                     self.stop(ExitReason::Drained, now);
@@ -933,6 +1064,7 @@ impl Lifecycle {
                     self.refuse(kind, Refusal::NotDraining);
                 }
             }
+            Input::SuccessorDeparted { pid, how } => self.on_successor_departed(pid, how, now),
         }
     }
 
@@ -976,6 +1108,11 @@ impl Lifecycle {
                 }
                 self.action(Action::ExtendStopTimeout { by: EXTEND_LEASE });
             }
+            State::Probation {
+                until: Some(until),
+                exit,
+                ..
+            } if now >= until => self.end(exit, now),
             State::Exiting {
                 exit,
                 deadline: Some(deadline),
@@ -1001,6 +1138,7 @@ impl Lifecycle {
     pub fn poll_timeout(&self) -> Option<Instant> {
         match self.state {
             State::Forking { deadline, .. } | State::Exiting { deadline, .. } => deadline,
+            State::Probation { until, .. } => until,
             State::Draining {
                 deadline, renew, ..
             } => match (deadline, renew) {
@@ -1049,6 +1187,7 @@ impl Lifecycle {
                 self.refuse(kind, Refusal::UpgradeInProgress);
             }
             State::Draining { .. } => self.refuse(kind, Refusal::Draining),
+            State::Probation { .. } => self.refuse(kind, Refusal::HandedOver),
             State::Exiting { .. } | State::Stopped => self.refuse(kind, Refusal::Stopped),
         }
     }
@@ -1057,6 +1196,7 @@ impl Lifecycle {
         match self.state {
             State::Staged { child } => self.drain(DrainCause::HandedOver { successor: child }, now),
             State::Draining { .. } => self.refuse(InputKind::Commit, Refusal::Draining),
+            State::Probation { .. } => self.refuse(InputKind::Commit, Refusal::HandedOver),
             State::Exiting { .. } | State::Stopped => {
                 self.refuse(InputKind::Commit, Refusal::Stopped);
             }
@@ -1088,6 +1228,7 @@ impl Lifecycle {
                 self.stop_child(child);
             }
             State::Draining { .. } => self.refuse(InputKind::Rollback, Refusal::Draining),
+            State::Probation { .. } => self.refuse(InputKind::Rollback, Refusal::HandedOver),
             State::Exiting { .. } | State::Stopped => {
                 self.refuse(InputKind::Rollback, Refusal::Stopped);
             }
@@ -1118,6 +1259,9 @@ impl Lifecycle {
                 RepeatedStop::Ignore => self.refuse(InputKind::Stop, Refusal::Draining),
                 RepeatedStop::Hammer => self.hammer(now),
             },
+            // Nothing is left to drain: a stop ends the wait, and the fallback with it (a
+            // stopped service stays stopped).
+            State::Probation { exit, .. } => self.end(exit, now),
             State::Exiting { .. } | State::Stopped => {
                 self.refuse(InputKind::Stop, Refusal::Stopped);
             }
@@ -1127,6 +1271,7 @@ impl Lifecycle {
     fn on_hammer(&mut self, now: Instant) {
         match self.state {
             State::Draining { .. } => self.hammer(now),
+            State::Probation { exit, .. } => self.end(exit, now),
             State::Exiting { .. } | State::Stopped => {
                 self.refuse(InputKind::Hammer, Refusal::Stopped);
             }
@@ -1162,6 +1307,7 @@ impl Lifecycle {
             | State::Forking { .. }
             | State::Staged { .. } => self.refuse(InputKind::Ready, Refusal::AlreadyReady),
             State::Draining { .. } => self.refuse(InputKind::Ready, Refusal::Draining),
+            State::Probation { .. } => self.refuse(InputKind::Ready, Refusal::HandedOver),
             State::Exiting { .. } | State::Stopped => {
                 self.refuse(InputKind::Ready, Refusal::Stopped);
             }
@@ -1209,7 +1355,7 @@ impl Lifecycle {
         }
     }
 
-    fn on_child_exited(&mut self, pid: Pid, status: ChildStatus) {
+    fn on_child_exited(&mut self, pid: Pid, status: ChildStatus, now: Instant) {
         if let Some(i) = self.stopping.iter().position(|&p| p == pid) {
             self.stopping.swap_remove(i);
             self.event(Event::StoppedChildExited { pid, status });
@@ -1238,10 +1384,83 @@ impl Lifecycle {
             }
             State::Draining {
                 cause: DrainCause::HandedOver { successor },
+                fallback,
                 ..
-            } if successor == pid => self.event(Event::SuccessorExited { pid, status }),
+            } if successor == pid => {
+                if fallback && abnormal(status) {
+                    self.take_back(pid, status);
+                } else {
+                    self.event(Event::SuccessorExited { pid, status });
+                    if fallback {
+                        self.disarm();
+                    }
+                }
+            }
+            State::Probation {
+                successor, exit, ..
+            } if successor == pid => {
+                if abnormal(status) {
+                    self.take_back(pid, status);
+                } else {
+                    self.event(Event::SuccessorExited { pid, status });
+                    self.end(exit, now);
+                }
+            }
             _ => self.refuse(InputKind::ChildExited, Refusal::UnknownChild(pid)),
         }
+    }
+
+    fn on_successor_departed(&mut self, pid: Pid, how: Departure, now: Instant) {
+        let kind = InputKind::SuccessorDeparted;
+        match self.state {
+            State::Draining {
+                cause: DrainCause::HandedOver { successor },
+                fallback,
+                ..
+            } if successor == pid => {
+                if fallback {
+                    self.event(Event::SuccessorDeparted { pid, how });
+                    self.disarm();
+                } else {
+                    self.refuse(kind, Refusal::Duplicate);
+                }
+            }
+            State::Probation {
+                successor, exit, ..
+            } if successor == pid => {
+                self.event(Event::SuccessorDeparted { pid, how });
+                self.end(exit, now);
+            }
+            State::Draining {
+                cause: DrainCause::HandedOver { .. },
+                ..
+            }
+            | State::Probation { .. } => self.refuse(kind, Refusal::UnknownChild(pid)),
+            State::Exiting { .. } | State::Stopped => self.refuse(kind, Refusal::Stopped),
+            _ => self.refuse(kind, Refusal::NotDraining),
+        }
+    }
+
+    /// While draining after a handover: the successor no longer needs a fallback, and this
+    /// process will not accept again.
+    fn disarm(&mut self) {
+        if let State::Draining { fallback, .. } = &mut self.state {
+            *fallback = false;
+        }
+        self.action(Action::ReleaseListeners);
+    }
+
+    /// The fallback: Draining or Probation → Running, after the successor died.
+    fn take_back(&mut self, pid: Pid, status: ChildStatus) {
+        self.event(Event::TookServiceBack { pid, status });
+        self.enter(State::Running {
+            readiness: ReadyState::Announced,
+        });
+        self.action(Action::ResumeAccepting);
+        self.action(Action::Announce(Status::Ready {
+            main_pid: true,
+            again: true,
+        }));
     }
 
     fn is_pending_child(&self, pid: Pid) -> bool {
@@ -1277,10 +1496,12 @@ impl Lifecycle {
                 None => (EXTEND_LEASE, now.checked_add(EXTEND_PERIOD)),
             }
         });
+        let handed_over = matches!(cause, DrainCause::HandedOver { .. });
         self.enter(State::Draining {
             cause,
             deadline,
             renew: extension.and_then(|(_, renew)| renew),
+            fallback: handed_over,
         });
         if cause == DrainCause::Shutdown {
             self.action(Action::Announce(Status::Stopping));
@@ -1288,7 +1509,20 @@ impl Lifecycle {
         if let Some((by, _)) = extension {
             self.action(Action::ExtendStopTimeout { by });
         }
+        // The generation this one took over from may still be our fallback: this is no
+        // crash.
+        if self.origin == Origin::Inherited {
+            let how = if handed_over {
+                Departure::HandedOver
+            } else {
+                Departure::Stopping
+            };
+            self.action(Action::Depart { how });
+        }
         self.action(Action::StopAccepting);
+        if !handed_over {
+            self.action(Action::ReleaseListeners);
+        }
         if let DrainCause::HandedOver { successor } = cause {
             self.action(Action::HandOver { successor });
         }
@@ -1317,10 +1551,14 @@ impl Lifecycle {
         self.stop(ExitReason::Hammered, now);
     }
 
-    /// The drain is over: Draining → Stopped, through Exiting while a child this process
-    /// killed is not reaped yet.
+    /// The drain is over: Draining → Stopped, through Probation while the successor may
+    /// still need a fallback, and through Exiting while a child this process killed is not
+    /// reaped yet.
     fn stop(&mut self, reason: ExitReason, now: Instant) {
-        let State::Draining { cause, .. } = self.state else {
+        let State::Draining {
+            cause, fallback, ..
+        } = self.state
+        else {
             return;
         };
         let code = match reason {
@@ -1332,6 +1570,23 @@ impl Lifecycle {
             reason,
             cause,
         };
+        let DrainCause::HandedOver { successor } = cause else {
+            return self.end(exit, now);
+        };
+        self.action(Action::EndHandOver);
+        if fallback && !self.config.probation.is_zero() {
+            self.enter(State::Probation {
+                successor,
+                until: now.checked_add(self.config.probation),
+                exit,
+            });
+        } else {
+            self.end(exit, now);
+        }
+    }
+
+    /// → Stopped, through Exiting while a child this process killed is not reaped yet.
+    fn end(&mut self, exit: Exit, now: Instant) {
         if self.killed.is_empty() {
             self.finish(exit);
         } else {
@@ -1372,6 +1627,12 @@ impl Lifecycle {
     fn action(&mut self, action: Action) {
         self.outputs.push_back(Output::Action(action));
     }
+}
+
+/// Whether a successor's end calls for the fallback (unless it departed first): anything
+/// but a clean exit.
+fn abnormal(status: ChildStatus) -> bool {
+    status != ChildStatus::Exited(0)
 }
 
 #[cfg(test)]
