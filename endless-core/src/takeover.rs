@@ -27,6 +27,12 @@
 //!    before it reads from it. The old one then closes its copy. On any other answer, or
 //!    if the channel breaks before one (the new generation died), the old one keeps the
 //!    connection: a connection is never served by both, and never by none.
+//! 4. When the new generation goes in its turn (it hands over onward, or the service
+//!    stops), it says so with a last message, a departure
+//!    ([`encode_departure`], [`Action::Depart`](crate::Action::Depart)): its end is then no
+//!    crash, and the old one, still its fallback, does not take the service back
+//!    ([`Input::SuccessorDeparted`](crate::Input::SuccessorDeparted)). The old one reads
+//!    every message of the new generation with [`Upstream::decode`].
 //!
 //! # Format, version 1
 //!
@@ -43,6 +49,9 @@
 //! | name, state, unconsumed | as declared | ✓ | — |
 //! | outcome | 1 | — | `0` taken, `1` refused |
 //! | reason | 1 | — | a [`RefuseReason`] code (`0` when taken) |
+//!
+//! A departure is the common part with type `3` and id `0`, then one byte: `1` it handed
+//! over to its own successor, `2` the service stops.
 //!
 //! Names are UTF-8 of at most [`MAX_NAME_LEN`] bytes; the state and
 //! the unconsumed bytes at most [`MAX_STATE_LEN`] and [`MAX_UNCONSUMED_LEN`]. A message
@@ -87,6 +96,7 @@ pub const MAX_UNCONSUMED_LEN: usize = 64 * 1024;
 
 const TYPE_OFFER: u8 = 1;
 const TYPE_REPLY: u8 = 2;
+const TYPE_DEPARTURE: u8 = 3;
 
 /// magic, version, type, id.
 const COMMON_LEN: usize = 4 + 1 + 1 + 8;
@@ -96,6 +106,13 @@ pub const OFFER_HEADER_LEN: usize = COMMON_LEN + 1 + 2 + 4 + 4;
 
 /// The length of a reply.
 pub const REPLY_LEN: usize = COMMON_LEN + 2;
+
+/// The length of a departure.
+pub const DEPARTURE_LEN: usize = COMMON_LEN + 1;
+
+/// The longest message the new generation sends: a reader's buffer needs one more byte to
+/// tell a longer message from one of exactly this length.
+pub const MAX_UPSTREAM_LEN: usize = REPLY_LEN;
 
 /// The longest offer: the receiver's buffer needs one more byte to tell a longer message
 /// (which the transport would truncate) from one of exactly this length.
@@ -365,6 +382,54 @@ impl Reply {
     }
 }
 
+/// The departure message: the new generation goes, and why ([`crate::Departure`]).
+pub fn encode_departure(how: crate::Departure) -> Vec<u8> {
+    let mut out = Vec::with_capacity(DEPARTURE_LEN);
+    common(&mut out, TYPE_DEPARTURE, 0);
+    out.push(match how {
+        crate::Departure::HandedOver => 1,
+        crate::Departure::Stopping => 2,
+    });
+    out
+}
+
+/// A message from the new generation to the old one, after its readiness line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Upstream {
+    /// The answer to an offer.
+    Reply(Reply),
+    /// It goes, and why.
+    Departure(crate::Departure),
+}
+
+impl Upstream {
+    /// Reads one message: a [`Reply`] or a departure. Strict, as [`Reply::decode`].
+    pub fn decode(message: &[u8]) -> Result<Self, FrameError> {
+        if message.get(5) != Some(&TYPE_DEPARTURE) {
+            return Reply::decode(message).map(Self::Reply);
+        }
+        let mut r = Reader::new(message);
+        let id = r.common(TYPE_DEPARTURE)?;
+        let fail = |kind: FrameErrorKind| FrameError::Malformed { id: Some(id), kind };
+        if message.len() != DEPARTURE_LEN {
+            return Err(fail(FrameErrorKind::LengthMismatch {
+                declared: DEPARTURE_LEN,
+                actual: message.len(),
+            }));
+        }
+        if id != 0 {
+            return Err(fail(FrameErrorKind::UnexpectedId(id)));
+        }
+        match r.u8() {
+            Some(1) => Ok(Self::Departure(crate::Departure::HandedOver)),
+            Some(2) => Ok(Self::Departure(crate::Departure::Stopping)),
+            Some(other) => Err(fail(FrameErrorKind::UnknownDeparture(other))),
+            None => Err(fail(FrameErrorKind::Truncated)),
+        }
+    }
+}
+
 fn common(out: &mut Vec<u8>, kind: u8, id: u64) {
     out.extend_from_slice(&MAGIC);
     out.push(VERSION);
@@ -487,6 +552,10 @@ pub enum FrameErrorKind {
     UnknownOutcome(u8),
     /// It says "taken" with a refusal reason.
     ReasonWhenTaken(u8),
+    /// Its departure reason is unknown.
+    UnknownDeparture(u8),
+    /// A departure with an id (always `0`).
+    UnexpectedId(u64),
     /// Its name is over the limit.
     NameTooLong(usize),
     /// Its name is not UTF-8.
@@ -540,6 +609,8 @@ impl fmt::Display for FrameErrorKind {
             Self::UnknownKind(k) => write!(f, "unknown socket kind {k}"),
             Self::UnknownOutcome(o) => write!(f, "unknown outcome {o}"),
             Self::ReasonWhenTaken(r) => write!(f, "taken, with refusal reason {r}"),
+            Self::UnknownDeparture(how) => write!(f, "unknown departure reason {how}"),
+            Self::UnexpectedId(id) => write!(f, "a departure with id {id} (always 0)"),
             Self::NameTooLong(n) => write!(f, "name of {n} bytes (at most {MAX_NAME_LEN})"),
             Self::NameNotUtf8 => f.write_str("name is not UTF-8"),
             Self::StateTooLarge(n) => write!(f, "state of {n} bytes (at most {MAX_STATE_LEN})"),

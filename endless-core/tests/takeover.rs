@@ -324,6 +324,14 @@ fn display_messages() {
             "taken, with refusal reason 6",
         ),
         (
+            FrameErrorKind::UnknownDeparture(9),
+            "unknown departure reason 9",
+        ),
+        (
+            FrameErrorKind::UnexpectedId(7),
+            "a departure with id 7 (always 0)",
+        ),
+        (
             FrameErrorKind::NameTooLong(2000),
             "name of 2000 bytes (at most 1024)",
         ),
@@ -346,4 +354,51 @@ fn display_messages() {
     ] {
         assert_eq!(kind.to_string(), expected);
     }
+}
+
+#[test]
+fn departures_round_trip_and_malformed_ones_are_typed_errors() {
+    use endless_core::Departure;
+    use endless_core::takeover::{DEPARTURE_LEN, Upstream, encode_departure};
+
+    for how in [Departure::HandedOver, Departure::Stopping] {
+        let message = encode_departure(how);
+        assert_eq!(message.len(), DEPARTURE_LEN);
+        assert_eq!(Upstream::decode(&message), Ok(Upstream::Departure(how)));
+    }
+    let reply = Reply {
+        id: 3,
+        outcome: Outcome::Taken,
+    };
+    assert_eq!(
+        Upstream::decode(&reply.encode()),
+        Ok(Upstream::Reply(reply))
+    );
+
+    let kind = |message: &[u8]| match Upstream::decode(message) {
+        Err(FrameError::Malformed { kind, .. }) => kind,
+        other => panic!("{other:?}"),
+    };
+    let mut unknown = encode_departure(Departure::Stopping);
+    unknown[DEPARTURE_LEN - 1] = 9;
+    assert_eq!(kind(&unknown), FrameErrorKind::UnknownDeparture(9));
+    let mut with_id = encode_departure(Departure::Stopping);
+    with_id[13] = 7;
+    assert_eq!(kind(&with_id), FrameErrorKind::UnexpectedId(7));
+    let mut long = encode_departure(Departure::HandedOver);
+    long.push(0);
+    assert_eq!(
+        kind(&long),
+        FrameErrorKind::LengthMismatch {
+            declared: DEPARTURE_LEN,
+            actual: DEPARTURE_LEN + 1
+        }
+    );
+    let short = &encode_departure(Departure::HandedOver)[..DEPARTURE_LEN - 1];
+    assert!(matches!(
+        kind(short),
+        FrameErrorKind::LengthMismatch { .. } | FrameErrorKind::Truncated
+    ));
+    // An offer is no message of the new generation's.
+    assert!(Upstream::decode(b"EDLS\x01\x01").is_err());
 }

@@ -225,7 +225,10 @@ impl<C: Future> Future for Draining<'_, C> {
 /// Tells each connection of one listener when the drain starts.
 #[derive(Debug, Clone)]
 pub(crate) struct Closers {
-    shared: Arc<ClosersShared>,
+    /// The connections of the current serving period: a fallback (the process serves
+    /// again after its successor died) starts a new one, whose connections are not told
+    /// to close.
+    current: Arc<std::sync::Mutex<Arc<ClosersShared>>>,
 }
 
 #[derive(Debug, Default)]
@@ -306,30 +309,49 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Closers {
-    /// Closers that fire when `tracker` starts closing.
+    /// Closers that are never told to close (tests).
+    #[cfg(test)]
+    fn unwatched() -> Self {
+        Self {
+            current: Arc::default(),
+        }
+    }
+
+    /// Closers that fire when `tracker` starts closing, and start afresh when it serves
+    /// again (a fallback).
     pub(crate) fn watch(tracker: Tracker) -> Self {
         let closers = Self {
-            shared: Arc::default(),
+            current: Arc::default(),
         };
-        let shared = Arc::clone(&closers.shared);
+        let current = Arc::clone(&closers.current);
         tokio::spawn(async move {
-            tracker.closing().await;
-            let wakers = {
-                let mut wakers = lock(&shared.wakers);
-                shared.closing.store(true, Ordering::Release);
-                std::mem::take(&mut *wakers)
-            };
-            for waker in wakers.into_values() {
-                waker.wake();
+            loop {
+                tracker.closing().await;
+                let shared = Arc::clone(&lock(&current));
+                let wakers = {
+                    let mut wakers = lock(&shared.wakers);
+                    shared.closing.store(true, Ordering::Release);
+                    std::mem::take(&mut *wakers)
+                };
+                for waker in wakers.into_values() {
+                    waker.wake();
+                }
+                tracker.serving().await;
+                *lock(&current) = Arc::default();
             }
         });
         closers
     }
 
+    fn shared(&self) -> Arc<ClosersShared> {
+        Arc::clone(&lock(&self.current))
+    }
+
     pub(crate) fn register(&self) -> Closing {
+        let shared = self.shared();
         Closing {
-            shared: Arc::clone(&self.shared),
-            key: self.shared.next.fetch_add(1, Ordering::Relaxed),
+            key: shared.next.fetch_add(1, Ordering::Relaxed),
+            shared,
             waker: None,
         }
     }
@@ -371,10 +393,7 @@ mod tests {
         let mut closing = if draining {
             Closing::fired()
         } else {
-            Closers {
-                shared: Arc::default(),
-            }
-            .register()
+            Closers::unwatched().register()
         };
         let response = futures_block_on(async {
             let mut response = std::pin::pin!(service.call(request));
@@ -427,9 +446,9 @@ mod tests {
                     .await
                     .is_pending()
             );
-            assert_eq!(lock(&closers.shared.wakers).len(), 2);
+            assert_eq!(lock(&closers.shared().wakers).len(), 2);
             drop(idle);
-            assert_eq!(lock(&closers.shared.wakers).len(), 1);
+            assert_eq!(lock(&closers.shared().wakers).len(), 1);
             tracker.close_idle();
             task.await.unwrap();
             let mut late = closers.register();

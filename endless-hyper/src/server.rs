@@ -34,7 +34,9 @@ pub trait Accept: Send + Sync + 'static {
     type Tracked: IntoStream + AsyncRead + AsyncWrite + Unpin + Send + 'static;
 
     /// The next connection, tracked for the drain, and its peer; or `None` once the
-    /// process stops accepting.
+    /// process will never accept again (the contract of
+    /// [`TcpListener::accept`](endless_tokio::TcpListener::accept): it waits while the new
+    /// generation serves, and accepts again after a fallback).
     fn accept(&self) -> impl Future<Output = io::Result<Option<(Self::Tracked, PeerAddr)>>> + Send;
 
     /// The tracker of the accepted connections.
@@ -189,7 +191,9 @@ impl Server {
         Ok(self)
     }
 
-    /// Accepts on `listener` until the process stops accepting, serving each connection
+    /// Accepts on `listener` until the process will never accept again (it waits while the
+    /// new generation serves, and accepts again if this process takes the service back),
+    /// serving each connection
     /// with a clone of `service` on its own task; returns the accept loop's task. Call it
     /// within the tokio runtime.
     ///

@@ -106,12 +106,12 @@ pub type Endless = endless_unix::adapter::Endless<Smol>;
 pub type Builder = endless_unix::adapter::Builder<Smol>;
 
 /// A TCP listener whose connections are tracked ([`Tracked`]`<Async<TcpStream>>`), and
-/// whose `accept` returns `Ok(None)` once this process stops accepting (the socket stays
-/// open for the next generation).
+/// whose `accept` waits while the new generation serves and returns `Ok(None)` once this
+/// process will never accept again (the contract: [`TcpListener::accept`]).
 pub type TcpListener = endless_unix::adapter::TcpListener<Smol>;
 
 /// A Unix stream listener whose connections are tracked, and whose `accept` returns
-/// `Ok(None)` once this process stops accepting.
+/// `Ok(None)` once this process will never accept again.
 pub type UnixListener = endless_unix::adapter::UnixListener<Smol>;
 
 /// A tracked connection of either kind, to hand over to the next generation

@@ -93,12 +93,12 @@ pub type Endless = endless_unix::adapter::Endless<Tokio>;
 pub type Builder = endless_unix::adapter::Builder<Tokio>;
 
 /// A TCP listener whose connections are tracked ([`Tracked`]`<tokio::net::TcpStream>`),
-/// and whose `accept` returns `Ok(None)` once this process stops accepting (the socket
-/// stays open for the next generation).
+/// and whose `accept` waits while the new generation serves and returns `Ok(None)` once
+/// this process will never accept again (the contract: [`TcpListener::accept`]).
 pub type TcpListener = endless_unix::adapter::TcpListener<Tokio>;
 
 /// A Unix stream listener whose connections are tracked, and whose `accept` returns
-/// `Ok(None)` once this process stops accepting.
+/// `Ok(None)` once this process will never accept again.
 pub type UnixListener = endless_unix::adapter::UnixListener<Tokio>;
 
 /// A tracked connection of either kind, to hand over to the next generation

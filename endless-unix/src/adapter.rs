@@ -374,7 +374,7 @@ impl<N: Net> Builder<N> {
 ///
 /// The protocol an application follows: [`start`](Self::start) early (the signal handlers
 /// are installed then); take or bind its listeners by name; accept until `accept` returns
-/// `Ok(None)`; call [`ready`](Self::ready) once it serves; await [`run`](Self::run) and
+/// `Ok(None)` ([`TcpListener::accept`] says when); call [`ready`](Self::ready) once it serves; await [`run`](Self::run) and
 /// exit with the code it returns.
 ///
 /// # Examples
@@ -387,7 +387,8 @@ impl<N: Net> Builder<N> {
 /// let endless = Endless::start()?;
 /// let listener = endless.tcp_listener("http", "127.0.0.1:0")?;
 /// tokio::spawn(async move {
-///     // Until a new generation takes over (or the process stops): `Ok(None)`.
+///     // Until this process will never accept again (it stops, or handed over for good):
+///     // `Ok(None)`.
 ///     while let Ok(Some((connection, _peer))) = listener.accept().await {
 ///         tokio::spawn(async move {
 ///             // … serve `connection`, a `Tracked<tokio::net::TcpStream>` …
@@ -674,6 +675,39 @@ impl<N: Net> Endless<N> {
     /// ```
     pub async fn stopped_accepting(&self) {
         self.handle.stopped_accepting().await;
+    }
+
+    /// After [`stopped_accepting`](Self::stopped_accepting): resolves with `true` once
+    /// listeners accept again (the new generation died and this process took the service
+    /// back, [`Event::TookServiceBack`](endless_core::Event::TookServiceBack)), or with
+    /// `false` once this process will never accept again (a stop, or its successor no
+    /// longer needs a fallback). At once while accepting. A loop that receives on a
+    /// socket of its own (UDP) parks on it between the two:
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use endless_tokio::{Endless, Request};
+    ///
+    /// let endless = Endless::start()?;
+    /// let socket = endless.udp_socket("metrics", "127.0.0.1:0")?;
+    /// let handle = endless.clone();
+    /// let receiver = tokio::spawn(async move {
+    ///     let mut buf = [0; 1500];
+    ///     while handle.accepting_again().await {
+    ///         tokio::select! {
+    ///             _ = socket.recv_from(&mut buf) => { /* … handle the datagram … */ }
+    ///             () = handle.stopped_accepting() => {}
+    ///         }
+    ///     }
+    /// });
+    /// endless.request(Request::Stop);
+    /// receiver.await?;
+    /// assert_eq!(endless.run().await.code, 0);
+    /// # Ok(()) }
+    /// ```
+    pub async fn accepting_again(&self) -> bool {
+        self.handle.accepting_again().await
     }
 
     /// Runs until the lifecycle ends (after a handover or a stop, once drained or at the
@@ -1112,8 +1146,26 @@ impl<N: Net> fmt::Debug for TcpListener<N> {
 }
 
 impl<N: Net> TcpListener<N> {
-    /// The next connection, or `Ok(None)` once this process stops accepting (the socket
-    /// stays open for the next generation).
+    /// The next connection, or `Ok(None)` once this process will never accept again.
+    ///
+    /// The contract, through a restart:
+    ///
+    /// - **Serving** (also while a new generation starts, and beside a staged one): each
+    ///   call returns the next connection.
+    /// - **Handed over** (the new generation reported ready): the call waits, accepting
+    ///   nothing. The socket stays open; the new generation accepts on it, what is queued
+    ///   in the kernel included. This lasts through the drain and the probation after it
+    ///   ([`Config::probation`](endless_core::Config::probation)), while this process is
+    ///   the new generation's fallback.
+    /// - **Fallback** (the new generation died without departing,
+    ///   [`Event::TookServiceBack`](endless_core::Event::TookServiceBack)): the waiting call
+    ///   returns connections again, as when serving. Keep the accept loop running through
+    ///   the handover for this.
+    /// - **Done** (a stop; or the new generation departed, exited cleanly, or outlived the
+    ///   probation; or the lifecycle ended): `Ok(None)`, now and on every later call.
+    ///
+    /// An `Err` is an accept error (no free fd, a connection reset while queued): the
+    /// listener is still good, retry after a pause.
     ///
     /// # Examples
     ///
@@ -1150,7 +1202,7 @@ impl<N: Net> TcpListener<N> {
     /// # Ok(()) }
     /// ```
     pub async fn accept(&self) -> io::Result<Option<(Tracked<N::TcpStream>, SocketAddr)>> {
-        self.handle.accept(N::accept_tcp(&self.inner)).await
+        self.handle.accept(|| N::accept_tcp(&self.inner)).await
     }
 
     /// The local address.
@@ -1194,9 +1246,10 @@ impl<N: Net> fmt::Debug for UnixListener<N> {
 }
 
 impl<N: Net> UnixListener<N> {
-    /// The next connection, or `Ok(None)` once this process stops accepting.
+    /// The next connection, or `Ok(None)` once this process will never accept again; the
+    /// same contract as [`TcpListener::accept`].
     pub async fn accept(&self) -> io::Result<Option<(Tracked<N::UnixStream>, N::UnixAddr)>> {
-        self.handle.accept(N::accept_unix(&self.inner)).await
+        self.handle.accept(|| N::accept_unix(&self.inner)).await
     }
 
     /// The local address.

@@ -16,12 +16,12 @@ use std::os::unix::net::UnixStream;
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use async_channel::{Receiver, Sender};
 use endless_core::control::{Answer, Answers, RefusalKind};
 use endless_core::ready::{Readiness, ReadyParser};
 use endless_core::state::Header;
+use endless_core::takeover::{MAX_UPSTREAM_LEN, Reply, Upstream};
 use endless_core::{
     Action, ChildStatus, DrainCause, Event, FdKind, Input, Lifecycle, Output, Phase, Request,
     Status, UpgradeFailure,
@@ -35,7 +35,7 @@ use crate::runtime::{ReadinessReader, Runtime};
 use crate::spawn::{self, HandoffFd};
 use crate::state::ProvideError;
 use crate::sys;
-use crate::takeover::Outbox;
+use crate::takeover::{Outbox, Replies};
 
 /// What reaches the driver task.
 #[derive(Debug)]
@@ -77,6 +77,7 @@ pub(crate) fn start<R: Runtime>(
         answers: Answers::new(),
         channels: HashMap::new(),
         parent_channel: None,
+        to_parent: None,
         spawn_attempt: 0,
     };
     let span = driver.shared.span.clone();
@@ -120,11 +121,13 @@ struct Driver<R> {
     /// The answers owed to restart requests from the control socket.
     answers: Answers<UnixStream>,
     /// This process's end of each live child's readiness channel, which carries the
-    /// connections handed over once the child is ready.
-    channels: HashMap<u32, OwnedFd>,
+    /// connections handed over once the child is ready, and the replies read from it.
+    channels: HashMap<u32, (OwnedFd, Replies)>,
     /// The readiness channel to the parent, kept after the "ready" line to receive
     /// connections.
     parent_channel: Option<OwnedFd>,
+    /// The same, to tell the parent that this process departs ([`Action::Depart`]).
+    to_parent: Option<OwnedFd>,
     /// The number of the latest [`Action::SpawnChild`] that waits for application state:
     /// state produced for an earlier one (given up meanwhile) is dropped.
     spawn_attempt: u64,
@@ -205,7 +208,13 @@ impl<R: Runtime> Driver<R> {
             Event::Refused { input, reason } => tracing::info!(?input, %reason, "refused"),
             Event::StateChanged { from, to } => tracing::info!(%from, %to, "lifecycle"),
             Event::SuccessorExited { pid, status } => {
-                tracing::warn!(pid, %status, "the new generation exited while this one drains");
+                tracing::info!(pid, %status, "the new generation exited; no fallback");
+            }
+            Event::SuccessorDeparted { pid, how } => {
+                tracing::info!(pid, %how, "the new generation departs: this process is no longer its fallback");
+            }
+            Event::TookServiceBack { pid, status } => {
+                tracing::error!(pid, %status, "the new generation died: this process takes the service back");
             }
             Event::UnexpectedChild { pid } => tracing::warn!(pid, "killing an unexpected child"),
             Event::StoppedChildExited { pid, status } => {
@@ -233,20 +242,38 @@ impl<R: Runtime> Driver<R> {
             // task that owns it reports the exit.
             Action::StopChild { pid } => self.command_child(pid, ChildCommand::Terminate),
             Action::StopAccepting => {
-                self.shared.accepting.store(false, Ordering::SeqCst);
-                self.shared.accepting_changed.notify(usize::MAX);
-                // This process hands nothing over any more. Dropping its copies means that a
-                // listener the new generation did not take (renamed, moved to another
-                // address) is closed once the application drops its own, so its clients are
-                // refused instead of queueing for a process that will never accept; one the
-                // new generation took stays open through its copy.
-                lock(&self.shared.registry).clear();
+                self.shared.set_accepting(false);
                 // The control socket too: the next generation answers what is queued. (A
                 // restart command learns of a handover only now, from `answers`: once it
                 // has its answer, new connections go to the new generation.)
                 if let Some(control) = &mut self.control {
                     control.stop_accepting();
                 }
+            }
+            Action::ResumeAccepting => {
+                // Connections accepted from now on are served as usual; those told to close
+                // before have closed or will.
+                self.shared.tracker.serve_again();
+                self.shared.set_accepting(true);
+                if let Some(control) = &mut self.control
+                    && let Err(e) = control.resume_accepting()
+                {
+                    tracing::error!(error = %e, "cannot answer on the control socket again");
+                }
+            }
+            Action::ReleaseListeners => self.release_listeners(),
+            Action::Depart { how } => match self.to_parent.take() {
+                Some(channel) => match crate::takeover::depart(&channel, how) {
+                    Ok(()) => {
+                        tracing::debug!(%how, "told the previous generation this one departs");
+                    }
+                    Err(e) => tracing::debug!(error = %e, "the previous generation is gone"),
+                },
+                None => tracing::debug!("no previous generation to tell"),
+            },
+            Action::EndHandOver => {
+                // Its thread shuts the channel's sending side down once the last job is done.
+                lock(&self.shared.outbox).take();
             }
             Action::CloseIdle => {
                 self.shared.tracker.close_idle();
@@ -267,12 +294,15 @@ impl<R: Runtime> Driver<R> {
             }
             Action::SendReadiness => match self.shared.inherited.take_ready_channel() {
                 Some(fd) => {
-                    // Kept to receive connections, if the channel can carry them.
-                    self.parent_channel = takeover_channel(&fd);
+                    // Kept to receive connections and to depart, if the channel can carry
+                    // them.
+                    self.to_parent = takeover_channel(&fd);
+                    self.parent_channel = self.to_parent.as_ref().and_then(|c| c.try_clone().ok());
                     match spawn::send_readiness(fd) {
                         Ok(()) => tracing::info!("told the parent this process is ready"),
                         Err(e) => {
                             self.parent_channel = None;
+                            self.to_parent = None;
                             // A parent that died while this process started (it was
                             // re-parented): nobody to tell, and this process serves alone.
                             if self.shared.inherited.parent_pid() == Some(sys::getppid()) {
@@ -290,20 +320,17 @@ impl<R: Runtime> Driver<R> {
             },
             Action::ReceiveConnections => {
                 let senders = lock(&self.shared.receivers).close();
-                match self.parent_channel.take() {
-                    // Without receivers the channel closes: the parent keeps every
-                    // connection and drains it. Without a parent (a fresh start) the
-                    // receivers end here.
-                    Some(channel) if !senders.is_empty() => {
-                        if let Err(e) = crate::takeover::receive(channel, senders) {
-                            tracing::error!(error = %e, "cannot receive connections");
-                        }
-                    }
-                    _ => {}
+                // Without receivers every offer is refused: the parent keeps every
+                // connection and drains it. Without a parent (a fresh start) the receivers
+                // end here.
+                if let Some(channel) = self.parent_channel.take()
+                    && let Err(e) = crate::takeover::receive(channel, senders)
+                {
+                    tracing::error!(error = %e, "cannot receive connections");
                 }
             }
             Action::HandOver { successor } => match self.channels.remove(&successor) {
-                Some(channel) => match Outbox::start(channel, successor) {
+                Some((channel, replies)) => match Outbox::start(channel, replies, successor) {
                     Ok(outbox) => *lock(&self.shared.outbox) = Some(outbox),
                     Err(e) => tracing::error!(error = %e, "cannot hand connections over"),
                 },
@@ -331,6 +358,7 @@ impl<R: Runtime> Driver<R> {
                 }
                 // Ends the handover: the new generation's receivers see the end.
                 lock(&self.shared.outbox).take();
+                self.release_listeners();
                 tracing::info!(code, ?reason, ?cause, "lifecycle ended");
                 *lock(&self.shared.exit) = Some(Exit {
                     code,
@@ -351,6 +379,19 @@ impl<R: Runtime> Driver<R> {
                 }
             }
             other => tracing::warn!(action = ?other, "unknown action ignored"),
+        }
+    }
+
+    /// This process never accepts again: accept loops end, and its copies of the listeners
+    /// go. A listener the new generation did not take (renamed, moved to another address)
+    /// is then closed once the application drops its own, so its clients are refused
+    /// instead of queueing for a process that will never accept; one the new generation
+    /// took stays open through its copy.
+    fn release_listeners(&mut self) {
+        self.shared.release();
+        lock(&self.shared.registry).clear();
+        if let Some(control) = &mut self.control {
+            control.stop_accepting();
         }
     }
 
@@ -489,12 +530,20 @@ impl<R: Runtime> Driver<R> {
         };
         let pid = child.id();
         tracing::info!(pid, executable = %self.shared.executable.path().display(), "spawned the new generation");
-        match channel {
-            Ok(channel) => {
-                self.channels.insert(pid, channel);
+        // The task that reads the child's messages passes the takeover replies on.
+        let (to_outbox, replies) = async_channel::unbounded();
+        // Its last messages are read after its exit (a departure, a readiness line just
+        // before a crash): a copy of the channel to read them without the runtime.
+        let last_words = match channel.and_then(|c| Ok((c.try_clone()?, c))) {
+            Ok((channel, last_words)) => {
+                self.channels.insert(pid, (channel, replies));
+                Some(last_words)
             }
-            Err(e) => tracing::warn!(pid, error = %e, "no takeover channel for the new generation"),
-        }
+            Err(e) => {
+                tracing::warn!(pid, error = %e, "no takeover channel for the new generation");
+                None
+            }
+        };
         self.lifecycle.handle(Input::ChildSpawned { pid }, now);
 
         // Reap it, whatever happens, and signal it (with its process group) when asked: only
@@ -503,6 +552,9 @@ impl<R: Runtime> Driver<R> {
         let (commands, received) = async_channel::bounded::<ChildCommand>(2);
         self.children.insert(pid, commands);
         let inputs = self.shared.inputs.clone();
+        // The exit goes through the task that reads the child's channel, which reports what
+        // the child said before its exit first (see `follow`).
+        let (exit_to, exited) = async_channel::bounded::<ChildStatus>(1);
         spawn(&*self.runtime, &self.shared.span, async move {
             let status = loop {
                 let waited = futures_lite::future::or(async { Ok(child.wait().await) }, async {
@@ -542,22 +594,31 @@ impl<R: Runtime> Driver<R> {
                     tracing::warn!(pid, error = %e, "cannot kill what the child left in its group");
                 }
             }
-            let _ = inputs
-                .send(Message::Input(Input::ChildExited { pid, status }))
-                .await;
+            if exit_to.send(status).await.is_err() {
+                let _ = inputs
+                    .send(Message::Input(Input::ChildExited { pid, status }))
+                    .await;
+            }
         });
 
-        // Read its readiness line.
+        // Read its readiness line, then its messages, until it exits.
         match self.runtime.readiness_reader(ready) {
             Ok(reader) => {
-                let inputs = self.shared.inputs.clone();
+                let follower = Follower {
+                    pid,
+                    inputs: self.shared.inputs.clone(),
+                    replies: to_outbox,
+                    parser: ReadyParser::new(pid),
+                    ready: false,
+                };
                 spawn(
                     &*self.runtime,
                     &self.shared.span,
-                    read_readiness(reader, pid, inputs),
+                    follower.follow(reader, last_words, exited),
                 );
             }
             Err(e) => {
+                drop(exited);
                 tracing::error!(pid, error = %e, "cannot read the readiness channel");
                 self.lifecycle.handle(
                     Input::ChildFailed {
@@ -571,29 +632,132 @@ impl<R: Runtime> Driver<R> {
     }
 }
 
-async fn read_readiness(mut reader: Box<dyn ReadinessReader>, pid: u32, inputs: Sender<Message>) {
-    let mut parser = ReadyParser::new(pid);
-    let mut buf = [0u8; endless_core::ready::MAX_MESSAGE_LEN];
-    let outcome = loop {
-        let result = match reader.read(&mut buf).await {
-            Ok(0) => parser.eof(),
-            Ok(n) => parser.feed(&buf[..n]),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                tracing::warn!(pid, error = %e, "reading the readiness channel failed");
-                parser.eof()
+/// The longest record a child sends: its readiness line, or a message after it.
+const RECORD_BUF: usize = {
+    let line = endless_core::ready::MAX_MESSAGE_LEN;
+    1 + if line > MAX_UPSTREAM_LEN {
+        line
+    } else {
+        MAX_UPSTREAM_LEN
+    }
+};
+
+/// The one reader of a child's channel: its readiness line, then its takeover replies and
+/// its departure; then, once the child is reaped, what it said last, and its exit. So the
+/// lifecycle learns that a successor departed before it learns of its exit, and never
+/// takes a clean departure for a crash.
+struct Follower {
+    pid: u32,
+    inputs: Sender<Message>,
+    replies: Sender<io::Result<Reply>>,
+    parser: ReadyParser,
+    ready: bool,
+}
+
+impl Follower {
+    async fn follow(
+        mut self,
+        mut reader: Box<dyn ReadinessReader>,
+        last_words: Option<OwnedFd>,
+        exited: Receiver<ChildStatus>,
+    ) {
+        let mut buf = [0u8; RECORD_BUF];
+        let mut open = true;
+        let status = loop {
+            if !open {
+                break exited.recv().await;
+            }
+            let read = futures_lite::future::or(async { Ok(reader.read(&mut buf).await) }, async {
+                Err(exited.recv().await)
+            })
+            .await;
+            match read {
+                Err(status) => break status,
+                Ok(Ok(n)) => open = self.record(&buf[..n]).await,
+                Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(pid = self.pid, error = %e, "reading the child's channel failed");
+                    open = self.record(&[]).await;
+                }
             }
         };
-        if result != Readiness::Pending {
-            break result;
+        drop(reader);
+        // It is reaped: everything it sent is in the channel already.
+        if let (true, Some(channel)) = (open, last_words) {
+            loop {
+                match sys::recv_with_fds(channel.as_fd(), &mut buf) {
+                    Ok(record) if record.len == 0 && record.fds.is_empty() => break,
+                    Ok(record) => {
+                        let len = record.len.min(buf.len());
+                        drop(record);
+                        if !self.record(&buf[..len]).await {
+                            break;
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => break,
+                }
+            }
         }
-    };
-    let input = match outcome {
-        Readiness::Ready => Input::ChildReady { pid },
-        Readiness::Failed(reason) => Input::ChildFailed { pid, reason },
-        Readiness::Pending => return,
-    };
-    let _ = inputs.send(Message::Input(input)).await;
+        // Not ready before it exited: its exit says why (a crash, an exit code), better than
+        // the end of its channel would.
+        let Ok(status) = status else {
+            return; // the task that reaps it is gone: the runtime shuts down
+        };
+        let _ = self
+            .inputs
+            .send(Message::Input(Input::ChildExited {
+                pid: self.pid,
+                status,
+            }))
+            .await;
+    }
+
+    /// Takes one record (empty: the end of the channel); whether to read on.
+    async fn record(&mut self, bytes: &[u8]) -> bool {
+        let pid = self.pid;
+        if !self.ready {
+            let readiness = if bytes.is_empty() {
+                self.parser.eof()
+            } else {
+                self.parser.feed(bytes)
+            };
+            let input = match readiness {
+                Readiness::Pending => return true,
+                Readiness::Ready => Input::ChildReady { pid },
+                Readiness::Failed(reason) => Input::ChildFailed { pid, reason },
+            };
+            self.ready = true;
+            let go_on = matches!(input, Input::ChildReady { .. });
+            let _ = self.inputs.send(Message::Input(input)).await;
+            return go_on;
+        }
+        if bytes.is_empty() {
+            // The end: the outbox sees `replies` close.
+            self.replies.close();
+            return false;
+        }
+        match Upstream::decode(bytes) {
+            Ok(Upstream::Reply(reply)) => {
+                let _ = self.replies.send(Ok(reply)).await;
+            }
+            Ok(Upstream::Departure(how)) => {
+                let _ = self
+                    .inputs
+                    .send(Message::Input(Input::SuccessorDeparted { pid, how }))
+                    .await;
+            }
+            Ok(other) => tracing::warn!(pid, message = ?other, "unexpected message from the child"),
+            Err(e) => {
+                tracing::warn!(pid, error = %e, "bad message from the child");
+                let _ = self
+                    .replies
+                    .send(Err(io::Error::new(io::ErrorKind::InvalidData, e)))
+                    .await;
+            }
+        }
+        true
+    }
 }
 
 /// A copy of the readiness channel `fd` if it can carry connections (a `SOCK_SEQPACKET`

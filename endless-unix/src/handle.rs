@@ -344,7 +344,11 @@ pub(crate) struct Shared {
     pub(crate) inherited: Inherited,
     pub(crate) registry: Mutex<Vec<Registered>>,
     pub(crate) tracker: Tracker,
+    /// Whether listeners accept now.
     pub(crate) accepting: AtomicBool,
+    /// Set once this process will never accept again ([`Shared::release`]).
+    pub(crate) released: AtomicBool,
+    /// Notified when `accepting` or `released` changes.
     pub(crate) accepting_changed: Wake,
     pub(crate) exit: Mutex<Option<Exit>>,
     pub(crate) exited: Wake,
@@ -366,6 +370,20 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// Listeners accept, or park ([`Action::StopAccepting`](endless_core::Action)), from
+    /// now on.
+    pub(crate) fn set_accepting(&self, accepting: bool) {
+        self.accepting.store(accepting, Ordering::SeqCst);
+        self.accepting_changed.notify(usize::MAX);
+    }
+
+    /// Listeners never accept again: their accept loops end.
+    pub(crate) fn release(&self) {
+        self.accepting.store(false, Ordering::SeqCst);
+        self.released.store(true, Ordering::SeqCst);
+        self.accepting_changed.notify(usize::MAX);
+    }
+
     /// The control socket beside the pid file (see [`crate::control`]): the inherited one,
     /// or one bound now, registered for the next generation and answered from now on.
     /// Without a pid file there is none; a control socket that cannot be set up is logged
@@ -496,6 +514,7 @@ impl Handle {
             registry: Mutex::new(Vec::new()),
             tracker: Tracker::new(),
             accepting: AtomicBool::new(true),
+            released: AtomicBool::new(false),
             accepting_changed: Wake::new(),
             exit: Mutex::new(None),
             exited: Wake::new(),
@@ -731,49 +750,83 @@ impl Handle {
         self.shared.tracker.track(Some(socket.as_raw_fd()))
     }
 
-    /// Resolves once listeners must stop accepting (a new generation took over, or the
-    /// process is stopping). The listening sockets stay open: connections queued in the
-    /// kernel are accepted by the new generation.
-    pub(crate) async fn stopped_accepting(&self) {
+    /// Whether this process will never accept again.
+    pub(crate) fn is_released(&self) -> bool {
+        self.shared.released.load(Ordering::SeqCst)
+    }
+
+    /// Resolves once `done` holds, checked whenever accepting changes.
+    async fn accepting_until(&self, done: impl Fn(&Self) -> bool) {
         loop {
-            if !self.is_accepting() {
+            if done(self) {
                 return;
             }
             let listener = self.shared.accepting_changed.listen();
-            if !self.is_accepting() {
+            if done(self) {
                 return;
             }
             listener.await;
         }
     }
 
-    /// Accepts one connection with `accept` (a runtime's accept future) and tracks it, or
-    /// `Ok(None)` once this process stops accepting: what is queued in the kernel is then
-    /// left to the next generation, which holds the same socket.
+    /// Resolves once listeners must stop accepting (a new generation took over, or the
+    /// process is stopping). The listening sockets stay open: connections queued in the
+    /// kernel are accepted by the new generation.
+    pub(crate) async fn stopped_accepting(&self) {
+        self.accepting_until(|h| !h.is_accepting()).await;
+    }
+
+    /// Resolves with `true` once listeners accept (again, after a fallback), or with
+    /// `false` once this process will never accept again.
+    pub(crate) async fn accepting_again(&self) -> bool {
+        self.accepting_until(|h| h.is_accepting() || h.is_released())
+            .await;
+        !self.is_released()
+    }
+
+    /// Accepts one connection with `accept` (makes a runtime's accept future) and tracks
+    /// it. While this process does not accept (it handed over, and is the fallback of the
+    /// new generation) it waits, leaving what is queued in the kernel to the new
+    /// generation, which holds the same socket; it accepts again after a fallback. It
+    /// returns `Ok(None)` once this process will never accept again (a stop, or the end of
+    /// the fallback).
     ///
     /// A guard is held while accepting, so the drain cannot complete between the kernel
-    /// handing over a connection and that connection being tracked.
-    pub(crate) async fn accept<S: AsRawFd, A>(
+    /// handing over a connection and that connection being tracked; none is held while
+    /// waiting.
+    pub(crate) async fn accept<S: AsRawFd, A, F>(
         &self,
-        accept: impl Future<Output = io::Result<(S, A)>>,
-    ) -> io::Result<Option<(Tracked<S>, A)>> {
-        let _accepting = self.shared.tracker.track(None);
-        if !self.is_accepting() {
-            return Ok(None);
+        accept: impl Fn() -> F,
+    ) -> io::Result<Option<(Tracked<S>, A)>>
+    where
+        F: Future<Output = io::Result<(S, A)>>,
+    {
+        loop {
+            if !self.accepting_again().await {
+                return Ok(None);
+            }
+            let _accepting = self.shared.tracker.track(None);
+            if !self.is_accepting() {
+                continue;
+            }
+            // `or` polls its first future first: once stopped, never take one more.
+            let accepted = futures_lite::future::or(
+                async {
+                    self.stopped_accepting().await;
+                    None
+                },
+                async {
+                    Some(accept().await.map(|(stream, peer)| {
+                        let guard = self.track(&stream);
+                        (Tracked::new(stream, guard), peer)
+                    }))
+                },
+            )
+            .await;
+            if let Some(accepted) = accepted {
+                return accepted.map(Some);
+            }
         }
-        // `or` polls its first future first: once stopped, never take one more.
-        futures_lite::future::or(
-            async {
-                self.stopped_accepting().await;
-                Ok(None)
-            },
-            async {
-                let (stream, peer) = accept.await?;
-                let guard = self.track(&stream);
-                Ok(Some((Tracked::new(stream, guard), peer)))
-            },
-        )
-        .await
     }
 
     // ---- connection takeover ----

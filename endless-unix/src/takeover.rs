@@ -27,9 +27,8 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use endless_core::takeover::{
-    FrameError, MAX_OFFER_LEN, Offer, Outcome, REPLY_LEN, RefuseReason, Reply,
-};
+use endless_core::Departure;
+use endless_core::takeover::{FrameError, MAX_OFFER_LEN, Offer, Outcome, RefuseReason, Reply};
 use rustix::io::Errno;
 use rustix::net::SendFlags;
 
@@ -142,8 +141,14 @@ pub(crate) struct Outgoing {
 
 type Done = async_channel::Sender<Result<(), HandOverError<Held>>>;
 
+/// What the task that reads the new generation's messages passes on to the [`Outbox`]: each
+/// reply, or why one was unreadable. The end of the channel closes it.
+pub(crate) type Replies = async_channel::Receiver<io::Result<Reply>>;
+
 /// The old side of a takeover: one thread that sends the connections queued by
-/// [`Outbox::send`] to the new generation, one at a time.
+/// [`Outbox::send`] to the new generation, one at a time. The replies come from the task
+/// that reads every message of the new generation (its readiness line, its replies, its
+/// departure), so that one reader sees them in order.
 #[derive(Debug, Clone)]
 pub(crate) struct Outbox {
     jobs: async_channel::Sender<(Outgoing, Done)>,
@@ -153,15 +158,22 @@ pub(crate) struct Outbox {
 
 impl Outbox {
     /// Starts the thread on `channel` (this process's end of the child's readiness
-    /// channel). It ends once every `Outbox` clone is dropped, closing the channel.
-    pub(crate) fn start(channel: OwnedFd, successor: u32) -> io::Result<Self> {
+    /// channel), with the replies read from it. It ends once every `Outbox` clone is
+    /// dropped, shutting down the sending side of the channel: the new generation's
+    /// receivers end, and it can still say that it departs.
+    pub(crate) fn start(channel: OwnedFd, replies: Replies, successor: u32) -> io::Result<Self> {
         let (jobs, queue) = async_channel::unbounded::<(Outgoing, Done)>();
         let open = Arc::new(AtomicBool::new(true));
         let flag = Arc::clone(&open);
         let span = tracing::Span::current();
         std::thread::Builder::new()
             .name("endless-handover".into())
-            .spawn(move || span.in_scope(|| send_loop(&channel, successor, &queue, &flag)))?;
+            .spawn(move || {
+                span.in_scope(|| send_loop(&channel, &replies, successor, &queue, &flag));
+                if let Err(e) = rustix::net::shutdown(&channel, rustix::net::Shutdown::Write) {
+                    tracing::debug!(error = %e, "cannot end the takeover channel");
+                }
+            })?;
         Ok(Self {
             jobs,
             open,
@@ -200,11 +212,11 @@ impl Outbox {
 
 fn send_loop(
     channel: &OwnedFd,
+    replies: &Replies,
     successor: u32,
     queue: &async_channel::Receiver<(Outgoing, Done)>,
     open: &AtomicBool,
 ) {
-    let mut buf = [0u8; REPLY_LEN + 1];
     let (mut sent, mut refused) = (0u64, 0u64);
     while let Ok((job, done)) = queue.recv_blocking() {
         let Outgoing {
@@ -231,7 +243,13 @@ fn send_loop(
             fail(HandOverFailure::ChannelClosed, Some((fd, guard)));
             continue;
         }
-        match read_reply(channel, &mut buf) {
+        // The end of the channel closes `replies`.
+        let answer = match replies.recv_blocking() {
+            Ok(Ok(reply)) => Ok(Some(reply)),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Ok(None),
+        };
+        match answer {
             Ok(Some(Reply {
                 id: answered,
                 outcome,
@@ -289,30 +307,16 @@ fn send_blocking(channel: &OwnedFd, message: &[u8], fd: &OwnedFd) -> io::Result<
     }
 }
 
-/// Reads one reply; `Ok(None)` at the end of the stream.
-fn read_reply(channel: &OwnedFd, buf: &mut [u8]) -> io::Result<Option<Reply>> {
-    let record = loop {
-        match sys::recv_with_fds(channel.as_fd(), buf) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                sys::wait_fd(channel.as_fd(), false)?;
-            }
-            Err(e) if sys::is_errno(&e, Errno::CONNRESET) => return Ok(None),
-            other => break other?,
-        }
-    };
-    // A reply carries no socket; any that came is closed with `record`.
-    if record.len == 0 && record.fds.is_empty() {
-        return Ok(None);
-    }
-    if record.truncated || !record.fds.is_empty() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "takeover reply too long or with descriptors",
-        ));
-    }
-    Reply::decode(&buf[..record.len])
-        .map(Some)
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+/// The new side's last message to the old one: this process goes, and why
+/// ([`endless_core::Action::Depart`]). `EPIPE` if the old one is gone.
+pub(crate) fn depart(channel: &OwnedFd, how: Departure) -> io::Result<()> {
+    let message = endless_core::takeover::encode_departure(how);
+    // A few bytes on a channel that carries only replies this way: room in practice; a
+    // full one costs the departure, and the old generation then falls back only on a
+    // crash status.
+    rustix::net::send(channel, &message, SendFlags::NOSIGNAL | SendFlags::DONTWAIT)
+        .map(drop)
+        .map_err(io::Error::from)
 }
 
 /// One connection offered to this process by the previous generation. Answer it with
@@ -567,7 +571,7 @@ fn receive_loop(channel: Arc<OwnedFd>, senders: &HashMap<String, async_channel::
 mod tests {
     use super::*;
     use crate::tracker::Tracker;
-    use endless_core::takeover::{StreamKind, encode_offer};
+    use endless_core::takeover::{StreamKind, Upstream, encode_offer};
     use futures_lite::future::block_on;
     use std::io::{Read, Write};
     use std::net::{TcpListener, TcpStream, UdpSocket};
@@ -592,11 +596,47 @@ mod tests {
         }
     }
 
+    /// The old side's reader of the new side's messages (the driver's task for a child),
+    /// on a thread: replies go to the outbox.
+    fn replies(channel: &OwnedFd) -> Replies {
+        let channel = channel.try_clone().unwrap();
+        let (to, replies) = async_channel::unbounded();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 64];
+            loop {
+                let record = match sys::recv_with_fds(channel.as_fd(), &mut buf) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        sys::wait_fd(channel.as_fd(), false).unwrap();
+                        continue;
+                    }
+                    Err(_) => return,
+                    Ok(record) => record,
+                };
+                if record.len == 0 && record.fds.is_empty() {
+                    return;
+                }
+                let reply = match Upstream::decode(&buf[..record.len]) {
+                    Ok(Upstream::Reply(reply)) => Ok(reply),
+                    other => Err(io::Error::other(format!("{other:?}"))),
+                };
+                if to.send_blocking(reply).is_err() {
+                    return;
+                }
+            }
+        });
+        replies
+    }
+
+    fn outbox(channel: OwnedFd) -> Outbox {
+        let replies = replies(&channel);
+        Outbox::start(channel, replies, 1).unwrap()
+    }
+
     /// An old side and a new side on one socketpair; the new side has a receiver "ping".
     fn sides() -> (Outbox, Inbox) {
         let (old, new) = sys::seqpacket_pair().unwrap();
         sys::set_nonblocking(old.as_fd()).unwrap();
-        let outbox = Outbox::start(old, 1).unwrap();
+        let outbox = outbox(old);
         let mut receivers = Receivers::new();
         let inbox = receivers.register("ping").unwrap();
         receive(new, receivers.close()).unwrap();
@@ -683,7 +723,7 @@ mod tests {
     #[test]
     fn a_new_generation_that_is_gone_leaves_every_connection_here() {
         let (old, new) = sys::seqpacket_pair().unwrap();
-        let outbox = Outbox::start(old, 1).unwrap();
+        let outbox = outbox(old);
         drop(new);
         let tracker = Tracker::new();
         for _ in 0..3 {

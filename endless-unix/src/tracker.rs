@@ -21,7 +21,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use event_listener::Event;
 
-// The phases, in order; a tracker starts serving (0).
+// The phases, in order; a tracker starts serving, and serves again after a fallback.
+const SERVING: u8 = 0;
 const CLOSING: u8 = 1;
 const KILLED: u8 = 2;
 
@@ -118,6 +119,31 @@ impl Tracker {
     /// Asks every connection to close once it is idle.
     pub fn close_idle(&self) {
         self.inner.advance(CLOSING);
+    }
+
+    /// Serves as before [`close_idle`](Self::close_idle) or a forced close: the process took
+    /// the service back after its successor died. Connections registered from now on are
+    /// neither asked to close nor shut down; those asked before have acted on it.
+    pub(crate) fn serve_again(&self) {
+        if self.inner.phase.swap(SERVING, Ordering::SeqCst) != SERVING {
+            self.inner.phase_changed.notify(usize::MAX);
+        }
+    }
+
+    /// Resolves once connections are served as usual again after a
+    /// [`close_idle`](Self::close_idle) ([`serve_again`](Self::serve_again)): at once if
+    /// they are.
+    pub async fn serving(&self) {
+        loop {
+            if self.inner.phase.load(Ordering::SeqCst) == SERVING {
+                return;
+            }
+            let listener = self.inner.phase_changed.listen();
+            if self.inner.phase.load(Ordering::SeqCst) == SERVING {
+                return;
+            }
+            listener.await;
+        }
     }
 
     /// Shuts down every registered socket now, and any registered later.

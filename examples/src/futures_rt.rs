@@ -91,11 +91,11 @@ async fn echo_connection<S: AsyncRead + AsyncWrite + Unpin>(stream: S, runtime: 
     }
 }
 
-/// Both generations receive on the socket during a handover; the old one stops once the
-/// new one is ready.
+/// Both generations receive on the socket during a handover; the old one pauses once the
+/// new one is ready, and receives again if it takes the service back.
 async fn echo_datagrams(endless: Endless, socket: Async<std::net::UdpSocket>) {
     let mut buf = vec![0u8; 64 * 1024];
-    loop {
+    while endless.accepting_again().await {
         let received = futures_lite::future::or(
             async {
                 endless.stopped_accepting().await;
@@ -105,7 +105,7 @@ async fn echo_datagrams(endless: Endless, socket: Async<std::net::UdpSocket>) {
         )
         .await;
         match received {
-            None => break,
+            None => {}
             Some(Ok((n, peer))) => {
                 let answer = crate::echo::datagram_answer(&buf[..n]);
                 let _ = socket.send_to(answer.as_bytes(), peer).await;

@@ -9,6 +9,9 @@
 //!                        `never` to wait for ever)
 //! --upgrade-timeout SECS kill a new generation that is not ready this long after the
 //!                        restart (default 60)
+//! --probation SECS       after a handover and its drain, stay this long the fallback of
+//!                        the new generation, which takes the service back if it crashes
+//!                        (default 5; 0 for none)
 //! --tls-cert PATH        (TLS servers) the certificate chain, PEM
 //! --tls-key PATH         (TLS servers) the private key, PEM
 //! --hand-over-idle       (hello-hyper, hello-axum) hand idle HTTP/1.1 keep-alive
@@ -108,6 +111,8 @@ pub struct Args {
     pub drain_timeout: Option<Duration>,
     /// `--upgrade-timeout`.
     pub upgrade_timeout: Duration,
+    /// `--probation`.
+    pub probation: Duration,
     /// `--tls-cert`.
     pub tls_cert: Option<PathBuf>,
     /// `--tls-key`.
@@ -149,6 +154,7 @@ impl Args {
             pid_file: None,
             drain_timeout: Some(Duration::from_secs(60)),
             upgrade_timeout: Duration::from_secs(60),
+            probation: endless_core::DEFAULT_PROBATION,
             tls_cert: None,
             tls_key: None,
             hand_over_idle: false,
@@ -180,6 +186,7 @@ impl Args {
                     };
                 }
                 "--upgrade-timeout" => parsed.upgrade_timeout = seconds(&flag, &value()?)?,
+                "--probation" => parsed.probation = seconds(&flag, &value()?)?,
                 "--tls-cert" => parsed.tls_cert = Some(value()?.into()),
                 "--tls-key" => parsed.tls_key = Some(value()?.into()),
                 "--hand-over-idle" => parsed.hand_over_idle = true,
@@ -208,6 +215,7 @@ impl Args {
         endless_core::Config::new()
             .upgrade_timeout(self.upgrade_timeout)
             .drain_timeout(self.drain_timeout)
+            .probation(self.probation)
     }
 
     /// Starts endless as these arguments ask (configuration, pid file); logs and exits
@@ -295,7 +303,7 @@ impl RestartArgs {
 
 /// Usage text.
 pub const USAGE: &str = "usage: SERVER [--listen ADDR|unix:PATH|udp:ADDR]... [--pid-file PATH] \
-[--drain-timeout SECS|never] [--upgrade-timeout SECS] [--tls-cert PATH --tls-key PATH] [--hand-over-idle] \
+[--drain-timeout SECS|never] [--upgrade-timeout SECS] [--probation SECS] [--tls-cert PATH --tls-key PATH] [--hand-over-idle] \
 [--state-version N|none]
        SERVER restart --pid-file PATH [--timeout SECS]";
 
@@ -482,6 +490,8 @@ mod tests {
             "never",
             "--upgrade-timeout",
             "2.5",
+            "--probation",
+            "0",
         ])
         .unwrap();
         assert_eq!(
@@ -493,6 +503,11 @@ mod tests {
         );
         assert_eq!(a.drain_timeout, None);
         assert_eq!(a.upgrade_timeout, Duration::from_millis(2500));
+        assert_eq!(a.probation, Duration::ZERO);
+        assert_eq!(
+            parse(&[]).unwrap().probation,
+            endless_core::DEFAULT_PROBATION
+        );
         assert_eq!(parse(&[]).unwrap().listen.len(), 1);
         assert!(parse(&["--listen"]).is_err());
         assert!(parse(&["--drain-timeout", "-1"]).is_err());

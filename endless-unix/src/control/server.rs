@@ -13,6 +13,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_channel::Sender;
@@ -127,6 +128,9 @@ pub(crate) struct ControlServer {
     file: Option<(u64, u64)>,
     /// Dropping it ends the accept loop.
     stop: Option<OwnedFd>,
+    /// What the accept loop needs, to start it again after a fallback.
+    listener: Arc<UnixListener>,
+    requests: Sender<Message>,
 }
 
 impl ControlServer {
@@ -138,19 +142,34 @@ impl ControlServer {
         requests: Sender<Message>,
     ) -> io::Result<Self> {
         listener.set_nonblocking(true)?;
-        let (stop_read, stop_write) = io::pipe()?;
         let file = std::fs::metadata(&path).ok().map(|m| (m.dev(), m.ino()));
+        let mut server = Self {
+            path,
+            file,
+            stop: None,
+            listener: Arc::new(listener),
+            requests,
+        };
+        server.resume_accepting()?;
+        Ok(server)
+    }
+
+    /// Answers on the socket (again, after [`stop_accepting`](Self::stop_accepting): this
+    /// process took the service back).
+    pub(crate) fn resume_accepting(&mut self) -> io::Result<()> {
+        if self.stop.is_some() {
+            return Ok(());
+        }
+        let (stop_read, stop_write) = io::pipe()?;
+        let (listener, requests) = (Arc::clone(&self.listener), self.requests.clone());
         let span = tracing::Span::current();
         std::thread::Builder::new()
             .name("endless-control".into())
             .spawn(move || {
                 span.in_scope(|| accept_loop(&listener, &OwnedFd::from(stop_read), &requests));
             })?;
-        Ok(Self {
-            path,
-            file,
-            stop: Some(OwnedFd::from(stop_write)),
-        })
+        self.stop = Some(OwnedFd::from(stop_write));
+        Ok(())
     }
 
     /// Stops accepting: what is queued is left to the next generation, which holds the same

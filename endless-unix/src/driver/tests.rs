@@ -352,11 +352,13 @@ impl Server {
         Self { rt, handle, events }
     }
 
+    /// Without probation: a handover ends with the drain.
     fn config() -> Config {
         Config::new()
             .upgrade_timeout(UPGRADE)
             .drain_timeout(Some(DRAIN))
             .reap_timeout(REAP)
+            .probation(Duration::ZERO)
     }
 
     /// How the lifecycle ended, if it has.
@@ -470,6 +472,110 @@ fn a_child_that_exits_before_ready_leaves_this_process_serving_and_restartable()
     s.rt.say_ready(second);
     assert!(!s.handle.is_accepting());
     assert!(s.exit().is_some());
+}
+
+const PROBATION: Duration = Duration::from_secs(5);
+
+/// A server that handed over to its child (ready, no connection: drained at once) and is
+/// in probation; with a connection kept from before the handover.
+fn in_probation() -> (Server, u32) {
+    let s = Server::start(Server::config().probation(PROBATION));
+    s.rt.signal(Signal::HUP);
+    let child = s.rt.last_child();
+    s.rt.say_ready(child);
+    assert!(!s.handle.is_accepting());
+    assert_eq!(
+        s.phase_changes(),
+        [Phase::Forking, Phase::Draining, Phase::Probation]
+    );
+    assert_eq!(s.exit(), None, "the fallback waits");
+    (s, child)
+}
+
+/// Whether `accepting_again` resolves now, and with what.
+fn accepting_again(s: &Server) -> Option<bool> {
+    let handle = s.handle.clone();
+    let slot = Arc::new(Mutex::new(None));
+    let filled = Arc::clone(&slot);
+    s.rt.spawn(Box::pin(async move {
+        *lock(&filled) = Some(handle.accepting_again().await);
+    }));
+    s.rt.settle();
+    *lock(&slot)
+}
+
+#[test]
+fn a_successor_killed_in_probation_gives_the_service_back() {
+    let (s, child) = in_probation();
+    assert_eq!(
+        accepting_again(&s),
+        None,
+        "parked while the successor serves"
+    );
+    s.rt.exit(child, ExitStatus::from_raw(9)); // SIGKILL
+    assert!(s.saw(|e| matches!(
+        e,
+        Event::TookServiceBack { pid, status: endless_core::ChildStatus::Signaled(9) } if *pid == child
+    )));
+    assert!(s.handle.is_accepting());
+    assert_eq!(accepting_again(&s), Some(true));
+    // Connections accepted from now on are served, not asked to close.
+    let (ours, _theirs) = UnixStream::pair().unwrap();
+    assert!(!s.handle.track(&ours).is_closing());
+    assert_eq!(s.exit(), None);
+    // And a later restart works.
+    s.rt.signal(Signal::HUP);
+    let second = s.rt.last_child();
+    assert_ne!(second, child);
+    s.rt.say_ready(second);
+    assert!(!s.handle.is_accepting());
+}
+
+#[test]
+fn a_successor_that_departs_ends_the_probation_and_nothing_comes_back() {
+    let (s, child) = in_probation();
+    s.rt.with_child(child, |c| {
+        c.channel
+            .push_back(Chunk::Bytes(endless_core::takeover::encode_departure(
+                endless_core::Departure::Stopping,
+            )));
+    });
+    assert!(s.saw(|e| matches!(e, Event::SuccessorDeparted { pid, .. } if *pid == child)));
+    assert!(s.exit().is_some(), "exits at once");
+    assert_eq!(accepting_again(&s), Some(false));
+    // Its later exit, even a forced one, changes nothing.
+    s.rt.exit(child, ExitStatus::from_raw(1 << 8));
+    assert!(!s.saw(|e| matches!(e, Event::TookServiceBack { .. })));
+}
+
+#[test]
+fn the_departure_is_read_before_the_exit_even_when_both_arrive_at_once() {
+    let (s, child) = in_probation();
+    // Said and exited with code 1 (a forced stop) before the driver ran again.
+    s.rt.with_child(child, |c| {
+        c.channel
+            .push_back(Chunk::Bytes(endless_core::takeover::encode_departure(
+                endless_core::Departure::HandedOver,
+            )));
+        c.channel.push_back(Chunk::Eof);
+        c.exit = Some(ExitStatus::from_raw(1 << 8));
+    });
+    assert!(!s.saw(|e| matches!(e, Event::TookServiceBack { .. })));
+    assert!(s.exit().is_some());
+}
+
+#[test]
+fn the_probation_ends_on_the_runtime_clock() {
+    let (s, _child) = in_probation();
+    s.rt.advance(PROBATION - Duration::from_millis(1));
+    assert_eq!(s.exit(), None);
+    s.rt.advance(Duration::from_millis(1));
+    assert_eq!(
+        s.exit().map(|e| e.reason),
+        Some(ExitReason::Drained),
+        "the drain's exit, after the probation"
+    );
+    assert_eq!(accepting_again(&s), Some(false));
 }
 
 #[test]

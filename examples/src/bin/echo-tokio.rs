@@ -61,11 +61,12 @@ fn listen(endless: &Endless, name: &str, addr: &ListenAddr) -> std::io::Result<(
             let endless = endless.clone();
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 64 * 1024];
-                loop {
-                    // Both generations receive on the socket during a handover; the old one
-                    // stops once the new one is ready.
+                // Both generations receive on the socket during a handover; the old one
+                // pauses once the new one is ready, and receives again if it takes the
+                // service back.
+                while endless.accepting_again().await {
                     let (n, peer) = tokio::select! {
-                        () = endless.stopped_accepting() => break,
+                        () = endless.stopped_accepting() => continue,
                         received = socket.recv_from(&mut buf) => match received {
                             Ok(received) => received,
                             Err(e) => {
