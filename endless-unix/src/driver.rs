@@ -243,6 +243,14 @@ impl<R: Runtime> Driver<R> {
             Action::StopChild { pid } => self.command_child(pid, ChildCommand::Terminate),
             Action::StopAccepting => {
                 self.shared.set_accepting(false);
+                let shared = Arc::clone(&self.shared);
+                spawn(&*self.runtime, &self.shared.span, async move {
+                    shared.accepts_parked().await;
+                    // Only if it still holds: a fallback may have come first.
+                    if !shared.accepting.load(std::sync::atomic::Ordering::SeqCst) {
+                        tracing::info!(pid = sys::getpid(), "stopped accepting on every listener");
+                    }
+                });
                 // The control socket too: the next generation answers what is queued. (A
                 // restart command learns of a handover only now, from `answers`: once it
                 // has its answer, new connections go to the new generation.)
@@ -255,6 +263,7 @@ impl<R: Runtime> Driver<R> {
                 // before have closed or will.
                 self.shared.tracker.serve_again();
                 self.shared.set_accepting(true);
+                tracing::info!(pid = sys::getpid(), "accepting again");
                 if let Some(control) = &mut self.control
                     && let Err(e) = control.resume_accepting()
                 {

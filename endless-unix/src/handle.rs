@@ -14,7 +14,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use async_channel::Sender;
@@ -337,6 +337,24 @@ pub(crate) struct Registered {
     pub(crate) fd: OwnedFd,
 }
 
+/// An accept call that may take a connection, counted in [`Shared::accepts`].
+struct AcceptCall<'a>(&'a Shared);
+
+impl<'a> AcceptCall<'a> {
+    fn new(shared: &'a Shared) -> Self {
+        shared.accepts.fetch_add(1, Ordering::SeqCst);
+        Self(shared)
+    }
+}
+
+impl Drop for AcceptCall<'_> {
+    fn drop(&mut self) {
+        if self.0.accepts.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.accepts_ended.notify(usize::MAX);
+        }
+    }
+}
+
 /// What the handles and the driver task share.
 pub(crate) struct Shared {
     pub(crate) inputs: Sender<Message>,
@@ -350,6 +368,10 @@ pub(crate) struct Shared {
     pub(crate) released: AtomicBool,
     /// Notified when `accepting` or `released` changes.
     pub(crate) accepting_changed: Wake,
+    /// The accept calls that may take a connection now.
+    pub(crate) accepts: AtomicUsize,
+    /// Notified when `accepts` drops to zero.
+    pub(crate) accepts_ended: Wake,
     pub(crate) exit: Mutex<Option<Exit>>,
     pub(crate) exited: Wake,
     pub(crate) executable: Executable,
@@ -375,6 +397,21 @@ impl Shared {
     pub(crate) fn set_accepting(&self, accepting: bool) {
         self.accepting.store(accepting, Ordering::SeqCst);
         self.accepting_changed.notify(usize::MAX);
+    }
+
+    /// Resolves once no accept call may take a connection any more, after
+    /// [`set_accepting`](Self::set_accepting)`(false)`: every accept loop has parked.
+    pub(crate) async fn accepts_parked(&self) {
+        loop {
+            if self.accepts.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            let listener = self.accepts_ended.listen();
+            if self.accepts.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            listener.await;
+        }
     }
 
     /// Listeners never accept again: their accept loops end.
@@ -516,6 +553,8 @@ impl Handle {
             accepting: AtomicBool::new(true),
             released: AtomicBool::new(false),
             accepting_changed: Wake::new(),
+            accepts: AtomicUsize::new(0),
+            accepts_ended: Wake::new(),
             exit: Mutex::new(None),
             exited: Wake::new(),
             executable,
@@ -806,6 +845,9 @@ impl Handle {
                 return Ok(None);
             }
             let _accepting = self.shared.tracker.track(None);
+            // Counted before the flag is read again (the driver stores the flag, then reads
+            // the count): once it has seen no accept call, none takes a connection.
+            let _counted = AcceptCall::new(&self.shared);
             if !self.is_accepting() {
                 continue;
             }

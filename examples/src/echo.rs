@@ -16,6 +16,10 @@
 //!   whole service answered.
 //!
 //! A UDP datagram is answered with the pid and the datagram, without its trailing newline.
+//!
+//! For tests of the fallback, `ECHO_EXIT_AFTER_READY=CODE:MS` in the environment makes the
+//! server exit with CODE (as a crash would: no drain, no goodbye) MS milliseconds after it
+//! reported ready ([`exit_after_ready`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -25,6 +29,32 @@ use endless_unix::{Net, state::StateError};
 
 /// The lines answered so far (by this generation, plus what its predecessor handed over).
 static ANSWERED: AtomicU64 = AtomicU64::new(0);
+
+/// With `ECHO_EXIT_AFTER_READY=CODE:MS` in the environment, call right after `ready`: the
+/// process exits with CODE after MS milliseconds, the bad deploy that dies after its
+/// start-up (the previous generation then takes the service back). Exits with 2 at once if
+/// the variable is malformed.
+pub fn exit_after_ready() {
+    let Ok(value) = std::env::var("ECHO_EXIT_AFTER_READY") else {
+        return;
+    };
+    let parsed = value
+        .split_once(':')
+        .and_then(|(code, ms)| Some((code.parse::<i32>().ok()?, ms.parse::<u64>().ok()?)));
+    let Some((code, ms)) = parsed else {
+        tracing::error!(%value, "ECHO_EXIT_AFTER_READY takes CODE:MS");
+        std::process::exit(2);
+    };
+    tracing::warn!(
+        code,
+        ms,
+        "exiting after ready, as asked (ECHO_EXIT_AFTER_READY)"
+    );
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(ms));
+        std::process::exit(code);
+    });
+}
 
 /// With `--state-version VERSION`: starts the count at the one the previous generation
 /// handed over (as application state of `VERSION`: the count, eight bytes big-endian), and

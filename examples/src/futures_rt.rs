@@ -45,6 +45,7 @@ pub async fn echo(args: Args, runtime: &'static str, spawn: Spawn) -> i32 {
         }
     }
     endless.ready();
+    crate::echo::exit_after_ready();
     endless.run().await.code
 }
 

@@ -164,6 +164,26 @@ macro_rules! restart_scenarios {
         }
 
         #[test]
+        fn successor_killed_after_ready_gives_the_service_back() {
+            $crate::scenarios::successor_killed_after_ready($bin);
+        }
+
+        #[test]
+        fn successor_exiting_1_after_ready_gives_the_service_back() {
+            $crate::scenarios::successor_exits_1_after_ready($bin);
+        }
+
+        #[test]
+        fn successor_handing_over_onward_is_no_crash() {
+            $crate::scenarios::successor_hands_over_onward($bin);
+        }
+
+        #[test]
+        fn a_stop_during_the_probation_stays_a_stop() {
+            $crate::scenarios::stop_during_probation($bin);
+        }
+
+        #[test]
         fn udp_socket_restart() {
             $crate::scenarios::udp_socket_restart($bin);
         }
@@ -2414,4 +2434,296 @@ fn assert_listener_kept(
     for (endpoint, _) in endpoints {
         assert_answered_by(endpoint, new, "after the old generation exited");
     }
+}
+
+// ---- 9. the fallback -----------------------------------------------------------------------
+
+/// What [`Prober`] saw.
+#[derive(Debug, Default)]
+struct Probed {
+    /// The pids that answered, in order, with when.
+    answers: Vec<(Instant, u32)>,
+    /// Connections refused (the port closed).
+    refused: usize,
+    /// Other failures (a connection reset by a killed process), described.
+    failures: Vec<String>,
+    /// The longest time between two answers (or from the start to the first).
+    longest_unanswered: Duration,
+}
+
+/// A client that opens a new connection to `addr` every couple of milliseconds and asks
+/// one line on it, until stopped.
+struct Prober {
+    stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<Probed>>,
+}
+
+impl Prober {
+    fn start(addr: std::net::SocketAddr) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = Arc::clone(&stop);
+        let thread = thread::spawn(move || {
+            let mut probed = Probed::default();
+            let mut last = Instant::now();
+            while !stopping.load(Ordering::SeqCst) {
+                match probe(addr) {
+                    Ok(pid) => {
+                        let now = Instant::now();
+                        probed.longest_unanswered = probed.longest_unanswered.max(now - last);
+                        last = now;
+                        probed.answers.push((now, pid));
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                        probed.refused += 1;
+                    }
+                    Err(e) => probed.failures.push(e.to_string()),
+                }
+                thread::sleep(Duration::from_millis(2));
+            }
+            probed.longest_unanswered = probed.longest_unanswered.max(last.elapsed());
+            probed
+        });
+        Self {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// The answers so far are not visible: wait with [`Prober::stop`].
+    fn stop(mut self) -> Probed {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread
+            .take()
+            .expect("stopped once")
+            .join()
+            .expect("the prober does not panic")
+    }
+}
+
+impl Drop for Prober {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+/// One line on a new connection: the pid that answered.
+fn probe(addr: std::net::SocketAddr) -> std::io::Result<u32> {
+    use std::io::{BufRead, Write};
+    let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    stream.set_nodelay(true)?;
+    (&stream).write_all(b"probe\n")?;
+    let mut line = String::new();
+    std::io::BufReader::new(&stream).read_line(&mut line)?;
+    line.split_whitespace()
+        .next()
+        .and_then(|pid| pid.parse().ok())
+        .filter(|_| line.trim_end().ends_with(" probe"))
+        .ok_or_else(|| std::io::Error::other(format!("unexpected answer {line:?}")))
+}
+
+fn tcp_addr(server: &Server) -> std::net::SocketAddr {
+    match server.endpoint() {
+        Endpoint::Tcp(addr) => *addr,
+        other => panic!("a TCP endpoint expected, not {other}"),
+    }
+}
+
+/// A server with a probation long enough that a test never sees it end.
+fn with_probation(bin: &Path, secs: u32) -> Server {
+    Server::start(
+        bin,
+        &Options::default().arg("--probation").arg(secs.to_string()),
+    )
+}
+
+/// Under probes, a restart whose new generation then dies by `die` (after its ready): the
+/// old generation takes the service back with the port answering throughout. Returns how
+/// the new generation ended, as the old one logged it.
+fn falls_back(server: &Server, die: impl FnOnce(&Server, u32)) -> String {
+    let old = server.pid();
+    let prober = Prober::start(tcp_addr(server));
+    // Answered before the restart.
+    wait_for("a first probe answered", DEADLINE, || {
+        server.assert_serves(old);
+        Some(())
+    });
+    let mark = server.group.stderr.len();
+    let new = server.hup();
+    die(server, new);
+    let took =
+        server
+            .group
+            .stderr
+            .wait_from(format_args!("{old} to take the service back"), mark, |l| {
+                l.contains("takes the service back") && has_field(l, "pid", new)
+            });
+    server.wait_pid_file(old);
+    server.set_pid(old);
+    server
+        .group
+        .stderr
+        .wait_from(format_args!("{old} to accept again"), mark, |l| {
+            l.contains("accepting again") && has_field(l, "pid", old)
+        });
+    // Probes keep coming, answered by the old generation again.
+    let probes_at = Instant::now();
+    wait_for("probes answered after the fallback", DEADLINE, || {
+        (probes_at.elapsed() > Duration::from_millis(300)).then_some(())
+    });
+    let probed = prober.stop();
+    let after: Vec<u32> = probed
+        .answers
+        .iter()
+        .filter(|(at, _)| *at > probes_at)
+        .map(|(_, pid)| *pid)
+        .collect();
+    assert!(
+        !after.is_empty() && after.iter().all(|&p| p == old),
+        "after the fallback, probes answered by {after:?}, expected only {old}"
+    );
+    assert!(
+        probed.answers.iter().any(|&(_, p)| p == new),
+        "the new generation {new} answered no probe before it died"
+    );
+    assert_eq!(
+        probed.refused,
+        0,
+        "connections refused around the fallback ({} answered, failures {:?})",
+        probed.answers.len(),
+        probed.failures
+    );
+    assert!(
+        probed.longest_unanswered < Duration::from_secs(1),
+        "the port went unanswered for {:?}",
+        probed.longest_unanswered
+    );
+    eprintln!(
+        "fallback: {} probes answered, 0 refused, {} failed (connections of the killed \
+         process), longest unanswered gap {:?}",
+        probed.answers.len(),
+        probed.failures.len(),
+        probed.longest_unanswered
+    );
+    assert!(is_alive(old));
+    server.group.wait_settled(&[old]);
+    took
+}
+
+/// The new generation is `SIGKILL`ed 300 ms after it reported ready (an OOM kill under
+/// load): the old generation, still its fallback, takes the service back; the port never
+/// refused a connection and never went unanswered for a second; the pid file names the old
+/// generation again; a later restart works.
+pub fn successor_killed_after_ready(bin: &Path) {
+    let server = with_probation(bin, 60);
+    let took = falls_back(&server, |server, new| {
+        // The bad deploy's moment: the time it takes to crash on real traffic.
+        thread::sleep(Duration::from_millis(300));
+        server.group.signal(new, Signal::KILL);
+    });
+    assert!(took.contains("was killed by signal 9"), "{took:?}");
+    restarts_again(&server);
+}
+
+/// After a fallback: a later restart works (the old generation then waits out its
+/// probation, which the test does not).
+fn restarts_again(server: &Server) {
+    let old = server.pid();
+    let new = server.hup();
+    assert_ne!(new, old);
+    server.assert_serves(new);
+}
+
+/// The new generation exits with code 1 300 ms after it reported ready (it panicked on its
+/// first requests): the old generation takes the service back; then the good binary is
+/// put back and a restart works.
+pub fn successor_exits_1_after_ready(bin: &Path) {
+    let server = with_probation(bin, 60);
+    let script = format!(
+        "ECHO_EXIT_AFTER_READY=1:300 exec {} \"$@\"",
+        sh_quote(server.real_binary())
+    );
+    server.replace_exe(&sh_script(&script), 0o755);
+    let took = falls_back(&server, |_, _| {});
+    assert!(took.contains("exited with code 1"), "{took:?}");
+    server.restore_exe();
+    restarts_again(&server);
+}
+
+/// A generation that hands over onward departs first: its predecessor, in probation,
+/// exits (0) at once instead of waiting for the end of its probation, and never takes the
+/// service back, although the generation it was the fallback of then exits.
+pub fn successor_hands_over_onward(bin: &Path) {
+    let server = with_probation(bin, 3600);
+    let first = server.pid();
+    let mark = server.group.stderr.len();
+    let second = server.hup();
+    server
+        .group
+        .stderr
+        .wait_from(format_args!("{first} to be in probation"), mark, |l| {
+            l.contains("lifecycle") && has_field(l, "to", "probation")
+        });
+    let third = server.hup();
+    // Well before its probation of an hour ends.
+    assert_eq!(server.group.wait_exit(first), Exit::Code(0), "{first}");
+    let departed = server.group.stderr.find_from(mark, |l| {
+        l.contains("departs") && has_field(l, "pid", second)
+    });
+    assert!(departed.is_some(), "{first} did not hear {second} depart");
+    // The second generation is in probation for the third; stopping the service (the
+    // third) ends it too, and nothing comes back.
+    server.group.signal(third, Signal::TERM);
+    assert_eq!(server.group.wait_exit(third), Exit::Code(0), "{third}");
+    assert_eq!(server.group.wait_exit(second), Exit::Code(0), "{second}");
+    assert!(
+        server
+            .group
+            .stderr
+            .find_from(0, |l| l.contains("takes the service back"))
+            .is_none(),
+        "a fallback where none was due"
+    );
+    server.group.wait_settled(&[]);
+    assert!(
+        TcpStream::connect(tcp_addr(&server)).is_err(),
+        "the stopped service still accepts"
+    );
+}
+
+/// The service is stopped (`SIGTERM` to the generation that serves, as `systemctl stop`
+/// with `KillMode=mixed` or an operator does) while the previous generation is in
+/// probation: the new one departs, the old one exits at once (not at the end of its
+/// probation), nothing takes the service back, and the port is closed.
+pub fn stop_during_probation(bin: &Path) {
+    let server = with_probation(bin, 3600);
+    let old = server.pid();
+    let mark = server.group.stderr.len();
+    let new = server.hup();
+    server
+        .group
+        .stderr
+        .wait_from(format_args!("{old} to be in probation"), mark, |l| {
+            l.contains("lifecycle") && has_field(l, "to", "probation")
+        });
+    server.group.signal(new, Signal::TERM);
+    assert_eq!(server.group.wait_exit(new), Exit::Code(0), "{new}");
+    assert_eq!(server.group.wait_exit(old), Exit::Code(0), "{old}");
+    assert!(
+        server
+            .group
+            .stderr
+            .find_from(mark, |l| l.contains("takes the service back"))
+            .is_none(),
+        "a stopped service came back"
+    );
+    server.group.wait_settled(&[]);
+    assert!(
+        server.pid_file_pid().is_none(),
+        "the pid file outlived the stop"
+    );
+    assert!(
+        TcpStream::connect(tcp_addr(&server)).is_err(),
+        "the stopped service still accepts"
+    );
 }
