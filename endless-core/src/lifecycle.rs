@@ -685,8 +685,9 @@ pub enum Action {
         /// Why.
         how: Departure,
     },
-    /// The drain after a handover is over: close this process's sending side of the
-    /// takeover channel, so that the new generation's receivers end.
+    /// The drain after a handover is over (it ended, or the successor died and this process
+    /// took the service back, [`Event::TookServiceBack`]): close this process's sending side
+    /// of the takeover channel, so that the new generation's receivers end.
     EndHandOver,
     /// Connections may now be handed to the new generation, which reported ready
     /// ([`crate::takeover`]). Comes after [`Action::StopAccepting`] and before
@@ -1453,6 +1454,11 @@ impl Lifecycle {
     /// The fallback: Draining or Probation → Running, after the successor died.
     fn take_back(&mut self, pid: Pid, status: ChildStatus) {
         self.event(Event::TookServiceBack { pid, status });
+        // A drain cut short ends its handover here (a probation has ended it already): the
+        // process serves again, and must not go on handing connections to a dead process.
+        if matches!(self.state, State::Draining { .. }) {
+            self.action(Action::EndHandOver);
+        }
         self.enter(State::Running {
             readiness: ReadyState::Announced,
         });
