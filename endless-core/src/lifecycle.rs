@@ -680,7 +680,10 @@ pub enum Action {
     ReleaseListeners,
     /// Tell the generation this one took over from (on the inherited readiness channel,
     /// if it still listens) that this process goes, and why: its end is then no crash to
-    /// fall back from ([`Input::SuccessorDeparted`] on the other side).
+    /// fall back from ([`Input::SuccessorDeparted`] on the other side). Once per drain,
+    /// before [`Action::StopAccepting`], in a process of [`Origin::Inherited`] that reported
+    /// ready (one that never did has taken nothing over: its parent still waits for its
+    /// readiness line).
     Depart {
         /// Why.
         how: Departure,
@@ -1503,6 +1506,7 @@ impl Lifecycle {
             }
         });
         let handed_over = matches!(cause, DrainCause::HandedOver { .. });
+        let was_ready = self.is_ready();
         self.enter(State::Draining {
             cause,
             deadline,
@@ -1516,8 +1520,9 @@ impl Lifecycle {
             self.action(Action::ExtendStopTimeout { by });
         }
         // The generation this one took over from may still be our fallback: this is no
-        // crash.
-        if self.origin == Origin::Inherited {
+        // crash. A process that never reported ready took nothing over: its parent still
+        // waits for its readiness line on that channel, not for a departure.
+        if self.origin == Origin::Inherited && was_ready {
             let how = if handed_over {
                 Departure::HandedOver
             } else {
