@@ -918,7 +918,9 @@ impl State {
 ///
 /// ```
 /// use std::time::Instant;
-/// use endless_core::{Action, Config, Input, Lifecycle, Origin, Output, Phase, Request};
+/// use endless_core::{
+///     Action, Config, DEFAULT_PROBATION, Input, Lifecycle, Origin, Output, Phase, Request,
+/// };
 ///
 /// let now = Instant::now();
 /// let mut lc = Lifecycle::new(Config::new(), Origin::Fresh);
@@ -939,6 +941,10 @@ impl State {
 /// );
 /// assert_eq!(lc.phase(), Phase::Draining);
 /// lc.handle(Input::Drained, now);
+/// // Drained, it stays the fallback of the new generation a little longer.
+/// assert_eq!(actions(&mut lc), [Action::EndHandOver]);
+/// assert_eq!(lc.phase(), Phase::Probation);
+/// lc.handle_timeout(now + DEFAULT_PROBATION);
 /// assert!(matches!(actions(&mut lc)[..], [Action::Exit { code: 0, .. }]));
 /// ```
 #[derive(Debug, Clone)]
@@ -1661,6 +1667,7 @@ mod tests {
         assert!(defaults.get_staged_upgrades());
         assert!(!defaults.get_service_manager());
         assert_eq!(defaults.get_reap_timeout(), DEFAULT_REAP_TIMEOUT);
+        assert_eq!(defaults.get_probation(), DEFAULT_PROBATION);
 
         let config = Config::new()
             .upgrade_timeout(Duration::from_secs(7))
@@ -1669,7 +1676,8 @@ mod tests {
             .forced_exit_code(42)
             .staged_upgrades(false)
             .service_manager(true)
-            .reap_timeout(Duration::from_secs(3));
+            .reap_timeout(Duration::from_secs(3))
+            .probation(Duration::from_secs(11));
         assert_eq!(config.get_upgrade_timeout(), Duration::from_secs(7));
         assert_eq!(config.get_drain_timeout(), Some(Duration::from_secs(9)));
         assert_eq!(config.get_repeated_stop(), RepeatedStop::Hammer);
@@ -1677,6 +1685,11 @@ mod tests {
         assert!(!config.get_staged_upgrades());
         assert!(config.get_service_manager());
         assert_eq!(config.get_reap_timeout(), Duration::from_secs(3));
+        assert_eq!(config.get_probation(), Duration::from_secs(11));
+        assert_eq!(
+            Config::new().probation(Duration::ZERO).get_probation(),
+            Duration::ZERO
+        );
         assert_eq!(Config::new().drain_timeout(None).get_drain_timeout(), None);
 
         let lc = Lifecycle::new(config.clone(), Origin::Inherited);
@@ -1690,7 +1703,7 @@ mod tests {
 
     #[test]
     fn display_messages() {
-        let cases: [(&dyn fmt::Display, &str); 29] = [
+        let cases: [(&dyn fmt::Display, &str); 33] = [
             (&ChildStatus::Exited(3), "exited with code 3"),
             (&ChildStatus::Signaled(9), "was killed by signal 9"),
             (&ChildStatus::Unknown, "ended"),
@@ -1706,6 +1719,7 @@ mod tests {
             (&Phase::Forking, "forking"),
             (&Phase::Staged, "staged"),
             (&Phase::Draining, "draining"),
+            (&Phase::Probation, "probation"),
             (&Phase::Exiting, "exiting"),
             (&Phase::Stopped, "stopped"),
             (
@@ -1759,6 +1773,15 @@ mod tests {
                 &Refusal::UnderServiceManager,
                 "staged upgrades are refused under a service manager",
             ),
+            (
+                &Refusal::HandedOver,
+                "the process handed over and only waits as the fallback",
+            ),
+            (
+                &Departure::HandedOver,
+                "it handed over to its own successor",
+            ),
+            (&Departure::Stopping, "the service stops"),
         ];
         for (value, expected) in cases {
             assert_eq!(value.to_string(), expected);
