@@ -680,13 +680,17 @@ pub enum Action {
     ReleaseListeners,
     /// Tell the generation this one took over from (on the inherited readiness channel,
     /// if it still listens) that this process goes, and why: its end is then no crash to
-    /// fall back from ([`Input::SuccessorDeparted`] on the other side).
+    /// fall back from ([`Input::SuccessorDeparted`] on the other side). Once per drain,
+    /// before [`Action::StopAccepting`], in a process of [`Origin::Inherited`] that reported
+    /// ready (one that never did has taken nothing over: its parent still waits for its
+    /// readiness line).
     Depart {
         /// Why.
         how: Departure,
     },
-    /// The drain after a handover is over: close this process's sending side of the
-    /// takeover channel, so that the new generation's receivers end.
+    /// The drain after a handover is over (it ended, or the successor died and this process
+    /// took the service back, [`Event::TookServiceBack`]): close this process's sending side
+    /// of the takeover channel, so that the new generation's receivers end.
     EndHandOver,
     /// Connections may now be handed to the new generation, which reported ready
     /// ([`crate::takeover`]). Comes after [`Action::StopAccepting`] and before
@@ -914,7 +918,9 @@ impl State {
 ///
 /// ```
 /// use std::time::Instant;
-/// use endless_core::{Action, Config, Input, Lifecycle, Origin, Output, Phase, Request};
+/// use endless_core::{
+///     Action, Config, DEFAULT_PROBATION, Input, Lifecycle, Origin, Output, Phase, Request,
+/// };
 ///
 /// let now = Instant::now();
 /// let mut lc = Lifecycle::new(Config::new(), Origin::Fresh);
@@ -935,6 +941,10 @@ impl State {
 /// );
 /// assert_eq!(lc.phase(), Phase::Draining);
 /// lc.handle(Input::Drained, now);
+/// // Drained, it stays the fallback of the new generation a little longer.
+/// assert_eq!(actions(&mut lc), [Action::EndHandOver]);
+/// assert_eq!(lc.phase(), Phase::Probation);
+/// lc.handle_timeout(now + DEFAULT_PROBATION);
 /// assert!(matches!(actions(&mut lc)[..], [Action::Exit { code: 0, .. }]));
 /// ```
 #[derive(Debug, Clone)]
@@ -1453,6 +1463,11 @@ impl Lifecycle {
     /// The fallback: Draining or Probation → Running, after the successor died.
     fn take_back(&mut self, pid: Pid, status: ChildStatus) {
         self.event(Event::TookServiceBack { pid, status });
+        // A drain cut short ends its handover here (a probation has ended it already): the
+        // process serves again, and must not go on handing connections to a dead process.
+        if matches!(self.state, State::Draining { .. }) {
+            self.action(Action::EndHandOver);
+        }
         self.enter(State::Running {
             readiness: ReadyState::Announced,
         });
@@ -1497,6 +1512,7 @@ impl Lifecycle {
             }
         });
         let handed_over = matches!(cause, DrainCause::HandedOver { .. });
+        let was_ready = self.is_ready();
         self.enter(State::Draining {
             cause,
             deadline,
@@ -1510,8 +1526,9 @@ impl Lifecycle {
             self.action(Action::ExtendStopTimeout { by });
         }
         // The generation this one took over from may still be our fallback: this is no
-        // crash.
-        if self.origin == Origin::Inherited {
+        // crash. A process that never reported ready took nothing over: its parent still
+        // waits for its readiness line on that channel, not for a departure.
+        if self.origin == Origin::Inherited && was_ready {
             let how = if handed_over {
                 Departure::HandedOver
             } else {
@@ -1650,6 +1667,7 @@ mod tests {
         assert!(defaults.get_staged_upgrades());
         assert!(!defaults.get_service_manager());
         assert_eq!(defaults.get_reap_timeout(), DEFAULT_REAP_TIMEOUT);
+        assert_eq!(defaults.get_probation(), DEFAULT_PROBATION);
 
         let config = Config::new()
             .upgrade_timeout(Duration::from_secs(7))
@@ -1658,7 +1676,8 @@ mod tests {
             .forced_exit_code(42)
             .staged_upgrades(false)
             .service_manager(true)
-            .reap_timeout(Duration::from_secs(3));
+            .reap_timeout(Duration::from_secs(3))
+            .probation(Duration::from_secs(11));
         assert_eq!(config.get_upgrade_timeout(), Duration::from_secs(7));
         assert_eq!(config.get_drain_timeout(), Some(Duration::from_secs(9)));
         assert_eq!(config.get_repeated_stop(), RepeatedStop::Hammer);
@@ -1666,6 +1685,11 @@ mod tests {
         assert!(!config.get_staged_upgrades());
         assert!(config.get_service_manager());
         assert_eq!(config.get_reap_timeout(), Duration::from_secs(3));
+        assert_eq!(config.get_probation(), Duration::from_secs(11));
+        assert_eq!(
+            Config::new().probation(Duration::ZERO).get_probation(),
+            Duration::ZERO
+        );
         assert_eq!(Config::new().drain_timeout(None).get_drain_timeout(), None);
 
         let lc = Lifecycle::new(config.clone(), Origin::Inherited);
@@ -1679,7 +1703,7 @@ mod tests {
 
     #[test]
     fn display_messages() {
-        let cases: [(&dyn fmt::Display, &str); 29] = [
+        let cases: [(&dyn fmt::Display, &str); 33] = [
             (&ChildStatus::Exited(3), "exited with code 3"),
             (&ChildStatus::Signaled(9), "was killed by signal 9"),
             (&ChildStatus::Unknown, "ended"),
@@ -1695,6 +1719,7 @@ mod tests {
             (&Phase::Forking, "forking"),
             (&Phase::Staged, "staged"),
             (&Phase::Draining, "draining"),
+            (&Phase::Probation, "probation"),
             (&Phase::Exiting, "exiting"),
             (&Phase::Stopped, "stopped"),
             (
@@ -1748,6 +1773,15 @@ mod tests {
                 &Refusal::UnderServiceManager,
                 "staged upgrades are refused under a service manager",
             ),
+            (
+                &Refusal::HandedOver,
+                "the process handed over and only waits as the fallback",
+            ),
+            (
+                &Departure::HandedOver,
+                "it handed over to its own successor",
+            ),
+            (&Departure::Stopping, "the service stops"),
         ];
         for (value, expected) in cases {
             assert_eq!(value.to_string(), expected);

@@ -6,13 +6,14 @@ use std::time::{Duration, Instant};
 
 use endless_core::{
     Action::{self, *},
-    ChildFailure, ChildStatus, Config, DrainCause, Event, ExitReason, Input, InputKind, Lifecycle,
-    Origin, Output, Phase, Refusal, RepeatedStop, Request, Status, UpgradeFailure,
+    ChildFailure, ChildStatus, Config, Departure, DrainCause, Event, ExitReason, Input, InputKind,
+    Lifecycle, Origin, Output, Phase, Refusal, RepeatedStop, Request, Status, UpgradeFailure,
 };
 
 const UPGRADE: Duration = Duration::from_secs(10);
 const DRAIN: Duration = Duration::from_secs(30);
 const REAP: Duration = Duration::from_secs(3);
+const PROBATION: Duration = Duration::from_secs(7);
 const CHILD: u32 = 4242;
 
 /// A fresh process's first ready: it is the main process already.
@@ -49,7 +50,8 @@ impl Harness {
             Config::new()
                 .upgrade_timeout(UPGRADE)
                 .drain_timeout(Some(DRAIN))
-                .reap_timeout(REAP),
+                .reap_timeout(REAP)
+                .probation(PROBATION),
             Origin::Fresh,
         )
     }
@@ -133,6 +135,38 @@ fn handed_over() -> DrainCause {
     DrainCause::HandedOver { successor: CHILD }
 }
 
+/// A ready process that restarted and handed over to `CHILD`: it drains, as the fallback of
+/// `CHILD` (the outputs are dropped).
+fn handed_over_to_child() -> Harness {
+    let mut h = Harness::ready();
+    h.request(Request::Restart);
+    h.input(Input::ChildSpawned { pid: CHILD });
+    h.input(Input::ChildReady { pid: CHILD });
+    assert_eq!(h.lc.drain_cause(), Some(handed_over()));
+    h
+}
+
+/// A process that handed over to `CHILD` and drained: it waits as the fallback of `CHILD`.
+fn in_probation() -> Harness {
+    let mut h = handed_over_to_child();
+    h.advance(Duration::from_secs(1));
+    assert_eq!(
+        h.input(Input::Drained),
+        [a(EndHandOver), changed(Phase::Draining, Phase::Probation)]
+    );
+    assert_eq!(h.lc.poll_timeout(), Some(h.now + PROBATION));
+    h
+}
+
+/// The exit of a process that handed over to `CHILD` and drained.
+fn exit_after_handover() -> Output {
+    a(Exit {
+        code: 0,
+        reason: ExitReason::Drained,
+        cause: handed_over(),
+    })
+}
+
 #[test]
 fn first_start_announces_ready_once() {
     let mut h = Harness::fresh();
@@ -177,10 +211,17 @@ fn clean_restart() {
         Some(h.t0 + Duration::from_secs(1) + DRAIN)
     );
     h.advance(Duration::from_secs(2));
+    // Drained, it stays the fallback of its successor for the probation…
     assert_eq!(
         h.input(Input::Drained),
+        [a(EndHandOver), changed(Phase::Draining, Phase::Probation)]
+    );
+    assert_eq!(h.lc.poll_timeout(), Some(h.now + PROBATION));
+    // …and exits once it is over.
+    assert_eq!(
+        h.step(),
         [
-            changed(Phase::Draining, Phase::Stopped),
+            changed(Phase::Probation, Phase::Stopped),
             a(Exit {
                 code: 0,
                 reason: ExitReason::Drained,
@@ -188,6 +229,7 @@ fn clean_restart() {
             }),
         ]
     );
+    assert_eq!(h.elapsed(), Duration::from_secs(3) + PROBATION);
     assert!(h.lc.is_stopped());
     assert_eq!(h.lc.poll_timeout(), None);
 }
@@ -421,6 +463,7 @@ fn stop_while_forking_kills_the_child_and_drains() {
             changed(Phase::Forking, Phase::Draining),
             a(Announce(Status::Stopping)),
             a(StopAccepting),
+            a(ReleaseListeners),
             a(CloseIdle),
         ]
     );
@@ -523,6 +566,7 @@ fn stop_while_the_spawn_is_pending_kills_the_child_when_it_turns_up() {
             changed(Phase::Forking, Phase::Draining),
             a(Announce(Status::Stopping)),
             a(StopAccepting),
+            a(ReleaseListeners),
             a(CloseIdle),
         ]
     );
@@ -599,10 +643,7 @@ fn hammer_while_draining() {
 
 #[test]
 fn drain_deadline_closes_what_is_left() {
-    let mut h = Harness::ready();
-    h.request(Request::Restart);
-    h.input(Input::ChildSpawned { pid: CHILD });
-    h.input(Input::ChildReady { pid: CHILD });
+    let mut h = handed_over_to_child();
     assert_eq!(
         h.step(),
         [
@@ -610,7 +651,15 @@ fn drain_deadline_closes_what_is_left() {
                 reason: ExitReason::DeadlinePassed,
             }),
             a(ForceClose),
-            changed(Phase::Draining, Phase::Stopped),
+            a(EndHandOver),
+            changed(Phase::Draining, Phase::Probation),
+        ]
+    );
+    assert_eq!(h.elapsed(), DRAIN);
+    assert_eq!(
+        h.step(),
+        [
+            changed(Phase::Probation, Phase::Stopped),
             a(Exit {
                 code: 0,
                 reason: ExitReason::DeadlinePassed,
@@ -618,7 +667,7 @@ fn drain_deadline_closes_what_is_left() {
             }),
         ]
     );
-    assert_eq!(h.elapsed(), DRAIN);
+    assert_eq!(h.elapsed(), DRAIN + PROBATION);
 }
 
 #[test]
@@ -707,30 +756,22 @@ fn child_side_owes_its_parent_exactly_one_ready() {
 #[test]
 fn child_stopped_before_ready_never_tells_its_parent() {
     let mut h = Harness::new(Config::new(), Origin::Inherited);
-    h.request(Request::Stop);
+    // Nor that it goes: it took nothing over, and its parent waits for a readiness line.
+    assert_eq!(
+        h.request(Request::Stop),
+        [
+            requested(Request::Stop),
+            changed(Phase::Running, Phase::Draining),
+            a(Announce(Status::Stopping)),
+            a(StopAccepting),
+            a(ReleaseListeners),
+            a(CloseIdle),
+        ]
+    );
     assert_eq!(
         h.input(Input::Ready),
         [refused(InputKind::Ready, Refusal::Draining)]
     );
-}
-
-#[test]
-fn successor_exit_while_draining_is_reported() {
-    let mut h = Harness::ready();
-    h.request(Request::Restart);
-    h.input(Input::ChildSpawned { pid: CHILD });
-    h.input(Input::ChildReady { pid: CHILD });
-    assert_eq!(
-        h.input(Input::ChildExited {
-            pid: CHILD,
-            status: ChildStatus::Signaled(11),
-        }),
-        [e(Event::SuccessorExited {
-            pid: CHILD,
-            status: ChildStatus::Signaled(11),
-        })]
-    );
-    assert_eq!(h.lc.phase(), Phase::Draining);
 }
 
 #[test]
@@ -799,10 +840,15 @@ fn staged_upgrade_committed_drains_the_old_generation() {
         ]
     );
     assert_eq!(h.lc.drain_cause(), Some(handed_over()));
+    // The committed generation has this one as its fallback, as after a restart.
     assert_eq!(
         h.input(Input::Drained),
+        [a(EndHandOver), changed(Phase::Draining, Phase::Probation)]
+    );
+    assert_eq!(
+        h.step(),
         [
-            changed(Phase::Draining, Phase::Stopped),
+            changed(Phase::Probation, Phase::Stopped),
             a(Exit {
                 code: 0,
                 reason: ExitReason::Drained,
@@ -880,6 +926,7 @@ fn stop_while_staged_stops_both_generations() {
             changed(Phase::Staged, Phase::Draining),
             a(Announce(Status::Stopping)),
             a(StopAccepting),
+            a(ReleaseListeners),
             a(CloseIdle),
         ]
     );
@@ -957,6 +1004,7 @@ fn under_a_service_manager_a_stop_extends_its_timeout_to_the_drain_deadline() {
                 by: DRAIN + endless_core::STOP_MARGIN
             }),
             a(StopAccepting),
+            a(ReleaseListeners),
             a(CloseIdle),
         ]
     );
@@ -1013,4 +1061,370 @@ fn under_a_service_manager_a_stop_without_deadline_renews_its_lease() {
             .any(|o| matches!(o, Output::Action(ExtendStopTimeout { .. })))
     );
     assert_eq!(h.lc.poll_timeout(), None);
+}
+
+// ---- the fallback ----------------------------------------------------------------------------
+
+#[test]
+fn successor_killed_during_the_drain_gives_the_service_back() {
+    let mut h = handed_over_to_child();
+    h.advance(Duration::from_secs(1));
+    assert_eq!(
+        h.input(Input::ChildExited {
+            pid: CHILD,
+            status: ChildStatus::Signaled(9),
+        }),
+        [
+            e(Event::TookServiceBack {
+                pid: CHILD,
+                status: ChildStatus::Signaled(9),
+            }),
+            a(EndHandOver),
+            changed(Phase::Draining, Phase::Running),
+            a(ResumeAccepting),
+            a(Announce(READY_AGAIN)),
+        ]
+    );
+    // No drain deadline is left, and the end of the interrupted drain changes nothing.
+    assert_eq!(h.lc.poll_timeout(), None);
+    assert_eq!(
+        h.input(Input::Drained),
+        [refused(InputKind::Drained, Refusal::NotDraining)]
+    );
+    assert_eq!(h.request(Request::Restart), restart_begins());
+}
+
+#[test]
+fn successor_that_exits_1_in_probation_gives_the_service_back_and_a_later_restart_works() {
+    const NEXT: u32 = CHILD + 1;
+    let mut h = in_probation();
+    h.advance(Duration::from_secs(2));
+    assert_eq!(
+        h.input(Input::ChildExited {
+            pid: CHILD,
+            status: ChildStatus::Exited(1),
+        }),
+        [
+            e(Event::TookServiceBack {
+                pid: CHILD,
+                status: ChildStatus::Exited(1),
+            }),
+            changed(Phase::Probation, Phase::Running),
+            a(ResumeAccepting),
+            a(Announce(READY_AGAIN)),
+        ]
+    );
+    assert_eq!(h.lc.poll_timeout(), None);
+    assert_eq!(h.request(Request::Restart), restart_begins());
+    assert_eq!(
+        h.input(Input::ChildSpawned { pid: NEXT }),
+        [e(Event::ChildSpawned { pid: NEXT })]
+    );
+    assert_eq!(
+        h.input(Input::ChildReady { pid: NEXT }),
+        [
+            e(Event::ChildReady { pid: NEXT }),
+            changed(Phase::Forking, Phase::Draining),
+            a(StopAccepting),
+            a(HandOver { successor: NEXT }),
+            a(CloseIdle),
+        ]
+    );
+}
+
+#[test]
+fn successor_that_departs_during_the_drain_needs_no_fallback() {
+    let mut h = handed_over_to_child();
+    assert_eq!(
+        h.input(Input::SuccessorDeparted {
+            pid: CHILD,
+            how: Departure::HandedOver,
+        }),
+        [
+            e(Event::SuccessorDeparted {
+                pid: CHILD,
+                how: Departure::HandedOver,
+            }),
+            a(ReleaseListeners),
+        ]
+    );
+    assert_eq!(
+        h.input(Input::SuccessorDeparted {
+            pid: CHILD,
+            how: Departure::HandedOver,
+        }),
+        [refused(InputKind::SuccessorDeparted, Refusal::Duplicate)]
+    );
+    assert_eq!(
+        h.input(Input::ChildExited {
+            pid: CHILD,
+            status: ChildStatus::Exited(0),
+        }),
+        [e(Event::SuccessorExited {
+            pid: CHILD,
+            status: ChildStatus::Exited(0),
+        })]
+    );
+    // No probation: the process exits with its drain.
+    assert_eq!(
+        h.input(Input::Drained),
+        [
+            a(EndHandOver),
+            changed(Phase::Draining, Phase::Stopped),
+            exit_after_handover(),
+        ]
+    );
+
+    // Once it departed, even its abnormal end (a forced close on its own stop) is no crash.
+    let mut h = handed_over_to_child();
+    h.input(Input::SuccessorDeparted {
+        pid: CHILD,
+        how: Departure::Stopping,
+    });
+    assert_eq!(
+        h.input(Input::ChildExited {
+            pid: CHILD,
+            status: ChildStatus::Exited(3),
+        }),
+        [e(Event::SuccessorExited {
+            pid: CHILD,
+            status: ChildStatus::Exited(3),
+        })]
+    );
+    assert_eq!(h.lc.phase(), Phase::Draining);
+}
+
+#[test]
+fn successor_that_departs_in_probation_ends_it_at_once() {
+    let mut h = in_probation();
+    assert_eq!(
+        h.input(Input::SuccessorDeparted {
+            pid: CHILD,
+            how: Departure::Stopping,
+        }),
+        [
+            e(Event::SuccessorDeparted {
+                pid: CHILD,
+                how: Departure::Stopping,
+            }),
+            changed(Phase::Probation, Phase::Stopped),
+            exit_after_handover(),
+        ]
+    );
+    assert_eq!(h.lc.poll_timeout(), None);
+}
+
+#[test]
+fn stop_or_hammer_in_probation_ends_it_at_once_and_nothing_comes_back() {
+    for request in [Request::Stop, Request::Hammer] {
+        let mut h = in_probation();
+        assert_eq!(
+            h.request(request),
+            [
+                requested(request),
+                changed(Phase::Probation, Phase::Stopped),
+                exit_after_handover(),
+            ]
+        );
+        // A stopped service stays stopped: the successor's crash now is no one's concern.
+        assert_eq!(
+            h.input(Input::ChildExited {
+                pid: CHILD,
+                status: ChildStatus::Signaled(9),
+            }),
+            [refused(
+                InputKind::ChildExited,
+                Refusal::UnknownChild(CHILD)
+            )]
+        );
+        assert_eq!(
+            h.input(Input::SuccessorDeparted {
+                pid: CHILD,
+                how: Departure::Stopping,
+            }),
+            [refused(InputKind::SuccessorDeparted, Refusal::Stopped)]
+        );
+        assert!(h.lc.is_stopped());
+    }
+}
+
+#[test]
+fn probation_ends_with_its_timeout() {
+    let mut h = in_probation();
+    // A spurious early timeout does nothing.
+    h.advance(PROBATION / 2);
+    h.lc.handle_timeout(h.now);
+    assert_eq!(h.drain_outputs(), []);
+    assert_eq!(h.lc.phase(), Phase::Probation);
+    assert_eq!(
+        h.step(),
+        [
+            changed(Phase::Probation, Phase::Stopped),
+            exit_after_handover(),
+        ]
+    );
+    assert_eq!(h.elapsed(), Duration::from_secs(1) + PROBATION);
+}
+
+#[test]
+fn without_probation_the_process_exits_at_the_end_of_its_drain() {
+    let mut h = Harness::ready_with(Config::new().probation(Duration::ZERO));
+    h.request(Request::Restart);
+    h.input(Input::ChildSpawned { pid: CHILD });
+    h.input(Input::ChildReady { pid: CHILD });
+    assert_eq!(
+        h.input(Input::Drained),
+        [
+            a(EndHandOver),
+            changed(Phase::Draining, Phase::Stopped),
+            exit_after_handover(),
+        ]
+    );
+
+    // While it drains it is still the fallback.
+    let mut h = Harness::ready_with(Config::new().probation(Duration::ZERO));
+    h.request(Request::Restart);
+    h.input(Input::ChildSpawned { pid: CHILD });
+    h.input(Input::ChildReady { pid: CHILD });
+    let crash = h.input(Input::ChildExited {
+        pid: CHILD,
+        status: ChildStatus::Signaled(6),
+    });
+    assert!(crash.contains(&a(ResumeAccepting)));
+    assert_eq!(h.lc.phase(), Phase::Running);
+}
+
+#[test]
+fn successor_that_exits_0_without_departing_needs_no_fallback() {
+    let mut h = handed_over_to_child();
+    assert_eq!(
+        h.input(Input::ChildExited {
+            pid: CHILD,
+            status: ChildStatus::Exited(0),
+        }),
+        [
+            e(Event::SuccessorExited {
+                pid: CHILD,
+                status: ChildStatus::Exited(0),
+            }),
+            a(ReleaseListeners),
+        ]
+    );
+    assert_eq!(
+        h.input(Input::Drained),
+        [
+            a(EndHandOver),
+            changed(Phase::Draining, Phase::Stopped),
+            exit_after_handover(),
+        ]
+    );
+
+    // In probation, its clean exit ends the wait.
+    let mut h = in_probation();
+    assert_eq!(
+        h.input(Input::ChildExited {
+            pid: CHILD,
+            status: ChildStatus::Exited(0),
+        }),
+        [
+            e(Event::SuccessorExited {
+                pid: CHILD,
+                status: ChildStatus::Exited(0),
+            }),
+            changed(Phase::Probation, Phase::Stopped),
+            exit_after_handover(),
+        ]
+    );
+}
+
+#[test]
+fn an_inherited_process_tells_its_predecessor_that_it_goes() {
+    let inherited = || {
+        let mut h = Harness::new(
+            Config::new()
+                .drain_timeout(Some(DRAIN))
+                .probation(PROBATION),
+            Origin::Inherited,
+        );
+        h.input(Input::Ready);
+        h
+    };
+    // It hands over to a successor of its own.
+    let mut h = inherited();
+    h.request(Request::Restart);
+    h.input(Input::ChildSpawned { pid: CHILD });
+    assert_eq!(
+        h.input(Input::ChildReady { pid: CHILD }),
+        [
+            e(Event::ChildReady { pid: CHILD }),
+            changed(Phase::Forking, Phase::Draining),
+            a(Depart {
+                how: Departure::HandedOver
+            }),
+            a(StopAccepting),
+            a(HandOver { successor: CHILD }),
+            a(CloseIdle),
+        ]
+    );
+    // The service stops.
+    let mut h = inherited();
+    assert_eq!(
+        h.request(Request::Stop),
+        [
+            requested(Request::Stop),
+            changed(Phase::Running, Phase::Draining),
+            a(Announce(Status::Stopping)),
+            a(Depart {
+                how: Departure::Stopping
+            }),
+            a(StopAccepting),
+            a(ReleaseListeners),
+            a(CloseIdle),
+        ]
+    );
+}
+
+#[test]
+fn in_probation_only_the_successor_matters() {
+    let mut h = in_probation();
+    for request in [
+        Request::Restart,
+        Request::Stage,
+        Request::Commit,
+        Request::Rollback,
+    ] {
+        let kind = Input::Request(request).kind();
+        assert_eq!(
+            h.request(request),
+            [requested(request), refused(kind, Refusal::HandedOver)]
+        );
+    }
+    assert_eq!(
+        h.input(Input::Ready),
+        [refused(InputKind::Ready, Refusal::HandedOver)]
+    );
+    assert_eq!(
+        h.input(Input::Drained),
+        [refused(InputKind::Drained, Refusal::NotDraining)]
+    );
+    assert_eq!(
+        h.input(Input::SuccessorDeparted {
+            pid: CHILD + 1,
+            how: Departure::HandedOver,
+        }),
+        [refused(
+            InputKind::SuccessorDeparted,
+            Refusal::UnknownChild(CHILD + 1)
+        )]
+    );
+    assert_eq!(h.lc.phase(), Phase::Probation);
+    // A process that never handed over has nobody to wait for.
+    let mut h = Harness::ready();
+    assert_eq!(
+        h.input(Input::SuccessorDeparted {
+            pid: CHILD,
+            how: Departure::Stopping,
+        }),
+        [refused(InputKind::SuccessorDeparted, Refusal::NotDraining)]
+    );
 }
