@@ -1338,8 +1338,13 @@ impl Lifecycle {
                 child: Some(known), ..
             }
             | State::Staged { child: known }
-                if *known == pid =>
-            {
+            | State::Draining {
+                cause: DrainCause::HandedOver { successor: known },
+                ..
+            }
+            | State::Probation {
+                successor: known, ..
+            } if *known == pid => {
                 self.refuse(InputKind::ChildSpawned, Refusal::Duplicate);
             }
             // Nobody waits for this one (its upgrade was given up, or it is a second
@@ -1441,11 +1446,9 @@ impl Lifecycle {
                 self.event(Event::SuccessorDeparted { pid, how });
                 self.end(exit, now);
             }
-            State::Draining {
-                cause: DrainCause::HandedOver { .. },
-                ..
+            State::Draining { .. } | State::Probation { .. } => {
+                self.refuse(kind, Refusal::UnknownChild(pid));
             }
-            | State::Probation { .. } => self.refuse(kind, Refusal::UnknownChild(pid)),
             State::Exiting { .. } | State::Stopped => self.refuse(kind, Refusal::Stopped),
             _ => self.refuse(kind, Refusal::NotDraining),
         }

@@ -1428,3 +1428,40 @@ fn in_probation_only_the_successor_matters() {
         [refused(InputKind::SuccessorDeparted, Refusal::NotDraining)]
     );
 }
+
+#[test]
+fn a_duplicate_spawn_report_of_the_successor_never_kills_it() {
+    let mut h = handed_over_to_child();
+    assert_eq!(
+        h.input(Input::ChildSpawned { pid: CHILD }),
+        [refused(InputKind::ChildSpawned, Refusal::Duplicate)]
+    );
+    let mut h = in_probation();
+    assert_eq!(
+        h.input(Input::ChildSpawned { pid: CHILD }),
+        [refused(InputKind::ChildSpawned, Refusal::Duplicate)]
+    );
+    // A departure of another pid, or during a stop's drain, names no successor.
+    assert_eq!(
+        h.input(Input::SuccessorDeparted {
+            pid: CHILD + 1,
+            how: Departure::Stopping
+        }),
+        [refused(
+            InputKind::SuccessorDeparted,
+            Refusal::UnknownChild(CHILD + 1)
+        )]
+    );
+    let mut h = Harness::ready();
+    h.request(Request::Stop);
+    assert_eq!(
+        h.input(Input::SuccessorDeparted {
+            pid: CHILD,
+            how: Departure::Stopping
+        }),
+        [refused(
+            InputKind::SuccessorDeparted,
+            Refusal::UnknownChild(CHILD)
+        )]
+    );
+}
