@@ -27,8 +27,7 @@ const STOP_MARGIN: Duration = Duration::from_secs(5);
 const EXTEND_LEASE: Duration = Duration::from_secs(30);
 
 const SERVING: &str = "READY=1\nSTATUS=Serving";
-const SERVING_AFTER_FAILURE: &str =
-    "READY=1\nSTATUS=Serving; the last upgrade failed or was rolled back (see the log)";
+const SERVING_AFTER_FAILURE: &str = "READY=1\nSTATUS=Serving; the last upgrade failed, was rolled back or died after it was ready (see the log)";
 const STOPPING: &str = "STOPPING=1\nSTATUS=Stopping: draining connections";
 
 /// The service manager's end: a datagram socket that receives each message with the pid of
@@ -326,6 +325,37 @@ fn orphaned_successor_becomes_the_main_pid(bin: &Path) {
     manager.assert_quiet();
 }
 
+/// Issue 15.1 under a service manager: the new generation is ready (it makes itself the
+/// main process), then is killed 300 ms later; the old generation, its fallback, takes the
+/// service back and makes itself the main process again: `MAINPID=<old>` with `READY=1`,
+/// and nothing else is said. The pid file names it.
+fn fallback_reclaims_the_main_pid(bin: &Path) {
+    let manager = Manager::at_path();
+    let server = Server::start(bin, &manager.options().arg("--probation").arg("60"));
+    let first = server.pid();
+    assert_eq!(manager.recv(), (first, SERVING.to_owned()), "start");
+
+    let second = server.hup();
+    let (sender, _reloading) = manager.recv();
+    assert_eq!(sender, first, "RELOADING=1 comes from the old process");
+    assert_eq!(
+        manager.recv(),
+        (second, format!("MAINPID={second}\n{SERVING}")),
+        "the new generation makes itself the main process"
+    );
+    std::thread::sleep(Duration::from_millis(300)); // the bad deploy's moment
+    server.group.signal(second, Signal::KILL);
+    assert_eq!(
+        manager.recv(),
+        (first, format!("MAINPID={first}\n{SERVING_AFTER_FAILURE}")),
+        "the fallback makes itself the main process again"
+    );
+    server.wait_pid_file(first);
+    server.set_pid(first);
+    server.assert_serves(first);
+    manager.assert_quiet();
+}
+
 macro_rules! notify_tests {
     ($bin:expr) => {
         #[test]
@@ -341,6 +371,11 @@ macro_rules! notify_tests {
         #[test]
         fn orphaned_successor_becomes_the_main_pid() {
             super::orphaned_successor_becomes_the_main_pid($bin);
+        }
+
+        #[test]
+        fn fallback_reclaims_the_main_pid() {
+            super::fallback_reclaims_the_main_pid($bin);
         }
     };
 }

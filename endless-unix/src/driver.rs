@@ -126,8 +126,9 @@ struct Driver<R> {
     /// The readiness channel to the parent, kept after the "ready" line to receive
     /// connections.
     parent_channel: Option<OwnedFd>,
-    /// The same, to tell the parent that this process departs ([`Action::Depart`]).
-    to_parent: Option<OwnedFd>,
+    /// The same, to tell the parent that this process departs ([`Action::Depart`]), while
+    /// the parent is there.
+    to_parent: Option<std::sync::Weak<OwnedFd>>,
     /// The number of the latest [`Action::SpawnChild`] that waits for application state:
     /// state produced for an earlier one (given up meanwhile) is dropped.
     spawn_attempt: u64,
@@ -271,7 +272,7 @@ impl<R: Runtime> Driver<R> {
                 }
             }
             Action::ReleaseListeners => self.release_listeners(),
-            Action::Depart { how } => match self.to_parent.take() {
+            Action::Depart { how } => match self.to_parent.take().and_then(|c| c.upgrade()) {
                 Some(channel) => match crate::takeover::depart(&channel, how) {
                     Ok(()) => {
                         tracing::debug!(%how, "told the previous generation this one departs");
@@ -305,13 +306,11 @@ impl<R: Runtime> Driver<R> {
                 Some(fd) => {
                     // Kept to receive connections and to depart, if the channel can carry
                     // them.
-                    self.to_parent = takeover_channel(&fd);
-                    self.parent_channel = self.to_parent.as_ref().and_then(|c| c.try_clone().ok());
+                    self.parent_channel = takeover_channel(&fd);
                     match spawn::send_readiness(fd) {
                         Ok(()) => tracing::info!("told the parent this process is ready"),
                         Err(e) => {
                             self.parent_channel = None;
-                            self.to_parent = None;
                             // A parent that died while this process started (it was
                             // re-parented): nobody to tell, and this process serves alone.
                             if self.shared.inherited.parent_pid() == Some(sys::getppid()) {
@@ -332,10 +331,11 @@ impl<R: Runtime> Driver<R> {
                 // Without receivers every offer is refused: the parent keeps every
                 // connection and drains it. Without a parent (a fresh start) the receivers
                 // end here.
-                if let Some(channel) = self.parent_channel.take()
-                    && let Err(e) = crate::takeover::receive(channel, senders)
-                {
-                    tracing::error!(error = %e, "cannot receive connections");
+                if let Some(channel) = self.parent_channel.take() {
+                    match crate::takeover::receive(channel, senders) {
+                        Ok(kept) => self.to_parent = Some(kept),
+                        Err(e) => tracing::error!(error = %e, "cannot receive connections"),
+                    }
                 }
             }
             Action::HandOver { successor } => match self.channels.remove(&successor) {

@@ -21,11 +21,20 @@
 //! | a restart begins (`SIGHUP`) | the serving process | `RELOADING=1`, `MONOTONIC_USEC=<CLOCK_MONOTONIC in µs>` |
 //! | the new generation is ready | the new process | `MAINPID=<its pid>`, `READY=1` |
 //! | the restart failed (crash, timeout) or a staged upgrade was rolled back | the old process, serving on | `MAINPID=<its pid>`, `READY=1` (the main process again: a staged generation that was ready had claimed it) |
+//! | the new generation died after it was ready, and the old one, still its fallback, took the service back | the old process | `MAINPID=<its pid>`, `READY=1` |
 //! | a graceful stop begins | the process that stops the service | `STOPPING=1`, then `EXTEND_TIMEOUT_USEC=…` |
 //!
 //! Every message but the extension also carries a `STATUS=` line for `systemctl status`. An old
-//! generation that handed over sends nothing while it drains and exits: it no longer is
-//! the service. The new generation makes itself the main process (`MAINPID=`) before it
+//! generation that handed over sends nothing while it drains and exits, unless it takes the
+//! service back: it no longer is the service.
+//!
+//! systemd itself reacts to the death of the main process: with the default settings a
+//! main process killed by a signal or exiting non-zero fails the unit, which then stops the
+//! rest of its control group, the fallback included (and `Restart=` may start the service
+//! afresh). The fallback's `MAINPID=` races that reaction. Under systemd, the fallback
+//! keeps the port open only where the unit tolerates the successor's end (for example
+//! `SuccessExitStatus=` naming the crash); a supervisor process that stays the main
+//! process while generations come and go removes the race. The new generation makes itself the main process (`MAINPID=`) before it
 //! tells its parent it is ready, so systemd never sees its main process exit: the unit
 //! needs `NotifyAccess=all`, since the message comes from a process that is not (yet) the
 //! main one.
@@ -304,7 +313,7 @@ fn ready(main_pid: Option<u32>, again: bool) -> String {
     }
     message.push_str("READY=1\nSTATUS=");
     message.push_str(if again {
-        "Serving; the last upgrade failed or was rolled back (see the log)"
+        "Serving; the last upgrade failed, was rolled back or died after it was ready (see the log)"
     } else {
         "Serving"
     });
@@ -377,7 +386,7 @@ mod tests {
         );
         assert_eq!(
             ready(None, true),
-            "READY=1\nSTATUS=Serving; the last upgrade failed or was rolled back (see the log)"
+            "READY=1\nSTATUS=Serving; the last upgrade failed, was rolled back or died after it was ready (see the log)"
         );
         assert_eq!(
             reloading(Some(Duration::new(12, 345_678_999))),

@@ -480,15 +480,28 @@ impl Receivers {
 }
 
 /// Starts the new side's thread on `channel` (this process's readiness channel, kept after
-/// the "ready" line). It ends at the end of the stream, closing every [`Inbox`].
+/// the "ready" line). At the end of the stream (the old side's handover ended) it closes
+/// every [`Inbox`]; it keeps the channel, for this process to say that it departs
+/// ([`depart`], through the returned reference), until the old side is gone.
 pub(crate) fn receive(
     channel: OwnedFd,
     senders: HashMap<String, async_channel::Sender<Incoming>>,
-) -> io::Result<()> {
+) -> io::Result<std::sync::Weak<OwnedFd>> {
+    let channel = Arc::new(channel);
+    let kept = Arc::downgrade(&channel);
     std::thread::Builder::new()
         .name("endless-takeover".into())
-        .spawn(move || receive_loop(Arc::new(channel), &senders))
-        .map(drop)
+        .spawn(move || {
+            receive_loop(Arc::clone(&channel), &senders);
+            drop(senders);
+            // Hung up once the old side closed its end: it exited.
+            let mut hangup = [rustix::event::PollFd::new(
+                &*channel,
+                rustix::event::PollFlags::empty(),
+            )];
+            while let Err(Errno::INTR) = rustix::event::poll(&mut hangup, None) {}
+        })?;
+    Ok(kept)
 }
 
 fn receive_loop(channel: Arc<OwnedFd>, senders: &HashMap<String, async_channel::Sender<Incoming>>) {
