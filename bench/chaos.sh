@@ -18,9 +18,12 @@
 #                good (back to the server)
 #   hammer       SIGHUP, then SIGUSR2 to the draining predecessor while slow requests are
 #                in flight on it
-#   kill-ready   (only with --kill-after-ready; NEEDS THE FALLBACK of issue 15 point 1,
-#                not built yet: without it this is a full outage by design) SIGKILL of the
-#                successor right after it reported ready
+#   kill-ready   (with --kill-after-ready) SIGKILL of the successor right after it
+#                reported ready: the predecessor, its fallback, must take the service back
+#                (the pid file names it again within 5 s)
+#
+# The server runs with --probation 1: a predecessor stays the fallback for a second after
+# its drain.
 #
 # Checked: the probe (a fresh connection every 50 ms) never goes longer than --max-gap
 # (1 s) without a successful connect, nor without an answer; every failed request was on a
@@ -130,7 +133,9 @@ install_bin() {
 }
 install_bin good
 
-FLAGS=(--upgrade-timeout "$UPGRADE_TIMEOUT" --drain-timeout "$DRAIN_TIMEOUT" "${SERVER_ARGS[@]}")
+PROBATION=1
+FLAGS=(--upgrade-timeout "$UPGRADE_TIMEOUT" --drain-timeout "$DRAIN_TIMEOUT" --probation "$PROBATION"
+    "${SERVER_ARGS[@]}")
 LAUNCH="python3 $HERE/chaos.py reap --"
 LOG="$OUT/server.err"
 PIDFILE="$OUT/server.pid"
@@ -285,6 +290,15 @@ inject() {
             echo "$(now_us) $new kill-ready" >>"$KILLS"
             kill -KILL "$new" 2>/dev/null || true
             note kill-ready "$new ($INSTALLED)"
+            # The fallback: the predecessor names itself in the pid file again.
+            deadline=$(($(now_us) + 5000000))
+            until [[ $(main_pid) == "$old" ]]; do
+                if (($(now_us) > deadline)); then
+                    breach "the predecessor $old did not take the service back after $new was killed"
+                    break
+                fi
+                sleep 0.01
+            done
             ;;
     esac
 }
@@ -338,7 +352,7 @@ while (($(now_us) < END_US)); do
     esac
     pause=$((200 + RANDOM % 1000))
     inject "$kind"
-    if ! settle $((UPGRADE_TIMEOUT + DRAIN_TIMEOUT + 10)); then
+    if ! settle $((UPGRADE_TIMEOUT + DRAIN_TIMEOUT + PROBATION + 10)); then
         strays=$(session_members "$SERVER_SID" | grep -vxF -f <(main_pid; ancestors "$(main_pid)") || true)
         breach "after $kind: the session did not settle to the serving process $(main_pid): also $(echo $strays) ($(ps -o pid=,ppid=,args= -p "$(echo $strays | tr ' ' ,)" 2>/dev/null | tr -s ' \n' ' '))"
         # Recorded, then ended (as the script's own kills) so that the run goes on.
@@ -361,7 +375,7 @@ if kill -HUP "$old" 2>/dev/null; then
 else
     breach "at the end the pid file names $old, which is gone"
 fi
-settle $((DRAIN_TIMEOUT + 10)) || true
+settle $((DRAIN_TIMEOUT + PROBATION + 10)) || true
 touch "$STOP_FILE"
 wait "$LOAD_PID" || breach "the load client failed (status $?)"
 BG_PIDS=()

@@ -39,7 +39,7 @@
 //!     loop {
 //!         let stream = match listener.accept().await {
 //!             Ok(Some((stream, _peer))) => stream,
-//!             // A new generation has taken over: the socket stays open for it.
+//!             // Stopping, or handed over for good: the socket stays open for the next.
 //!             Ok(None) => break,
 //!             // Too many open files, say: the listener is fine; wait a little.
 //!             Err(_) => {

@@ -1185,7 +1185,7 @@ impl<N: Net> TcpListener<N> {
     ///             Ok(Some((mut connection, _peer))) => {
     ///                 tokio::spawn(async move { connection.write_all(b"hello\n").await });
     ///             }
-    ///             // This process stopped accepting; the socket stays open for the next one.
+    ///             // Stopping, or handed over for good: the socket stays open for the next.
     ///             Ok(None) => break,
     ///             // EMFILE, say: the listener is fine, pause a little.
     ///             Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,

@@ -14,7 +14,7 @@ async fn main() -> std::io::Result<()> {
         loop {
             match listener.accept().await {
                 Ok(Some((stream, _peer))) => drop(async_std::task::spawn(echo(stream))),
-                Ok(None) => break, // a new generation has taken over
+                Ok(None) => break, // handed over for good, or stopping
                 Err(_) => async_std::task::sleep(Duration::from_millis(50)).await,
             }
         }

@@ -14,7 +14,7 @@ fn main() -> std::io::Result<()> {
             loop {
                 match listener.accept().await {
                     Ok(Some((stream, _peer))) => smol::spawn(echo(stream)).detach(),
-                    Ok(None) => break, // a new generation has taken over
+                    Ok(None) => break, // handed over for good, or stopping
                     Err(_) => {
                         smol::Timer::after(Duration::from_millis(50)).await;
                     }

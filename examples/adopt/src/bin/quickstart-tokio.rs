@@ -11,7 +11,7 @@ async fn main() -> std::io::Result<()> {
             match listener.accept().await {
                 // The drain waits for `stream` to be dropped.
                 Ok(Some((stream, _peer))) => drop(tokio::spawn(echo(stream))),
-                // A new generation has taken over: the socket stays open for it.
+                // Stopping, or handed over for good: the socket stays open for the next.
                 Ok(None) => break,
                 // Too many open files, say: the listener is fine; wait a little.
                 Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
