@@ -14,6 +14,8 @@
 //! - [`ready`]: the line a new generation writes to tell its parent it is ready.
 //! - [`control`]: the restart command's request and answer lines, and the answer to a
 //!   request as a projection of the lifecycle's outputs.
+//! - [`supervisor`]: the decisions of the process that stays PID 1 in a container while
+//!   generations come and go (where a signal goes, when and how it exits).
 //! - [`takeover`]: the messages that hand an established connection (its socket, its
 //!   state) to the new generation, instead of draining it.
 //! - [`state`]: the application's state that a generation hands to its successor beside
@@ -162,6 +164,7 @@ mod lifecycle;
 pub mod plan;
 pub mod ready;
 pub mod state;
+pub mod supervisor;
 pub mod takeover;
 
 pub use inventory::{

@@ -340,8 +340,34 @@ impl<N: Net> Builder<N> {
         self
     }
 
+    /// Whether the first process becomes the supervisor of the generations
+    /// ([`crate::supervisor`]): `true` forces it on (a sidecar setup, a test), `false` off.
+    /// Unset, `ENDLESS_SUPERVISE=1`/`0` decides, and without it the supervisor mode is on
+    /// exactly when the process is PID 1 (a container's entrypoint), whose exit would end
+    /// the container at the first restart. Linux only.
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use endless_tokio::Endless;
+    ///
+    /// // In the supervisor, `start` does not return: it exits with the service's status.
+    /// let endless = Endless::builder().supervise(true).start()?;
+    /// # Ok(()) }
+    /// ```
+    #[must_use]
+    pub fn supervise(mut self, supervise: bool) -> Self {
+        self.options = self.options.supervise(Some(supervise));
+        self
+    }
+
     /// Adopts what the parent handed over, installs the signal handlers and starts the
     /// lifecycle on the runtime (see [`Net::current`]).
+    ///
+    /// In the supervisor mode ([`supervise`](Self::supervise); on by default when the
+    /// process is PID 1), it does not return in the first process: that process supervises
+    /// the generations and exits with the service's status. Call it early in `main`, before
+    /// the application does anything the supervisor should not do twice.
     ///
     /// Fails with a typed error when the inherited variables or fds are unusable; the
     /// parent then keeps serving.

@@ -52,6 +52,7 @@ pub(crate) struct Options {
     executable: Option<Executable>,
     notify_socket: Option<NotifySocket>,
     max_state_len: usize,
+    supervise: Option<bool>,
 }
 
 impl fmt::Debug for Options {
@@ -64,6 +65,7 @@ impl fmt::Debug for Options {
             .field("executable", &self.executable)
             .field("notify_socket", &self.notify_socket)
             .field("max_state_len", &self.max_state_len)
+            .field("supervise", &self.supervise)
             .finish()
     }
 }
@@ -78,6 +80,7 @@ impl Default for Options {
             executable: None,
             notify_socket: None,
             max_state_len: state::DEFAULT_MAX_LEN,
+            supervise: None,
         }
     }
 }
@@ -132,6 +135,14 @@ impl Options {
     #[must_use]
     pub(crate) fn notify_socket(mut self, target: NotifySocket) -> Self {
         self.notify_socket = Some(target);
+        self
+    }
+
+    /// Whether the first process becomes the supervisor ([`crate::supervisor`]); `None`:
+    /// as `ENDLESS_SUPERVISE` says, else only when it is PID 1.
+    #[must_use]
+    pub(crate) fn supervise(mut self, supervise: Option<bool>) -> Self {
+        self.supervise = supervise;
         self
     }
 
@@ -514,7 +525,17 @@ impl fmt::Debug for Handle {
 impl Handle {
     /// Adopts the inherited fds (or none, on a fresh start), resolves the executable,
     /// installs the signal handlers and starts the driver on `runtime`.
+    ///
+    /// In the supervisor mode ([`crate::supervisor`]) it never returns in the first process:
+    /// that process supervises the generations and exits with the service.
     pub(crate) fn start<R: Runtime>(runtime: R, options: Options) -> Result<Self, StartError> {
+        if crate::supervisor::wanted(options.supervise) {
+            let executable = match &options.executable {
+                Some(exe) => exe.clone(),
+                None => Executable::current().map_err(StartError::Executable)?,
+            };
+            crate::supervisor::run(&executable, &options.signals);
+        }
         let inherited = process_span()
             .in_scope(Inherited::from_env)
             .map_err(StartError::Adopt)?;
@@ -597,8 +618,11 @@ impl Handle {
                 .ok(),
             None => Notifier::from_env(),
         };
-        // Whether a service manager listens is a fact the lifecycle decides with.
+        // Whether a service manager listens is a fact the lifecycle decides with. A
+        // supervisor ([`crate::supervisor`]) hears the same messages, but is none: it
+        // follows the generations, staged ones included.
         let config = options.config.service_manager(notifier.is_some());
+        let notifier = notifier.or_else(crate::supervisor::notifier);
         let lifecycle = Lifecycle::new(config, origin);
         let control = shared.control_server();
         crate::driver::start(

@@ -76,6 +76,7 @@ pub mod runtime;
 pub mod signals;
 pub mod spawn;
 pub mod state;
+pub mod supervisor;
 #[allow(unsafe_code)]
 mod sys;
 pub mod takeover;

@@ -54,6 +54,7 @@
 
 pub mod http_client;
 pub mod scenarios;
+pub mod supervised;
 
 use std::collections::HashMap;
 use std::ffi::OsString;
