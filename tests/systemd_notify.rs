@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use endless_test_support::scenarios::spawned_child;
+use endless_test_support::supervised::{Launch, Supervised};
 use endless_test_support::{DEADLINE, Exit, Options, Server, TempDir, sh_script};
 use rustix::io::Errno;
 use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags};
@@ -356,6 +357,33 @@ fn fallback_reclaims_the_main_pid(bin: &Path) {
     manager.assert_quiet();
 }
 
+/// Issue 16 under systemd: with the supervisor mode on, the supervisor is the service's
+/// main process. It relays what the generations say without their `MAINPID=` (every
+/// message comes from its pid), and the generations never talk to systemd themselves.
+fn the_supervisor_relays_and_stays_the_main_process(bin: &Path) {
+    let manager = Manager::at_path();
+    let server = Supervised::start_with_env(
+        bin,
+        Launch::Requested,
+        &[],
+        &[("NOTIFY_SOCKET", manager.address.as_os_str())],
+    );
+    let supervisor = server.init();
+    assert_eq!(manager.recv(), (supervisor, SERVING.to_owned()), "start");
+    server.hup();
+    let (sender, reloading) = manager.recv();
+    assert_eq!(sender, supervisor);
+    assert!(reloading.starts_with("RELOADING=1\n"), "{reloading:?}");
+    assert_eq!(
+        manager.recv(),
+        (supervisor, SERVING.to_owned()),
+        "the new generation's ready, relayed without MAINPID="
+    );
+    server.stop();
+    assert_eq!(manager.recv(), (supervisor, STOPPING.to_owned()), "stop");
+    manager.assert_quiet();
+}
+
 macro_rules! notify_tests {
     ($bin:expr) => {
         #[test]
@@ -376,6 +404,11 @@ macro_rules! notify_tests {
         #[test]
         fn fallback_reclaims_the_main_pid() {
             super::fallback_reclaims_the_main_pid($bin);
+        }
+
+        #[test]
+        fn the_supervisor_relays_and_stays_the_main_process() {
+            super::the_supervisor_relays_and_stays_the_main_process($bin);
         }
     };
 }

@@ -50,6 +50,16 @@ impl Supervised {
     /// Starts `bin` supervised as `launch` says, with `args` after the shared ones; waits
     /// until the first generation serves.
     pub fn start(bin: &Path, launch: Launch, args: &[&str]) -> Self {
+        Self::start_with_env(bin, launch, args, &[])
+    }
+
+    /// [`Supervised::start`] with more environment variables.
+    pub fn start_with_env(
+        bin: &Path,
+        launch: Launch,
+        args: &[&str],
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Self {
         let name = bin.file_name().expect("a file name").to_owned();
         let dir = TempDir::new(&format!("supervised-{}", name.to_string_lossy()));
         let exe = dir.path().join(&name);
@@ -79,7 +89,8 @@ impl Supervised {
             .arg(&pid_file)
             .args(["--probation", "0"])
             .args(args)
-            .env("RUST_LOG", "info,endless_unix::supervisor=debug");
+            .env("RUST_LOG", "info,endless_unix::supervisor=debug")
+            .envs(env.iter().copied());
         let label = format!("{} ({launch:?})", name.to_string_lossy());
         let group = Group::spawn(&label, command);
         let leader = group.leader();
