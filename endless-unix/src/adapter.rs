@@ -679,7 +679,7 @@ impl<N: Net> Endless<N> {
 
     /// After [`stopped_accepting`](Self::stopped_accepting): resolves with `true` once
     /// listeners accept again (the new generation died and this process took the service
-    /// back, [`Event::TookServiceBack`](endless_core::Event::TookServiceBack)), or with
+    /// back, [`Event::TookServiceBack`]), or with
     /// `false` once this process will never accept again (a stop, or its successor no
     /// longer needs a fallback). At once while accepting. A loop that receives on a
     /// socket of its own (UDP) parks on it between the two:
@@ -1158,7 +1158,7 @@ impl<N: Net> TcpListener<N> {
     ///   ([`Config::probation`](endless_core::Config::probation)), while this process is
     ///   the new generation's fallback.
     /// - **Fallback** (the new generation died without departing,
-    ///   [`Event::TookServiceBack`](endless_core::Event::TookServiceBack)): the waiting call
+    ///   [`Event::TookServiceBack`]): the waiting call
     ///   returns connections again, as when serving. Keep the accept loop running through
     ///   the handover for this.
     /// - **Done** (a stop; or the new generation departed, exited cleanly, or outlived the
