@@ -18,7 +18,7 @@ use std::process::ExitStatus;
 use std::sync::Arc;
 
 use async_channel::{Receiver, Sender};
-use endless_core::control::{Answer, Answers, RefusalKind};
+use endless_core::control::{Answer, Answers, RefusalKind, RequestKind};
 use endless_core::ready::{Readiness, ReadyParser};
 use endless_core::state::Header;
 use endless_core::takeover::{MAX_UPSTREAM_LEN, Reply, Upstream};
@@ -45,7 +45,13 @@ pub(crate) enum Message {
     /// A restart request from the control socket, answered on its connection with the
     /// outcome of this request ([`Answers`]). The driver writes the answer itself, so that
     /// it is sent before the process acts on what follows (an exit, say).
-    Restart(UnixStream),
+    Restart {
+        /// Where to answer.
+        connection: UnixStream,
+        /// Which request it is: answered at the handover, or once the new generation is
+        /// proven.
+        kind: RequestKind,
+    },
     /// The application state for the child of restart number `attempt` is written (or
     /// could not be): spawn it now.
     State {
@@ -75,6 +81,7 @@ pub(crate) fn start<R: Runtime>(
         notifier,
         control,
         answers: Answers::new(),
+        owed: Vec::new(),
         channels: HashMap::new(),
         parent_channel: None,
         to_parent: None,
@@ -120,6 +127,8 @@ struct Driver<R> {
     control: Option<ControlServer>,
     /// The answers owed to restart requests from the control socket.
     answers: Answers<UnixStream>,
+    /// The answers the output being carried out completed, written once it is.
+    owed: Vec<(UnixStream, Answer)>,
     /// This process's end of each live child's readiness channel, which carries the
     /// connections handed over once the child is ready, and the replies read from it.
     channels: HashMap<u32, (OwnedFd, Replies)>,
@@ -138,15 +147,15 @@ impl<R: Runtime> Driver<R> {
     async fn run(mut self) {
         loop {
             while let Some(output) = self.lifecycle.poll_output() {
-                let answers = self.answers.observe(&output);
+                self.owed = self.answers.observe(&output);
                 match output {
                     Output::Event(event) => self.event(&event),
                     Output::Action(action) => self.act(action),
                 }
-                // After the action: a `ready` answer once this process stopped accepting.
-                for (connection, answer) in answers {
-                    crate::control::answer(connection, &answer);
-                }
+                // After the action: `ready` once this process stopped accepting, `fell-back`
+                // once it serves again and the pid file names it. (An exit writes what it
+                // completes itself, before the process may end.)
+                self.answer_owed();
             }
             // The lifecycle takes or refuses every request: this is only a safety net.
             if let Some(connection) = self.answers.unasked() {
@@ -181,9 +190,19 @@ impl<R: Runtime> Driver<R> {
                     }
                     self.lifecycle.handle(input, now);
                 }
-                Some(Ok(Message::Restart(connection))) => {
-                    tracing::info!("restart requested over the control socket");
-                    self.answers.ask(connection);
+                Some(Ok(Message::Restart { connection, kind })) => {
+                    match kind {
+                        RequestKind::UntilProven => {
+                            tracing::info!(
+                                "restart requested over the control socket, until proven"
+                            );
+                            self.answers.ask_until_proven(connection);
+                        }
+                        _ => {
+                            tracing::info!("restart requested over the control socket");
+                            self.answers.ask(connection);
+                        }
+                    }
                     self.lifecycle.handle(Input::Request(Request::Restart), now);
                 }
                 Some(Ok(Message::State { attempt, produced })) => {
@@ -369,6 +388,9 @@ impl<R: Runtime> Driver<R> {
                 lock(&self.shared.outbox).take();
                 self.release_listeners();
                 tracing::info!(code, ?reason, ?cause, "lifecycle ended");
+                // Before the application learns of the end (it may exit at once): a request
+                // until proven that this end proves is answered now.
+                self.answer_owed();
                 *lock(&self.shared.exit) = Some(Exit {
                     code,
                     reason,
@@ -388,6 +410,13 @@ impl<R: Runtime> Driver<R> {
                 }
             }
             other => tracing::warn!(action = ?other, "unknown action ignored"),
+        }
+    }
+
+    /// Writes the answers owed to restart requests.
+    fn answer_owed(&mut self) {
+        for (connection, answer) in self.owed.drain(..) {
+            crate::control::answer(connection, &answer);
         }
     }
 

@@ -266,8 +266,8 @@ fn take_request(mut stream: UnixStream, requests: &Sender<Message>) {
             },
         );
     }
-    match read_line(&mut stream).map(|line| wire::decode_request(&line)) {
-        Ok(Ok(())) => {}
+    let kind = match read_line(&mut stream).map(|line| wire::decode_request(&line)) {
+        Ok(Ok(kind)) => kind,
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "refused a malformed restart request");
             return reply(
@@ -282,7 +282,7 @@ fn take_request(mut stream: UnixStream, requests: &Sender<Message>) {
             tracing::debug!(error = %e, "a control connection sent no request");
             return;
         }
-    }
+    };
     // A command that gave up before its request was taken (it timed out while this
     // process had no fd to accept it) no longer wants it carried out.
     if peer_gone(&stream) {
@@ -290,7 +290,10 @@ fn take_request(mut stream: UnixStream, requests: &Sender<Message>) {
         return;
     }
     // Dropped unanswered if the lifecycle has ended: the peer sees the end.
-    let _ = requests.send_blocking(Message::Restart(stream));
+    let _ = requests.send_blocking(Message::Restart {
+        connection: stream,
+        kind,
+    });
 }
 
 /// Writes `answer` on the connection of the request it answers, and closes it.
@@ -369,6 +372,7 @@ fn read_line(stream: &mut UnixStream) -> io::Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use endless_core::control::RequestKind;
 
     fn temp_dir(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!(
@@ -449,9 +453,15 @@ mod tests {
         let mut server =
             ControlServer::start(bind(&path).unwrap(), path.clone(), requests).unwrap();
         // The driver's side: answer the first request.
-        let fake_driver = std::thread::spawn(move || match driver.recv_blocking() {
-            Ok(Message::Restart(connection)) => answer(connection, &Answer::Ready { new: 77 }),
-            other => panic!("{other:?}"),
+        let fake_driver = std::thread::spawn(move || {
+            for expected in [RequestKind::Restart, RequestKind::UntilProven] {
+                match driver.recv_blocking() {
+                    Ok(Message::Restart { connection, kind }) if kind == expected => {
+                        answer(connection, &Answer::Ready { new: 77 });
+                    }
+                    other => panic!("{other:?}"),
+                }
+            }
         });
         let ask = |request: &[u8]| {
             let mut stream = UnixStream::connect(&path).unwrap();
@@ -463,15 +473,15 @@ mod tests {
             stream.read_to_string(&mut answer).unwrap();
             answer
         };
-        assert_eq!(
-            ask(wire::REQUEST),
-            format!(
-                "endless-control/1 ready pid={} new=77\n",
-                std::process::id()
-            )
+        let ready = format!(
+            "endless-control/1 ready pid={} new=77\n",
+            std::process::id()
         );
+        assert_eq!(ask(wire::REQUEST), ready);
+        assert_eq!(ask(wire::REQUEST_PROVEN), ready);
         fake_driver.join().unwrap();
         assert!(ask(b"endless-control/1 stop\n").contains(" refused "));
+        assert!(ask(b"endless-control/1 restart soon\n").contains(" refused "));
         // Stopped: nobody accepts any more (the connection waits in the queue).
         server.stop_accepting();
         server.remove_file();
