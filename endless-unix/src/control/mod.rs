@@ -423,6 +423,12 @@ fn ask(pid_file: &Path, timeout: Duration, kind: RequestKind) -> Result<Restarte
     let mut pid = read_pid(pid_file)?;
     for _ in 0..MAX_MOVES {
         if !is_running(pid) {
+            // Read just before a handover, the pid file named a process that has exited
+            // since: the generation that took over names itself there now.
+            if let Some(current) = renamed(pid_file, pid) {
+                pid = current;
+                continue;
+            }
             return Err(RestartError::NoSuchProcess {
                 pid,
                 pid_file: pid_file.to_owned(),
@@ -435,6 +441,10 @@ fn ask(pid_file: &Path, timeout: Duration, kind: RequestKind) -> Result<Restarte
         let mut stream = match UnixStream::connect(&path) {
             Ok(stream) => stream,
             Err(_) if !is_running(pid) => {
+                if let Some(current) = renamed(pid_file, pid) {
+                    pid = current;
+                    continue;
+                }
                 return Err(RestartError::NoSuchProcess {
                     pid,
                     pid_file: pid_file.to_owned(),
@@ -569,6 +579,11 @@ fn read_pid(path: &Path) -> Result<u32, RestartError> {
                 format!("it holds no pid: {:?}", text.trim()),
             ))
         })
+}
+
+/// The pid that the pid file names now, if it is another than `pid` (which has exited).
+fn renamed(pid_file: &Path, pid: u32) -> Option<u32> {
+    read_pid(pid_file).ok().filter(|&current| current != pid)
 }
 
 /// Whether `pid` is a process that has not exited (a zombie has).
@@ -762,6 +777,10 @@ mod tests {
         let e = restart(&pid_file, Duration::from_secs(1)).unwrap_err();
         assert!(matches!(e, RestartError::NoSuchProcess { .. }), "{e}");
         assert_eq!(e.exit_code(), 5);
+        // A pid file read just before a handover is read again once its pid is gone.
+        assert_eq!(renamed(&pid_file, i32::MAX as u32), None);
+        std::fs::write(&pid_file, "4250\n").unwrap();
+        assert_eq!(renamed(&pid_file, 4242), Some(4250));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
