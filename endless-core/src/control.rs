@@ -549,9 +549,11 @@ impl<T> Answers<T> {
                 .take()
                 .map(|(token, _)| {
                     let answer = match (reason, self.successor) {
-                        // Handed over (draining, or only the fallback now): ask the
-                        // successor, which answers on the same socket.
-                        (Refusal::Draining | Refusal::HandedOver, Some(to)) => Answer::Moved { to },
+                        // Handed over (draining, only the fallback now, or ended): ask
+                        // the successor, which answers on the same socket.
+                        (Refusal::Draining | Refusal::HandedOver | Refusal::Stopped, Some(to)) => {
+                            Answer::Moved { to }
+                        }
                         _ => Answer::Refused {
                             reason: RefusalKind::from(*reason),
                             message: reason.to_string(),
@@ -1006,6 +1008,38 @@ mod tests {
                 2,
                 Answer::Refused {
                     reason: RefusalKind::Draining,
+                    ..
+                }
+            )]
+        ));
+    }
+
+    #[test]
+    fn a_request_that_arrives_after_the_end_names_the_successor() {
+        let mut r = Rig::with(Config::new().probation(Duration::ZERO));
+        r.ask(1);
+        r.input(Input::ChildSpawned { pid: 50 });
+        r.input(Input::ChildReady { pid: 50 });
+        r.input(Input::Drained);
+        assert!(r.lc.is_stopped());
+        assert_eq!(r.told(), [(1, Answer::Ready { new: 50 })]);
+        // Read by this process's control socket before it stopped accepting, handed in
+        // after its end.
+        r.ask(2);
+        assert_eq!(r.told(), [(2, Answer::Moved { to: 50 })]);
+
+        // A process that stopped the service names nobody.
+        let mut r = Rig::new();
+        r.input(Input::Request(Request::Stop));
+        r.input(Input::Drained);
+        assert!(r.lc.is_stopped());
+        r.ask(1);
+        assert!(matches!(
+            &r.told()[..],
+            [(
+                1,
+                Answer::Refused {
+                    reason: RefusalKind::Stopped,
                     ..
                 }
             )]

@@ -16,6 +16,7 @@ use std::os::unix::net::UnixStream;
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
 use std::sync::Arc;
+use std::time::Instant;
 
 use async_channel::{Receiver, Sender};
 use endless_core::control::{Answer, Answers, RefusalKind, RequestKind};
@@ -157,16 +158,7 @@ impl<R: Runtime> Driver<R> {
                 // completes itself, before the process may end.)
                 self.answer_owed();
             }
-            // The lifecycle takes or refuses every request: this is only a safety net.
-            if let Some(connection) = self.answers.unasked() {
-                crate::control::answer(
-                    connection,
-                    &Answer::Refused {
-                        reason: RefusalKind::Other,
-                        message: "the request was not taken".to_owned(),
-                    },
-                );
-            }
+            self.refuse_unasked();
             if self.lifecycle.is_stopped() {
                 return;
             }
@@ -191,19 +183,7 @@ impl<R: Runtime> Driver<R> {
                     self.lifecycle.handle(input, now);
                 }
                 Some(Ok(Message::Restart { connection, kind })) => {
-                    match kind {
-                        RequestKind::UntilProven => {
-                            tracing::info!(
-                                "restart requested over the control socket, until proven"
-                            );
-                            self.answers.ask_until_proven(connection);
-                        }
-                        _ => {
-                            tracing::info!("restart requested over the control socket");
-                            self.answers.ask(connection);
-                        }
-                    }
-                    self.lifecycle.handle(Input::Request(Request::Restart), now);
+                    self.take_restart(connection, kind, now);
                 }
                 Some(Ok(Message::State { attempt, produced })) => {
                     self.state_produced(attempt, produced);
@@ -212,6 +192,56 @@ impl<R: Runtime> Driver<R> {
                 Some(Err(_)) => return,
                 None => self.lifecycle.handle_timeout(now),
             }
+        }
+    }
+
+    /// Hands a restart request from the control socket to the lifecycle; [`Answers`] tells
+    /// its answer later.
+    fn take_restart(&mut self, connection: UnixStream, kind: RequestKind, now: Instant) {
+        match kind {
+            RequestKind::UntilProven => {
+                tracing::info!("restart requested over the control socket, until proven");
+                self.answers.ask_until_proven(connection);
+            }
+            _ => {
+                tracing::info!("restart requested over the control socket");
+                self.answers.ask(connection);
+            }
+        }
+        self.lifecycle.handle(Input::Request(Request::Restart), now);
+    }
+
+    /// The lifecycle takes or refuses every request: this is only a safety net.
+    fn refuse_unasked(&mut self) {
+        if let Some(connection) = self.answers.unasked() {
+            crate::control::answer(
+                connection,
+                &Answer::Refused {
+                    reason: RefusalKind::Other,
+                    message: "the request was not taken".to_owned(),
+                },
+            );
+        }
+    }
+
+    /// At the end: the restart requests still queued (accepted on the control socket before
+    /// this process stopped accepting, read since) go to the lifecycle, which refuses them
+    /// (it has stopped): each is answered, `moved` after a handover, instead of dropped
+    /// with the process. Anything else queued was for a lifecycle that has ended.
+    fn answer_late_requests(&mut self) {
+        let now = self.runtime.now();
+        while let Ok(message) = self.inputs.try_recv() {
+            let Message::Restart { connection, kind } = message else {
+                continue;
+            };
+            self.take_restart(connection, kind, now);
+            while let Some(output) = self.lifecycle.poll_output() {
+                self.owed.extend(self.answers.observe(&output));
+                if let Output::Event(event) = &output {
+                    self.event(event);
+                }
+            }
+            self.refuse_unasked();
         }
     }
 
@@ -379,7 +409,9 @@ impl<R: Runtime> Driver<R> {
                     tracing::warn!(error = %e, "cannot remove the pid file");
                 }
                 if let Some(control) = &mut self.control {
-                    control.stop_accepting();
+                    // Every request accepted so far reaches this driver first, to be
+                    // answered below.
+                    control.settle(crate::control::TAKE_TIMEOUT);
                     if cause == DrainCause::Shutdown {
                         control.remove_file();
                     }
@@ -389,7 +421,9 @@ impl<R: Runtime> Driver<R> {
                 self.release_listeners();
                 tracing::info!(code, ?reason, ?cause, "lifecycle ended");
                 // Before the application learns of the end (it may exit at once): a request
-                // until proven that this end proves is answered now.
+                // until proven that this end proves is answered now, and so is any request
+                // that arrived too late for the lifecycle.
+                self.answer_late_requests();
                 self.answer_owed();
                 *lock(&self.shared.exit) = Some(Exit {
                     code,

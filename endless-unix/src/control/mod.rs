@@ -103,7 +103,7 @@ use crate::sys;
 
 mod server;
 
-pub(crate) use server::{ControlServer, INVENTORY_NAME, answer, bind, bound_for};
+pub(crate) use server::{ControlServer, INVENTORY_NAME, TAKE_TIMEOUT, answer, bind, bound_for};
 
 /// A command timeout comfortably above the lifecycle's default upgrade timeout (60 s).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(90);

@@ -950,6 +950,48 @@ fn the_restart_command_until_proven_is_told_of_the_fallback() {
 }
 
 #[test]
+fn a_restart_request_queued_behind_the_end_is_answered_not_dropped() {
+    use std::io::Read;
+    let dir = tempdir::Dir::new("driver-control-late");
+    let s = Server::start_with(Server::config(), with_pid_file(&dir));
+    // A connection kept: the drain waits for it.
+    let (ours, _theirs) = UnixStream::pair().unwrap();
+    let guard = s.handle.track(&ours);
+    s.rt.signal(Signal::HUP);
+    let child = s.rt.last_child();
+    s.rt.say_ready(child);
+    assert!(!s.handle.is_accepting());
+    // The end, and behind it a request that the control socket accepted before this
+    // process stopped accepting and read since.
+    let (asked, mut command) = UnixStream::pair().unwrap();
+    let inputs = s.handle.inputs();
+    inputs
+        .try_send(super::Message::Input(endless_core::Input::Drained))
+        .unwrap();
+    inputs
+        .try_send(super::Message::Restart {
+            connection: asked,
+            kind: endless_core::control::RequestKind::UntilProven,
+        })
+        .unwrap();
+    s.rt.settle();
+    assert!(s.exit().is_some());
+    command
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut line = Vec::new();
+    command.read_to_end(&mut line).unwrap();
+    assert_eq!(
+        endless_core::control::decode_answer(&line),
+        Ok((
+            std::process::id(),
+            endless_core::control::Answer::Moved { to: child }
+        ))
+    );
+    drop(guard);
+}
+
+#[test]
 fn application_state_is_produced_off_the_driver_and_handed_to_the_child() {
     let s = Server::start(Server::config());
     s.handle.hand_over_state(7, || b"hits=41".to_vec());
