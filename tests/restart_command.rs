@@ -1,12 +1,15 @@
 //! End-to-end tests of the `restart` subcommand that every example server shares
-//! (`SERVER restart --pid-file PATH [--timeout SECS]`, `endless_unix::control::restart`):
-//! the test runs the example binary itself as the command, against a server of the same
-//! binary started by the harness, and checks its exit code and output for a restart that
-//! succeeds, a new binary that crashes, one that is never ready, a restart already in
-//! progress, no answer in time, a stale pid file, a burst of `SIGHUP`s around it, a server
-//! out of file descriptors, and a command run 0–20 ms after the previous handover. Each
-//! scenario is a function of the binary and runs against `echo-tokio` and `echo-smol` (one
-//! shared control socket server for both); `hello-hyper` gets a smoke test.
+//! (`SERVER restart --pid-file PATH [--timeout SECS] [--until-proven]`,
+//! `endless_unix::control::restart` and `restart_until_proven`): the test runs the example
+//! binary itself as the command, against a server of the same binary started by the
+//! harness, and checks its exit code and output for a restart that succeeds, a new binary
+//! that crashes, one that is never ready, a restart already in progress, no answer in time,
+//! a stale pid file, a burst of `SIGHUP`s around it, a server out of file descriptors, a
+//! command run 0–20 ms after the previous handover, and, until proven, a new binary that
+//! dies after it took over (the old generation takes the service back) and one that is
+//! proven once the old generation's probation is over. Each scenario is a function of the
+//! binary and runs against `echo-tokio` and `echo-smol` (one shared control socket server
+//! for both); `hello-hyper` gets a smoke test.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -44,6 +47,16 @@ impl Outcome {
 
 /// Starts `bin restart --pid-file <pid_file> --timeout <timeout>`.
 fn spawn_restart(bin: &Path, pid_file: &Path, timeout: &str) -> std::process::Child {
+    spawn_restart_with(bin, pid_file, timeout, &[])
+}
+
+/// Starts `bin restart --pid-file <pid_file> --timeout <timeout> <more…>`.
+fn spawn_restart_with(
+    bin: &Path,
+    pid_file: &Path,
+    timeout: &str,
+    more: &[&str],
+) -> std::process::Child {
     let mut command = Group::command(bin);
     command
         .arg("restart")
@@ -51,6 +64,7 @@ fn spawn_restart(bin: &Path, pid_file: &Path, timeout: &str) -> std::process::Ch
         .arg(pid_file)
         .arg("--timeout")
         .arg(timeout)
+        .args(more)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -78,6 +92,15 @@ fn finish(child: std::process::Child, started: Instant) -> Outcome {
 fn run_restart(bin: &Path, pid_file: &Path, timeout: &str) -> Outcome {
     let started = Instant::now();
     finish(spawn_restart(bin, pid_file, timeout), started)
+}
+
+/// Runs `bin restart … --until-proven` to its end.
+fn run_restart_until_proven(bin: &Path, pid_file: &Path, timeout: &str) -> Outcome {
+    let started = Instant::now();
+    finish(
+        spawn_restart_with(bin, pid_file, timeout, &["--until-proven"]),
+        started,
+    )
 }
 
 /// The pid of `(pid N)` in a message.
@@ -436,6 +459,107 @@ fn right_after_a_handover(bin: &Path) {
     server.assert_serves(server.pid());
 }
 
+/// Until proven, a new binary that exits with code 1 300 ms after it reported ready (it
+/// panicked on its first requests), while the old generation is its fallback
+/// (`--probation 60`): exit 6, the reason names the new pid and how it ended, and by then
+/// the old generation serves again and the pid file names it. A later plain restart, with
+/// the good binary back, works.
+fn until_proven_falls_back(bin: &Path) {
+    let server = Server::start(bin, &Options::default().arg("--probation").arg("60"));
+    let old = server.pid();
+    let script = format!(
+        "ECHO_EXIT_AFTER_READY=1:300 exec {} \"$@\"",
+        sh_quote(server.real_binary())
+    );
+    server.replace_exe(&sh_script(&script), 0o755);
+
+    let run = run_restart_until_proven(bin, server.pid_file(), "30");
+    assert_eq!(run.code, Some(6), "{run:?}");
+    let new = pid_in(&run.stderr);
+    assert_ne!(new, old);
+    assert!(
+        run.stderr.contains(&format!(
+            "restart failed: the new process (pid {new}) exited with code 1 after it took \
+             over; pid {old} took the service back and serves again"
+        )),
+        "{run:?}"
+    );
+    assert!(run.stdout.is_empty(), "{run:?}");
+    // Answered once the old generation serves again: the pid file names it already.
+    assert_eq!(server.pid_file_pid(), Some(old), "the pid file: {run:?}");
+    assert!(!is_alive(new), "the new process {new} is reaped");
+    server.assert_serves(old);
+    server.group.wait_settled(&[old]);
+
+    // The plain request, answered at the handover, as ever.
+    server.restore_exe();
+    let newer = run_restart(bin, server.pid_file(), "20").new_pid();
+    assert_ne!(newer, old);
+    server.set_pid(newer);
+    wait_stopped_accepting(&server, old);
+    server.assert_serves(newer);
+    assert!(
+        is_alive(old),
+        "{old} is the fallback of {newer} for a minute"
+    );
+}
+
+/// Until proven, a good new binary with `--probation 1`: exit 0 with the new pid only once
+/// the old generation is no longer its fallback: not before its drain and its probation
+/// (a second at least), and the old generation ends its lifecycle (and exits 0) right
+/// after it answered.
+fn until_proven_succeeds_after_the_probation(bin: &Path) {
+    let server = Server::start(bin, &Options::default().arg("--probation").arg("1"));
+    let old = server.pid();
+    let mark = server.group.stderr.len();
+
+    let run = run_restart_until_proven(bin, server.pid_file(), "30");
+    let new = run.new_pid();
+    assert_ne!(new, old);
+    assert!(
+        run.stderr.contains(&format!(
+            "restarted: pid {old} handed over to pid {new}, which is ready; pid {old} is no \
+             longer its fallback"
+        )),
+        "{run:?}"
+    );
+    assert!(
+        run.elapsed >= Duration::from_secs(1),
+        "answered before the end of the probation: {run:?}"
+    );
+    assert_eq!(server.pid_file_pid(), Some(new), "the pid file: {run:?}");
+    server.set_pid(new);
+    // The old generation went through its probation and ended its lifecycle (it logs the
+    // end before it answers, and exits right after).
+    server
+        .group
+        .stderr
+        .wait_from(format_args!("{old} to be in probation"), mark, |l| {
+            l.contains("lifecycle") && has_field(l, "to", "probation")
+        });
+    server
+        .group
+        .stderr
+        .wait_from(format_args!("{old}'s lifecycle to end"), mark, |l| {
+            l.contains("lifecycle ended")
+        });
+    assert_eq!(
+        server.group.wait_exit(old),
+        Exit::Code(0),
+        "the old process"
+    );
+    assert!(
+        server
+            .group
+            .stderr
+            .find_from(mark, |l| l.contains("takes the service back"))
+            .is_none(),
+        "a fallback where none was due"
+    );
+    server.assert_serves(new);
+    server.group.wait_settled(&[new]);
+}
+
 macro_rules! restart_command_scenarios {
     ($bin:expr) => {
         #[test]
@@ -476,6 +600,16 @@ macro_rules! restart_command_scenarios {
         #[test]
         fn right_after_a_handover() {
             super::right_after_a_handover($bin);
+        }
+
+        #[test]
+        fn until_proven_falls_back() {
+            super::until_proven_falls_back($bin);
+        }
+
+        #[test]
+        fn until_proven_succeeds_after_the_probation() {
+            super::until_proven_succeeds_after_the_probation($bin);
         }
     };
 }

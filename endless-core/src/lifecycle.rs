@@ -941,10 +941,11 @@ impl State {
 /// );
 /// assert_eq!(lc.phase(), Phase::Draining);
 /// lc.handle(Input::Drained, now);
-/// // Drained, it stays the fallback of the new generation a little longer.
+/// // Still the fallback of the new generation for its probation (5 s), then it exits.
 /// assert_eq!(actions(&mut lc), [Action::EndHandOver]);
 /// assert_eq!(lc.phase(), Phase::Probation);
-/// lc.handle_timeout(now + DEFAULT_PROBATION);
+/// let over = lc.poll_timeout().expect("the probation's end");
+/// lc.handle_timeout(over);
 /// assert!(matches!(actions(&mut lc)[..], [Action::Exit { code: 0, .. }]));
 /// ```
 #[derive(Debug, Clone)]

@@ -1,5 +1,6 @@
-//! Property tests of the environment codec: round trips, the recipient check, and that no
-//! input, however malformed, makes the decoders panic or accept something inconsistent.
+//! Property tests of the environment codec and of the restart command's lines: round trips,
+//! the recipient check, and that no input, however malformed, makes the decoders panic or
+//! accept something inconsistent.
 
 use std::collections::HashSet;
 use std::ffi::OsString;
@@ -547,4 +548,134 @@ fn os_pairs_helper_round_trips() {
         env::decode(os_pairs(env::encode(&h)), spawned(&h)),
         Ok(Some(h.clone()))
     );
+}
+
+// ---- the restart command's lines (`endless_core::control`) --------------------------------
+
+mod control_lines {
+    use endless_core::ChildStatus;
+    use endless_core::control::{
+        self, Answer, FailureKind, MAX_LINE, REQUEST, REQUEST_PROVEN, RefusalKind, RequestKind,
+    };
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+    use proptest::sample::select;
+
+    fn pid() -> impl Strategy<Value = u32> {
+        prop_oneof![
+            1_u32..100,
+            Just(u32::MAX),
+            any::<u32>().prop_filter("0 is no pid", |&p| p > 0)
+        ]
+    }
+
+    fn status() -> impl Strategy<Value = ChildStatus> {
+        prop_oneof![
+            any::<i32>().prop_map(ChildStatus::Exited),
+            any::<i32>().prop_map(ChildStatus::Signaled),
+            Just(ChildStatus::Unknown),
+        ]
+    }
+
+    /// A message as it survives the wire: no control characters, short enough not to be
+    /// cut.
+    fn message() -> impl Strategy<Value = String> {
+        prop_oneof!["\\PC{0,80}", Just(" -- ".to_owned()), Just(String::new())]
+    }
+
+    fn answer() -> impl Strategy<Value = Answer> {
+        let failure = select(vec![
+            FailureKind::Exited,
+            FailureKind::ClosedChannel,
+            FailureKind::BadMessage,
+            FailureKind::TimedOut,
+            FailureKind::SpawnFailed,
+            FailureKind::Cancelled,
+            FailureKind::Other,
+        ]);
+        let refusal = select(vec![
+            RefusalKind::InProgress,
+            RefusalKind::NotReady,
+            RefusalKind::Draining,
+            RefusalKind::Stopped,
+            RefusalKind::Permission,
+            RefusalKind::Other,
+        ]);
+        prop_oneof![
+            pid().prop_map(|new| Answer::Ready { new }),
+            pid().prop_map(|to| Answer::Moved { to }),
+            (
+                failure,
+                proptest::option::of(pid()),
+                proptest::option::of(status()),
+                message()
+            )
+                .prop_map(|(kind, child, status, message)| Answer::Failed {
+                    kind,
+                    child,
+                    status,
+                    message
+                }),
+            (refusal, message()).prop_map(|(reason, message)| Answer::Refused { reason, message }),
+            (pid(), status(), message()).prop_map(|(new, status, message)| Answer::FellBack {
+                new,
+                status,
+                message
+            }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1024))]
+
+        #[test]
+        fn every_answer_round_trips(answering in pid(), answer in answer()) {
+            let line = control::encode_answer(answering, &answer);
+            prop_assert!(line.len() <= MAX_LINE);
+            prop_assert_eq!(control::decode_answer(&line), Ok((answering, answer)));
+        }
+
+        #[test]
+        fn garbage_never_panics_and_what_decodes_re_encodes(
+            bytes in prop_oneof![
+                vec(any::<u8>(), 0..120),
+                // Mostly valid lines, one byte changed or cut.
+                (answer(), any::<usize>(), any::<u8>(), any::<bool>()).prop_map(
+                    |(answer, at, byte, cut)| {
+                        let mut line = control::encode_answer(42, &answer);
+                        let at = at % line.len();
+                        if cut {
+                            line.truncate(at);
+                        } else {
+                            line[at] = byte;
+                        }
+                        line
+                    }
+                ),
+            ],
+        ) {
+            if let Ok((pid, answer)) = control::decode_answer(&bytes) {
+                let line = control::encode_answer(pid, &answer);
+                prop_assert_eq!(control::decode_answer(&line), Ok((pid, answer)));
+            }
+            match control::decode_request(&bytes) {
+                Ok(kind) => prop_assert_eq!(kind.line(), &bytes[..]),
+                Err(e) => prop_assert!(e.to_string().len() < 2 * MAX_LINE),
+            }
+        }
+    }
+
+    #[test]
+    fn both_requests_round_trip_and_differ() {
+        assert_eq!(control::decode_request(REQUEST), Ok(RequestKind::Restart));
+        assert_eq!(
+            control::decode_request(REQUEST_PROVEN),
+            Ok(RequestKind::UntilProven)
+        );
+        for kind in [RequestKind::Restart, RequestKind::UntilProven] {
+            assert_eq!(control::decode_request(kind.line()), Ok(kind));
+        }
+        // A request is no answer.
+        assert!(control::decode_answer(REQUEST_PROVEN).is_err());
+    }
 }

@@ -16,9 +16,10 @@ use std::os::unix::net::UnixStream;
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
 use std::sync::Arc;
+use std::time::Instant;
 
 use async_channel::{Receiver, Sender};
-use endless_core::control::{Answer, Answers, RefusalKind};
+use endless_core::control::{Answer, Answers, RefusalKind, RequestKind};
 use endless_core::ready::{Readiness, ReadyParser};
 use endless_core::state::Header;
 use endless_core::takeover::{MAX_UPSTREAM_LEN, Reply, Upstream};
@@ -45,7 +46,13 @@ pub(crate) enum Message {
     /// A restart request from the control socket, answered on its connection with the
     /// outcome of this request ([`Answers`]). The driver writes the answer itself, so that
     /// it is sent before the process acts on what follows (an exit, say).
-    Restart(UnixStream),
+    Restart {
+        /// Where to answer.
+        connection: UnixStream,
+        /// Which request it is: answered at the handover, or once the new generation is
+        /// proven.
+        kind: RequestKind,
+    },
     /// The application state for the child of restart number `attempt` is written (or
     /// could not be): spawn it now.
     State {
@@ -75,6 +82,7 @@ pub(crate) fn start<R: Runtime>(
         notifier,
         control,
         answers: Answers::new(),
+        owed: Vec::new(),
         channels: HashMap::new(),
         parent_channel: None,
         to_parent: None,
@@ -120,6 +128,8 @@ struct Driver<R> {
     control: Option<ControlServer>,
     /// The answers owed to restart requests from the control socket.
     answers: Answers<UnixStream>,
+    /// The answers the output being carried out completed, written once it is.
+    owed: Vec<(UnixStream, Answer)>,
     /// This process's end of each live child's readiness channel, which carries the
     /// connections handed over once the child is ready, and the replies read from it.
     channels: HashMap<u32, (OwnedFd, Replies)>,
@@ -139,26 +149,17 @@ impl<R: Runtime> Driver<R> {
     async fn run(mut self) {
         loop {
             while let Some(output) = self.lifecycle.poll_output() {
-                let answers = self.answers.observe(&output);
+                self.owed = self.answers.observe(&output);
                 match output {
                     Output::Event(event) => self.event(&event),
                     Output::Action(action) => self.act(action),
                 }
-                // After the action: a `ready` answer once this process stopped accepting.
-                for (connection, answer) in answers {
-                    crate::control::answer(connection, &answer);
-                }
+                // After the action: `ready` once this process stopped accepting, `fell-back`
+                // once it serves again and the pid file names it. (An exit writes what it
+                // completes itself, before the process may end.)
+                self.answer_owed();
             }
-            // The lifecycle takes or refuses every request: this is only a safety net.
-            if let Some(connection) = self.answers.unasked() {
-                crate::control::answer(
-                    connection,
-                    &Answer::Refused {
-                        reason: RefusalKind::Other,
-                        message: "the request was not taken".to_owned(),
-                    },
-                );
-            }
+            self.refuse_unasked();
             if self.lifecycle.is_stopped() {
                 return;
             }
@@ -182,10 +183,8 @@ impl<R: Runtime> Driver<R> {
                     }
                     self.lifecycle.handle(input, now);
                 }
-                Some(Ok(Message::Restart(connection))) => {
-                    tracing::info!("restart requested over the control socket");
-                    self.answers.ask(connection);
-                    self.lifecycle.handle(Input::Request(Request::Restart), now);
+                Some(Ok(Message::Restart { connection, kind })) => {
+                    self.take_restart(connection, kind, now);
                 }
                 Some(Ok(Message::State { attempt, produced })) => {
                     self.state_produced(attempt, produced);
@@ -194,6 +193,56 @@ impl<R: Runtime> Driver<R> {
                 Some(Err(_)) => return,
                 None => self.lifecycle.handle_timeout(now),
             }
+        }
+    }
+
+    /// Hands a restart request from the control socket to the lifecycle; [`Answers`] tells
+    /// its answer later.
+    fn take_restart(&mut self, connection: UnixStream, kind: RequestKind, now: Instant) {
+        match kind {
+            RequestKind::UntilProven => {
+                tracing::info!("restart requested over the control socket, until proven");
+                self.answers.ask_until_proven(connection);
+            }
+            _ => {
+                tracing::info!("restart requested over the control socket");
+                self.answers.ask(connection);
+            }
+        }
+        self.lifecycle.handle(Input::Request(Request::Restart), now);
+    }
+
+    /// The lifecycle takes or refuses every request: this is only a safety net.
+    fn refuse_unasked(&mut self) {
+        if let Some(connection) = self.answers.unasked() {
+            crate::control::answer(
+                connection,
+                &Answer::Refused {
+                    reason: RefusalKind::Other,
+                    message: "the request was not taken".to_owned(),
+                },
+            );
+        }
+    }
+
+    /// At the end: the restart requests still queued (accepted on the control socket before
+    /// this process stopped accepting, read since) go to the lifecycle, which refuses them
+    /// (it has stopped): each is answered, `moved` after a handover, instead of dropped
+    /// with the process. Anything else queued was for a lifecycle that has ended.
+    fn answer_late_requests(&mut self) {
+        let now = self.runtime.now();
+        while let Ok(message) = self.inputs.try_recv() {
+            let Message::Restart { connection, kind } = message else {
+                continue;
+            };
+            self.take_restart(connection, kind, now);
+            while let Some(output) = self.lifecycle.poll_output() {
+                self.owed.extend(self.answers.observe(&output));
+                if let Output::Event(event) = &output {
+                    self.event(event);
+                }
+            }
+            self.refuse_unasked();
         }
     }
 
@@ -360,7 +409,9 @@ impl<R: Runtime> Driver<R> {
                     tracing::warn!(error = %e, "cannot remove the pid file");
                 }
                 if let Some(control) = &mut self.control {
-                    control.stop_accepting();
+                    // Every request accepted so far reaches this driver first, to be
+                    // answered below.
+                    control.settle(crate::control::TAKE_TIMEOUT);
                     if cause == DrainCause::Shutdown {
                         control.remove_file();
                     }
@@ -369,6 +420,11 @@ impl<R: Runtime> Driver<R> {
                 lock(&self.shared.outbox).take();
                 self.release_listeners();
                 tracing::info!(code, ?reason, ?cause, "lifecycle ended");
+                // Before the application learns of the end (it may exit at once): a request
+                // until proven that this end proves is answered now, and so is any request
+                // that arrived too late for the lifecycle.
+                self.answer_late_requests();
+                self.answer_owed();
                 *lock(&self.shared.exit) = Some(Exit {
                     code,
                     reason,
@@ -388,6 +444,13 @@ impl<R: Runtime> Driver<R> {
                 }
             }
             other => tracing::warn!(action = ?other, "unknown action ignored"),
+        }
+    }
+
+    /// Writes the answers owed to restart requests.
+    fn answer_owed(&mut self) {
+        for (connection, answer) in self.owed.drain(..) {
+            crate::control::answer(connection, &answer);
         }
     }
 

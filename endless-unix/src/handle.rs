@@ -653,6 +653,12 @@ impl Handle {
         &self.shared.tracker
     }
 
+    /// What the driver receives, for tests that queue messages behind one another.
+    #[cfg(test)]
+    pub(crate) fn inputs(&self) -> Sender<Message> {
+        self.shared.inputs.clone()
+    }
+
     /// Whether listeners should still accept.
     pub(crate) fn is_accepting(&self) -> bool {
         self.shared.accepting.load(Ordering::SeqCst)

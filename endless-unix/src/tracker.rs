@@ -131,7 +131,7 @@ impl Tracker {
     }
 
     /// Resolves once connections are served as usual again after a
-    /// [`close_idle`](Self::close_idle) (the process took the service back): at once if
+    /// [`close_idle`](Self::close_idle) (this process took the service back): at once if
     /// they are.
     pub async fn serving(&self) {
         loop {

@@ -24,7 +24,7 @@
 //! and one subcommand, for deploy scripts ([`RestartArgs`]):
 //!
 //! ```text
-//! SERVER restart --pid-file PATH [--timeout SECS]
+//! SERVER restart --pid-file PATH [--timeout SECS] [--until-proven]
 //! ```
 //!
 //! which asks the server that the pid file names to restart, over its control socket, and
@@ -34,6 +34,13 @@
 //! start: the old process keeps serving), 3 (refused: a restart is already in progress),
 //! 4 (no answer within `--timeout`, default 90) or 5 (the pid file names no live process,
 //! or it keeps no control socket).
+//!
+//! With `--until-proven` ([`endless_unix::control::restart_until_proven`]) it waits longer:
+//! exit 0 only once the old process is no longer the new one's fallback without having
+//! taken the service back (its drain and `--probation` are over and it exited, or the new
+//! one exited cleanly or handed over onward), and 6 if the new process died after it took
+//! over and the old one took the service back (it serves again; the pid file names it).
+//! `--timeout` then defaults to 180, and a server too old for this request gives 5.
 //!
 //! Signals: `SIGHUP` restart, `SIGTERM`/`SIGINT` graceful stop, `SIGUSR2` hammer, and
 //! staged upgrades (`SignalMap::with_staged_upgrades`): `SIGUSR1` starts the new
@@ -251,40 +258,70 @@ fn seconds(flag: &str, value: &str) -> Result<Duration, String> {
         .ok_or_else(|| format!("{flag} takes seconds, not {value:?}"))
 }
 
-/// The `restart` subcommand: `SERVER restart --pid-file PATH [--timeout SECS]`.
+/// The `restart` subcommand: `SERVER restart --pid-file PATH [--timeout SECS]
+/// [--until-proven]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RestartArgs {
     /// `--pid-file`: the server's pid file.
     pub pid_file: PathBuf,
     /// `--timeout`: how long to wait for the outcome (default
-    /// [`endless_unix::control::DEFAULT_TIMEOUT`]).
+    /// [`endless_unix::control::DEFAULT_TIMEOUT`], or
+    /// [`endless_unix::control::DEFAULT_PROVEN_TIMEOUT`] until proven).
     pub timeout: Duration,
+    /// `--until-proven`: answered once the new generation is proven
+    /// ([`endless_unix::control::restart_until_proven`]).
+    pub until_proven: bool,
 }
 
 impl RestartArgs {
     /// Parses the subcommand's arguments (after `restart`).
     pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Self, String> {
         let mut pid_file = None;
-        let mut timeout = endless_unix::control::DEFAULT_TIMEOUT;
+        let mut timeout = None;
+        let mut until_proven = false;
         let mut args = args.into_iter();
         while let Some(flag) = args.next() {
             let mut value = || args.next().ok_or_else(|| format!("{flag} needs a value"));
             match flag.as_str() {
                 "--pid-file" => pid_file = Some(PathBuf::from(value()?)),
-                "--timeout" => timeout = seconds(&flag, &value()?)?,
+                "--timeout" => timeout = Some(seconds(&flag, &value()?)?),
+                "--until-proven" => until_proven = true,
                 "-h" | "--help" => return Err("help requested".into()),
                 other => return Err(format!("unknown argument to restart: {other:?}")),
             }
         }
         let pid_file = pid_file.ok_or("restart needs --pid-file PATH")?;
-        Ok(Self { pid_file, timeout })
+        let timeout = timeout.unwrap_or(if until_proven {
+            endless_unix::control::DEFAULT_PROVEN_TIMEOUT
+        } else {
+            endless_unix::control::DEFAULT_TIMEOUT
+        });
+        Ok(Self {
+            pid_file,
+            timeout,
+            until_proven,
+        })
     }
 
     /// Asks the server to restart and waits for the outcome: prints the new pid on standard
     /// output, or the reason on standard error; returns the exit code
     /// ([`endless_unix::control::RestartError::exit_code`]).
     pub fn run(&self) -> i32 {
-        match endless_unix::control::restart(&self.pid_file, self.timeout) {
+        let outcome = if self.until_proven {
+            endless_unix::control::restart_until_proven(&self.pid_file, self.timeout)
+        } else {
+            endless_unix::control::restart(&self.pid_file, self.timeout)
+        };
+        match outcome {
+            Ok(restarted) if self.until_proven => {
+                eprintln!(
+                    "restarted: pid {} handed over to pid {}, which is ready; pid {} is no \
+                     longer its fallback",
+                    restarted.old, restarted.new, restarted.old
+                );
+                println!("{}", restarted.new);
+                0
+            }
             Ok(restarted) => {
                 eprintln!(
                     "restarted: pid {} handed over to pid {}, which is ready",
@@ -305,7 +342,7 @@ impl RestartArgs {
 pub const USAGE: &str = "usage: SERVER [--listen ADDR|unix:PATH|udp:ADDR]... [--pid-file PATH] \
 [--drain-timeout SECS|never] [--upgrade-timeout SECS] [--probation SECS] [--tls-cert PATH --tls-key PATH] [--hand-over-idle] \
 [--state-version N|none]
-       SERVER restart --pid-file PATH [--timeout SECS]";
+       SERVER restart --pid-file PATH [--timeout SECS] [--until-proven]";
 
 /// The HTTP examples' handler: `pid=<pid>` and a newline, after `?sleep=MS` milliseconds
 /// if asked.
@@ -530,13 +567,29 @@ mod tests {
             parse(&["--pid-file", "/tmp/p", "--timeout", "2.5"]).unwrap(),
             RestartArgs {
                 pid_file: "/tmp/p".into(),
-                timeout: Duration::from_millis(2500)
+                timeout: Duration::from_millis(2500),
+                until_proven: false,
             }
         );
         assert_eq!(
             parse(&["--pid-file", "p"]).unwrap().timeout,
             endless_unix::control::DEFAULT_TIMEOUT
         );
+        assert_eq!(
+            parse(&["--until-proven", "--pid-file", "p"]).unwrap(),
+            RestartArgs {
+                pid_file: "p".into(),
+                timeout: endless_unix::control::DEFAULT_PROVEN_TIMEOUT,
+                until_proven: true,
+            }
+        );
+        assert_eq!(
+            parse(&["--pid-file", "p", "--until-proven", "--timeout", "7"])
+                .unwrap()
+                .timeout,
+            Duration::from_secs(7)
+        );
+        assert!(parse(&["--pid-file", "p", "--until-proven", "yes"]).is_err());
         assert!(parse(&[]).is_err(), "the pid file is required");
         assert!(parse(&["--pid-file"]).is_err());
         assert!(parse(&["--pid-file", "p", "--timeout", "soon"]).is_err());

@@ -1,5 +1,6 @@
 //! Feeds arbitrary bytes to the restart command's decoders: they must return, never panic,
-//! and an answer they accept must encode to a line that decodes to the same answer.
+//! an answer they accept must encode to a line that decodes to the same answer, and a
+//! request they accept must be exactly the line of its kind.
 #![no_main]
 
 use endless_core::control;
@@ -15,5 +16,10 @@ fuzz_target!(|data: &[u8]| {
             let _ = e.to_string();
         }
     }
-    let _ = control::decode_request(data);
+    match control::decode_request(data) {
+        Ok(kind) => assert_eq!(kind.line(), data),
+        Err(e) => {
+            let _ = e.to_string();
+        }
+    }
 });

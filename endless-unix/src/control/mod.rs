@@ -21,6 +21,17 @@
 //!
 //! [`RestartError::exit_code`] sorts these into exit codes for a command line.
 //!
+//! # Until proven
+//!
+//! [`restart`] answers at the handover. The old generation stays the *fallback* of the new
+//! one for a while after it (its drain, then its probation, `Config::probation`): a new
+//! binary that dies soon after it took over (a panic on its first requests, say) gives the
+//! service back to the old one, which serves again. [`restart_until_proven`] waits for
+//! that too: `Ok` only once the old generation is no longer the fallback without having
+//! fallen back (it exited after its probation, or the new one exited cleanly or handed
+//! over onward), and [`RestartError::FellBack`] when the old one took the service back.
+//! It takes longer: the drain and the probation.
+//!
 //! # The control socket
 //!
 //! A server that keeps a pid file (`Builder::pid_file`) also keeps a control socket beside
@@ -58,6 +69,26 @@
 //!     }
 //! }
 //! ```
+//!
+//! The same, until the new generation is proven:
+//!
+//! ```no_run
+//! use std::path::Path;
+//! use endless_unix::control::{self, RestartError};
+//!
+//! let pid_file = Path::new("/run/hello/hello.pid");
+//! match control::restart_until_proven(pid_file, control::DEFAULT_PROVEN_TIMEOUT) {
+//!     Ok(restarted) => println!("{}", restarted.new),
+//!     Err(e @ RestartError::FellBack { .. }) => {
+//!         eprintln!("the new binary died after it took over; the old one serves: {e}");
+//!         std::process::exit(e.exit_code()); // 6
+//!     }
+//!     Err(e) => {
+//!         eprintln!("restart failed: {e}");
+//!         std::process::exit(e.exit_code());
+//!     }
+//! }
+//! ```
 
 use std::fmt;
 use std::io::{self, Read, Write};
@@ -66,16 +97,20 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use endless_core::ChildStatus;
-use endless_core::control::{self as wire, Answer, FailureKind};
+use endless_core::control::{self as wire, Answer, FailureKind, RefusalKind, RequestKind};
 
 use crate::sys;
 
 mod server;
 
-pub(crate) use server::{ControlServer, INVENTORY_NAME, answer, bind, bound_for};
+pub(crate) use server::{ControlServer, INVENTORY_NAME, TAKE_TIMEOUT, answer, bind, bound_for};
 
 /// A command timeout comfortably above the lifecycle's default upgrade timeout (60 s).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// A timeout for [`restart_until_proven`] comfortably above the lifecycle's default upgrade
+/// timeout, drain timeout and probation together (60 s + 60 s + 5 s).
+pub const DEFAULT_PROVEN_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// How many times the command follows `moved` answers (handovers during one request).
 const MAX_MOVES: usize = 8;
@@ -97,7 +132,8 @@ pub fn socket_path(pid_file: &Path) -> PathBuf {
 // ---- the command ---------------------------------------------------------------------------
 
 /// A restart that succeeded: the new process is ready and serves; the old one has stopped
-/// accepting and drains.
+/// accepting and drains ([`restart`]), or has exited without having to take the service
+/// back ([`restart_until_proven`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Restarted {
@@ -192,6 +228,19 @@ pub enum RestartError {
         /// The command's timeout.
         timeout: Duration,
     },
+    /// Only from [`restart_until_proven`]: the new process took over, then ended abnormally
+    /// (a signal, a non-zero exit) while the old one was still its fallback, and the old
+    /// one took the service back. The old process serves again, and the pid file names it.
+    FellBack {
+        /// The process that took the service back and serves again.
+        old: u32,
+        /// The new process, which ended.
+        new: u32,
+        /// How it ended.
+        status: ChildStatus,
+        /// What the server said.
+        message: String,
+    },
 }
 
 impl RestartError {
@@ -202,9 +251,12 @@ impl RestartError {
     /// | 1 | the restart failed; the old process keeps serving (or stops, if cancelled) | [`Crashed`](Self::Crashed), [`NotReadyInTime`](Self::NotReadyInTime), [`Failed`](Self::Failed), [`Cancelled`](Self::Cancelled) |
     /// | 3 | refused: a restart is already in progress; try again later | [`Refused`](Self::Refused) |
     /// | 4 | no answer: the outcome is unknown | [`TimedOut`](Self::TimedOut), [`Gone`](Self::Gone) |
-    /// | 5 | no server to ask: no live process, or no control socket to ask it on | [`PidFile`](Self::PidFile), [`NoSuchProcess`](Self::NoSuchProcess), [`Control`](Self::Control) |
+    /// | 5 | no server to ask: no live process, or no control socket to ask it on (or the server is too old for a request until proven) | [`PidFile`](Self::PidFile), [`NoSuchProcess`](Self::NoSuchProcess), [`Control`](Self::Control) |
+    /// | 6 | the new process took over, then died: the old process took the service back and serves again ([`restart_until_proven`] only) | [`FellBack`](Self::FellBack) |
     ///
-    /// (2 is left to usage errors, by convention.)
+    /// (2 is left to usage errors, by convention.) 6 is apart from 1: the new binary *was*
+    /// ready, so the old one may have drained its connections, and it was the deploy that
+    /// failed after the handover, not the start.
     pub fn exit_code(&self) -> i32 {
         match self {
             Self::Crashed { .. }
@@ -214,6 +266,7 @@ impl RestartError {
             Self::Refused { .. } => 3,
             Self::TimedOut { .. } | Self::Gone { .. } => 4,
             Self::PidFile { .. } | Self::NoSuchProcess { .. } | Self::Control { .. } => 5,
+            Self::FellBack { .. } => 6,
         }
     }
 }
@@ -272,6 +325,13 @@ impl fmt::Display for RestartError {
                 f,
                 "no answer from pid {pid} within {timeout:?}; the restart may still be in progress"
             ),
+            Self::FellBack {
+                old, new, status, ..
+            } => write!(
+                f,
+                "the new process (pid {new}) {status} after it took over; pid {old} took the \
+                 service back and serves again"
+            ),
         }
     }
 }
@@ -323,11 +383,52 @@ impl From<RestartError> for io::Error {
 /// }
 /// ```
 pub fn restart(pid_file: &Path, timeout: Duration) -> Result<Restarted, RestartError> {
+    ask(pid_file, timeout, RequestKind::Restart)
+}
+
+/// [`restart`], answered only once the new generation is proven: `Ok` once the old process
+/// is no longer its fallback without having had to take the service back (its probation
+/// ended and it exited, or the new process exited cleanly or handed over onward), and
+/// [`RestartError::FellBack`] if the new process died after it took over and the old one
+/// serves again. Failures before the handover and refusals are those of [`restart`].
+///
+/// It waits for the old process's drain and probation too: give it a `timeout` above the
+/// server's upgrade timeout, drain timeout and probation together
+/// ([`DEFAULT_PROVEN_TIMEOUT`] suits the defaults). A server of a version that does not
+/// know this request refuses it as malformed: [`RestartError::Control`] (with
+/// [`io::ErrorKind::Unsupported`]).
+///
+/// # Examples
+///
+/// ```no_run
+/// use std::path::Path;
+/// use endless_unix::control::{self, RestartError};
+///
+/// match control::restart_until_proven(Path::new("/run/app.pid"), control::DEFAULT_PROVEN_TIMEOUT) {
+///     Ok(r) => println!("pid {} serves, and pid {} is gone", r.new, r.old),
+///     Err(RestartError::FellBack { old, new, status, .. }) => {
+///         eprintln!("pid {new} {status} after it took over: pid {old} serves again");
+///     }
+///     Err(e) => eprintln!("{e}"),
+/// }
+/// ```
+pub fn restart_until_proven(pid_file: &Path, timeout: Duration) -> Result<Restarted, RestartError> {
+    ask(pid_file, timeout, RequestKind::UntilProven)
+}
+
+/// Asks for a restart with the request `kind`, following `moved` answers.
+fn ask(pid_file: &Path, timeout: Duration, kind: RequestKind) -> Result<Restarted, RestartError> {
     let deadline = Instant::now().checked_add(timeout);
     let path = socket_path(pid_file);
     let mut pid = read_pid(pid_file)?;
     for _ in 0..MAX_MOVES {
         if !is_running(pid) {
+            // Read just before a handover, the pid file named a process that has exited
+            // since: the generation that took over names itself there now.
+            if let Some(current) = renamed(pid_file, pid) {
+                pid = current;
+                continue;
+            }
             return Err(RestartError::NoSuchProcess {
                 pid,
                 pid_file: pid_file.to_owned(),
@@ -340,6 +441,10 @@ pub fn restart(pid_file: &Path, timeout: Duration) -> Result<Restarted, RestartE
         let mut stream = match UnixStream::connect(&path) {
             Ok(stream) => stream,
             Err(_) if !is_running(pid) => {
+                if let Some(current) = renamed(pid_file, pid) {
+                    pid = current;
+                    continue;
+                }
                 return Err(RestartError::NoSuchProcess {
                     pid,
                     pid_file: pid_file.to_owned(),
@@ -347,8 +452,8 @@ pub fn restart(pid_file: &Path, timeout: Duration) -> Result<Restarted, RestartE
             }
             Err(e) => return Err(control(e)),
         };
-        tracing::debug!(pid, path = %path.display(), "restart requested; waiting for the answer");
-        let line = match exchange(&mut stream, deadline) {
+        tracing::debug!(pid, path = %path.display(), ?kind, "restart requested; waiting for the answer");
+        let line = match exchange(&mut stream, kind.line(), deadline) {
             Ok(line) => line,
             Err(e)
                 if matches!(
@@ -378,6 +483,20 @@ pub fn restart(pid_file: &Path, timeout: Duration) -> Result<Restarted, RestartE
                 pid = to;
                 continue;
             }
+            // A server that does not know this request (an older version) takes it for a
+            // malformed line: nothing was restarted.
+            Answer::Refused {
+                reason: RefusalKind::Other,
+                message,
+            } if kind != RequestKind::Restart && message.starts_with(MALFORMED) => {
+                Err(control(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    format!(
+                        "pid {answered} does not know restarts until proven (an older version): \
+                         {message}"
+                    ),
+                )))
+            }
             Answer::Refused { message, .. } => Err(RestartError::Refused {
                 pid: answered,
                 reason: message,
@@ -388,6 +507,16 @@ pub fn restart(pid_file: &Path, timeout: Duration) -> Result<Restarted, RestartE
                 status,
                 message,
             } => Err(failure(answered, kind, child, status, &message)),
+            Answer::FellBack {
+                new,
+                status,
+                message,
+            } => Err(RestartError::FellBack {
+                old: answered,
+                new,
+                status,
+                message,
+            }),
             _ => Err(control(io::Error::new(
                 io::ErrorKind::InvalidData,
                 "an answer this version does not know",
@@ -397,8 +526,15 @@ pub fn restart(pid_file: &Path, timeout: Duration) -> Result<Restarted, RestartE
     Err(RestartError::Gone { pid })
 }
 
+/// How a server refuses a request line it cannot decode (`ControlError::Malformed`).
+const MALFORMED: &str = "malformed control line";
+
 /// Sends the request on `stream` and reads the answer line, both before `deadline`.
-fn exchange(stream: &mut UnixStream, deadline: Option<Instant>) -> io::Result<Vec<u8>> {
+fn exchange(
+    stream: &mut UnixStream,
+    request: &[u8],
+    deadline: Option<Instant>,
+) -> io::Result<Vec<u8>> {
     let left = || match deadline {
         Some(deadline) => match deadline.saturating_duration_since(Instant::now()) {
             left if left.is_zero() => Err(io::Error::from(io::ErrorKind::TimedOut)),
@@ -407,7 +543,7 @@ fn exchange(stream: &mut UnixStream, deadline: Option<Instant>) -> io::Result<Ve
         None => Ok(None),
     };
     stream.set_write_timeout(left()?)?;
-    stream.write_all(wire::REQUEST)?;
+    stream.write_all(request)?;
     let mut line = Vec::new();
     let mut buf = [0u8; 512];
     loop {
@@ -443,6 +579,11 @@ fn read_pid(path: &Path) -> Result<u32, RestartError> {
                 format!("it holds no pid: {:?}", text.trim()),
             ))
         })
+}
+
+/// The pid that the pid file names now, if it is another than `pid` (which has exited).
+fn renamed(pid_file: &Path, pid: u32) -> Option<u32> {
+    read_pid(pid_file).ok().filter(|&current| current != pid)
 }
 
 /// Whether `pid` is a process that has not exited (a zombie has).
@@ -550,6 +691,74 @@ mod tests {
         }
         .into();
         assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        let fell_back = RestartError::FellBack {
+            old: 10,
+            new: 11,
+            status: ChildStatus::Exited(1),
+            message: "m".into(),
+        };
+        assert_eq!(fell_back.exit_code(), 6);
+        assert_eq!(
+            fell_back.to_string(),
+            "the new process (pid 11) exited with code 1 after it took over; pid 10 took the \
+             service back and serves again"
+        );
+    }
+
+    /// A server of the version before requests until proven: it knows only [`wire::REQUEST`]
+    /// and refuses any other line as malformed.
+    fn older_server(path: &Path, connections: usize) -> std::thread::JoinHandle<()> {
+        let listener = std::os::unix::net::UnixListener::bind(path).unwrap();
+        std::thread::spawn(move || {
+            for _ in 0..connections {
+                let (mut stream, _) = listener.accept().unwrap();
+                let mut line = Vec::new();
+                let mut byte = [0u8; 1];
+                while stream.read(&mut byte).unwrap() == 1 {
+                    line.push(byte[0]);
+                    if byte[0] == b'\n' {
+                        break;
+                    }
+                }
+                let answer = if line == wire::REQUEST {
+                    Answer::Ready { new: 77 }
+                } else {
+                    let words = String::from_utf8_lossy(&line[wire::PREFIX.len()..line.len() - 1]);
+                    Answer::Refused {
+                        reason: RefusalKind::Other,
+                        message: wire::ControlError::Malformed(words.into_owned()).to_string(),
+                    }
+                };
+                let pid = std::process::id();
+                stream
+                    .write_all(&wire::encode_answer(pid, &answer))
+                    .unwrap();
+            }
+        })
+    }
+
+    #[test]
+    fn an_older_server_cannot_answer_until_proven_and_says_so() {
+        let dir = temp_dir("older");
+        let pid_file = dir.join("s.pid");
+        std::fs::write(&pid_file, format!("{}\n", std::process::id())).unwrap();
+        let server = older_server(&socket_path(&pid_file), 2);
+        let e = restart_until_proven(&pid_file, Duration::from_secs(30)).unwrap_err();
+        assert!(
+            matches!(&e, RestartError::Control { error, .. } if error.kind() == io::ErrorKind::Unsupported),
+            "{e:?}"
+        );
+        assert_eq!(e.exit_code(), 5);
+        assert!(
+            e.to_string()
+                .contains("does not know restarts until proven (an older version)"),
+            "{e}"
+        );
+        // The plain request is the same line as ever.
+        let restarted = restart(&pid_file, Duration::from_secs(30)).unwrap();
+        assert_eq!(restarted.new, 77);
+        server.join().unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -568,6 +777,10 @@ mod tests {
         let e = restart(&pid_file, Duration::from_secs(1)).unwrap_err();
         assert!(matches!(e, RestartError::NoSuchProcess { .. }), "{e}");
         assert_eq!(e.exit_code(), 5);
+        // A pid file read just before a handover is read again once its pid is gone.
+        assert_eq!(renamed(&pid_file, i32::MAX as u32), None);
+        std::fs::write(&pid_file, "4250\n").unwrap();
+        assert_eq!(renamed(&pid_file, 4242), Some(4250));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -6,14 +6,19 @@
 //! thread that checks the peer and reads the request (a slow peer holds up nobody), then
 //! hands the connection to the driver. The driver writes the answer line itself, when the
 //! lifecycle's outputs complete it, before it acts on what follows: a process that hands
-//! over and exits at once has written its answer first.
+//! over and exits at once has written its answer first. Before it exits, the driver also
+//! waits (at most [`TAKE_TIMEOUT`], and only while one is under way) for the requests the
+//! accept loop took to reach it, and answers them (`moved` after a handover): a command
+//! whose connection was accepted just before the handover is never left without an answer
+//! by a process that drained at once and exited.
 
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use async_channel::Sender;
@@ -30,6 +35,10 @@ const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long writing an answer may take (a line into an empty socket buffer: no time).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The longest a request accepted on the control socket takes to reach the driver (or to
+/// be answered without it): reading it, and writing a refusal.
+pub(crate) const TAKE_TIMEOUT: Duration = READ_TIMEOUT.saturating_add(WRITE_TIMEOUT);
 
 /// How long the accept loop waits before it tries again after an accept error (no free
 /// fd): the connection waits in the kernel's queue meanwhile.
@@ -131,6 +140,40 @@ pub(crate) struct ControlServer {
     /// What the accept loop needs, to start it again after a fallback.
     listener: Arc<UnixListener>,
     requests: Sender<Message>,
+    /// The accept loops started (one, and one more after each fallback), to know when
+    /// none accepts any more.
+    loops: Vec<JoinHandle<()>>,
+    /// The connections accepted whose request has not reached the driver yet.
+    in_flight: Arc<InFlight>,
+}
+
+/// A count of the requests under way between the accept loop and the driver.
+#[derive(Debug, Default)]
+struct InFlight {
+    count: Mutex<usize>,
+    idle: Condvar,
+}
+
+impl InFlight {
+    /// One more, until the guard is dropped.
+    fn enter(self: &Arc<Self>) -> InFlightGuard {
+        *self.count.lock().unwrap_or_else(PoisonError::into_inner) += 1;
+        InFlightGuard(Arc::clone(self))
+    }
+}
+
+/// One request under way (see [`InFlight`]).
+#[derive(Debug)]
+struct InFlightGuard(Arc<InFlight>);
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        let mut count = self.0.count.lock().unwrap_or_else(PoisonError::into_inner);
+        *count = count.saturating_sub(1);
+        if *count == 0 {
+            self.0.idle.notify_all();
+        }
+    }
 }
 
 impl ControlServer {
@@ -149,6 +192,8 @@ impl ControlServer {
             stop: None,
             listener: Arc::new(listener),
             requests,
+            loops: Vec::new(),
+            in_flight: Arc::default(),
         };
         server.resume_accepting()?;
         Ok(server)
@@ -162,12 +207,17 @@ impl ControlServer {
         }
         let (stop_read, stop_write) = io::pipe()?;
         let (listener, requests) = (Arc::clone(&self.listener), self.requests.clone());
+        let in_flight = Arc::clone(&self.in_flight);
         let span = tracing::Span::current();
-        std::thread::Builder::new()
+        let accepting = std::thread::Builder::new()
             .name("endless-control".into())
             .spawn(move || {
-                span.in_scope(|| accept_loop(&listener, &OwnedFd::from(stop_read), &requests));
+                span.in_scope(|| {
+                    accept_loop(&listener, &OwnedFd::from(stop_read), &requests, &in_flight);
+                });
             })?;
+        self.loops.retain(|l| !l.is_finished());
+        self.loops.push(accepting);
         self.stop = Some(OwnedFd::from(stop_write));
         Ok(())
     }
@@ -176,6 +226,35 @@ impl ControlServer {
     /// socket. Requests already accepted are still answered.
     pub(crate) fn stop_accepting(&mut self) {
         self.stop.take();
+    }
+
+    /// Stops accepting, and waits (at most `timeout`) until every request accepted so far
+    /// has reached the driver (or was answered without it): before the process exits, so
+    /// that the driver answers them instead of dropping their connections. A connection
+    /// accepted just before the handover whose request was still being read would
+    /// otherwise end without an answer when this process exits right after its drain.
+    pub(crate) fn settle(&mut self, timeout: Duration) {
+        self.stop_accepting();
+        // Each loop ends at once once stopped; after it, no connection is accepted here.
+        for accepting in self.loops.drain(..) {
+            let _ = accepting.join();
+        }
+        let count = self
+            .in_flight
+            .count
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let (count, _) = self
+            .in_flight
+            .idle
+            .wait_timeout_while(count, timeout, |count| *count > 0)
+            .unwrap_or_else(PoisonError::into_inner);
+        if *count > 0 {
+            tracing::warn!(
+                requests = *count,
+                "restart requests still being read at the exit are left unanswered"
+            );
+        }
     }
 
     /// The service stops: the socket file goes, if it is still ours.
@@ -192,7 +271,12 @@ impl ControlServer {
     }
 }
 
-fn accept_loop(listener: &UnixListener, stop: &OwnedFd, requests: &Sender<Message>) {
+fn accept_loop(
+    listener: &UnixListener,
+    stop: &OwnedFd,
+    requests: &Sender<Message>,
+    in_flight: &Arc<InFlight>,
+) {
     let mut failing = false;
     loop {
         let mut fds = [
@@ -216,9 +300,14 @@ fn accept_loop(listener: &UnixListener, stop: &OwnedFd, requests: &Sender<Messag
                 failing = false;
                 let requests = requests.clone();
                 let span = tracing::Span::current();
+                // Counted until the request reached the driver (or was answered here).
+                let under_way = in_flight.enter();
                 let spawned = std::thread::Builder::new()
                     .name("endless-control-request".into())
-                    .spawn(move || span.in_scope(|| take_request(stream, &requests)));
+                    .spawn(move || {
+                        span.in_scope(|| take_request(stream, &requests));
+                        drop(under_way);
+                    });
                 if let Err(e) = spawned {
                     tracing::warn!(error = %e, "cannot answer a restart request");
                 }
@@ -266,8 +355,8 @@ fn take_request(mut stream: UnixStream, requests: &Sender<Message>) {
             },
         );
     }
-    match read_line(&mut stream).map(|line| wire::decode_request(&line)) {
-        Ok(Ok(())) => {}
+    let kind = match read_line(&mut stream).map(|line| wire::decode_request(&line)) {
+        Ok(Ok(kind)) => kind,
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "refused a malformed restart request");
             return reply(
@@ -282,7 +371,7 @@ fn take_request(mut stream: UnixStream, requests: &Sender<Message>) {
             tracing::debug!(error = %e, "a control connection sent no request");
             return;
         }
-    }
+    };
     // A command that gave up before its request was taken (it timed out while this
     // process had no fd to accept it) no longer wants it carried out.
     if peer_gone(&stream) {
@@ -290,7 +379,10 @@ fn take_request(mut stream: UnixStream, requests: &Sender<Message>) {
         return;
     }
     // Dropped unanswered if the lifecycle has ended: the peer sees the end.
-    let _ = requests.send_blocking(Message::Restart(stream));
+    let _ = requests.send_blocking(Message::Restart {
+        connection: stream,
+        kind,
+    });
 }
 
 /// Writes `answer` on the connection of the request it answers, and closes it.
@@ -369,6 +461,7 @@ fn read_line(stream: &mut UnixStream) -> io::Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use endless_core::control::RequestKind;
 
     fn temp_dir(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!(
@@ -442,6 +535,45 @@ mod tests {
     }
 
     #[test]
+    fn settling_waits_for_the_requests_accepted_before_it() {
+        let dir = temp_dir("settle");
+        let path = dir.join("s.control");
+        let (requests, driver) = async_channel::unbounded();
+        let mut server =
+            ControlServer::start(bind(&path).unwrap(), path.clone(), requests).unwrap();
+        // Nothing under way: at once.
+        server.settle(Duration::from_secs(30));
+        assert!(driver.try_recv().is_err());
+
+        // Accepted while the server accepts; the request comes 200 ms later.
+        server.resume_accepting().unwrap();
+        let mut slow = UnixStream::connect(&path).unwrap();
+        let accepted_by = std::time::Instant::now() + Duration::from_secs(30);
+        while *server.in_flight.count.lock().unwrap() == 0 {
+            assert!(std::time::Instant::now() < accepted_by, "never accepted");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let writer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            slow.write_all(wire::REQUEST_PROVEN).unwrap();
+            slow
+        });
+        server.settle(Duration::from_secs(30));
+        assert!(
+            matches!(
+                driver.try_recv(),
+                Ok(Message::Restart {
+                    kind: RequestKind::UntilProven,
+                    ..
+                })
+            ),
+            "the request reached the driver before `settle` returned"
+        );
+        drop(writer.join().unwrap());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn a_request_is_handed_to_the_driver_and_answered_and_junk_is_refused() {
         let dir = temp_dir("serve");
         let path = dir.join("s.control");
@@ -449,9 +581,15 @@ mod tests {
         let mut server =
             ControlServer::start(bind(&path).unwrap(), path.clone(), requests).unwrap();
         // The driver's side: answer the first request.
-        let fake_driver = std::thread::spawn(move || match driver.recv_blocking() {
-            Ok(Message::Restart(connection)) => answer(connection, &Answer::Ready { new: 77 }),
-            other => panic!("{other:?}"),
+        let fake_driver = std::thread::spawn(move || {
+            for expected in [RequestKind::Restart, RequestKind::UntilProven] {
+                match driver.recv_blocking() {
+                    Ok(Message::Restart { connection, kind }) if kind == expected => {
+                        answer(connection, &Answer::Ready { new: 77 });
+                    }
+                    other => panic!("{other:?}"),
+                }
+            }
         });
         let ask = |request: &[u8]| {
             let mut stream = UnixStream::connect(&path).unwrap();
@@ -463,15 +601,15 @@ mod tests {
             stream.read_to_string(&mut answer).unwrap();
             answer
         };
-        assert_eq!(
-            ask(wire::REQUEST),
-            format!(
-                "endless-control/1 ready pid={} new=77\n",
-                std::process::id()
-            )
+        let ready = format!(
+            "endless-control/1 ready pid={} new=77\n",
+            std::process::id()
         );
+        assert_eq!(ask(wire::REQUEST), ready);
+        assert_eq!(ask(wire::REQUEST_PROVEN), ready);
         fake_driver.join().unwrap();
         assert!(ask(b"endless-control/1 stop\n").contains(" refused "));
+        assert!(ask(b"endless-control/1 restart soon\n").contains(" refused "));
         // Stopped: nobody accepts any more (the connection waits in the queue).
         server.stop_accepting();
         server.remove_file();

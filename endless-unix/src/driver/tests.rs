@@ -761,7 +761,7 @@ fn under_a_service_manager_staged_upgrades_are_refused_and_a_failed_restart_recl
     assert_eq!(
         sent[1..],
         [format!(
-            "MAINPID={}\nREADY=1\nSTATUS=Serving; the last upgrade failed or was rolled back (see the log)",
+            "MAINPID={}\nREADY=1\nSTATUS=Serving; the last upgrade failed, was rolled back or died after it was ready (see the log)",
             std::process::id()
         )]
     );
@@ -799,6 +799,16 @@ fn restart_command(
 ) -> std::thread::JoinHandle<Result<crate::control::Restarted, crate::control::RestartError>> {
     let pid_file = pid_file.to_owned();
     std::thread::spawn(move || crate::control::restart(&pid_file, Duration::from_secs(30)))
+}
+
+/// [`restart_command`], until proven.
+fn restart_command_until_proven(
+    pid_file: &std::path::Path,
+) -> std::thread::JoinHandle<Result<crate::control::Restarted, crate::control::RestartError>> {
+    let pid_file = pid_file.to_owned();
+    std::thread::spawn(move || {
+        crate::control::restart_until_proven(&pid_file, Duration::from_secs(30))
+    })
 }
 
 fn with_pid_file(dir: &tempdir::Dir) -> impl FnOnce(Options) -> Options {
@@ -865,6 +875,120 @@ fn the_restart_command_is_told_a_crash_with_its_status_and_a_timeout() {
         "{late:?}"
     );
     assert!(s.handle.is_accepting());
+}
+
+#[test]
+fn the_restart_command_until_proven_is_answered_at_the_end_of_the_probation() {
+    let dir = tempdir::Dir::new("driver-control-proven");
+    let s = Server::start_with(Server::config().probation(PROBATION), with_pid_file(&dir));
+    let pid_file = dir.0.join("server.pid");
+    let waiter = s.watch_exit();
+
+    let command = restart_command_until_proven(&pid_file);
+    s.rt.settle_until("the command's restart", || !s.rt.pids().is_empty());
+    let child = s.rt.last_child();
+    s.rt.say_ready(child);
+    assert!(!s.handle.is_accepting());
+    assert_eq!(
+        s.phase_changes(),
+        [Phase::Forking, Phase::Draining, Phase::Probation]
+    );
+    s.rt.advance(PROBATION - Duration::from_millis(1));
+    assert!(
+        !command.is_finished(),
+        "answered before the probation's end"
+    );
+    s.rt.advance(Duration::from_millis(1));
+    s.rt.settle_until("the answer", || command.is_finished());
+    let restarted = command.join().unwrap().unwrap();
+    assert_eq!((restarted.old, restarted.new), (std::process::id(), child));
+    assert!(lock(&waiter).is_some(), "the lifecycle ended");
+}
+
+#[test]
+fn the_restart_command_until_proven_is_told_of_the_fallback() {
+    use crate::control::RestartError;
+    let dir = tempdir::Dir::new("driver-control-fell-back");
+    let s = Server::start_with(Server::config().probation(PROBATION), with_pid_file(&dir));
+    let pid_file = dir.0.join("server.pid");
+
+    let command = restart_command_until_proven(&pid_file);
+    s.rt.settle_until("the command's restart", || !s.rt.pids().is_empty());
+    let child = s.rt.last_child();
+    s.rt.say_ready(child);
+    // The pid file names the new generation (a fake one: this test wrote nothing there).
+    std::fs::write(&pid_file, format!("{child}\n")).unwrap();
+    assert!(!command.is_finished());
+    s.rt.exit(child, ExitStatus::from_raw(1 << 8));
+    s.rt.settle_until("the answer", || command.is_finished());
+    let fell_back = command.join().unwrap().unwrap_err();
+    assert!(
+        matches!(
+            &fell_back,
+            RestartError::FellBack { old, new, status: endless_core::ChildStatus::Exited(1), .. }
+                if *old == std::process::id() && *new == child
+        ),
+        "{fell_back:?}"
+    );
+    assert_eq!(fell_back.exit_code(), 6);
+    assert!(s.handle.is_accepting());
+    // Answered once the pid file names this process again.
+    assert_eq!(
+        std::fs::read_to_string(&pid_file).unwrap().trim(),
+        std::process::id().to_string()
+    );
+    assert_eq!(s.exit(), None);
+
+    // A plain request still answers at the handover.
+    let command = restart_command(&pid_file);
+    s.rt.settle_until("the command's restart", || s.rt.pids().len() == 2);
+    let second = s.rt.last_child();
+    s.rt.say_ready(second);
+    s.rt.settle_until("the answer", || command.is_finished());
+    assert_eq!(command.join().unwrap().unwrap().new, second);
+    assert_eq!(s.exit(), None, "in probation");
+}
+
+#[test]
+fn a_restart_request_queued_behind_the_end_is_answered_not_dropped() {
+    use std::io::Read;
+    let dir = tempdir::Dir::new("driver-control-late");
+    let s = Server::start_with(Server::config(), with_pid_file(&dir));
+    // A connection kept: the drain waits for it.
+    let (ours, _theirs) = UnixStream::pair().unwrap();
+    let guard = s.handle.track(&ours);
+    s.rt.signal(Signal::HUP);
+    let child = s.rt.last_child();
+    s.rt.say_ready(child);
+    assert!(!s.handle.is_accepting());
+    // The end, and behind it a request that the control socket accepted before this
+    // process stopped accepting and read since.
+    let (asked, mut command) = UnixStream::pair().unwrap();
+    let inputs = s.handle.inputs();
+    inputs
+        .try_send(super::Message::Input(endless_core::Input::Drained))
+        .unwrap();
+    inputs
+        .try_send(super::Message::Restart {
+            connection: asked,
+            kind: endless_core::control::RequestKind::UntilProven,
+        })
+        .unwrap();
+    s.rt.settle();
+    assert!(s.exit().is_some());
+    command
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut line = Vec::new();
+    command.read_to_end(&mut line).unwrap();
+    assert_eq!(
+        endless_core::control::decode_answer(&line),
+        Ok((
+            std::process::id(),
+            endless_core::control::Answer::Moved { to: child }
+        ))
+    );
+    drop(guard);
 }
 
 #[test]
