@@ -2,7 +2,9 @@
 //! `hello-tls`; and `hello-smol`, `hello-async-std`, HTTP/1.1 with hyper on endless-smol)
 //! restarted again and again under continuous load from an in-repo client that never retries
 //! (`endless_test_support::http_client`, which says exactly what counts as a failure), over
-//! HTTP/1.1 and HTTP/2, cleartext and TLS. The bar is zero failed requests.
+//! HTTP/1.1 and HTTP/2, cleartext and TLS. The bar is zero failed requests. And the probes
+//! the examples answer (`endless_hyper::Probes`: `/readyz`, `/livez`) through a stop, a
+//! handover and a fallback.
 //!
 //! Each scenario is a function of the server binary, so that another server is one more
 //! `#[test]` line. The servers run under the process harness of `endless_test_support` (own
@@ -730,7 +732,8 @@ fn readyz_until_draining(runtime: &tokio::runtime::Runtime, conn: &mut Conn) -> 
     }
 }
 
-fn current_thread_runtime() -> tokio::runtime::Runtime {
+/// A runtime for the test's client connections.
+fn client_runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -748,7 +751,7 @@ fn readiness_during_a_stop(bin: &Path) {
     let (http, _) = HttpServer::start(bin, Transport::Cleartext);
     let server = &http.server;
     let pid = server.pid();
-    let runtime = current_thread_runtime();
+    let runtime = client_runtime();
     let target = http.target(Proto::Http1);
     let open = |id| {
         runtime
@@ -815,7 +818,7 @@ fn readiness_across_a_fallback(bin: &Path) {
     let (http, _) = HttpServer::start_with(bin, Transport::Cleartext, &["--probation", "60"]);
     let server = &http.server;
     let old = server.pid();
-    let runtime = current_thread_runtime();
+    let runtime = client_runtime();
     let target = http.target(Proto::Http1);
     let open = |id| {
         runtime
