@@ -2,7 +2,9 @@
 //! `hello-tls`; and `hello-smol`, `hello-async-std`, HTTP/1.1 with hyper on endless-smol)
 //! restarted again and again under continuous load from an in-repo client that never retries
 //! (`endless_test_support::http_client`, which says exactly what counts as a failure), over
-//! HTTP/1.1 and HTTP/2, cleartext and TLS. The bar is zero failed requests.
+//! HTTP/1.1 and HTTP/2, cleartext and TLS. The bar is zero failed requests. And the probes
+//! the examples answer (`endless_hyper::Probes`: `/readyz`, `/livez`) through a stop, a
+//! handover and a fallback.
 //!
 //! Each scenario is a function of the server binary, so that another server is one more
 //! `#[test]` line. The servers run under the process harness of `endless_test_support` (own
@@ -17,10 +19,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use endless_test_support::http_client::{
-    Conn, Load, LoadConfig, Outcome, Pki, Proto, Target, cert_id,
+    Answer, Conn, Load, LoadConfig, Outcome, Pki, Proto, Target, cert_id,
 };
 use endless_test_support::{
-    DEADLINE, Endpoint, Exit, Options, Server, TempDir, is_alive, wait_for,
+    DEADLINE, Endpoint, Exit, Options, Server, TempDir, has_field, is_alive, wait_for,
 };
 use rustix::process::Signal;
 
@@ -681,4 +683,191 @@ fn slow_requests_complete(bin: &Path, transport: Transport, protos: &[Proto]) {
     drop(conn);
     runtime.shutdown_timeout(Duration::from_secs(1));
     server.group.wait_settled(&[new]);
+}
+
+// ---- readiness and liveness probes ---------------------------------------------------------
+
+#[test]
+fn hello_hyper_readiness_turns_false_while_it_drains_for_a_stop() {
+    readiness_during_a_stop(hello_hyper());
+}
+
+#[test]
+fn hello_axum_readiness_turns_false_while_it_drains_for_a_stop() {
+    readiness_during_a_stop(hello_axum());
+}
+
+#[test]
+fn hello_hyper_readiness_follows_a_handover_and_a_fallback() {
+    readiness_across_a_fallback(hello_hyper());
+}
+
+/// `GET path` on `conn`, which must be answered.
+fn answered(runtime: &tokio::runtime::Runtime, conn: &mut Conn, path: &str) -> Answer {
+    match runtime.block_on(conn.get(path)) {
+        Outcome::Answered(a) => a,
+        other => panic!("GET {path} on connection {}: {other:?}", conn.id()),
+    }
+}
+
+/// Asks `GET /readyz` on the keep-alive connection `conn` until the answer is `503`, which
+/// it returns; each answer before it must be `200 ready` and keep the connection open.
+fn readyz_until_draining(runtime: &tokio::runtime::Runtime, conn: &mut Conn) -> Answer {
+    let start = Instant::now();
+    loop {
+        let a = answered(runtime, conn, "/readyz");
+        if a.status() == 503 {
+            return a;
+        }
+        assert_eq!(
+            (a.status(), a.body().as_str(), a.connection_close),
+            (200, "ready\n", false),
+            "/readyz before the drain"
+        );
+        assert!(
+            start.elapsed() < DEADLINE,
+            "/readyz still ready {DEADLINE:?} later"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A runtime for the test's client connections.
+fn client_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("a runtime")
+}
+
+/// The probes of a server that stops: `/readyz` answers `200 ready` while it serves; after
+/// `SIGTERM`, while a slow request (`?sleep=3000`) keeps it draining, a keep-alive
+/// connection opened before answers `/readyz` with `503 draining` and `Connection: close`,
+/// and another one `/livez` with `200 live`; a new connection is refused (the listener is
+/// closed: no generation will accept on it again); the slow request completes and the
+/// server exits 0.
+fn readiness_during_a_stop(bin: &Path) {
+    let (http, _) = HttpServer::start(bin, Transport::Cleartext);
+    let server = &http.server;
+    let pid = server.pid();
+    let runtime = client_runtime();
+    let target = http.target(Proto::Http1);
+    let open = |id| {
+        runtime
+            .block_on(Conn::open(&target, id))
+            .unwrap_or_else(|e| panic!("open a connection: {e}"))
+    };
+    let (mut ready, mut live, mut slow) = (open(1), open(2), open(3));
+    let a = answered(&runtime, &mut ready, "/readyz");
+    assert_eq!((a.status(), a.body().as_str()), (200, "ready\n"));
+    let a = answered(&runtime, &mut live, "/livez");
+    assert_eq!((a.status(), a.body().as_str()), (200, "live\n"));
+    // The slow connection is this process's before the stop.
+    assert_eq!(answered(&runtime, &mut slow, "/").pid(), Ok(pid));
+    let slow = runtime.spawn(async move {
+        let outcome = slow.get(&format!("/?sleep={}", SLOW.as_millis())).await;
+        (slow, outcome)
+    });
+    std::thread::sleep(Duration::from_millis(200));
+
+    let stopped_at = Instant::now();
+    server.group.signal(pid, Signal::TERM);
+    let a = readyz_until_draining(&runtime, &mut ready);
+    assert_eq!(a.body(), "draining\n");
+    assert!(a.connection_close, "503 without `Connection: close`");
+    // (With `Connection: close` too once the server has told the connection of the drain,
+    // a moment after the tracker.)
+    let a = answered(&runtime, &mut live, "/livez");
+    assert_eq!(
+        (a.status(), a.body().as_str()),
+        (200, "live\n"),
+        "/livez while draining"
+    );
+    // The listener closes as its accept loop ends, a moment after the drain starts.
+    wait_for(
+        "the listener to close",
+        DEADLINE,
+        || match std::net::TcpStream::connect(http.addr) {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Some(()),
+            Err(e) => panic!("a new connection while the server stops: {e}"),
+            Ok(_) => None,
+        },
+    );
+    assert!(
+        stopped_at.elapsed() < SLOW,
+        "the drain took over {SLOW:?} to show: the slow request may have ended it"
+    );
+
+    let (_, outcome) = runtime.block_on(slow).expect("the slow request's task");
+    let Outcome::Answered(a) = outcome else {
+        panic!("the slow request during the stop: {outcome:?}");
+    };
+    assert_eq!(a.pid(), Ok(pid));
+    assert!(a.connection_close);
+    assert_eq!(server.group.wait_exit(pid), Exit::Code(0));
+}
+
+/// The probes across a restart and a fallback: a keep-alive connection to the old
+/// generation answers `/readyz` with `200`, then `503 draining` once the new generation is
+/// ready, while a new connection (the new generation's) answers `200`; the new generation is
+/// then killed, the old one takes the service back, and a new connection — the old
+/// generation's again — answers `/readyz` with `200 ready`.
+fn readiness_across_a_fallback(bin: &Path) {
+    // A probation longer than the test: the old generation stays the fallback.
+    let (http, _) = HttpServer::start_with(bin, Transport::Cleartext, &["--probation", "60"]);
+    let server = &http.server;
+    let old = server.pid();
+    let runtime = client_runtime();
+    let target = http.target(Proto::Http1);
+    let open = |id| {
+        runtime
+            .block_on(Conn::open(&target, id))
+            .unwrap_or_else(|e| panic!("open a connection: {e}"))
+    };
+    let mut before = open(1);
+    assert_eq!(answered(&runtime, &mut before, "/").pid(), Ok(old));
+    let a = answered(&runtime, &mut before, "/readyz");
+    assert_eq!((a.status(), a.body().as_str()), (200, "ready\n"));
+
+    let mark = server.group.stderr.len();
+    let (new, _) = http.hup();
+    let a = readyz_until_draining(&runtime, &mut before);
+    assert_eq!(
+        (a.body().as_str(), a.connection_close),
+        ("draining\n", true)
+    );
+    http.wait_stopped_accepting(old, mark);
+    let mut after = open(2);
+    assert_eq!(answered(&runtime, &mut after, "/").pid(), Ok(new));
+    let a = answered(&runtime, &mut after, "/readyz");
+    assert_eq!(
+        (a.status(), a.body().as_str()),
+        (200, "ready\n"),
+        "the new generation"
+    );
+    drop(after);
+
+    // The new generation dies after it was ready: the old one serves again, and says so.
+    server.group.signal(new, Signal::KILL);
+    server
+        .group
+        .stderr
+        .wait_from(format_args!("{old} to accept again"), mark, |l| {
+            l.contains("accepting again") && has_field(l, "pid", old)
+        });
+    server.wait_pid_file(old);
+    server.set_pid(old);
+    let mut back = open(3);
+    assert_eq!(answered(&runtime, &mut back, "/").pid(), Ok(old));
+    let a = answered(&runtime, &mut back, "/readyz");
+    assert_eq!(
+        (a.status(), a.body().as_str(), a.connection_close),
+        (200, "ready\n", false),
+        "the old generation after it took the service back"
+    );
+    drop(back);
+    drop(before);
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    server.group.wait_settled(&[old]);
 }

@@ -108,6 +108,13 @@
 //! `ConnectInfo<PeerAddr>` (`into_make_service_with_connect_info::<PeerAddr>()`) tells
 //! the peers of Unix listeners apart too; with `SocketAddr` they are `0.0.0.0:0`.
 //!
+//! # Probes
+//!
+//! [`Probes`] wraps a service (a hyper service, a `Router`) and answers `GET /readyz` with
+//! `200` while the process serves and `503` once it drains, and `GET /livez` with `200`:
+//! Kubernetes' readiness and liveness probes, or a load balancer's health check. See
+//! [`probe`].
+//!
 //! # Features
 //!
 //! - `tls`: TLS through tokio-rustls (`Server::tls`, the `tls` module). Off by default.
@@ -118,6 +125,7 @@
 mod drain;
 mod h2_shutdown;
 mod peer;
+pub mod probe;
 mod server;
 mod service;
 mod takeover;
@@ -126,6 +134,7 @@ mod takeover;
 pub mod tls;
 
 pub use peer::{ConnectionInfo, MakeServiceFn, PeerAddr, make_service_fn};
+pub use probe::{Probes, ProbesLayer};
 pub use server::{Accept, DEFAULT_IDLE_GRACE, Server, TLS_HANDSHAKE_TIMEOUT};
 pub use service::{BoxError, HttpService, HyperService, ResponseBody};
 pub use takeover::IntoStream;

@@ -362,6 +362,27 @@ mod tests {
     }
 
     #[test]
+    fn serving_again_after_a_drain_is_not_closing() {
+        // What a readiness probe reads (endless-hyper's `Probes`): closing from the drain
+        // (or a forced close) until the process takes the service back.
+        let tracker = Tracker::new();
+        assert!(!tracker.is_closing());
+        future::block_on(tracker.serving());
+        for close in [Tracker::close_idle, Tracker::force_close] {
+            let before = tracker.track(None);
+            close(&tracker);
+            assert!(tracker.is_closing() && before.is_closing());
+            let t = tracker.clone();
+            let waiter = std::thread::spawn(move || future::block_on(t.serving()));
+            tracker.serve_again();
+            waiter.join().unwrap();
+            assert!(!tracker.is_closing());
+            // Connections of the new serving period are not asked to close.
+            assert!(!tracker.track(None).is_closing());
+        }
+    }
+
+    #[test]
     fn force_close_shuts_registered_sockets_down() {
         let tracker = Tracker::new();
         let (ours, mut peer) = UnixStream::pair().unwrap();

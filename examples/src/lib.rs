@@ -47,7 +47,9 @@
 //! generation beside the serving one, `SIGQUIT` commits, `SIGWINCH` rolls back.
 //!
 //! The HTTP examples answer `GET /` with `pid=<pid>` and a newline, and `GET /?sleep=MS`
-//! the same after MS milliseconds.
+//! the same after MS milliseconds. `hello-hyper`, `hello-tls` and `hello-axum` also answer
+//! the probes `GET /readyz` (`200 ready` while serving, `503 draining` once draining) and
+//! `GET /livez` (`200 live`), with [`endless_hyper::Probes`].
 //!
 //! Listeners are named `listen-0`, `listen-1`, … in the order given, which is how a new
 //! generation finds them again.

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use endless_hyper::HyperService;
+use endless_hyper::{HyperService, Probes};
 
 use crate::{Args, futures_rt, hello, pid_body, serve_http};
 
@@ -84,18 +84,21 @@ fn tokio_main(main: impl Future<Output = i32>) -> i32 {
         .block_on(main)
 }
 
-/// `hello-hyper`: a hyper service, served by endless-hyper.
+/// `hello-hyper`: a hyper service, served by endless-hyper, with the probes `GET /readyz`
+/// and `GET /livez` ([`Probes`]).
 pub fn hello_hyper(args: Args) -> i32 {
     tokio_main(async {
         let endless = args.start_endless();
-        let service = HyperService(hyper::service::service_fn(hello));
+        let hello = hyper::service::service_fn(hello);
+        let service = HyperService(Probes::new(hello, endless.tracker().clone()));
         serve_http(&endless, &args, &endless_hyper::Server::new(), service);
         endless.ready();
         endless.run().await.code
     })
 }
 
-/// `hello-axum`: an axum router, served by endless-hyper.
+/// `hello-axum`: an axum router, served by endless-hyper, with the probes `GET /readyz` and
+/// `GET /livez` ([`Probes`]).
 pub fn hello_axum(args: Args) -> i32 {
     #[derive(serde::Deserialize)]
     struct Params {
@@ -112,6 +115,7 @@ pub fn hello_axum(args: Args) -> i32 {
     tokio_main(async {
         let endless = args.start_endless();
         let app = axum::Router::new().route("/", axum::routing::get(hello));
+        let app = Probes::new(app, endless.tracker().clone());
         serve_http(&endless, &args, &endless_hyper::Server::new(), app);
         endless.ready();
         endless.run().await.code
@@ -140,7 +144,8 @@ pub fn hello_tls(args: Args) -> i32 {
         };
         let endless = args.start_endless();
         let server = endless_hyper::Server::new().tls(acceptor);
-        let service = HyperService(hyper::service::service_fn(hello));
+        let hello = hyper::service::service_fn(hello);
+        let service = HyperService(Probes::new(hello, endless.tracker().clone()));
         serve_http(&endless, &args, &server, service);
         endless.ready();
         endless.run().await.code

@@ -633,6 +633,16 @@ impl Answer {
             .and_then(|b| b.strip_prefix("pid=")?.strip_suffix('\n')?.parse().ok())
             .ok_or_else(|| format!("not a `pid=<n>\\n` body: {:?}", self.body))
     }
+
+    /// The status code.
+    pub fn status(&self) -> u16 {
+        self.status.as_u16()
+    }
+
+    /// The body, as text (lossily).
+    pub fn body(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
 }
 
 /// How one request went.
