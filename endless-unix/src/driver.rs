@@ -608,6 +608,11 @@ impl<R: Runtime> Driver<R> {
         // before a crash): a copy of the channel to read them without the runtime.
         let last_words = match channel.and_then(|c| Ok((c.try_clone()?, c))) {
             Ok((channel, last_words)) => {
+                // Read without waiting once the child is gone, even if something it
+                // started still holds the other end.
+                if let Err(e) = sys::set_nonblocking(last_words.as_fd()) {
+                    tracing::warn!(pid, error = %e, "the channel stays blocking");
+                }
                 self.channels.insert(pid, (channel, replies));
                 Some(last_words)
             }
@@ -681,7 +686,7 @@ impl<R: Runtime> Driver<R> {
                     inputs: self.shared.inputs.clone(),
                     replies: to_outbox,
                     parser: ReadyParser::new(pid),
-                    ready: false,
+                    readiness_known: false,
                 };
                 spawn(
                     &*self.runtime,
@@ -723,7 +728,8 @@ struct Follower {
     inputs: Sender<Message>,
     replies: Sender<io::Result<Reply>>,
     parser: ReadyParser,
-    ready: bool,
+    /// Its readiness line was read (or it broke the protocol): what follows are messages.
+    readiness_known: bool,
 }
 
 impl Follower {
@@ -788,7 +794,7 @@ impl Follower {
     /// Takes one record (empty: the end of the channel); whether to read on.
     async fn record(&mut self, bytes: &[u8]) -> bool {
         let pid = self.pid;
-        if !self.ready {
+        if !self.readiness_known {
             let readiness = if bytes.is_empty() {
                 self.parser.eof()
             } else {
@@ -799,7 +805,7 @@ impl Follower {
                 Readiness::Ready => Input::ChildReady { pid },
                 Readiness::Failed(reason) => Input::ChildFailed { pid, reason },
             };
-            self.ready = true;
+            self.readiness_known = true;
             let go_on = matches!(input, Input::ChildReady { .. });
             let _ = self.inputs.send(Message::Input(input)).await;
             return go_on;

@@ -207,6 +207,12 @@ fn supervise(executable: &Executable, map: &SignalMap) -> io::Result<i32> {
                 if let Targets::Some(pids) = supervisor.signal(request) {
                     tracing::info!(%signal, ?request, to = ?pids, "forwarding");
                     for pid in pids {
+                        // A generation reaped by its parent leaves a stale pid here; never
+                        // signal what a reused pid names now, unless it is ours.
+                        if !is_descendant(pid, me) {
+                            supervisor.gone(pid);
+                            continue;
+                        }
                         match sys::signal_process(pid, raw) {
                             Ok(true) => {}
                             Ok(false) => supervisor.gone(pid),
