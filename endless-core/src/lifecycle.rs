@@ -416,6 +416,9 @@ pub enum Departure {
     HandedOver,
     /// The service stops.
     Stopping,
+    /// It started a restart (or a staged upgrade) of its own: whatever comes of it, it no
+    /// longer needs a fallback.
+    Restarting,
 }
 
 impl fmt::Display for Departure {
@@ -423,6 +426,7 @@ impl fmt::Display for Departure {
         f.write_str(match self {
             Self::HandedOver => "it handed over to its own successor",
             Self::Stopping => "the service stops",
+            Self::Restarting => "it started a successor of its own",
         })
     }
 }
@@ -680,10 +684,11 @@ pub enum Action {
     ReleaseListeners,
     /// Tell the generation this one took over from (on the inherited readiness channel,
     /// if it still listens) that this process goes, and why: its end is then no crash to
-    /// fall back from ([`Input::SuccessorDeparted`] on the other side). Once per drain,
-    /// before [`Action::StopAccepting`], in a process of [`Origin::Inherited`] that reported
-    /// ready (one that never did has taken nothing over: its parent still waits for its
-    /// readiness line).
+    /// fall back from ([`Input::SuccessorDeparted`] on the other side). Once in a life, in a
+    /// process of [`Origin::Inherited`] that reported ready (one that never did has taken
+    /// nothing over: its parent still waits for its readiness line): when it starts a
+    /// restart of its own ([`Departure::Restarting`], before [`Action::SpawnChild`]), or
+    /// when it drains, before [`Action::StopAccepting`].
     Depart {
         /// Why.
         how: Departure,
@@ -957,6 +962,9 @@ pub struct Lifecycle {
     stopping: Vec<Pid>,
     /// Children killed ([`Action::KillChild`]) that have not been reaped yet.
     killed: Vec<Pid>,
+    /// This process told the generation it took over from that it goes
+    /// ([`Action::Depart`]): once in a life.
+    departed: bool,
     outputs: VecDeque<Output>,
 }
 
@@ -972,6 +980,7 @@ impl Lifecycle {
             },
             stopping: Vec::new(),
             killed: Vec::new(),
+            departed: false,
             outputs: VecDeque::new(),
         }
     }
@@ -1192,6 +1201,10 @@ impl Lifecycle {
                     staged,
                 });
                 self.action(Action::Announce(Status::Reloading));
+                // It lived to start a successor of its own: its predecessor is no longer
+                // its fallback, or a crash of this process now would bring back the
+                // predecessor beside the successor that then serves (orphaned).
+                self.depart(Departure::Restarting);
                 self.action(Action::SpawnChild);
             }
             State::Forking { .. } | State::Staged { .. } => {
@@ -1532,13 +1545,12 @@ impl Lifecycle {
         // The generation this one took over from may still be our fallback: this is no
         // crash. A process that never reported ready took nothing over: its parent still
         // waits for its readiness line on that channel, not for a departure.
-        if self.origin == Origin::Inherited && was_ready {
-            let how = if handed_over {
+        if was_ready {
+            self.depart(if handed_over {
                 Departure::HandedOver
             } else {
                 Departure::Stopping
-            };
-            self.action(Action::Depart { how });
+            });
         }
         self.action(Action::StopAccepting);
         if !handed_over {
@@ -1548,6 +1560,14 @@ impl Lifecycle {
             self.action(Action::HandOver { successor });
         }
         self.action(Action::CloseIdle);
+    }
+
+    /// Tells the generation this one took over from that it goes, once in a life.
+    fn depart(&mut self, how: Departure) {
+        if self.origin == Origin::Inherited && !self.departed {
+            self.departed = true;
+            self.action(Action::Depart { how });
+        }
     }
 
     /// Asks a serving child to stop; its exit is then expected.
@@ -1707,7 +1727,7 @@ mod tests {
 
     #[test]
     fn display_messages() {
-        let cases: [(&dyn fmt::Display, &str); 33] = [
+        let cases: [(&dyn fmt::Display, &str); 34] = [
             (&ChildStatus::Exited(3), "exited with code 3"),
             (&ChildStatus::Signaled(9), "was killed by signal 9"),
             (&ChildStatus::Unknown, "ended"),
@@ -1786,6 +1806,7 @@ mod tests {
                 "it handed over to its own successor",
             ),
             (&Departure::Stopping, "the service stops"),
+            (&Departure::Restarting, "it started a successor of its own"),
         ];
         for (value, expected) in cases {
             assert_eq!(value.to_string(), expected);

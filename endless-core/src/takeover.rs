@@ -51,7 +51,7 @@
 //! | reason | 1 | — | a [`RefuseReason`] code (`0` when taken) |
 //!
 //! A departure is the common part with type `3` and id `0`, then one byte: `1` it handed
-//! over to its own successor, `2` the service stops.
+//! over to its own successor, `2` the service stops, `3` it started a successor of its own.
 //!
 //! Names are UTF-8 of at most [`MAX_NAME_LEN`] bytes; the state and
 //! the unconsumed bytes at most [`MAX_STATE_LEN`] and [`MAX_UNCONSUMED_LEN`]. A message
@@ -389,6 +389,7 @@ pub fn encode_departure(how: crate::Departure) -> Vec<u8> {
     out.push(match how {
         crate::Departure::HandedOver => 1,
         crate::Departure::Stopping => 2,
+        crate::Departure::Restarting => 3,
     });
     out
 }
@@ -424,6 +425,7 @@ impl Upstream {
         match r.u8() {
             Some(1) => Ok(Self::Departure(crate::Departure::HandedOver)),
             Some(2) => Ok(Self::Departure(crate::Departure::Stopping)),
+            Some(3) => Ok(Self::Departure(crate::Departure::Restarting)),
             Some(other) => Err(fail(FrameErrorKind::UnknownDeparture(other))),
             None => Err(fail(FrameErrorKind::Truncated)),
         }

@@ -19,8 +19,9 @@
 //!   exits cleanly (then always); once released they never accept again, and the process
 //!   only ends;
 //! - an inherited process that reported ready tells its predecessor that it goes
-//!   ([`Action::Depart`]) once per drain, before it stops accepting, saying why (it handed
-//!   over, or the service stops); a fresh one, or one that never was ready, never does;
+//!   ([`Action::Depart`]) once in its life: when it starts a restart of its own (before
+//!   the spawn), or when it drains (before it stops accepting), saying why; a fresh one,
+//!   or one that never was ready, never does;
 //! - a handover ([`Action::HandOver`]) stays open exactly while the process drains after
 //!   it: it ends ([`Action::EndHandOver`]) when that drain ends, or when the process takes
 //!   the service back, before it accepts again or exits;
@@ -595,6 +596,8 @@ struct World {
     announced_ready: u32,
     /// `CloseUnclaimed` actions seen.
     closed_unclaimed: u32,
+    /// This process told its predecessor that it goes ([`Action::Depart`]): once in a life.
+    told_parent: bool,
 }
 
 impl World {
@@ -634,6 +637,7 @@ impl StateMachineTest for LifecycleTest {
             notified_parent: 0,
             received: 0,
             announced_ready: 0,
+            told_parent: false,
             closed_unclaimed: 0,
         }
     }
@@ -648,6 +652,7 @@ impl StateMachineTest for LifecycleTest {
         let needed_before = w.successor_needs_fallback();
         let successor_before = w.successor;
         let is_successor = |pid| successor_before == Some(pid);
+        let told_before = w.told_parent;
         let input = match t {
             Transition::Restart => Some(Input::Request(Request::Restart)),
             Transition::Stage => Some(Input::Request(Request::Stage)),
@@ -769,6 +774,11 @@ impl StateMachineTest for LifecycleTest {
                     }
                     match action {
                         Action::SpawnChild => {
+                            // An inherited process that starts a successor of its own first
+                            // tells its predecessor, unless it did before.
+                            let expected =
+                                (m.inherited && !told_before).then_some(Departure::Restarting);
+                            assert_eq!(departed_now, expected, "the departure before a spawn");
                             assert!(w.live.is_empty(), "spawning beside {:?}", w.live);
                             assert!(
                                 w.successor.is_none(),
@@ -809,7 +819,8 @@ impl StateMachineTest for LifecycleTest {
                                 Some(_) => Departure::HandedOver,
                                 None => Departure::Stopping,
                             };
-                            let expected = (m.inherited && w.announced_ready > 0).then_some(how);
+                            let expected = (m.inherited && w.announced_ready > 0 && !told_before)
+                                .then_some(how);
                             assert_eq!(departed_now, expected, "the departure on {t:?}");
                             if let Some(pid) = handed_to {
                                 assert!(w.live.remove(&pid), "handed over to a dead child");
@@ -840,7 +851,9 @@ impl StateMachineTest for LifecycleTest {
                             assert!(m.inherited, "a fresh process has no predecessor");
                             assert!(w.announced_ready > 0, "departed before it was ready");
                             assert!(departed_now.is_none(), "departed twice");
+                            assert!(!w.told_parent, "departed twice in a life");
                             assert!(!stopped_accepting, "departed after StopAccepting");
+                            w.told_parent = true;
                             departed_now = Some(how);
                         }
                         Action::EndHandOver => {
@@ -1013,8 +1026,13 @@ impl StateMachineTest for LifecycleTest {
         if matches!(t, Transition::Stop) && stopped_accepting {
             assert!(released_now, "a stop drain kept the listeners");
         }
-        if departed_now.is_some() {
-            assert!(stopped_accepting, "departed without a drain");
+        if let Some(how) = departed_now {
+            let restart = matches!(t, Transition::Restart | Transition::Stage)
+                && phase_before == Phase::Running;
+            assert!(
+                stopped_accepting || (restart && how == Departure::Restarting),
+                "departed ({how:?}) neither at a drain nor at a restart, on {t:?}"
+            );
         }
         // The handover is open exactly while the process drains after it.
         assert_eq!(

@@ -361,7 +361,11 @@ fn departures_round_trip_and_malformed_ones_are_typed_errors() {
     use endless_core::Departure;
     use endless_core::takeover::{DEPARTURE_LEN, Upstream, encode_departure};
 
-    for how in [Departure::HandedOver, Departure::Stopping] {
+    for how in [
+        Departure::HandedOver,
+        Departure::Stopping,
+        Departure::Restarting,
+    ] {
         let message = encode_departure(how);
         assert_eq!(message.len(), DEPARTURE_LEN);
         assert_eq!(Upstream::decode(&message), Ok(Upstream::Departure(how)));

@@ -749,8 +749,20 @@ fn child_side_owes_its_parent_exactly_one_ready() {
         h.input(Input::Ready),
         [refused(InputKind::Ready, Refusal::AlreadyReady)]
     );
-    // Once ready, the child is an ordinary running server that can itself be restarted.
-    assert_eq!(h.request(Request::Restart), restart_begins());
+    // Once ready, the child is an ordinary running server that can itself be restarted;
+    // it tells its parent first that it no longer needs it as a fallback.
+    assert_eq!(
+        h.request(Request::Restart),
+        [
+            requested(Request::Restart),
+            changed(Phase::Running, Phase::Forking),
+            a(Announce(Status::Reloading)),
+            a(Depart {
+                how: Departure::Restarting
+            }),
+            a(SpawnChild),
+        ]
+    );
 }
 
 #[test]
@@ -1349,22 +1361,35 @@ fn an_inherited_process_tells_its_predecessor_that_it_goes() {
         h.input(Input::Ready);
         h
     };
-    // It hands over to a successor of its own.
+    // It starts a successor of its own (it said so then), and hands over to it: once in a
+    // life is enough.
     let mut h = inherited();
-    h.request(Request::Restart);
+    assert!(h.request(Request::Restart).contains(&a(Depart {
+        how: Departure::Restarting
+    })));
     h.input(Input::ChildSpawned { pid: CHILD });
     assert_eq!(
         h.input(Input::ChildReady { pid: CHILD }),
         [
             e(Event::ChildReady { pid: CHILD }),
             changed(Phase::Forking, Phase::Draining),
-            a(Depart {
-                how: Departure::HandedOver
-            }),
             a(StopAccepting),
             a(HandOver { successor: CHILD }),
             a(CloseIdle),
         ]
+    );
+    // A committed staged upgrade: the same.
+    let mut h = inherited();
+    assert!(h.request(Request::Stage).contains(&a(Depart {
+        how: Departure::Restarting
+    })));
+    // Commit is the handover: no second departure.
+    h.input(Input::ChildSpawned { pid: CHILD });
+    h.input(Input::ChildReady { pid: CHILD });
+    assert!(
+        !h.request(Request::Commit)
+            .iter()
+            .any(|o| matches!(o, Output::Action(Depart { .. })))
     );
     // The service stops.
     let mut h = inherited();
