@@ -126,6 +126,8 @@
 //! so that an application can depend on it unconditionally; there `endless_tokio::Endless`
 //! fails to start with a typed "unsupported platform" error.
 #![warn(missing_docs)]
+// The crate docs describe the Unix API, which other targets do not have.
+#![cfg_attr(not(unix), allow(rustdoc::broken_intra_doc_links))]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 #[cfg(unix)]

@@ -92,6 +92,8 @@
 //! soon as the drain starts, select on [`Tracked::guard`]`().`[`closing()`](ConnectionGuard::closing)
 //! between requests.
 #![warn(missing_docs)]
+// The crate docs describe the Unix API, which other targets do not have.
+#![cfg_attr(not(unix), allow(rustdoc::broken_intra_doc_links))]
 
 #[cfg(unix)]
 mod runtime;

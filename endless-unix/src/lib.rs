@@ -71,6 +71,8 @@
 //! ```
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
+// The crate docs describe the Unix API, which other targets do not have.
+#![cfg_attr(not(unix), allow(rustdoc::broken_intra_doc_links))]
 
 #[cfg(unix)]
 pub mod adapter;
