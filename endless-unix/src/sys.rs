@@ -16,6 +16,18 @@
 //!
 //! [`install_plan`] is the code that runs in the child between `fork` and `exec`; it is
 //! async-signal-safe (see its docs).
+//!
+//! # Platforms
+//!
+//! Linux is where this runs and is tested; the rest is type-checked only. Where a Linux
+//! facility is missing, the functions here choose the platform's way by `cfg`, and say so
+//! in their docs: Apple systems have no `MSG_NOSIGNAL` (`SO_NOSIGPIPE` instead), no
+//! `MSG_CMSG_CLOEXEC` ([`recv_with_fds`]), no `SO_ACCEPTCONN` ([`is_listening`]), no
+//! `SOCK_SEQPACKET` for Unix sockets ([`seqpacket_pair`] fails, and with it every spawn:
+//! no restart), and no `SOCK_CLOEXEC`: there socket2, std and the runtimes set
+//! close-on-exec right after `socket`, `socketpair` and `accept` return, which leaves the
+//! window described at [`recv_with_fds`] (a process that another thread spawns in between
+//! inherits the new socket). Peer credentials come from [`peer_uid`].
 
 use std::collections::BTreeSet;
 use std::fs::File;
@@ -584,7 +596,17 @@ pub(crate) fn send_readiness(fd: OwnedFd) -> io::Result<()> {
 /// record; each `recv` reads one record.
 pub(crate) fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
     // socket2 creates every socket close-on-exec (atomically, where the system can).
-    let (a, b) = Socket::pair(Domain::UNIX, Type::SEQPACKET, None)?;
+    let (a, b) = Socket::pair(Domain::UNIX, Type::SEQPACKET, None).map_err(|e| {
+        // macOS has no SOCK_SEQPACKET for Unix sockets: no successor can be spawned there.
+        if cfg!(target_vendor = "apple") && e.raw_os_error() == Some(libc::EPROTONOSUPPORT) {
+            io::Error::new(
+                io::ErrorKind::Unsupported,
+                "restarts need Unix SOCK_SEQPACKET sockets, which this system lacks",
+            )
+        } else {
+            e
+        }
+    })?;
     // Apple systems have no `MSG_NOSIGNAL` (see `NOSIGNAL`): the sockets themselves never
     // raise `SIGPIPE` there.
     #[cfg(target_vendor = "apple")]
