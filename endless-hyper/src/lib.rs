@@ -119,22 +119,43 @@
 //!
 //! - `tls`: TLS through tokio-rustls (`Server::tls`, the `tls` module). Off by default.
 //! - `axum`: axum's `ConnectInfo` (above). Off by default.
+//!
+//! # Platforms
+//!
+//! Unix only, like endless-tokio. On other targets (Windows, …) this crate builds empty,
+//! so that an application can depend on it unconditionally; there `endless_tokio::Endless`
+//! fails to start with a typed "unsupported platform" error.
 #![warn(missing_docs)]
+// The crate docs describe the Unix API, which other targets do not have.
+#![cfg_attr(not(unix), allow(rustdoc::broken_intra_doc_links))]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[cfg(unix)]
 mod drain;
+#[cfg(unix)]
 mod h2_shutdown;
+#[cfg(unix)]
 mod peer;
+#[cfg(unix)]
 pub mod probe;
+#[cfg(unix)]
 mod server;
+#[cfg(unix)]
 mod service;
+#[cfg(unix)]
 mod takeover;
+#[cfg(unix)]
 #[cfg(feature = "tls")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
 pub mod tls;
 
+#[cfg(unix)]
 pub use peer::{ConnectionInfo, MakeServiceFn, PeerAddr, make_service_fn};
+#[cfg(unix)]
 pub use probe::{Probes, ProbesLayer};
+#[cfg(unix)]
 pub use server::{Accept, DEFAULT_IDLE_GRACE, Server, TLS_HANDSHAKE_TIMEOUT};
+#[cfg(unix)]
 pub use service::{BoxError, HttpService, HyperService, ResponseBody};
+#[cfg(unix)]
 pub use takeover::IntoStream;

@@ -92,35 +92,65 @@
 //! soon as the drain starts, select on [`Tracked::guard`]`().`[`closing()`](ConnectionGuard::closing)
 //! between requests.
 #![warn(missing_docs)]
+// The crate docs describe the Unix API, which other targets do not have.
+#![cfg_attr(not(unix), allow(rustdoc::broken_intra_doc_links))]
 
+#[cfg(unix)]
 mod runtime;
 
+#[cfg(unix)]
 pub use endless_unix::adapter::api::*;
+#[cfg(unix)]
 pub use runtime::Smol;
 
 /// A process's handle on zero-downtime restarts on async-io (smol, async-std); cheap to
 /// clone.
+#[cfg(unix)]
 pub type Endless = endless_unix::adapter::Endless<Smol>;
 
 /// Configures and starts [`Endless`].
+#[cfg(unix)]
 pub type Builder = endless_unix::adapter::Builder<Smol>;
 
 /// A TCP listener whose connections are tracked ([`Tracked`]`<Async<TcpStream>>`), and
 /// whose `accept` waits while the new generation serves and returns `Ok(None)` once this
 /// process will never accept again (the contract: [`TcpListener::accept`]).
+#[cfg(unix)]
 pub type TcpListener = endless_unix::adapter::TcpListener<Smol>;
 
 /// A Unix stream listener whose connections are tracked, and whose `accept` returns
 /// `Ok(None)` once this process will never accept again.
+#[cfg(unix)]
 pub type UnixListener = endless_unix::adapter::UnixListener<Smol>;
 
 /// A tracked connection of either kind, to hand over to the next generation
 /// ([`Endless::hand_over`]) or received from the previous one.
+#[cfg(unix)]
 pub type Stream = endless_unix::adapter::Stream<Smol>;
 
 /// The connections the previous generation hands over under one name
 /// ([`Endless::receive_connections`]).
+#[cfg(unix)]
 pub type Connections = endless_unix::adapter::Connections<Smol>;
 
 /// A connection received from the previous generation, with its state.
+#[cfg(unix)]
 pub type Received = endless_unix::adapter::Received<Smol>;
+
+/// The runtime marker. This platform is not Unix: endless does not run here, and
+/// [`Endless::start`] fails with [`StartError::UnsupportedPlatform`].
+#[cfg(not(unix))]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Smol;
+
+/// A process's handle on zero-downtime restarts on async-io (smol, async-std). This platform is not
+/// Unix: [`Endless::start`] fails with [`StartError::UnsupportedPlatform`].
+#[cfg(not(unix))]
+pub type Endless = endless_unix::Endless<Smol>;
+
+/// Configures and starts [`Endless`]; on this platform, `start` fails.
+#[cfg(not(unix))]
+pub type Builder = endless_unix::Builder<Smol>;
+
+#[cfg(not(unix))]
+pub use endless_unix::StartError;

@@ -77,37 +77,67 @@
 //! soon as the drain starts, select on [`Tracked::guard`]`().`[`closing()`](ConnectionGuard::closing)
 //! between requests.
 #![warn(missing_docs)]
+// The crate docs describe the Unix API, which other targets do not have.
+#![cfg_attr(not(unix), allow(rustdoc::broken_intra_doc_links))]
 
+#[cfg(unix)]
 mod runtime;
 
+#[cfg(unix)]
 pub use endless_unix::adapter::api::*;
+#[cfg(unix)]
 pub use runtime::Tokio;
 
 /// A process's handle on zero-downtime restarts on tokio; cheap to clone.
 ///
 /// [`Endless::start`] (or [`Endless::builder`]) must be called within a tokio runtime with
 /// I/O and time enabled.
+#[cfg(unix)]
 pub type Endless = endless_unix::adapter::Endless<Tokio>;
 
 /// Configures and starts [`Endless`].
+#[cfg(unix)]
 pub type Builder = endless_unix::adapter::Builder<Tokio>;
 
 /// A TCP listener whose connections are tracked ([`Tracked`]`<tokio::net::TcpStream>`),
 /// and whose `accept` waits while the new generation serves and returns `Ok(None)` once
 /// this process will never accept again (the contract: [`TcpListener::accept`]).
+#[cfg(unix)]
 pub type TcpListener = endless_unix::adapter::TcpListener<Tokio>;
 
 /// A Unix stream listener whose connections are tracked, and whose `accept` returns
 /// `Ok(None)` once this process will never accept again.
+#[cfg(unix)]
 pub type UnixListener = endless_unix::adapter::UnixListener<Tokio>;
 
 /// A tracked connection of either kind, to hand over to the next generation
 /// ([`Endless::hand_over`]) or received from the previous one.
+#[cfg(unix)]
 pub type Stream = endless_unix::adapter::Stream<Tokio>;
 
 /// The connections the previous generation hands over under one name
 /// ([`Endless::receive_connections`]).
+#[cfg(unix)]
 pub type Connections = endless_unix::adapter::Connections<Tokio>;
 
 /// A connection received from the previous generation, with its state.
+#[cfg(unix)]
 pub type Received = endless_unix::adapter::Received<Tokio>;
+
+/// The runtime marker. This platform is not Unix: endless does not run here, and
+/// [`Endless::start`] fails with [`StartError::UnsupportedPlatform`].
+#[cfg(not(unix))]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Tokio;
+
+/// A process's handle on zero-downtime restarts on tokio. This platform is not
+/// Unix: [`Endless::start`] fails with [`StartError::UnsupportedPlatform`].
+#[cfg(not(unix))]
+pub type Endless = endless_unix::Endless<Tokio>;
+
+/// Configures and starts [`Endless`]; on this platform, `start` fails.
+#[cfg(not(unix))]
+pub type Builder = endless_unix::Builder<Tokio>;
+
+#[cfg(not(unix))]
+pub use endless_unix::StartError;

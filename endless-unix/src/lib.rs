@@ -45,6 +45,14 @@
 //! - [`state`]: handing the application's own state (a cache, counters, a session
 //!   table) to the next generation, as one bounded, versioned blob it reads before ready.
 //!
+//! # Platforms
+//!
+//! Unix only. Linux is where it is tested; macOS (Intel and Apple silicon) and FreeBSD
+//! are type-checked in CI, not tested. On any other target (Windows, …) the crate builds
+//! but offers only [`Endless::start`] and [`Builder`], which fail with a typed "unsupported
+//! platform" error (the `unsupported` module), so that an application can depend on
+//! endless unconditionally and use it under `#[cfg(unix)]`.
+//!
 //! All `unsafe` code of endless lives in one private module of this crate (`sys`), each
 //! block with its safety argument.
 //!
@@ -63,32 +71,62 @@
 //! ```
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
+// The crate docs describe the Unix API, which other targets do not have.
+#![cfg_attr(not(unix), allow(rustdoc::broken_intra_doc_links))]
 
+#[cfg(unix)]
 pub mod adapter;
+#[cfg(unix)]
 pub mod control;
+#[cfg(unix)]
 mod driver;
+#[cfg(unix)]
 mod handle;
+#[cfg(unix)]
 pub mod inherit;
+#[cfg(unix)]
 pub mod listen;
+#[cfg(unix)]
 pub mod notify;
+#[cfg(unix)]
 pub mod pidfile;
+#[cfg(unix)]
 pub mod runtime;
+#[cfg(unix)]
 pub mod signals;
+#[cfg(unix)]
 pub mod spawn;
+#[cfg(unix)]
 pub mod state;
+#[cfg(unix)]
 pub mod supervisor;
+#[cfg(unix)]
 #[allow(unsafe_code)]
 mod sys;
+#[cfg(unix)]
 pub mod takeover;
+#[cfg(unix)]
 mod tracked;
+#[cfg(unix)]
 pub mod tracker;
 
+#[cfg(unix)]
 pub use adapter::{Builder, Endless, Net};
+#[cfg(unix)]
 pub use handle::{EventHook, Exit, ListenError, StartError};
+#[cfg(unix)]
 pub use runtime::{BoxFuture, ChildProcess, ReadinessReader, Runtime};
+#[cfg(unix)]
 pub use signals::{Signal, SignalMap};
+#[cfg(unix)]
 pub use tracked::Tracked;
+#[cfg(unix)]
 pub use tracker::{ConnectionGuard, Tracker};
 
 /// The lifecycle types, re-exported from endless-core.
 pub use endless_core as core;
+
+#[cfg(not(unix))]
+pub mod unsupported;
+#[cfg(not(unix))]
+pub use unsupported::{Builder, Endless, StartError};

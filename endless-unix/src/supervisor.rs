@@ -31,16 +31,25 @@
 //! Linux only (abstract sockets, `PR_SET_CHILD_SUBREAPER`); elsewhere, asking for it is
 //! logged as an error and the process serves unsupervised.
 
-use std::io::{self, IoSliceMut};
+use std::io;
+#[cfg(target_os = "linux")]
+use std::io::IoSliceMut;
+#[cfg(target_os = "linux")]
 use std::mem::MaybeUninit;
+#[cfg(target_os = "linux")]
 use std::process::Command;
+#[cfg(target_os = "linux")]
 use std::sync::mpsc;
 
+#[cfg(target_os = "linux")]
 use endless_core::ChildStatus;
+#[cfg(target_os = "linux")]
 use endless_core::supervisor::{Notification, Supervisor, Targets};
 
 use crate::notify::{Notifier, NotifySocket};
-use crate::signals::{Signal, SignalMap};
+#[cfg(target_os = "linux")]
+use crate::signals::Signal;
+use crate::signals::SignalMap;
 use crate::spawn::Executable;
 use crate::sys;
 
@@ -107,6 +116,7 @@ pub(crate) fn run(executable: &Executable, map: &SignalMap) -> ! {
 }
 
 /// What wakes the supervisor.
+#[cfg(target_os = "linux")]
 enum Wake {
     Signal(i32),
     Notification { pid: u32, text: String },
@@ -262,6 +272,7 @@ fn supervise(_executable: &Executable, _map: &SignalMap) -> io::Result<i32> {
 }
 
 /// Reaps every child that has exited; the exit code once no child is left.
+#[cfg(target_os = "linux")]
 fn reap(supervisor: &mut Supervisor) -> Option<i32> {
     use rustix::process::{WaitOptions, wait};
     loop {
@@ -316,6 +327,7 @@ fn receive(socket: &std::os::unix::net::UnixDatagram) -> io::Result<Option<(u32,
 }
 
 /// Whether `pid` descends from `ancestor` (its chain of parents, from `/proc`).
+#[cfg(target_os = "linux")]
 fn is_descendant(pid: u32, ancestor: u32) -> bool {
     let mut pid = pid;
     for _ in 0..4096 {
@@ -332,6 +344,7 @@ fn is_descendant(pid: u32, ancestor: u32) -> bool {
 
 /// The parent of `pid`, from `/proc/<pid>/stat` (the field after the command's closing
 /// parenthesis and the state).
+#[cfg(target_os = "linux")]
 fn parent_of(pid: u32) -> Option<u32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = &stat[stat.rfind(')')? + 1..];
@@ -339,6 +352,7 @@ fn parent_of(pid: u32) -> Option<u32> {
 }
 
 /// The signals a [`SignalMap`] can name that async-signal knows.
+#[cfg(target_os = "linux")]
 fn to_async_signal(signal: Signal) -> Option<async_signal::Signal> {
     use async_signal::Signal as S;
     Some(match signal {

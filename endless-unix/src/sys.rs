@@ -16,6 +16,18 @@
 //!
 //! [`install_plan`] is the code that runs in the child between `fork` and `exec`; it is
 //! async-signal-safe (see its docs).
+//!
+//! # Platforms
+//!
+//! Linux is where this runs and is tested; the rest is type-checked only. Where a Linux
+//! facility is missing, the functions here choose the platform's way by `cfg`, and say so
+//! in their docs: Apple systems have no `MSG_NOSIGNAL` (`SO_NOSIGPIPE` instead), no
+//! `MSG_CMSG_CLOEXEC` ([`recv_with_fds`]), no `SO_ACCEPTCONN` ([`is_listening`]), no
+//! `SOCK_SEQPACKET` for Unix sockets ([`seqpacket_pair`] fails, and with it every spawn:
+//! no restart), and no `SOCK_CLOEXEC`: there socket2, std and the runtimes set
+//! close-on-exec right after `socket`, `socketpair` and `accept` return, which leaves the
+//! window described at [`recv_with_fds`] (a process that another thread spawns in between
+//! inherits the new socket). Peer credentials come from [`peer_uid`].
 
 use std::collections::BTreeSet;
 use std::fs::File;
@@ -151,11 +163,66 @@ pub(crate) fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
 
 /// Whether the socket `fd` is listening (`getsockopt(SOL_SOCKET, SO_ACCEPTCONN)`).
 ///
-/// Fails with `ENOTSOCK` if `fd` is not a socket. Like socket2's `is_listener`, rustix's
-/// `socket_acceptconn` does not exist on Apple systems (which, rustix notes, declare
-/// `SO_ACCEPTCONN` but do not implement it).
+/// Fails with `ENOTSOCK` if `fd` is not a socket.
+///
+/// Apple systems declare `SO_ACCEPTCONN` but do not implement it (rustix and socket2 leave
+/// it out there): on them, a socket without a peer (`getpeername` fails with `ENOTCONN`)
+/// counts as listening. That also takes a bound stream socket on which `listen` was never
+/// called for a listener: the check of an inherited listener is weaker there.
+#[cfg(not(target_vendor = "apple"))]
 pub(crate) fn is_listening(fd: BorrowedFd<'_>) -> io::Result<bool> {
     Ok(rustix::net::sockopt::socket_acceptconn(fd)?)
+}
+
+/// See the other platforms' `is_listening`: Apple's way, by the absence of a peer.
+#[cfg(target_vendor = "apple")]
+pub(crate) fn is_listening(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    match rustix::net::getpeername(fd) {
+        Ok(_) => Ok(false),
+        Err(Errno::NOTCONN) => Ok(true),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The effective uid of the process at the other end of the Unix stream socket `fd`, as
+/// it was when the connection was made: `SO_PEERCRED` on Linux and Android, `getpeereid`
+/// on Apple systems and the BSDs; `None` where the system offers neither.
+pub(crate) fn peer_uid(fd: BorrowedFd<'_>) -> io::Result<Option<u32>> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        Ok(Some(
+            rustix::net::sockopt::socket_peercred(fd)?.uid.as_raw(),
+        ))
+    }
+    #[cfg(any(
+        target_vendor = "apple",
+        target_os = "freebsd",
+        target_os = "openbsd",
+        target_os = "netbsd",
+        target_os = "dragonfly"
+    ))]
+    {
+        use std::os::fd::AsRawFd;
+        let mut uid: libc::uid_t = 0;
+        let mut gid: libc::gid_t = 0;
+        // SAFETY: `fd` is an open descriptor borrowed for the call, and `uid` and `gid`
+        // are valid, writable locations of the types `getpeereid` writes.
+        cvt(unsafe { libc::getpeereid(fd.as_raw_fd(), &mut uid, &mut gid) })?;
+        Ok(Some(uid))
+    }
+    #[cfg(not(any(
+        target_os = "linux",
+        target_os = "android",
+        target_vendor = "apple",
+        target_os = "freebsd",
+        target_os = "openbsd",
+        target_os = "netbsd",
+        target_os = "dragonfly"
+    )))]
+    {
+        let _ = fd;
+        Ok(None)
+    }
 }
 
 /// A new fd for `fd`'s open file description, close-on-exec, at the lowest free number
@@ -529,13 +596,57 @@ pub(crate) fn send_readiness(fd: OwnedFd) -> io::Result<()> {
 /// record; each `recv` reads one record.
 pub(crate) fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
     // socket2 creates every socket close-on-exec (atomically, where the system can).
-    let (a, b) = Socket::pair(Domain::UNIX, Type::SEQPACKET, None)?;
+    let (a, b) = Socket::pair(Domain::UNIX, Type::SEQPACKET, None).map_err(|e| {
+        // macOS has no SOCK_SEQPACKET for Unix sockets: no successor can be spawned there.
+        if cfg!(target_vendor = "apple") && e.raw_os_error() == Some(libc::EPROTONOSUPPORT) {
+            io::Error::new(
+                io::ErrorKind::Unsupported,
+                "restarts need Unix SOCK_SEQPACKET sockets, which this system lacks",
+            )
+        } else {
+            e
+        }
+    })?;
+    // Apple systems have no `MSG_NOSIGNAL` (see `NOSIGNAL`): the sockets themselves never
+    // raise `SIGPIPE` there.
+    #[cfg(target_vendor = "apple")]
+    {
+        a.set_nosigpipe(true)?;
+        b.set_nosigpipe(true)?;
+    }
     Ok((a.into(), b.into()))
+}
+
+/// The flag that keeps a `send` on a channel from raising `SIGPIPE` (`MSG_NOSIGNAL`); a
+/// peer that is gone gives `EPIPE` instead. Apple systems have no such flag: there the
+/// channels of [`seqpacket_pair`] are made `SO_NOSIGPIPE` when created, to the same
+/// effect, and the flag is empty.
+#[cfg(not(target_vendor = "apple"))]
+const NOSIGNAL: SendFlags = SendFlags::NOSIGNAL;
+#[cfg(target_vendor = "apple")]
+const NOSIGNAL: SendFlags = SendFlags::empty();
+
+/// Sends `message` as one record on `socket`, a channel of [`seqpacket_pair`], without
+/// raising `SIGPIPE` (`EPIPE` if the peer is gone); with `dont_wait`, `WouldBlock` instead
+/// of waiting for room.
+pub(crate) fn send_record(
+    socket: BorrowedFd<'_>,
+    message: &[u8],
+    dont_wait: bool,
+) -> io::Result<()> {
+    let flags = if dont_wait {
+        NOSIGNAL | SendFlags::DONTWAIT
+    } else {
+        NOSIGNAL
+    };
+    rustix::net::send(socket, message, flags)
+        .map(drop)
+        .map_err(io::Error::from)
 }
 
 /// Sends `message` as one record on `socket` with `fd` attached (`SCM_RIGHTS`): the
 /// receiver gets its own descriptor of the same open socket. Never raises `SIGPIPE`
-/// (`MSG_NOSIGNAL`): a peer that is gone gives `EPIPE`. A non-blocking `socket` may fail
+/// (see `NOSIGNAL`): a peer that is gone gives `EPIPE`. A non-blocking `socket` may fail
 /// with `WouldBlock`; nothing was sent then.
 pub(crate) fn send_with_fd(
     socket: BorrowedFd<'_>,
@@ -553,7 +664,7 @@ pub(crate) fn send_with_fd(
     }
     let iov = [IoSlice::new(message)];
     // A SOCK_SEQPACKET record is sent whole or not at all.
-    retry_rustix(|| rustix::net::sendmsg(socket, &iov, &mut control, SendFlags::NOSIGNAL)).map(drop)
+    retry_rustix(|| rustix::net::sendmsg(socket, &iov, &mut control, NOSIGNAL)).map(drop)
 }
 
 /// One record read by [`recv_with_fds`].
@@ -572,15 +683,23 @@ pub(crate) struct Record {
 /// received close-on-exec (`MSG_CMSG_CLOEXEC`). A record of length 0 without descriptors
 /// is the end of the stream (the peer closed its end). A non-blocking `socket` may fail
 /// with `WouldBlock`.
+///
+/// Apple systems have no `MSG_CMSG_CLOEXEC`: there each descriptor is made close-on-exec
+/// right after `recvmsg` returns. That leaves a window: a process that another thread
+/// spawns (fork and exec) between the two calls inherits the received descriptors, and
+/// keeps a connection open that this process closes. (Every spawn of endless itself
+/// passes its fds explicitly; the window concerns other code of the application.)
 pub(crate) fn recv_with_fds(socket: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Record> {
     const MAX_FDS: usize = 4;
+    #[cfg(not(target_vendor = "apple"))]
+    const FLAGS: RecvFlags = RecvFlags::CMSG_CLOEXEC;
+    #[cfg(target_vendor = "apple")]
+    const FLAGS: RecvFlags = RecvFlags::empty();
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
     let mut control = RecvAncillaryBuffer::new(&mut space);
     let mut iov = [IoSliceMut::new(buf)];
-    let msg = retry_rustix(|| {
-        rustix::net::recvmsg(socket, &mut iov, &mut control, RecvFlags::CMSG_CLOEXEC)
-    })?;
-    let fds = control
+    let msg = retry_rustix(|| rustix::net::recvmsg(socket, &mut iov, &mut control, FLAGS))?;
+    let fds: Vec<OwnedFd> = control
         .drain()
         .filter_map(|message| match message {
             RecvAncillaryMessage::ScmRights(fds) => Some(fds),
@@ -588,6 +707,11 @@ pub(crate) fn recv_with_fds(socket: BorrowedFd<'_>, buf: &mut [u8]) -> io::Resul
         })
         .flatten()
         .collect();
+    #[cfg(target_vendor = "apple")]
+    for fd in &fds {
+        // Closed with the others (dropped) if this fails: none is left without the flag.
+        set_cloexec(std::os::fd::AsFd::as_fd(fd))?;
+    }
     Ok(Record {
         len: msg.bytes,
         fds,

@@ -30,7 +30,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use endless_core::Departure;
 use endless_core::takeover::{FrameError, MAX_OFFER_LEN, Offer, Outcome, RefuseReason, Reply};
 use rustix::io::Errno;
-use rustix::net::SendFlags;
 
 use crate::sys;
 use crate::tracker::ConnectionGuard;
@@ -314,9 +313,7 @@ pub(crate) fn depart(channel: &OwnedFd, how: Departure) -> io::Result<()> {
     // A few bytes on a channel that carries only replies this way: room in practice; a
     // full one costs the departure, and the old generation then falls back only on a
     // crash status.
-    rustix::net::send(channel, &message, SendFlags::NOSIGNAL | SendFlags::DONTWAIT)
-        .map(drop)
-        .map_err(io::Error::from)
+    sys::send_record(channel.as_fd(), &message, true)
 }
 
 /// One connection offered to this process by the previous generation. Answer it with
@@ -398,9 +395,7 @@ impl Drop for Incoming {
 fn reply(channel: &OwnedFd, id: u64, outcome: Outcome) -> io::Result<()> {
     let message = Reply { id, outcome }.encode();
     // A reply is a few bytes on a blocking channel: it does not wait in practice.
-    rustix::net::send(channel, &message, SendFlags::NOSIGNAL)
-        .map(drop)
-        .map_err(io::Error::from)
+    sys::send_record(channel.as_fd(), &message, false)
 }
 
 /// The connections this process receives under one name, from the previous generation.

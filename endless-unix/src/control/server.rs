@@ -26,6 +26,7 @@ use endless_core::control::{self as wire, Answer, RefusalKind};
 use rustix::event::{PollFd, PollFlags};
 
 use crate::driver::Message;
+use crate::sys;
 
 /// The inventory name under which each generation passes the control socket on.
 pub(crate) const INVENTORY_NAME: &str = "endless.control";
@@ -398,25 +399,17 @@ fn answer_on(stream: &mut UnixStream, answer: &Answer) {
     }
 }
 
-/// Only this process's user, or root, may ask.
+/// Only this process's user, or root, may ask. Where the system cannot tell who is at the
+/// other end (see `sys::peer_uid`), the socket's mode (0600) alone keeps other users out.
 fn check_peer(stream: &UnixStream) -> Result<(), String> {
-    #[cfg(target_os = "linux")]
-    {
-        let peer = rustix::net::sockopt::socket_peercred(stream.as_fd())
-            .map_err(|e| format!("cannot tell who asks: {e}"))?;
-        let me = rustix::process::geteuid();
-        if peer.uid != me && !peer.uid.is_root() {
-            return Err(format!(
-                "uid {} may not restart a server of uid {}",
-                peer.uid.as_raw(),
-                me.as_raw()
-            ));
+    let peer = sys::peer_uid(stream.as_fd()).map_err(|e| format!("cannot tell who asks: {e}"))?;
+    let me = rustix::process::geteuid().as_raw();
+    match peer {
+        Some(uid) if uid != me && uid != 0 => {
+            Err(format!("uid {uid} may not restart a server of uid {me}"))
         }
+        _ => Ok(()),
     }
-    // Elsewhere the socket's mode (0600) keeps other users out.
-    #[cfg(not(target_os = "linux"))]
-    let _ = stream;
-    Ok(())
 }
 
 /// Whether the peer has closed its end (nothing more to read, at once).
