@@ -748,7 +748,7 @@ fn client_runtime() -> tokio::runtime::Runtime {
 /// closed: no generation will accept on it again); the slow request completes and the
 /// server exits 0.
 fn readiness_during_a_stop(bin: &Path) {
-    let (http, _) = HttpServer::start(bin, Transport::Cleartext);
+    let (http, _) = HttpServer::start_with(bin, Transport::Cleartext, &["--probes"]);
     let server = &http.server;
     let pid = server.pid();
     let runtime = client_runtime();
@@ -815,7 +815,11 @@ fn readiness_during_a_stop(bin: &Path) {
 /// generation's again — answers `/readyz` with `200 ready`.
 fn readiness_across_a_fallback(bin: &Path) {
     // A probation longer than the test: the old generation stays the fallback.
-    let (http, _) = HttpServer::start_with(bin, Transport::Cleartext, &["--probation", "60"]);
+    let (http, _) = HttpServer::start_with(
+        bin,
+        Transport::Cleartext,
+        &["--probes", "--probation", "60"],
+    );
     let server = &http.server;
     let old = server.pid();
     let runtime = client_runtime();

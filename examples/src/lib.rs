@@ -9,6 +9,9 @@
 //!                        `never` to wait for ever)
 //! --upgrade-timeout SECS kill a new generation that is not ready this long after the
 //!                        restart (default 60)
+//! --probes               (hello-hyper, hello-tls, hello-axum) answer `GET /readyz` and
+//!                        `GET /livez` (`endless_hyper::Probes`; off by default, as it
+//!                        costs a few hundred instructions per request)
 //! --probation SECS       after a handover and its drain, stay this long the fallback of
 //!                        the new generation, which takes the service back if it crashes
 //!                        (default 5; 0 for none)
@@ -122,6 +125,8 @@ pub struct Args {
     pub upgrade_timeout: Duration,
     /// `--probation`.
     pub probation: Duration,
+    /// `--probes`.
+    pub probes: bool,
     /// `--tls-cert`.
     pub tls_cert: Option<PathBuf>,
     /// `--tls-key`.
@@ -164,6 +169,7 @@ impl Args {
             drain_timeout: Some(Duration::from_secs(60)),
             upgrade_timeout: Duration::from_secs(60),
             probation: endless_core::DEFAULT_PROBATION,
+            probes: false,
             tls_cert: None,
             tls_key: None,
             hand_over_idle: false,
@@ -196,6 +202,7 @@ impl Args {
                 }
                 "--upgrade-timeout" => parsed.upgrade_timeout = seconds(&flag, &value()?)?,
                 "--probation" => parsed.probation = seconds(&flag, &value()?)?,
+                "--probes" => parsed.probes = true,
                 "--tls-cert" => parsed.tls_cert = Some(value()?.into()),
                 "--tls-key" => parsed.tls_key = Some(value()?.into()),
                 "--hand-over-idle" => parsed.hand_over_idle = true,
@@ -342,7 +349,7 @@ impl RestartArgs {
 
 /// Usage text.
 pub const USAGE: &str = "usage: SERVER [--listen ADDR|unix:PATH|udp:ADDR]... [--pid-file PATH] \
-[--drain-timeout SECS|never] [--upgrade-timeout SECS] [--probation SECS] [--tls-cert PATH --tls-key PATH] [--hand-over-idle] \
+[--drain-timeout SECS|never] [--upgrade-timeout SECS] [--probation SECS] [--probes] [--tls-cert PATH --tls-key PATH] [--hand-over-idle] \
 [--state-version N|none]
        SERVER restart --pid-file PATH [--timeout SECS] [--until-proven]";
 

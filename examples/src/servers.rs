@@ -84,21 +84,26 @@ fn tokio_main(main: impl Future<Output = i32>) -> i32 {
         .block_on(main)
 }
 
-/// `hello-hyper`: a hyper service, served by endless-hyper, with the probes `GET /readyz`
-/// and `GET /livez` ([`Probes`]).
+/// `hello-hyper`: a hyper service, served by endless-hyper; with `--probes`, the probes
+/// `GET /readyz` and `GET /livez` ([`Probes`]).
 pub fn hello_hyper(args: Args) -> i32 {
     tokio_main(async {
         let endless = args.start_endless();
         let hello = hyper::service::service_fn(hello);
-        let service = HyperService(Probes::new(hello, endless.tracker().clone()));
-        serve_http(&endless, &args, &endless_hyper::Server::new(), service);
+        let server = endless_hyper::Server::new();
+        if args.probes {
+            let service = HyperService(Probes::new(hello, endless.tracker().clone()));
+            serve_http(&endless, &args, &server, service);
+        } else {
+            serve_http(&endless, &args, &server, HyperService(hello));
+        }
         endless.ready();
         endless.run().await.code
     })
 }
 
-/// `hello-axum`: an axum router, served by endless-hyper, with the probes `GET /readyz` and
-/// `GET /livez` ([`Probes`]).
+/// `hello-axum`: an axum router, served by endless-hyper; with `--probes`, the probes
+/// `GET /readyz` and `GET /livez` ([`Probes`]).
 pub fn hello_axum(args: Args) -> i32 {
     #[derive(serde::Deserialize)]
     struct Params {
@@ -115,8 +120,13 @@ pub fn hello_axum(args: Args) -> i32 {
     tokio_main(async {
         let endless = args.start_endless();
         let app = axum::Router::new().route("/", axum::routing::get(hello));
-        let app = Probes::new(app, endless.tracker().clone());
-        serve_http(&endless, &args, &endless_hyper::Server::new(), app);
+        let server = endless_hyper::Server::new();
+        if args.probes {
+            let app = Probes::new(app, endless.tracker().clone());
+            serve_http(&endless, &args, &server, app);
+        } else {
+            serve_http(&endless, &args, &server, app);
+        }
         endless.ready();
         endless.run().await.code
     })
@@ -145,8 +155,12 @@ pub fn hello_tls(args: Args) -> i32 {
         let endless = args.start_endless();
         let server = endless_hyper::Server::new().tls(acceptor);
         let hello = hyper::service::service_fn(hello);
-        let service = HyperService(Probes::new(hello, endless.tracker().clone()));
-        serve_http(&endless, &args, &server, service);
+        if args.probes {
+            let service = HyperService(Probes::new(hello, endless.tracker().clone()));
+            serve_http(&endless, &args, &server, service);
+        } else {
+            serve_http(&endless, &args, &server, HyperService(hello));
+        }
         endless.ready();
         endless.run().await.code
     })

@@ -1,6 +1,7 @@
 //! A hyper 1.x HTTP server (HTTP/1.1 and HTTP/2) with zero-downtime restarts: `GET /`
-//! answers `pid=<pid>`, `GET /?sleep=MS` the same after MS milliseconds; `GET /readyz` and
-//! `GET /livez` are its readiness and liveness probes (`endless_hyper::Probes`).
+//! answers `pid=<pid>`, `GET /?sleep=MS` the same after MS milliseconds; with `--probes`,
+//! `GET /readyz` and `GET /livez` are its readiness and liveness probes
+//! (`endless_hyper::Probes`).
 //!
 //! ```text
 //! cargo run -p endless-examples --bin hello-hyper -- --listen 127.0.0.1:8080 --pid-file /tmp/hello.pid
