@@ -550,6 +550,8 @@ mod tests {
         assert_eq!(a.drain_timeout, None);
         assert_eq!(a.upgrade_timeout, Duration::from_millis(2500));
         assert_eq!(a.probation, Duration::ZERO);
+        assert!(!a.probes);
+        assert!(parse(&["--probes"]).unwrap().probes);
         assert_eq!(
             parse(&[]).unwrap().probation,
             endless_core::DEFAULT_PROBATION

@@ -169,6 +169,21 @@ impl Group {
     /// principle be reaped by that parent and its pid reused in between, a window of
     /// microseconds that the demo accepts (a real deployment signals the pid file's pid).
     pub(crate) fn stop(&mut self, grace: Duration) {
+        // The older generations first: one that waits as the newest one's fallback stops at
+        // once, so that the newest, re-parented here, is reaped here (not by its parent).
+        let newest = self.listening().last().map(|(pid, _)| *pid);
+        let older: Vec<i32> = self
+            .live()
+            .into_iter()
+            .filter(|&pid| Some(pid.unsigned_abs()) != newest)
+            .collect();
+        for &pid in &older {
+            signal_group(pid, Signal::TERM);
+        }
+        let deadline = Instant::now() + grace;
+        while self.live().iter().any(|pid| older.contains(pid)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let signal_all = |signal| {
             for pid in self.live() {
                 signal_group(pid, signal);
