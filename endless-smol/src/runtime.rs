@@ -151,21 +151,11 @@ impl Runtime for Smol {
 
 /// The signals a [`SignalMap`](endless_unix::SignalMap) can name that async-signal knows.
 fn to_async_signal(signal: Signal) -> io::Result<async_signal::Signal> {
-    use async_signal::Signal as S;
-    Ok(match signal {
-        Signal::HUP => S::Hup,
-        Signal::TERM => S::Term,
-        Signal::INT => S::Int,
-        Signal::QUIT => S::Quit,
-        Signal::USR1 => S::Usr1,
-        Signal::USR2 => S::Usr2,
-        Signal::WINCH => S::Winch,
-        other => {
-            return Err(io::Error::new(
-                io::ErrorKind::Unsupported,
-                format!("endless-smol cannot listen for {other}"),
-            ));
-        }
+    signal.to_async_signal().ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!("endless-smol cannot listen for {signal}"),
+        )
     })
 }
 

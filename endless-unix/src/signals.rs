@@ -50,6 +50,30 @@ impl Signal {
         self.0
     }
 
+    /// The same signal as the async-signal crate names it, if it is one of the constants
+    /// above: for runtime adapters that listen with async-signal (endless-smol), and the
+    /// supervisor.
+    ///
+    /// ```
+    /// use endless_unix::signals::Signal;
+    ///
+    /// assert_eq!(Signal::HUP.to_async_signal(), Some(async_signal::Signal::Hup));
+    /// assert_eq!(Signal::from_raw(64).to_async_signal(), None);
+    /// ```
+    pub fn to_async_signal(self) -> Option<async_signal::Signal> {
+        use async_signal::Signal as S;
+        Some(match self {
+            Self::HUP => S::Hup,
+            Self::TERM => S::Term,
+            Self::INT => S::Int,
+            Self::QUIT => S::Quit,
+            Self::USR1 => S::Usr1,
+            Self::USR2 => S::Usr2,
+            Self::WINCH => S::Winch,
+            _ => return None,
+        })
+    }
+
     /// The conventional name (`"SIGHUP"`), if it is one of the constants above.
     pub fn name(self) -> Option<&'static str> {
         Some(match self {

@@ -354,20 +354,11 @@ fn parent_of(pid: u32) -> Option<u32> {
 /// The signals a [`SignalMap`] can name that async-signal knows.
 #[cfg(target_os = "linux")]
 fn to_async_signal(signal: Signal) -> Option<async_signal::Signal> {
-    use async_signal::Signal as S;
-    Some(match signal {
-        Signal::HUP => S::Hup,
-        Signal::TERM => S::Term,
-        Signal::INT => S::Int,
-        Signal::QUIT => S::Quit,
-        Signal::USR1 => S::Usr1,
-        Signal::USR2 => S::Usr2,
-        Signal::WINCH => S::Winch,
-        other => {
-            tracing::warn!(signal = %other, "the supervisor cannot forward this signal");
-            return None;
-        }
-    })
+    let known = signal.to_async_signal();
+    if known.is_none() {
+        tracing::warn!(%signal, "the supervisor cannot forward this signal");
+    }
+    known
 }
 
 #[cfg(test)]
