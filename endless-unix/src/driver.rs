@@ -70,6 +70,7 @@ pub(crate) fn start<R: Runtime>(
     lifecycle: Lifecycle,
     inputs: Receiver<Message>,
     notifier: Option<Notifier>,
+    supervisor: Option<Notifier>,
     control: Option<ControlServer>,
 ) {
     let runtime = Arc::new(runtime);
@@ -80,6 +81,7 @@ pub(crate) fn start<R: Runtime>(
         inputs,
         children: HashMap::new(),
         notifier,
+        supervisor,
         control,
         answers: Answers::new(),
         owed: Vec::new(),
@@ -123,6 +125,8 @@ struct Driver<R> {
     children: HashMap<u32, Sender<ChildCommand>>,
     /// The service manager to tell (`NOTIFY_SOCKET`, read once at start-up).
     notifier: Option<Notifier>,
+    /// The supervisor that started the first generation ([`crate::supervisor`]), if any.
+    supervisor: Option<Notifier>,
     /// The control socket's accept loop, while this process answers on it (see
     /// [`crate::control`]).
     control: Option<ControlServer>,
@@ -478,6 +482,12 @@ impl<R: Runtime> Driver<R> {
     }
 
     fn announce(&mut self, status: Status) {
+        // Before the pid file: whoever sees the new pid there and signals the supervisor
+        // (`kill -HUP 1` right after a restart) reaches the new generation, not the one
+        // that drains.
+        if let Some(supervisor) = &self.supervisor {
+            supervisor.announce(status);
+        }
         match status {
             Status::Ready { again, .. } => {
                 if let Some(pid_file) = &self.shared.pid_file

@@ -622,7 +622,7 @@ impl Handle {
         // supervisor ([`crate::supervisor`]) hears the same messages, but is none: it
         // follows the generations, staged ones included.
         let config = options.config.service_manager(notifier.is_some());
-        let notifier = notifier.or_else(crate::supervisor::notifier);
+        let supervisor = crate::supervisor::notifier();
         let lifecycle = Lifecycle::new(config, origin);
         let control = shared.control_server();
         crate::driver::start(
@@ -631,6 +631,7 @@ impl Handle {
             lifecycle,
             receiver,
             notifier,
+            supervisor,
             control,
         );
         Ok(Self { shared })
