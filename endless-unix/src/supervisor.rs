@@ -31,6 +31,11 @@
 //! Linux only (abstract sockets, `PR_SET_CHILD_SUBREAPER`); elsewhere, asking for it is
 //! logged as an error and the process serves unsupervised.
 
+#[cfg(target_os = "linux")]
+#[cfg(target_os = "linux")]
+use endless_core::ChildStatus;
+#[cfg(target_os = "linux")]
+use endless_core::supervisor::{Notification, Supervisor, Targets};
 use std::io;
 #[cfg(target_os = "linux")]
 use std::io::IoSliceMut;
@@ -38,13 +43,6 @@ use std::io::IoSliceMut;
 use std::mem::MaybeUninit;
 #[cfg(target_os = "linux")]
 use std::process::Command;
-#[cfg(target_os = "linux")]
-use std::sync::mpsc;
-
-#[cfg(target_os = "linux")]
-use endless_core::ChildStatus;
-#[cfg(target_os = "linux")]
-use endless_core::supervisor::{Notification, Supervisor, Targets};
 
 use crate::notify::{Notifier, NotifySocket};
 #[cfg(target_os = "linux")]
@@ -145,41 +143,11 @@ fn supervise(executable: &Executable, map: &SignalMap) -> io::Result<i32> {
     // systemd, if it is our parent, hears from the supervisor only.
     let upstream = Notifier::from_env();
 
-    let (wake, woken) = mpsc::channel::<Wake>();
+    socket.set_nonblocking(true)?;
     let mut wanted: Vec<async_signal::Signal> = map.signals().filter_map(to_async_signal).collect();
     wanted.push(async_signal::Signal::Child);
     // The handlers are installed now, before the first generation exists.
     let mut signals = async_signal::Signals::new(wanted)?;
-    let to_main = wake.clone();
-    std::thread::Builder::new()
-        .name("endless-supervisor-signals".into())
-        .spawn(move || {
-            futures_lite::future::block_on(async {
-                while let Some(Ok(signal)) = signals.next().await {
-                    if to_main.send(Wake::Signal(signal as i32)).is_err() {
-                        return;
-                    }
-                }
-            });
-        })?;
-    std::thread::Builder::new()
-        .name("endless-supervisor-notify".into())
-        .spawn(move || {
-            loop {
-                match receive(&socket) {
-                    Ok(Some((pid, text))) => {
-                        if wake.send(Wake::Notification { pid, text }).is_err() {
-                            return;
-                        }
-                    }
-                    Ok(None) => {}
-                    Err(e) => {
-                        tracing::error!(error = %e, "the notification socket failed");
-                        return;
-                    }
-                }
-            }
-        })?;
 
     let mut command = Command::new(executable.path());
     command
@@ -204,63 +172,88 @@ fn supervise(executable: &Executable, map: &SignalMap) -> io::Result<i32> {
     );
     drop(first); // reaped below, with every other child
 
-    while let Ok(woken) = woken.recv() {
-        match woken {
-            Wake::Signal(raw) if raw == rustix::process::Signal::CHILD.as_raw() => {
-                if let Some(code) = reap(&mut supervisor) {
-                    return Ok(code);
-                }
+    // One thread, one order: every notification queued before a signal was caught is acted
+    // on before the signal. A generation notifies before it writes the pid file,
+    // so a restart signal sent as soon as the pid file names it goes to it.
+    loop {
+        let mut fds = [
+            rustix::event::PollFd::new(&socket, rustix::event::PollFlags::IN),
+            rustix::event::PollFd::new(&signals, rustix::event::PollFlags::IN),
+        ];
+        match rustix::event::poll(&mut fds, None) {
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+        // Signals first, then notifications; acted on in the other order.
+        let mut caught = Vec::new();
+        while let Some(Some(signal)) =
+            futures_lite::future::block_on(futures_lite::future::poll_once(signals.next()))
+        {
+            caught.push(Wake::Signal(signal? as i32));
+        }
+        let mut woken = Vec::new();
+        while let Some(received) = receive(&socket)? {
+            if let Some((pid, text)) = received {
+                woken.push(Wake::Notification { pid, text });
             }
-            Wake::Signal(raw) => {
-                let signal = Signal::from_raw(raw);
-                let request = map.get(signal);
-                if let Targets::Some(pids) = supervisor.signal(request) {
-                    tracing::info!(%signal, ?request, to = ?pids, "forwarding");
-                    for pid in pids {
-                        // A generation reaped by its parent leaves a stale pid here; never
-                        // signal what a reused pid names now, unless it is ours.
-                        if !is_descendant(pid, me) {
-                            supervisor.gone(pid);
-                            continue;
-                        }
-                        match sys::signal_process(pid, raw) {
-                            Ok(true) => {}
-                            Ok(false) => supervisor.gone(pid),
-                            Err(e) => tracing::warn!(pid, error = %e, "cannot forward"),
-                        }
+        }
+        for woken in woken.into_iter().chain(caught) {
+            match woken {
+                Wake::Signal(raw) if raw == rustix::process::Signal::CHILD.as_raw() => {
+                    if let Some(code) = reap(&mut supervisor) {
+                        return Ok(code);
                     }
                 }
-                // Nobody to stop: the service is down already.
-                if let Some(code) = reap(&mut supervisor) {
-                    return Ok(code);
+                Wake::Signal(raw) => {
+                    let signal = Signal::from_raw(raw);
+                    let request = map.get(signal);
+                    if let Targets::Some(pids) = supervisor.signal(request) {
+                        tracing::info!(%signal, ?request, to = ?pids, "forwarding");
+                        for pid in pids {
+                            // A generation reaped by its parent leaves a stale pid here; never
+                            // signal what a reused pid names now, unless it is ours.
+                            if !is_descendant(pid, me) {
+                                supervisor.gone(pid);
+                                continue;
+                            }
+                            match sys::signal_process(pid, raw) {
+                                Ok(true) => {}
+                                Ok(false) => supervisor.gone(pid),
+                                Err(e) => tracing::warn!(pid, error = %e, "cannot forward"),
+                            }
+                        }
+                    }
+                    // Nobody to stop: the service is down already.
+                    if let Some(code) = reap(&mut supervisor) {
+                        return Ok(code);
+                    }
                 }
-            }
-            Wake::Notification { pid, text } => {
-                if !is_descendant(pid, me) {
-                    tracing::warn!(
-                        pid,
-                        "a notification from a process that is not ours; ignored"
-                    );
-                    continue;
-                }
-                let before = supervisor.current();
-                supervisor.notified(pid, &Notification::parse(&text));
-                if supervisor.current() != before {
-                    tracing::info!(generation = ?supervisor.current(), "serving generation");
-                }
-                if let Some(upstream) = &upstream {
-                    let relayed: Vec<&str> = text
-                        .split('\n')
-                        .filter(|l| !l.is_empty() && !l.starts_with("MAINPID="))
-                        .collect();
-                    if !relayed.is_empty() {
-                        upstream.notify(&relayed.join("\n"));
+                Wake::Notification { pid, text } => {
+                    if !is_descendant(pid, me) {
+                        tracing::warn!(
+                            pid,
+                            "a notification from a process that is not ours; ignored"
+                        );
+                        continue;
+                    }
+                    let before = supervisor.current();
+                    supervisor.notified(pid, &Notification::parse(&text));
+                    if supervisor.current() != before {
+                        tracing::info!(generation = ?supervisor.current(), "serving generation");
+                    }
+                    if let Some(upstream) = &upstream {
+                        let relayed: Vec<&str> = text
+                            .split('\n')
+                            .filter(|l| !l.is_empty() && !l.starts_with("MAINPID="))
+                            .collect();
+                        if !relayed.is_empty() {
+                            upstream.notify(&relayed.join("\n"));
+                        }
                     }
                 }
             }
         }
     }
-    Err(io::Error::other("the supervisor's threads ended"))
 }
 
 #[cfg(not(target_os = "linux"))]
@@ -303,27 +296,34 @@ fn reap(supervisor: &mut Supervisor) -> Option<i32> {
     }
 }
 
-/// One notification and the pid that sent it (`None`: none attached, or not UTF-8).
+/// The next queued notification (`None`: none queued), and the pid that sent it (`None`:
+/// none attached, or not UTF-8).
 #[cfg(target_os = "linux")]
-fn receive(socket: &std::os::unix::net::UnixDatagram) -> io::Result<Option<(u32, String)>> {
+#[allow(clippy::type_complexity)]
+fn receive(socket: &std::os::unix::net::UnixDatagram) -> io::Result<Option<Option<(u32, String)>>> {
     use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
     let mut buf = [0u8; 4096];
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmCredentials(1))];
     let mut control = RecvAncillaryBuffer::new(&mut space);
     let mut iov = [IoSliceMut::new(&mut buf)];
-    let msg = match rustix::net::recvmsg(socket, &mut iov, &mut control, RecvFlags::empty()) {
-        Ok(msg) => msg,
-        Err(rustix::io::Errno::INTR) => return Ok(None),
-        Err(e) => return Err(e.into()),
+    let msg = loop {
+        match rustix::net::recvmsg(socket, &mut iov, &mut control, RecvFlags::DONTWAIT) {
+            Ok(msg) => break msg,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(rustix::io::Errno::AGAIN) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        }
     };
     let pid = control.drain().find_map(|m| match m {
         RecvAncillaryMessage::ScmCredentials(cred) => Some(cred.pid.as_raw_pid()),
         _ => None,
     });
     let (Some(pid), Ok(text)) = (pid, std::str::from_utf8(&buf[..msg.bytes])) else {
-        return Ok(None);
+        return Ok(Some(None));
     };
-    Ok(u32::try_from(pid).ok().map(|pid| (pid, text.to_owned())))
+    Ok(Some(
+        u32::try_from(pid).ok().map(|pid| (pid, text.to_owned())),
+    ))
 }
 
 /// Whether `pid` descends from `ancestor` (its chain of parents, from `/proc`).
