@@ -3,10 +3,10 @@
 //!
 //! The parent holds the descriptors it hands over at arbitrary numbers (`sources`); the child
 //! must find `sources[i]` at `first + i` (`first` is normally [`FIRST_INHERITED_FD`]). The
-//! renumbering runs in the child after `fork` and before `exec`, where only async-signal-safe
-//! calls are allowed and nothing may allocate. So the decisions are made here, in the parent,
-//! by the pure function [`plan`], and an adapter's executor runs the resulting [`Step`]s in
-//! order without thinking: each step is one system call.
+//! child is started with `posix_spawn`, and the renumbering is its list of *file actions*:
+//! `dup2` and `close`, which the C library (or the kernel) runs in the child between its
+//! creation and `exec`, with none of our code there. So every decision is made here, in the
+//! parent, by the pure function [`plan`], and the steps name every fd by its number.
 //!
 //! # The problem
 //!
@@ -16,25 +16,27 @@
 //! clobbers a source that a later step still reads (`3 → 4, 4 → 3` ends with the same socket
 //! at both numbers). Two more traps:
 //!
-//! - The child inherits every open fd of the parent, and all of them (except stdio) have
-//!   `FD_CLOEXEC` set. Some belong to the runtime (std's `Command` keeps a pipe open to report
-//!   an `exec` failure), so the plan may write no fd outside the target range. Temporaries are
-//!   therefore made with `fcntl(fd, F_DUPFD_CLOEXEC, first + n)`, which lets the kernel pick
-//!   the lowest *free* fd at or above the range; since that number is only known at run time,
-//!   a step refers to a temporary by its *slot* ([`Source::Stash`]).
 //! - The targets must end up without `FD_CLOEXEC`, or `exec` closes them. `dup2` clears the
-//!   flag on the new fd, but `dup2(fd, fd)` does nothing at all, so a source that already sits
-//!   at its target gets an explicit [`Step::ClearCloexec`] instead.
+//!   flag on the new fd, but `dup2(fd, fd)` does nothing at all, and a spawn file action
+//!   `adddup2(fd, fd)` clears the flag on some systems only (POSIX asks for it since 2024;
+//!   older glibc, macOS and the BSDs differ). So a source that already sits at its target is
+//!   moved away and back, through a *spare* fd.
+//! - Breaking a cycle of moves needs a temporary. File actions cannot ask the kernel for "the
+//!   lowest free fd" (there is no `F_DUPFD` action), so the temporary is the same spare: a
+//!   number the plan picks, the lowest at or above the target range that is no source. In the
+//!   child, whatever the parent had at that number is close-on-exec or of no use to the child
+//!   (only stdio and the targets survive `exec`), so overwriting it there is harmless; the
+//!   last step closes it.
 //!
 //! # The algorithm
 //!
-//! Index `i` is *fixed* when `sources[i] == first + i` (one [`Step::ClearCloexec`]), otherwise
-//! it needs one [`Step::Dup2`] into `first + i`, which may run once no pending move still
-//! reads the old `first + i`. Moves are emitted as soon as they are safe, following chains
-//! (writing `first + i` may free the target its source sits on); what is left when nothing is
-//! safe is a set of disjoint cycles of in-range sources, and each cycle is broken by stashing
-//! one of its fds in a temporary, which its one remaining reader then reads, and which is
-//! closed right after. It runs in `O(n)` time and memory.
+//! Index `i` is *fixed* when `sources[i] == first + i` (two moves through the spare),
+//! otherwise it needs one [`Step::Dup2`] into `first + i`, which may run once no pending move
+//! still reads the old `first + i`. Moves are emitted as soon as they are safe, following
+//! chains (writing `first + i` may free the target its source sits on); what is left when
+//! nothing is safe is a set of disjoint cycles of in-range sources, and each cycle is broken
+//! by copying one of its fds to the spare, which its one remaining reader then reads. It runs
+//! in `O(n log n)` time and `O(n)` memory.
 //!
 //! # Guarantees
 //!
@@ -43,31 +45,28 @@
 //!
 //! - fd `first + i` refers to the open file description that `sources[i]` referred to, and
 //!   has `FD_CLOEXEC` clear, for every `i`;
-//! - no fd outside `[first, first + n)` is written, closed or has its flags changed; the only
-//!   fds the plan opens there are its temporaries, all closed again by the last step;
-//! - no step reads an fd after a step has written it: a source is read either from its own
-//!   fd, still untouched, or from the temporary it was stashed in;
+//! - no fd outside `[first, first + n)` is written or closed, except the
+//!   [spare](Plan::spare), which is no source and is closed by the last step;
+//! - no step reads an fd after a step has written it with something else: a source is read
+//!   either from its own fd, still untouched, or from the spare it was copied to;
 //! - no [`Step::Dup2`] has `from == to`;
-//! - a temporary is made only for a cycle of sources inside the target range (such as
-//!   `3 → 4, 4 → 3`), one per cycle, and at most one temporary is open at any time; sources
-//!   outside the range, or inside it but not overwritten, are read where they are;
-//! - there are exactly `n + 2 × stashes` steps (one move or clear per index, one stash and one
-//!   close per cycle), so never more than `2n`.
+//! - the spare is used only for a source already in place or for a cycle of sources inside
+//!   the target range (such as `3 → 4, 4 → 3`), one copy per cycle;
+//! - there are exactly `n + fixed + cycles` steps, plus one [`Step::Close`] when the spare
+//!   is used, so never more than `2n + 1`.
 //!
 //! The plan does not know which fds are open in the child: if a source is not open, its
-//! `dup2` (or `fcntl`) fails with `EBADF`, and the executor reports it.
+//! `dup2` fails with `EBADF` (and so does one to a spare at or above the process's fd limit),
+//! and the spawn reports it.
 //!
 //! # Running a plan
 //!
-//! The executor allocates `plan.stash_slots()` fd slots *before* `fork`, then in the child
-//! runs each step as one call and stops at the first failure (retrying on `EINTR`):
+//! Each step is one spawn file action (or, after `fork`, one call), in order:
 //!
-//! | Step | Call |
-//! |------|------|
-//! | [`Step::Stash`] `{ fd, slot, min }` | `stash[slot] = fcntl(fd, F_DUPFD_CLOEXEC, min)` |
-//! | [`Step::Dup2`] `{ from, to }` | `dup2(from, to)`, `from` being `fd` or `stash[slot]` |
-//! | [`Step::ClearCloexec`] `{ fd }` | `fcntl(fd, F_SETFD, fcntl(fd, F_GETFD) & !FD_CLOEXEC)` |
-//! | [`Step::CloseStash`] `{ slot }` | `close(stash[slot])` |
+//! | Step | File action | Call |
+//! |------|-------------|------|
+//! | [`Step::Dup2`] `{ from, to }` | `posix_spawn_file_actions_adddup2(from, to)` | `dup2(from, to)` |
+//! | [`Step::Close`] `{ fd }` | `posix_spawn_file_actions_addclose(fd)` | `close(fd)` |
 //!
 //! [`FIRST_INHERITED_FD`]: crate::FIRST_INHERITED_FD
 
@@ -83,48 +82,23 @@ use crate::Fd;
 /// wrong `first` or a runaway list from producing a plan no kernel can run.
 pub const MAX_TARGET_END: Fd = 1 << 20;
 
-/// Where a [`Step::Dup2`] reads its descriptor from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Source {
-    /// A source fd of the parent, read where it is (nothing has written it yet).
-    Fd(Fd),
-    /// The temporary fd in this stash slot, made by an earlier [`Step::Stash`].
-    Stash(usize),
-}
-
-/// One step of a [`Plan`]: one system call for the executor.
+/// One step of a [`Plan`]: one spawn file action (or one system call).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Step {
-    /// `stash[slot] = fcntl(fd, F_DUPFD_CLOEXEC, min)`: copy `fd` to the lowest free fd at or
-    /// above `min` (the end of the target range), close-on-exec, before `fd` is overwritten.
-    Stash {
-        /// The in-range source fd to keep.
-        fd: Fd,
-        /// The slot the executor records the new fd in.
-        slot: usize,
-        /// The lowest fd number the temporary may take: `first + n`.
-        min: Fd,
-    },
     /// `dup2(from, to)`: `to` now refers to `from`'s file and has `FD_CLOEXEC` clear.
     ///
-    /// `from` never equals `to` (for a source that is already in place, see
-    /// [`Step::ClearCloexec`]).
+    /// `from` never equals `to`.
     Dup2 {
-        /// The descriptor to copy.
-        from: Source,
-        /// The target fd, in `[first, first + n)`.
+        /// The descriptor to copy: a source, or the spare.
+        from: Fd,
+        /// A target fd, in `[first, first + n)`, or the spare.
         to: Fd,
     },
-    /// Clear `FD_CLOEXEC` on `fd`: a source that already sits at its target.
-    ClearCloexec {
-        /// The target fd, in `[first, first + n)`.
+    /// `close(fd)`: the spare, once every step that reads it has run.
+    Close {
+        /// The spare.
         fd: Fd,
-    },
-    /// `close(stash[slot])`: the temporary has been read by every step that needed it.
-    CloseStash {
-        /// The slot of the temporary to close.
-        slot: usize,
     },
 }
 
@@ -134,7 +108,7 @@ pub enum Step {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
     steps: Vec<Step>,
-    stash_slots: usize,
+    spare: Option<Fd>,
     targets: Range<Fd>,
 }
 
@@ -144,11 +118,10 @@ impl Plan {
         &self.steps
     }
 
-    /// How many stash slots the steps use (slots are numbered `0..stash_slots()`, each filled
-    /// by one [`Step::Stash`] and closed by one [`Step::CloseStash`]); the executor allocates
-    /// them before `fork`.
-    pub fn stash_slots(&self) -> usize {
-        self.stash_slots
+    /// The spare fd the steps write and close outside the target range, if they need one:
+    /// the lowest fd at or above the range that is no source.
+    pub fn spare(&self) -> Option<Fd> {
+        self.spare
     }
 
     /// The target fds, `first..first + n`: where the child finds the descriptors.
@@ -220,42 +193,77 @@ impl From<PlanError> for std::io::Error {
 ///
 /// # Examples
 ///
-/// Two listeners at 4 and 3 that must swap places: one is kept in a temporary first.
+/// Two listeners at 4 and 3 that must swap places: one is kept in the spare, fd 5, first.
 ///
 /// ```
-/// use endless_core::plan::{Source, Step, plan};
+/// use endless_core::plan::{Step, plan};
 ///
 /// let swap = plan(&[4, 3], 3)?;
 /// assert_eq!(swap.targets(), 3..5);
-/// assert_eq!(swap.stash_slots(), 1);
+/// assert_eq!(swap.spare(), Some(5));
 /// assert_eq!(
 ///     swap.steps(),
 ///     [
-///         Step::Stash { fd: 3, slot: 0, min: 5 },
-///         Step::Dup2 { from: Source::Fd(4), to: 3 },
-///         Step::Dup2 { from: Source::Stash(0), to: 4 },
-///         Step::CloseStash { slot: 0 },
+///         Step::Dup2 { from: 3, to: 5 },
+///         Step::Dup2 { from: 4, to: 3 },
+///         Step::Dup2 { from: 5, to: 4 },
+///         Step::Close { fd: 5 },
 ///     ]
 /// );
 ///
-/// // Sources outside the range are read where they are; one already in place is only
-/// // made inheritable.
+/// // Sources outside the range are read where they are; one already in place goes to the
+/// // spare and back, which clears its close-on-exec flag on every system. The spare is the
+/// // lowest fd above the range (3..6) that is no source.
 /// let mixed = plan(&[9, 4, 9], 3)?;
+/// assert_eq!(mixed.spare(), Some(6));
 /// assert_eq!(
 ///     mixed.steps(),
 ///     [
-///         Step::ClearCloexec { fd: 4 },
-///         Step::Dup2 { from: Source::Fd(9), to: 3 },
-///         Step::Dup2 { from: Source::Fd(9), to: 5 },
+///         Step::Dup2 { from: 4, to: 6 },
+///         Step::Dup2 { from: 6, to: 4 },
+///         Step::Dup2 { from: 9, to: 3 },
+///         Step::Dup2 { from: 9, to: 5 },
+///         Step::Close { fd: 6 },
 ///     ]
 /// );
+///
+/// // Nothing in place and no cycle: no spare.
+/// assert_eq!(plan(&[7, 8], 3)?.spare(), None);
 /// # Ok::<(), endless_core::plan::PlanError>(())
 /// ```
 pub fn plan(sources: &[Fd], first: Fd) -> Result<Plan, PlanError> {
+    let slots: Vec<Option<Fd>> = sources.iter().copied().map(Some).collect();
+    plan_partial(&slots, first)
+}
+
+/// As [`plan`], for a target range where some fds are left as they are: `sources[i]` is
+/// `None` for a target `first + i` that no step writes (and that other steps may read as
+/// a source). Spawning uses it for stdio: `plan_partial(&[None, Some(pipe), None], 0)`
+/// redirects stdout only.
+///
+/// # Errors
+///
+/// As [`plan`].
+///
+/// # Examples
+///
+/// ```
+/// use endless_core::plan::{Step, plan_partial};
+///
+/// // Stdout to the pipe at fd 4, stdin and stderr untouched.
+/// let p = plan_partial(&[None, Some(4), None], 0)?;
+/// assert_eq!(p.steps(), [Step::Dup2 { from: 4, to: 1 }]);
+/// # Ok::<(), endless_core::plan::PlanError>(())
+/// ```
+pub fn plan_partial(sources: &[Option<Fd>], first: Fd) -> Result<Plan, PlanError> {
     if first < 0 {
         return Err(PlanError::NegativeFirst { first });
     }
-    if let Some((index, &fd)) = sources.iter().enumerate().find(|&(_, &fd)| fd < 0) {
+    if let Some((index, fd)) = sources
+        .iter()
+        .enumerate()
+        .find_map(|(i, &fd)| fd.filter(|&fd| fd < 0).map(|fd| (i, fd)))
+    {
         return Err(PlanError::NegativeSource { index, fd });
     }
     let len = sources.len();
@@ -271,7 +279,7 @@ pub fn plan(sources: &[Fd], first: Fd) -> Result<Plan, PlanError> {
     for i in 0..len {
         planner.run_chain(i);
     }
-    // Whatever is still pending is a union of cycles: break each one with a stash.
+    // Whatever is still pending is a union of cycles: break each one through the spare.
     for i in 0..len {
         if planner.pending[i] {
             planner.stash(i);
@@ -279,45 +287,68 @@ pub fn plan(sources: &[Fd], first: Fd) -> Result<Plan, PlanError> {
         }
     }
     debug_assert!(planner.pending.iter().all(|p| !p));
-    debug_assert_eq!(planner.steps.len(), len + 2 * planner.stash_readers.len());
+    if planner.spare_used {
+        planner.steps.push(Step::Close { fd: planner.spare });
+    }
     Ok(Plan {
         steps: planner.steps,
-        stash_slots: planner.stash_readers.len(),
+        spare: planner.spare_used.then_some(planner.spare),
         targets: first..end,
     })
 }
 
 /// The working state of [`plan`]. Index `i` stands for target fd `first + i`.
 struct Planner<'a> {
-    sources: &'a [Fd],
+    sources: &'a [Option<Fd>],
     first: Fd,
     end: Fd,
     /// Whether index `i` still needs its `dup2`.
     pending: Vec<bool>,
     /// How many pending moves read the fd `first + i` directly.
     readers: Vec<usize>,
-    /// The stash slot holding the original of fd `first + i`, once stashed.
-    stashed_in: Vec<Option<usize>>,
-    /// How many pending moves read each stash slot.
-    stash_readers: Vec<usize>,
+    /// Whether the original of fd `first + i` was copied to the spare.
+    stashed: Vec<bool>,
+    /// The lowest fd at or above `end` that is no source.
+    spare: Fd,
+    spare_used: bool,
     steps: Vec<Step>,
 }
 
 impl<'a> Planner<'a> {
-    fn new(sources: &'a [Fd], first: Fd, end: Fd) -> Self {
+    fn new(sources: &'a [Option<Fd>], first: Fd, end: Fd) -> Self {
         let len = sources.len();
+        let mut above: Vec<Fd> = sources
+            .iter()
+            .flatten()
+            .copied()
+            .filter(|&fd| fd >= end)
+            .collect();
+        above.sort_unstable();
+        above.dedup();
+        // `above` holds at most `len` numbers, so one of `end..=end + len` is free of them.
+        let mut spare = end;
+        for fd in above {
+            if fd == spare {
+                spare += 1;
+            } else if fd > spare {
+                break;
+            }
+        }
         let mut planner = Self {
             sources,
             first,
             end,
             pending: vec![false; len],
             readers: vec![0; len],
-            stashed_in: vec![None; len],
-            stash_readers: Vec::new(),
-            steps: Vec::with_capacity(2 * len),
+            stashed: vec![false; len],
+            spare,
+            spare_used: false,
+            steps: Vec::with_capacity(len + 1),
         };
         for (i, &fd) in sources.iter().enumerate() {
-            if fd != planner.target(i) {
+            if let Some(fd) = fd
+                && fd != planner.target(i)
+            {
                 planner.pending[i] = true;
                 if let Some(k) = planner.index_of(fd) {
                     planner.readers[k] += 1;
@@ -342,12 +373,21 @@ impl<'a> Planner<'a> {
         }
     }
 
-    /// Emits a `ClearCloexec` for every source already at its target.
+    /// Moves every source already at its target to the spare and back: the only `dup2`
+    /// that clears `FD_CLOEXEC` everywhere is one between two different numbers.
     fn clear_fixed(&mut self) {
         for i in 0..self.sources.len() {
-            if !self.pending[i] {
+            if self.sources[i] == Some(self.target(i)) {
                 let fd = self.target(i);
-                self.steps.push(Step::ClearCloexec { fd });
+                self.steps.push(Step::Dup2 {
+                    from: fd,
+                    to: self.spare,
+                });
+                self.steps.push(Step::Dup2 {
+                    from: self.spare,
+                    to: fd,
+                });
+                self.spare_used = true;
             }
         }
     }
@@ -358,46 +398,37 @@ impl<'a> Planner<'a> {
         while self.pending[i] && self.readers[i] == 0 {
             self.pending[i] = false;
             let to = self.target(i);
-            let fd = self.sources[i];
+            let Some(fd) = self.sources[i] else {
+                return; // never pending
+            };
             let Some(k) = self.index_of(fd) else {
-                self.steps.push(Step::Dup2 {
-                    from: Source::Fd(fd),
-                    to,
-                });
+                self.steps.push(Step::Dup2 { from: fd, to });
                 return;
             };
-            if let Some(slot) = self.stashed_in[k] {
+            if self.stashed[k] {
                 self.steps.push(Step::Dup2 {
-                    from: Source::Stash(slot),
+                    from: self.spare,
                     to,
                 });
-                self.stash_readers[slot] -= 1;
-                if self.stash_readers[slot] == 0 {
-                    self.steps.push(Step::CloseStash { slot });
-                }
                 return;
             }
-            self.steps.push(Step::Dup2 {
-                from: Source::Fd(fd),
-                to,
-            });
+            self.steps.push(Step::Dup2 { from: fd, to });
             self.readers[k] -= 1;
             i = k;
         }
     }
 
-    /// Stashes the fd of index `i` (on a cycle, still read by a pending move) in a new slot
-    /// and sends its readers there, which makes `i` safe to write.
+    /// Copies the fd of index `i` (on a cycle, still read by its one pending move) to the
+    /// spare and sends its reader there, which makes `i` safe to write. The spare's previous
+    /// content is read by no pending move: a cycle is finished before the next is broken.
     fn stash(&mut self, i: usize) {
-        debug_assert!(self.readers[i] > 0, "only a blocked target is stashed");
-        let slot = self.stash_readers.len();
-        self.steps.push(Step::Stash {
-            fd: self.target(i),
-            slot,
-            min: self.end,
+        debug_assert_eq!(self.readers[i], 1, "only a cycle is broken");
+        self.steps.push(Step::Dup2 {
+            from: self.target(i),
+            to: self.spare,
         });
-        self.stashed_in[i] = Some(slot);
-        self.stash_readers.push(self.readers[i]);
+        self.spare_used = true;
+        self.stashed[i] = true;
         self.readers[i] = 0;
     }
 }
@@ -406,61 +437,59 @@ impl<'a> Planner<'a> {
 mod tests {
     use super::*;
 
-    use Source::{Fd as F, Stash as S};
-    use Step::{ClearCloexec, CloseStash, Dup2};
+    use Step::{Close, Dup2};
 
     fn steps(sources: &[Fd], first: Fd) -> Vec<Step> {
         plan(sources, first).unwrap().steps().to_vec()
-    }
-
-    fn stash(fd: Fd, slot: usize, min: Fd) -> Step {
-        Step::Stash { fd, slot, min }
     }
 
     #[test]
     fn empty() {
         let p = plan(&[], 3).unwrap();
         assert_eq!(p.steps(), []);
-        assert_eq!(p.stash_slots(), 0);
+        assert_eq!(p.spare(), None);
         assert_eq!(p.targets(), 3..3);
     }
 
     #[test]
-    fn identity_only_clears_cloexec() {
+    fn identity_goes_through_the_spare() {
         assert_eq!(
-            steps(&[3, 4, 5], 3),
+            steps(&[3, 4], 3),
             [
-                ClearCloexec { fd: 3 },
-                ClearCloexec { fd: 4 },
-                ClearCloexec { fd: 5 }
+                Dup2 { from: 3, to: 5 },
+                Dup2 { from: 5, to: 3 },
+                Dup2 { from: 4, to: 5 },
+                Dup2 { from: 5, to: 4 },
+                Close { fd: 5 }
             ]
         );
     }
 
     #[test]
     fn from_above_the_range() {
+        let p = plan(&[7, 9, 8], 3).unwrap();
         assert_eq!(
-            steps(&[7, 9, 8], 3),
+            p.steps(),
             [
-                Dup2 { from: F(7), to: 3 },
-                Dup2 { from: F(9), to: 4 },
-                Dup2 { from: F(8), to: 5 }
+                Dup2 { from: 7, to: 3 },
+                Dup2 { from: 9, to: 4 },
+                Dup2 { from: 8, to: 5 }
             ]
         );
+        assert_eq!(p.spare(), None);
     }
 
     #[test]
     fn far_above_the_range() {
-        let p = plan(&[1_000_000, Fd::MAX], 3).unwrap();
         assert_eq!(
-            p.steps(),
+            steps(&[1_000_000, Fd::MAX], 3),
             [
                 Dup2 {
-                    from: F(1_000_000),
+                    from: 1_000_000,
                     to: 3
                 },
                 Dup2 {
-                    from: F(Fd::MAX),
+                    from: Fd::MAX,
                     to: 4
                 }
             ]
@@ -472,42 +501,54 @@ mod tests {
         assert_eq!(
             steps(&[4, 3], 3),
             [
-                stash(3, 0, 5),
-                Dup2 { from: F(4), to: 3 },
-                Dup2 { from: S(0), to: 4 },
-                CloseStash { slot: 0 }
+                Dup2 { from: 3, to: 5 },
+                Dup2 { from: 4, to: 3 },
+                Dup2 { from: 5, to: 4 },
+                Close { fd: 5 }
             ]
         );
+    }
+
+    #[test]
+    fn the_spare_is_no_source() {
+        // 5 and 6 are sources above the range 3..5: the spare is 7.
+        let p = plan(&[4, 3, 5, 6], 3).unwrap();
+        assert_eq!(p.targets(), 3..7);
+        assert_eq!(p.spare(), Some(7));
+        let p = plan(&[4, 3, 6, 8, 7], 3).unwrap();
+        assert_eq!(p.spare(), Some(9));
+        let p = plan(&[4, 3, 9, 9], 3).unwrap();
+        assert_eq!(p.spare(), Some(7));
     }
 
     #[test]
     fn reversed_range() {
-        // 3 ↔ 7 and 4 ↔ 6 are cycles, 5 stays.
+        // 3 ↔ 7 and 4 ↔ 6 are cycles, 5 stays; one spare serves all three.
         assert_eq!(
             steps(&[7, 6, 5, 4, 3], 3),
             [
-                ClearCloexec { fd: 5 },
-                stash(3, 0, 8),
-                Dup2 { from: F(7), to: 3 },
-                Dup2 { from: S(0), to: 7 },
-                CloseStash { slot: 0 },
-                stash(4, 1, 8),
-                Dup2 { from: F(6), to: 4 },
-                Dup2 { from: S(1), to: 6 },
-                CloseStash { slot: 1 }
+                Dup2 { from: 5, to: 8 },
+                Dup2 { from: 8, to: 5 },
+                Dup2 { from: 3, to: 8 },
+                Dup2 { from: 7, to: 3 },
+                Dup2 { from: 8, to: 7 },
+                Dup2 { from: 4, to: 8 },
+                Dup2 { from: 6, to: 4 },
+                Dup2 { from: 8, to: 6 },
+                Close { fd: 8 }
             ]
         );
     }
 
     #[test]
-    fn shifted_down_needs_no_stash() {
+    fn shifted_down_needs_no_spare() {
         // Each target is written after the move that reads it.
         assert_eq!(
             steps(&[4, 5, 6], 3),
             [
-                Dup2 { from: F(4), to: 3 },
-                Dup2 { from: F(5), to: 4 },
-                Dup2 { from: F(6), to: 5 }
+                Dup2 { from: 4, to: 3 },
+                Dup2 { from: 5, to: 4 },
+                Dup2 { from: 6, to: 5 }
             ]
         );
     }
@@ -518,10 +559,10 @@ mod tests {
         assert_eq!(
             steps(&[2, 3, 4, 5], 3),
             [
-                Dup2 { from: F(5), to: 6 },
-                Dup2 { from: F(4), to: 5 },
-                Dup2 { from: F(3), to: 4 },
-                Dup2 { from: F(2), to: 3 }
+                Dup2 { from: 5, to: 6 },
+                Dup2 { from: 4, to: 5 },
+                Dup2 { from: 3, to: 4 },
+                Dup2 { from: 2, to: 3 }
             ]
         );
     }
@@ -530,17 +571,17 @@ mod tests {
     fn same_fd_twice() {
         assert_eq!(
             steps(&[8, 8], 3),
-            [Dup2 { from: F(8), to: 3 }, Dup2 { from: F(8), to: 4 }]
+            [Dup2 { from: 8, to: 3 }, Dup2 { from: 8, to: 4 }]
         );
         // An in-range source read twice is read both times before it is overwritten.
         assert_eq!(
             steps(&[5, 5, 3], 3),
             [
-                Dup2 { from: F(5), to: 4 },
-                stash(3, 0, 6),
-                Dup2 { from: F(5), to: 3 },
-                Dup2 { from: S(0), to: 5 },
-                CloseStash { slot: 0 }
+                Dup2 { from: 5, to: 4 },
+                Dup2 { from: 3, to: 6 },
+                Dup2 { from: 5, to: 3 },
+                Dup2 { from: 6, to: 5 },
+                Close { fd: 6 }
             ]
         );
     }
@@ -550,9 +591,11 @@ mod tests {
         assert_eq!(
             steps(&[4, 4, 4], 3),
             [
-                ClearCloexec { fd: 4 },
-                Dup2 { from: F(4), to: 3 },
-                Dup2 { from: F(4), to: 5 }
+                Dup2 { from: 4, to: 6 },
+                Dup2 { from: 6, to: 4 },
+                Dup2 { from: 4, to: 3 },
+                Dup2 { from: 4, to: 5 },
+                Close { fd: 6 }
             ]
         );
     }
@@ -563,11 +606,11 @@ mod tests {
         assert_eq!(
             steps(&[4, 3, 3], 3),
             [
-                Dup2 { from: F(3), to: 5 },
-                stash(3, 0, 6),
-                Dup2 { from: F(4), to: 3 },
-                Dup2 { from: S(0), to: 4 },
-                CloseStash { slot: 0 }
+                Dup2 { from: 3, to: 5 },
+                Dup2 { from: 3, to: 6 },
+                Dup2 { from: 4, to: 3 },
+                Dup2 { from: 6, to: 4 },
+                Close { fd: 6 }
             ]
         );
     }
@@ -577,24 +620,46 @@ mod tests {
         assert_eq!(
             steps(&[0, 1, 2], 3),
             [
-                Dup2 { from: F(0), to: 3 },
-                Dup2 { from: F(1), to: 4 },
-                Dup2 { from: F(2), to: 5 }
+                Dup2 { from: 0, to: 3 },
+                Dup2 { from: 1, to: 4 },
+                Dup2 { from: 2, to: 5 }
             ]
         );
         // Targets over stdio are allowed too (a caller's choice): 1 → 0 before 2 → 1.
         assert_eq!(
             steps(&[1, 2], 0),
-            [Dup2 { from: F(1), to: 0 }, Dup2 { from: F(2), to: 1 }]
+            [Dup2 { from: 1, to: 0 }, Dup2 { from: 2, to: 1 }]
         );
     }
 
     #[test]
-    fn steps_and_stashes_are_counted() {
+    fn partial_leaves_the_unnamed_targets_alone() {
+        // Stdin stays; stdout and stderr swap; a source read at fd 0 is read in place.
+        let p = plan_partial(&[None, Some(2), Some(1), Some(0)], 0).unwrap();
+        assert_eq!(
+            p.steps(),
+            [
+                Dup2 { from: 0, to: 3 },
+                Dup2 { from: 1, to: 4 },
+                Dup2 { from: 2, to: 1 },
+                Dup2 { from: 4, to: 2 },
+                Close { fd: 4 }
+            ]
+        );
+        assert_eq!(plan_partial(&[None, None], 0).unwrap().steps(), []);
+        assert_eq!(
+            plan_partial(&[None, Some(-1)], 0),
+            Err(PlanError::NegativeSource { index: 1, fd: -1 })
+        );
+    }
+
+    #[test]
+    fn steps_are_counted() {
+        // Two cycles (3 ↔ 4, 5 ↔ 6), one source from above: 5 moves, 2 copies, 1 close.
         let p = plan(&[4, 3, 6, 5, 9], 3).unwrap();
-        assert_eq!(p.stash_slots(), 2);
-        assert_eq!(p.steps().len(), 5 + 2 * 2);
+        assert_eq!(p.steps().len(), 5 + 2 + 1);
         assert_eq!(p.targets(), 3..8);
+        assert_eq!(p.spare(), Some(8));
     }
 
     #[test]

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use endless_core::Fd;
-use endless_core::plan::{Plan, Source, Step, plan};
+use endless_core::plan::{Plan, Step, plan};
 use proptest::collection::{btree_set, vec};
 use proptest::prelude::*;
 
@@ -26,7 +26,7 @@ type Table = BTreeMap<Fd, Open>;
 struct Case {
     first: Fd,
     sources: Vec<Fd>,
-    /// Open fds that are no source, close-on-exec (like std's error-reporting pipe).
+    /// Open fds that are no source, close-on-exec (like a runtime's own fds).
     others: BTreeSet<Fd>,
 }
 
@@ -39,7 +39,7 @@ impl Case {
         (self.first..self.end()).contains(&fd)
     }
 
-    /// The child's table right after `fork`: stdio without `FD_CLOEXEC`, every other fd
+    /// The child's table when it is created: stdio without `FD_CLOEXEC`, every other fd
     /// (the sources and the unrelated ones) with it.
     fn table(&self) -> Table {
         let fds: BTreeSet<Fd> = (0..3)
@@ -62,102 +62,64 @@ impl Case {
 #[derive(Debug)]
 struct Run {
     table: Table,
-    /// The most temporaries open at the same time.
-    max_open_stashes: usize,
-    /// The fds that were stashed, in order.
-    stashed: Vec<Fd>,
+    /// The fds copied to the spare, in order.
+    spared: Vec<Fd>,
 }
 
-/// Runs the steps on `table` the way the kernel would, failing on anything the kernel would
-/// refuse (`EBADF`) and on anything the plan promises never to do.
+/// Runs the steps on `table` the way the kernel runs `dup2` and `close` (a `dup2` between
+/// two numbers clears `FD_CLOEXEC` on the new one; `dup2(fd, fd)` changes nothing), failing
+/// on anything the kernel would refuse (`EBADF`) and on anything the plan promises never to
+/// do.
 fn run(plan: &Plan, mut table: Table) -> Result<Run, String> {
     let targets = plan.targets();
-    let mut stash: Vec<Option<Fd>> = vec![None; plan.stash_slots()];
-    let mut filled = vec![false; plan.stash_slots()];
-    let mut written = BTreeSet::new();
-    let mut max_open_stashes = 0;
-    let mut stashed = Vec::new();
+    let spare = plan.spare();
+    let mut spared = Vec::new();
     for (n, &step) in plan.steps().iter().enumerate() {
         let fail = |what: String| Err(format!("step {n} {step:?}: {what}"));
         match step {
-            Step::Stash { fd, slot, min } => {
-                if min != targets.end {
-                    return fail(format!("min is not the end of the range {targets:?}"));
-                }
-                if slot >= stash.len() || filled[slot] {
-                    return fail("slot out of bounds or filled twice".into());
-                }
-                if written.contains(&fd) {
-                    return fail(format!("reads fd {fd} after it was overwritten"));
-                }
-                let Some(&Open { file, .. }) = table.get(&fd) else {
-                    return fail(format!("EBADF: fd {fd} is not open"));
-                };
-                let new = (min..).find(|fd| !table.contains_key(fd)).unwrap();
-                table.insert(
-                    new,
-                    Open {
-                        file,
-                        cloexec: true,
-                    },
-                );
-                stash[slot] = Some(new);
-                filled[slot] = true;
-                stashed.push(fd);
-            }
             Step::Dup2 { from, to } => {
-                let from = match from {
-                    Source::Fd(fd) if written.contains(&fd) => {
-                        return fail(format!("reads fd {fd} after it was overwritten"));
-                    }
-                    Source::Fd(fd) => fd,
-                    Source::Stash(slot) => match stash.get(slot) {
-                        Some(&Some(fd)) => fd,
-                        _ => return fail(format!("stash slot {slot} is not open")),
-                    },
-                };
-                if !targets.contains(&to) {
-                    return fail(format!("writes fd {to}, outside {targets:?}"));
+                if from == to {
+                    return fail("dup2 onto itself".into());
+                }
+                if !targets.contains(&to) && Some(to) != spare {
+                    return fail(format!(
+                        "writes fd {to}, outside {targets:?} and not the spare"
+                    ));
                 }
                 let Some(&Open { file, .. }) = table.get(&from) else {
                     return fail(format!("EBADF: fd {from} is not open"));
                 };
-                // dup2(fd, fd) returns fd and changes nothing, FD_CLOEXEC included.
-                if from != to {
-                    table.insert(
-                        to,
-                        Open {
-                            file,
-                            cloexec: false,
-                        },
-                    );
-                    written.insert(to);
+                table.insert(
+                    to,
+                    Open {
+                        file,
+                        cloexec: false,
+                    },
+                );
+                if Some(to) == spare {
+                    spared.push(from);
                 }
             }
-            Step::ClearCloexec { fd } => match table.get_mut(&fd) {
-                Some(open) => open.cloexec = false,
-                None => return fail(format!("EBADF: fd {fd} is not open")),
-            },
-            Step::CloseStash { slot } => {
-                let Some(fd) = stash.get_mut(slot).and_then(Option::take) else {
-                    return fail(format!("stash slot {slot} is not open"));
-                };
+            Step::Close { fd } => {
+                if Some(fd) != spare {
+                    return fail(format!("closes fd {fd}, which is not the spare"));
+                }
+                if n + 1 != plan.steps().len() {
+                    return fail("the spare is closed before the last step".into());
+                }
                 if table.remove(&fd).is_none() {
                     return fail(format!("EBADF: fd {fd} is not open"));
                 }
             }
             _ => return fail("unknown step".into()),
         }
-        max_open_stashes = max_open_stashes.max(stash.iter().flatten().count());
     }
-    if filled.iter().any(|f| !f) || stash.iter().any(Option::is_some) {
-        return Err(format!("stash slots left unused or open: {stash:?}"));
+    if let Some(spare) = spare
+        && table.contains_key(&spare)
+    {
+        return Err(format!("the spare, fd {spare}, is left open"));
     }
-    Ok(Run {
-        table,
-        max_open_stashes,
-        stashed,
-    })
+    Ok(Run { table, spared })
 }
 
 /// `exec`: every fd with `FD_CLOEXEC` is closed.
@@ -226,11 +188,16 @@ fn case() -> impl Strategy<Value = Case> {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2048))]
 
-    /// Running the plan puts every source at its target and touches nothing else.
+    /// Running the plan puts every source at its target, inheritable, and touches nothing
+    /// else but the spare, which it closes.
     #[test]
     fn the_plan_renumbers_and_touches_nothing_else(case in case()) {
         let plan = plan(&case.sources, case.first).unwrap();
         prop_assert_eq!(plan.targets(), case.first..case.end());
+        if let Some(spare) = plan.spare() {
+            prop_assert!(spare >= case.end(), "spare {} inside the range", spare);
+            prop_assert!(!case.sources.contains(&spare), "spare {} is a source", spare);
+        }
         let before = case.table();
         let after = match run(&plan, before.clone()) {
             Ok(run) => run.table,
@@ -247,7 +214,11 @@ proptest! {
             );
         }
         let outside = |table: &Table| -> Table {
-            table.iter().filter(|(fd, _)| !case.in_range(**fd)).map(|(&fd, &o)| (fd, o)).collect()
+            table
+                .iter()
+                .filter(|(fd, _)| !case.in_range(**fd) && Some(**fd) != plan.spare())
+                .map(|(&fd, &o)| (fd, o))
+                .collect()
         };
         prop_assert_eq!(outside(&after), outside(&before), "fds outside the range changed; steps: {:#?}", plan.steps());
 
@@ -260,36 +231,37 @@ proptest! {
         prop_assert_eq!(exec(&after), expected, "steps: {:#?}", plan.steps());
     }
 
-    /// Few steps, few temporaries: one per cycle, at most one open at a time, and only for
-    /// in-range sources that get overwritten.
+    /// Few steps: one move per source, two for one in place, one copy per cycle, and one
+    /// close of the spare when it was used.
     #[test]
     fn the_plan_is_small(case in case()) {
         let plan = plan(&case.sources, case.first).unwrap();
         let n = case.sources.len();
-        let stashes = plan.stash_slots();
         let steps = plan.steps();
-        prop_assert!(steps.len() <= 2 * n + stashes, "{} steps for {} sources: {:#?}", steps.len(), n, steps);
-        prop_assert_eq!(steps.len(), n + 2 * stashes, "steps: {:#?}", steps);
-        prop_assert!(steps.len() <= 2 * n, "{} steps for {} sources: {:#?}", steps.len(), n, steps);
-        prop_assert_eq!(stashes, cycles(&case), "stashes vs cycles; steps: {:#?}", steps);
+        let fixed = case
+            .sources
+            .iter()
+            .enumerate()
+            .filter(|&(i, &fd)| fd == case.first + Fd::try_from(i).unwrap())
+            .count();
+        let cycles = cycles(&case);
+        prop_assert_eq!(plan.spare().is_some(), fixed + cycles > 0, "steps: {:#?}", steps);
+        let close = usize::from(plan.spare().is_some());
+        prop_assert_eq!(steps.len(), n + fixed + cycles + close, "steps: {:#?}", steps);
+        prop_assert!(steps.len() <= 2 * n + 1, "{} steps for {} sources: {:#?}", steps.len(), n, steps);
 
         let run = run(&plan, case.table()).map_err(TestCaseError::fail)?;
-        prop_assert!(run.max_open_stashes <= 1, "{} stashes open at once; steps: {:#?}", run.max_open_stashes, steps);
+        prop_assert_eq!(run.spared.len(), fixed + cycles, "steps: {:#?}", steps);
+        // Only a source in place or an in-range source that gets overwritten goes there.
         let overwritten: BTreeSet<Fd> = case
             .sources
             .iter()
             .copied()
             .filter(|&fd| case.in_range(fd))
-            .filter(|&fd| case.sources[usize::try_from(fd - case.first).unwrap()] != fd)
             .collect();
-        let stashed: BTreeSet<Fd> = run.stashed.iter().copied().collect();
-        prop_assert_eq!(stashed.len(), run.stashed.len(), "an fd was stashed twice");
-        prop_assert!(stashed.is_subset(&overwritten), "stashed {:?}, overwritten {:?}", stashed, overwritten);
-        for step in steps {
-            if let Step::Dup2 { from: Source::Fd(fd), to } = *step {
-                prop_assert_ne!(fd, to, "dup2 onto itself (a no-op); steps: {:#?}", steps);
-            }
-        }
+        let spared: BTreeSet<Fd> = run.spared.iter().copied().collect();
+        prop_assert_eq!(spared.len(), run.spared.len(), "an fd was spared twice");
+        prop_assert!(spared.is_subset(&overwritten), "spared {:?}, in-range sources {:?}", spared, overwritten);
     }
 
     /// Bad input is refused, never planned.

@@ -10,7 +10,7 @@
 //!
 //! Signals, by default: `SIGHUP` restart, `SIGTERM`/`SIGINT` graceful stop, `SIGUSR2`
 //! hammer. Every decision is taken by the sans-IO [`endless_core::Lifecycle`]; this crate
-//! only says how async-io, async-process and async-signal do I/O. Everything else —
+//! only says how async-io and async-signal do I/O. Everything else —
 //! validating inherited fds, spawning with the fds renumbered, the readiness protocol,
 //! connection tracking, and the API below — is endless-unix's, shared with
 //! `endless-tokio`: the same guarantees, the same errors, and the same environment

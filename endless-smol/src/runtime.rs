@@ -1,17 +1,16 @@
-//! endless-unix's `Runtime` and `Net` on async-io, async-process and async-signal.
+//! endless-unix's `Runtime` and `Net` on async-io and async-signal.
 
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::process::ExitStatus;
-use std::sync::Once;
+use std::sync::{Arc, Once};
 use std::time::Instant;
 
 use async_executor::Executor;
 use async_io::{Async, Timer};
-use endless_unix::{BoxFuture, ChildProcess, Net, ReadinessReader, Runtime, Signal};
+use endless_unix::{BoxFuture, Net, Readable, ReadinessReader, Runtime, Signal};
 use futures_lite::{AsyncReadExt, StreamExt};
 
 /// The executor of endless' own tasks (the lifecycle driver, signal forwarding): a few
@@ -113,12 +112,8 @@ impl Runtime for Smol {
         })
     }
 
-    fn spawn_child(&self, command: std::process::Command) -> io::Result<Box<dyn ChildProcess>> {
-        let mut command = async_process::Command::from(command);
-        // A child outlives a dropped handle: only the lifecycle decides to kill it.
-        command.kill_on_drop(false);
-        let child = command.spawn()?;
-        Ok(Box::new(SmolChild(child)))
+    fn watch_readable(&self, fd: Arc<OwnedFd>) -> io::Result<Box<dyn Readable>> {
+        Ok(Box::new(SmolReadable(Async::new(fd)?)))
     }
 
     fn readiness_reader(&self, fd: OwnedFd) -> io::Result<Box<dyn ReadinessReader>> {
@@ -159,36 +154,11 @@ fn to_async_signal(signal: Signal) -> io::Result<async_signal::Signal> {
     })
 }
 
-struct SmolChild(async_process::Child);
+struct SmolReadable(Async<Arc<OwnedFd>>);
 
-impl ChildProcess for SmolChild {
-    fn id(&self) -> u32 {
-        self.0.id()
-    }
-
-    fn start_kill(&mut self) -> io::Result<()> {
-        // Its whole process group, only while it is not reaped (reaping here keeps its
-        // status for `wait`): neither its pid nor its group id can have been reused.
-        match self.0.try_status()? {
-            Some(_) => Ok(()),
-            None => endless_unix::spawn::kill(self.0.id()),
-        }
-    }
-
-    fn terminate(&mut self) -> io::Result<()> {
-        // As `start_kill`.
-        match self.0.try_status()? {
-            Some(_) => Ok(()),
-            None => endless_unix::spawn::terminate(self.0.id()),
-        }
-    }
-
-    fn wait(&mut self) -> BoxFuture<'_, io::Result<ExitStatus>> {
-        Box::pin(self.0.status())
-    }
-
-    fn kill_left_behind(&mut self) -> io::Result<bool> {
-        endless_unix::spawn::kill_left_behind(self.0.id())
+impl Readable for SmolReadable {
+    fn readable(&mut self) -> BoxFuture<'_, io::Result<()>> {
+        Box::pin(self.0.readable())
     }
 }
 

@@ -3,10 +3,10 @@
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
-use std::process::ExitStatus;
+use std::sync::Arc;
 use std::time::Instant;
 
-use endless_unix::{BoxFuture, ChildProcess, Net, ReadinessReader, Runtime, Signal};
+use endless_unix::{BoxFuture, Net, Readable, ReadinessReader, Runtime, Signal};
 
 /// endless on tokio: the runtime the lifecycle runs on, and tokio's socket types.
 ///
@@ -102,16 +102,13 @@ impl Runtime for Tokio {
         Box::pin(tokio::time::sleep_until(deadline.into()))
     }
 
-    fn spawn_child(&self, command: std::process::Command) -> io::Result<Box<dyn ChildProcess>> {
+    fn watch_readable(&self, fd: Arc<OwnedFd>) -> io::Result<Box<dyn Readable>> {
         let _entered = self.handle.enter();
-        let mut command = tokio::process::Command::from(command);
-        // A child outlives a dropped handle: only the lifecycle decides to kill it.
-        command.kill_on_drop(false);
-        let child = command.spawn()?;
-        let pid = child
-            .id()
-            .ok_or_else(|| io::Error::other("the child has no pid"))?;
-        Ok(Box::new(TokioChild { child, pid }))
+        // As in `readiness_reader`: the registration owns (a share of) the fd, which stays
+        // open as long as it is registered.
+        #[allow(deprecated)]
+        let fd = tokio::io::unix::AsyncFd::new(fd)?;
+        Ok(Box::new(TokioReadable(fd)))
     }
 
     fn readiness_reader(&self, fd: OwnedFd) -> io::Result<Box<dyn ReadinessReader>> {
@@ -149,39 +146,15 @@ impl Runtime for Tokio {
     }
 }
 
-struct TokioChild {
-    child: tokio::process::Child,
-    pid: u32,
-}
+struct TokioReadable(tokio::io::unix::AsyncFd<Arc<OwnedFd>>);
 
-impl ChildProcess for TokioChild {
-    fn id(&self) -> u32 {
-        self.pid
-    }
-
-    fn start_kill(&mut self) -> io::Result<()> {
-        // Its whole process group, and only while tokio has not reaped it (it forgets the
-        // pid then): neither the pid nor the group id can have been reused.
-        match self.child.id() {
-            Some(pid) => endless_unix::spawn::kill(pid),
-            None => Ok(()),
-        }
-    }
-
-    fn terminate(&mut self) -> io::Result<()> {
-        // tokio forgets the pid once it has reaped the child: never signal a reused one.
-        match self.child.id() {
-            Some(pid) => endless_unix::spawn::terminate(pid),
-            None => Ok(()),
-        }
-    }
-
-    fn wait(&mut self) -> BoxFuture<'_, io::Result<ExitStatus>> {
-        Box::pin(self.child.wait())
-    }
-
-    fn kill_left_behind(&mut self) -> io::Result<bool> {
-        endless_unix::spawn::kill_left_behind(self.pid)
+impl Readable for TokioReadable {
+    fn readable(&mut self) -> BoxFuture<'_, io::Result<()>> {
+        Box::pin(async move {
+            // The readiness is kept: a pidfd stays readable once its process has exited.
+            self.0.readable().await?.retain_ready();
+            Ok(())
+        })
     }
 }
 

@@ -593,23 +593,22 @@ impl<R: Runtime> Driver<R> {
                 fd: file.as_fd(),
             }))
             .collect();
-        let mut prepared = match spawn::prepare(&self.shared.executable, &handoff) {
+        let prepared = match spawn::prepare(&self.shared.executable, &handoff) {
             Ok(prepared) => prepared,
             Err(e) => return failed(&mut self.lifecycle, "cannot prepare the new process", &e),
         };
-        let command = std::mem::replace(&mut prepared.command, std::process::Command::new("/"));
-        let spawned = self.runtime.spawn_child(command);
-        // Close our copy of the write end now, so that the child's exit means end of file.
-        let ready = prepared.spawned();
-        let channel = ready.try_clone();
+        // Spawned, then our copy of the write end closed at once, so that the child's exit
+        // means end of file.
+        let spawned = prepared.spawn_with(|command| self.runtime.spawn_child(command));
         drop(handoff);
         drop(registry);
         // The child has its own copy (or there is no child): this process needs none.
         drop(state);
-        let mut child = match spawned {
-            Ok(child) => child,
+        let (mut child, ready) = match spawned {
+            Ok(spawned) => spawned,
             Err(e) => return failed(&mut self.lifecycle, "cannot start the new process", &e),
         };
+        let channel = ready.try_clone();
         let pid = child.id();
         tracing::info!(pid, executable = %self.shared.executable.path().display(), "spawned the new generation");
         // The task that reads the child's messages passes the takeover replies on.

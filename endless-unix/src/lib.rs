@@ -77,6 +77,8 @@
 #[cfg(unix)]
 pub mod adapter;
 #[cfg(unix)]
+mod child;
+#[cfg(unix)]
 pub mod control;
 #[cfg(unix)]
 mod driver;
@@ -115,7 +117,7 @@ pub use adapter::{Builder, Endless, Net};
 #[cfg(unix)]
 pub use handle::{EventHook, Exit, ListenError, StartError};
 #[cfg(unix)]
-pub use runtime::{BoxFuture, ChildProcess, ReadinessReader, Runtime};
+pub use runtime::{BoxFuture, ChildProcess, Readable, ReadinessReader, Runtime};
 #[cfg(unix)]
 pub use signals::{Signal, SignalMap};
 #[cfg(unix)]

@@ -1,7 +1,7 @@
 //! What a runtime adapter provides: the traits the driver runs on.
 //!
-//! An adapter implements [`Runtime`] (a clock, tasks, timers, child processes, the
-//! readiness channel and signals) once for its runtime: endless-tokio and endless-smol
+//! An adapter implements [`Runtime`] (a clock, tasks, timers, a reactor for the children's
+//! pidfds and the readiness channel, and signals) once for its runtime: endless-tokio and endless-smol
 //! each do it in about a hundred lines, with no decision in them. Tests implement it with
 //! a fake clock and fake processes, and drive the real driver without a process.
 
@@ -11,6 +11,7 @@ use std::io;
 use std::os::fd::OwnedFd;
 use std::pin::Pin;
 use std::process::ExitStatus;
+use std::sync::Arc;
 use std::time::Instant;
 
 use async_channel::Sender;
@@ -32,8 +33,23 @@ pub trait Runtime: Send + Sync + fmt::Debug + 'static {
     /// Resolves at `deadline`.
     fn sleep_until(&self, deadline: Instant) -> BoxFuture<'static, ()>;
 
-    /// Spawns `command` (prepared by [`crate::spawn::prepare`]: keep its `pre_exec` hook).
-    fn spawn_child(&self, command: std::process::Command) -> io::Result<Box<dyn ChildProcess>>;
+    /// Spawns `command` (prepared by [`crate::spawn::prepare`]) and watches the child: by
+    /// its pidfd, registered with this runtime's reactor through
+    /// [`watch_readable`](Self::watch_readable), where the kernel has pidfds (Linux 5.3 and
+    /// later); elsewhere by a thread of its own that waits for the exit without reaping
+    /// (`waitid(WNOWAIT)`), so that the child is reaped, and signalled until then, by the
+    /// returned value alone. No `SIGCHLD` handler either way. Tests replace it with fake
+    /// processes.
+    fn spawn_child(&self, command: crate::spawn::Command) -> io::Result<Box<dyn ChildProcess>>
+    where
+        Self: Sized,
+    {
+        crate::child::watch(self, command.spawn()?)
+    }
+
+    /// Registers `fd` (a child's pidfd) with the runtime's reactor, to wait until it is
+    /// readable.
+    fn watch_readable(&self, fd: Arc<OwnedFd>) -> io::Result<Box<dyn Readable>>;
 
     /// Wraps this process's end of a readiness channel (a socket or a pipe, non-blocking,
     /// close-on-exec) for asynchronous reads.
@@ -64,6 +80,13 @@ pub trait ChildProcess: Send + 'static {
     /// the listeners), so that nothing of a child outlives it; `Ok(true)` if anything was
     /// there. [`crate::spawn::kill_left_behind`] does it by pid.
     fn kill_left_behind(&mut self) -> io::Result<bool>;
+}
+
+/// A descriptor registered with a runtime's reactor: see [`Runtime::watch_readable`].
+pub trait Readable: Send + 'static {
+    /// Resolves once the descriptor is readable (and at once on later calls while it
+    /// stays so).
+    fn readable(&mut self) -> BoxFuture<'_, io::Result<()>>;
 }
 
 /// This process's end of a readiness channel (a socket or a pipe).

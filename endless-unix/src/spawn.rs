@@ -4,14 +4,32 @@
 //! [`Executable::current`] records, when the process starts, what to run at restart time:
 //! the program's path (as the operator named it, symlinks kept), its arguments, its working
 //! directory and its environment. [`prepare`] turns it and the descriptors to hand over into
-//! a [`std::process::Command`] whose child finds them at fds 3, 4, … (the readiness channel
-//! right after them), described by the `ENDLESS_*` variables; the runtime adapter spawns that
-//! command and reads the readiness channel. The child reports ready with [`send_readiness`].
+//! a [`Command`] whose child finds them at fds 3, 4, … (the readiness channel right after
+//! them), described by the `ENDLESS_*` variables. [`Command::spawn`] starts it with
+//! `posix_spawn` (no code of ours runs in the child, and the cost does not grow with this
+//! process's memory) and returns a [`Child`] that is signalled and reaped by its pidfd where
+//! the kernel has them; a runtime watches it
+//! ([`Runtime::spawn_child`](crate::runtime::Runtime::spawn_child)) and reads the readiness
+//! channel. The child reports ready with [`send_readiness`].
+//!
+//! # Watching the child
+//!
+//! | | Linux 5.3 and later | Elsewhere (macOS, FreeBSD, older Linux) |
+//! |---|---|---|
+//! | exit noticed by | its pidfd, registered with the runtime's reactor | a thread per child, blocked in `waitid(WEXITED \| WNOWAIT)` |
+//! | reaped by | `waitid(P_PIDFD)` (by pid on 5.3) | `waitpid(pid)`, after the thread's notice |
+//! | signalled by | `pidfd_send_signal`, and its process group by id | its process group by id (`kill(-pid)`) |
+//!
+//! Either way no `SIGCHLD` handler is installed, no zombie is left (the runtime's task waits
+//! for every child), and no reused pid is signalled: only the [`Child`] reaps, and it
+//! signals only before the reap, while the number still names the child and its group (a
+//! pidfd is stronger still: it names the process, not the number). The portable way costs a
+//! thread per child while it lives (the generation starting; a handful at most).
 //!
 //! # Process groups
 //!
 //! The next generation is started in a process group of its own, whose id is its pid
-//! (`process_group(0)` in [`prepare`]). When it fails (not ready within the upgrade
+//! (`POSIX_SPAWN_SETPGROUP` in [`Command::spawn`]). When it fails (not ready within the upgrade
 //! timeout, a staged upgrade rolled back, a stop while it starts), [`kill`] and
 //! [`terminate`] signal that whole group, not only the child: a new "binary" that is a
 //! wrapper script without `exec` takes the server it started with it, and no stray process
@@ -50,7 +68,7 @@
 //! // … at restart time:
 //! let handoff = [HandoffFd { name: "http", kind: FdKind::TcpListener, fd: listener.as_fd() }];
 //! let prepared = spawn::prepare(&exe, &handoff)?;
-//! let (mut child, ready) = prepared.spawn_with(|mut command| command.spawn())?;
+//! let (mut child, ready) = prepared.spawn_with(spawn::Command::spawn)?;
 //! // `ready` is the non-blocking read end of the readiness channel: feed what it yields to
 //! // `endless_core::ready::ReadyParser::new(child.id())`; end of file means the child failed.
 //! # drop(ready);
@@ -58,7 +76,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-use std::ffi::{OsStr, OsString};
+use std::ffi::{CString, OsStr, OsString};
 use std::fmt;
 use std::fs;
 use std::io;
@@ -66,13 +84,13 @@ use std::marker::PhantomData;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Component, Path, PathBuf};
-use std::process::Command;
+use std::process::ExitStatus;
+use std::sync::Arc;
 
 use endless_core::env::{self, Handoff};
 use endless_core::plan::{self, PlanError};
-use endless_core::{FIRST_INHERITED_FD, FdKind, Inventory, InventoryError};
+use endless_core::{FdKind, Inventory, InventoryError};
 use rustix::io::Errno;
 
 use crate::sys;
@@ -202,8 +220,9 @@ impl Executable {
     }
 
     /// Whether the program exists, is a regular file (symlinks followed) and is executable
-    /// by this process (`access(X_OK)`). [`prepare`] checks this first: `spawn` itself
-    /// cannot always report a failed `exec` (see [`prepare`]).
+    /// by this process (`access(X_OK)`). [`prepare`] checks this first, so that the usual
+    /// mistakes come back as these typed errors (a failed `exec` is still reported by
+    /// [`Command::spawn`], as an `io::Error`).
     ///
     /// # Errors
     ///
@@ -310,21 +329,293 @@ pub struct HandoffFd<'a> {
     pub fd: BorrowedFd<'a>,
 }
 
+/// The command that starts the next generation, run with `posix_spawn`: the child is
+/// created with vfork semantics (its cost does not grow with this process's memory, and no
+/// page is copied), and none of this process's code runs in it. The descriptors are put in
+/// place by spawn file actions, the steps of endless-core's [`plan`](plan::plan). Made by
+/// [`prepare`]; read what it runs with the `get_*` methods (as on std's `Command`).
+#[derive(Debug)]
+pub struct Command {
+    program: PathBuf,
+    args: Vec<OsString>,
+    cwd: PathBuf,
+    env: Vec<(OsString, OsString)>,
+    /// The handoff's fds in this process, in the child's order (3, 4, …): numbers borrowed
+    /// by the [`Prepared`] this command came from.
+    sources: Vec<RawFd>,
+    stdio: [Option<OwnedFd>; 3],
+}
+
+impl Command {
+    /// The program's path.
+    pub fn get_program(&self) -> &Path {
+        &self.program
+    }
+
+    /// The arguments after `argv[0]` (which is the program's path).
+    pub fn get_args(&self) -> impl ExactSizeIterator<Item = &OsStr> {
+        self.args.iter().map(OsString::as_os_str)
+    }
+
+    /// The child's whole environment: the executable's, minus the reserved variables, plus
+    /// the `ENDLESS_*` variables that describe its descriptors.
+    pub fn get_envs(&self) -> impl ExactSizeIterator<Item = (&OsStr, &OsStr)> {
+        self.env.iter().map(|(k, v)| (k.as_os_str(), v.as_os_str()))
+    }
+
+    /// The child's working directory.
+    pub fn get_current_dir(&self) -> &Path {
+        &self.cwd
+    }
+
+    /// Sets the environment variable `key` of the child to `value` (replacing it if set).
+    /// Overriding an `ENDLESS_*` variable breaks the handoff: for tests and tools.
+    pub fn env(&mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> &mut Self {
+        let key = key.as_ref();
+        self.env_remove(key);
+        self.env.push((key.to_owned(), value.as_ref().to_owned()));
+        self
+    }
+
+    /// Removes the environment variable `key` from the child's environment.
+    pub fn env_remove(&mut self, key: impl AsRef<OsStr>) -> &mut Self {
+        let key = key.as_ref();
+        self.env.retain(|(k, _)| k != key);
+        self
+    }
+
+    /// The child's stdin (fd 0) instead of this process's.
+    pub fn stdin(&mut self, fd: impl Into<OwnedFd>) -> &mut Self {
+        self.stdio[0] = Some(fd.into());
+        self
+    }
+
+    /// The child's stdout (fd 1) instead of this process's.
+    pub fn stdout(&mut self, fd: impl Into<OwnedFd>) -> &mut Self {
+        self.stdio[1] = Some(fd.into());
+        self
+    }
+
+    /// The child's stderr (fd 2) instead of this process's.
+    pub fn stderr(&mut self, fd: impl Into<OwnedFd>) -> &mut Self {
+        self.stdio[2] = Some(fd.into());
+        self
+    }
+
+    /// The spawn file actions: stdio where it is redirected, and the handoff at 3, 4, ….
+    ///
+    /// # Errors
+    ///
+    /// As [`plan::plan_partial`] (too many fds).
+    pub fn plan(&self) -> Result<plan::Plan, PlanError> {
+        let sources: Vec<Option<RawFd>> = self
+            .stdio
+            .iter()
+            .map(|fd| fd.as_ref().map(AsRawFd::as_raw_fd))
+            .chain(self.sources.iter().copied().map(Some))
+            .collect();
+        plan::plan_partial(&sources, 0)
+    }
+
+    /// Starts the child with `posix_spawn`: the plan's `dup2`s and `close`, a `chdir` to
+    /// the working directory, a process group of its own (see
+    /// [the module docs](self#process-groups)), an empty signal mask and `SIGPIPE` at its
+    /// default action, then `exec`. Then takes a pidfd for it where the kernel has them.
+    ///
+    /// # Errors
+    ///
+    /// A string with a NUL byte (`InvalidInput`), a plan that cannot be made, or what
+    /// `posix_spawn` reports: a failed file action (`EBADF`: a descriptor to hand over was
+    /// closed), a failed `chdir` or `exec` (`ENOENT`, `EACCES`, `ENOEXEC`, …), no memory or
+    /// processes left (`EAGAIN`, `ENOMEM`). No child is left behind.
+    pub fn spawn(self) -> io::Result<Child> {
+        let plan = self.plan()?;
+        let nul = |what: &str| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{what} contains a NUL byte"),
+            )
+        };
+        let c_string = |bytes: &[u8], what: &str| CString::new(bytes).map_err(|_| nul(what));
+        let program = c_string(self.program.as_os_str().as_bytes(), "the program's path")?;
+        let argv = std::iter::once(Ok(program.clone()))
+            .chain(
+                self.args
+                    .iter()
+                    .map(|a| c_string(a.as_bytes(), "an argument")),
+            )
+            .collect::<io::Result<Vec<_>>>()?;
+        let envp = self
+            .env
+            .iter()
+            .map(|(k, v)| {
+                if k.is_empty() || k.as_bytes().contains(&b'=') {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!("environment variable name {k:?} is empty or contains '='"),
+                    ));
+                }
+                let mut entry = Vec::with_capacity(k.len() + v.len() + 1);
+                entry.extend_from_slice(k.as_bytes());
+                entry.push(b'=');
+                entry.extend_from_slice(v.as_bytes());
+                c_string(&entry, "an environment variable")
+            })
+            .collect::<io::Result<Vec<_>>>()?;
+        let cwd = c_string(self.cwd.as_os_str().as_bytes(), "the working directory")?;
+        let pid = sys::posix_spawn(&sys::SpawnArgs {
+            program: &program,
+            argv: &argv,
+            envp: &envp,
+            cwd: &cwd,
+            steps: plan.steps(),
+        })?;
+        // Unreaped, so the pid names this child: the pidfd refers to it for good.
+        let pidfd = match sys::pidfd_open(pid) {
+            Ok(fd) => fd,
+            Err(e) => {
+                tracing::debug!(pid, error = %e, "no pidfd for the child: watched by pid");
+                None
+            }
+        };
+        Ok(Child {
+            pid,
+            pidfd: pidfd.map(Arc::new),
+            status: None,
+        })
+    }
+
+    /// A command that runs nothing, left in a [`Prepared`] whose command was taken.
+    fn empty() -> Self {
+        Self {
+            program: PathBuf::new(),
+            args: Vec::new(),
+            cwd: PathBuf::new(),
+            env: Vec::new(),
+            sources: Vec::new(),
+            stdio: [None, None, None],
+        }
+    }
+}
+
+/// A child started by [`Command::spawn`]: signalled and reaped by its pidfd where the kernel
+/// has them (Linux 5.3 and later), else by its pid.
+///
+/// Either way, a signal is sent only while the child is not reaped (this value is the only
+/// one that reaps it), so it never reaches a process that was given the number since: a
+/// pidfd refers to its process for good, and an unreaped child's pid and process group id
+/// cannot be given to anyone else. A runtime waits for the exit without blocking through
+/// [`Child::pidfd`] (readable once the child has exited, registered with the runtime's
+/// reactor) or, without one, a thread that waits without reaping
+/// ([`Runtime::spawn_child`](crate::runtime::Runtime::spawn_child) does both).
+#[derive(Debug)]
+pub struct Child {
+    pid: u32,
+    pidfd: Option<Arc<OwnedFd>>,
+    status: Option<ExitStatus>,
+}
+
+impl Child {
+    /// Its pid.
+    pub fn id(&self) -> u32 {
+        self.pid
+    }
+
+    /// Its pidfd, where the kernel has them: readable once the child has exited.
+    pub fn pidfd(&self) -> Option<&Arc<OwnedFd>> {
+        self.pidfd.as_ref()
+    }
+
+    /// Sends `SIGKILL` to it and its process group; a no-op once it is reaped.
+    ///
+    /// # Errors
+    ///
+    /// When the system refuses the signal.
+    pub fn kill(&mut self) -> io::Result<()> {
+        self.signal(rustix::process::Signal::KILL)
+    }
+
+    /// Sends `SIGTERM` to it and its process group; a no-op once it is reaped.
+    ///
+    /// # Errors
+    ///
+    /// As [`kill`](Self::kill).
+    pub fn terminate(&mut self) -> io::Result<()> {
+        self.signal(rustix::process::Signal::TERM)
+    }
+
+    fn signal(&mut self, signal: rustix::process::Signal) -> io::Result<()> {
+        if self.status.is_some() {
+            return Ok(());
+        }
+        #[cfg(target_os = "linux")]
+        if let Some(pidfd) = &self.pidfd {
+            // The child itself by its pidfd, then the rest of its group (whose id is the
+            // unreaped child's pid, which nobody else can be given).
+            sys::pidfd_signal(pidfd.as_fd(), signal)?;
+            sys::signal_group(self.pid, signal)?;
+            return Ok(());
+        }
+        sys::signal_child_group(self.pid, signal)
+    }
+
+    /// Reaps it if it has exited; its exit status then (and on every later call).
+    ///
+    /// # Errors
+    ///
+    /// When the system cannot wait for it (`ECHILD`: something else reaped it).
+    pub fn try_wait(&mut self) -> io::Result<Option<ExitStatus>> {
+        if let Some(status) = self.status {
+            return Ok(Some(status));
+        }
+        #[cfg(target_os = "linux")]
+        let reaped = match &self.pidfd {
+            Some(pidfd) => sys::try_reap_pidfd(pidfd.as_fd(), self.pid)?,
+            None => sys::try_reap(self.pid)?,
+        };
+        #[cfg(not(target_os = "linux"))]
+        let reaped = sys::try_reap(self.pid)?;
+        self.status = reaped;
+        Ok(reaped)
+    }
+
+    /// Blocks until it has exited, then reaps it.
+    ///
+    /// # Errors
+    ///
+    /// As [`try_wait`](Self::try_wait).
+    pub fn wait(&mut self) -> io::Result<ExitStatus> {
+        loop {
+            if let Some(status) = self.try_wait()? {
+                return Ok(status);
+            }
+            sys::wait_exited(self.pid)?;
+        }
+    }
+
+    /// Once reaped: sends `SIGKILL` to what it left in its process group (see
+    /// [`kill_left_behind`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`kill_left_behind`].
+    pub fn kill_left_behind(&mut self) -> io::Result<bool> {
+        kill_left_behind(self.pid)
+    }
+}
+
 /// A command ready to be spawned, with the parent's end of its readiness channel. Made by
 /// [`prepare`].
 ///
-/// Spawn it once, either with [`Prepared::spawn_with`], or by spawning `command` in place
-/// (`prepared.command.spawn()`, or a runtime's command made from it after
-/// `std::mem::replace`) and then calling [`Prepared::spawned`] at once. Until then this
-/// value holds the write end of the readiness channel that the child inherits, and borrows
-/// the descriptors to hand over (`'a`): they must stay open until the command is spawned,
-/// because the child copies them by number.
+/// Spawn it once, with [`Prepared::spawn_with`]. Until then this value holds the write end
+/// of the readiness channel that the child inherits, and borrows the descriptors to hand
+/// over (`'a`): they must stay open until the command is spawned, because the child copies
+/// them by number.
 #[derive(Debug)]
 pub struct Prepared<'a> {
-    /// The child's command: program, arguments, working directory, environment (cleared,
-    /// then the executable's plus the `ENDLESS_*` variables), a process group of its own
-    /// (see [the module docs](self#process-groups)), and a `pre_exec` hook that puts the
-    /// descriptors in place. Change its stdio if you like; keep the group and the hook.
+    /// The child's command: program, arguments, working directory, environment (the
+    /// executable's plus the `ENDLESS_*` variables), and the descriptors to put in place.
+    /// Redirect its stdio if you like.
     pub command: Command,
     /// The parent's end of the readiness channel: non-blocking and close-on-exec.
     pub ready: OwnedFd,
@@ -349,8 +640,8 @@ impl Prepared<'_> {
         self.ready
     }
 
-    /// Spawns the command with `spawn` (for example
-    /// `|c| tokio::process::Command::from(c).spawn()`), then closes the write end as
+    /// Spawns the command with `spawn` (usually [`Command::spawn`], or a runtime's
+    /// [`spawn_child`](crate::runtime::Runtime::spawn_child)), then closes the write end as
     /// [`Prepared::spawned`] does. Returns what `spawn` made and the read end of the
     /// readiness channel.
     ///
@@ -361,7 +652,7 @@ impl Prepared<'_> {
         mut self,
         spawn: impl FnOnce(Command) -> Result<T, E>,
     ) -> Result<(T, OwnedFd), E> {
-        let command = std::mem::replace(&mut self.command, Command::new("/"));
+        let command = std::mem::replace(&mut self.command, Command::empty());
         let spawned = spawn(command);
         let ready = self.spawned();
         spawned.map(|child| (child, ready))
@@ -375,26 +666,12 @@ impl Prepared<'_> {
 /// which later carries the connections handed over), numbers the handoff 3, 4, … in
 /// order with the child's end last, at `3 + fds.len()`, describes them with
 /// [`env::encode`] (this process's pid as the parent, and the identity of each open file,
-/// by which the child knows they were handed to it), plans the renumbering with
-/// [`plan::plan`], and builds the command: program `exe.path()`, its arguments, working
-/// directory `exe.cwd()`, an environment of exactly `exe.env()` (minus reserved variables)
-/// plus the `ENDLESS_*` variables, a process group of its own (its pid; see
-/// [the module docs](self#process-groups)), and a `pre_exec` hook that runs the plan in the
-/// child.
-/// The hook only calls `fcntl`, `dup2` and `close` on data prepared here: after `fork`
-/// nothing allocates. Every other descriptor of this process keeps its close-on-exec flag,
-/// so the child gets exactly stdio, the handoff and the readiness channel.
-///
-/// # The exec error pipe
-///
-/// std's `spawn` creates a close-on-exec pipe on which the child reports a failed `exec`.
-/// Its fd is the lowest one free when `spawn` runs; if that number lies in the target range
-/// `3..=3+n`, the plan overwrites it in the child, so a failed `exec` (or a failed step of
-/// the plan) shows as the child exiting with status 1 instead of as an error from `spawn`,
-/// and std's few error bytes go to whichever descriptor the plan put at that number (a
-/// listener refuses them; on the readiness channel they read as a bad message; an
-/// established stream handed over would send them to its peer). That is why
-/// [`Executable::check`] runs first: the usual causes of a failed `exec` are caught before.
+/// by which the child knows they were handed to it), and builds the [`Command`]: program
+/// `exe.path()`, its arguments, working directory `exe.cwd()`, an environment of exactly
+/// `exe.env()` (minus reserved variables) plus the `ENDLESS_*` variables, and the
+/// descriptors, which [`Command::spawn`] puts in place with spawn file actions planned by
+/// [`plan::plan_partial`]. Every other descriptor of this process keeps its close-on-exec
+/// flag, so the child gets exactly stdio, the handoff and the readiness channel.
 ///
 /// # Errors
 ///
@@ -432,25 +709,27 @@ pub fn prepare<'a>(exe: &Executable, fds: &[HandoffFd<'a>]) -> Result<Prepared<'
         .map(|h| h.fd.as_raw_fd())
         .chain([write_end.as_raw_fd()])
         .collect();
-    let plan = plan::plan(&sources, FIRST_INHERITED_FD).map_err(SpawnError::Plan)?;
+    let command = Command {
+        program: exe.path.clone(),
+        args: exe.args.clone(),
+        cwd: exe.cwd.clone(),
+        env: exe
+            .env
+            .iter()
+            .filter(|(k, _)| !env::is_reserved(k))
+            .cloned()
+            .chain(
+                env::encode(&handoff)
+                    .into_iter()
+                    .map(|(k, v)| (OsString::from(k), OsString::from(v))),
+            )
+            .collect(),
+        sources,
+        stdio: [None, None, None],
+    };
+    // Refuse a handoff that cannot be planned now, not at spawn time.
+    let plan = command.plan().map_err(SpawnError::Plan)?;
     debug_assert_eq!(plan.targets().end, handoff.ready_fd + 1);
-
-    let mut command = Command::new(&exe.path);
-    command
-        .args(&exe.args)
-        .current_dir(&exe.cwd)
-        .env_clear()
-        .envs(
-            exe.env
-                .iter()
-                .filter(|(k, _)| !env::is_reserved(k))
-                .map(|(k, v)| (k, v)),
-        )
-        .envs(env::encode(&handoff))
-        // Its own process group, so that killing it kills what it started (module docs).
-        // std calls `setpgid(0, 0)` in the child before the `pre_exec` hook runs.
-        .process_group(0);
-    sys::install_plan(&mut command, &plan).map_err(SpawnError::Io)?;
 
     Ok(Prepared {
         command,
@@ -871,13 +1150,13 @@ mod tests {
         let cmd = &prepared.command;
         assert_eq!(cmd.get_program(), "/bin/sh");
         assert_eq!(cmd.get_args().collect::<Vec<_>>(), ["-c", "true"]);
-        assert_eq!(cmd.get_current_dir(), Some(Path::new("/tmp")));
+        assert_eq!(cmd.get_current_dir(), Path::new("/tmp"));
         let envs: BTreeMap<String, Option<String>> = cmd
             .get_envs()
             .map(|(k, v)| {
                 (
                     k.to_str().unwrap().to_owned(),
-                    v.map(|v| v.to_str().unwrap().to_owned()),
+                    Some(v.to_str().unwrap().to_owned()),
                 )
             })
             .collect();

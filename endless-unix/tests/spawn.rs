@@ -1,7 +1,7 @@
 //! The spawn path with real children: the test binary re-executes itself as the child
 //! (`child_helper`, which does nothing when run as a test) and reports what it inherited,
-//! so these tests see exactly what a new generation finds at 3, 4, … after `fork` and
-//! `exec`, and how the parent reads its readiness channel.
+//! so these tests see exactly what a new generation finds at 3, 4, … after `posix_spawn`,
+//! and how the parent reads its readiness channel.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
@@ -12,13 +12,13 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use endless_core::ready::{Readiness, ReadyParser};
 use endless_core::{ChildFailure, FIRST_INHERITED_FD, FdKind, Origin, plan};
 use endless_unix::inherit::Inherited;
-use endless_unix::spawn::{Executable, HandoffFd, prepare, send_readiness};
+use endless_unix::spawn::{self, Child, Executable, HandoffFd, prepare, send_readiness};
 use rustix::fs::OFlags;
 use rustix::io::FdFlags;
 
@@ -66,29 +66,79 @@ impl Drop for TempDir {
 // ---- spawning real children ---------------------------------------------------------
 
 /// A spawned child, killed and reaped if the test fails before waiting for it.
-struct Reaped(Option<Child>);
+/// What a child wrote and how it ended.
+struct Output {
+    status: ExitStatus,
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+}
+
+/// A spawned child with the read ends of its stdout and stderr pipes (if redirected),
+/// killed and reaped when dropped.
+struct Reaped {
+    child: Option<Child>,
+    stdout: Option<io::PipeReader>,
+    stderr: Option<io::PipeReader>,
+}
 
 impl Reaped {
-    fn id(&self) -> u32 {
-        self.0.as_ref().map_or(0, Child::id)
+    fn new(child: Child) -> Self {
+        Self::with_pipes(child, None, None)
     }
 
+    fn with_pipes(
+        child: Child,
+        stdout: Option<io::PipeReader>,
+        stderr: Option<io::PipeReader>,
+    ) -> Self {
+        Self {
+            child: Some(child),
+            stdout,
+            stderr,
+        }
+    }
+
+    fn id(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// Reads stdout and stderr to their ends (both at once, so that a child blocked on a
+    /// full pipe cannot hang it), then reaps the child.
     fn output(mut self) -> Output {
-        self.0.take().unwrap().wait_with_output().unwrap()
+        let read = |pipe: Option<io::PipeReader>| {
+            std::thread::spawn(move || {
+                let mut bytes = Vec::new();
+                if let Some(mut pipe) = pipe {
+                    pipe.read_to_end(&mut bytes).unwrap();
+                }
+                bytes
+            })
+        };
+        let stdout = read(self.stdout.take());
+        let stderr = read(self.stderr.take());
+        let status = self.child.take().unwrap().wait().unwrap();
+        Output {
+            status,
+            stdout: stdout.join().unwrap(),
+            stderr: stderr.join().unwrap(),
+        }
     }
 }
 
 impl Drop for Reaped {
     fn drop(&mut self) {
-        if let Some(mut child) = self.0.take() {
+        if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
     }
 }
 
-/// Reads the readiness channel until end of file (or a minute passed): the readiness
-/// of child `pid`, and whether end of file came after it.
+/// `/dev/null`, for a child's stdin.
+fn null() -> File {
+    File::open("/dev/null").unwrap()
+}
+
 fn read_readiness(ready: OwnedFd, pid: u32) -> (Readiness, bool) {
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut parser = ReadyParser::new(pid);
@@ -137,17 +187,23 @@ impl Run {
     }
 }
 
-fn run(exe: &Executable, handoff: &[HandoffFd<'_>], tweak: impl FnOnce(&mut Command)) -> Run {
+fn run(
+    exe: &Executable,
+    handoff: &[HandoffFd<'_>],
+    tweak: impl FnOnce(&mut spawn::Command),
+) -> Run {
     let mut prepared = prepare(exe, handoff).unwrap();
+    let (stdout, stdout_w) = io::pipe().unwrap();
+    let (stderr, stderr_w) = io::pipe().unwrap();
     prepared
         .command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .stdin(null())
+        .stdout(stdout_w)
+        .stderr(stderr_w);
     tweak(&mut prepared.command);
     let pipe = link(prepared.child_end().as_raw_fd());
-    let (child, ready) = prepared.spawn_with(|mut c| c.spawn()).unwrap();
-    let child = Reaped(Some(child));
+    let (child, ready) = prepared.spawn_with(spawn::Command::spawn).unwrap();
+    let child = Reaped::with_pipes(child, Some(stdout), Some(stderr));
     let (readiness, eof_after_ready) = read_readiness(ready, child.id());
     let output = child.output();
     Run {
@@ -432,8 +488,8 @@ fn helper_scramble() {
     assert!(
         plan::plan(&sources, FIRST_INHERITED_FD)
             .unwrap()
-            .stash_slots()
-            >= 1
+            .spare()
+            .is_some()
     );
     let handoff = [
         HandoffFd {
@@ -810,16 +866,90 @@ fn spawn_with_reports_a_failed_spawn_and_closes_the_channel() {
     let prepared = prepare(&sh("true"), &[]).unwrap();
     let result = prepared.spawn_with(|_| Err::<(), _>(io::Error::other("refused")));
     assert_eq!(result.unwrap_err().to_string(), "refused");
-    // A spawn that fails in the child (here: an unusable working directory) is
-    // reported by std, and the channel still ends.
+    // A spawn that fails in the child (here: an unusable working directory) is reported
+    // by posix_spawn, and leaves no child.
     let exe = Executable::new("/bin/sh", ["-c", "true"], "/nonexistent/dir", [("A", "b")]);
     let prepared = prepare(&exe, &[]).unwrap();
-    let (result, ready) = match prepared.spawn_with(|mut c| c.spawn()) {
-        Ok((child, ready)) => (Ok(Reaped(Some(child))), Some(ready)),
-        Err(e) => (Err(e), None),
+    let e = prepared
+        .spawn_with(spawn::Command::spawn)
+        .map(|(child, _)| Reaped::new(child))
+        .err()
+        .expect("spawned in a missing directory");
+    assert_eq!(e.kind(), io::ErrorKind::NotFound, "{e}");
+}
+
+#[test]
+fn a_program_removed_after_the_check_is_an_error_not_a_child() {
+    // The executable passes `prepare`'s check, then goes away before the spawn: the failed
+    // exec comes back from posix_spawn (no child exits 127 later).
+    let dir = TempDir::new();
+    let program = dir.0.join("server");
+    fs::copy("/bin/true", &program).unwrap();
+    let exe = Executable::new(&program, [""; 0], "/", [("A", "b")]);
+    let prepared = prepare(&exe, &[]).unwrap();
+    fs::remove_file(&program).unwrap();
+    let e = prepared
+        .spawn_with(spawn::Command::spawn)
+        .map(|(child, _)| Reaped::new(child))
+        .err()
+        .expect("spawned a removed program");
+    assert_eq!(e.kind(), io::ErrorKind::NotFound, "{e}");
+}
+
+#[test]
+fn a_nul_byte_in_the_environment_is_refused() {
+    let mut prepared = prepare(&sh("true"), &[]).unwrap();
+    prepared.command.env("BAD", "a\0b");
+    let e = prepared.spawn_with(spawn::Command::spawn).err().unwrap();
+    assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{e}");
+}
+
+#[test]
+fn the_child_starts_with_no_blocked_signal_and_sigpipe_at_its_default() {
+    // Rust programs ignore SIGPIPE, and an ignored signal stays ignored across exec: the
+    // spawn sets it back. The signal mask is emptied too.
+    let mut prepared =
+        prepare(&sh("exec grep -E '^Sig(Blk|Ign):' /proc/self/status"), &[]).unwrap();
+    let (stdout, stdout_w) = io::pipe().unwrap();
+    prepared.command.stdin(null()).stdout(stdout_w);
+    let (child, _ready) = prepared.spawn_with(spawn::Command::spawn).unwrap();
+    let output = Reaped::with_pipes(child, Some(stdout), None).output();
+    assert!(output.status.success());
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let mask = |name: &str| {
+        let line = text.lines().find(|l| l.starts_with(name)).unwrap();
+        u64::from_str_radix(line.split_whitespace().nth(1).unwrap(), 16).unwrap()
     };
-    assert!(result.is_err(), "spawned in a missing directory");
-    assert!(ready.is_none());
+    assert_eq!(mask("SigBlk:"), 0, "{text}");
+    let sigpipe = 1u64 << (libc_sigpipe() - 1);
+    assert_eq!(mask("SigIgn:") & sigpipe, 0, "{text}");
+}
+
+/// `SIGPIPE`'s number (13 on Linux).
+fn libc_sigpipe() -> i32 {
+    rustix::process::Signal::PIPE.as_raw()
+}
+
+#[test]
+fn a_child_is_signalled_by_its_pidfd_until_it_is_reaped() {
+    let prepared = prepare(&sh("exec sleep 30"), &[]).unwrap();
+    let (mut child, _ready) = prepared.spawn_with(spawn::Command::spawn).unwrap();
+    #[cfg(target_os = "linux")]
+    assert!(
+        child.pidfd().is_some(),
+        "this kernel has pidfds (5.3 and later)"
+    );
+    assert_eq!(child.try_wait().unwrap(), None);
+    child.terminate().unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(rustix::process::Signal::TERM.as_raw())
+    );
+    // Reaped: the status stays, and a signal is a no-op (it could reach nobody else).
+    assert_eq!(child.try_wait().unwrap(), Some(status));
+    child.kill().unwrap();
+    child.terminate().unwrap();
 }
 
 #[test]
@@ -854,12 +984,13 @@ fn handover_set_is_exactly_what_the_plan_targets() {
 fn child_leads_a_process_group_of_its_own() {
     // Field 5 of /proc/<pid>/stat is the process group (`sh` has no space in its name).
     let mut prepared = prepare(&sh("cut -d' ' -f5 /proc/$$/stat"), &[]).unwrap();
-    prepared.command.stdout(Stdio::piped());
-    let (child, _ready) = prepared.spawn_with(|mut c| c.spawn()).unwrap();
-    let child = Reaped(Some(child));
+    let (stdout, stdout_w) = io::pipe().unwrap();
+    prepared.command.stdout(stdout_w);
+    let (child, _ready) = prepared.spawn_with(spawn::Command::spawn).unwrap();
+    let child = Reaped::with_pipes(child, Some(stdout), None);
     let pid = child.id();
     let output = child.output();
-    assert!(output.status.success(), "{output:?}");
+    assert!(output.status.success(), "{:?}", output.status);
     let pgid = String::from_utf8_lossy(&output.stdout).trim().to_owned();
     assert_eq!(pgid, pid.to_string(), "its own group, led by itself");
     assert_ne!(pid, rustix::process::getpgrp().as_raw_pid().unsigned_abs());

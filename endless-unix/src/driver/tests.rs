@@ -24,9 +24,9 @@ use event_listener::Event as Wake;
 use crate::handle::{Exit, Handle, Options};
 use crate::inherit::Inherited;
 use crate::notify::NotifySocket;
-use crate::runtime::{BoxFuture, ChildProcess, ReadinessReader, Runtime};
+use crate::runtime::{BoxFuture, ChildProcess, Readable, ReadinessReader, Runtime};
 use crate::signals::{Signal, SignalMap};
-use crate::spawn::Executable;
+use crate::spawn::{self, Executable};
 
 const UPGRADE: Duration = Duration::from_secs(10);
 const DRAIN: Duration = Duration::from_secs(30);
@@ -210,8 +210,8 @@ impl Runtime for Fake {
         })
     }
 
-    fn spawn_child(&self, command: std::process::Command) -> io::Result<Box<dyn ChildProcess>> {
-        let line = std::iter::once(command.get_program())
+    fn spawn_child(&self, command: spawn::Command) -> io::Result<Box<dyn ChildProcess>> {
+        let line = std::iter::once(command.get_program().as_os_str())
             .chain(command.get_args())
             .map(|s| s.to_string_lossy().into_owned())
             .collect::<Vec<_>>()
@@ -221,7 +221,7 @@ impl Runtime for Fake {
             .get_envs()
             .filter_map(|(k, v)| {
                 let k = k.to_str()?.strip_prefix("ENDLESS_FD_")?.to_owned();
-                Some((k, v?.to_string_lossy().into_owned()))
+                Some((k, v.to_string_lossy().into_owned()))
             })
             .collect();
         fds.sort_by_key(|(fd, _)| fd.parse::<u32>().unwrap_or(u32::MAX));
@@ -236,6 +236,12 @@ impl Runtime for Fake {
             pid,
             runtime: self.clone(),
         }))
+    }
+
+    fn watch_readable(&self, _fd: Arc<OwnedFd>) -> io::Result<Box<dyn Readable>> {
+        Err(io::Error::other(
+            "the fake children are watched by themselves",
+        ))
     }
 
     fn readiness_reader(&self, _fd: OwnedFd) -> io::Result<Box<dyn ReadinessReader>> {
