@@ -45,6 +45,7 @@ pub async fn echo(args: Args, runtime: &'static str, spawn: Spawn) -> i32 {
         }
     }
     endless.ready();
+    args.take_ballast();
     crate::echo::exit_after_ready();
     endless.run().await.code
 }
@@ -188,6 +189,7 @@ pub async fn pingpong(args: Args, spawn: Spawn) -> i32 {
         tracing::info!(taken, "connections taken over");
     }));
     endless.ready();
+    args.take_ballast();
     endless.run().await.code
 }
 
@@ -307,6 +309,7 @@ pub async fn hello(args: Args, spawn: Spawn) -> i32 {
         }
     }
     endless.ready();
+    args.take_ballast();
     endless.run().await.code
 }
 

@@ -22,7 +22,15 @@
 //! --state-version N      (echo servers) carry the count of answered lines across
 //!                        restarts as application state of version N; `none` (the
 //!                        default) to neither hand it over nor read it
+//! --ballast-mib N        (benchmarks) hold N MiB of resident memory, allocated and
+//!                        written once the server is ready (default 0)
 //! ```
+//!
+//! `--ballast-mib` makes a server as large in memory as a real one with caches, for
+//! `bench/handover-vs-memory.sh`: what a restart costs as the serving process grows. Each
+//! generation takes its ballast once it has reported ready ([`Args::take_ballast`]), on a
+//! thread of its own, so that a handover measures what the predecessor's memory costs the
+//! spawn, not the successor writing its own N MiB.
 //!
 //! and one subcommand, for deploy scripts ([`RestartArgs`]):
 //!
@@ -135,6 +143,8 @@ pub struct Args {
     pub hand_over_idle: bool,
     /// `--state-version` (`None`: `none`, the default).
     pub state_version: Option<u32>,
+    /// `--ballast-mib`: MiB of resident memory to hold once ready (0: none, the default).
+    pub ballast_mib: usize,
 }
 
 impl Args {
@@ -174,6 +184,7 @@ impl Args {
             tls_key: None,
             hand_over_idle: false,
             state_version: None,
+            ballast_mib: 0,
         };
         let mut args = args.into_iter();
         while let Some(flag) = args.next() {
@@ -216,6 +227,14 @@ impl Args {
                             })?),
                         };
                 }
+                "--ballast-mib" => {
+                    let v = value()?;
+                    parsed.ballast_mib = v
+                        .parse()
+                        .ok()
+                        .filter(|&mib: &usize| mib.checked_mul(MIB).is_some())
+                        .ok_or_else(|| format!("{flag} takes a number of MiB, not {v:?}"))?;
+                }
                 "-h" | "--help" => return Err("help requested".into()),
                 other => return Err(format!("unknown argument {other:?}")),
             }
@@ -253,10 +272,52 @@ impl Args {
         }
     }
 
+    /// Takes the `--ballast-mib` ballast ([`ballast`]) on a thread of its own, which logs
+    /// `ballast resident` with the pid once every page is written; nothing with 0. The
+    /// servers call it right after reporting ready, so that neither their start-up nor
+    /// the handover to them waits for it. Once per process.
+    pub fn take_ballast(&self) {
+        let mib = self.ballast_mib;
+        if mib == 0 {
+            return;
+        }
+        let spawned = std::thread::Builder::new()
+            .name("ballast".into())
+            .spawn(move || {
+                let start = std::time::Instant::now();
+                ballast(mib);
+                tracing::info!(
+                    pid = std::process::id(),
+                    mib,
+                    ms = start.elapsed().as_millis(),
+                    "ballast resident"
+                );
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start the ballast thread");
+        }
+    }
+
     /// The name of the `i`-th listener.
     pub fn listener_name(i: usize) -> String {
         format!("listen-{i}")
     }
+}
+
+const MIB: usize = 1 << 20;
+
+/// Allocates `mib` MiB that stay allocated for the rest of the process's life, and writes
+/// a non-zero byte into every 4 KiB page of it, so that all of it is resident (the
+/// allocator's zeroed pages are not, until written). Returns the memory, leaked.
+pub fn ballast(mib: usize) -> &'static [u8] {
+    const PAGE: usize = 4096;
+    let len = mib.checked_mul(MIB).expect("ballast size overflows usize");
+    let ballast = vec![0u8; len].leak();
+    for page in ballast.chunks_mut(PAGE) {
+        page[0] = 1;
+    }
+    // The writes are read by whatever `black_box` might do: they cannot be left out.
+    std::hint::black_box(&*ballast)
 }
 
 fn seconds(flag: &str, value: &str) -> Result<Duration, String> {
@@ -350,7 +411,7 @@ impl RestartArgs {
 /// Usage text.
 pub const USAGE: &str = "usage: SERVER [--listen ADDR|unix:PATH|udp:ADDR]... [--pid-file PATH] \
 [--drain-timeout SECS|never] [--upgrade-timeout SECS] [--probation SECS] [--probes] [--tls-cert PATH --tls-key PATH] [--hand-over-idle] \
-[--state-version N|none]
+[--state-version N|none] [--ballast-mib N]
        SERVER restart --pid-file PATH [--timeout SECS] [--until-proven]";
 
 /// The HTTP examples' handler: `pid=<pid>` and a newline, after `?sleep=MS` milliseconds
@@ -569,6 +630,21 @@ mod tests {
             Ok(None)
         );
         assert!(v(&["--state-version", "-1"]).is_err());
+        let mib = |args: &[&str]| parse(args).map(|a| a.ballast_mib);
+        assert_eq!(mib(&[]), Ok(0));
+        assert_eq!(mib(&["--ballast-mib", "4096"]), Ok(4096));
+        assert!(mib(&["--ballast-mib"]).is_err());
+        assert!(mib(&["--ballast-mib", "-1"]).is_err());
+        assert!(mib(&["--ballast-mib", "1.5"]).is_err());
+        assert!(mib(&["--ballast-mib", &usize::MAX.to_string()]).is_err());
+    }
+
+    #[test]
+    fn the_ballast_is_written_in_every_page() {
+        let two = ballast(2);
+        assert_eq!(two.len(), 2 * MIB);
+        assert!(two.chunks(4096).all(|page| page[0] == 1));
+        assert!(ballast(0).is_empty());
     }
 
     #[test]

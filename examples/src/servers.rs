@@ -98,6 +98,7 @@ pub fn hello_hyper(args: Args) -> i32 {
             serve_http(&endless, &args, &server, HyperService(hello));
         }
         endless.ready();
+        args.take_ballast();
         endless.run().await.code
     })
 }
@@ -128,6 +129,7 @@ pub fn hello_axum(args: Args) -> i32 {
             serve_http(&endless, &args, &server, app);
         }
         endless.ready();
+        args.take_ballast();
         endless.run().await.code
     })
 }
@@ -162,6 +164,7 @@ pub fn hello_tls(args: Args) -> i32 {
             serve_http(&endless, &args, &server, HyperService(hello));
         }
         endless.ready();
+        args.take_ballast();
         endless.run().await.code
     })
 }

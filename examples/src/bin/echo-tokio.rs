@@ -39,6 +39,7 @@ async fn main() {
         }
     }
     endless.ready();
+    args.take_ballast();
     echo::exit_after_ready();
     let exit = endless.run().await;
     std::process::exit(exit.code);

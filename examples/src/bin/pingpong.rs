@@ -69,6 +69,7 @@ async fn main() {
         tracing::info!(taken, "connections taken over");
     });
     endless.ready();
+    args.take_ballast();
     let exit = endless.run().await;
     std::process::exit(exit.code);
 }

@@ -1,8 +1,8 @@
 //! The service of `hello-hyper` on plain hyper-util, without endless: the baseline of the
 //! steady-state throughput benchmark (`bench/throughput.sh`). Same runtime, same hyper-util
 //! auto builder with the same timers, TCP_NODELAY on accepted streams, the same handler;
-//! no restarts, no drain, no connection tracking. Only `--listen` (TCP) is used from the
-//! shared command line.
+//! no restarts, no drain, no connection tracking. Only `--listen` (TCP) and
+//! `--ballast-mib` are used from the shared command line.
 //!
 //! ```text
 //! cargo run --release -p endless-examples --bin plain-hyper -- --listen 127.0.0.1:8080
@@ -63,6 +63,8 @@ async fn main() {
             }
         }));
     }
+    // Serving from here on, as the endless servers once they are ready.
+    args.take_ballast();
     for accept_loop in accept_loops {
         let _ = accept_loop.await;
     }
