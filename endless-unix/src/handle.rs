@@ -7,6 +7,7 @@
 //! generation, the connection tracker and whether this process still accepts; the
 //! application talks to the task through the handle's commands.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::future::Future;
 use std::io;
@@ -348,6 +349,40 @@ pub(crate) struct Registered {
     pub(crate) fd: OwnedFd,
 }
 
+/// The sockets the next generation inherits, in the order they were registered (the
+/// order of the handoff), with their names indexed: a process with thousands of listeners
+/// checks each new name in constant time, not against every name registered before it
+/// (which made setting up n listeners cost n² string comparisons).
+#[derive(Default)]
+pub(crate) struct Registry {
+    entries: Vec<Registered>,
+    names: HashSet<String>,
+}
+
+impl Registry {
+    /// Whether a socket is registered under `name`.
+    pub(crate) fn contains(&self, name: &str) -> bool {
+        self.names.contains(name)
+    }
+
+    /// Adds `registered` after the others.
+    pub(crate) fn push(&mut self, registered: Registered) {
+        self.names.insert(registered.name.clone());
+        self.entries.push(registered);
+    }
+
+    /// The registered sockets, in the order they were registered.
+    pub(crate) fn iter(&self) -> std::slice::Iter<'_, Registered> {
+        self.entries.iter()
+    }
+
+    /// Forgets (and closes) every registered socket.
+    pub(crate) fn clear(&mut self) {
+        self.entries.clear();
+        self.names.clear();
+    }
+}
+
 /// An accept call that may take a connection, counted in [`Shared::accepts`].
 struct AcceptCall<'a>(&'a Shared);
 
@@ -371,7 +406,7 @@ pub(crate) struct Shared {
     pub(crate) inputs: Sender<Message>,
     pub(crate) origin: Origin,
     pub(crate) inherited: Inherited,
-    pub(crate) registry: Mutex<Vec<Registered>>,
+    pub(crate) registry: Mutex<Registry>,
     pub(crate) tracker: Tracker,
     /// Whether listeners accept now.
     pub(crate) accepting: AtomicBool,
@@ -569,7 +604,7 @@ impl Handle {
             inputs,
             origin,
             inherited,
-            registry: Mutex::new(Vec::new()),
+            registry: Mutex::new(Registry::default()),
             tracker: Tracker::new(),
             accepting: AtomicBool::new(true),
             released: AtomicBool::new(false),
@@ -772,7 +807,7 @@ impl Handle {
                 name: name.to_owned(),
             });
         }
-        if lock(&self.shared.registry).iter().any(|r| r.name == name) {
+        if lock(&self.shared.registry).contains(name) {
             return Err(ListenError::DuplicateName {
                 name: name.to_owned(),
             });
@@ -799,7 +834,7 @@ impl Handle {
             });
         }
         let mut registry = lock(&self.shared.registry);
-        if registry.iter().any(|r| r.name == name) {
+        if registry.contains(name) {
             return Err(ListenError::DuplicateName {
                 name: name.to_owned(),
             });

@@ -41,6 +41,7 @@
 //! # Ok::<(), std::io::Error>(())
 //! ```
 
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fmt;
 use std::io;
@@ -89,7 +90,19 @@ pub struct Inherited {
 struct State {
     /// In inventory order (by fd).
     entries: Vec<Slot>,
+    /// The index in `entries` of each name (names are unique in an inventory): a process
+    /// that takes thousands of descriptors by name finds each in constant time, not by
+    /// comparing it with every name before it.
+    by_name: HashMap<String, usize>,
     ready: Option<OwnedFd>,
+}
+
+impl State {
+    /// The entry `name` if it is still here (not taken, not closed).
+    fn present(&mut self, name: &str) -> Option<&mut Slot> {
+        let &index = self.by_name.get(name)?;
+        self.entries.get_mut(index).filter(|s| s.fd.is_some())
+    }
 }
 
 #[derive(Debug)]
@@ -281,7 +294,7 @@ impl Inherited {
         entries: Vec<(String, FdKind, OwnedFd)>,
         ready: Option<OwnedFd>,
     ) -> Self {
-        let entries = entries
+        let entries: Vec<Slot> = entries
             .into_iter()
             .map(|(name, kind, fd)| Slot {
                 name,
@@ -289,10 +302,18 @@ impl Inherited {
                 fd: Some(fd),
             })
             .collect();
+        let mut by_name = HashMap::with_capacity(entries.len());
+        for (index, slot) in entries.iter().enumerate() {
+            by_name.entry(slot.name.clone()).or_insert(index);
+        }
         Self {
             origin,
             parent_pid,
-            state: Mutex::new(State { entries, ready }),
+            state: Mutex::new(State {
+                entries,
+                by_name,
+                ready,
+            }),
         }
     }
 
@@ -317,11 +338,7 @@ impl Inherited {
     /// declared kind, or for a descriptor declared [`FdKind::Unknown`] (systemd) the kind
     /// it really has.
     pub fn kind(&self, name: &str) -> Option<FdKind> {
-        self.state()
-            .entries
-            .iter()
-            .find(|s| s.name == name && s.fd.is_some())
-            .map(|s| s.kind)
+        self.state().present(name).map(|s| s.kind)
     }
 
     /// The names of the entries not yet taken (nor closed), in fd order.
@@ -347,11 +364,7 @@ impl Inherited {
     /// [`TakeError::KindMismatch`].
     pub fn take(&self, name: &str, kind: FdKind) -> Result<Option<OwnedFd>, TakeError> {
         let mut state = self.state();
-        let Some(slot) = state
-            .entries
-            .iter_mut()
-            .find(|s| s.name == name && s.fd.is_some())
-        else {
+        let Some(slot) = state.present(name) else {
             return Ok(None);
         };
         if slot.kind != kind {
