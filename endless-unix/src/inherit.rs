@@ -52,7 +52,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use endless_core::env::{self, DecodeError, Handoff};
 use endless_core::{FdKind, Inventory, Origin};
 use rustix::fs::OFlags;
-use rustix::io::Errno;
+use rustix::io::{Errno, FdFlags};
 use socket2::{Domain, SockRef, Type};
 
 use crate::sys;
@@ -408,24 +408,34 @@ fn name_of(inventory: &Inventory, fd: RawFd) -> String {
 /// that already has the flag cannot have (exec closes those), so this process opened it
 /// itself — typically the runtime, started before endless, took a number the parent
 /// declared but did not pass. Adopting it would steal the runtime's fd.
-fn claim(fd: BorrowedFd<'_>) -> io::Result<Result<(), ()>> {
-    if sys::is_cloexec(fd)? {
+fn claim(fd: BorrowedFd<'_>, flags: FdFlags) -> io::Result<Result<(), ()>> {
+    if flags.contains(FdFlags::CLOEXEC) {
         return Ok(Err(()));
     }
-    sys::set_cloexec(fd)?;
+    sys::add_cloexec(fd, flags)?;
     Ok(Ok(()))
 }
 
 /// Checks that the declared fd `fd` is open and inherited, and sets `FD_CLOEXEC` on it.
 fn close_on_exec(name: &str, fd: RawFd) -> Result<(), AdoptError> {
-    inspect(name, fd, claim)?.map_err(|()| AdoptError::NotInherited {
+    let claimed = match sys::with_declared_flags(fd, claim) {
+        Ok(Ok(claimed)) => claimed,
+        Err(e) if sys::is_errno(&e, Errno::BADF) => {
+            return Err(AdoptError::FdClosed {
+                name: name.to_owned(),
+                fd,
+            });
+        }
+        Ok(Err(error)) | Err(error) => return Err(AdoptError::Io { fd, error }),
+    };
+    claimed.map_err(|()| AdoptError::NotInherited {
         name: name.to_owned(),
         fd,
     })
 }
 
 fn close_on_exec_ready(fd: RawFd) -> Result<(), AdoptError> {
-    match sys::with_declared(fd, claim) {
+    match sys::with_declared_flags(fd, claim) {
         Ok(Ok(Ok(()))) => Ok(()),
         Ok(Ok(Err(()))) => Err(AdoptError::NotInherited {
             name: env::READY_FD_VAR.to_owned(),
