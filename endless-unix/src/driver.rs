@@ -7,7 +7,6 @@
 //! [`Runtime`] (a fake clock, fake children) drives it in unit tests.
 
 use std::collections::HashMap;
-use std::fmt;
 use std::fs::File;
 use std::future::Future;
 use std::io;
@@ -15,7 +14,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use async_channel::{Receiver, Sender};
@@ -32,7 +31,7 @@ use tracing::Instrument;
 use crate::control::ControlServer;
 use crate::handle::{Exit, Shared, lock};
 use crate::notify::Notifier;
-use crate::runtime::{ReadinessReader, Runtime};
+use crate::runtime::{ChildProcess, ReadinessReader, Runtime};
 use crate::spawn::{self, HandoffFd};
 use crate::state::ProvideError;
 use crate::sys;
@@ -61,7 +60,19 @@ pub(crate) enum Message {
         /// The file and its header, or why there is none.
         produced: Result<(File, Header), ProvideError>,
     },
+    /// The child of restart number `attempt` is spawned (or could not be), off the
+    /// runtime's threads.
+    Spawned {
+        /// Which [`Action::SpawnChild`] it is for.
+        attempt: u64,
+        /// The child and this process's end of its channel, or why there is none.
+        spawned: Spawned,
+    },
 }
+
+/// What the spawning thread reports: the child and the read end of its channel, or what
+/// failed and why.
+pub(crate) type Spawned = Result<(Box<dyn ChildProcess>, OwnedFd), (&'static str, String)>;
 
 /// Starts the task that owns `lifecycle` on `runtime`, taking its inputs from `inputs`.
 pub(crate) fn start<R: Runtime>(
@@ -192,6 +203,9 @@ impl<R: Runtime> Driver<R> {
                 }
                 Some(Ok(Message::State { attempt, produced })) => {
                     self.state_produced(attempt, produced);
+                }
+                Some(Ok(Message::Spawned { attempt, spawned })) => {
+                    self.spawned(attempt, spawned);
                 }
                 // Unreachable while `shared` holds a sender; stop rather than spin.
                 Some(Err(_)) => return,
@@ -517,12 +531,12 @@ impl<R: Runtime> Driver<R> {
     /// application's provider, and the lifecycle's upgrade timeout covers one that never
     /// returns.
     fn spawn_child(&mut self) {
-        let provider = lock(&self.shared.state_provider).clone();
-        let Some(provider) = provider else {
-            return self.spawn_with_state(None);
-        };
         self.spawn_attempt += 1;
         let attempt = self.spawn_attempt;
+        let provider = lock(&self.shared.state_provider).clone();
+        let Some(provider) = provider else {
+            return self.start_spawn(None);
+        };
         let inputs = self.shared.inputs.clone();
         let max = self.shared.max_state_len;
         let span = self.shared.span.clone();
@@ -534,7 +548,7 @@ impl<R: Runtime> Driver<R> {
             });
         if let Err(e) = started {
             tracing::error!(error = %e, "no thread to produce the application state; the new generation starts without it");
-            self.spawn_with_state(None);
+            self.start_spawn(None);
         }
     }
 
@@ -565,48 +579,69 @@ impl<R: Runtime> Driver<R> {
                 None
             }
         };
-        self.spawn_with_state(file);
+        self.start_spawn(file);
     }
 
-    /// Spawns the successor with the registered fds, and `state` as `endless.state`.
-    fn spawn_with_state(&mut self, state: Option<File>) {
+    /// Spawns the successor with the registered fds, and `state` as `endless.state`, on a
+    /// thread of its own: `posix_spawn` suspends the calling thread until the child has
+    /// called `exec` (a millisecond or more), and a runtime worker suspended that long
+    /// leaves the connections it would serve waiting (on tokio, nobody polls the reactor
+    /// while the worker that owns it is blocked). The outcome comes back as
+    /// [`Message::Spawned`].
+    fn start_spawn(&mut self, state: Option<File>) {
+        let attempt = self.spawn_attempt;
+        let shared = Arc::clone(&self.shared);
+        let runtime = Arc::clone(&self.runtime);
+        let inputs = self.shared.inputs.clone();
+        let handed = Arc::new(Mutex::new(Some(state)));
+        let kept = Arc::clone(&handed);
+        let work = Box::new(move || {
+            let state = lock(&handed).take().flatten();
+            let spawned = shared
+                .span
+                .in_scope(|| spawn_successor(&*runtime, &shared, state));
+            let _ = inputs.send_blocking(Message::Spawned { attempt, spawned });
+        });
+        if let Err(e) = self.runtime.run_blocking(work) {
+            tracing::warn!(error = %e, "no thread to spawn on: spawning on the runtime's");
+            let state = lock(&kept).take().flatten();
+            let spawned = spawn_successor(&*self.runtime, &self.shared, state);
+            self.spawned(attempt, spawned);
+        }
+    }
+
+    /// The child of restart `attempt` is spawned, or could not be: follow it, if the
+    /// lifecycle still waits for it; kill and reap it if not.
+    fn spawned(&mut self, attempt: u64, spawned: Spawned) {
         let now = self.runtime.now();
-        let failed = |lc: &mut Lifecycle, what: &str, error: &dyn fmt::Display| {
-            lc.handle(
-                Input::SpawnFailed {
-                    reason: format!("{what}: {error}"),
-                },
-                now,
-            );
-        };
-        let registry = lock(&self.shared.registry);
-        let handoff: Vec<HandoffFd<'_>> = registry
-            .iter()
-            .map(|r| HandoffFd {
-                name: &r.name,
-                kind: r.kind,
-                fd: r.fd.as_fd(),
-            })
-            .chain(state.as_ref().map(|file| HandoffFd {
-                name: crate::state::INVENTORY_NAME,
-                kind: FdKind::Other,
-                fd: file.as_fd(),
-            }))
-            .collect();
-        let prepared = match spawn::prepare(&self.shared.executable, &handoff) {
-            Ok(prepared) => prepared,
-            Err(e) => return failed(&mut self.lifecycle, "cannot prepare the new process", &e),
-        };
-        // Spawned, then our copy of the write end closed at once, so that the child's exit
-        // means end of file.
-        let spawned = prepared.spawn_with(|command| self.runtime.spawn_child(command));
-        drop(handoff);
-        drop(registry);
-        // The child has its own copy (or there is no child): this process needs none.
-        drop(state);
+        let waiting = attempt == self.spawn_attempt
+            && self.lifecycle.phase() == Phase::Forking
+            && self.lifecycle.child().is_none();
         let (mut child, ready) = match spawned {
+            Ok(spawned) if !waiting => {
+                let (mut child, _ready) = spawned;
+                let pid = child.id();
+                tracing::warn!(pid, attempt, "spawned for a restart given up: killed");
+                if let Err(e) = child.start_kill() {
+                    tracing::warn!(pid, error = %e, "cannot kill the child");
+                }
+                spawn(&*self.runtime, &self.shared.span, async move {
+                    let _ = child.wait().await;
+                    let _ = child.kill_left_behind();
+                });
+                return;
+            }
             Ok(spawned) => spawned,
-            Err(e) => return failed(&mut self.lifecycle, "cannot start the new process", &e),
+            Err(_) if !waiting => return,
+            Err((what, error)) => {
+                self.lifecycle.handle(
+                    Input::SpawnFailed {
+                        reason: format!("{what}: {error}"),
+                    },
+                    now,
+                );
+                return;
+            }
         };
         let channel = ready.try_clone();
         let pid = child.id();
@@ -845,6 +880,32 @@ impl Follower {
         }
         true
     }
+}
+
+/// Prepares and spawns the successor with the registered fds and `state`: what
+/// [`Driver::start_spawn`]'s thread runs.
+fn spawn_successor<R: Runtime>(runtime: &R, shared: &Shared, state: Option<File>) -> Spawned {
+    let registry = lock(&shared.registry);
+    let handoff: Vec<HandoffFd<'_>> = registry
+        .iter()
+        .map(|r| HandoffFd {
+            name: &r.name,
+            kind: r.kind,
+            fd: r.fd.as_fd(),
+        })
+        .chain(state.as_ref().map(|file| HandoffFd {
+            name: crate::state::INVENTORY_NAME,
+            kind: FdKind::Other,
+            fd: file.as_fd(),
+        }))
+        .collect();
+    let prepared = spawn::prepare(&shared.executable, &handoff)
+        .map_err(|e| ("cannot prepare the new process", e.to_string()))?;
+    // Spawned, then our copy of the write end closed at once, so that the child's exit
+    // means end of file. The child has its own copies of the fds (or there is no child).
+    prepared
+        .spawn_with(|command| runtime.spawn_child(command))
+        .map_err(|e| ("cannot start the new process", e.to_string()))
 }
 
 /// A copy of the readiness channel `fd` if it can carry connections (a `SOCK_SEQPACKET`

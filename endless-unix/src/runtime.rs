@@ -47,6 +47,21 @@ pub trait Runtime: Send + Sync + fmt::Debug + 'static {
         crate::child::watch(self, command.spawn()?)
     }
 
+    /// Runs `work`, which blocks (it spawns a process: `posix_spawn` suspends the calling
+    /// thread until the child has called `exec`), where that holds up none of the
+    /// runtime's tasks: on a thread of its own. Tests that drive the lifecycle by hand run
+    /// it in place.
+    ///
+    /// # Errors
+    ///
+    /// When no thread can be started (`work` is then dropped, not run).
+    fn run_blocking(&self, work: Box<dyn FnOnce() + Send>) -> io::Result<()> {
+        std::thread::Builder::new()
+            .name("endless-spawn".to_owned())
+            .spawn(work)
+            .map(drop)
+    }
+
     /// Registers `fd` (a child's pidfd) with the runtime's reactor, to wait until it is
     /// readable.
     fn watch_readable(&self, fd: Arc<OwnedFd>) -> io::Result<Box<dyn Readable>>;
@@ -80,6 +95,14 @@ pub trait ChildProcess: Send + 'static {
     /// the listeners), so that nothing of a child outlives it; `Ok(true)` if anything was
     /// there. [`crate::spawn::kill_left_behind`] does it by pid.
     fn kill_left_behind(&mut self) -> io::Result<bool>;
+}
+
+impl fmt::Debug for dyn ChildProcess {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChildProcess")
+            .field("pid", &self.id())
+            .finish_non_exhaustive()
+    }
 }
 
 /// A descriptor registered with a runtime's reactor: see [`Runtime::watch_readable`].

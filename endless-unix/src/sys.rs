@@ -134,7 +134,10 @@ pub(crate) fn add_cloexec(fd: BorrowedFd<'_>, flags: FdFlags) -> io::Result<()> 
 }
 
 /// Sets `FD_CLOEXEC` on `fd`, so that no program this process executes inherits it.
-#[allow(dead_code, reason = "for adapters that take a descriptor of unknown flags")]
+#[allow(
+    dead_code,
+    reason = "for adapters that take a descriptor of unknown flags"
+)]
 pub(crate) fn set_cloexec(fd: BorrowedFd<'_>) -> io::Result<()> {
     let flags = rustix::io::fcntl_getfd(fd)?;
     if !flags.contains(FdFlags::CLOEXEC) {

@@ -238,6 +238,12 @@ impl Runtime for Fake {
         }))
     }
 
+    /// In place: the fake spawn does not block, and the tests expect the child at once.
+    fn run_blocking(&self, work: Box<dyn FnOnce() + Send>) -> io::Result<()> {
+        work();
+        Ok(())
+    }
+
     fn watch_readable(&self, _fd: Arc<OwnedFd>) -> io::Result<Box<dyn Readable>> {
         Err(io::Error::other(
             "the fake children are watched by themselves",
