@@ -22,10 +22,12 @@ microsecond) and the script's restarts file (one line per restart:
 - handover (log): `signal received` in the old generation → `ready pid=NEW` in the new
   one; spawn (log): `signal received` → `spawned the new generation pid=NEW` (the spawn
   call returned in the old generation: fork and exec with the current code);
-- spawn window: from the SIGHUP (the script's clock, just before `kill`) to the new
-  generation's `ready` + TAIL ms; its requests are those answered by the old generation
-  and in flight at some moment of the window (due before its end, answered after its
-  start);
+- spawn window: from the SIGHUP (the script's clock, just before `kill`) to the spawn
+  call's return in the old generation (`spawned the new generation`); its requests are
+  those answered by the old generation and in flight at some moment of the window (due
+  before its end, answered after its start);
+- handover window: the same, from the SIGHUP to the new generation's `ready` + TAIL ms
+  (the spawn and the new generation's start-up, which competes for the CPUs);
 - steady window: from steady_from_us (the previous handover is over: old generation
   gone, the ballast resident) to 50 ms before the SIGHUP; requests due in it and answered
   by the same (old) generation.
@@ -181,7 +183,7 @@ def analyze(args):
     tail_us = int(args.tail_ms * 1000)
 
     handovers, spawns, pidfiles = [], [], []
-    spawn_lat, steady_lat = [], []
+    spawn_lat, window_lat, steady_lat = [], [], []
     spawn_failed = steady_failed = 0
     missing = 0
     for hup, old, new, pidfile_us, steady_from in restarts:
@@ -199,6 +201,7 @@ def analyze(args):
         if spawned is not None:
             spawns.append(spawned - sig)
         w0, w1 = hup, ready + tail_us
+        c1 = spawned if spawned is not None else w1
         s0, s1 = steady_from, hup - 50_000
         for due, end, pid, status in records:
             if due > w1 and due > s1:
@@ -213,7 +216,9 @@ def analyze(args):
             if pid != old:
                 continue
             if due <= w1 and end >= w0:
-                spawn_lat.append(end - due)
+                window_lat.append(end - due)
+                if due <= c1:
+                    spawn_lat.append(end - due)
             elif s0 <= due <= s1:
                 steady_lat.append(end - due)
 
@@ -247,6 +252,9 @@ def analyze(args):
     print(f"spawn_p99={fmt_ms(spawn_p99)}")
     print(f"spawn_max={fmt_ms(max(spawn_lat) if spawn_lat else None)}")
     print(f"spawn_failed={spawn_failed}")
+    print(f"window_n={len(window_lat)}")
+    print(f"window_p99={fmt_ms(percentile(window_lat, 99))}")
+    print(f"window_max={fmt_ms(max(window_lat) if window_lat else None)}")
     print(f"p99_ratio={ratio}")
 
 
