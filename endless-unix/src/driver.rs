@@ -60,19 +60,26 @@ pub(crate) enum Message {
         /// The file and its header, or why there is none.
         produced: Result<(File, Header), ProvideError>,
     },
-    /// The child of restart number `attempt` is spawned (or could not be), off the
-    /// runtime's threads.
-    Spawned {
-        /// Which [`Action::SpawnChild`] it is for.
-        attempt: u64,
-        /// The child and this process's end of its channel, or why there is none.
-        spawned: Spawned,
-    },
+    /// A child was spawned (or could not be) off the runtime's threads: its outcome is in
+    /// the driver's [`SpawnSlot`].
+    Spawned,
 }
 
 /// What the spawning thread reports: the child and the read end of its channel, or what
 /// failed and why.
 pub(crate) type Spawned = Result<(Box<dyn ChildProcess>, OwnedFd), (&'static str, String)>;
+
+/// Where the spawning thread leaves its outcome for the driver. The thread holds the lock
+/// while it spawns, so that a driver that ends takes the lock, sees every child spawned so
+/// far, and keeps any later one from being spawned: no successor starts after the
+/// lifecycle ended (a stop during the restart, say).
+#[derive(Default)]
+struct SpawnSlot {
+    /// The lifecycle ended: spawn nothing more.
+    cancelled: bool,
+    /// The outcome of restart number `.0`, not yet taken by the driver.
+    done: Option<(u64, Spawned)>,
+}
 
 /// Starts the task that owns `lifecycle` on `runtime`, taking its inputs from `inputs`.
 pub(crate) fn start<R: Runtime>(
@@ -100,6 +107,7 @@ pub(crate) fn start<R: Runtime>(
         parent_channel: None,
         to_parent: None,
         spawn_attempt: 0,
+        spawn_slot: Arc::default(),
     };
     let span = driver.shared.span.clone();
     spawn(&*runtime, &span, driver.run());
@@ -154,9 +162,11 @@ struct Driver<R> {
     /// The same, to tell the parent that this process departs ([`Action::Depart`]), while
     /// the parent is there.
     to_parent: Option<std::sync::Weak<OwnedFd>>,
-    /// The number of the latest [`Action::SpawnChild`] that waits for application state:
-    /// state produced for an earlier one (given up meanwhile) is dropped.
+    /// The number of the latest [`Action::SpawnChild`]: application state produced for an
+    /// earlier one (given up meanwhile) is dropped, and a child spawned for it killed.
     spawn_attempt: u64,
+    /// Where the spawning thread leaves the child ([`Driver::start_spawn`]).
+    spawn_slot: Arc<Mutex<SpawnSlot>>,
 }
 
 impl<R: Runtime> Driver<R> {
@@ -204,8 +214,11 @@ impl<R: Runtime> Driver<R> {
                 Some(Ok(Message::State { attempt, produced })) => {
                     self.state_produced(attempt, produced);
                 }
-                Some(Ok(Message::Spawned { attempt, spawned })) => {
-                    self.spawned(attempt, spawned);
+                Some(Ok(Message::Spawned)) => {
+                    let done = lock(&self.spawn_slot).done.take();
+                    if let Some((attempt, spawned)) = done {
+                        self.spawned(attempt, spawned);
+                    }
                 }
                 // Unreachable while `shared` holds a sender; stop rather than spin.
                 Some(Err(_)) => return,
@@ -434,6 +447,7 @@ impl<R: Runtime> Driver<R> {
                         control.remove_file();
                     }
                 }
+                self.cancel_spawns();
                 // Ends the handover: the new generation's receivers see the end.
                 lock(&self.shared.outbox).take();
                 self.release_listeners();
@@ -593,20 +607,41 @@ impl<R: Runtime> Driver<R> {
         let shared = Arc::clone(&self.shared);
         let runtime = Arc::clone(&self.runtime);
         let inputs = self.shared.inputs.clone();
+        let slot = Arc::clone(&self.spawn_slot);
         let handed = Arc::new(Mutex::new(Some(state)));
         let kept = Arc::clone(&handed);
         let work = Box::new(move || {
             let state = lock(&handed).take().flatten();
+            let mut slot = lock(&slot);
+            if slot.cancelled {
+                return;
+            }
             let spawned = shared
                 .span
                 .in_scope(|| spawn_successor(&*runtime, &shared, state));
-            let _ = inputs.send_blocking(Message::Spawned { attempt, spawned });
+            slot.done = Some((attempt, spawned));
+            drop(slot);
+            let _ = inputs.send_blocking(Message::Spawned);
         });
         if let Err(e) = self.runtime.run_blocking(work) {
             tracing::warn!(error = %e, "no thread to spawn on: spawning on the runtime's");
             let state = lock(&kept).take().flatten();
             let spawned = spawn_successor(&*self.runtime, &self.shared, state);
             self.spawned(attempt, spawned);
+        }
+    }
+
+    /// The lifecycle ended: no successor is spawned from now on, and one spawned but not
+    /// yet followed is killed (its parent is about to exit, and it would serve on).
+    fn cancel_spawns(&mut self) {
+        let mut slot = lock(&self.spawn_slot);
+        slot.cancelled = true;
+        if let Some((_, Ok((mut child, _ready)))) = slot.done.take() {
+            let pid = child.id();
+            tracing::warn!(pid, "spawned as the lifecycle ended: killed");
+            if let Err(e) = child.start_kill() {
+                tracing::warn!(pid, error = %e, "cannot kill the child");
+            }
         }
     }
 

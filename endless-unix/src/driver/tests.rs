@@ -69,6 +69,18 @@ struct World {
     spawned: Mutex<Vec<String>>,
     /// The `ENDLESS_FD_*` values of each spawned command, in fd order.
     handoffs: Mutex<Vec<Vec<String>>>,
+    /// `Some`: blocking work (the spawn) waits here until the test runs it, as a slow
+    /// spawning thread would; `None`: it runs in place.
+    deferred: Mutex<Option<Vec<Deferred>>>,
+}
+
+/// Blocking work the test runs later.
+struct Deferred(Box<dyn FnOnce() + Send>);
+
+impl std::fmt::Debug for Deferred {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Deferred")
+    }
 }
 
 /// A runtime whose clock, children and signals the test controls.
@@ -86,7 +98,24 @@ impl Fake {
             signals: Mutex::new(None),
             spawned: Mutex::new(Vec::new()),
             handoffs: Mutex::new(Vec::new()),
+            deferred: Mutex::new(None),
         }))
+    }
+
+    /// From now on, blocking work waits until [`Fake::run_deferred`].
+    fn defer_blocking(&self) {
+        *lock(&self.0.deferred) = Some(Vec::new());
+    }
+
+    /// Runs the blocking work deferred so far, then settles.
+    fn run_deferred(&self) {
+        let work = lock(&self.0.deferred)
+            .replace(Vec::new())
+            .unwrap_or_default();
+        for Deferred(work) in work {
+            work();
+        }
+        self.settle();
     }
 
     /// Runs every task that can make progress, until none can.
@@ -238,9 +267,17 @@ impl Runtime for Fake {
         }))
     }
 
-    /// In place: the fake spawn does not block, and the tests expect the child at once.
+    /// In place (the fake spawn does not block, and most tests expect the child at once),
+    /// or later, when the test says so.
     fn run_blocking(&self, work: Box<dyn FnOnce() + Send>) -> io::Result<()> {
-        work();
+        let mut deferred = lock(&self.0.deferred);
+        match deferred.as_mut() {
+            Some(queue) => queue.push(Deferred(work)),
+            None => {
+                drop(deferred);
+                work();
+            }
+        }
         Ok(())
     }
 
@@ -652,6 +689,36 @@ fn stopped_while_an_unkillable_child_starts() -> (Server, u32) {
     s.rt.with_child(child, |c| c.unkillable = true);
     s.rt.signal(Signal::TERM);
     (s, child)
+}
+
+#[test]
+fn a_stop_while_the_spawn_is_under_way_spawns_nothing_after_the_end() {
+    let s = Server::start(Server::config());
+    s.rt.defer_blocking();
+    s.rt.signal(Signal::HUP);
+    assert!(s.rt.pids().is_empty(), "the spawn waits on its thread");
+    s.rt.signal(Signal::TERM);
+    assert!(s.exit().is_some(), "nothing to wait for: no child yet");
+    // The spawning thread gets to run only now: the lifecycle has ended, so no successor
+    // may start (it would serve on after a stop).
+    s.rt.run_deferred();
+    assert!(
+        s.rt.pids().is_empty(),
+        "spawned after the end: {:?}",
+        s.rt.pids()
+    );
+}
+
+#[test]
+fn a_spawn_that_completes_late_still_hands_over() {
+    let s = Server::start(Server::config());
+    s.rt.defer_blocking();
+    s.rt.signal(Signal::HUP);
+    assert!(s.rt.pids().is_empty());
+    s.rt.run_deferred();
+    let child = s.rt.last_child();
+    s.rt.say_ready(child);
+    assert!(!s.handle.is_accepting(), "handed over to {child}");
 }
 
 #[test]
