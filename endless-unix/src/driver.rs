@@ -642,6 +642,10 @@ impl<R: Runtime> Driver<R> {
             if let Err(e) = child.start_kill() {
                 tracing::warn!(pid, error = %e, "cannot kill the child");
             }
+            // Reaped while the runtime runs; if the process exits first, by its new parent.
+            spawn(&*self.runtime, &self.shared.span, async move {
+                let _ = child.wait().await;
+            });
         }
     }
 

@@ -1,8 +1,8 @@
 //! What a runtime adapter provides: the traits the driver runs on.
 //!
 //! An adapter implements [`Runtime`] (a clock, tasks, timers, a reactor for the children's
-//! pidfds and the readiness channel, and signals) once for its runtime: endless-tokio and endless-smol
-//! each do it in about a hundred lines, with no decision in them. Tests implement it with
+//! pidfds and the readiness channel, and signals) once for its runtime: endless-tokio and
+//! endless-smol each do it in about a hundred lines, with no decision in them. Tests implement it with
 //! a fake clock and fake processes, and drive the real driver without a process.
 
 use std::fmt;

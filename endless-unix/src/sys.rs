@@ -37,6 +37,7 @@ use std::io::{self, IoSlice, IoSliceMut, Write};
 use std::mem::MaybeUninit;
 use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::{Mutex, PoisonError};
 
@@ -405,7 +406,8 @@ fn spawn_rc(rc: libc::c_int) -> io::Result<()> {
 /// `posix_spawn_file_actions_addchdir_np(actions, dir)`, looked up when it is first
 /// needed: glibc has it since 2.29, musl since 1.1.24, macOS since 10.15, FreeBSD since
 /// 13.1 (POSIX 2024 names it `addchdir`). Linking it directly would keep a binary from
-/// starting on an older system; there, a spawn fails with `Unsupported` instead (the running
+/// starting on an older system; there, a child that starts in this process's directory
+/// needs no action, and one that does not fails the spawn with `Unsupported` (the running
 /// generation keeps serving).
 fn add_chdir(actions: &mut FileActions, dir: &CStr) -> io::Result<()> {
     type AddChdir = unsafe extern "C" fn(
@@ -429,6 +431,13 @@ fn add_chdir(actions: &mut FileActions, dir: &CStr) -> io::Result<()> {
             .then(|| unsafe { std::mem::transmute::<*mut libc::c_void, AddChdir>(symbol) })
     };
     let Some(add) = add else {
+        // Nothing to add when the child starts where this process is (the usual case: an
+        // application that never changed its directory).
+        let here = |path: &Path| std::fs::metadata(path).map(|m| (m.dev(), m.ino())).ok();
+        let dir = Path::new(std::ffi::OsStr::from_bytes(dir.to_bytes()));
+        if here(dir).is_some() && here(dir) == here(Path::new(".")) {
+            return Ok(());
+        }
         return Err(io::Error::new(
             io::ErrorKind::Unsupported,
             "this C library cannot change the working directory of a spawned process \
