@@ -1,6 +1,6 @@
 //! The readiness protocol between a new generation and its parent.
 //!
-//! The parent creates a channel for each child (endless-unix: a `SOCK_SEQPACKET`
+//! The parent creates a channel for each child (endless-unix: a Unix `SOCK_STREAM`
 //! socketpair; a pipe works too) and passes the child's end as `ENDLESS_READY_FD`. When
 //! the application is ready, the child writes one line, [`message`]`(own pid)`; then it
 //! closes its end, or keeps it to receive the connections the parent hands over
@@ -69,28 +69,46 @@ impl ReadyParser {
     }
 
     /// Takes the next bytes read from the channel. Once the result is not
-    /// [`Readiness::Pending`] it stays the same whatever is fed after.
+    /// [`Readiness::Pending`] it stays the same whatever is fed after (bytes after the
+    /// line are not part of it: see [`feed_line`](Self::feed_line)).
     pub fn feed(&mut self, bytes: &[u8]) -> Readiness {
+        self.feed_line(bytes).0
+    }
+
+    /// Takes the next bytes read from the channel, as [`feed`](Self::feed), and says how
+    /// many of them belong to the readiness line: once it is [`Readiness::Ready`], the
+    /// bytes after those are the child's next messages ([`crate::takeover::Deframer`]),
+    /// which a stream transport may deliver in the same read as the end of the line.
+    ///
+    /// ```
+    /// use endless_core::ready::{self, ReadyParser, Readiness};
+    ///
+    /// let mut stream = ready::message(4242);
+    /// stream.extend_from_slice(b"EDLS");
+    /// let mut parser = ReadyParser::new(4242);
+    /// assert_eq!(parser.feed_line(&stream), (Readiness::Ready, stream.len() - 4));
+    /// ```
+    pub fn feed_line(&mut self, bytes: &[u8]) -> (Readiness, usize) {
         if let Some(done) = &self.done {
-            return done.clone();
+            return (done.clone(), 0);
         }
-        for &byte in bytes {
+        for (taken, &byte) in bytes.iter().enumerate() {
             let at = self.received.len();
             if self.expected.get(at) != Some(&byte) {
                 self.received.push(byte);
-                return self.finish(Readiness::Failed(ChildFailure::BadMessage(format!(
+                let failed = self.finish(Readiness::Failed(ChildFailure::BadMessage(format!(
                     "expected {:?}, received {:?}",
                     String::from_utf8_lossy(&self.expected),
                     String::from_utf8_lossy(&self.received),
                 ))));
+                return (failed, taken + 1);
             }
             self.received.push(byte);
             if self.received.len() == self.expected.len() {
-                // Bytes after the line are ignored: the child has said what it had to say.
-                return self.finish(Readiness::Ready);
+                return (self.finish(Readiness::Ready), taken + 1);
             }
         }
-        Readiness::Pending
+        (Readiness::Pending, bytes.len())
     }
 
     /// The channel reached end of file.
@@ -148,6 +166,24 @@ mod tests {
                 "{bad:?}"
             );
         }
+    }
+
+    #[test]
+    fn feed_line_counts_the_bytes_of_the_line() {
+        let line = message(123);
+        let mut stream = line.clone();
+        stream.extend_from_slice(b"next");
+        let mut p = ReadyParser::new(123);
+        assert_eq!(p.feed_line(&stream[..4]), (Readiness::Pending, 4));
+        assert_eq!(
+            p.feed_line(&stream[4..]),
+            (Readiness::Ready, line.len() - 4)
+        );
+        assert_eq!(p.feed_line(b"more"), (Readiness::Ready, 0));
+        let mut p = ReadyParser::new(123);
+        let (failed, taken) = p.feed_line(b"endless/1 ready 9\nrest");
+        assert!(matches!(failed, Readiness::Failed(_)));
+        assert_eq!(taken, "endless/1 ready ".len() + 1);
     }
 
     #[test]

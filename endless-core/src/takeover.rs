@@ -11,9 +11,14 @@
 //! hand it over or to drain it.
 //!
 //! This module is the wire format only: [`Offer::encode`] / [`Offer::decode`] and
-//! [`Reply::encode`] / [`Reply::decode`]. Each message is one record of a
-//! `SOCK_SEQPACKET` socketpair — the readiness channel of the new generation, which the
-//! old one keeps after the "ready" line — so message boundaries are the transport's.
+//! [`Reply::encode`] / [`Reply::decode`]. The transport is the readiness channel of the
+//! new generation, which the old one keeps after the "ready" line. Every message says its
+//! own length ([`message_len`]), so the channel can be a byte stream (endless-unix: a Unix
+//! `SOCK_STREAM` socketpair, which every Unix has) as well as a transport that keeps
+//! message boundaries (`SOCK_SEQPACKET`, which endless used before and macOS lacks):
+//! [`Deframer`] splits a stream into messages, and a receiver that must not read past one
+//! message (because descriptors travel with it) reads exactly what [`message_len`] asks
+//! for.
 //!
 //! # The exchange
 //!
@@ -118,6 +123,159 @@ pub const MAX_UPSTREAM_LEN: usize = REPLY_LEN;
 /// (which the transport would truncate) from one of exactly this length.
 pub const MAX_OFFER_LEN: usize =
     OFFER_HEADER_LEN + MAX_NAME_LEN + MAX_STATE_LEN + MAX_UNCONSUMED_LEN;
+
+/// How long the message that starts with some bytes is, as far as those bytes tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageLen {
+    /// Too few bytes to tell: read until there are this many, then ask again.
+    AtLeast(usize),
+    /// The message is this long, at most [`MAX_OFFER_LEN`] (the bytes after it are the
+    /// next message).
+    Exactly(usize),
+}
+
+/// The length of the message that starts with `head` (any prefix of a stream of
+/// messages, empty included), as far as `head` tells it; an error as soon as `head`
+/// cannot start a message of this version (bad magic, another version, an unknown type,
+/// an offer whose fields are over their limits). After an error the stream cannot be split
+/// any further: it has no way to find the start of the next message.
+///
+/// Only what decides the length is checked here; [`Offer::decode`] and
+/// [`Upstream::decode`] check the rest once the whole message is in.
+///
+/// # Examples
+///
+/// ```
+/// use endless_core::takeover::{message_len, MessageLen, Reply, Outcome};
+///
+/// let reply = Reply { id: 3, outcome: Outcome::Taken }.encode();
+/// assert_eq!(message_len(&[]), Ok(MessageLen::AtLeast(14)));
+/// assert_eq!(message_len(&reply[..14]), Ok(MessageLen::Exactly(reply.len())));
+/// assert!(message_len(b"HTTP/1.1").is_err());
+/// ```
+pub fn message_len(head: &[u8]) -> Result<MessageLen, FrameError> {
+    let fail = |id, kind| Err(FrameError::Malformed { id, kind });
+    let magic = head.len().min(MAGIC.len());
+    if head[..magic] != MAGIC[..magic] {
+        return fail(None, FrameErrorKind::BadMagic);
+    }
+    if let Some(&version) = head.get(4)
+        && version != VERSION
+    {
+        return fail(None, FrameErrorKind::UnsupportedVersion(version));
+    }
+    let kind = head.get(5).copied();
+    if let Some(kind) = kind
+        && !matches!(kind, TYPE_OFFER | TYPE_REPLY | TYPE_DEPARTURE)
+    {
+        return fail(None, FrameErrorKind::UnexpectedType(kind));
+    }
+    if head.len() < COMMON_LEN {
+        return Ok(MessageLen::AtLeast(COMMON_LEN));
+    }
+    match kind {
+        Some(TYPE_REPLY) => return Ok(MessageLen::Exactly(REPLY_LEN)),
+        Some(TYPE_DEPARTURE) => return Ok(MessageLen::Exactly(DEPARTURE_LEN)),
+        _ => {}
+    }
+    if head.len() < OFFER_HEADER_LEN {
+        return Ok(MessageLen::AtLeast(OFFER_HEADER_LEN));
+    }
+    let mut r = Reader::new(&head[6..OFFER_HEADER_LEN]);
+    // The fixed part is all there: none of these reads can fail.
+    let (Some(id), Some(_kind), Some(name_len), Some(state_len), Some(unconsumed_len)) =
+        (r.u64(), r.u8(), r.u16(), r.u32(), r.u32())
+    else {
+        return fail(None, FrameErrorKind::Truncated);
+    };
+    let (name_len, state_len, unconsumed_len) = (
+        usize::from(name_len),
+        state_len as usize,
+        unconsumed_len as usize,
+    );
+    if name_len > MAX_NAME_LEN {
+        return fail(Some(id), FrameErrorKind::NameTooLong(name_len));
+    }
+    if state_len > MAX_STATE_LEN {
+        return fail(Some(id), FrameErrorKind::StateTooLarge(state_len));
+    }
+    if unconsumed_len > MAX_UNCONSUMED_LEN {
+        return fail(Some(id), FrameErrorKind::UnconsumedTooLarge(unconsumed_len));
+    }
+    Ok(MessageLen::Exactly(
+        OFFER_HEADER_LEN + name_len + state_len + unconsumed_len,
+    ))
+}
+
+/// Splits a byte stream into messages, whatever the chunks it arrives in: the reader of a
+/// stream transport feeds it what it reads ([`push`](Self::push)) and takes whole messages
+/// ([`next_message`](Self::next_message)), which it then decodes.
+///
+/// # Examples
+///
+/// ```
+/// use endless_core::Departure;
+/// use endless_core::takeover::{encode_departure, Deframer, Outcome, Reply, Upstream};
+///
+/// let mut stream = Reply { id: 1, outcome: Outcome::Taken }.encode();
+/// stream.extend(encode_departure(Departure::Stopping));
+/// let mut deframer = Deframer::new();
+/// deframer.push(&stream[..20]);
+/// let first = deframer.next_message().unwrap()?;
+/// assert!(matches!(Upstream::decode(&first)?, Upstream::Reply(_)));
+/// assert!(deframer.next_message().is_none()); // half of the departure
+/// deframer.push(&stream[20..]);
+/// let second = deframer.next_message().unwrap()?;
+/// assert_eq!(Upstream::decode(&second)?, Upstream::Departure(Departure::Stopping));
+/// assert!(deframer.is_empty());
+/// # Ok::<(), endless_core::takeover::FrameError>(())
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct Deframer {
+    buffered: Vec<u8>,
+    failed: Option<FrameError>,
+}
+
+impl Deframer {
+    /// A deframer at the start of a stream.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Takes the next bytes of the stream. Nothing is kept after an error.
+    pub fn push(&mut self, bytes: &[u8]) {
+        if self.failed.is_none() {
+            self.buffered.extend_from_slice(bytes);
+        }
+    }
+
+    /// The next whole message; `None` until all of it arrived. An error
+    /// ([`message_len`]'s) is returned again at every later call: the stream cannot be
+    /// split past it.
+    pub fn next_message(&mut self) -> Option<Result<Vec<u8>, FrameError>> {
+        if let Some(e) = &self.failed {
+            return Some(Err(e.clone()));
+        }
+        match message_len(&self.buffered) {
+            Ok(MessageLen::Exactly(len)) if len <= self.buffered.len() => {
+                let rest = self.buffered.split_off(len);
+                Some(Ok(std::mem::replace(&mut self.buffered, rest)))
+            }
+            Ok(_) => None,
+            Err(e) => {
+                self.buffered = Vec::new();
+                self.failed = Some(e.clone());
+                Some(Err(e))
+            }
+        }
+    }
+
+    /// Whether no part of a message is waiting for the rest: at the end of the stream,
+    /// anything else is a message cut short.
+    pub fn is_empty(&self) -> bool {
+        self.buffered.is_empty() && self.failed.is_none()
+    }
+}
 
 /// The kind of socket an offer carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

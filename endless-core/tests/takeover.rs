@@ -1,11 +1,12 @@
 //! Property tests of the takeover messages: round trips, and that no input, however
 //! malformed, makes the decoders panic or accept a message other than the one encoded.
 
-use endless_core::MAX_NAME_LEN;
 use endless_core::takeover::{
-    FrameError, FrameErrorKind, MAX_STATE_LEN, MAX_UNCONSUMED_LEN, OFFER_HEADER_LEN, Offer,
-    Outcome, REPLY_LEN, RefuseReason, Reply, StreamKind,
+    Deframer, FrameError, FrameErrorKind, MAX_OFFER_LEN, MAX_STATE_LEN, MAX_UNCONSUMED_LEN,
+    MessageLen, OFFER_HEADER_LEN, Offer, Outcome, REPLY_LEN, RefuseReason, Reply, StreamKind,
+    encode_departure, message_len,
 };
+use endless_core::{Departure, MAX_NAME_LEN};
 use proptest::collection::vec;
 use proptest::prelude::*;
 
@@ -63,7 +64,80 @@ impl ReasonOf for Reply {
     }
 }
 
+/// Any message of the protocol, encoded: an offer, a reply or a departure.
+fn message() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        offer().prop_map(|o| o.encode().unwrap()),
+        (any::<u64>(), outcome()).prop_map(|(id, outcome)| Reply { id, outcome }.encode()),
+        prop_oneof![
+            Just(Departure::HandedOver),
+            Just(Departure::Stopping),
+            Just(Departure::Restarting)
+        ]
+        .prop_map(encode_departure),
+    ]
+}
+
 proptest! {
+    /// Messages sent back to back on a stream come out of the deframer one by one, in
+    /// order and whole, whatever the chunks the stream is read in.
+    #[test]
+    fn a_stream_of_messages_splits_back_into_them(
+        messages in vec(message(), 0..8),
+        cuts in vec(any::<prop::sample::Index>(), 0..12),
+    ) {
+        let stream = messages.concat();
+        let mut cuts: Vec<usize> = cuts.iter().map(|c| c.index(stream.len() + 1)).collect();
+        cuts.push(stream.len());
+        cuts.sort_unstable();
+        let mut deframer = Deframer::new();
+        let (mut at, mut out) = (0, Vec::new());
+        for cut in cuts {
+            deframer.push(&stream[at..cut]);
+            at = cut;
+            while let Some(message) = deframer.next_message() {
+                out.push(message.unwrap());
+            }
+        }
+        prop_assert_eq!(out, messages);
+        prop_assert!(deframer.is_empty());
+    }
+
+    /// Every proper prefix of a message asks for more, never past the message's end; the
+    /// fixed part tells its exact length. A reader that reads what it is asked for never
+    /// reads into the next message.
+    #[test]
+    fn the_length_of_a_message_is_known_from_its_head(message in message(), next in message()) {
+        let mut stream = message.clone();
+        stream.extend_from_slice(&next);
+        for n in 0..=message.len() {
+            match message_len(&stream[..n]).unwrap() {
+                MessageLen::AtLeast(more) => {
+                    prop_assert!(more > n && more <= message.len(), "{more} at {n}");
+                }
+                MessageLen::Exactly(len) => prop_assert_eq!(len, message.len()),
+            }
+        }
+        prop_assert_eq!(message_len(&stream), Ok(MessageLen::Exactly(message.len())));
+    }
+
+    /// Garbage on a stream ends it with an error, never a panic or a length over the limit;
+    /// the error stays.
+    #[test]
+    fn a_stream_of_garbage_fails_or_asks_for_a_bounded_length(bytes in vec(any::<u8>(), 0..200)) {
+        match message_len(&bytes) {
+            Ok(MessageLen::AtLeast(n) | MessageLen::Exactly(n)) => prop_assert!(n <= MAX_OFFER_LEN),
+            Err(e) => {
+                let mut deframer = Deframer::new();
+                deframer.push(&bytes);
+                prop_assert_eq!(deframer.next_message(), Some(Err(e.clone())));
+                deframer.push(b"EDLS");
+                prop_assert_eq!(deframer.next_message(), Some(Err(e)));
+                prop_assert!(!deframer.is_empty());
+            }
+        }
+    }
+
     #[test]
     fn offers_round_trip(offer in offer()) {
         let bytes = offer.encode().unwrap();
@@ -124,6 +198,85 @@ proptest! {
     }
 }
 
+/// What decides a length is checked as soon as it arrives; the rest waits for decoding.
+#[test]
+fn message_len_rejects_a_bad_head_early() {
+    let bad = |bytes: &[u8], kind: FrameErrorKind, id: Option<u64>| {
+        assert_eq!(
+            message_len(bytes),
+            Err(FrameError::Malformed { id, kind }),
+            "{bytes:?}"
+        );
+    };
+    bad(b"X", FrameErrorKind::BadMagic, None);
+    bad(b"EDLX", FrameErrorKind::BadMagic, None);
+    bad(b"EDLS\x02", FrameErrorKind::UnsupportedVersion(2), None);
+    bad(b"EDLS\x01\x09", FrameErrorKind::UnexpectedType(9), None);
+    assert_eq!(message_len(b"EDL"), Ok(MessageLen::AtLeast(14)));
+    assert_eq!(message_len(b"EDLS\x01\x01"), Ok(MessageLen::AtLeast(14)));
+    let mut head = b"EDLS\x01\x01".to_vec();
+    head.extend_from_slice(&7u64.to_be_bytes());
+    assert_eq!(
+        message_len(&head),
+        Ok(MessageLen::AtLeast(OFFER_HEADER_LEN))
+    );
+    // An unknown socket kind does not change the length: decoding refuses it by number.
+    let fields = |name: u16, state: u32, unconsumed: u32| {
+        let mut h = head.clone();
+        h.push(9);
+        h.extend_from_slice(&name.to_be_bytes());
+        h.extend_from_slice(&state.to_be_bytes());
+        h.extend_from_slice(&unconsumed.to_be_bytes());
+        h
+    };
+    assert_eq!(
+        message_len(&fields(3, 4, 5)),
+        Ok(MessageLen::Exactly(OFFER_HEADER_LEN + 12))
+    );
+    let too_long = u16::try_from(MAX_NAME_LEN + 1).unwrap();
+    bad(
+        &fields(too_long, 0, 0),
+        FrameErrorKind::NameTooLong(MAX_NAME_LEN + 1),
+        Some(7),
+    );
+    let too_large = u32::try_from(MAX_STATE_LEN + 1).unwrap();
+    bad(
+        &fields(0, too_large, 0),
+        FrameErrorKind::StateTooLarge(MAX_STATE_LEN + 1),
+        Some(7),
+    );
+    let too_large = u32::try_from(MAX_UNCONSUMED_LEN + 1).unwrap();
+    bad(
+        &fields(0, 0, too_large),
+        FrameErrorKind::UnconsumedTooLarge(MAX_UNCONSUMED_LEN + 1),
+        Some(7),
+    );
+    // The largest offer is within the limit a reader sizes its buffer by.
+    let max_name = u16::try_from(MAX_NAME_LEN).unwrap();
+    let max_state = u32::try_from(MAX_STATE_LEN).unwrap();
+    let max_unconsumed = u32::try_from(MAX_UNCONSUMED_LEN).unwrap();
+    assert_eq!(
+        message_len(&fields(max_name, max_state, max_unconsumed)),
+        Ok(MessageLen::Exactly(MAX_OFFER_LEN))
+    );
+}
+
+/// The end of a stream in the middle of a message leaves the deframer non-empty: the reader
+/// can tell a message cut short from a clean end.
+#[test]
+fn a_message_cut_short_is_seen_at_the_end() {
+    let reply = Reply {
+        id: 1,
+        outcome: Outcome::Taken,
+    }
+    .encode();
+    let mut deframer = Deframer::new();
+    assert!(deframer.is_empty());
+    deframer.push(&reply[..REPLY_LEN - 1]);
+    assert_eq!(deframer.next_message(), None);
+    assert!(!deframer.is_empty());
+}
+
 #[test]
 fn limits_are_enforced_both_ways() {
     let base = Offer {
@@ -167,7 +320,7 @@ fn limits_are_enforced_both_ways() {
         ..base
     };
     let bytes = full.encode().unwrap();
-    assert_eq!(bytes.len(), endless_core::takeover::MAX_OFFER_LEN);
+    assert_eq!(bytes.len(), MAX_OFFER_LEN);
     assert_eq!(Offer::decode(&bytes), Ok(full));
 
     // A declared state length over the limit is refused before anything is allocated.

@@ -21,13 +21,14 @@ use async_channel::{Receiver, Sender};
 use endless_core::control::{Answer, Answers, RefusalKind, RequestKind};
 use endless_core::ready::{Readiness, ReadyParser};
 use endless_core::state::Header;
-use endless_core::takeover::{MAX_UPSTREAM_LEN, Reply, Upstream};
+use endless_core::takeover::{Deframer, Reply, Upstream};
 use endless_core::{
     Action, ChildStatus, DrainCause, Event, FdKind, Input, Lifecycle, Output, Phase, Request,
     Status, UpgradeFailure,
 };
 use tracing::Instrument;
 
+use crate::channel::Channel;
 use crate::control::ControlServer;
 use crate::handle::{Exit, Shared, lock};
 use crate::notify::Notifier;
@@ -158,10 +159,10 @@ struct Driver<R> {
     channels: HashMap<u32, (OwnedFd, Replies)>,
     /// The readiness channel to the parent, kept after the "ready" line to receive
     /// connections.
-    parent_channel: Option<OwnedFd>,
+    parent_channel: Option<Channel>,
     /// The same, to tell the parent that this process departs ([`Action::Depart`]), while
     /// the parent is there.
-    to_parent: Option<std::sync::Weak<OwnedFd>>,
+    to_parent: Option<std::sync::Weak<Channel>>,
     /// The number of the latest [`Action::SpawnChild`]: application state produced for an
     /// earlier one (given up meanwhile) is dropped, and a child spawned for it killed.
     spawn_attempt: u64,
@@ -770,6 +771,7 @@ impl<R: Runtime> Driver<R> {
                     replies: to_outbox,
                     parser: ReadyParser::new(pid),
                     readiness_known: false,
+                    deframer: Deframer::new(),
                 };
                 spawn(
                     &*self.runtime,
@@ -792,15 +794,9 @@ impl<R: Runtime> Driver<R> {
     }
 }
 
-/// The longest record a child sends: its readiness line, or a message after it.
-const RECORD_BUF: usize = {
-    let line = endless_core::ready::MAX_MESSAGE_LEN;
-    1 + if line > MAX_UPSTREAM_LEN {
-        line
-    } else {
-        MAX_UPSTREAM_LEN
-    }
-};
+/// How much the reader of a child's channel reads at a time: its readiness line and
+/// several messages after it (replies are 16 bytes).
+const READ_BUF: usize = 1024;
 
 /// The one reader of a child's channel: its readiness line, then its takeover replies and
 /// its departure; then, once the child is reaped, what it said last, and its exit. So the
@@ -813,6 +809,8 @@ struct Follower {
     parser: ReadyParser,
     /// Its readiness line was read (or it broke the protocol): what follows are messages.
     readiness_known: bool,
+    /// Splits what follows the readiness line into messages.
+    deframer: Deframer,
 }
 
 impl Follower {
@@ -822,7 +820,7 @@ impl Follower {
         last_words: Option<OwnedFd>,
         exited: Receiver<ChildStatus>,
     ) {
-        let mut buf = [0u8; RECORD_BUF];
+        let mut buf = [0u8; READ_BUF];
         let mut open = true;
         let status = loop {
             if !open {
@@ -834,11 +832,12 @@ impl Follower {
             .await;
             match read {
                 Err(status) => break status,
-                Ok(Ok(n)) => open = self.record(&buf[..n]).await,
+                Ok(Ok(0)) => open = self.end().await,
+                Ok(Ok(n)) => open = self.read(&buf[..n]).await,
                 Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
                 Ok(Err(e)) => {
                     tracing::warn!(pid = self.pid, error = %e, "reading the child's channel failed");
-                    open = self.record(&[]).await;
+                    open = self.end().await;
                 }
             }
         };
@@ -847,15 +846,19 @@ impl Follower {
         if let (true, Some(channel)) = (open, last_words) {
             loop {
                 match sys::recv_with_fds(channel.as_fd(), &mut buf) {
+                    // The end (the child's exit, not the end of its channel, says why it
+                    // ended if it was not ready).
                     Ok(record) if record.len == 0 && record.fds.is_empty() => break,
                     Ok(record) => {
                         let len = record.len.min(buf.len());
                         drop(record);
-                        if !self.record(&buf[..len]).await {
+                        if !self.read(&buf[..len]).await {
                             break;
                         }
                     }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    // Nothing more (`WouldBlock`: something the child started holds its
+                    // end), or a broken channel.
                     Err(_) => break,
                 }
             }
@@ -874,50 +877,82 @@ impl Follower {
             .await;
     }
 
-    /// Takes one record (empty: the end of the channel); whether to read on.
-    async fn record(&mut self, bytes: &[u8]) -> bool {
+    /// Takes the next bytes read from the channel: the rest of its readiness line, then its
+    /// messages, in whatever chunks the stream delivers them; whether to read on.
+    async fn read(&mut self, mut bytes: &[u8]) -> bool {
         let pid = self.pid;
         if !self.readiness_known {
-            let readiness = if bytes.is_empty() {
-                self.parser.eof()
-            } else {
-                self.parser.feed(bytes)
-            };
+            let (readiness, taken) = self.parser.feed_line(bytes);
+            bytes = &bytes[taken..];
             let input = match readiness {
                 Readiness::Pending => return true,
                 Readiness::Ready => Input::ChildReady { pid },
                 Readiness::Failed(reason) => Input::ChildFailed { pid, reason },
             };
             self.readiness_known = true;
-            let go_on = matches!(input, Input::ChildReady { .. });
+            let ready = matches!(input, Input::ChildReady { .. });
             let _ = self.inputs.send(Message::Input(input)).await;
-            return go_on;
-        }
-        if bytes.is_empty() {
-            // The end: the outbox sees `replies` close.
-            self.replies.close();
-            return false;
-        }
-        match Upstream::decode(bytes) {
-            Ok(Upstream::Reply(reply)) => {
-                let _ = self.replies.send(Ok(reply)).await;
+            if !ready {
+                return false;
             }
-            Ok(Upstream::Departure(how)) => {
-                let _ = self
-                    .inputs
-                    .send(Message::Input(Input::SuccessorDeparted { pid, how }))
-                    .await;
-            }
-            Ok(other) => tracing::warn!(pid, message = ?other, "unexpected message from the child"),
-            Err(e) => {
-                tracing::warn!(pid, error = %e, "bad message from the child");
-                let _ = self
-                    .replies
-                    .send(Err(io::Error::new(io::ErrorKind::InvalidData, e)))
-                    .await;
+        }
+        self.deframer.push(bytes);
+        while let Some(message) = self.deframer.next_message() {
+            // A stream that cannot be split past this point ends here; a message that does
+            // not decode costs only itself.
+            let unframed = message.is_err();
+            match message.and_then(|message| Upstream::decode(&message)) {
+                Ok(Upstream::Reply(reply)) => {
+                    let _ = self.replies.send(Ok(reply)).await;
+                }
+                Ok(Upstream::Departure(how)) => {
+                    let _ = self
+                        .inputs
+                        .send(Message::Input(Input::SuccessorDeparted { pid, how }))
+                        .await;
+                }
+                Ok(other) => {
+                    tracing::warn!(pid, message = ?other, "unexpected message from the child");
+                }
+                Err(e) => {
+                    tracing::warn!(pid, error = %e, "bad message from the child");
+                    let _ = self
+                        .replies
+                        .send(Err(io::Error::new(io::ErrorKind::InvalidData, e)))
+                        .await;
+                    if unframed {
+                        self.replies.close();
+                        return false;
+                    }
+                }
             }
         }
         true
+    }
+
+    /// The end of the channel; always `false` (nothing more to read).
+    async fn end(&mut self) -> bool {
+        if !self.readiness_known {
+            self.readiness_known = true;
+            let pid = self.pid;
+            let input = match self.parser.eof() {
+                Readiness::Failed(reason) => Input::ChildFailed { pid, reason },
+                // Not reached: the line ends reading once it is complete.
+                Readiness::Ready => Input::ChildReady { pid },
+                Readiness::Pending => return false,
+            };
+            let _ = self.inputs.send(Message::Input(input)).await;
+            return false;
+        }
+        if !self.deframer.is_empty() {
+            tracing::warn!(
+                pid = self.pid,
+                "the child's channel ended in the middle of a message"
+            );
+        }
+        // The end: the outbox sees `replies` close.
+        self.replies.close();
+        false
     }
 }
 
@@ -947,14 +982,11 @@ fn spawn_successor<R: Runtime>(runtime: &R, shared: &Shared, state: Option<File>
         .map_err(|e| ("cannot start the new process", e.to_string()))
 }
 
-/// A copy of the readiness channel `fd` if it can carry connections (a `SOCK_SEQPACKET`
-/// socket, as endless creates it; a parent that made a pipe hands nothing over).
-fn takeover_channel(fd: &OwnedFd) -> Option<OwnedFd> {
-    let socket = socket2::SockRef::from(fd);
-    match socket.r#type() {
-        Ok(ty) if ty == socket2::Type::SEQPACKET => fd.try_clone().ok(),
-        _ => None,
-    }
+/// A copy of the readiness channel `fd` if it can carry connections (a Unix stream socket,
+/// as endless creates it, or the `SOCK_SEQPACKET` one of an earlier endless; a parent that
+/// made a pipe hands nothing over).
+fn takeover_channel(fd: &OwnedFd) -> Option<Channel> {
+    Channel::new(fd.try_clone().ok()?).ok()
 }
 
 fn child_status(status: ExitStatus) -> ChildStatus {

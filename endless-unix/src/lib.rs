@@ -77,6 +77,8 @@
 #[cfg(unix)]
 pub mod adapter;
 #[cfg(unix)]
+mod channel;
+#[cfg(unix)]
 mod child;
 #[cfg(unix)]
 pub mod control;

@@ -662,7 +662,7 @@ impl Prepared<'_> {
 /// Prepares the command that starts `exe` as the next generation, handing it `fds`.
 ///
 /// Checks the executable ([`Executable::check`]), creates the readiness channel (a
-/// `SOCK_SEQPACKET` socketpair, both ends close-on-exec, this process's end non-blocking,
+/// Unix stream socketpair, both ends close-on-exec, this process's end non-blocking,
 /// which later carries the connections handed over), numbers the handoff 3, 4, … in
 /// order with the child's end last, at `3 + fds.len()`, describes them with
 /// [`env::encode`] (this process's pid as the parent, and the identity of each open file,
@@ -687,9 +687,9 @@ pub fn prepare<'a>(exe: &Executable, fds: &[HandoffFd<'a>]) -> Result<Prepared<'
             .map_err(SpawnError::Inventory)?;
     }
 
-    // A SOCK_SEQPACKET socketpair, both ends close-on-exec: the child writes its readiness
+    // A Unix stream socketpair, both ends close-on-exec: the child writes its readiness
     // line on it, and then receives the connections handed over (`crate::takeover`).
-    let (ready, write_end) = sys::seqpacket_pair().map_err(SpawnError::Io)?;
+    let (ready, write_end) = sys::channel_pair().map_err(SpawnError::Io)?;
     sys::set_nonblocking(ready.as_fd()).map_err(SpawnError::Io)?;
 
     // The identity of each open file, in the child's fd order: the child compares them with

@@ -24,8 +24,8 @@
 //! facility is missing, the functions here choose the platform's way by `cfg`, and say so
 //! in their docs: Apple systems have no `MSG_NOSIGNAL` (`SO_NOSIGPIPE` instead), no
 //! `MSG_CMSG_CLOEXEC` ([`recv_with_fds`]), no `SO_ACCEPTCONN` ([`is_listening`]), no
-//! `SOCK_SEQPACKET` for Unix sockets ([`seqpacket_pair`] fails, and with it every spawn:
-//! no restart), and no `SOCK_CLOEXEC`: there socket2, std and the runtimes set
+//! `SOCK_SEQPACKET` for Unix sockets (the channel between generations is a stream,
+//! [`channel_pair`], everywhere), and no `SOCK_CLOEXEC`: there socket2, std and the runtimes set
 //! close-on-exec right after `socket`, `socketpair` and `accept` return, which leaves the
 //! window described at [`recv_with_fds`] (a process that another thread spawns in between
 //! inherits the new socket). Peer credentials come from [`peer_uid`].
@@ -46,7 +46,7 @@ use rustix::event::{PollFd, PollFlags};
 use rustix::fs::OFlags;
 use rustix::io::{Errno, FdFlags};
 use rustix::net::{
-    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SendAncillaryBuffer,
+    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
     SendAncillaryMessage, SendFlags,
 };
 use rustix::process::{Pid, Signal};
@@ -824,7 +824,7 @@ pub(crate) fn getppid() -> u32 {
 pub(crate) fn send_readiness(fd: OwnedFd) -> io::Result<()> {
     let message = endless_core::ready::message(getpid());
     let mut channel = File::from(fd);
-    // One write: on a SOCK_SEQPACKET channel the line is one record.
+    // The whole line, in one write where the channel has room (it always has: it is new).
     channel.write_all(&message)?;
     // Dropping `channel` closes the fd; a close error after a complete write changes
     // nothing the parent sees.
@@ -833,25 +833,17 @@ pub(crate) fn send_readiness(fd: OwnedFd) -> io::Result<()> {
 }
 
 // ---------------------------------------------------------------------------------------
-// The takeover channel: a SOCK_SEQPACKET socketpair that carries sockets (SCM_RIGHTS)
+// The channel between generations: a Unix stream socketpair that carries sockets
+// (SCM_RIGHTS); `crate::channel` frames the messages on it
 // ---------------------------------------------------------------------------------------
 
-/// A pair of connected Unix `SOCK_SEQPACKET` sockets, both close-on-exec: the readiness
-/// and takeover channel between a generation and the one it spawns. Each `send` is one
-/// record; each `recv` reads one record.
-pub(crate) fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+/// A pair of connected Unix `SOCK_STREAM` sockets, both close-on-exec: the readiness and
+/// takeover channel between a generation and the one it spawns. A byte stream, which
+/// every Unix has (macOS has no `SOCK_SEQPACKET` for Unix sockets); the messages on it say
+/// their own length ([`endless_core::takeover::message_len`]).
+pub(crate) fn channel_pair() -> io::Result<(OwnedFd, OwnedFd)> {
     // socket2 creates every socket close-on-exec (atomically, where the system can).
-    let (a, b) = Socket::pair(Domain::UNIX, Type::SEQPACKET, None).map_err(|e| {
-        // macOS has no SOCK_SEQPACKET for Unix sockets: no successor can be spawned there.
-        if cfg!(target_vendor = "apple") && e.raw_os_error() == Some(libc::EPROTONOSUPPORT) {
-            io::Error::new(
-                io::ErrorKind::Unsupported,
-                "restarts need Unix SOCK_SEQPACKET sockets, which this system lacks",
-            )
-        } else {
-            e
-        }
-    })?;
+    let (a, b) = Socket::pair(Domain::UNIX, Type::STREAM, None)?;
     // Apple systems have no `MSG_NOSIGNAL` (see `NOSIGNAL`): the sockets themselves never
     // raise `SIGPIPE` there.
     #[cfg(target_vendor = "apple")]
@@ -864,70 +856,70 @@ pub(crate) fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
 
 /// The flag that keeps a `send` on a channel from raising `SIGPIPE` (`MSG_NOSIGNAL`); a
 /// peer that is gone gives `EPIPE` instead. Apple systems have no such flag: there the
-/// channels of [`seqpacket_pair`] are made `SO_NOSIGPIPE` when created, to the same
+/// channels of [`channel_pair`] are made `SO_NOSIGPIPE` when created, to the same
 /// effect, and the flag is empty.
 #[cfg(not(target_vendor = "apple"))]
 const NOSIGNAL: SendFlags = SendFlags::NOSIGNAL;
 #[cfg(target_vendor = "apple")]
 const NOSIGNAL: SendFlags = SendFlags::empty();
 
-/// Sends `message` as one record on `socket`, a channel of [`seqpacket_pair`], without
-/// raising `SIGPIPE` (`EPIPE` if the peer is gone); with `dont_wait`, `WouldBlock` instead
-/// of waiting for room.
-pub(crate) fn send_record(
+/// The most descriptors one `send` attaches, and one `recvmsg` of [`recv_with_fds`] takes.
+pub(crate) const MAX_FDS: usize = 4;
+
+/// Sends what it can of `bytes` on `socket`, a channel of [`channel_pair`], with `fds`
+/// attached to the first byte (`SCM_RIGHTS`: the receiver gets its own descriptors of the
+/// same open files), and returns how many bytes went; `fds` went with them if that is not
+/// 0. Never raises `SIGPIPE` (see `NOSIGNAL`): a peer that is gone gives `EPIPE`. With
+/// `dont_wait`, or on a non-blocking `socket`, `WouldBlock` when there is no room: nothing
+/// was sent then.
+pub(crate) fn send_part(
     socket: BorrowedFd<'_>,
-    message: &[u8],
+    bytes: &[u8],
+    fds: &[BorrowedFd<'_>],
     dont_wait: bool,
-) -> io::Result<()> {
+) -> io::Result<usize> {
+    if fds.len() > MAX_FDS {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "{} descriptors in one message (at most {MAX_FDS})",
+                fds.len()
+            ),
+        ));
+    }
     let flags = if dont_wait {
         NOSIGNAL | SendFlags::DONTWAIT
     } else {
         NOSIGNAL
     };
-    rustix::net::send(socket, message, flags)
-        .map(drop)
-        .map_err(io::Error::from)
-}
-
-/// Sends `message` as one record on `socket` with `fd` attached (`SCM_RIGHTS`): the
-/// receiver gets its own descriptor of the same open socket. Never raises `SIGPIPE`
-/// (see `NOSIGNAL`): a peer that is gone gives `EPIPE`. A non-blocking `socket` may fail
-/// with `WouldBlock`; nothing was sent then.
-pub(crate) fn send_with_fd(
-    socket: BorrowedFd<'_>,
-    message: &[u8],
-    fd: BorrowedFd<'_>,
-) -> io::Result<()> {
-    let fds = [fd];
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
     let mut control = SendAncillaryBuffer::new(&mut space);
-    if !control.push(SendAncillaryMessage::ScmRights(&fds)) {
-        // Not reached: `space` is sized for one descriptor.
+    if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
+        // Not reached: `space` is sized for `MAX_FDS` descriptors.
         return Err(io::Error::other(
-            "no room for the descriptor's control message",
+            "no room for the descriptors' control message",
         ));
     }
-    let iov = [IoSlice::new(message)];
-    // A SOCK_SEQPACKET record is sent whole or not at all.
-    retry_rustix(|| rustix::net::sendmsg(socket, &iov, &mut control, NOSIGNAL)).map(drop)
+    let iov = [IoSlice::new(bytes)];
+    retry_rustix(|| rustix::net::sendmsg(socket, &iov, &mut control, flags))
 }
 
-/// One record read by [`recv_with_fds`].
+/// What one [`recv_with_fds`] read.
 #[derive(Debug)]
 pub(crate) struct Record {
-    /// The bytes of the record that fit the buffer.
+    /// The bytes read (of a `SOCK_SEQPACKET` record: those that fit the buffer).
     pub(crate) len: usize,
-    /// The descriptors that came with it, close-on-exec and owned by this process now.
+    /// The descriptors that came with it, close-on-exec and owned by this process now
+    /// (those past [`MAX_FDS`] were closed by the kernel).
     pub(crate) fds: Vec<OwnedFd>,
-    /// The record, or its descriptors, did not fit: what did not fit is lost (descriptors
-    /// that did not fit were closed by the kernel).
-    pub(crate) truncated: bool,
 }
 
-/// Reads one record from `socket` into `buf`, with up to four descriptors attached to it,
-/// received close-on-exec (`MSG_CMSG_CLOEXEC`). A record of length 0 without descriptors
-/// is the end of the stream (the peer closed its end). A non-blocking `socket` may fail
-/// with `WouldBlock`.
+/// Reads from `socket` into `buf`, with up to [`MAX_FDS`] descriptors that came with the
+/// bytes read, received close-on-exec (`MSG_CMSG_CLOEXEC`): on a stream, at most `buf.len()`
+/// bytes (the kernel attaches descriptors to the first byte of the send that carried them,
+/// so a reader that never asks past the end of a message gets only that message's); on a
+/// `SOCK_SEQPACKET` socket, one record. 0 bytes without descriptors is the end of the
+/// stream (the peer closed its end). A non-blocking `socket` may fail with `WouldBlock`.
 ///
 /// Apple systems have no `MSG_CMSG_CLOEXEC`: there each descriptor is made close-on-exec
 /// right after `recvmsg` returns. That leaves a window: a process that another thread
@@ -935,7 +927,6 @@ pub(crate) struct Record {
 /// keeps a connection open that this process closes. (Every spawn of endless itself
 /// passes its fds explicitly; the window concerns other code of the application.)
 pub(crate) fn recv_with_fds(socket: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Record> {
-    const MAX_FDS: usize = 4;
     #[cfg(not(target_vendor = "apple"))]
     const FLAGS: RecvFlags = RecvFlags::CMSG_CLOEXEC;
     #[cfg(target_vendor = "apple")]
@@ -960,18 +951,28 @@ pub(crate) fn recv_with_fds(socket: BorrowedFd<'_>, buf: &mut [u8]) -> io::Resul
     Ok(Record {
         len: msg.bytes,
         fds,
-        truncated: msg
-            .flags
-            .intersects(ReturnFlags::TRUNC | ReturnFlags::CTRUNC),
     })
 }
 
 /// Blocks until `fd` is readable (or, with `write`, writable), or in error or hung up
 /// (the next operation then reports it).
 pub(crate) fn wait_fd(fd: BorrowedFd<'_>, write: bool) -> io::Result<()> {
+    wait_fd_for(fd, write, None).map(drop)
+}
+
+/// [`wait_fd`] for at most `timeout` (`None`: without limit); whether `fd` became ready.
+pub(crate) fn wait_fd_for(
+    fd: BorrowedFd<'_>,
+    write: bool,
+    timeout: Option<std::time::Duration>,
+) -> io::Result<bool> {
     let events = if write { PollFlags::OUT } else { PollFlags::IN };
     let mut pollfd = [PollFd::from_borrowed_fd(fd, events)];
-    retry_rustix(|| rustix::event::poll(&mut pollfd, None)).map(drop)
+    let timeout = timeout
+        .map(rustix::time::Timespec::try_from)
+        .transpose()
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "timeout out of range"))?;
+    retry_rustix(|| rustix::event::poll(&mut pollfd, timeout.as_ref())).map(|n| n > 0)
 }
 
 // ---------------------------------------------------------------------------------------

@@ -2,11 +2,12 @@
 //!
 //! The wire format and the order of the exchange are [`endless_core::takeover`]'s; this
 //! module moves the sockets. The channel is the new generation's readiness channel, a
-//! `SOCK_SEQPACKET` socketpair created for that child alone (no path on disk, so no
+//! Unix stream socketpair created for that child alone (no path on disk, so no
 //! permissions to get wrong): the child writes its "ready" line on it and keeps it; the old
 //! generation then sends one [`Offer`] per connection with the socket attached
-//! (`SCM_RIGHTS`) and waits for the [`Reply`] before it sends the next. Received sockets are
-//! close-on-exec (`MSG_CMSG_CLOEXEC`).
+//! (`SCM_RIGHTS`) and waits for the [`Reply`] before it sends the next. Each message says
+//! its own length; the channel module (private) sends each whole and reads each with only
+//! its own socket. Received sockets are close-on-exec (`MSG_CMSG_CLOEXEC`).
 //!
 //! Each side runs one plain thread for the channel, so the same code serves every runtime:
 //! a takeover is rare, sequential and short.
@@ -31,7 +32,7 @@ use endless_core::Departure;
 use endless_core::takeover::{FrameError, MAX_OFFER_LEN, Offer, Outcome, RefuseReason, Reply};
 use rustix::io::Errno;
 
-use crate::sys;
+use crate::channel::Channel;
 use crate::tracker::ConnectionGuard;
 
 /// Why a connection was not handed over.
@@ -161,6 +162,7 @@ impl Outbox {
     /// dropped, shutting down the sending side of the channel: the new generation's
     /// receivers end, and it can still say that it departs.
     pub(crate) fn start(channel: OwnedFd, replies: Replies, successor: u32) -> io::Result<Self> {
+        let channel = Channel::new(channel)?;
         let (jobs, queue) = async_channel::unbounded::<(Outgoing, Done)>();
         let open = Arc::new(AtomicBool::new(true));
         let flag = Arc::clone(&open);
@@ -210,7 +212,7 @@ impl Outbox {
 }
 
 fn send_loop(
-    channel: &OwnedFd,
+    channel: &Channel,
     replies: &Replies,
     successor: u32,
     queue: &async_channel::Receiver<(Outgoing, Done)>,
@@ -231,12 +233,11 @@ fn send_loop(
             fail(HandOverFailure::ChannelClosed, Some((fd, guard)));
             continue;
         }
-        if let Err(e) = send_blocking(channel, &message, &fd) {
-            if sys::is_errno(&e, Errno::MSGSIZE) {
-                // Too big for the socket buffer: this one stays; the channel is fine.
-                fail(HandOverFailure::Io(e), Some((fd, guard)));
-                continue;
-            }
+        // On a stream no message is too big for the socket's buffer: the send waits for the
+        // new generation to read the first part. An error leaves the message cut short, and
+        // the channel of no use: the new generation never answers a message it did not
+        // read whole, so it never took this connection.
+        if let Err(e) = channel.send(&message, Some(fd.as_fd())) {
             open.store(false, Ordering::SeqCst);
             tracing::warn!(successor, error = %e, "the takeover channel broke");
             fail(HandOverFailure::ChannelClosed, Some((fd, guard)));
@@ -294,26 +295,14 @@ fn send_loop(
     tracing::info!(successor, sent, refused, "connection handover ended");
 }
 
-/// Sends one record with `fd`, waiting while the (non-blocking) channel is full.
-fn send_blocking(channel: &OwnedFd, message: &[u8], fd: &OwnedFd) -> io::Result<()> {
-    loop {
-        match sys::send_with_fd(channel.as_fd(), message, fd.as_fd()) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                sys::wait_fd(channel.as_fd(), true)?;
-            }
-            other => return other,
-        }
-    }
-}
-
 /// The new side's last message to the old one: this process goes, and why
 /// ([`endless_core::Action::Depart`]). `EPIPE` if the old one is gone.
-pub(crate) fn depart(channel: &OwnedFd, how: Departure) -> io::Result<()> {
+pub(crate) fn depart(channel: &Channel, how: Departure) -> io::Result<()> {
     let message = endless_core::takeover::encode_departure(how);
     // A few bytes on a channel that carries only replies this way: room in practice; a
     // full one costs the departure, and the old generation then falls back only on a
     // crash status.
-    sys::send_record(channel.as_fd(), &message, true)
+    channel.try_send(&message)
 }
 
 /// One connection offered to this process by the previous generation. Answer it with
@@ -322,7 +311,7 @@ pub(crate) fn depart(channel: &OwnedFd, how: Departure) -> io::Result<()> {
 pub struct Incoming {
     offer: Offer,
     fd: Option<OwnedFd>,
-    channel: Arc<OwnedFd>,
+    channel: Arc<Channel>,
 }
 
 impl fmt::Debug for Incoming {
@@ -392,10 +381,11 @@ impl Drop for Incoming {
     }
 }
 
-fn reply(channel: &OwnedFd, id: u64, outcome: Outcome) -> io::Result<()> {
+fn reply(channel: &Channel, id: u64, outcome: Outcome) -> io::Result<()> {
     let message = Reply { id, outcome }.encode();
-    // A reply is a few bytes on a blocking channel: it does not wait in practice.
-    sys::send_record(channel.as_fd(), &message, false)
+    // A few bytes, which the old generation reads as they come: it does not wait in
+    // practice.
+    channel.send(&message, None)
 }
 
 /// The connections this process receives under one name, from the previous generation.
@@ -479,9 +469,9 @@ impl Receivers {
 /// every [`Inbox`]; it keeps the channel, for this process to say that it departs
 /// ([`depart`], through the returned reference), until the old side is gone.
 pub(crate) fn receive(
-    channel: OwnedFd,
+    channel: Channel,
     senders: HashMap<String, async_channel::Sender<Incoming>>,
-) -> io::Result<std::sync::Weak<OwnedFd>> {
+) -> io::Result<std::sync::Weak<Channel>> {
     let channel = Arc::new(channel);
     let kept = Arc::downgrade(&channel);
     std::thread::Builder::new()
@@ -499,37 +489,29 @@ pub(crate) fn receive(
     Ok(kept)
 }
 
-fn receive_loop(channel: Arc<OwnedFd>, senders: &HashMap<String, async_channel::Sender<Incoming>>) {
-    let mut buf = vec![0u8; MAX_OFFER_LEN + 1];
+fn receive_loop(channel: Arc<Channel>, senders: &HashMap<String, async_channel::Sender<Incoming>>) {
+    let mut buf = Vec::with_capacity(MAX_OFFER_LEN + 1);
     let mut received = 0u64;
     loop {
-        let record = match sys::recv_with_fds(channel.as_fd(), &mut buf) {
-            Ok(record) => record,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                if let Err(e) = sys::wait_fd(channel.as_fd(), false) {
-                    tracing::error!(error = %e, "cannot wait on the takeover channel");
-                    break;
-                }
-                continue;
-            }
+        let fds = match channel.recv(&mut buf) {
+            Ok(Some(fds)) => fds,
+            Ok(None) => break, // the previous generation is done
+            // A stream that cannot be split into messages any more: the exchange cannot
+            // go on. Ending it leaves every connection not yet taken with the previous
+            // generation (the descriptors read so far are closed).
             Err(e) => {
                 tracing::error!(error = %e, "the takeover channel failed");
                 break;
             }
         };
-        if record.len == 0 && record.fds.is_empty() {
-            break; // the previous generation is done
-        }
         let refuse = |id: u64, reason: RefuseReason| {
             tracing::warn!(id, %reason, "refused a connection offered by the previous generation");
             let _ = reply(&channel, id, Outcome::Refused(reason));
         };
-        let offer = match Offer::decode(&buf[..record.len]) {
-            Ok(offer) if !record.truncated => offer,
-            Ok(offer) => {
-                refuse(offer.id, RefuseReason::Malformed);
-                continue;
-            }
+        // A record longer than any offer (`SOCK_SEQPACKET`) does not decode: it is longer
+        // than its fields declare.
+        let offer = match Offer::decode(&buf) {
+            Ok(offer) => offer,
             Err(e) => {
                 tracing::warn!(error = %e, "malformed takeover offer");
                 match e.id() {
@@ -543,7 +525,7 @@ fn receive_loop(channel: Arc<OwnedFd>, senders: &HashMap<String, async_channel::
                 }
             }
         };
-        let mut fds = record.fds;
+        let mut fds = fds;
         let (Some(fd), true) = (fds.pop(), fds.is_empty()) else {
             refuse(offer.id, RefuseReason::BadSocket);
             continue;
@@ -578,6 +560,7 @@ fn receive_loop(channel: Arc<OwnedFd>, senders: &HashMap<String, async_channel::
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sys;
     use crate::tracker::Tracker;
     use endless_core::takeover::{StreamKind, Upstream, encode_offer};
     use futures_lite::future::block_on;
@@ -610,20 +593,13 @@ mod tests {
         let channel = channel.try_clone().unwrap();
         let (to, replies) = async_channel::unbounded();
         std::thread::spawn(move || {
-            let mut buf = [0u8; 64];
+            let channel = Channel::new(channel).unwrap();
+            let mut buf = Vec::new();
             loop {
-                let record = match sys::recv_with_fds(channel.as_fd(), &mut buf) {
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        sys::wait_fd(channel.as_fd(), false).unwrap();
-                        continue;
-                    }
-                    Err(_) => return,
-                    Ok(record) => record,
-                };
-                if record.len == 0 && record.fds.is_empty() {
+                if !matches!(channel.recv(&mut buf), Ok(Some(_))) {
                     return;
                 }
-                let reply = match Upstream::decode(&buf[..record.len]) {
+                let reply = match Upstream::decode(&buf) {
                     Ok(Upstream::Reply(reply)) => Ok(reply),
                     other => Err(io::Error::other(format!("{other:?}"))),
                 };
@@ -642,12 +618,12 @@ mod tests {
 
     /// An old side and a new side on one socketpair; the new side has a receiver "ping".
     fn sides() -> (Outbox, Inbox) {
-        let (old, new) = sys::seqpacket_pair().unwrap();
+        let (old, new) = sys::channel_pair().unwrap();
         sys::set_nonblocking(old.as_fd()).unwrap();
         let outbox = outbox(old);
         let mut receivers = Receivers::new();
         let inbox = receivers.register("ping").unwrap();
-        receive(new, receivers.close()).unwrap();
+        receive(Channel::new(new).unwrap(), receivers.close()).unwrap();
         (outbox, inbox)
     }
 
@@ -730,7 +706,7 @@ mod tests {
 
     #[test]
     fn a_new_generation_that_is_gone_leaves_every_connection_here() {
-        let (old, new) = sys::seqpacket_pair().unwrap();
+        let (old, new) = sys::channel_pair().unwrap();
         let outbox = outbox(old);
         drop(new);
         let tracker = Tracker::new();
@@ -746,20 +722,45 @@ mod tests {
     /// The new side refuses malformed offers one by one and goes on.
     #[test]
     fn malformed_offers_cost_one_connection_each() {
-        let (old, new) = sys::seqpacket_pair().unwrap();
+        malformed_offers(sys::channel_pair().unwrap());
+    }
+
+    /// The same on a `SOCK_SEQPACKET` channel, as a parent built with an earlier endless
+    /// makes it.
+    #[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
+    #[test]
+    fn malformed_offers_cost_one_connection_each_on_records() {
+        let (a, b) =
+            socket2::Socket::pair(socket2::Domain::UNIX, socket2::Type::SEQPACKET, None).unwrap();
+        malformed_offers((a.into(), b.into()));
+    }
+
+    /// A stream the new side cannot split ends the exchange: every connection not yet
+    /// taken stays with the old side, which sees the end before any answer.
+    #[test]
+    fn garbage_ends_the_exchange() {
+        let (old, new) = sys::channel_pair().unwrap();
         let mut receivers = Receivers::new();
         let inbox = receivers.register("ping").unwrap();
-        receive(new, receivers.close()).unwrap();
-        let mut buf = [0u8; 64];
+        receive(Channel::new(new).unwrap(), receivers.close()).unwrap();
+        let old = Channel::new(old).unwrap();
+        let (_client, server) = tcp_pair();
+        old.send(b"EDLS\x01\x07 garbage", Some(server.as_fd()))
+            .unwrap();
+        assert!(block_on(inbox.next()).is_none(), "the receivers end");
+        drop(old);
+    }
+
+    fn malformed_offers((old, new): (OwnedFd, OwnedFd)) {
+        let mut receivers = Receivers::new();
+        let inbox = receivers.register("ping").unwrap();
+        receive(Channel::new(new).unwrap(), receivers.close()).unwrap();
+        let old = Channel::new(old).unwrap();
+        let mut buf = Vec::new();
         let mut exchange = |message: &[u8], fd: Option<BorrowedFd<'_>>| {
-            match fd {
-                Some(fd) => sys::send_with_fd(old.as_fd(), message, fd).unwrap(),
-                None => {
-                    socket2::SockRef::from(&old).send(message).unwrap();
-                }
-            }
-            let record = sys::recv_with_fds(old.as_fd(), &mut buf).unwrap();
-            Reply::decode(&buf[..record.len]).unwrap()
+            old.send(message, fd).unwrap();
+            old.recv(&mut buf).unwrap().unwrap();
+            Reply::decode(&buf).unwrap()
         };
         let offer = |id: u64| Offer {
             id,

@@ -613,6 +613,45 @@ fn the_departure_is_read_before_the_exit_even_when_both_arrive_at_once() {
     assert!(s.exit().is_some());
 }
 
+/// The channel is a stream: the readiness line and the messages after it arrive in any
+/// chunks, a message split between two reads, or sharing one with the line.
+#[test]
+fn messages_are_split_from_the_stream_whatever_its_chunks() {
+    let s = Server::start(Server::config().probation(PROBATION));
+    s.rt.signal(Signal::HUP);
+    let child = s.rt.last_child();
+    let mut stream = ready::message(child);
+    stream.extend(endless_core::takeover::encode_departure(
+        endless_core::Departure::Stopping,
+    ));
+    let line = ready::message(child).len();
+    s.rt.with_child(child, |c| {
+        c.channel.push_back(Chunk::Bytes(stream[..line + 5].to_vec()));
+    });
+    assert!(!s.handle.is_accepting(), "ready");
+    assert!(!s.saw(|e| matches!(e, Event::SuccessorDeparted { .. })));
+    assert_eq!(s.exit(), None, "in probation");
+    s.rt.with_child(child, |c| {
+        c.channel.push_back(Chunk::Bytes(stream[line + 5..].to_vec()));
+    });
+    assert!(s.saw(|e| matches!(e, Event::SuccessorDeparted { pid, .. } if *pid == child)));
+    assert!(s.exit().is_some(), "the departure ends the probation");
+}
+
+/// Bytes that cannot start a message end the reading of the channel; the child's exit is
+/// still known, and a crash still takes the service back.
+#[test]
+fn garbage_after_the_readiness_line_ends_the_reading_not_the_fallback() {
+    let (s, child) = in_probation();
+    s.rt.with_child(child, |c| {
+        c.channel.push_back(Chunk::Bytes(b"garbage".to_vec()));
+    });
+    assert_eq!(s.exit(), None);
+    s.rt.exit(child, ExitStatus::from_raw(9));
+    assert!(s.saw(|e| matches!(e, Event::TookServiceBack { pid, .. } if *pid == child)));
+    assert!(s.handle.is_accepting());
+}
+
 #[test]
 fn the_probation_ends_on_the_runtime_clock() {
     let (s, _child) = in_probation();
