@@ -10,16 +10,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll, Waker};
 
-use endless_tokio::Tracker;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use endless_unix::Tracker;
+use endless_unix::adapter::Stream;
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::Server;
 use crate::h2_shutdown;
+use crate::rt::HttpRuntime;
 use crate::service::{BoxError, ConnState, DrainAware, HttpService, ResponseBody, poll_draining};
 use crate::takeover::{self, IntoStream};
 
-impl Server {
+impl<N: HttpRuntime> Server<N> {
     /// Logs how a connection ended, in the process's span.
     fn log_end(&self, result: Result<(), BoxError>) {
         if let Err(e) = result {
@@ -36,7 +38,7 @@ impl Server {
         service: S,
         mut closing: Closing,
     ) where
-        T: IntoStream + AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        T: IntoStream<N> + AsyncRead + AsyncWrite + Unpin + Send + 'static,
         S: HttpService<B>,
         B: ResponseBody,
     {
@@ -50,7 +52,7 @@ impl Server {
         };
         let io = TokioIo::new(takeover::Watched::new(io, Arc::clone(&idle)));
         let mut http1 = hyper::server::conn::http1::Builder::new();
-        http1.timer(TokioTimer::new());
+        http1.timer(N::timer());
         let mut conn = http1.serve_connection(io, counted).with_upgrades();
         if let Some(result) = (UntilClosing {
             conn: Pin::new(&mut conn),
@@ -92,7 +94,7 @@ impl Server {
         tokio::select! {
             biased;
             result = &mut conn => return self.log_end(result.map_err(Into::into)),
-            () = tokio::time::sleep(self.idle_grace) => {}
+            () = N::sleep(self.idle_grace) => {}
         }
         Pin::new(&mut conn).graceful_shutdown();
         self.log_end(conn.await.map_err(Into::into));
@@ -103,12 +105,12 @@ impl Server {
     /// does not take it.
     async fn hand_over_h1<T, S, B>(
         &self,
-        takeover: &takeover::Takeover,
+        takeover: &takeover::Takeover<N>,
         stream: T,
         unconsumed: Vec<u8>,
         service: S,
     ) where
-        T: IntoStream,
+        T: IntoStream<N>,
         S: HttpService<B>,
         B: ResponseBody,
     {
@@ -131,12 +133,12 @@ impl Server {
         // Drained as usual, from where it was.
         let prefix = bytes::Bytes::from(unconsumed);
         match back {
-            endless_tokio::Stream::Tcp(io) => {
-                let io = takeover::Prefixed::new(prefix, io);
+            Stream::Tcp(io) => {
+                let io = takeover::Prefixed::new(prefix, N::tcp_io(io));
                 self.http(io, service, Closing::fired()).await;
             }
-            endless_tokio::Stream::Unix(io) => {
-                let io = takeover::Prefixed::new(prefix, io);
+            Stream::Unix(io) => {
+                let io = takeover::Prefixed::new(prefix, N::unix_io(io));
                 self.http(io, service, Closing::fired()).await;
             }
         }
@@ -153,9 +155,10 @@ impl Server {
             inner: service.into_connection(),
             state: Arc::clone(&state),
         };
-        let conn = self
-            .builder
-            .serve_connection_with_upgrades(TokioIo::new(h2_shutdown::PongDelay::new(io)), service);
+        let conn = self.builder.serve_connection_with_upgrades(
+            TokioIo::new(h2_shutdown::PongDelay::new(io, N::sleep)),
+            service,
+        );
         tokio::pin!(conn);
 
         // Polled at every wake of the connection: a `select!` there (and the channel it
@@ -175,7 +178,7 @@ impl Server {
             tokio::select! {
                 biased;
                 result = Draining(conn.as_mut()) => return self.log_end(result),
-                () = tokio::time::sleep(self.idle_grace) => {}
+                () = N::sleep(self.idle_grace) => {}
             }
         }
         // HTTP/2: GOAWAY, streams in flight complete. HTTP/1: closes now if idle, else after
@@ -319,12 +322,15 @@ impl Closers {
 
     /// Closers that fire when `tracker` starts closing, and start afresh when it serves
     /// again (a fallback).
-    pub(crate) fn watch(tracker: Tracker) -> Self {
+    pub(crate) fn watch(
+        tracker: Tracker,
+        spawn: impl FnOnce(Pin<Box<dyn Future<Output = ()> + Send>>),
+    ) -> Self {
         let closers = Self {
             current: Arc::default(),
         };
         let current = Arc::clone(&closers.current);
-        tokio::spawn(async move {
+        spawn(Box::pin(async move {
             loop {
                 tracker.closing().await;
                 let shared = Arc::clone(&lock(&current));
@@ -339,7 +345,7 @@ impl Closers {
                 tracker.serving().await;
                 *lock(&current) = Arc::default();
             }
-        });
+        }));
         closers
     }
 
@@ -427,7 +433,7 @@ mod tests {
             .unwrap();
         rt.block_on(async {
             let tracker = Tracker::new();
-            let closers = Closers::watch(tracker.clone());
+            let closers = Closers::watch(tracker.clone(), |task| drop(tokio::spawn(task)));
             let mut waiting = closers.register();
             let mut idle = closers.register();
             let task = tokio::spawn(async move {

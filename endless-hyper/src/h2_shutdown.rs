@@ -37,8 +37,9 @@ enum Mode {
     Off,
 }
 
-/// A stream that holds back the client's acknowledgement of h2's shutdown PING.
-pub(crate) struct PongDelay<T> {
+/// A stream that holds back the client's acknowledgement of h2's shutdown PING, for the
+/// time a sleep of the runtime (`S`, made by `sleep`) takes.
+pub(crate) struct PongDelay<T, S> {
     inner: T,
     mode: Mode,
     /// Read from `inner`, not delivered yet.
@@ -47,14 +48,16 @@ pub(crate) struct PongDelay<T> {
     ready: usize,
     /// Bytes of the current frame's payload still to come (deliverable as they come).
     frame_left: usize,
-    held: Option<(Vec<u8>, Pin<Box<tokio::time::Sleep>>)>,
+    held: Option<(Vec<u8>, Pin<Box<S>>)>,
+    sleep: fn(Duration) -> S,
     eof: bool,
 }
 
-impl<T> PongDelay<T> {
-    pub(crate) fn new(inner: T) -> Self {
+impl<T, S: Future<Output = ()>> PongDelay<T, S> {
+    pub(crate) fn new(inner: T, sleep: fn(Duration) -> S) -> Self {
         Self {
             inner,
+            sleep,
             mode: Mode::Preface,
             buf: Vec::new(),
             ready: 0,
@@ -109,7 +112,7 @@ impl<T> PongDelay<T> {
                         if rest[9..17] == SHUTDOWN && self.held.is_none() {
                             let frame: Vec<u8> =
                                 self.buf.drain(self.ready..self.ready + 17).collect();
-                            self.held = Some((frame, Box::pin(tokio::time::sleep(HOLD))));
+                            self.held = Some((frame, Box::pin((self.sleep)(HOLD))));
                             continue;
                         }
                     }
@@ -138,7 +141,7 @@ impl<T> PongDelay<T> {
     }
 }
 
-impl<T: AsyncRead + Unpin> AsyncRead for PongDelay<T> {
+impl<T: AsyncRead + Unpin, S: Future<Output = ()>> AsyncRead for PongDelay<T, S> {
     #[inline]
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -156,7 +159,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for PongDelay<T> {
     }
 }
 
-impl<T: AsyncRead + Unpin> PongDelay<T> {
+impl<T: AsyncRead + Unpin, S: Future<Output = ()>> PongDelay<T, S> {
     /// Reads while the protocol is being recognised, and under HTTP/2.
     #[inline(never)]
     fn poll_read_frames(
@@ -208,7 +211,7 @@ impl<T: AsyncRead + Unpin> PongDelay<T> {
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for PongDelay<T> {
+impl<T: AsyncWrite + Unpin, S> AsyncWrite for PongDelay<T, S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -249,7 +252,7 @@ mod tests {
 
     async fn through(input: Vec<u8>) -> Vec<u8> {
         let mut out = Vec::new();
-        PongDelay::new(input.as_slice())
+        PongDelay::new(input.as_slice(), tokio::time::sleep)
             .read_to_end(&mut out)
             .await
             .unwrap();

@@ -2,7 +2,9 @@
 //! zero-downtime restarts, over HTTP/1.1 and HTTP/2, cleartext or TLS, on TCP or Unix
 //! sockets.
 //!
-//! Built on [endless-tokio](endless_tokio): on `SIGHUP` a new generation of the server
+//! On tokio (endless-tokio's listeners, the default feature `runtime-tokio`) or on smol and
+//! async-std (endless-smol's, feature `runtime-smol`): see [`rt`]. On `SIGHUP` a new
+//! generation of the server
 //! starts with the listening sockets; once it is ready, this one stops accepting and
 //! drains. The drain is where every other library we know of fails requests: it closes
 //! idle keep-alive connections while the client's next request is already on its way.
@@ -115,16 +117,56 @@
 //! Kubernetes' readiness and liveness probes, or a load balancer's health check. See
 //! [`probe`].
 //!
+//! # smol and async-std
+//!
+//! With the `runtime-smol` feature, the same server runs on async-io: the runtime is the
+//! listener's, so the line that serves is the same. Connections run on smol's executor,
+//! or on the application's with [`Server::spawner`] (async-std's):
+//!
+//! ```
+//! # #[cfg(not(feature = "runtime-smol"))]
+//! # fn main() {}
+//! # #[cfg(feature = "runtime-smol")]
+//! # fn main() -> std::io::Result<()> {
+//! use endless_hyper::Server;
+//! use endless_smol::Endless;
+//! # use smol::io::{AsyncReadExt, AsyncWriteExt};
+//!
+//! smol::block_on(async {
+//!     let endless = Endless::start()?;
+//!     let listener = endless.tcp_listener("http", "127.0.0.1:0")?;
+//! #   let addr = listener.local_addr()?;
+//!     let app = axum::Router::new().route("/", axum::routing::get(|| async { "hello\n" }));
+//!     Server::new().serve(listener, app);
+//!     endless.ready();
+//! #   let mut client = smol::net::TcpStream::connect(addr).await?;
+//! #   client.write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await?;
+//! #   let mut response = String::new();
+//! #   client.read_to_string(&mut response).await?;
+//! #   assert!(response.ends_with("hello\n"), "{response}");
+//! #   endless.request(endless_smol::Request::Stop);
+//!     let exit = endless.run().await;
+//! #   assert_eq!(exit.code, 0);
+//! #   return Ok(());
+//!     std::process::exit(exit.code);
+//! })
+//! # }
+//! ```
+//!
 //! # Features
 //!
-//! - `tls`: TLS through tokio-rustls (`Server::tls`, the `tls` module). Off by default.
+//! - `runtime-tokio` (default): serving endless-tokio's listeners.
+//! - `runtime-smol`: serving endless-smol's listeners (smol, async-std).
+//! - `tls`: TLS through tokio-rustls (`Server::tls`, the `tls` module), on either runtime
+//!   (tokio-rustls needs only tokio's I/O traits, through which async-io's streams are
+//!   seen). Off by default.
 //! - `axum`: axum's `ConnectInfo` (above). Off by default.
 //!
 //! # Platforms
 //!
-//! Unix only, like endless-tokio. On other targets (Windows, …) this crate builds empty,
-//! so that an application can depend on it unconditionally; there `endless_tokio::Endless`
-//! fails to start with a typed "unsupported platform" error.
+//! Unix only, like endless-tokio and endless-smol. On other targets (Windows, …) this crate
+//! builds empty, so that an application can depend on it unconditionally; there
+//! `endless_tokio::Endless` fails to start with a typed "unsupported platform" error.
 #![warn(missing_docs)]
 // The crate docs describe the Unix API, which other targets do not have.
 #![cfg_attr(not(unix), allow(rustdoc::broken_intra_doc_links))]
@@ -138,6 +180,8 @@ mod h2_shutdown;
 mod peer;
 #[cfg(unix)]
 pub mod probe;
+#[cfg(unix)]
+pub mod rt;
 #[cfg(unix)]
 mod server;
 #[cfg(unix)]
@@ -154,7 +198,9 @@ pub use peer::{ConnectionInfo, MakeServiceFn, PeerAddr, make_service_fn};
 #[cfg(unix)]
 pub use probe::{Probes, ProbesLayer};
 #[cfg(unix)]
-pub use server::{Accept, DEFAULT_IDLE_GRACE, Server, TLS_HANDSHAKE_TIMEOUT};
+pub use rt::HttpRuntime;
+#[cfg(unix)]
+pub use server::{Accept, DEFAULT_IDLE_GRACE, Server, Serving, TLS_HANDSHAKE_TIMEOUT};
 #[cfg(unix)]
 pub use service::{BoxError, HttpService, HyperService, ResponseBody};
 #[cfg(unix)]

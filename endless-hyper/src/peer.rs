@@ -54,6 +54,7 @@ impl From<UnixSocketAddr> for PeerAddr {
     }
 }
 
+#[cfg(feature = "runtime-tokio")]
 impl From<tokio::net::unix::SocketAddr> for PeerAddr {
     fn from(addr: tokio::net::unix::SocketAddr) -> Self {
         Self::Unix(addr.into())

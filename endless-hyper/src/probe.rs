@@ -128,7 +128,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use endless_tokio::Tracker;
+use endless_unix::Tracker;
 use http::{HeaderValue, Method, Request, Response, StatusCode, Version, header};
 
 /// The readiness probe's path, unless configured.

@@ -7,14 +7,15 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use endless_tokio::{Tracked, Tracker};
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use endless_unix::Tracker;
+use endless_unix::adapter::{Endless, Stream, TcpListener, UnixListener};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::Instrument;
 
 use crate::drain::{Closers, Closing};
 use crate::peer::{ConnectionInfo, PeerAddr};
+use crate::rt::{Exec, HttpRuntime, Spawner};
 use crate::service::{BoxError, Cloned, HttpService, MakeHttpService, MakeWith, ResponseBody};
 use crate::takeover::{self, IntoStream};
 
@@ -26,39 +27,40 @@ pub const DEFAULT_IDLE_GRACE: Duration = Duration::from_secs(2);
 /// How long a TLS handshake may take.
 pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A listener that [`Server::serve`] can accept on: the endless-tokio listeners.
+/// A listener that [`Server::serve`] can accept on: endless' listeners on every runtime
+/// (`endless_tokio::TcpListener`, `endless_smol::UnixListener`, …), or a wrapper of one.
 pub trait Accept: Send + Sync + 'static {
-    /// The stream of a connection.
-    type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
-    /// The tracked stream, as [`Server::hand_over_idle`] hands it over.
-    type Tracked: IntoStream + AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    /// The runtime it accepts on, which serves its connections.
+    type Runtime: HttpRuntime;
+    /// The tracked stream of a connection, seen through tokio's I/O traits, as
+    /// [`Server::hand_over_idle`] hands it over.
+    type Tracked: IntoStream<Self::Runtime> + AsyncRead + AsyncWrite + Unpin + Send + 'static;
 
     /// The next connection, tracked for the drain, and its peer; or `None` once the
     /// process will never accept again (the contract of
-    /// [`TcpListener::accept`](endless_tokio::TcpListener::accept): it waits while the new
-    /// generation serves, and accepts again after a fallback).
+    /// [`TcpListener::accept`](endless_unix::adapter::TcpListener::accept): it waits while
+    /// the new generation serves, and accepts again after a fallback).
     fn accept(&self) -> impl Future<Output = io::Result<Option<(Self::Tracked, PeerAddr)>>> + Send;
 
     /// The tracker of the accepted connections.
     fn tracker(&self) -> &Tracker;
 
     /// The span the server logs in: endless' listeners give endless' own
-    /// ([`Endless::span`](endless_tokio::Endless::span), `endless{pid=…}`).
+    /// ([`Endless::span`](endless_unix::adapter::Endless::span), `endless{pid=…}`).
     fn span(&self) -> tracing::Span {
         tracing::Span::none()
     }
 }
 
-impl Accept for endless_tokio::TcpListener {
-    type Stream = tokio::net::TcpStream;
-    type Tracked = Tracked<tokio::net::TcpStream>;
+impl<N: HttpRuntime> Accept for TcpListener<N> {
+    type Runtime = N;
+    type Tracked = N::TcpIo;
 
     async fn accept(&self) -> io::Result<Option<(Self::Tracked, PeerAddr)>> {
         let accepted = Self::accept(self).await?;
         Ok(accepted.map(|(stream, peer)| {
-            // Small responses go out at once, as every HTTP server does it.
-            let _ = stream.set_nodelay(true);
-            (stream, PeerAddr::Tcp(peer))
+            N::set_nodelay(stream.get_ref());
+            (N::tcp_io(stream), PeerAddr::Tcp(peer))
         }))
     }
 
@@ -71,13 +73,13 @@ impl Accept for endless_tokio::TcpListener {
     }
 }
 
-impl Accept for endless_tokio::UnixListener {
-    type Stream = tokio::net::UnixStream;
-    type Tracked = Tracked<tokio::net::UnixStream>;
+impl<N: HttpRuntime> Accept for UnixListener<N> {
+    type Runtime = N;
+    type Tracked = N::UnixIo;
 
     async fn accept(&self) -> io::Result<Option<(Self::Tracked, PeerAddr)>> {
         let accepted = Self::accept(self).await?;
-        Ok(accepted.map(|(stream, peer)| (stream, PeerAddr::from(peer))))
+        Ok(accepted.map(|(stream, peer)| (N::unix_io(stream), N::unix_peer(peer))))
     }
 
     fn tracker(&self) -> &Tracker {
@@ -89,51 +91,106 @@ impl Accept for endless_tokio::UnixListener {
     }
 }
 
-/// Serves HTTP on endless listeners.
-#[derive(Clone)]
-pub struct Server {
-    pub(crate) builder: auto::Builder<TokioExecutor>,
-    pub(crate) idle_grace: Duration,
-    #[cfg(feature = "tls")]
-    tls: Option<tokio_rustls::TlsAcceptor>,
-    pub(crate) takeover: Option<Arc<takeover::Takeover>>,
-    /// The span of the process's lines (endless' `endless{pid=…}`), set by `serve` from the
-    /// listener. Entered only to log: entering it at every poll would cost every request.
-    pub(crate) span: tracing::Span,
+/// The fields of [`Server`], whichever its default runtime.
+macro_rules! server_struct {
+    ($($default:tt)*) => {
+        /// Serves HTTP on endless listeners, on the runtime `N` of the listeners it is given
+        /// (see [`rt`](crate::rt)): `Server::new().serve(listener, service)` on every
+        /// runtime.
+        pub struct Server<N: HttpRuntime $($default)*> {
+            pub(crate) builder: auto::Builder<Exec<N>>,
+            pub(crate) idle_grace: Duration,
+            #[cfg(feature = "tls")]
+            tls: Option<tokio_rustls::TlsAcceptor>,
+            pub(crate) takeover: Option<Arc<takeover::Takeover<N>>>,
+            pub(crate) spawner: Option<Spawner>,
+            /// The span of the process's lines (endless' `endless{pid=…}`), set by `serve`
+            /// from the listener. Entered only to log: entering it at every poll would cost
+            /// every request.
+            pub(crate) span: tracing::Span,
+        }
+    };
 }
 
-impl std::fmt::Debug for Server {
+#[cfg(feature = "runtime-tokio")]
+server_struct!(= endless_tokio::Tokio);
+#[cfg(not(feature = "runtime-tokio"))]
+server_struct!();
+
+impl<N: HttpRuntime> Clone for Server<N> {
+    fn clone(&self) -> Self {
+        Self {
+            builder: self.builder.clone(),
+            idle_grace: self.idle_grace,
+            #[cfg(feature = "tls")]
+            tls: self.tls.clone(),
+            takeover: self.takeover.clone(),
+            spawner: self.spawner.clone(),
+            span: self.span.clone(),
+        }
+    }
+}
+
+impl<N: HttpRuntime> std::fmt::Debug for Server<N> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let mut d = f.debug_struct("Server");
         d.field("idle_grace", &self.idle_grace);
         d.field("takeover", &self.takeover.as_ref().map(|t| &t.name));
+        d.field("spawner", &self.spawner.is_some());
         #[cfg(feature = "tls")]
         d.field("tls", &self.tls.is_some());
         d.finish_non_exhaustive()
     }
 }
 
-impl Default for Server {
+impl<N: HttpRuntime> Default for Server<N> {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl Server {
+impl<N: HttpRuntime> Server<N> {
     /// HTTP/1.1 and HTTP/2 (detected per connection), with upgrades, hyper's defaults
-    /// otherwise.
+    /// otherwise. The runtime is the listeners' (it is inferred from the first
+    /// [`serve`](Self::serve)).
     pub fn new() -> Self {
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder.http1().timer(TokioTimer::new());
-        builder.http2().timer(TokioTimer::new());
+        Self::with_spawner(None)
+    }
+
+    fn with_spawner(spawner: Option<Spawner>) -> Self {
+        let mut builder = auto::Builder::new(Exec::new(spawner.clone()));
+        builder.http1().timer(N::timer());
+        builder.http2().timer(N::timer());
         Self {
             builder,
             idle_grace: DEFAULT_IDLE_GRACE,
             #[cfg(feature = "tls")]
             tls: None,
             takeover: None,
+            spawner,
             span: tracing::Span::none(),
         }
+    }
+
+    /// Runs the server's tasks (the accept loop, each connection, HTTP/2 streams) with
+    /// `spawner` instead of the runtime's own spawn (`tokio::spawn`, `smol::spawn`): for an
+    /// application whose tasks run on an executor of its own, such as async-std's
+    /// (`|task| { async_std::task::spawn(task); }`). Call it first: it starts from a new
+    /// protocol builder (the options of [`builder_mut`](Self::builder_mut) set before are
+    /// lost).
+    #[must_use]
+    pub fn spawner(self, spawner: impl Fn(crate::rt::Task) + Send + Sync + 'static) -> Self {
+        Self {
+            idle_grace: self.idle_grace,
+            #[cfg(feature = "tls")]
+            tls: self.tls,
+            takeover: self.takeover,
+            ..Self::with_spawner(Some(Arc::new(spawner)))
+        }
+    }
+
+    fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+        crate::rt::spawn::<N>(self.spawner.as_ref(), task);
     }
 
     /// How long a draining HTTP/1.1 connection may stay idle before it is closed
@@ -145,7 +202,7 @@ impl Server {
     }
 
     /// hyper-util's builder, for protocol options (`http1()`, `http2()`, `http1_only()`…).
-    pub fn builder_mut(&mut self) -> &mut auto::Builder<TokioExecutor> {
+    pub fn builder_mut(&mut self) -> &mut auto::Builder<Exec<N>> {
         &mut self.builder
     }
 
@@ -163,7 +220,7 @@ impl Server {
     /// Hands idle HTTP/1.1 keep-alive connections to the new generation at a restart
     /// instead of closing them: a client that sends on one right after the restart is
     /// answered by the new generation, on the same connection. `name` is the receiver both
-    /// generations register (call this before [`ready`](endless_tokio::Endless::ready), in
+    /// generations register (call this before [`ready`](endless_unix::adapter::Endless::ready), in
     /// every generation); the connections received are served by the service of the first
     /// [`serve`](Self::serve) call.
     ///
@@ -177,11 +234,7 @@ impl Server {
     /// # Errors
     ///
     /// When the receiver cannot be registered (a second one of this name, or after ready).
-    pub fn hand_over_idle(
-        mut self,
-        endless: &endless_tokio::Endless,
-        name: &str,
-    ) -> io::Result<Self> {
+    pub fn hand_over_idle(mut self, endless: &Endless<N>, name: &str) -> io::Result<Self> {
         let connections = endless.receive_connections(name)?;
         self.takeover = Some(Arc::new(takeover::Takeover {
             name: name.to_owned(),
@@ -193,16 +246,15 @@ impl Server {
 
     /// Accepts on `listener` until the process will never accept again (it waits while the
     /// new generation serves, and accepts again if this process takes the service back),
-    /// serving each connection
-    /// with a clone of `service` on its own task; returns the accept loop's task. Call it
-    /// within the tokio runtime.
+    /// serving each connection with a clone of `service` on its own task; returns a handle
+    /// on the accept loop. On tokio, call it within the runtime.
     ///
     /// `service` is a tower service (an axum `Router`), or a hyper service wrapped in
     /// [`HyperService`](crate::HyperService): see [`HttpService`]. For the peer's address,
     /// see [`serve_with_connect_info`](Self::serve_with_connect_info).
-    pub fn serve<L, S, B>(&self, listener: L, service: S) -> tokio::task::JoinHandle<()>
+    pub fn serve<L, S, B>(&self, listener: L, service: S) -> Serving
     where
-        L: Accept,
+        L: Accept<Runtime = N>,
         S: HttpService<B>,
         B: ResponseBody,
     {
@@ -239,13 +291,9 @@ impl Server {
     /// # Ok(())
     /// # }
     /// ```
-    pub fn serve_with_connect_info<L, M, S, B>(
-        &self,
-        listener: L,
-        make_service: M,
-    ) -> tokio::task::JoinHandle<()>
+    pub fn serve_with_connect_info<L, M, S, B>(&self, listener: L, make_service: M) -> Serving
     where
-        L: Accept,
+        L: Accept<Runtime = N>,
         M: tower_service::Service<
                 ConnectionInfo,
                 Response = S,
@@ -260,9 +308,9 @@ impl Server {
         self.serve_made(listener, MakeWith(make_service))
     }
 
-    fn serve_made<L, M, B>(&self, listener: L, make: M) -> tokio::task::JoinHandle<()>
+    fn serve_made<L, M, B>(&self, listener: L, make: M) -> Serving
     where
-        L: Accept,
+        L: Accept<Runtime = N>,
         M: MakeHttpService<B>,
         B: ResponseBody,
     {
@@ -271,7 +319,7 @@ impl Server {
             span: span.clone(),
             ..self.clone()
         };
-        let closers = Closers::watch(listener.tracker().clone());
+        let closers = Closers::watch(listener.tracker().clone(), |task| self.spawn(task));
         if let Some(takeover) = &self.takeover {
             let connections = takeover
                 .connections
@@ -287,7 +335,7 @@ impl Server {
                         let prefix = bytes::Bytes::from(received.unconsumed);
                         let (server, make) = (server.clone(), make.clone());
                         let closing = closers.register();
-                        tokio::spawn(async move {
+                        server.clone().spawn(async move {
                             server
                                 .taken_over(received.stream, prefix, make, closing)
                                 .await;
@@ -297,26 +345,26 @@ impl Server {
                         tracing::info!(taken, "idle connections taken over");
                     }
                 };
-                tokio::spawn(receiving.instrument(span.clone()));
+                self.spawn(receiving.instrument(span.clone()));
             }
         }
+        let (done, stopped) = async_channel::bounded::<()>(1);
         let accepting = async move {
+            let _done = done;
             loop {
                 match listener.accept().await {
                     Ok(Some((io, peer))) => {
-                        let server = server.clone();
                         let make = make.clone();
                         let closing = closers.register();
-                        tokio::spawn(
-                            async move { server.connection(io, peer, make, closing).await },
-                        );
+                        let conn = server.clone();
+                        server.spawn(async move { conn.connection(io, peer, make, closing).await });
                     }
                     Ok(None) => break,
                     Err(e) => {
                         // Too many open files, a connection reset while queued: the listener
                         // is still good; back off a little and go on.
                         tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        N::sleep(Duration::from_millis(10)).await;
                     }
                 }
             }
@@ -324,14 +372,15 @@ impl Server {
         };
         // The accept loop runs in the span (a poll per connection accepted); a connection's
         // task does not, and enters it only to log (`Server::span`).
-        tokio::spawn(accepting.instrument(span))
+        self.spawn(accepting.instrument(span));
+        Serving { stopped }
     }
 
     /// Serves a connection received from the previous generation (HTTP/1, at a request
     /// boundary), whose peer is read from its socket.
     async fn taken_over<M, B>(
         self,
-        stream: endless_tokio::Stream,
+        stream: Stream<N>,
         prefix: bytes::Bytes,
         make: M,
         closing: Closing,
@@ -340,8 +389,8 @@ impl Server {
         B: ResponseBody,
     {
         let peer = match &stream {
-            endless_tokio::Stream::Tcp(io) => io.peer_addr().map(PeerAddr::Tcp),
-            endless_tokio::Stream::Unix(io) => io.peer_addr().map(PeerAddr::from),
+            Stream::Tcp(io) => N::tcp_peer(io.get_ref()).map(PeerAddr::Tcp),
+            Stream::Unix(io) => N::unix_peer_of(io.get_ref()),
         };
         // Only a connection whose peer is gone has no peer address: nobody to answer.
         let peer = match peer {
@@ -355,12 +404,12 @@ impl Server {
             return;
         };
         match stream {
-            endless_tokio::Stream::Tcp(io) => {
-                let io = takeover::Prefixed::new(prefix, io);
+            Stream::Tcp(io) => {
+                let io = takeover::Prefixed::new(prefix, N::tcp_io(io));
                 self.h1_takeover(io, service, closing).await;
             }
-            endless_tokio::Stream::Unix(io) => {
-                let io = takeover::Prefixed::new(prefix, io);
+            Stream::Unix(io) => {
+                let io = takeover::Prefixed::new(prefix, N::unix_io(io));
                 self.h1_takeover(io, service, closing).await;
             }
         }
@@ -368,7 +417,7 @@ impl Server {
 
     async fn connection<T, M, B>(self, io: T, peer: PeerAddr, make: M, closing: Closing)
     where
-        T: IntoStream + AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        T: IntoStream<N> + AsyncRead + AsyncWrite + Unpin + Send + 'static,
         M: MakeHttpService<B>,
         B: ResponseBody,
     {
@@ -377,13 +426,17 @@ impl Server {
         };
         #[cfg(feature = "tls")]
         if let Some(acceptor) = &self.tls {
-            let handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(io));
-            match handshake.await {
-                Ok(Ok(tls)) => self.http(tls, service, closing).await,
-                Ok(Err(e)) => self
+            let handshake = tokio::select! {
+                biased;
+                handshake = acceptor.accept(io) => Some(handshake),
+                () = N::sleep(TLS_HANDSHAKE_TIMEOUT) => None,
+            };
+            match handshake {
+                Some(Ok(tls)) => self.http(tls, service, closing).await,
+                Some(Err(e)) => self
                     .span
                     .in_scope(|| tracing::debug!(error = %e, "TLS handshake failed")),
-                Err(_) => self
+                None => self
                     .span
                     .in_scope(|| tracing::debug!("TLS handshake timed out")),
             }
@@ -423,5 +476,20 @@ where
             tracing::debug!(error = %e, ?peer, "connection refused by the make service");
             None
         }
+    }
+}
+
+/// The accept loop of a [`Server::serve`] call, serving in the background. Dropping it
+/// changes nothing (the server serves on); [`stopped`](Self::stopped) waits for the end.
+#[derive(Debug)]
+pub struct Serving {
+    stopped: async_channel::Receiver<()>,
+}
+
+impl Serving {
+    /// Resolves once the accept loop has ended: the process will never accept again (it
+    /// drains, or stops). Connections may still be served, to the end of the drain.
+    pub async fn stopped(self) {
+        let _ = self.stopped.recv().await;
     }
 }

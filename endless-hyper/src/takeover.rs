@@ -32,20 +32,22 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use endless_unix::Tracker;
+use endless_unix::adapter::{Connections, Endless, Net, Stream};
 use http::{Request, Response};
 use hyper::body::{Body, Frame, Incoming};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// What the old and the new generation agree on: the receiver's name, and where the
 /// connections received go.
-pub(crate) struct Takeover {
+pub(crate) struct Takeover<N: Net> {
     pub(crate) name: String,
-    pub(crate) endless: endless_tokio::Endless,
+    pub(crate) endless: Endless<N>,
     /// Taken by the first `serve`, which serves the connections received.
-    pub(crate) connections: Mutex<Option<endless_tokio::Connections>>,
+    pub(crate) connections: Mutex<Option<Connections<N>>>,
 }
 
-impl std::fmt::Debug for Takeover {
+impl<N: Net> std::fmt::Debug for Takeover<N> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Takeover")
             .field("name", &self.name)
@@ -53,42 +55,22 @@ impl std::fmt::Debug for Takeover {
     }
 }
 
-/// A tracked stream of an endless listener, as [`Server`](crate::Server) serves it and
-/// hands it over.
-pub trait IntoStream {
+/// A tracked stream of an endless listener on the runtime `N`, as
+/// [`Server`](crate::Server) serves it and hands it over.
+pub trait IntoStream<N: Net> {
     /// The tracker it counts in.
-    fn tracker(&self) -> endless_tokio::Tracker;
-    /// The kind-erased stream of endless-tokio.
-    fn into_stream(self) -> endless_tokio::Stream;
+    fn tracker(&self) -> Tracker;
+    /// The kind-erased stream of endless (`endless_tokio::Stream` on tokio).
+    fn into_stream(self) -> Stream<N>;
 }
 
-impl IntoStream for endless_tokio::Tracked<tokio::net::TcpStream> {
-    fn tracker(&self) -> endless_tokio::Tracker {
-        self.guard().tracker()
-    }
-
-    fn into_stream(self) -> endless_tokio::Stream {
-        endless_tokio::Stream::Tcp(self)
-    }
-}
-
-impl IntoStream for endless_tokio::Tracked<tokio::net::UnixStream> {
-    fn tracker(&self) -> endless_tokio::Tracker {
-        self.guard().tracker()
-    }
-
-    fn into_stream(self) -> endless_tokio::Stream {
-        endless_tokio::Stream::Unix(self)
-    }
-}
-
-impl<I: IntoStream> IntoStream for Prefixed<I> {
-    fn tracker(&self) -> endless_tokio::Tracker {
+impl<N: Net, I: IntoStream<N>> IntoStream<N> for Prefixed<I> {
+    fn tracker(&self) -> Tracker {
         self.inner.tracker()
     }
 
     /// Only for a prefix read in full: a handover carries the rest itself.
-    fn into_stream(self) -> endless_tokio::Stream {
+    fn into_stream(self) -> Stream<N> {
         self.inner.into_stream()
     }
 }

@@ -36,6 +36,7 @@ QUICKSTARTS = [
     ("hyper", "quickstart-hyper", "http"),
     ("axum", "quickstart-axum", "http"),
     ("smol", "quickstart-smol", "echo"),
+    ("axum on smol", "quickstart-axum-smol", "http"),
     ("async-std", "quickstart-async-std", "echo"),
 ]
 OLD_GONE_WITHIN = 10.0

@@ -4,19 +4,12 @@
 //! - [`echo`]: the echo line protocol ([`crate::echo`]) on TCP, Unix and UDP listeners.
 //! - [`pingpong`]: the pingpong protocol ([`crate::pingpong`]), whose connections move to
 //!   the next generation with their sessions (connection takeover).
-//! - [`hello`]: HTTP/1.1 with hyper, answering like the tokio HTTP examples. While the
-//!   process drains, each response says `Connection: close`, and a connection that stays
-//!   idle is closed after [`IDLE_GRACE`]: a keep-alive client learns of the drain from an
-//!   answer instead of a connection closed under its next request. (endless-hyper, which
-//!   does this and HTTP/2 on tokio, is the library form of it.)
+//!
+//! HTTP on smol and async-std is endless-hyper's, as on tokio (`crate::servers`).
 
 use std::future::Future;
 use std::io;
-use std::pin::{Pin, pin};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll, ready};
-use std::time::Duration;
+use std::pin::Pin;
 
 use async_io::{Async, Timer};
 use endless_smol::{Endless, Stream, Tracked};
@@ -28,9 +21,6 @@ use crate::{Args, ListenAddr, accept_loop, announce};
 
 /// Spawns a task on the application's runtime.
 pub type Spawn = fn(Pin<Box<dyn Future<Output = ()> + Send>>);
-
-/// How long a draining HTTP connection may stay idle before it is closed.
-pub const IDLE_GRACE: Duration = Duration::from_secs(2);
 
 /// Starts endless, serves the echo protocol on every `--listen` address, reports ready and
 /// runs the lifecycle; returns the exit code.
@@ -271,145 +261,5 @@ async fn pingpong_session<S>(
                 }
             }
         }
-    }
-}
-
-/// Starts endless, serves HTTP/1.1 on every `--listen` address (TCP and Unix), reports
-/// ready and runs the lifecycle; returns the exit code.
-pub async fn hello(args: Args, spawn: Spawn) -> i32 {
-    let endless: Endless = args.start_endless();
-    for (i, addr) in args.listen.iter().enumerate() {
-        let name = Args::listener_name(i);
-        let result = match addr {
-            ListenAddr::Tcp(a) => endless
-                .tcp_listener(&name, a.as_str())
-                .map_err(io::Error::from)
-                .and_then(|l| {
-                    announce(&name, l.local_addr()?);
-                    let serve = move |stream| spawn(Box::pin(http_connection(stream)));
-                    spawn(Box::pin(accept_loop(name.clone(), l, serve)));
-                    Ok(())
-                }),
-            ListenAddr::Unix(path) => endless
-                .unix_listener(&name, path)
-                .map_err(io::Error::from)
-                .map(|l| {
-                    announce(&name, addr);
-                    let serve = move |stream| spawn(Box::pin(http_connection(stream)));
-                    spawn(Box::pin(accept_loop(name.clone(), l, serve)));
-                }),
-            ListenAddr::Udp(_) => Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "HTTP needs a stream socket",
-            )),
-        };
-        if let Err(e) = result {
-            tracing::error!(%name, %addr, error = %e, "cannot listen");
-            return 1;
-        }
-    }
-    endless.ready();
-    args.take_ballast();
-    endless.run().await.code
-}
-
-/// Serves one HTTP/1.1 connection until the client closes it, or until the drain: then
-/// each response says `Connection: close`, and the connection is closed once idle for
-/// [`IDLE_GRACE`] (or at once after a response).
-async fn http_connection<S>(stream: Tracked<S>)
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let (stream, guard) = stream.into_parts();
-    let draining = Arc::new(AtomicBool::new(false));
-    let service = {
-        let draining = Arc::clone(&draining);
-        hyper::service::service_fn(move |req| {
-            let draining = Arc::clone(&draining);
-            async move {
-                let mut response = crate::hello_with(req, |d| async move {
-                    Timer::after(d).await;
-                })
-                .await?;
-                if draining.load(Ordering::SeqCst) {
-                    response.headers_mut().insert(
-                        hyper::header::CONNECTION,
-                        hyper::header::HeaderValue::from_static("close"),
-                    );
-                }
-                Ok::<_, std::convert::Infallible>(response)
-            }
-        })
-    };
-    let conn = hyper::server::conn::http1::Builder::new()
-        // hyper's header timeout needs a hyper timer; the drain deadline bounds a
-        // connection anyway.
-        .header_read_timeout(None)
-        .serve_connection(FuturesIo(stream), service);
-    let mut conn = pin!(conn);
-    let served = futures_lite::future::or(async { Some(conn.as_mut().await) }, async {
-        guard.closing().await;
-        None
-    })
-    .await;
-    let result = match served {
-        Some(result) => result,
-        None => {
-            draining.store(true, Ordering::SeqCst);
-            // The next response closes the connection; if none comes within the grace,
-            // close it once idle.
-            let grace = Timer::after(IDLE_GRACE);
-            let served = futures_lite::future::or(async { Some(conn.as_mut().await) }, async {
-                grace.await;
-                None
-            })
-            .await;
-            match served {
-                Some(result) => result,
-                None => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-            }
-        }
-    };
-    if let Err(e) = result {
-        tracing::debug!(error = %e, "connection ended with an error");
-    }
-    drop(guard);
-}
-
-/// A futures-io stream as hyper's I/O.
-struct FuturesIo<S>(S);
-
-impl<S: AsyncRead + Unpin> hyper::rt::Read for FuturesIo<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        mut buf: hyper::rt::ReadBufCursor<'_>,
-    ) -> Poll<io::Result<()>> {
-        let mut tmp = [0u8; 8 * 1024];
-        let len = buf.remaining().min(tmp.len());
-        let n = ready!(Pin::new(&mut self.0).poll_read(cx, &mut tmp[..len]))?;
-        buf.put_slice(&tmp[..n]);
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl<S: AsyncWrite + Unpin> hyper::rt::Write for FuturesIo<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_close(cx)
     }
 }

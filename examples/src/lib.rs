@@ -414,25 +414,78 @@ pub const USAGE: &str = "usage: SERVER [--listen ADDR|unix:PATH|udp:ADDR]... [--
 [--state-version N|none] [--ballast-mib N]
        SERVER restart --pid-file PATH [--timeout SECS] [--until-proven]";
 
+/// A task for [`hello_with`] to spawn: the echo of an upgraded connection.
+pub type Task = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+
 /// The HTTP examples' handler: `pid=<pid>` and a newline, after `?sleep=MS` milliseconds
-/// if asked.
+/// if asked. `GET /upgrade` with `Upgrade: echo` switches protocols (`101`, hyper's
+/// upgrade, as a websocket does): the connection then says `pid=<pid>` and a newline, and
+/// echoes what it receives until the client closes it, or the drain deadline does.
 pub async fn hello<B>(
     req: hyper::Request<B>,
 ) -> Result<hyper::Response<http_body_util::Full<bytes::Bytes>>, std::convert::Infallible> {
-    hello_with(req, tokio::time::sleep).await
+    hello_with(req, tokio::time::sleep, |task| drop(tokio::spawn(task))).await
 }
 
-/// [`hello`], sleeping with `sleep` (the runtime's timer).
+/// [`hello`], sleeping with `sleep` (the runtime's timer) and spawning with `spawn`.
 pub async fn hello_with<B, F: Future<Output = ()>>(
-    req: hyper::Request<B>,
+    mut req: hyper::Request<B>,
     sleep: impl FnOnce(Duration) -> F,
+    spawn: fn(Task),
 ) -> Result<hyper::Response<http_body_util::Full<bytes::Bytes>>, std::convert::Infallible> {
+    if req.uri().path() == "/upgrade" {
+        return Ok(upgrade_to_echo(&mut req, spawn));
+    }
     if let Some(ms) = sleep_ms(req.uri().query()) {
         sleep(Duration::from_millis(ms)).await;
     }
     Ok(hyper::Response::new(http_body_util::Full::new(
         bytes::Bytes::from(pid_body()),
     )))
+}
+
+/// `101 Switching Protocols` to `echo`, and the echo on the upgraded connection, on its own
+/// task; `400` without `Upgrade: echo`.
+#[cold]
+fn upgrade_to_echo<B>(
+    req: &mut hyper::Request<B>,
+    spawn: fn(Task),
+) -> hyper::Response<http_body_util::Full<bytes::Bytes>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut response = hyper::Response::new(http_body_util::Full::default());
+    if req.headers().get(hyper::header::UPGRADE)
+        != Some(&hyper::header::HeaderValue::from_static("echo"))
+    {
+        *response.status_mut() = hyper::StatusCode::BAD_REQUEST;
+        return response;
+    }
+    let upgrade = hyper::upgrade::on(req);
+    spawn(Box::pin(async move {
+        let Ok(upgraded) = upgrade.await else {
+            return;
+        };
+        let mut io = hyper_util::rt::TokioIo::new(upgraded);
+        if io.write_all(pid_body().as_bytes()).await.is_err() {
+            return;
+        }
+        let mut buf = [0u8; 1024];
+        while let Ok(n @ 1..) = io.read(&mut buf).await {
+            if io.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    }));
+    *response.status_mut() = hyper::StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert(
+        hyper::header::CONNECTION,
+        hyper::header::HeaderValue::from_static("upgrade"),
+    );
+    headers.insert(
+        hyper::header::UPGRADE,
+        hyper::header::HeaderValue::from_static("echo"),
+    );
+    response
 }
 
 /// The body every HTTP example answers with.
@@ -450,12 +503,13 @@ pub fn sleep_ms(query: Option<&str>) -> Option<u64> {
 
 /// Serves `service` on every `--listen` address with `server` (TCP and Unix; UDP is
 /// refused); exits with 1 if a listener cannot be set up.
-pub fn serve_http<S, B>(
-    endless: &endless_tokio::Endless,
+pub fn serve_http<N, S, B>(
+    endless: &Endless<N>,
     args: &Args,
-    server: &endless_hyper::Server,
+    server: &endless_hyper::Server<N>,
     service: S,
 ) where
+    N: endless_hyper::HttpRuntime,
     S: endless_hyper::HttpService<B>,
     B: endless_hyper::ResponseBody,
 {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use endless_hyper::{HyperService, Probes};
 
-use crate::{Args, futures_rt, hello, pid_body, serve_http};
+use crate::{Args, hello, hello_with, pid_body, serve_http};
 
 /// An HTTP example server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,7 +20,7 @@ pub enum HttpServer {
     Axum,
     /// `hello-tls`: `hello-hyper` over TLS (needs `--tls-cert` and `--tls-key`).
     Tls,
-    /// `hello-smol`: hyper's HTTP/1.1 on smol through endless-smol.
+    /// `hello-smol`: hyper 1.x on smol through endless-hyper, HTTP/1.1 and HTTP/2.
     Smol,
     /// `hello-async-std`: the same on async-std.
     AsyncStd,
@@ -57,8 +57,8 @@ impl HttpServer {
         match self {
             Self::Hyper | Self::Tls => "tokio + hyper",
             Self::Axum => "tokio + axum",
-            Self::Smol => "smol",
-            Self::AsyncStd => "async-std",
+            Self::Smol => "smol + hyper",
+            Self::AsyncStd => "async-std + hyper",
         }
     }
 
@@ -88,7 +88,7 @@ fn tokio_main(main: impl Future<Output = i32>) -> i32 {
 /// `GET /readyz` and `GET /livez` ([`Probes`]).
 pub fn hello_hyper(args: Args) -> i32 {
     tokio_main(async {
-        let endless = args.start_endless();
+        let endless: endless_tokio::Endless = args.start_endless();
         let hello = hyper::service::service_fn(hello);
         let server = endless_hyper::Server::new();
         if args.probes {
@@ -119,7 +119,7 @@ pub fn hello_axum(args: Args) -> i32 {
     }
 
     tokio_main(async {
-        let endless = args.start_endless();
+        let endless: endless_tokio::Endless = args.start_endless();
         let app = axum::Router::new().route("/", axum::routing::get(hello));
         let server = endless_hyper::Server::new();
         if args.probes {
@@ -154,7 +154,7 @@ pub fn hello_tls(args: Args) -> i32 {
                 return 1;
             }
         };
-        let endless = args.start_endless();
+        let endless: endless_tokio::Endless = args.start_endless();
         let server = endless_hyper::Server::new().tls(acceptor);
         let hello = hyper::service::service_fn(hello);
         if args.probes {
@@ -169,16 +169,56 @@ pub fn hello_tls(args: Args) -> i32 {
     })
 }
 
-/// `hello-smol`: hyper's HTTP/1.1 on smol ([`futures_rt::hello`]).
+/// `hello-smol`: `hello-hyper` on smol, served by endless-hyper (HTTP/1.1 and HTTP/2, the
+/// same drain); with `--probes`, the probes; with `--tls-cert` and `--tls-key`, over TLS
+/// (`hello-tls` on smol).
 pub fn hello_smol(args: Args) -> i32 {
-    smol::block_on(futures_rt::hello(args, |task| {
-        smol::spawn(task).detach();
-    }))
+    smol::block_on(hello_async_io(args, None))
 }
 
-/// `hello-async-std`: hyper's HTTP/1.1 on async-std ([`futures_rt::hello`]).
+/// `hello-async-std`: the same on async-std, whose executor runs the connections.
 pub fn hello_async_std(args: Args) -> i32 {
-    async_std::task::block_on(futures_rt::hello(args, |task| {
-        async_std::task::spawn(task);
-    }))
+    async_std::task::block_on(hello_async_io(
+        args,
+        Some(|task| {
+            async_std::task::spawn(task);
+        }),
+    ))
+}
+
+/// `hello-hyper` on async-io (smol, async-std): the connections' tasks on `spawner`, or on
+/// smol's executor.
+async fn hello_async_io(args: Args, spawner: Option<fn(endless_hyper::rt::Task)>) -> i32 {
+    let endless: endless_smol::Endless = args.start_endless();
+    let spawn: fn(endless_hyper::rt::Task) = spawner.unwrap_or(|task| smol::spawn(task).detach());
+    let hello = hyper::service::service_fn(move |req| {
+        let sleep = |duration| async move {
+            async_io::Timer::after(duration).await;
+        };
+        hello_with(req, sleep, spawn)
+    });
+    let mut server = endless_hyper::Server::new();
+    if let Some(spawner) = spawner {
+        server = server.spawner(spawner);
+    }
+    // TLS when asked for, as `hello-tls` on tokio: the same acceptor (tokio-rustls over
+    // the connection seen through tokio's I/O traits, which runs on any executor).
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        match endless_hyper::tls::acceptor_from_pem_files(cert, key) {
+            Ok(acceptor) => server = server.tls(acceptor),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot load the certificate");
+                return 1;
+            }
+        }
+    }
+    if args.probes {
+        let service = HyperService(Probes::new(hello, endless.tracker().clone()));
+        serve_http(&endless, &args, &server, service);
+    } else {
+        serve_http(&endless, &args, &server, HyperService(hello));
+    }
+    endless.ready();
+    args.take_ballast();
+    endless.run().await.code
 }

@@ -626,13 +626,15 @@ fn messages_are_split_from_the_stream_whatever_its_chunks() {
     ));
     let line = ready::message(child).len();
     s.rt.with_child(child, |c| {
-        c.channel.push_back(Chunk::Bytes(stream[..line + 5].to_vec()));
+        c.channel
+            .push_back(Chunk::Bytes(stream[..line + 5].to_vec()));
     });
     assert!(!s.handle.is_accepting(), "ready");
     assert!(!s.saw(|e| matches!(e, Event::SuccessorDeparted { .. })));
     assert_eq!(s.exit(), None, "in probation");
     s.rt.with_child(child, |c| {
-        c.channel.push_back(Chunk::Bytes(stream[line + 5..].to_vec()));
+        c.channel
+            .push_back(Chunk::Bytes(stream[line + 5..].to_vec()));
     });
     assert!(s.saw(|e| matches!(e, Event::SuccessorDeparted { pid, .. } if *pid == child)));
     assert!(s.exit().is_some(), "the departure ends the probation");
