@@ -1,5 +1,6 @@
 //! End-to-end tests of endless-hyper: the HTTP example servers (`hello-hyper`, `hello-axum`,
-//! `hello-tls`; and `hello-smol`, `hello-async-std`, HTTP/1.1 with hyper on endless-smol)
+//! `hello-tls` on tokio; `hello-smol` and `hello-async-std`, the same server through the same
+//! endless-hyper on async-io, cleartext or TLS)
 //! restarted again and again under continuous load from an in-repo client that never retries
 //! (`endless_test_support::http_client`, which says exactly what counts as a failure), over
 //! HTTP/1.1 and HTTP/2, cleartext and TLS. The bar is zero failed requests. And the probes
@@ -84,8 +85,33 @@ fn hello_smol_http1_ten_restarts_under_load() {
 }
 
 #[test]
-fn hello_async_std_http1_restarts_under_load() {
-    restarts_under_load(hello_async_std(), Transport::Cleartext, Proto::Http1, 3);
+fn hello_smol_http2_ten_restarts_under_load() {
+    restarts_under_load(hello_smol(), Transport::Cleartext, Proto::Http2, 10);
+}
+
+#[test]
+fn hello_smol_tls_http1_ten_restarts_under_load_with_new_certificates() {
+    restarts_under_load(hello_smol(), Transport::Tls, Proto::Http1, 10);
+}
+
+#[test]
+fn hello_smol_tls_http2_ten_restarts_under_load_with_new_certificates() {
+    restarts_under_load(hello_smol(), Transport::Tls, Proto::Http2, 10);
+}
+
+#[test]
+fn hello_async_std_http1_ten_restarts_under_load() {
+    restarts_under_load(hello_async_std(), Transport::Cleartext, Proto::Http1, 10);
+}
+
+#[test]
+fn hello_async_std_http2_ten_restarts_under_load() {
+    restarts_under_load(hello_async_std(), Transport::Cleartext, Proto::Http2, 10);
+}
+
+#[test]
+fn hello_async_std_tls_http2_ten_restarts_under_load_with_new_certificates() {
+    restarts_under_load(hello_async_std(), Transport::Tls, Proto::Http2, 10);
 }
 
 // ---- slow requests in flight ---------------------------------------------------------------
@@ -107,12 +133,17 @@ fn hello_axum_slow_requests_complete_across_a_restart() {
 
 #[test]
 fn hello_smol_slow_requests_complete_across_a_restart() {
-    slow_requests_complete(hello_smol(), Transport::Cleartext, &[Proto::Http1]);
+    slow_requests_complete(hello_smol(), Transport::Cleartext, BOTH);
+}
+
+#[test]
+fn hello_smol_tls_slow_requests_complete_across_a_restart() {
+    slow_requests_complete(hello_smol(), Transport::Tls, BOTH);
 }
 
 #[test]
 fn hello_async_std_slow_requests_complete_across_a_restart() {
-    slow_requests_complete(hello_async_std(), Transport::Cleartext, &[Proto::Http1]);
+    slow_requests_complete(hello_async_std(), Transport::Cleartext, BOTH);
 }
 
 // ---- the servers ---------------------------------------------------------------------------
@@ -441,6 +472,39 @@ fn hello_axum_http1_restarts_under_load_handing_idle_connections_over() {
     );
 }
 
+#[test]
+fn hello_smol_http1_ten_restarts_under_load_handing_idle_connections_over() {
+    restarts_under_load_with(
+        hello_smol(),
+        Transport::Cleartext,
+        Proto::Http1,
+        10,
+        &["--hand-over-idle"],
+    );
+}
+
+#[test]
+fn hello_async_std_http1_restarts_under_load_handing_idle_connections_over() {
+    restarts_under_load_with(
+        hello_async_std(),
+        Transport::Cleartext,
+        Proto::Http1,
+        3,
+        &["--hand-over-idle"],
+    );
+}
+
+#[test]
+fn hello_smol_http2_restarts_under_load_handing_idle_connections_over() {
+    restarts_under_load_with(
+        hello_smol(),
+        Transport::Cleartext,
+        Proto::Http2,
+        3,
+        &["--hand-over-idle"],
+    );
+}
+
 /// HTTP/2 connections of a server that hands HTTP/1 ones over are told apart by their
 /// preface, and drained with GOAWAY as usual.
 #[test]
@@ -461,9 +525,22 @@ fn hello_hyper_http2_restarts_under_load_handing_idle_connections_over() {
 /// restart.
 #[test]
 fn idle_keep_alive_connections_move_to_the_new_generation() {
+    idle_keep_alive_connections_move(hello_hyper());
+}
+
+#[test]
+fn idle_keep_alive_connections_move_to_the_new_generation_on_smol() {
+    idle_keep_alive_connections_move(hello_smol());
+}
+
+#[test]
+fn idle_keep_alive_connections_move_to_the_new_generation_on_async_std() {
+    idle_keep_alive_connections_move(hello_async_std());
+}
+
+fn idle_keep_alive_connections_move(bin: &Path) {
     const N: usize = 16;
-    let (http, _) =
-        HttpServer::start_with(hello_hyper(), Transport::Cleartext, &["--hand-over-idle"]);
+    let (http, _) = HttpServer::start_with(bin, Transport::Cleartext, &["--hand-over-idle"]);
     let server = &http.server;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -509,9 +586,17 @@ fn idle_keep_alive_connections_move_to_the_new_generation() {
 /// then — not at the drain deadline.
 #[test]
 fn a_connection_after_a_request_with_a_body_is_drained_not_moved() {
+    a_connection_after_a_request_with_a_body_is_drained(hello_hyper());
+}
+
+#[test]
+fn a_connection_after_a_request_with_a_body_is_drained_not_moved_on_smol() {
+    a_connection_after_a_request_with_a_body_is_drained(hello_smol());
+}
+
+fn a_connection_after_a_request_with_a_body_is_drained(bin: &Path) {
     use std::io::{Read, Write};
-    let (http, _) =
-        HttpServer::start_with(hello_hyper(), Transport::Cleartext, &["--hand-over-idle"]);
+    let (http, _) = HttpServer::start_with(bin, Transport::Cleartext, &["--hand-over-idle"]);
     let server = &http.server;
     let old = server.pid();
     let mut conn = std::net::TcpStream::connect(http.addr).expect("connect");
@@ -530,6 +615,102 @@ fn a_connection_after_a_request_with_a_body_is_drained_not_moved() {
     // Closed by the old generation after the idle grace (end of file), which then exits 0.
     assert_eq!(conn.read(&mut buf).expect("read until closed"), 0);
     assert_eq!(server.group.wait_exit(old), Exit::Code(0));
+}
+
+// ---- upgraded connections -------------------------------------------------------------------
+
+#[test]
+fn hello_hyper_upgraded_connection_is_tracked_and_closed_at_the_deadline() {
+    upgraded_connection_closed_at_the_deadline(hello_hyper());
+}
+
+#[test]
+fn hello_smol_upgraded_connection_is_tracked_and_closed_at_the_deadline() {
+    upgraded_connection_closed_at_the_deadline(hello_smol());
+}
+
+#[test]
+fn hello_async_std_upgraded_connection_is_tracked_and_closed_at_the_deadline() {
+    upgraded_connection_closed_at_the_deadline(hello_async_std());
+}
+
+/// How long the drain of [`upgraded_connection_closed_at_the_deadline`] may take.
+const UPGRADE_DRAIN: Duration = Duration::from_secs(2);
+
+/// A connection upgraded with hyper's upgrade (as a websocket is) leaves hyper, not the
+/// drain: it stays with the old generation, which goes on serving it after the handover,
+/// and is closed at the drain deadline — not at once, and not never.
+fn upgraded_connection_closed_at_the_deadline(bin: &Path) {
+    use std::io::{BufRead, BufReader, Write};
+    let drain = UPGRADE_DRAIN.as_secs().to_string();
+    let (http, _) = HttpServer::start_with(
+        bin,
+        Transport::Cleartext,
+        &["--drain-timeout", &drain, "--probation", "0"],
+    );
+    let server = &http.server;
+    let old = server.pid();
+    let conn = std::net::TcpStream::connect(http.addr).expect("connect");
+    conn.set_read_timeout(Some(DEADLINE))
+        .expect("a read timeout");
+    let mut writer = conn.try_clone().expect("a second handle");
+    let mut reader = BufReader::new(conn);
+    writer
+        .write_all(
+            b"GET /upgrade HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\n",
+        )
+        .expect("ask for the upgrade");
+    let mut line = String::new();
+    let mut read_line = |line: &mut String| {
+        line.clear();
+        reader.read_line(line).expect("read a line");
+    };
+    read_line(&mut line);
+    assert!(line.starts_with("HTTP/1.1 101"), "{line:?}");
+    while line != "\r\n" {
+        read_line(&mut line);
+        assert!(!line.is_empty(), "closed in the response head");
+    }
+    read_line(&mut line);
+    assert_eq!(
+        line,
+        format!("pid={old}\n"),
+        "the upgraded protocol's greeting"
+    );
+    let mut echo = |text: &str, line: &mut String| {
+        writer.write_all(text.as_bytes()).expect("send");
+        read_line(line);
+        assert_eq!(line, text, "echoed");
+    };
+    echo("before\n", &mut line);
+    let restarted = Instant::now();
+    let new = server.hup();
+    assert_ne!(new, old);
+    // The new generation serves, the old one still holds the upgraded connection.
+    echo("after the handover\n", &mut line);
+    assert!(
+        is_alive(old),
+        "the old generation waits for the upgraded connection"
+    );
+    // Closed at the deadline: end of file (or a reset), then the old generation exits.
+    line.clear();
+    let end = reader.read_line(&mut line);
+    let closed_after = restarted.elapsed();
+    assert!(
+        matches!(&end, Ok(0))
+            || end
+                .as_ref()
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+        "expected the end of the connection, got {end:?} {line:?}"
+    );
+    assert!(
+        closed_after >= UPGRADE_DRAIN - Duration::from_millis(500),
+        "closed {closed_after:?} after the restart, before the drain deadline ({UPGRADE_DRAIN:?})"
+    );
+    assert!(
+        matches!(server.group.wait_exit(old), Exit::Code(_)),
+        "the old generation exits, not killed"
+    );
 }
 
 // ---- slow requests -------------------------------------------------------------------------
@@ -695,6 +876,16 @@ fn hello_hyper_readiness_turns_false_while_it_drains_for_a_stop() {
 #[test]
 fn hello_axum_readiness_turns_false_while_it_drains_for_a_stop() {
     readiness_during_a_stop(hello_axum());
+}
+
+#[test]
+fn hello_smol_readiness_turns_false_while_it_drains_for_a_stop() {
+    readiness_during_a_stop(hello_smol());
+}
+
+#[test]
+fn hello_async_std_readiness_follows_a_handover_and_a_fallback() {
+    readiness_across_a_fallback(hello_async_std());
 }
 
 #[test]
