@@ -2,7 +2,8 @@
 # Instructions per request: where does endless' steady-state cost go?
 #
 # Runs `hello-hyper` (endless-hyper) and `plain-hyper` (the same handler on plain
-# hyper-util) under valgrind's callgrind, each twice in a fresh process: once for SMALL and
+# hyper-util) — with `--runtime smol`, `hello-smol` and `plain-hyper-smol`, the same on
+# smol (plain hyper through smol-hyper's adapter) — under valgrind's callgrind, each twice in a fresh process: once for SMALL and
 # once for LARGE requests from oha (16 keep-alive connections). The difference of the two
 # totals divided by LARGE - SMALL is the user-space instructions per request, with start-up
 # and shutdown cancelled out. Instruction counts do not depend on what else the machine is
@@ -15,7 +16,7 @@
 # per request differs the most in the last round (exclusive cost; inlining differs
 # between the two binaries, so read it as a hint, not an account).
 #
-#   bench/instructions.sh [--rounds N] [--small N] [--large N] [--top N] [--out DIR] [--no-build]
+#   bench/instructions.sh [--runtime tokio|smol] [--rounds N] [--small N] [--large N] [--top N] [--out DIR] [--no-build]
 #
 # Installs valgrind (apt) and oha (cargo install) if missing. Loopback only; ends every
 # process it starts.
@@ -24,6 +25,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 bench_init
 
+RUNTIME=tokio
 ROUNDS=1
 SMALL=5000
 LARGE=20000
@@ -37,6 +39,7 @@ while (($#)); do
     esac
     (($# >= 2)) || die "$1 needs a value"
     case $1 in
+        --runtime) RUNTIME=$2 ;;
         --rounds) ROUNDS=$2 ;;
         --small) SMALL=$2 ;;
         --large) LARGE=$2 ;;
@@ -51,6 +54,11 @@ for v in ROUNDS SMALL LARGE TOP; do
 done
 ((LARGE > SMALL)) || die "--large must be more than --small"
 ((ROUNDS >= 1)) || die "--rounds must be at least 1"
+case $RUNTIME in
+    tokio) PLAIN=plain-hyper ENDLESS=hello-hyper ;;
+    smol) PLAIN=plain-hyper-smol ENDLESS=hello-smol ;;
+    *) die "--runtime is tokio or smol" ;;
+esac
 
 command -v valgrind >/dev/null || { log "installing valgrind (apt)"; apt_install valgrind; }
 need_oha
@@ -88,19 +96,19 @@ WRAP
 declare -A PER_REQUEST
 ROWS=()
 for ((round = 1; round <= ROUNDS; round++)); do
-    for server in plain-hyper hello-hyper; do
+    for server in "$PLAIN" "$ENDLESS"; do
         log "round $round/$ROUNDS, $server: $SMALL then $LARGE requests under callgrind"
         small=$(measure "$server" "$SMALL")
         large=$(measure "$server" "$LARGE")
         PER_REQUEST[$server]=$(((large - small) / (LARGE - SMALL)))
     done
-    plain=${PER_REQUEST[plain-hyper]}
-    endless=${PER_REQUEST[hello-hyper]}
+    plain=${PER_REQUEST[$PLAIN]}
+    endless=${PER_REQUEST[$ENDLESS]}
     ROWS+=("$(awk -v r="$round" -v p="$plain" -v e="$endless" \
-        'BEGIN { printf "%-6s %12d %12d %8.3f %+9d", r, p, e, p / e, e - p }')")
+        'BEGIN { printf "%-6s %16d %12d %8.3f %+9d", r, p, e, p / e, e - p }')")
 done
 
-printf '\ninstructions per request\n%-6s %12s %12s %8s %9s\n' round plain-hyper hello-hyper ratio more
+printf '\ninstructions per request\n%-6s %16s %12s %8s %9s\n' round "$PLAIN" "$ENDLESS" ratio more
 printf '%s\n' "${ROWS[@]}"
 printf '%s\n' "${ROWS[@]}" | awk '{ print $4 }' | sort -g |
     awk '{ r[NR] = $1 } END { m = (NR % 2) ? r[(NR + 1) / 2] : (r[NR / 2] + r[NR / 2 + 1]) / 2
@@ -113,12 +121,12 @@ per_function() {
              sub(/^ *[0-9,]+ \( *[0-9.]+%\) +/, "", f); sub(/ \[[^]]*\]$/, "", f)
              print n "\t" f }'
 }
-for server in plain-hyper hello-hyper; do
+for server in "$PLAIN" "$ENDLESS"; do
     for n in "$SMALL" "$LARGE"; do
         per_function "$OUT/$server-$n.callgrind" >"$OUT/$server-$n.functions"
     done
 done
-printf '\nper request (exclusive), hello-hyper minus plain-hyper, the %s largest:\n' "$TOP"
+printf '\nper request (exclusive), %s minus %s, the %s largest:\n' "$ENDLESS" "$PLAIN" "$TOP"
 awk -F'\t' -v small="$SMALL" -v large="$LARGE" '
     FNR == 1 { file++ }
     { v[$2, file] = $1; names[$2] = 1 }
@@ -128,7 +136,7 @@ awk -F'\t' -v small="$SMALL" -v large="$LARGE" '
             p = (v[f, 2] - v[f, 1]) / d; e = (v[f, 4] - v[f, 3]) / d
             if (f != "PROGRAM TOTALS") printf "%8.1f\t%s\n", e - p, substr(f, 1, 140)
         }
-    }' "$OUT/plain-hyper-$SMALL.functions" "$OUT/plain-hyper-$LARGE.functions" \
-    "$OUT/hello-hyper-$SMALL.functions" "$OUT/hello-hyper-$LARGE.functions" |
+    }' "$OUT/$PLAIN-$SMALL.functions" "$OUT/$PLAIN-$LARGE.functions" \
+    "$OUT/$ENDLESS-$SMALL.functions" "$OUT/$ENDLESS-$LARGE.functions" |
     sort -t$'\t' -k1,1 -gr | sed -n "1,${TOP}p" # reads all: no SIGPIPE for sort under pipefail
 log "callgrind files in $OUT"

@@ -194,14 +194,13 @@ mod smol_rt {
     use endless_smol::Smol;
     use std::os::unix::net::UnixStream;
     use std::task::{Context, Poll};
-    use std::time::Instant;
     use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt};
 
     impl HttpRuntime for Smol {
         type TcpIo = Compat<Tracked<Async<std::net::TcpStream>>>;
         type UnixIo = Compat<Tracked<Async<UnixStream>>>;
         type Sleep = SmolSleep;
-        type Timer = SmolTimer;
+        type Timer = smol_hyper::rt::SmolTimer;
 
         fn tcp_io(stream: Tracked<Self::TcpStream>) -> Self::TcpIo {
             stream.compat()
@@ -236,7 +235,7 @@ mod smol_rt {
         }
 
         fn timer() -> Self::Timer {
-            SmolTimer
+            smol_hyper::rt::SmolTimer::new()
         }
     }
 
@@ -273,28 +272,7 @@ mod smol_rt {
     }
 
     impl hyper::rt::Sleep for SmolSleep {}
-
-    /// hyper's timer on async-io.
-    #[derive(Debug, Clone, Copy, Default)]
-    pub struct SmolTimer;
-
-    impl hyper::rt::Timer for SmolTimer {
-        fn sleep(&self, duration: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
-            Box::pin(SmolSleep(async_io::Timer::after(duration)))
-        }
-
-        fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
-            Box::pin(SmolSleep(async_io::Timer::at(deadline)))
-        }
-
-        fn reset(&self, sleep: &mut Pin<Box<dyn hyper::rt::Sleep>>, new_deadline: Instant) {
-            match sleep.as_mut().downcast_mut_pin::<SmolSleep>() {
-                Some(timer) => timer.get_mut().0.set_at(new_deadline),
-                None => *sleep = self.sleep_until(new_deadline),
-            }
-        }
-    }
 }
 
 #[cfg(feature = "runtime-smol")]
-pub use smol_rt::{SmolSleep, SmolTimer};
+pub use smol_rt::SmolSleep;

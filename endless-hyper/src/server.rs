@@ -220,9 +220,10 @@ impl<N: HttpRuntime> Server<N> {
     /// Hands idle HTTP/1.1 keep-alive connections to the new generation at a restart
     /// instead of closing them: a client that sends on one right after the restart is
     /// answered by the new generation, on the same connection. `name` is the receiver both
-    /// generations register (call this before [`ready`](endless_unix::adapter::Endless::ready), in
-    /// every generation); the connections received are served by the service of the first
-    /// [`serve`](Self::serve) call.
+    /// generations register (call this before
+    /// [`ready`](endless_unix::adapter::Endless::ready), in every generation); the
+    /// connections received are served by the service of the first [`serve`](Self::serve)
+    /// call.
     ///
     /// A connection moves at a request boundary, with the bytes hyper read and did not parse
     /// yet. TLS and HTTP/2 connections are drained as usual, and so is a connection whose

@@ -1,6 +1,6 @@
-//! The demo's load: `connections` HTTP/1.1 keep-alive connections (hyper's client
-//! connection API over tokio, optionally TLS), each sending `GET /` back to back until the
-//! deadline. Like wrk and oha, it never retries a request; unlike them it checks every
+//! The demo's load: `connections` HTTP/1.1 keep-alive connections, or HTTP/2 ones
+//! (hyper's client connection API over tokio, optionally TLS), each sending `GET /` back to
+//! back until the deadline. Like wrk and oha, it never retries a request; unlike them it checks every
 //! answer (status 200, body `pid=<n>`) and tells why each failure happened.
 //!
 //! A failure is anything a client would see go wrong: a connection that cannot be opened,
@@ -9,7 +9,9 @@
 //! announcing it (`Connection: close` on the last response) — a client whose next request
 //! was already on its way would have lost it. Opening a new connection after a response
 //! with `Connection: close` is normal: that is how a draining server sends its clients to
-//! the new generation.
+//! the new generation. Over HTTP/2 the announcement is the server's `GOAWAY`, after which
+//! the connection takes no new request: the client then opens another one, as it cannot
+//! lose a request it did not send; a request the server refuses or resets is a failure.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -20,9 +22,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
-use hyper::client::conn::http1;
-use hyper::{Request, StatusCode, header};
-use hyper_util::rt::TokioIo;
+use hyper::body::Incoming;
+use hyper::client::conn::{TrySendError, http1, http2};
+use hyper::{Request, Response, StatusCode, header};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
@@ -38,6 +41,8 @@ pub(crate) struct Target {
     pub(crate) addr: SocketAddr,
     /// TLS, trusting the demo's self-signed certificate only.
     pub(crate) tls: Option<tokio_rustls::TlsConnector>,
+    /// HTTP/2 (prior knowledge, or ALPN `h2` with TLS) instead of HTTP/1.1.
+    pub(crate) http2: bool,
 }
 
 /// Counters the progress bar reads while the load runs.
@@ -98,6 +103,9 @@ pub(crate) struct Report {
     /// Connections opened, and how many of them the server ended with `Connection: close`.
     pub(crate) connections: u64,
     pub(crate) announced_closes: u64,
+    /// HTTP/2 requests hyper gave back unsent: the connection had received a `GOAWAY`
+    /// between the check that it was ready and the request (sent again on a new one).
+    pub(crate) not_sent: u64,
 }
 
 impl Report {
@@ -120,6 +128,7 @@ impl Report {
         }
         self.connections += other.connections;
         self.announced_closes += other.announced_closes;
+        self.not_sent += other.not_sent;
     }
 }
 
@@ -148,7 +157,32 @@ pub(crate) async fn run(
     report
 }
 
-type Sender = http1::SendRequest<Empty<Bytes>>;
+/// A connection's request side, HTTP/1.1 or HTTP/2.
+enum Sender {
+    Http1(http1::SendRequest<Empty<Bytes>>),
+    Http2(http2::SendRequest<Empty<Bytes>>),
+}
+
+impl Sender {
+    /// Whether the connection takes another request (waits until it can).
+    async fn ready(&mut self) -> Result<(), hyper::Error> {
+        match self {
+            Self::Http1(s) => s.ready().await,
+            Self::Http2(s) => s.ready().await,
+        }
+    }
+
+    /// Sends `request`; an error with the request given back if it was never sent.
+    async fn send(
+        &mut self,
+        request: Request<Empty<Bytes>>,
+    ) -> Result<Response<Incoming>, TrySendError<Request<Empty<Bytes>>>> {
+        match self {
+            Self::Http1(s) => s.try_send_request(request).await,
+            Self::Http2(s) => s.try_send_request(request).await,
+        }
+    }
+}
 
 /// One keep-alive connection at a time, requests back to back.
 async fn worker(target: Target, start: Instant, deadline: Instant, live: Arc<Live>) -> Report {
@@ -187,6 +221,13 @@ async fn worker(target: Target, start: Instant, deadline: Instant, live: Arc<Liv
                 }
             },
         };
+        // HTTP/2: a connection that takes no more requests after the server's GOAWAY was
+        // told to go, as an HTTP/1.1 one by `Connection: close`.
+        if matches!(sender, Sender::Http2(_)) && sender.ready().await.is_err() {
+            report.announced_closes += 1;
+            conn = None;
+            continue;
+        }
         // The last response did not say `Connection: close`: the connection must still be
         // open. (It cannot have been idle long: requests go back to back.)
         if sender.ready().await.is_err() {
@@ -203,15 +244,21 @@ async fn worker(target: Target, start: Instant, deadline: Instant, live: Arc<Liv
             .body(Empty::<Bytes>::new())
             .expect("a valid request");
         let t0 = Instant::now();
+        let http2 = matches!(sender, Sender::Http2(_));
         let answer = tokio::time::timeout(REQUEST_TIMEOUT, async {
-            let response = sender.send_request(request).await?;
+            // Whether it was sent, with the error.
+            let response = match sender.send(request).await {
+                Ok(response) => response,
+                Err(mut e) => return Err((e.take_message().is_none(), e.into_error())),
+            };
             let status = response.status();
             let close = response
                 .headers()
                 .get(header::CONNECTION)
                 .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
-            let body = response.into_body().collect().await?.to_bytes();
-            Ok::<_, hyper::Error>((status, close, body))
+            let body = response.into_body().collect().await;
+            let body = body.map_err(|e| (true, e))?.to_bytes();
+            Ok((status, close, body))
         })
         .await;
         let latency = t0.elapsed();
@@ -224,7 +271,23 @@ async fn worker(target: Target, start: Instant, deadline: Instant, live: Arc<Liv
                 );
                 conn = None;
             }
-            Ok(Err(e)) => {
+            // HTTP/2: given back unsent, the connection having read a GOAWAY since it said
+            // it was ready. Not a failure: sent again on a new connection.
+            Ok(Err((false, _))) if http2 => {
+                report.not_sent += 1;
+                conn = None;
+            }
+            // HTTP/1.1: given back unsent because the server closed the connection without
+            // `Connection: close`.
+            Ok(Err((false, e))) => {
+                fail(
+                    &mut report,
+                    FailureKind::ClosedWithoutWarning,
+                    error_chain(&e),
+                );
+                conn = None;
+            }
+            Ok(Err((true, e))) => {
                 fail(&mut report, FailureKind::Request, error_chain(&e));
                 conn = None;
             }
@@ -267,37 +330,45 @@ fn parse_pid(body: &[u8]) -> Option<u32> {
         .ok()
 }
 
-/// A new connection: TCP, TLS if asked, and the HTTP/1.1 handshake.
+/// A new connection: TCP, TLS if asked, and the HTTP handshake.
 async fn open(target: &Target) -> Result<Sender, String> {
     let tcp = TcpStream::connect(target.addr)
         .await
         .map_err(|e| format!("connect: {e}"))?;
     tcp.set_nodelay(true).ok();
     match &target.tls {
-        None => handshake(tcp).await,
+        None => handshake(tcp, target.http2).await,
         Some(connector) => {
             let name = rustls_pki_types::ServerName::from(target.addr.ip());
             let tls = connector
                 .connect(name, tcp)
                 .await
                 .map_err(|e| format!("TLS handshake: {e}"))?;
-            handshake(tls).await
+            handshake(tls, target.http2).await
         }
     }
 }
 
-async fn handshake<T>(io: T) -> Result<Sender, String>
+async fn handshake<T>(io: T, http2: bool) -> Result<Sender, String>
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (sender, connection) = http1::handshake(TokioIo::new(io))
-        .await
-        .map_err(|e| format!("HTTP handshake: {}", error_chain(&e)))?;
-    // Its errors reach the request that was in flight.
+    let failed = |e: hyper::Error| format!("HTTP handshake: {}", error_chain(&e));
+    // The connection's errors reach the request that was in flight.
+    if http2 {
+        let (sender, connection) = http2::handshake(TokioExecutor::new(), TokioIo::new(io))
+            .await
+            .map_err(failed)?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        return Ok(Sender::Http2(sender));
+    }
+    let (sender, connection) = http1::handshake(TokioIo::new(io)).await.map_err(failed)?;
     tokio::spawn(async move {
         let _ = connection.await;
     });
-    Ok(sender)
+    Ok(Sender::Http1(sender))
 }
 
 /// An error and its sources, on one line.
@@ -312,9 +383,10 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// A TLS client that trusts `cert` only and speaks HTTP/1.1.
+/// A TLS client that trusts `cert` only and speaks HTTP/1.1, or HTTP/2 (ALPN).
 pub(crate) fn tls_connector(
     cert: rustls_pki_types::CertificateDer<'static>,
+    http2: bool,
 ) -> Result<tokio_rustls::TlsConnector, String> {
     let mut roots = rustls::RootCertStore::empty();
     roots
@@ -329,7 +401,11 @@ pub(crate) fn tls_connector(
         .map_err(|e| format!("TLS versions: {e}"))?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = vec![if http2 {
+        b"h2".to_vec()
+    } else {
+        b"http/1.1".to_vec()
+    }];
     Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
 }
 

@@ -14,6 +14,7 @@
 //! --connections N    keep-alive connections (default 32)
 //! --duration SECS    how long the load runs (default 10)
 //! --server NAME      hello-hyper (default), hello-axum, hello-tls, hello-smol, hello-async-std
+//! --http2            the load over HTTP/2 (prior knowledge; ALPN with TLS), not HTTP/1.1
 //! --exe PATH         run this server binary (on the examples' command line) instead of
 //!                    the demo's own copy of --server, e.g. target/release/hello-axum
 //! ```
@@ -53,13 +54,14 @@ const UPGRADE_TIMEOUT_SECS: &str = "10";
 const DRAIN_TIMEOUT_SECS: &str = "30";
 
 const USAGE: &str = "\
-usage: demo [--restarts N] [--connections N] [--duration SECS] [--server NAME] [--exe PATH]
+usage: demo [--restarts N] [--connections N] [--duration SECS] [--server NAME] [--http2] [--exe PATH]
        demo serve NAME [SERVER ARGS]   (runs one example server; the demo starts it so)
 
   --restarts N       restarts by SIGHUP, evenly spread over the run (default 10)
   --connections N    keep-alive connections of the load (default 32)
   --duration SECS    how long the load runs (default 10)
   --server NAME      hello-hyper (default), hello-axum, hello-tls, hello-smol, hello-async-std
+  --http2            the load over HTTP/2 (prior knowledge; ALPN with TLS), not HTTP/1.1
   --exe PATH         run this server binary instead of the demo's own copy of --server";
 
 #[derive(Debug)]
@@ -68,6 +70,7 @@ struct Options {
     connections: usize,
     duration: Duration,
     server: HttpServer,
+    http2: bool,
     exe: Option<PathBuf>,
 }
 
@@ -78,6 +81,7 @@ impl Options {
             connections: 32,
             duration: Duration::from_secs(10),
             server: HttpServer::Hyper,
+            http2: false,
             exe: None,
         };
         let mut args = args.into_iter();
@@ -101,6 +105,7 @@ impl Options {
                         format!("unknown server {v:?}; one of: {}", server_names())
                     })?;
                 }
+                "--http2" => options.http2 = true,
                 "--exe" => options.exe = Some(value()?.into()),
                 "-h" | "--help" => return Err(String::new()),
                 other => return Err(format!("unknown argument {other:?}")),
@@ -217,7 +222,7 @@ fn run(options: &Options) -> Result<i32, String> {
             .arg(cert_file)
             .arg("--tls-key")
             .arg(key_file);
-        tls = Some(client::tls_connector(cert)?);
+        tls = Some(client::tls_connector(cert, options.http2)?);
     }
 
     let mut group = Group::start(command, &dir)?;
@@ -240,8 +245,9 @@ fn run(options: &Options) -> Result<i32, String> {
         if tls.is_some() { " (TLS)" } else { "" },
     );
     println!(
-        "  {} keep-alive connections for {:.1} s from a client that never retries; {} restarts by SIGHUP{}",
+        "  {} keep-alive {} connections for {:.1} s from a client that never retries; {} restarts by SIGHUP{}",
         options.connections,
+        if options.http2 { "HTTP/2" } else { "HTTP/1.1" },
         options.duration.as_secs_f64(),
         options.restarts,
         if options.restarts > 0 {
@@ -281,7 +287,11 @@ fn run(options: &Options) -> Result<i32, String> {
         })
     };
 
-    let target = Target { addr, tls };
+    let target = Target {
+        addr,
+        tls,
+        http2: options.http2,
+    };
     let load = runtime.spawn(client::run(
         target,
         options.connections,
@@ -452,7 +462,18 @@ impl Run<'_> {
                     thousands(report.connections)
                 ),
             ),
-            ("failures", thousands(failed)),
+            (
+                "failures",
+                if report.not_sent > 0 {
+                    format!(
+                        "{} ({} HTTP/2 requests given back unsent after a GOAWAY and sent again: not failures)",
+                        thousands(failed),
+                        thousands(report.not_sent)
+                    )
+                } else {
+                    thousands(failed)
+                },
+            ),
             (
                 "latency",
                 format!(
@@ -683,6 +704,8 @@ mod tests {
         assert_eq!(o.restarts, 3);
         assert_eq!(o.duration, Duration::from_millis(2500));
         assert_eq!(o.server, HttpServer::Smol);
+        assert!(!o.http2);
+        assert!(parse(&["--http2"]).unwrap().http2);
         assert!(parse(&["--server", "nginx"]).is_err());
         assert!(parse(&["--connections", "0"]).is_err());
         assert!(parse(&["--duration", "0"]).is_err());
