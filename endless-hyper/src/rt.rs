@@ -10,6 +10,11 @@
 //! tokio's I/O traits (`AsyncRead`, `AsyncWrite`: traits only, which run on any executor):
 //! a runtime says how to see its streams through them, how to spawn a task and how to
 //! sleep. On async-io the streams are seen through tokio-util's `Compat`.
+//!
+//! quinn chooses its runtime with cargo features and a default runtime; here the features
+//! only say which runtimes are compiled in, and nothing global picks one: the listener
+//! already names it. So a tokio server and a smol server can live in one build (the tests
+//! run both), and an adapter for another runtime is this trait and endless-unix's `Net`.
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -7,7 +7,8 @@
 
 use std::time::Duration;
 
-use endless_hyper::{HyperService, Probes};
+use endless_hyper::{HttpService, HyperService, Probes, ResponseBody};
+use endless_unix::adapter::Endless;
 
 use crate::{Args, hello, hello_with, pid_body, serve_http};
 
@@ -90,16 +91,7 @@ pub fn hello_hyper(args: Args) -> i32 {
     tokio_main(async {
         let endless: endless_tokio::Endless = args.start_endless();
         let hello = hyper::service::service_fn(hello);
-        let server = endless_hyper::Server::new();
-        if args.probes {
-            let service = HyperService(Probes::new(hello, endless.tracker().clone()));
-            serve_http(&endless, &args, &server, service);
-        } else {
-            serve_http(&endless, &args, &server, HyperService(hello));
-        }
-        endless.ready();
-        args.take_ballast();
-        endless.run().await.code
+        serve_hello(endless, &args, &endless_hyper::Server::new(), hello).await
     })
 }
 
@@ -157,15 +149,7 @@ pub fn hello_tls(args: Args) -> i32 {
         let endless: endless_tokio::Endless = args.start_endless();
         let server = endless_hyper::Server::new().tls(acceptor);
         let hello = hyper::service::service_fn(hello);
-        if args.probes {
-            let service = HyperService(Probes::new(hello, endless.tracker().clone()));
-            serve_http(&endless, &args, &server, service);
-        } else {
-            serve_http(&endless, &args, &server, HyperService(hello));
-        }
-        endless.ready();
-        args.take_ballast();
-        endless.run().await.code
+        serve_hello(endless, &args, &server, hello).await
     })
 }
 
@@ -212,11 +196,29 @@ async fn hello_async_io(args: Args, spawner: Option<fn(endless_hyper::rt::Task)>
             }
         }
     }
+    serve_hello(endless, &args, &server, hello).await
+}
+
+/// Serves the hyper service `hello` (behind the probes with `--probes`) with `server` on
+/// every `--listen` address, reports ready and runs the lifecycle; returns the exit code.
+async fn serve_hello<N, S, B, P>(
+    endless: Endless<N>,
+    args: &Args,
+    server: &endless_hyper::Server<N>,
+    hello: S,
+) -> i32
+where
+    N: endless_hyper::HttpRuntime,
+    HyperService<S>: HttpService<B>,
+    HyperService<Probes<S>>: HttpService<P>,
+    B: ResponseBody,
+    P: ResponseBody,
+{
     if args.probes {
         let service = HyperService(Probes::new(hello, endless.tracker().clone()));
-        serve_http(&endless, &args, &server, service);
+        serve_http(&endless, args, server, service);
     } else {
-        serve_http(&endless, &args, &server, HyperService(hello));
+        serve_http(&endless, args, server, HyperService(hello));
     }
     endless.ready();
     args.take_ballast();
