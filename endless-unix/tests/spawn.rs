@@ -900,7 +900,11 @@ fn a_program_removed_after_the_check_is_an_error_not_a_child() {
 fn a_nul_byte_in_the_environment_is_refused() {
     let mut prepared = prepare(&sh("true"), &[]).unwrap();
     prepared.command.env("BAD", "a\0b");
-    let e = prepared.spawn_with(spawn::Command::spawn).err().unwrap();
+    let e = prepared
+        .spawn_with(spawn::Command::spawn)
+        .map(|(child, _)| Reaped::new(child))
+        .err()
+        .expect("spawned with a NUL byte in the environment");
     assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{e}");
 }
 
@@ -933,7 +937,10 @@ fn libc_sigpipe() -> i32 {
 #[test]
 fn a_child_is_signalled_by_its_pidfd_until_it_is_reaped() {
     let prepared = prepare(&sh("exec sleep 30"), &[]).unwrap();
-    let (mut child, _ready) = prepared.spawn_with(spawn::Command::spawn).unwrap();
+    let (child, _ready) = prepared.spawn_with(spawn::Command::spawn).unwrap();
+    // Killed and reaped even if an assertion fails before the test does it.
+    let mut guard = Reaped::new(child);
+    let child = guard.child.as_mut().unwrap();
     #[cfg(target_os = "linux")]
     assert!(
         child.pidfd().is_some(),
