@@ -378,8 +378,9 @@ pub fn encode(handoff: &Handoff) -> Vec<(String, String)> {
 /// removes these from the environment it passes to a child before adding fresh ones.
 ///
 /// True for `ENDLESS_VERSION`, `ENDLESS_PARENT_PID`, `ENDLESS_FDS`, `ENDLESS_READY_FD`, any key
-/// `ENDLESS_FD_<digit>…`, `LISTEN_PID`, `LISTEN_FDS` and `LISTEN_FDNAMES`; false for
-/// anything else, including other `ENDLESS_` variables.
+/// `ENDLESS_FD_<digit>…`, [`ENDLESS_TAKEOVER_BATCH`](crate::takeover::BATCH_VAR),
+/// `LISTEN_PID`, `LISTEN_FDS` and `LISTEN_FDNAMES`; false for anything else, including
+/// other `ENDLESS_` variables.
 ///
 /// # Examples
 ///
@@ -401,6 +402,7 @@ pub fn is_reserved(key: &OsStr) -> bool {
             PARENT_PID_VAR,
             FDS_VAR,
             READY_FD_VAR,
+            crate::takeover::BATCH_VAR,
             LISTEN_PID_VAR,
             LISTEN_FDS_VAR,
             LISTEN_FDNAMES_VAR,

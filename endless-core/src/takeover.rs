@@ -25,13 +25,18 @@
 //! 1. The new generation reports ready ([`crate::ready`]) and keeps its end of the channel
 //!    ([`Action::ReceiveConnections`](crate::Action::ReceiveConnections)).
 //! 2. The old one stops accepting and starts handing over
-//!    ([`Action::HandOver`](crate::Action::HandOver)): for each connection the application
-//!    gives up (it stopped reading it first), it sends one [`Offer`] with the socket and
-//!    waits for the [`Reply`] before it sends the next.
-//! 3. The new generation answers [`Outcome::Taken`] once its application owns the socket,
-//!    before it reads from it. The old one then closes its copy. On any other answer, or
-//!    if the channel breaks before one (the new generation died), the old one keeps the
-//!    connection: a connection is never served by both, and never by none.
+//!    ([`Action::HandOver`](crate::Action::HandOver)): the connections the application
+//!    gives up (it stopped reading each first) go in batches, many sockets to a message
+//!    ([`encode_offers`], at most [`MAX_BATCH`]), several batches in flight at once; to a
+//!    new generation that did not say it reads batches ([`encode_accepts`]), one [`Offer`]
+//!    per message.
+//! 3. The new generation answers [`Outcome::Taken`] for each connection once its
+//!    application owns the socket, before it reads from it; the answers of one batch go
+//!    together where they can ([`encode_replies`]). The old one then closes its copy. On
+//!    any other answer, or if the channel ends before one (the new generation died, or the
+//!    old one stopped listening after its timeout, which makes every later answer fail to
+//!    send), the old one keeps the connection: a connection is never served by both, and
+//!    never by none.
 //! 4. When the new generation goes in its turn (it hands over onward, or the service
 //!    stops), it says so with a last message, a departure
 //!    ([`encode_departure`], [`Action::Depart`](crate::Action::Depart)): its end is then no
@@ -57,6 +62,14 @@
 //!
 //! A departure is the common part with type `3` and id `0`, then one byte: `1` it handed
 //! over to its own successor, `2` the service stops, `3` it started a successor of its own.
+//!
+//! Batches (same version: a receiver says it reads them before it is sent any):
+//!
+//! | message | type | id | then |
+//! |---|---|---|---|
+//! | offers | `4` | the first offer's number; the `i`-th entry is number `id + i` | count (2, 1 to [`MAX_BATCH`]), the message's total length (4, at most [`MAX_BATCH_LEN`]), then per entry an offer's fields from kind on; the `i`-th socket beside the message is the `i`-th entry's |
+//! | replies | `5` | `0` | count (2, 1 to [`MAX_REPLIES`]), then per reply: id (8), outcome (1), reason (1) |
+//! | accepts | `6` | `0` | the most offers it takes in one message (2): the new generation reads batches |
 //!
 //! Names are UTF-8 of at most [`MAX_NAME_LEN`] bytes; the state and
 //! the unconsumed bytes at most [`MAX_STATE_LEN`] and [`MAX_UNCONSUMED_LEN`]. A message
@@ -99,9 +112,29 @@ pub const MAX_STATE_LEN: usize = 64 * 1024;
 /// The largest number of unconsumed bytes an offer carries.
 pub const MAX_UNCONSUMED_LEN: usize = 64 * 1024;
 
+/// The most offers in one message: the most descriptors Linux passes in one
+/// `SCM_RIGHTS` message (`SCM_MAX_FD`).
+pub const MAX_BATCH: usize = 253;
+
+/// The longest message of offers: room for several offers at their limits, and a bound on
+/// what a receiver buffers.
+pub const MAX_BATCH_LEN: usize = 1024 * 1024;
+
+/// The most answers in one message of replies.
+pub const MAX_REPLIES: usize = 1024;
+
+/// The environment variable through which a generation tells the one it spawns that it
+/// reads batched replies and the accepts message: its value is the spawning process's pid,
+/// the same as `ENDLESS_PARENT_PID` (a variable left over from an earlier generation, which
+/// a parent of an earlier version passes on unchanged, names another pid and is ignored).
+pub const BATCH_VAR: &str = "ENDLESS_TAKEOVER_BATCH";
+
 const TYPE_OFFER: u8 = 1;
 const TYPE_REPLY: u8 = 2;
 const TYPE_DEPARTURE: u8 = 3;
+const TYPE_OFFERS: u8 = 4;
+const TYPE_REPLIES: u8 = 5;
+const TYPE_ACCEPTS: u8 = 6;
 
 /// magic, version, type, id.
 const COMMON_LEN: usize = 4 + 1 + 1 + 8;
@@ -115,9 +148,24 @@ pub const REPLY_LEN: usize = COMMON_LEN + 2;
 /// The length of a departure.
 pub const DEPARTURE_LEN: usize = COMMON_LEN + 1;
 
+/// The length of an accepts message.
+pub const ACCEPTS_LEN: usize = COMMON_LEN + 2;
+
+/// The fixed part of a message of offers: common part, count, total length.
+pub const OFFERS_HEADER_LEN: usize = COMMON_LEN + 2 + 4;
+
+/// The fixed part of one entry of a message of offers: kind and three lengths.
+const ENTRY_HEADER_LEN: usize = 1 + 2 + 4 + 4;
+
+/// The fixed part of a message of replies: common part, count.
+pub const REPLIES_HEADER_LEN: usize = COMMON_LEN + 2;
+
+/// The length of one answer in a message of replies.
+const REPLY_ENTRY_LEN: usize = 8 + 1 + 1;
+
 /// The longest message the new generation sends: a reader's buffer needs one more byte to
 /// tell a longer message from one of exactly this length.
-pub const MAX_UPSTREAM_LEN: usize = REPLY_LEN;
+pub const MAX_UPSTREAM_LEN: usize = REPLIES_HEADER_LEN + MAX_REPLIES * REPLY_ENTRY_LEN;
 
 /// The longest offer: the receiver's buffer needs one more byte to tell a longer message
 /// (which the transport would truncate) from one of exactly this length.
@@ -129,7 +177,7 @@ pub const MAX_OFFER_LEN: usize =
 pub enum MessageLen {
     /// Too few bytes to tell: read until there are this many, then ask again.
     AtLeast(usize),
-    /// The message is this long, at most [`MAX_OFFER_LEN`] (the bytes after it are the
+    /// The message is this long, at most [`MAX_BATCH_LEN`] (the bytes after it are the
     /// next message).
     Exactly(usize),
 }
@@ -166,7 +214,10 @@ pub fn message_len(head: &[u8]) -> Result<MessageLen, FrameError> {
     }
     let kind = head.get(5).copied();
     if let Some(kind) = kind
-        && !matches!(kind, TYPE_OFFER | TYPE_REPLY | TYPE_DEPARTURE)
+        && !matches!(
+            kind,
+            TYPE_OFFER | TYPE_REPLY | TYPE_DEPARTURE | TYPE_OFFERS | TYPE_REPLIES | TYPE_ACCEPTS
+        )
     {
         return fail(None, FrameErrorKind::UnexpectedType(kind));
     }
@@ -176,6 +227,33 @@ pub fn message_len(head: &[u8]) -> Result<MessageLen, FrameError> {
     match kind {
         Some(TYPE_REPLY) => return Ok(MessageLen::Exactly(REPLY_LEN)),
         Some(TYPE_DEPARTURE) => return Ok(MessageLen::Exactly(DEPARTURE_LEN)),
+        Some(TYPE_ACCEPTS) => return Ok(MessageLen::Exactly(ACCEPTS_LEN)),
+        Some(TYPE_REPLIES) => {
+            let Some(count) = head.get(COMMON_LEN..REPLIES_HEADER_LEN) else {
+                return Ok(MessageLen::AtLeast(REPLIES_HEADER_LEN));
+            };
+            let count = usize::from(u16::from_be_bytes([count[0], count[1]]));
+            if count == 0 || count > MAX_REPLIES {
+                return fail(None, FrameErrorKind::BadCount(count));
+            }
+            return Ok(MessageLen::Exactly(
+                REPLIES_HEADER_LEN + count * REPLY_ENTRY_LEN,
+            ));
+        }
+        Some(TYPE_OFFERS) => {
+            let Some(fixed) = head.get(COMMON_LEN..OFFERS_HEADER_LEN) else {
+                return Ok(MessageLen::AtLeast(OFFERS_HEADER_LEN));
+            };
+            let count = usize::from(u16::from_be_bytes([fixed[0], fixed[1]]));
+            let total = u32::from_be_bytes([fixed[2], fixed[3], fixed[4], fixed[5]]) as usize;
+            if count == 0 || count > MAX_BATCH {
+                return fail(None, FrameErrorKind::BadCount(count));
+            }
+            if total < OFFERS_HEADER_LEN + count * ENTRY_HEADER_LEN || total > MAX_BATCH_LEN {
+                return fail(None, FrameErrorKind::BadTotalLength(total));
+            }
+            return Ok(MessageLen::Exactly(total));
+        }
         _ => {}
     }
     if head.len() < OFFER_HEADER_LEN {
@@ -434,6 +512,258 @@ pub fn encode_offer(
     Ok(out)
 }
 
+/// One connection of a message of offers ([`encode_offers`]): an [`Offer`]'s fields but its
+/// id, borrowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entry<'a> {
+    /// What the socket is.
+    pub kind: StreamKind,
+    /// The receiver's name.
+    pub name: &'a str,
+    /// The application's state of the connection.
+    pub state: &'a [u8],
+    /// Bytes read from the connection and not consumed.
+    pub unconsumed: &'a [u8],
+}
+
+impl Entry<'_> {
+    /// Its length in a message of offers; an error when a field is over its limit.
+    pub fn encoded_len(&self) -> Result<usize, FrameError> {
+        if self.name.len() > MAX_NAME_LEN {
+            return Err(FrameError::NameTooLong {
+                len: self.name.len(),
+            });
+        }
+        if self.state.len() > MAX_STATE_LEN {
+            return Err(FrameError::StateTooLarge {
+                len: self.state.len(),
+            });
+        }
+        if self.unconsumed.len() > MAX_UNCONSUMED_LEN {
+            return Err(FrameError::UnconsumedTooLarge {
+                len: self.unconsumed.len(),
+            });
+        }
+        Ok(ENTRY_HEADER_LEN + self.name.len() + self.state.len() + self.unconsumed.len())
+    }
+
+    fn encode_into(&self, out: &mut Vec<u8>) {
+        out.push(self.kind.code());
+        // `encoded_len` checked the limits: these conversions are exact.
+        out.extend_from_slice(&(self.name.len() as u16).to_be_bytes());
+        out.extend_from_slice(&(self.state.len() as u32).to_be_bytes());
+        out.extend_from_slice(&(self.unconsumed.len() as u32).to_be_bytes());
+        out.extend_from_slice(self.name.as_bytes());
+        out.extend_from_slice(self.state);
+        out.extend_from_slice(self.unconsumed);
+    }
+}
+
+/// A message of offers: `entries` are the offers numbered `first_id`, `first_id + 1`, …;
+/// their sockets travel beside the message in the same order. An error when there are none
+/// or more than [`MAX_BATCH`], when a field is over its limit, or when the message would
+/// be longer than [`MAX_BATCH_LEN`] (a sender fills a batch while
+/// [`Entry::encoded_len`] says the next one fits: [`OFFERS_HEADER_LEN`] plus the
+/// entries' lengths).
+///
+/// # Examples
+///
+/// ```
+/// use endless_core::takeover::{decode_offers, encode_offers, Entry, StreamKind};
+///
+/// let entry = |state: &'static [u8]| Entry {
+///     kind: StreamKind::Tcp,
+///     name: "chat",
+///     state,
+///     unconsumed: b"",
+/// };
+/// let message = encode_offers(10, &[entry(b"alice"), entry(b"bob")])?;
+/// let offers = decode_offers(&message)?;
+/// assert_eq!(offers.len(), 2);
+/// let bob = offers[1].as_ref().unwrap();
+/// assert_eq!((bob.id, &bob.state[..]), (11, &b"bob"[..]));
+/// # Ok::<(), endless_core::takeover::FrameError>(())
+/// ```
+pub fn encode_offers(first_id: u64, entries: &[Entry<'_>]) -> Result<Vec<u8>, FrameError> {
+    if entries.is_empty() || entries.len() > MAX_BATCH {
+        return Err(FrameError::BatchTooLarge {
+            count: entries.len(),
+            len: 0,
+        });
+    }
+    let mut total = OFFERS_HEADER_LEN;
+    for entry in entries {
+        total += entry.encoded_len()?;
+    }
+    if total > MAX_BATCH_LEN {
+        return Err(FrameError::BatchTooLarge {
+            count: entries.len(),
+            len: total,
+        });
+    }
+    let mut out = Vec::with_capacity(total);
+    common(&mut out, TYPE_OFFERS, first_id);
+    // Both bounded above.
+    out.extend_from_slice(&(entries.len() as u16).to_be_bytes());
+    out.extend_from_slice(&(total as u32).to_be_bytes());
+    for entry in entries {
+        entry.encode_into(&mut out);
+    }
+    debug_assert_eq!(out.len(), total);
+    Ok(out)
+}
+
+/// Reads a message of offers ([`encode_offers`]), or a single [`Offer`] as a batch of
+/// one: one result per offer it numbers, in order. An entry that is malformed costs itself
+/// (its error names its id, to refuse it by); one whose lengths overrun the message costs
+/// itself and every entry after it. The error is for a message whose count and ids cannot
+/// be read at all.
+pub fn decode_offers(message: &[u8]) -> Result<Vec<Result<Offer, FrameError>>, FrameError> {
+    if message.get(5) == Some(&TYPE_OFFER) {
+        return match Offer::decode(message) {
+            Ok(offer) => Ok(vec![Ok(offer)]),
+            Err(e) if e.id().is_some() => Ok(vec![Err(e)]),
+            Err(e) => Err(e),
+        };
+    }
+    let mut r = Reader::new(message);
+    let first_id = r.common(TYPE_OFFERS)?;
+    let fail = |kind: FrameErrorKind| FrameError::Malformed {
+        id: Some(first_id),
+        kind,
+    };
+    let (Some(count), Some(total)) = (r.u16(), r.u32()) else {
+        return Err(fail(FrameErrorKind::Truncated));
+    };
+    let (count, total) = (usize::from(count), total as usize);
+    if count == 0 || count > MAX_BATCH {
+        return Err(fail(FrameErrorKind::BadCount(count)));
+    }
+    let mut offers = Vec::with_capacity(count);
+    let mut broken = None;
+    if total != message.len() {
+        broken = Some(FrameErrorKind::LengthMismatch {
+            declared: total,
+            actual: message.len(),
+        });
+    }
+    for i in 0..count {
+        let id = first_id.wrapping_add(i as u64);
+        let entry_fail = |kind: FrameErrorKind| FrameError::Malformed { id: Some(id), kind };
+        if let Some(kind) = &broken {
+            offers.push(Err(entry_fail(kind.clone())));
+            continue;
+        }
+        match read_entry(&mut r, id) {
+            Ok(entry) => offers.push(entry),
+            Err(kind) => {
+                broken = Some(kind.clone());
+                offers.push(Err(entry_fail(kind)));
+            }
+        }
+    }
+    if broken.is_none() && !r.rest.is_empty() {
+        // Bytes after the last entry: the message is not what it says; none of it counts.
+        let kind = FrameErrorKind::LengthMismatch {
+            declared: message.len() - r.rest.len(),
+            actual: message.len(),
+        };
+        for (i, offer) in offers.iter_mut().enumerate() {
+            *offer = Err(FrameError::Malformed {
+                id: Some(first_id.wrapping_add(i as u64)),
+                kind: kind.clone(),
+            });
+        }
+    }
+    Ok(offers)
+}
+
+/// One entry of a message of offers: the offer, or what is wrong with it (outer error: the
+/// entry's lengths cannot be trusted, so neither can anything after it).
+fn read_entry(r: &mut Reader<'_>, id: u64) -> Result<Result<Offer, FrameError>, FrameErrorKind> {
+    let (Some(kind_code), Some(name_len), Some(state_len), Some(unconsumed_len)) =
+        (r.u8(), r.u16(), r.u32(), r.u32())
+    else {
+        return Err(FrameErrorKind::Truncated);
+    };
+    let (name_len, state_len, unconsumed_len) = (
+        usize::from(name_len),
+        state_len as usize,
+        unconsumed_len as usize,
+    );
+    if name_len > MAX_NAME_LEN {
+        return Err(FrameErrorKind::NameTooLong(name_len));
+    }
+    if state_len > MAX_STATE_LEN {
+        return Err(FrameErrorKind::StateTooLarge(state_len));
+    }
+    if unconsumed_len > MAX_UNCONSUMED_LEN {
+        return Err(FrameErrorKind::UnconsumedTooLarge(unconsumed_len));
+    }
+    let (Some(name), Some(state), Some(unconsumed)) =
+        (r.take(name_len), r.take(state_len), r.take(unconsumed_len))
+    else {
+        return Err(FrameErrorKind::Truncated);
+    };
+    let fail = |kind: FrameErrorKind| Ok(Err(FrameError::Malformed { id: Some(id), kind }));
+    let Some(kind) = StreamKind::from_code(kind_code) else {
+        return fail(FrameErrorKind::UnknownKind(kind_code));
+    };
+    let Ok(name) = std::str::from_utf8(name) else {
+        return fail(FrameErrorKind::NameNotUtf8);
+    };
+    Ok(Ok(Offer {
+        id,
+        kind,
+        name: name.to_owned(),
+        state: state.to_vec(),
+        unconsumed: unconsumed.to_vec(),
+    }))
+}
+
+/// A message of replies: the answers to offers of any messages, at most [`MAX_REPLIES`]
+/// (an error when there are none or more).
+///
+/// # Examples
+///
+/// ```
+/// use endless_core::takeover::{encode_replies, Outcome, RefuseReason, Reply, Upstream};
+///
+/// let replies = [
+///     Reply { id: 10, outcome: Outcome::Taken },
+///     Reply { id: 11, outcome: Outcome::Refused(RefuseReason::NoReceiver) },
+/// ];
+/// let message = encode_replies(&replies)?;
+/// assert_eq!(Upstream::decode(&message)?, Upstream::Replies(replies.to_vec()));
+/// # Ok::<(), endless_core::takeover::FrameError>(())
+/// ```
+pub fn encode_replies(replies: &[Reply]) -> Result<Vec<u8>, FrameError> {
+    if replies.is_empty() || replies.len() > MAX_REPLIES {
+        return Err(FrameError::BatchTooLarge {
+            count: replies.len(),
+            len: 0,
+        });
+    }
+    let mut out = Vec::with_capacity(REPLIES_HEADER_LEN + replies.len() * REPLY_ENTRY_LEN);
+    common(&mut out, TYPE_REPLIES, 0);
+    out.extend_from_slice(&(replies.len() as u16).to_be_bytes());
+    for reply in replies {
+        out.extend_from_slice(&reply.id.to_be_bytes());
+        out.extend_from_slice(&reply.outcome.codes());
+    }
+    Ok(out)
+}
+
+/// The accepts message: the new generation reads messages of offers of up to `max_batch`
+/// offers (the sender sends at most `min(max_batch, MAX_BATCH)`; `0` or `1` means one
+/// at a time).
+pub fn encode_accepts(max_batch: u16) -> Vec<u8> {
+    let mut out = Vec::with_capacity(ACCEPTS_LEN);
+    common(&mut out, TYPE_ACCEPTS, 0);
+    out.extend_from_slice(&max_batch.to_be_bytes());
+    out
+}
+
 /// The new generation's answer to an [`Offer`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Reply {
@@ -503,15 +833,32 @@ impl fmt::Display for RefuseReason {
     }
 }
 
+impl Outcome {
+    /// Its two bytes on the wire: outcome, reason.
+    fn codes(self) -> [u8; 2] {
+        match self {
+            Self::Taken => [0, 0],
+            Self::Refused(reason) => [1, reason.code()],
+        }
+    }
+
+    /// From its two bytes; strict: one encoding per outcome.
+    fn from_codes(outcome: u8, reason: u8) -> Result<Self, FrameErrorKind> {
+        match outcome {
+            0 if reason != 0 => Err(FrameErrorKind::ReasonWhenTaken(reason)),
+            0 => Ok(Self::Taken),
+            1 => Ok(Self::Refused(RefuseReason::from_code(reason))),
+            other => Err(FrameErrorKind::UnknownOutcome(other)),
+        }
+    }
+}
+
 impl Reply {
     /// The message.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(REPLY_LEN);
         common(&mut out, TYPE_REPLY, self.id);
-        match self.outcome {
-            Outcome::Taken => out.extend_from_slice(&[0, 0]),
-            Outcome::Refused(reason) => out.extend_from_slice(&[1, reason.code()]),
-        }
+        out.extend_from_slice(&self.outcome.codes());
         out
     }
 
@@ -529,13 +876,7 @@ impl Reply {
         let (Some(outcome), Some(reason)) = (r.u8(), r.u8()) else {
             return Err(fail(FrameErrorKind::Truncated));
         };
-        let outcome = match outcome {
-            // Strict: one encoding per reply.
-            0 if reason != 0 => return Err(fail(FrameErrorKind::ReasonWhenTaken(reason))),
-            0 => Outcome::Taken,
-            1 => Outcome::Refused(RefuseReason::from_code(reason)),
-            other => return Err(fail(FrameErrorKind::UnknownOutcome(other))),
-        };
+        let outcome = Outcome::from_codes(outcome, reason).map_err(fail)?;
         Ok(Self { id, outcome })
     }
 }
@@ -553,20 +894,45 @@ pub fn encode_departure(how: crate::Departure) -> Vec<u8> {
 }
 
 /// A message from the new generation to the old one, after its readiness line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Upstream {
     /// The answer to an offer.
     Reply(Reply),
+    /// Answers to several offers ([`encode_replies`]).
+    Replies(Vec<Reply>),
+    /// It reads messages of offers of up to this many ([`encode_accepts`]).
+    Accepts(u16),
     /// It goes, and why.
     Departure(crate::Departure),
 }
 
 impl Upstream {
-    /// Reads one message: a [`Reply`] or a departure. Strict, as [`Reply::decode`].
+    /// Reads one message: a [`Reply`], replies, accepts or a departure. Strict, as
+    /// [`Reply::decode`].
     pub fn decode(message: &[u8]) -> Result<Self, FrameError> {
-        if message.get(5) != Some(&TYPE_DEPARTURE) {
-            return Reply::decode(message).map(Self::Reply);
+        match message.get(5) {
+            Some(&TYPE_REPLIES) => return decode_replies(message).map(Self::Replies),
+            Some(&TYPE_ACCEPTS) => {
+                let mut r = Reader::new(message);
+                let id = r.common(TYPE_ACCEPTS)?;
+                return match (id, r.u16(), message.len()) {
+                    (0, Some(max), ACCEPTS_LEN) => Ok(Self::Accepts(max)),
+                    (0, _, actual) => Err(FrameError::Malformed {
+                        id: Some(0),
+                        kind: FrameErrorKind::LengthMismatch {
+                            declared: ACCEPTS_LEN,
+                            actual,
+                        },
+                    }),
+                    (id, ..) => Err(FrameError::Malformed {
+                        id: Some(id),
+                        kind: FrameErrorKind::UnexpectedId(id),
+                    }),
+                };
+            }
+            Some(&TYPE_DEPARTURE) => {}
+            _ => return Reply::decode(message).map(Self::Reply),
         }
         let mut r = Reader::new(message);
         let id = r.common(TYPE_DEPARTURE)?;
@@ -588,6 +954,35 @@ impl Upstream {
             None => Err(fail(FrameErrorKind::Truncated)),
         }
     }
+}
+
+fn decode_replies(message: &[u8]) -> Result<Vec<Reply>, FrameError> {
+    let mut r = Reader::new(message);
+    let id = r.common(TYPE_REPLIES)?;
+    let fail = |kind: FrameErrorKind| FrameError::Malformed { id: Some(id), kind };
+    if id != 0 {
+        return Err(fail(FrameErrorKind::UnexpectedId(id)));
+    }
+    let count = usize::from(r.u16().ok_or_else(|| fail(FrameErrorKind::Truncated))?);
+    if count == 0 || count > MAX_REPLIES {
+        return Err(fail(FrameErrorKind::BadCount(count)));
+    }
+    let declared = REPLIES_HEADER_LEN + count * REPLY_ENTRY_LEN;
+    if message.len() != declared {
+        return Err(fail(FrameErrorKind::LengthMismatch {
+            declared,
+            actual: message.len(),
+        }));
+    }
+    let mut replies = Vec::with_capacity(count);
+    for _ in 0..count {
+        let (Some(id), Some(outcome), Some(reason)) = (r.u64(), r.u8(), r.u8()) else {
+            return Err(fail(FrameErrorKind::Truncated));
+        };
+        let outcome = Outcome::from_codes(outcome, reason).map_err(fail)?;
+        replies.push(Reply { id, outcome });
+    }
+    Ok(replies)
 }
 
 fn common(out: &mut Vec<u8>, kind: u8, id: u64) {
@@ -675,6 +1070,14 @@ pub enum FrameError {
         /// Their length.
         len: usize,
     },
+    /// A batch of none, or of more than [`MAX_BATCH`] offers or [`MAX_REPLIES`] replies,
+    /// or longer than [`MAX_BATCH_LEN`] (encoding).
+    BatchTooLarge {
+        /// How many it held.
+        count: usize,
+        /// Its length in bytes (`0` when the count alone was wrong).
+        len: usize,
+    },
     /// A received message is malformed.
     Malformed {
         /// The id of the message, when its common part was readable.
@@ -714,8 +1117,12 @@ pub enum FrameErrorKind {
     ReasonWhenTaken(u8),
     /// Its departure reason is unknown.
     UnknownDeparture(u8),
-    /// A departure with an id (always `0`).
+    /// A departure, replies or accepts with an id (always `0`).
     UnexpectedId(u64),
+    /// A batch of no entries, or of more than the limit.
+    BadCount(usize),
+    /// A message of offers whose total length is impossible or over [`MAX_BATCH_LEN`].
+    BadTotalLength(usize),
     /// Its name is over the limit.
     NameTooLong(usize),
     /// Its name is not UTF-8.
@@ -748,6 +1155,11 @@ impl fmt::Display for FrameError {
             Self::UnconsumedTooLarge { len } => {
                 write!(f, "{len} unconsumed bytes (at most {MAX_UNCONSUMED_LEN})")
             }
+            Self::BatchTooLarge { count, len } => write!(
+                f,
+                "a batch of {count} ({len} bytes; 1 to {MAX_BATCH} offers, \
+                 {MAX_REPLIES} replies, {MAX_BATCH_LEN} bytes)"
+            ),
             Self::Malformed { id, kind } => {
                 f.write_str("malformed takeover message")?;
                 if let Some(id) = id {
@@ -770,7 +1182,9 @@ impl fmt::Display for FrameErrorKind {
             Self::UnknownOutcome(o) => write!(f, "unknown outcome {o}"),
             Self::ReasonWhenTaken(r) => write!(f, "taken, with refusal reason {r}"),
             Self::UnknownDeparture(how) => write!(f, "unknown departure reason {how}"),
-            Self::UnexpectedId(id) => write!(f, "a departure with id {id} (always 0)"),
+            Self::UnexpectedId(id) => write!(f, "id {id} where it is always 0"),
+            Self::BadCount(n) => write!(f, "a batch of {n} entries"),
+            Self::BadTotalLength(n) => write!(f, "a batch declared {n} bytes long"),
             Self::NameTooLong(n) => write!(f, "name of {n} bytes (at most {MAX_NAME_LEN})"),
             Self::NameNotUtf8 => f.write_str("name is not UTF-8"),
             Self::StateTooLarge(n) => write!(f, "state of {n} bytes (at most {MAX_STATE_LEN})"),

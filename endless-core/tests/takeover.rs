@@ -2,9 +2,10 @@
 //! malformed, makes the decoders panic or accept a message other than the one encoded.
 
 use endless_core::takeover::{
-    Deframer, FrameError, FrameErrorKind, MAX_OFFER_LEN, MAX_STATE_LEN, MAX_UNCONSUMED_LEN,
-    MessageLen, OFFER_HEADER_LEN, Offer, Outcome, REPLY_LEN, RefuseReason, Reply, StreamKind,
-    encode_departure, message_len,
+    Deframer, Entry, FrameError, FrameErrorKind, MAX_BATCH, MAX_BATCH_LEN, MAX_OFFER_LEN,
+    MAX_REPLIES, MAX_STATE_LEN, MAX_UNCONSUMED_LEN, MessageLen, OFFER_HEADER_LEN,
+    OFFERS_HEADER_LEN, Offer, Outcome, REPLY_LEN, RefuseReason, Reply, StreamKind, Upstream,
+    decode_offers, encode_accepts, encode_departure, encode_offers, encode_replies, message_len,
 };
 use endless_core::{Departure, MAX_NAME_LEN};
 use proptest::collection::vec;
@@ -64,10 +65,46 @@ impl ReasonOf for Reply {
     }
 }
 
-/// Any message of the protocol, encoded: an offer, a reply or a departure.
+fn entry(offer: &Offer) -> Entry<'_> {
+    Entry {
+        kind: offer.kind,
+        name: &offer.name,
+        state: &offer.state,
+        unconsumed: &offer.unconsumed,
+    }
+}
+
+/// Offers numbered from the first one's id, as a batch numbers them.
+fn batch() -> impl Strategy<Value = Vec<Offer>> {
+    vec(offer(), 1..6).prop_map(|mut offers| {
+        let first = offers[0].id;
+        for (i, o) in offers.iter_mut().enumerate() {
+            o.id = first.wrapping_add(i as u64);
+        }
+        offers
+    })
+}
+
+fn batch_message(offers: &[Offer]) -> Vec<u8> {
+    let entries: Vec<Entry<'_>> = offers.iter().map(entry).collect();
+    encode_offers(offers[0].id, &entries).unwrap()
+}
+
+fn replies() -> impl Strategy<Value = Vec<Reply>> {
+    vec(
+        (any::<u64>(), outcome()).prop_map(|(id, outcome)| Reply { id, outcome }),
+        1..20,
+    )
+}
+
+/// Any message of the protocol, encoded: an offer, offers, a reply, replies, an accepts or
+/// a departure.
 fn message() -> impl Strategy<Value = Vec<u8>> {
     prop_oneof![
         offer().prop_map(|o| o.encode().unwrap()),
+        batch().prop_map(|b| batch_message(&b)),
+        replies().prop_map(|r| encode_replies(&r).unwrap()),
+        any::<u16>().prop_map(encode_accepts),
         (any::<u64>(), outcome()).prop_map(|(id, outcome)| Reply { id, outcome }.encode()),
         prop_oneof![
             Just(Departure::HandedOver),
@@ -121,12 +158,52 @@ proptest! {
         prop_assert_eq!(message_len(&stream), Ok(MessageLen::Exactly(message.len())));
     }
 
+    /// A batch of offers comes back as the offers it numbers; its replies too.
+    #[test]
+    fn batches_round_trip(offers in batch(), replies in replies()) {
+        let message = batch_message(&offers);
+        let decoded: Vec<Offer> = decode_offers(&message).unwrap().into_iter().map(Result::unwrap).collect();
+        prop_assert_eq!(decoded, offers);
+        prop_assert_eq!(Upstream::decode(&encode_replies(&replies).unwrap()), Ok(Upstream::Replies(replies)));
+    }
+
+    /// A batch whose entry `bad` is malformed in a way that keeps its length costs that
+    /// entry only; one cut short costs every entry from where its lengths stop making
+    /// sense, each refusable by its id.
+    #[test]
+    fn a_bad_entry_costs_itself(offers in batch(), bad in any::<prop::sample::Index>(), cut in any::<prop::sample::Index>()) {
+        let bad = bad.index(offers.len());
+        let mut message = batch_message(&offers);
+        let at = OFFERS_HEADER_LEN
+            + offers[..bad].iter().map(|o| entry(o).encoded_len().unwrap()).sum::<usize>();
+        message[at] = 9; // an unknown kind
+        let decoded = decode_offers(&message).unwrap();
+        for (i, (got, offer)) in decoded.iter().zip(&offers).enumerate() {
+            if i == bad {
+                prop_assert_eq!(got.as_ref().unwrap_err().id(), Some(offer.id));
+            } else {
+                prop_assert_eq!(got.as_ref().unwrap(), offer);
+            }
+        }
+        // Cut short: every entry has a result, and every error names its entry's id.
+        let message = batch_message(&offers);
+        let short = &message[..OFFERS_HEADER_LEN + cut.index(message.len() - OFFERS_HEADER_LEN)];
+        let decoded = decode_offers(short).unwrap();
+        prop_assert_eq!(decoded.len(), offers.len());
+        for (got, offer) in decoded.iter().zip(&offers) {
+            if let Err(e) = got {
+                prop_assert_eq!(e.id(), Some(offer.id));
+            }
+        }
+        prop_assert!(decoded.iter().any(Result::is_err), "a message cut short is not whole");
+    }
+
     /// Garbage on a stream ends it with an error, never a panic or a length over the limit;
     /// the error stays.
     #[test]
     fn a_stream_of_garbage_fails_or_asks_for_a_bounded_length(bytes in vec(any::<u8>(), 0..200)) {
         match message_len(&bytes) {
-            Ok(MessageLen::AtLeast(n) | MessageLen::Exactly(n)) => prop_assert!(n <= MAX_OFFER_LEN),
+            Ok(MessageLen::AtLeast(n) | MessageLen::Exactly(n)) => prop_assert!(n <= MAX_BATCH_LEN),
             Err(e) => {
                 let mut deframer = Deframer::new();
                 deframer.push(&bytes);
@@ -480,10 +557,7 @@ fn display_messages() {
             FrameErrorKind::UnknownDeparture(9),
             "unknown departure reason 9",
         ),
-        (
-            FrameErrorKind::UnexpectedId(7),
-            "a departure with id 7 (always 0)",
-        ),
+        (FrameErrorKind::UnexpectedId(7), "id 7 where it is always 0"),
         (
             FrameErrorKind::NameTooLong(2000),
             "name of 2000 bytes (at most 1024)",
@@ -558,4 +632,69 @@ fn departures_round_trip_and_malformed_ones_are_typed_errors() {
     ));
     // An offer is no message of the new generation's.
     assert!(Upstream::decode(b"EDLS\x01\x01").is_err());
+}
+
+#[test]
+fn batch_limits_are_enforced_both_ways() {
+    let offer = Offer {
+        id: 1,
+        kind: StreamKind::Tcp,
+        name: "x".into(),
+        state: vec![],
+        unconsumed: vec![],
+    };
+    let many = vec![entry(&offer); MAX_BATCH + 1];
+    assert!(matches!(
+        encode_offers(1, &many),
+        Err(FrameError::BatchTooLarge { count, .. }) if count == MAX_BATCH + 1
+    ));
+    assert!(encode_offers(1, &many[..MAX_BATCH]).is_ok());
+    assert!(encode_offers(1, &[]).is_err());
+    // Too many bytes: entries at their limits.
+    let big = Offer {
+        state: vec![0; MAX_STATE_LEN],
+        unconsumed: vec![0; MAX_UNCONSUMED_LEN],
+        ..offer.clone()
+    };
+    let fits = MAX_BATCH_LEN / entry(&big).encoded_len().unwrap();
+    assert!(fits >= 1 && MAX_OFFER_LEN < MAX_BATCH_LEN);
+    assert!(encode_offers(1, &vec![entry(&big); fits]).is_ok());
+    assert!(matches!(
+        encode_offers(1, &vec![entry(&big); fits + 1]),
+        Err(FrameError::BatchTooLarge { .. })
+    ));
+    let reply = Reply {
+        id: 1,
+        outcome: Outcome::Taken,
+    };
+    assert!(encode_replies(&vec![reply; MAX_REPLIES]).is_ok());
+    assert!(encode_replies(&vec![reply; MAX_REPLIES + 1]).is_err());
+    assert!(encode_replies(&[]).is_err());
+    // The reader refuses counts and lengths over the limits from the head alone.
+    let mut head = encode_offers(1, &[entry(&offer)]).unwrap();
+    head[14..16].copy_from_slice(&u16::try_from(MAX_BATCH + 1).unwrap().to_be_bytes());
+    assert!(matches!(
+        message_len(&head[..OFFERS_HEADER_LEN]),
+        Err(FrameError::Malformed {
+            kind: FrameErrorKind::BadCount(_),
+            ..
+        })
+    ));
+    let mut head = encode_offers(1, &[entry(&offer)]).unwrap();
+    head[16..20].copy_from_slice(&u32::try_from(MAX_BATCH_LEN + 1).unwrap().to_be_bytes());
+    assert!(matches!(
+        message_len(&head[..OFFERS_HEADER_LEN]),
+        Err(FrameError::Malformed {
+            kind: FrameErrorKind::BadTotalLength(_),
+            ..
+        })
+    ));
+    let mut replies = encode_replies(&[reply]).unwrap();
+    replies[14..16].copy_from_slice(&0u16.to_be_bytes());
+    assert!(message_len(&replies).is_err());
+    // An accepts message with an id, or of another length, is malformed.
+    let mut accepts = encode_accepts(253);
+    assert_eq!(Upstream::decode(&accepts), Ok(Upstream::Accepts(253)));
+    accepts[13] = 1;
+    assert!(Upstream::decode(&accepts).is_err());
 }

@@ -330,6 +330,33 @@ impl<N: Net> Builder<N> {
         self
     }
 
+    /// How long a connection handed over ([`Endless::hand_over`]) waits for the new
+    /// generation's answer (default 5 s). A new generation that is alive but does not
+    /// answer in that time (its application does not take what it is offered) is cut off:
+    /// the connections it did not take stay with this process, which serves them on, and it
+    /// takes no more (see [`crate::takeover`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    /// use endless_tokio::Endless;
+    ///
+    /// let endless = Endless::builder()
+    ///     .takeover_timeout(Duration::from_secs(2))
+    ///     .start()?;
+    /// # endless.request(endless_tokio::Request::Stop);
+    /// # assert_eq!(endless.run().await.code, 0);
+    /// # Ok(()) }
+    /// ```
+    #[must_use]
+    pub fn takeover_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.options = self.options.takeover_timeout(timeout);
+        self
+    }
+
     /// The most bytes of application state this process hands to its successor, and
     /// accepts from its predecessor (default
     /// [`DEFAULT_MAX_LEN`](crate::state::DEFAULT_MAX_LEN), 64 MiB); see
@@ -902,6 +929,8 @@ impl<N: Net> Endless<N> {
         Ok(Connections {
             inbox: self.handle.receiver(name)?,
             endless: self.clone(),
+            taken: std::sync::Mutex::default(),
+            most: endless_core::takeover::MAX_BATCH,
         })
     }
 
@@ -1104,9 +1133,18 @@ impl<N: Net> Stream<N> {
 
 /// The connections the previous generation hands over under one name
 /// ([`Endless::receive_connections`]).
+///
+/// The connections waiting when [`next`](Self::next) is called are taken together (one
+/// answer to the previous generation for all of them) and handed out one by one: drop a
+/// `Connections` only once `next` returned `None`, or those taken and not handed out yet
+/// are closed.
 pub struct Connections<N: Net> {
     inbox: Inbox,
     endless: Endless<N>,
+    /// Taken, not handed out yet.
+    taken: std::sync::Mutex<std::collections::VecDeque<Received<N>>>,
+    /// The most taken in one go.
+    most: usize,
 }
 
 impl<N: Net> fmt::Debug for Connections<N> {
@@ -1131,28 +1169,71 @@ pub struct Received<N: Net> {
 }
 
 impl<N: Net> Connections<N> {
+    /// Takes at most `most` connections in one go (at least 1; the default is
+    /// [`MAX_BATCH`](endless_core::takeover::MAX_BATCH)): fewer answers to the previous
+    /// generation with more, fewer connections held and not handed out yet with less.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use endless_tokio::Endless;
+    ///
+    /// let endless = Endless::start()?;
+    /// // One at a time: each is answered as the application gets it.
+    /// let incoming = endless.receive_connections("game")?.take_at_most(1);
+    /// endless.ready();
+    /// assert!(incoming.next().await.is_none()); // a fresh start
+    /// # endless.request(endless_tokio::Request::Stop);
+    /// # assert_eq!(endless.run().await.code, 0);
+    /// # Ok(()) }
+    /// ```
+    #[must_use]
+    pub fn take_at_most(mut self, most: usize) -> Self {
+        self.most = most.max(1);
+        self
+    }
+
     /// The next connection, owned by this process (the previous generation is told so
     /// before this returns, and closes its copy); `None` once the previous generation is
     /// done. A connection that cannot be registered with the runtime is refused and stays
     /// with the previous generation.
     pub async fn next(&self) -> Option<Received<N>> {
         loop {
-            let incoming = self.inbox.next().await?;
-            let kind = incoming.offer().kind;
-            match incoming.take(|fd| self.endless.adopt(kind, fd)) {
-                Ok((stream, offer)) => {
-                    return Some(Received {
+            if let Some(received) = self.lock_taken().pop_front() {
+                return Some(received);
+            }
+            let first = self.inbox.next().await?;
+            let mut batch = vec![first];
+            while batch.len() < self.most {
+                match self.inbox.try_next() {
+                    Some(incoming) => batch.push(incoming),
+                    None => break,
+                }
+            }
+            let results = crate::takeover::take_all(batch, |kind, fd| self.endless.adopt(kind, fd));
+            let mut taken = self.lock_taken();
+            for result in results {
+                match result {
+                    Ok((stream, offer)) => taken.push_back(Received {
                         stream,
                         name: offer.name,
                         state: offer.state,
                         unconsumed: offer.unconsumed,
-                    });
+                    }),
+                    Err(e) => self.endless.handle.span().in_scope(|| {
+                        tracing::warn!(error = %e, "refused a connection handed over");
+                    }),
                 }
-                Err(e) => self.endless.handle.span().in_scope(|| {
-                    tracing::warn!(error = %e, "refused a connection handed over");
-                }),
             }
         }
+    }
+
+    fn lock_taken(&self) -> std::sync::MutexGuard<'_, std::collections::VecDeque<Received<N>>> {
+        self.taken
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 

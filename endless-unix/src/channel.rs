@@ -72,13 +72,26 @@ impl Channel {
         })
     }
 
-    /// Sends `message` whole, with `fd` attached, waiting for room as long as it takes
-    /// (on a blocking or a non-blocking socket alike). `EPIPE` (`BrokenPipe`) if the peer is
-    /// gone. After an error the channel is of no further use: part of the message may have
-    /// gone (with the descriptor), and the peer sees a message cut short.
-    pub(crate) fn send(&self, message: &[u8], fd: Option<BorrowedFd<'_>>) -> io::Result<()> {
+    /// Sends `message` whole, with `fds` attached (at most [`sys::MAX_FDS`]), waiting for
+    /// room as long as it takes (on a blocking or a non-blocking socket alike). `EPIPE`
+    /// (`BrokenPipe`) if the peer is gone. After an error the channel is of no further use:
+    /// part of the message may have gone (with the descriptors), and the peer sees a
+    /// message cut short.
+    pub(crate) fn send(&self, message: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
         let _sending = self.sending.lock().unwrap_or_else(PoisonError::into_inner);
-        self.send_rest(message, fd, None)
+        self.send_rest(message, fds, None)
+    }
+
+    /// Sends `message` whole, with `fds`, as [`send`](Self::send), waiting for room until
+    /// `deadline` at most: past it, `TimedOut` (and part of the message may have gone).
+    pub(crate) fn send_until(
+        &self,
+        message: &[u8],
+        fds: &[BorrowedFd<'_>],
+        deadline: Instant,
+    ) -> io::Result<()> {
+        let _sending = self.sending.lock().unwrap_or_else(PoisonError::into_inner);
+        self.send_rest(message, fds, Some(deadline))
     }
 
     /// Sends `message` whole if the channel has room for any of it now; `WouldBlock` if it
@@ -89,7 +102,7 @@ impl Channel {
         let _sending = self.sending.lock().unwrap_or_else(PoisonError::into_inner);
         let sent = sys::send_part(self.fd.as_fd(), message, &[], true)?;
         let deadline = Instant::now() + FINISH_TIMEOUT;
-        let finished = self.send_rest(&message[sent..], None, Some(deadline));
+        let finished = self.send_rest(&message[sent..], &[], Some(deadline));
         if finished
             .as_ref()
             .is_err_and(|e| e.kind() == io::ErrorKind::TimedOut)
@@ -99,14 +112,13 @@ impl Channel {
         finished
     }
 
-    /// Sends all of `bytes`, `fd` with the first of them; waits for room until `deadline`.
+    /// Sends all of `bytes`, `fds` with the first of them; waits for room until `deadline`.
     fn send_rest(
         &self,
         mut bytes: &[u8],
-        fd: Option<BorrowedFd<'_>>,
+        mut fds: &[BorrowedFd<'_>],
         deadline: Option<Instant>,
     ) -> io::Result<()> {
-        let mut fds: &[BorrowedFd<'_>] = fd.as_slice();
         while !bytes.is_empty() {
             // Never blocks in the kernel, whatever the socket's mode: the wait is `poll`'s,
             // which has a deadline.
@@ -266,7 +278,7 @@ mod tests {
             let messages = messages.clone();
             std::thread::spawn(move || {
                 for (message, (socket, _)) in messages.iter().zip(&sockets) {
-                    old.send(message, Some(socket.as_fd())).unwrap();
+                    old.send(message, &[socket.as_fd()]).unwrap();
                 }
                 drop(old);
             })
@@ -299,7 +311,7 @@ mod tests {
                                 outcome,
                             }
                             .encode(),
-                            None,
+                            &[],
                         )
                         .unwrap();
                     }
@@ -339,7 +351,7 @@ mod tests {
     #[test]
     fn garbage_ends_the_stream_with_a_typed_error() {
         let (old, new) = pair();
-        old.send(b"GET / HTTP/1.1\r\n\r\n", None).unwrap();
+        old.send(b"GET / HTTP/1.1\r\n\r\n", &[]).unwrap();
         let err = new.recv(&mut Vec::new()).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
         assert!(
@@ -395,8 +407,8 @@ mod tests {
         let (socket, port) = udp();
         let first = offer(1, 10);
         let second = offer(2, 20);
-        old.send(&first, Some(socket.as_fd())).unwrap();
-        old.send(&second, None).unwrap();
+        old.send(&first, &[socket.as_fd()]).unwrap();
+        old.send(&second, &[]).unwrap();
         drop(old);
         let mut buf = Vec::new();
         let fds = new.recv(&mut buf).unwrap().unwrap();

@@ -21,7 +21,7 @@ use async_channel::{Receiver, Sender};
 use endless_core::control::{Answer, Answers, RefusalKind, RequestKind};
 use endless_core::ready::{Readiness, ReadyParser};
 use endless_core::state::Header;
-use endless_core::takeover::{Deframer, Reply, Upstream};
+use endless_core::takeover::{Deframer, Upstream};
 use endless_core::{
     Action, ChildStatus, DrainCause, Event, FdKind, Input, Lifecycle, Output, Phase, Request,
     Status, UpgradeFailure,
@@ -36,7 +36,7 @@ use crate::runtime::{ChildProcess, ReadinessReader, Runtime};
 use crate::spawn::{self, HandoffFd};
 use crate::state::ProvideError;
 use crate::sys;
-use crate::takeover::{Outbox, Replies};
+use crate::takeover::{Feed, Outbox, OutboxEvent};
 
 /// What reaches the driver task.
 #[derive(Debug)]
@@ -156,7 +156,7 @@ struct Driver<R> {
     owed: Vec<(UnixStream, Answer)>,
     /// This process's end of each live child's readiness channel, which carries the
     /// connections handed over once the child is ready, and the replies read from it.
-    channels: HashMap<u32, (OwnedFd, Replies)>,
+    channels: HashMap<u32, (OwnedFd, (Feed, std::sync::mpsc::Receiver<OutboxEvent>))>,
     /// The readiness channel to the parent, kept after the "ready" line to receive
     /// connections.
     parent_channel: Option<Channel>,
@@ -413,17 +413,20 @@ impl<R: Runtime> Driver<R> {
                 // connection and drains it. Without a parent (a fresh start) the receivers
                 // end here.
                 if let Some(channel) = self.parent_channel.take() {
-                    match crate::takeover::receive(channel, senders) {
+                    let batched = crate::takeover::parent_reads_batches();
+                    match crate::takeover::receive(channel, senders, batched) {
                         Ok(kept) => self.to_parent = Some(kept),
                         Err(e) => tracing::error!(error = %e, "cannot receive connections"),
                     }
                 }
             }
             Action::HandOver { successor } => match self.channels.remove(&successor) {
-                Some((channel, replies)) => match Outbox::start(channel, replies, successor) {
-                    Ok(outbox) => *lock(&self.shared.outbox) = Some(outbox),
-                    Err(e) => tracing::error!(error = %e, "cannot hand connections over"),
-                },
+                Some((channel, events)) => {
+                    match Outbox::start(channel, events, successor, self.shared.takeover_timeout) {
+                        Ok(outbox) => *lock(&self.shared.outbox) = Some(outbox),
+                        Err(e) => tracing::error!(error = %e, "cannot hand connections over"),
+                    }
+                }
                 None => tracing::debug!(successor, "no channel to hand connections over"),
             },
             Action::Announce(status) => self.announce(status),
@@ -687,7 +690,7 @@ impl<R: Runtime> Driver<R> {
         let pid = child.id();
         tracing::info!(pid, executable = %self.shared.executable.path().display(), "spawned the new generation");
         // The task that reads the child's messages passes the takeover replies on.
-        let (to_outbox, replies) = async_channel::unbounded();
+        let (to_outbox, events) = crate::takeover::events();
         // Its last messages are read after its exit (a departure, a readiness line just
         // before a crash): a copy of the channel to read them without the runtime.
         let last_words = match channel.and_then(|c| Ok((c.try_clone()?, c))) {
@@ -697,7 +700,8 @@ impl<R: Runtime> Driver<R> {
                 if let Err(e) = sys::set_nonblocking(last_words.as_fd()) {
                     tracing::warn!(pid, error = %e, "the channel stays blocking");
                 }
-                self.channels.insert(pid, (channel, replies));
+                self.channels
+                    .insert(pid, (channel, (to_outbox.clone(), events)));
                 Some(last_words)
             }
             Err(e) => {
@@ -805,7 +809,7 @@ const READ_BUF: usize = 1024;
 struct Follower {
     pid: u32,
     inputs: Sender<Message>,
-    replies: Sender<io::Result<Reply>>,
+    replies: Feed,
     parser: ReadyParser,
     /// Its readiness line was read (or it broke the protocol): what follows are messages.
     readiness_known: bool,
@@ -903,7 +907,13 @@ impl Follower {
             let unframed = message.is_err();
             match message.and_then(|message| Upstream::decode(&message)) {
                 Ok(Upstream::Reply(reply)) => {
-                    let _ = self.replies.send(Ok(reply)).await;
+                    let _ = self.replies.send(OutboxEvent::Replies(vec![reply]));
+                }
+                Ok(Upstream::Replies(replies)) => {
+                    let _ = self.replies.send(OutboxEvent::Replies(replies));
+                }
+                Ok(Upstream::Accepts(most)) => {
+                    let _ = self.replies.send(OutboxEvent::Accepts(most));
                 }
                 Ok(Upstream::Departure(how)) => {
                     let _ = self
@@ -916,12 +926,12 @@ impl Follower {
                 }
                 Err(e) => {
                     tracing::warn!(pid, error = %e, "bad message from the child");
-                    let _ = self
-                        .replies
-                        .send(Err(io::Error::new(io::ErrorKind::InvalidData, e)))
-                        .await;
+                    let _ = self.replies.send(OutboxEvent::Bad(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        e,
+                    )));
                     if unframed {
-                        self.replies.close();
+                        let _ = self.replies.send(OutboxEvent::End);
                         return false;
                     }
                 }
@@ -950,8 +960,8 @@ impl Follower {
                 "the child's channel ended in the middle of a message"
             );
         }
-        // The end: the outbox sees `replies` close.
-        self.replies.close();
+        // The end: nothing more will be answered.
+        let _ = self.replies.send(OutboxEvent::End);
         false
     }
 }

@@ -17,6 +17,7 @@ use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use async_channel::Sender;
 use endless_core::{
@@ -54,6 +55,7 @@ pub(crate) struct Options {
     notify_socket: Option<NotifySocket>,
     max_state_len: usize,
     supervise: Option<bool>,
+    takeover_timeout: Duration,
 }
 
 impl fmt::Debug for Options {
@@ -67,6 +69,7 @@ impl fmt::Debug for Options {
             .field("notify_socket", &self.notify_socket)
             .field("max_state_len", &self.max_state_len)
             .field("supervise", &self.supervise)
+            .field("takeover_timeout", &self.takeover_timeout)
             .finish()
     }
 }
@@ -82,6 +85,7 @@ impl Default for Options {
             notify_socket: None,
             max_state_len: state::DEFAULT_MAX_LEN,
             supervise: None,
+            takeover_timeout: crate::takeover::DEFAULT_TIMEOUT,
         }
     }
 }
@@ -151,6 +155,14 @@ impl Options {
     #[must_use]
     pub(crate) fn max_state_len(mut self, bytes: usize) -> Self {
         self.max_state_len = bytes;
+        self
+    }
+
+    /// How long a connection handed over waits for the new generation's answer
+    /// ([`crate::takeover`]).
+    #[must_use]
+    pub(crate) fn takeover_timeout(mut self, timeout: Duration) -> Self {
+        self.takeover_timeout = timeout;
         self
     }
 }
@@ -435,6 +447,8 @@ pub(crate) struct Shared {
     pub(crate) state_provider: Mutex<Option<state::Provider>>,
     /// The most bytes of application state sent or read.
     pub(crate) max_state_len: usize,
+    /// How long a connection handed over waits for the new generation's answer.
+    pub(crate) takeover_timeout: Duration,
 }
 
 impl Shared {
@@ -622,6 +636,7 @@ impl Handle {
             state: Mutex::new(state::Slot::Unread(state_file)),
             state_provider: Mutex::new(None),
             max_state_len: options.max_state_len,
+            takeover_timeout: options.takeover_timeout,
         });
 
         let (signal_tx, signal_rx) = async_channel::unbounded();
@@ -974,24 +989,27 @@ impl Handle {
                 Some((fd, guard)),
             ));
         };
-        let id = outbox.next_id();
-        let message = match endless_core::takeover::encode_offer(id, kind, name, state, unconsumed)
-        {
-            Ok(message) => message,
-            Err(e) => {
-                return Err(HandOverError::new(
-                    HandOverFailure::Frame(e),
-                    Some((fd, guard)),
-                ));
-            }
+        let entry = endless_core::takeover::Entry {
+            kind,
+            name,
+            state,
+            unconsumed,
         };
+        if let Err(e) = entry.encoded_len() {
+            return Err(HandOverError::new(
+                HandOverFailure::Frame(e),
+                Some((fd, guard)),
+            ));
+        }
         // From now on the new generation may own the socket: a forced close here must not
         // shut it down.
         guard.forget_socket();
         outbox
             .send(Outgoing {
-                id,
-                message,
+                kind,
+                name: name.to_owned(),
+                state: state.to_vec(),
+                unconsumed: unconsumed.to_vec(),
                 fd,
                 guard,
             })

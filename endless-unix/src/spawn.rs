@@ -723,6 +723,11 @@ pub fn prepare<'a>(exe: &Executable, fds: &[HandoffFd<'a>]) -> Result<Prepared<'
                     .into_iter()
                     .map(|(k, v)| (OsString::from(k), OsString::from(v))),
             )
+            // This process reads batched takeover answers (see `crate::takeover`).
+            .chain([(
+                OsString::from(endless_core::takeover::BATCH_VAR),
+                OsString::from(handoff.parent_pid.to_string()),
+            )])
             .collect(),
         sources,
         stdio: [None, None, None],
@@ -1173,6 +1178,8 @@ mod tests {
             ("ENDLESS_FDS", "1"),
             ("ENDLESS_FD_3", entry.as_str()),
             ("ENDLESS_READY_FD", ready_value.as_str()),
+            // It reads batched takeover answers: the variable names it as the parent.
+            ("ENDLESS_TAKEOVER_BATCH", pid.as_str()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), Some(v.to_owned())))

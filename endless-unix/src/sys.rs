@@ -863,8 +863,16 @@ const NOSIGNAL: SendFlags = SendFlags::NOSIGNAL;
 #[cfg(target_vendor = "apple")]
 const NOSIGNAL: SendFlags = SendFlags::empty();
 
-/// The most descriptors one `send` attaches, and one `recvmsg` of [`recv_with_fds`] takes.
-pub(crate) const MAX_FDS: usize = 4;
+/// The most descriptors one `send` attaches, and one `recvmsg` of [`recv_with_fds`] takes:
+/// Linux's limit for one `SCM_RIGHTS` message (`SCM_MAX_FD`); elsewhere a number every
+/// BSD and macOS passes.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+pub(crate) const MAX_FDS: usize = 253;
+/// The most descriptors one `send` attaches, and one `recvmsg` of [`recv_with_fds`] takes:
+/// Linux's limit for one `SCM_RIGHTS` message (`SCM_MAX_FD`); elsewhere a number every
+/// BSD and macOS passes.
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+pub(crate) const MAX_FDS: usize = 64;
 
 /// Sends what it can of `bytes` on `socket`, a channel of [`channel_pair`], with `fds`
 /// attached to the first byte (`SCM_RIGHTS`: the receiver gets its own descriptors of the

@@ -4,32 +4,51 @@
 //! module moves the sockets. The channel is the new generation's readiness channel, a
 //! Unix stream socketpair created for that child alone (no path on disk, so no
 //! permissions to get wrong): the child writes its "ready" line on it and keeps it; the old
-//! generation then sends one [`Offer`] per connection with the socket attached
-//! (`SCM_RIGHTS`) and waits for the [`Reply`] before it sends the next. Each message says
-//! its own length; the channel module (private) sends each whole and reads each with only
-//! its own socket. Received sockets are close-on-exec (`MSG_CMSG_CLOEXEC`).
+//! generation then sends the connections, with their sockets attached (`SCM_RIGHTS`). Each
+//! message says its own length; the channel module (private) sends each whole and reads
+//! each with only its own sockets. Received sockets are close-on-exec
+//! (`MSG_CMSG_CLOEXEC`).
 //!
-//! Each side runs one plain thread for the channel, so the same code serves every runtime:
-//! a takeover is rare, sequential and short.
+//! Each side runs one plain thread for the channel, so the same code serves every runtime.
 //!
-//! - Old side: [`Endless::hand_over`](crate::Endless::hand_over) queues a
-//!   connection; the thread sends it and waits for the answer. Taken: the old generation
-//!   closes its copy. Refused, or the channel broke before an answer (the new generation
-//!   died): the connection comes back to the application, which goes on serving it.
+//! - Old side: [`Endless::hand_over`](crate::Endless::hand_over) queues a connection; the
+//!   thread sends what is queued in batches of up to
+//!   [`MAX_BATCH`](endless_core::takeover::MAX_BATCH) sockets a message (to a new
+//!   generation that says it reads them; one a message to an earlier version), with at
+//!   most [`WINDOW`] connections waiting for their answers, and settles each connection as
+//!   soon as its answer comes. Taken: the old generation closes its copy. Refused, or the
+//!   channel ended before an answer (the new generation died): the connection comes back
+//!   to the application, which goes on serving it.
+//! - A new generation that is alive but does not answer (its application never takes what
+//!   it is offered) does not hold the old one until its drain deadline: after the takeover
+//!   timeout ([`Builder::takeover_timeout`](crate::Builder::takeover_timeout)) the old side
+//!   stops listening to it (`shutdown(SHUT_RD)` of the channel). From then on every answer
+//!   the new side tries to send fails, so its application never gets one more connection
+//!   ([`Incoming::take`] checks that its answer went out before it returns the socket);
+//!   every answer that did go out is still read, and every connection without one stays
+//!   with the old generation.
 //! - New side ([`Inbox`]): the thread reads offers and passes each to the application's
-//!   receiver of that name; the application answers with [`Incoming::take`] (the reply is
+//!   receiver of that name; the application answers with [`Incoming::take`] (the answer is
 //!   written before the application can read from the socket) or refuses by dropping it.
-//!   A malformed offer costs that one connection, never the process.
+//!   Answers go together in one message where they can: the thread's own refusals of a
+//!   batch in one, and the connections a receiver takes in one go (what
+//!   [`Connections::next`](crate::adapter::Connections::next) does) in one. A malformed
+//!   offer costs that one connection, never the process.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
-use std::sync::Arc;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use endless_core::Departure;
-use endless_core::takeover::{FrameError, MAX_OFFER_LEN, Offer, Outcome, RefuseReason, Reply};
+use endless_core::takeover::{
+    Entry, FrameError, MAX_BATCH, MAX_BATCH_LEN, MAX_OFFER_LEN, MAX_REPLIES, OFFERS_HEADER_LEN,
+    Offer, Outcome, RefuseReason, Reply, StreamKind,
+};
 use rustix::io::Errno;
 
 use crate::channel::Channel;
@@ -129,74 +148,152 @@ impl<T> std::error::Error for HandOverError<T> {
 /// generation may own it).
 pub type Held = (OwnedFd, ConnectionGuard);
 
-/// What the application hands over: the offer's message (its id from [`Outbox::next_id`])
-/// and the connection.
+/// The most connections the old side has offered and not seen answered: the sender waits
+/// for answers past it, so that a slow new generation is not sent every connection at
+/// once (each holds a descriptor in both processes while it is in flight).
+pub const WINDOW: usize = 4 * MAX_BATCH;
+
+/// How long the old generation waits for the answer to a connection it offered, by
+/// default (see [`Builder::takeover_timeout`](crate::Builder::takeover_timeout)).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What the application hands over: the offer's fields and the connection.
 #[derive(Debug)]
 pub(crate) struct Outgoing {
-    pub(crate) id: u64,
-    pub(crate) message: Vec<u8>,
+    pub(crate) kind: StreamKind,
+    pub(crate) name: String,
+    pub(crate) state: Vec<u8>,
+    pub(crate) unconsumed: Vec<u8>,
     pub(crate) fd: OwnedFd,
     pub(crate) guard: ConnectionGuard,
 }
 
+impl Outgoing {
+    fn entry(&self) -> Entry<'_> {
+        Entry {
+            kind: self.kind,
+            name: &self.name,
+            state: &self.state,
+            unconsumed: &self.unconsumed,
+        }
+    }
+}
+
 type Done = async_channel::Sender<Result<(), HandOverError<Held>>>;
 
-/// What the task that reads the new generation's messages passes on to the [`Outbox`]: each
-/// reply, or why one was unreadable. The end of the channel closes it.
-pub(crate) type Replies = async_channel::Receiver<io::Result<Reply>>;
+/// What the old side's sending thread hears: connections to send (from the application),
+/// and what the new generation said (from the task that reads its channel, which sees its
+/// readiness line, its answers and its departure in order).
+#[derive(Debug)]
+pub(crate) enum OutboxEvent {
+    /// A connection to hand over, and where its result goes.
+    Job(Outgoing, Done),
+    /// Answers.
+    Replies(Vec<Reply>),
+    /// The new generation reads batches of up to this many offers.
+    Accepts(u16),
+    /// A message of the new generation that broke the protocol.
+    Bad(io::Error),
+    /// The new generation's channel ended: nothing more will be answered.
+    End,
+    /// The last [`Outbox`] went: no more connections will come.
+    Close,
+}
+
+/// Where the reader of the new generation's channel sends what it reads (an
+/// [`OutboxEvent::Replies`], [`OutboxEvent::Accepts`], [`OutboxEvent::Bad`] or [`OutboxEvent::End`]).
+pub(crate) type Feed = mpsc::Sender<OutboxEvent>;
+
+/// A sending thread's events and the sender for more (the driver makes one per child, when
+/// it spawns it, and starts the [`Outbox`] on it once the child is ready).
+pub(crate) fn events() -> (Feed, mpsc::Receiver<OutboxEvent>) {
+    mpsc::channel()
+}
 
 /// The old side of a takeover: one thread that sends the connections queued by
-/// [`Outbox::send`] to the new generation, one at a time. The replies come from the task
-/// that reads every message of the new generation (its readiness line, its replies, its
-/// departure), so that one reader sees them in order.
+/// [`Outbox::send`] to the new generation and settles each with its answer.
 #[derive(Debug, Clone)]
 pub(crate) struct Outbox {
-    jobs: async_channel::Sender<(Outgoing, Done)>,
+    inner: Arc<OutboxInner>,
+}
+
+#[derive(Debug)]
+struct OutboxInner {
+    jobs: Mutex<Feed>,
     open: Arc<AtomicBool>,
-    ids: Arc<std::sync::atomic::AtomicU64>,
+    /// Messages of offers sent so far (the thread logs it at its end; tests read it).
+    #[cfg_attr(not(test), allow(dead_code))]
+    messages: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Drop for OutboxInner {
+    fn drop(&mut self) {
+        let jobs = self.jobs.get_mut().unwrap_or_else(PoisonError::into_inner);
+        let _ = jobs.send(OutboxEvent::Close);
+    }
 }
 
 impl Outbox {
     /// Starts the thread on `channel` (this process's end of the child's readiness
-    /// channel), with the replies read from it. It ends once every `Outbox` clone is
-    /// dropped, shutting down the sending side of the channel: the new generation's
-    /// receivers end, and it can still say that it departs.
-    pub(crate) fn start(channel: OwnedFd, replies: Replies, successor: u32) -> io::Result<Self> {
+    /// channel), with the `events` that the reader of the channel feeds through `feed`.
+    /// It ends once every `Outbox` clone is dropped and nothing waits for an answer,
+    /// shutting down the sending side of the channel: the new generation's receivers end,
+    /// and it can still say that it departs.
+    pub(crate) fn start(
+        channel: OwnedFd,
+        (feed, events): (Feed, mpsc::Receiver<OutboxEvent>),
+        successor: u32,
+        timeout: Duration,
+    ) -> io::Result<Self> {
         let channel = Channel::new(channel)?;
-        let (jobs, queue) = async_channel::unbounded::<(Outgoing, Done)>();
         let open = Arc::new(AtomicBool::new(true));
-        let flag = Arc::clone(&open);
+        let messages = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let mut sender = Sender {
+            channel,
+            successor,
+            timeout,
+            open: Arc::clone(&open),
+            batch: 1,
+            next_id: 1,
+            queue: VecDeque::new(),
+            pending: BTreeMap::new(),
+            cut_off: None,
+            sent: 0,
+            refused: 0,
+            messages: Arc::clone(&messages),
+        };
         let span = tracing::Span::current();
         std::thread::Builder::new()
             .name("endless-handover".into())
-            .spawn(move || {
-                span.in_scope(|| send_loop(&channel, &replies, successor, &queue, &flag));
-                if let Err(e) = rustix::net::shutdown(&channel, rustix::net::Shutdown::Write) {
-                    tracing::debug!(error = %e, "cannot end the takeover channel");
-                }
-            })?;
+            .spawn(move || span.in_scope(|| sender.run(&events)))?;
         Ok(Self {
-            jobs,
-            open,
-            ids: Arc::new(std::sync::atomic::AtomicU64::new(1)),
+            inner: Arc::new(OutboxInner {
+                jobs: Mutex::new(feed),
+                open,
+                messages,
+            }),
         })
-    }
-
-    /// A new offer id, unique on this channel.
-    pub(crate) fn next_id(&self) -> u64 {
-        self.ids.fetch_add(1, Ordering::Relaxed)
     }
 
     /// Whether the new generation may still take connections.
     pub(crate) fn is_open(&self) -> bool {
-        self.open.load(Ordering::SeqCst)
+        self.inner.open.load(Ordering::SeqCst)
     }
 
-    /// Hands `outgoing` over; resolves once the new generation answered.
+    /// How many messages of offers went so far.
+    #[cfg(test)]
+    fn messages(&self) -> u64 {
+        self.inner.messages.load(Ordering::SeqCst)
+    }
+
+    /// Hands `outgoing` over; resolves once the new generation answered (or will not).
     pub(crate) async fn send(&self, outgoing: Outgoing) -> Result<(), HandOverError<Held>> {
         let (done, result) = async_channel::bounded(1);
-        if let Err(e) = self.jobs.try_send((outgoing, done)) {
-            let (outgoing, _) = e.into_inner();
+        let sent = lock(&self.inner.jobs).send(OutboxEvent::Job(outgoing, done));
+        if let Err(mpsc::SendError(event)) = sent {
+            let OutboxEvent::Job(outgoing, _) = event else {
+                unreachable!("the event sent is a job")
+            };
             return Err(HandOverError::new(
                 HandOverFailure::ChannelClosed,
                 Some((outgoing.fd, outgoing.guard)),
@@ -211,88 +308,312 @@ impl Outbox {
     }
 }
 
-fn send_loop(
-    channel: &Channel,
-    replies: &Replies,
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A connection offered and not answered yet.
+struct Pending {
+    fd: OwnedFd,
+    guard: ConnectionGuard,
+    done: Done,
+    /// When the old side stops waiting for its answer.
+    deadline: Instant,
+}
+
+/// The state of the old side's sending thread.
+struct Sender {
+    channel: Channel,
     successor: u32,
-    queue: &async_channel::Receiver<(Outgoing, Done)>,
-    open: &AtomicBool,
-) {
-    let (mut sent, mut refused) = (0u64, 0u64);
-    while let Ok((job, done)) = queue.recv_blocking() {
-        let Outgoing {
-            id,
-            message,
-            fd,
-            guard,
-        } = job;
-        let fail = |failure, held: Option<Held>| {
-            let _ = done.try_send(Err(HandOverError::new(failure, held)));
-        };
-        if !open.load(Ordering::SeqCst) {
-            fail(HandOverFailure::ChannelClosed, Some((fd, guard)));
-            continue;
-        }
-        // On a stream no message is too big for the socket's buffer: the send waits for the
-        // new generation to read the first part. An error leaves the message cut short, and
-        // the channel of no use: the new generation never answers a message it did not
-        // read whole, so it never took this connection.
-        if let Err(e) = channel.send(&message, Some(fd.as_fd())) {
-            open.store(false, Ordering::SeqCst);
-            tracing::warn!(successor, error = %e, "the takeover channel broke");
-            fail(HandOverFailure::ChannelClosed, Some((fd, guard)));
-            continue;
-        }
-        // The end of the channel closes `replies`.
-        let answer = match replies.recv_blocking() {
-            Ok(Ok(reply)) => Ok(Some(reply)),
-            Ok(Err(e)) => Err(e),
-            Err(_) => Ok(None),
-        };
-        match answer {
-            Ok(Some(Reply {
-                id: answered,
-                outcome,
-            })) if answered == id => match outcome {
-                Outcome::Taken => {
-                    sent += 1;
-                    // The new generation owns it: close this process's copy, then stop
-                    // counting it for the drain.
-                    drop(fd);
-                    drop(guard);
-                    let _ = done.try_send(Ok(()));
+    timeout: Duration,
+    /// Cleared once nothing more can be sent: the channel broke, or the new generation did
+    /// not answer in time.
+    open: Arc<AtomicBool>,
+    /// The most offers per message: 1 until the new generation says it reads more.
+    batch: usize,
+    next_id: u64,
+    queue: VecDeque<(Outgoing, Done)>,
+    /// By id: the first is the oldest, whose deadline comes first.
+    pending: BTreeMap<u64, Pending>,
+    /// When the old side stopped listening to the new one (its timeout), if it did.
+    cut_off: Option<Instant>,
+    sent: u64,
+    refused: u64,
+    messages: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Sender {
+    fn run(&mut self, events: &mpsc::Receiver<OutboxEvent>) {
+        let mut closing = false;
+        let mut next = None;
+        loop {
+            // What is known now, before what is sent (an accepts message that came before
+            // the connections, answers that free the window).
+            while let Some(event) = next.take().or_else(|| events.try_recv().ok()) {
+                if self.handle(event, &mut closing) {
+                    return self.finish();
                 }
-                Outcome::Refused(reason) => {
-                    refused += 1;
-                    tracing::debug!(successor, id, %reason, "connection refused by the new generation");
-                    fail(HandOverFailure::Refused(reason), Some((fd, guard)));
+            }
+            while self.is_open() && !self.queue.is_empty() && self.pending.len() < WINDOW {
+                self.send_batch();
+            }
+            if closing && self.pending.is_empty() && self.queue.is_empty() {
+                return self.finish();
+            }
+            let event = match self.wait_until() {
+                None => events
+                    .recv()
+                    .map_err(|_| mpsc::RecvTimeoutError::Disconnected),
+                Some(deadline) => {
+                    events.recv_timeout(deadline.saturating_duration_since(Instant::now()))
                 }
-            },
-            // End of stream before the answer: the new generation answers before it uses a
-            // socket, so it never used this one.
-            Ok(None) => {
-                open.store(false, Ordering::SeqCst);
-                tracing::warn!(successor, "the new generation closed the takeover channel");
-                fail(HandOverFailure::ChannelClosed, Some((fd, guard)));
-            }
-            Ok(Some(other)) => {
-                open.store(false, Ordering::SeqCst);
-                tracing::error!(
-                    successor,
-                    id,
-                    answered = other.id,
-                    "takeover reply for another offer"
-                );
-                fail(HandOverFailure::InDoubt, None);
-            }
-            Err(e) => {
-                open.store(false, Ordering::SeqCst);
-                tracing::error!(successor, id, error = %e, "bad takeover reply");
-                fail(HandOverFailure::InDoubt, None);
+            };
+            match event {
+                Ok(event) => next = Some(event),
+                Err(mpsc::RecvTimeoutError::Timeout) => self.timed_out(),
+                // Every sender is gone: nothing more will come.
+                Err(mpsc::RecvTimeoutError::Disconnected) => return self.finish(),
             }
         }
     }
-    tracing::info!(successor, sent, refused, "connection handover ended");
+
+    /// Takes one event; whether the thread is done.
+    fn handle(&mut self, event: OutboxEvent, closing: &mut bool) -> bool {
+        match event {
+            OutboxEvent::Job(outgoing, done) => {
+                if self.is_open() {
+                    self.queue.push_back((outgoing, done));
+                } else {
+                    give_back(done, HandOverFailure::ChannelClosed, outgoing);
+                }
+            }
+            OutboxEvent::Replies(replies) => self.settle(replies),
+            OutboxEvent::Accepts(max) => {
+                self.batch = usize::from(max).clamp(1, MAX_BATCH.min(crate::sys::MAX_FDS));
+                tracing::debug!(
+                    successor = self.successor,
+                    batch = self.batch,
+                    "the new generation reads batches"
+                );
+            }
+            OutboxEvent::Bad(e) => {
+                tracing::error!(successor = self.successor, error = %e, "bad takeover reply");
+                self.broken();
+            }
+            OutboxEvent::End => {
+                if !self.pending.is_empty() {
+                    tracing::warn!(
+                        successor = self.successor,
+                        waiting = self.pending.len(),
+                        "the takeover channel ended before every answer"
+                    );
+                }
+                self.ended();
+                return *closing;
+            }
+            OutboxEvent::Close => *closing = true,
+        }
+        *closing && self.pending.is_empty() && self.queue.is_empty()
+    }
+
+    fn finish(&mut self) {
+        self.ended();
+        if let Err(e) = rustix::net::shutdown(&self.channel, rustix::net::Shutdown::Write) {
+            tracing::debug!(error = %e, "cannot end the takeover channel");
+        }
+        tracing::info!(
+            successor = self.successor,
+            sent = self.sent,
+            refused = self.refused,
+            messages = self.messages.load(Ordering::SeqCst),
+            "connection handover ended"
+        );
+    }
+
+    fn is_open(&self) -> bool {
+        self.open.load(Ordering::SeqCst)
+    }
+
+    /// When to stop waiting for the next event: the oldest answer's deadline, or (once
+    /// cut off) the time by which every answer sent in time has been read.
+    fn wait_until(&self) -> Option<Instant> {
+        if let Some(at) = self.cut_off {
+            return (!self.pending.is_empty()).then_some(at + self.timeout);
+        }
+        self.pending.values().next().map(|p| p.deadline)
+    }
+
+    /// Sends the next batch of queued connections, as one message.
+    fn send_batch(&mut self) {
+        let room = self.batch.min(WINDOW - self.pending.len());
+        let mut len = OFFERS_HEADER_LEN;
+        let mut batch: Vec<(Outgoing, Done)> = Vec::with_capacity(room);
+        while batch.len() < room {
+            let Some((outgoing, _)) = self.queue.front() else {
+                break;
+            };
+            // Checked when it was queued: never an error here.
+            let entry_len = outgoing.entry().encoded_len().unwrap_or(MAX_BATCH_LEN);
+            if !batch.is_empty() && len + entry_len > MAX_BATCH_LEN {
+                break;
+            }
+            len += entry_len;
+            batch.extend(self.queue.pop_front());
+        }
+        let first_id = self.next_id;
+        self.next_id += batch.len() as u64;
+        // One offer a message to a receiver that did not say it reads batches: every
+        // version of endless reads those.
+        let message = if self.batch == 1 {
+            let (o, _) = &batch[0];
+            endless_core::takeover::encode_offer(first_id, o.kind, &o.name, &o.state, &o.unconsumed)
+        } else {
+            let entries: Vec<Entry<'_>> = batch.iter().map(|(o, _)| o.entry()).collect();
+            endless_core::takeover::encode_offers(first_id, &entries)
+        };
+        let message = match message {
+            Ok(message) => message,
+            Err(e) => {
+                // Not reached: `Endless::hand_over` checks each entry, and the batch is
+                // filled within the limits.
+                tracing::error!(error = %e, "cannot encode a takeover message");
+                for (outgoing, done) in batch {
+                    give_back(done, HandOverFailure::Frame(e.clone()), outgoing);
+                }
+                return;
+            }
+        };
+        let fds: Vec<BorrowedFd<'_>> = batch.iter().map(|(o, _)| o.fd.as_fd()).collect();
+        let now = Instant::now();
+        // On a stream no message is too big for the socket's buffer: the send waits for the
+        // new generation to read the first part, until the timeout. An error leaves the
+        // message cut short, and the channel of no use: the new generation never answers a
+        // message it did not read whole, so it took none of these connections.
+        let sent = self.channel.send_until(&message, &fds, now + self.timeout);
+        drop(fds);
+        if let Err(e) = sent {
+            tracing::warn!(successor = self.successor, error = %e, "the takeover channel broke");
+            self.cut_off();
+            for (outgoing, done) in batch {
+                give_back(done, HandOverFailure::ChannelClosed, outgoing);
+            }
+            return;
+        }
+        self.messages.fetch_add(1, Ordering::SeqCst);
+        let deadline = now + self.timeout;
+        for (id, (outgoing, done)) in (first_id..).zip(batch) {
+            self.pending.insert(
+                id,
+                Pending {
+                    fd: outgoing.fd,
+                    guard: outgoing.guard,
+                    done,
+                    deadline,
+                },
+            );
+        }
+    }
+
+    /// Settles each connection answered.
+    fn settle(&mut self, replies: Vec<Reply>) {
+        for Reply { id, outcome } in replies {
+            let Some(p) = self.pending.remove(&id) else {
+                tracing::error!(
+                    successor = self.successor,
+                    id,
+                    "takeover reply for no offer waiting"
+                );
+                self.broken();
+                return;
+            };
+            match outcome {
+                Outcome::Taken => {
+                    self.sent += 1;
+                    // The new generation owns it: close this process's copy, then stop
+                    // counting it for the drain.
+                    drop(p.fd);
+                    drop(p.guard);
+                    let _ = p.done.try_send(Ok(()));
+                }
+                Outcome::Refused(reason) => {
+                    self.refused += 1;
+                    tracing::debug!(successor = self.successor, id, %reason, "connection refused by the new generation");
+                    let _ = p.done.try_send(Err(HandOverError::new(
+                        HandOverFailure::Refused(reason),
+                        Some((p.fd, p.guard)),
+                    )));
+                }
+            }
+        }
+    }
+
+    /// The new generation did not answer in time: stop listening to it. Every answer it
+    /// sent so far is still read (what the reader finds in the channel); every later one
+    /// fails to send, and the new side then does not use that connection.
+    fn timed_out(&mut self) {
+        if self.cut_off.is_some() {
+            // The reader did not report the end of what was sent in time: nothing more
+            // will be answered (the new side can no longer send).
+            tracing::warn!(
+                successor = self.successor,
+                "no end of the takeover channel after the cut-off"
+            );
+            self.ended();
+            return;
+        }
+        tracing::warn!(
+            successor = self.successor,
+            waiting = self.pending.len(),
+            timeout = ?self.timeout,
+            "the new generation did not answer in time: its connections stay here"
+        );
+        self.cut_off();
+    }
+
+    fn cut_off(&mut self) {
+        self.open.store(false, Ordering::SeqCst);
+        if self.cut_off.is_none() {
+            self.cut_off = Some(Instant::now());
+            if let Err(e) = rustix::net::shutdown(&self.channel, rustix::net::Shutdown::Both) {
+                tracing::debug!(error = %e, "cannot shut the takeover channel down");
+            }
+        }
+        for (outgoing, done) in self.queue.drain(..) {
+            give_back(done, HandOverFailure::ChannelClosed, outgoing);
+        }
+    }
+
+    /// The new generation broke the protocol: its answers cannot be trusted, so every
+    /// connection waiting for one is closed rather than risk both generations serving it.
+    fn broken(&mut self) {
+        self.cut_off();
+        for (_, p) in std::mem::take(&mut self.pending) {
+            let _ = p
+                .done
+                .try_send(Err(HandOverError::new(HandOverFailure::InDoubt, None)));
+        }
+    }
+
+    /// Nothing more will be answered: every connection without an answer stays here.
+    fn ended(&mut self) {
+        self.open.store(false, Ordering::SeqCst);
+        for (outgoing, done) in self.queue.drain(..) {
+            give_back(done, HandOverFailure::ChannelClosed, outgoing);
+        }
+        for (_, p) in std::mem::take(&mut self.pending) {
+            let _ = p.done.try_send(Err(HandOverError::new(
+                HandOverFailure::ChannelClosed,
+                Some((p.fd, p.guard)),
+            )));
+        }
+    }
+}
+
+fn give_back(done: Done, failure: HandOverFailure, outgoing: Outgoing) {
+    let _ = done.try_send(Err(HandOverError::new(
+        failure,
+        Some((outgoing.fd, outgoing.guard)),
+    )));
 }
 
 /// The new side's last message to the old one: this process goes, and why
@@ -305,13 +626,94 @@ pub(crate) fn depart(channel: &Channel, how: Departure) -> io::Result<()> {
     channel.try_send(&message)
 }
 
+/// The new side's answers to the old one, sent together where they can be.
+#[derive(Debug)]
+struct Answers {
+    channel: Arc<Channel>,
+    /// The old side reads messages of replies (it said so when it spawned this process).
+    batched: bool,
+    /// Held while answers are written, so that an answer queued is known to be sent (or
+    /// not) once the lock is next taken.
+    state: Mutex<AnswersState>,
+}
+
+#[derive(Debug, Default)]
+struct AnswersState {
+    /// Answers not written yet, each with its number.
+    queued: Vec<(u64, Reply)>,
+    next: u64,
+    /// Every answer numbered below this one was written.
+    written_below: u64,
+    /// A write failed: the old side no longer listens, and nothing more is sent.
+    failed: bool,
+}
+
+impl Answers {
+    /// Queues an answer; its number, for [`written`](Self::written).
+    fn queue(&self, reply: Reply) -> u64 {
+        let mut state = lock(&self.state);
+        let number = state.next;
+        state.next += 1;
+        state.queued.push((number, reply));
+        number
+    }
+
+    /// Writes every answer queued (by any thread); whether the answer `number` went out.
+    fn written(&self, number: u64) -> bool {
+        let mut state = lock(&self.state);
+        self.flush(&mut state);
+        number < state.written_below
+    }
+
+    fn flush(&self, state: &mut AnswersState) {
+        if state.queued.is_empty() {
+            return;
+        }
+        let queued = std::mem::take(&mut state.queued);
+        if state.failed {
+            return;
+        }
+        // Each message is written whole or not at all as far as the old side is
+        // concerned: one cut short at the end of the channel is read as no answer.
+        let chunk = if self.batched { MAX_REPLIES } else { 1 };
+        for answers in queued.chunks(chunk) {
+            let replies: Vec<Reply> = answers.iter().map(|(_, r)| *r).collect();
+            let message = if self.batched {
+                endless_core::takeover::encode_replies(&replies)
+                    .unwrap_or_else(|_| unreachable!("1 to MAX_REPLIES replies"))
+            } else {
+                replies[0].encode()
+            };
+            if let Err(e) = self.channel.send(&message, &[]) {
+                tracing::debug!(error = %e, "cannot answer the previous generation");
+                state.failed = true;
+                return;
+            }
+            if let Some((last, _)) = answers.last() {
+                state.written_below = last + 1;
+            }
+        }
+    }
+
+    /// Writes every answer queued.
+    fn send_queued(&self) {
+        self.flush(&mut lock(&self.state));
+    }
+
+    /// Queues and writes one answer; whether it went out.
+    fn answer(&self, id: u64, outcome: Outcome) -> bool {
+        let number = self.queue(Reply { id, outcome });
+        self.written(number)
+    }
+}
+
 /// One connection offered to this process by the previous generation. Answer it with
 /// [`take`](Self::take); dropping it refuses it (the previous generation then keeps
 /// serving it).
 pub struct Incoming {
     offer: Offer,
     fd: Option<OwnedFd>,
-    channel: Arc<Channel>,
+    answers: Arc<Answers>,
 }
 
 impl fmt::Debug for Incoming {
@@ -336,56 +738,99 @@ impl Incoming {
     /// (registers it with its runtime). If `adopt` succeeds, the previous generation is told
     /// that this process owns the connection — before `adopt`'s result is returned, so
     /// before anything is read from it — and closes its copy. If it fails, the connection
-    /// is refused and stays with the previous generation.
+    /// is refused and stays with the previous generation; so it does if the answer cannot
+    /// be sent (the previous generation stopped waiting for it, or is gone): the value
+    /// `adopt` made is dropped, which closes this process's copy, and the error is
+    /// `BrokenPipe`.
     pub fn take<T>(
-        mut self,
+        self,
         adopt: impl FnOnce(OwnedFd) -> io::Result<T>,
     ) -> Result<(T, Offer), io::Error> {
-        let fd = self
+        let mut adopt = Some(adopt);
+        take_all(vec![self], |_, fd| {
+            (adopt.take().expect("one connection"))(fd)
+        })
+        .pop()
+        .expect("one result per connection")
+    }
+}
+
+/// Takes every connection of `incoming` with `adopt` (given each one's kind and socket),
+/// as [`Incoming::take`] does, and answers them all in one message: a result per
+/// connection, in order.
+pub(crate) fn take_all<T>(
+    incoming: Vec<Incoming>,
+    mut adopt: impl FnMut(StreamKind, OwnedFd) -> io::Result<T>,
+) -> Vec<io::Result<(T, Offer)>> {
+    let Some(answers) = incoming.first().map(|i| Arc::clone(&i.answers)) else {
+        return Vec::new();
+    };
+    let mut adopted = Vec::with_capacity(incoming.len());
+    for mut one in incoming {
+        let fd = one
             .fd
             .take()
             .expect("an Incoming holds its socket until answered");
-        let id = self.offer.id;
-        match adopt(fd) {
+        let offer = std::mem::replace(
+            &mut one.offer,
+            Offer {
+                id: 0,
+                kind: StreamKind::Tcp,
+                name: String::new(),
+                state: Vec::new(),
+                unconsumed: Vec::new(),
+            },
+        );
+        let id = offer.id;
+        match adopt(offer.kind, fd) {
             Ok(value) => {
-                if let Err(e) = reply(&self.channel, id, Outcome::Taken) {
-                    // The previous generation is gone (and with it its copy): this one is ours.
-                    tracing::debug!(id, error = %e, "could not confirm a takeover");
-                }
-                let offer = Offer {
+                let number = one.answers.queue(Reply {
                     id,
-                    kind: self.offer.kind,
-                    name: std::mem::take(&mut self.offer.name),
-                    state: std::mem::take(&mut self.offer.state),
-                    unconsumed: std::mem::take(&mut self.offer.unconsumed),
-                };
-                Ok((value, offer))
+                    outcome: Outcome::Taken,
+                });
+                adopted.push(Ok((value, offer, number)));
             }
             Err(e) => {
-                let _ = reply(&self.channel, id, Outcome::Refused(RefuseReason::BadSocket));
-                Err(e)
+                one.answers.queue(Reply {
+                    id,
+                    outcome: Outcome::Refused(RefuseReason::BadSocket),
+                });
+                adopted.push(Err(e));
             }
         }
     }
+    let mut state = lock(&answers.state);
+    answers.flush(&mut state);
+    let written_below = state.written_below;
+    drop(state);
+    adopted
+        .into_iter()
+        .map(|result| {
+            let (value, offer, number) = result?;
+            if number < written_below {
+                Ok((value, offer))
+            } else {
+                // The previous generation did not hear that this process took it: it keeps
+                // it. Dropping `value` closes this copy.
+                drop(value);
+                Err(io::Error::new(
+                    io::ErrorKind::BrokenPipe,
+                    "the previous generation no longer takes answers: it keeps the connection",
+                ))
+            }
+        })
+        .collect()
 }
 
 impl Drop for Incoming {
     fn drop(&mut self) {
         if self.fd.is_some() {
-            let _ = reply(
-                &self.channel,
+            self.answers.answer(
                 self.offer.id,
                 Outcome::Refused(RefuseReason::ReceiverClosed),
             );
         }
     }
-}
-
-fn reply(channel: &Channel, id: u64, outcome: Outcome) -> io::Result<()> {
-    let message = Reply { id, outcome }.encode();
-    // A few bytes, which the old generation reads as they come: it does not wait in
-    // practice.
-    channel.send(&message, None)
 }
 
 /// The connections this process receives under one name, from the previous generation.
@@ -399,6 +844,11 @@ impl Inbox {
     /// there is none: a fresh start).
     pub async fn next(&self) -> Option<Incoming> {
         self.incoming.recv().await.ok()
+    }
+
+    /// The next connection offered if one is waiting.
+    pub fn try_next(&self) -> Option<Incoming> {
+        self.incoming.try_recv().ok()
     }
 }
 
@@ -464,20 +914,43 @@ impl Receivers {
     }
 }
 
+/// Whether the process that spawned this one reads batched answers: it said so in the
+/// environment ([`BATCH_VAR`](endless_core::takeover::BATCH_VAR), naming itself as
+/// `ENDLESS_PARENT_PID` does).
+pub(crate) fn parent_reads_batches() -> bool {
+    let batch = std::env::var_os(endless_core::takeover::BATCH_VAR);
+    batch.is_some() && batch == std::env::var_os(endless_core::env::PARENT_PID_VAR)
+}
+
 /// Starts the new side's thread on `channel` (this process's readiness channel, kept after
-/// the "ready" line). At the end of the stream (the old side's handover ended) it closes
-/// every [`Inbox`]; it keeps the channel, for this process to say that it departs
-/// ([`depart`], through the returned reference), until the old side is gone.
+/// the "ready" line). If `batched` (the old side reads batched answers:
+/// [`parent_reads_batches`]), it first says that it reads batches of offers, and answers
+/// in batches. At the end of the stream (the old side's handover ended) it closes every
+/// [`Inbox`]; it keeps the channel, for this process to say that it departs ([`depart`],
+/// through the returned reference), until the old side is gone.
 pub(crate) fn receive(
     channel: Channel,
     senders: HashMap<String, async_channel::Sender<Incoming>>,
+    batched: bool,
 ) -> io::Result<std::sync::Weak<Channel>> {
     let channel = Arc::new(channel);
     let kept = Arc::downgrade(&channel);
+    let answers = Arc::new(Answers {
+        channel: Arc::clone(&channel),
+        batched,
+        state: Mutex::new(AnswersState::default()),
+    });
     std::thread::Builder::new()
         .name("endless-takeover".into())
         .spawn(move || {
-            receive_loop(Arc::clone(&channel), &senders);
+            if batched {
+                let most = u16::try_from(crate::sys::MAX_FDS.min(MAX_BATCH)).unwrap_or(1);
+                let accepts = endless_core::takeover::encode_accepts(most);
+                if let Err(e) = channel.send(&accepts, &[]) {
+                    tracing::debug!(error = %e, "cannot say that batches are read");
+                }
+            }
+            receive_loop(&channel, &answers, &senders);
             drop(senders);
             // Hung up once the old side closed its end: it exited.
             let mut hangup = [rustix::event::PollFd::new(
@@ -489,7 +962,11 @@ pub(crate) fn receive(
     Ok(kept)
 }
 
-fn receive_loop(channel: Arc<Channel>, senders: &HashMap<String, async_channel::Sender<Incoming>>) {
+fn receive_loop(
+    channel: &Channel,
+    answers: &Arc<Answers>,
+    senders: &HashMap<String, async_channel::Sender<Incoming>>,
+) {
     let mut buf = Vec::with_capacity(MAX_OFFER_LEN + 1);
     let mut received = 0u64;
     loop {
@@ -506,53 +983,68 @@ fn receive_loop(channel: Arc<Channel>, senders: &HashMap<String, async_channel::
         };
         let refuse = |id: u64, reason: RefuseReason| {
             tracing::warn!(id, %reason, "refused a connection offered by the previous generation");
-            let _ = reply(&channel, id, Outcome::Refused(reason));
+            answers.queue(Reply {
+                id,
+                outcome: Outcome::Refused(reason),
+            });
         };
         // A record longer than any offer (`SOCK_SEQPACKET`) does not decode: it is longer
         // than its fields declare.
-        let offer = match Offer::decode(&buf) {
-            Ok(offer) => offer,
+        let offers = match endless_core::takeover::decode_offers(&buf) {
+            Ok(offers) => offers,
+            // Not even a number to refuse them by: the exchange cannot go on. Ending it
+            // leaves every connection not yet taken with the previous generation.
             Err(e) => {
                 tracing::warn!(error = %e, "malformed takeover offer");
-                match e.id() {
-                    Some(id) => {
-                        let _ = reply(&channel, id, Outcome::Refused(RefuseReason::Malformed));
-                        continue;
-                    }
-                    // Not even a number to refuse it by: the exchange cannot go on. Ending it
-                    // leaves every connection not yet taken with the previous generation.
-                    None => break,
-                }
+                break;
             }
         };
-        let mut fds = fds;
-        let (Some(fd), true) = (fds.pop(), fds.is_empty()) else {
-            refuse(offer.id, RefuseReason::BadSocket);
-            continue;
-        };
-        match crate::inherit::probe(fd.as_fd()) {
-            Ok(kind) if kind == offer.kind.fd_kind() => {}
-            _ => {
+        // The i-th socket is the i-th offer's; one too many means the message is not what
+        // it says, and none is used.
+        let trusted = fds.len() <= offers.len();
+        let mut fds = fds.into_iter();
+        for offer in offers {
+            let fd = fds.next().filter(|_| trusted);
+            let offer = match offer {
+                Ok(offer) => offer,
+                Err(e) => {
+                    tracing::warn!(error = %e, "malformed takeover offer");
+                    if let Some(id) = e.id() {
+                        refuse(id, RefuseReason::Malformed);
+                    }
+                    continue;
+                }
+            };
+            let Some(fd) = fd else {
                 refuse(offer.id, RefuseReason::BadSocket);
                 continue;
+            };
+            match crate::inherit::probe(fd.as_fd()) {
+                Ok(kind) if kind == offer.kind.fd_kind() => {}
+                _ => {
+                    refuse(offer.id, RefuseReason::BadSocket);
+                    continue;
+                }
+            }
+            let Some(sender) = senders.get(&offer.name) else {
+                refuse(offer.id, RefuseReason::NoReceiver);
+                continue;
+            };
+            let id = offer.id;
+            let incoming = Incoming {
+                offer,
+                fd: Some(fd),
+                answers: Arc::clone(answers),
+            };
+            // A dropped receiver drops `incoming`, which refuses it.
+            if sender.try_send(incoming).is_ok() {
+                received += 1;
+            } else {
+                tracing::debug!(id, "receiver closed");
             }
         }
-        let Some(sender) = senders.get(&offer.name) else {
-            refuse(offer.id, RefuseReason::NoReceiver);
-            continue;
-        };
-        let id = offer.id;
-        let incoming = Incoming {
-            offer,
-            fd: Some(fd),
-            channel: Arc::clone(&channel),
-        };
-        // A dropped receiver drops `incoming`, which refuses it.
-        if sender.try_send(incoming).is_ok() {
-            received += 1;
-        } else {
-            tracing::debug!(id, "receiver closed");
-        }
+        // This message's refusals, in one answer.
+        answers.send_queued();
     }
     tracing::info!(offers = received, "connection takeover ended");
 }
@@ -562,7 +1054,7 @@ mod tests {
     use super::*;
     use crate::sys;
     use crate::tracker::Tracker;
-    use endless_core::takeover::{StreamKind, Upstream, encode_offer};
+    use endless_core::takeover::{StreamKind, Upstream};
     use futures_lite::future::block_on;
     use std::io::{Read, Write};
     use std::net::{TcpListener, TcpStream, UdpSocket};
@@ -576,54 +1068,77 @@ mod tests {
         (client, server)
     }
 
-    fn outgoing(outbox: &Outbox, name: &str, server: TcpStream, tracker: &Tracker) -> Outgoing {
-        let guard = tracker.track(None);
-        let id = outbox.next_id();
+    fn outgoing(name: &str, server: TcpStream, tracker: &Tracker) -> Outgoing {
         Outgoing {
-            id,
-            message: encode_offer(id, StreamKind::Tcp, name, b"count=3", b"pi").unwrap(),
+            kind: StreamKind::Tcp,
+            name: name.into(),
+            state: b"count=3".to_vec(),
+            unconsumed: b"pi".to_vec(),
             fd: server.into(),
-            guard,
+            guard: tracker.track(None),
         }
     }
 
     /// The old side's reader of the new side's messages (the driver's task for a child),
-    /// on a thread: replies go to the outbox.
-    fn replies(channel: &OwnedFd) -> Replies {
+    /// on a thread: what it reads goes to the outbox's thread.
+    fn follow(channel: &OwnedFd, feed: Feed) {
         let channel = channel.try_clone().unwrap();
-        let (to, replies) = async_channel::unbounded();
         std::thread::spawn(move || {
             let channel = Channel::new(channel).unwrap();
             let mut buf = Vec::new();
             loop {
                 if !matches!(channel.recv(&mut buf), Ok(Some(_))) {
+                    let _ = feed.send(OutboxEvent::End);
                     return;
                 }
-                let reply = match Upstream::decode(&buf) {
-                    Ok(Upstream::Reply(reply)) => Ok(reply),
-                    other => Err(io::Error::other(format!("{other:?}"))),
+                let event = match Upstream::decode(&buf) {
+                    Ok(Upstream::Reply(reply)) => OutboxEvent::Replies(vec![reply]),
+                    Ok(Upstream::Replies(replies)) => OutboxEvent::Replies(replies),
+                    Ok(Upstream::Accepts(most)) => OutboxEvent::Accepts(most),
+                    other => OutboxEvent::Bad(io::Error::other(format!("{other:?}"))),
                 };
-                if to.send_blocking(reply).is_err() {
+                if feed.send(event).is_err() {
                     return;
                 }
             }
         });
-        replies
+    }
+
+    fn outbox_with(channel: OwnedFd, timeout: Duration) -> Outbox {
+        let (feed, events) = events();
+        follow(&channel, feed.clone());
+        Outbox::start(channel, (feed, events), 1, timeout).unwrap()
     }
 
     fn outbox(channel: OwnedFd) -> Outbox {
-        let replies = replies(&channel);
-        Outbox::start(channel, replies, 1).unwrap()
+        outbox_with(channel, DEFAULT_TIMEOUT)
     }
 
-    /// An old side and a new side on one socketpair; the new side has a receiver "ping".
+    /// An old side and a new side on one socketpair; the new side has a receiver "ping"
+    /// and reads batches.
     fn sides() -> (Outbox, Inbox) {
+        sides_with(DEFAULT_TIMEOUT)
+    }
+
+    fn sides_with(timeout: Duration) -> (Outbox, Inbox) {
         let (old, new) = sys::channel_pair().unwrap();
-        sys::set_nonblocking(old.as_fd()).unwrap();
-        let outbox = outbox(old);
         let mut receivers = Receivers::new();
         let inbox = receivers.register("ping").unwrap();
-        receive(Channel::new(new).unwrap(), receivers.close()).unwrap();
+        receive(Channel::new(new).unwrap(), receivers.close(), true).unwrap();
+        // The new side says it reads batches first; the driver's reader passes that on
+        // before the handover starts (it reads it with the readiness line).
+        let mut buf = Vec::new();
+        let reader = Channel::new(old.try_clone().unwrap()).unwrap();
+        reader.recv(&mut buf).unwrap().unwrap();
+        let Ok(Upstream::Accepts(most)) = Upstream::decode(&buf) else {
+            panic!("not an accepts message: {buf:?}");
+        };
+        assert_eq!(usize::from(most), sys::MAX_FDS.min(MAX_BATCH));
+        sys::set_nonblocking(old.as_fd()).unwrap();
+        let (feed, events) = events();
+        feed.send(OutboxEvent::Accepts(most)).unwrap();
+        follow(&old, feed.clone());
+        let outbox = Outbox::start(old, (feed, events), 1, timeout).unwrap();
         (outbox, inbox)
     }
 
@@ -637,7 +1152,7 @@ mod tests {
             let (stream, offer) = incoming.take(|fd| Ok(TcpStream::from(fd))).unwrap();
             (stream, offer, block_on(inbox.next()).is_none())
         });
-        block_on(outbox.send(outgoing(&outbox, "ping", server, &tracker))).unwrap();
+        block_on(outbox.send(outgoing("ping", server, &tracker))).unwrap();
         assert_eq!(tracker.len(), 0, "the guard goes once taken");
         drop(outbox); // the end of the handover
         let (mut stream, offer, ended) = app.join().unwrap();
@@ -661,13 +1176,101 @@ mod tests {
         );
     }
 
+    /// Many connections handed over at once go many to a message, and each is settled.
+    #[test]
+    fn many_connections_go_in_batches() {
+        const N: usize = 1000;
+        let (outbox, inbox) = sides();
+        let tracker = Tracker::new();
+        let pairs: Vec<(TcpStream, TcpStream)> = (0..N).map(|_| tcp_pair()).collect();
+        let app = std::thread::spawn(move || {
+            let mut taken = Vec::new();
+            while let Some(first) = block_on(inbox.next()) {
+                let mut batch = vec![first];
+                batch.extend(std::iter::from_fn(|| inbox.try_next()));
+                for result in take_all(batch, |_, fd| Ok(TcpStream::from(fd))) {
+                    taken.push(result.unwrap());
+                }
+            }
+            taken
+        });
+        let executor = async_executor::LocalExecutor::new();
+        let mut clients = Vec::new();
+        let tasks: Vec<_> = pairs
+            .into_iter()
+            .map(|(client, server)| {
+                clients.push(client);
+                let outbox = outbox.clone();
+                let job = outgoing("ping", server, &tracker);
+                executor.spawn(async move { outbox.send(job).await })
+            })
+            .collect();
+        block_on(executor.run(async {
+            for task in tasks {
+                task.await.unwrap();
+            }
+        }));
+        assert_eq!(tracker.len(), 0, "every guard goes once taken");
+        let messages = outbox.messages();
+        // Batches fill with what is queued when the thread sends (103 messages in one
+        // run): far fewer messages than connections, whatever the timing.
+        assert!(
+            messages <= (N / 2) as u64,
+            "{N} connections in {messages} messages"
+        );
+        drop(outbox);
+        let mut taken = app.join().unwrap();
+        assert_eq!(taken.len(), N);
+        // The last connection, served by the new side only.
+        let (mut stream, _) = taken.pop().unwrap();
+        let mut client = clients.pop().unwrap();
+        client.write_all(b"x").unwrap();
+        let mut got = [0; 1];
+        stream.read_exact(&mut got).unwrap();
+        drop(stream);
+        assert_eq!(client.read(&mut got).unwrap(), 0, "no other copy");
+    }
+
+    /// A new side that never answers is cut off after the timeout: the connection stays
+    /// with the old side, and the new side's late take fails and closes only its copy.
+    #[test]
+    fn an_unanswering_new_generation_is_cut_off() {
+        let (outbox, inbox) = sides_with(Duration::from_millis(300));
+        let tracker = Tracker::new();
+        let (mut client, server) = tcp_pair();
+        let started = Instant::now();
+        let e = block_on(outbox.send(outgoing("ping", server, &tracker))).unwrap_err();
+        assert!(started.elapsed() >= Duration::from_millis(300));
+        assert!(matches!(e.failure, HandOverFailure::ChannelClosed), "{e}");
+        let (fd, _guard) = e.connection.expect("given back");
+        assert!(!outbox.is_open());
+        // Late: the answer cannot go out, so the new side does not keep it.
+        let incoming = block_on(inbox.next()).expect("offered before the cut-off");
+        let e = incoming
+            .take(|fd| Ok(TcpStream::from(fd)))
+            .expect_err("too late");
+        assert_eq!(e.kind(), io::ErrorKind::BrokenPipe);
+        // The old side's copy still serves the client.
+        let mut old = TcpStream::from(fd);
+        client.write_all(b"y").unwrap();
+        let mut got = [0; 1];
+        old.read_exact(&mut got).unwrap();
+        old.write_all(b"z").unwrap();
+        client.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"z");
+        // And a connection handed over now is refused at once.
+        let (_client, server) = tcp_pair();
+        let e = block_on(outbox.send(outgoing("ping", server, &tracker))).unwrap_err();
+        assert!(matches!(e.failure, HandOverFailure::ChannelClosed), "{e}");
+    }
+
     #[test]
     fn refused_or_unanswered_connections_come_back() {
         let (outbox, inbox) = sides();
         let tracker = Tracker::new();
         // No receiver of that name.
         let (_client, server) = tcp_pair();
-        let e = block_on(outbox.send(outgoing(&outbox, "other", server, &tracker))).unwrap_err();
+        let e = block_on(outbox.send(outgoing("other", server, &tracker))).unwrap_err();
         assert!(
             matches!(
                 e.failure,
@@ -681,7 +1284,7 @@ mod tests {
         // The application drops the offer: refused as the receiver being closed.
         let app = std::thread::spawn(move || drop(block_on(inbox.next())));
         let (_client, server) = tcp_pair();
-        let e = block_on(outbox.send(outgoing(&outbox, "ping", server, &tracker))).unwrap_err();
+        let e = block_on(outbox.send(outgoing("ping", server, &tracker))).unwrap_err();
         assert!(
             matches!(
                 e.failure,
@@ -692,7 +1295,7 @@ mod tests {
         app.join().unwrap();
         // The inbox is gone now, with the thread's senders still alive: refused again.
         let (_client, server) = tcp_pair();
-        let e = block_on(outbox.send(outgoing(&outbox, "ping", server, &tracker))).unwrap_err();
+        let e = block_on(outbox.send(outgoing("ping", server, &tracker))).unwrap_err();
         assert!(
             matches!(
                 e.failure,
@@ -712,7 +1315,7 @@ mod tests {
         let tracker = Tracker::new();
         for _ in 0..3 {
             let (_client, server) = tcp_pair();
-            let e = block_on(outbox.send(outgoing(&outbox, "ping", server, &tracker))).unwrap_err();
+            let e = block_on(outbox.send(outgoing("ping", server, &tracker))).unwrap_err();
             assert!(matches!(e.failure, HandOverFailure::ChannelClosed), "{e}");
             assert!(e.connection.is_some());
         }
@@ -742,10 +1345,10 @@ mod tests {
         let (old, new) = sys::channel_pair().unwrap();
         let mut receivers = Receivers::new();
         let inbox = receivers.register("ping").unwrap();
-        receive(Channel::new(new).unwrap(), receivers.close()).unwrap();
+        receive(Channel::new(new).unwrap(), receivers.close(), false).unwrap();
         let old = Channel::new(old).unwrap();
         let (_client, server) = tcp_pair();
-        old.send(b"EDLS\x01\x07 garbage", Some(server.as_fd()))
+        old.send(b"EDLS\x01\x07 garbage", &[server.as_fd()])
             .unwrap();
         assert!(block_on(inbox.next()).is_none(), "the receivers end");
         drop(old);
@@ -754,11 +1357,11 @@ mod tests {
     fn malformed_offers((old, new): (OwnedFd, OwnedFd)) {
         let mut receivers = Receivers::new();
         let inbox = receivers.register("ping").unwrap();
-        receive(Channel::new(new).unwrap(), receivers.close()).unwrap();
+        receive(Channel::new(new).unwrap(), receivers.close(), false).unwrap();
         let old = Channel::new(old).unwrap();
         let mut buf = Vec::new();
         let mut exchange = |message: &[u8], fd: Option<BorrowedFd<'_>>| {
-            old.send(message, fd).unwrap();
+            old.send(message, fd.as_slice()).unwrap();
             old.recv(&mut buf).unwrap().unwrap();
             Reply::decode(&buf).unwrap()
         };

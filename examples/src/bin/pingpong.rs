@@ -33,6 +33,8 @@ async fn main() {
     let endless: Endless = args.start_endless();
     // Before ready: the previous generation hands over right after it.
     let connections = match endless.receive_connections(RECEIVER) {
+        // Slowed down (see `take_delay`): one at a time, each as it is taken.
+        Ok(connections) if take_delay().is_some() => connections.take_at_most(1),
         Ok(connections) => connections,
         Err(e) => {
             tracing::error!(error = %e, "cannot receive connections");
