@@ -354,7 +354,15 @@ impl Sender {
                     return self.finish();
                 }
             }
-            while self.is_open() && !self.queue.is_empty() && self.pending.len() < WINDOW {
+            // A batch goes as soon as it is full; one that is not waits while others are
+            // in flight (their answers come within a round trip, and more connections
+            // meanwhile fill it): many connections go in few messages, and a lone one
+            // goes at once.
+            while self.is_open()
+                && !self.queue.is_empty()
+                && self.pending.len() < WINDOW
+                && (self.pending.is_empty() || self.queue.len() >= self.batch)
+            {
                 self.send_batch();
             }
             if closing && self.pending.is_empty() && self.queue.is_empty() {

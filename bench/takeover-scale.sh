@@ -1,0 +1,221 @@
+#!/usr/bin/env bash
+# Connection takeover at scale: how long do many connections take to move to the new
+# generation, does every one arrive intact, and what does moving idle keep-alives cost the
+# latency of a restart under load?
+#
+# 1. idle: `hello-hyper --hand-over-idle` with N idle HTTP/1.1 keep-alive connections (one
+#    request each, bench/takeover_clients.py). SIGHUP; the new generation takes them all.
+#    move = from the new generation's readiness (the pid file names it, polled every
+#    millisecond) to the old generation's exit (it exits once its last connection moved;
+#    `--probation 0`). Each connection then sends a second request, which the new pid must
+#    answer on the same connection.
+# 2. sessions: `pingpong` with S sessions (each has sent one line: counter 1), spread over
+#    P client processes and over the loopback sources 127.0.0.1, .2, … (28,000 ephemeral
+#    ports each). The same SIGHUP and move time; then each session sends a line, which the
+#    new pid must answer with counter 2.
+# 3. p99: bench/restart-under-load.sh with wrk at C connections and R restarts, without and
+#    then with `--hand-over-idle`; the ratio of the two p99 (and max) latencies.
+#
+# Prints one table and the ratios. Targets: 10,000 idle connections move in under 200 ms;
+# 100,000 sessions in under 2 s; p99 with --hand-over-idle within 1.5x of the run without.
+# Exits 1 if a connection failed or moved wrong, or a restart did not happen.
+#
+#   bench/takeover-scale.sh [--idle N] [--sessions N] [--procs P] [--p99-connections C]
+#       [--p99-restarts R] [--skip-p99] [--out DIR] [--no-build]
+#
+# Raises the open-file limit (ulimit -n) for itself, the servers and the clients: each
+# generation holds every connection (S + 1000). Where the hard limit is lower (a container
+# that may not raise it), the sessions are as many as it allows, and the table says so.
+# Loopback only; everything it starts is ended on exit.
+set -euo pipefail
+# shellcheck source=bench/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+bench_init
+
+IDLE=10000
+SESSIONS=100000
+PROCS=4
+P99_CONNECTIONS=256
+P99_RESTARTS=10
+SKIP_P99=0
+OUT=""
+BUILD=1
+
+while (($#)); do
+    case $1 in
+        --no-build) BUILD=0; shift; continue ;;
+        --skip-p99) SKIP_P99=1; shift; continue ;;
+        -h | --help) usage ;;
+    esac
+    (($# >= 2)) || { echo "$1 needs a value" >&2; usage; }
+    case $1 in
+        --idle) IDLE=$2 ;;
+        --sessions) SESSIONS=$2 ;;
+        --procs) PROCS=$2 ;;
+        --p99-connections) P99_CONNECTIONS=$2 ;;
+        --p99-restarts) P99_RESTARTS=$2 ;;
+        --out) OUT=$2 ;;
+        *) echo "unknown argument: $1" >&2; usage ;;
+    esac
+    shift 2
+done
+for v in IDLE SESSIONS PROCS P99_CONNECTIONS P99_RESTARTS; do
+    [[ ${!v} =~ ^[0-9]+$ ]] || die "--${v,,} takes a whole number"
+done
+((PROCS >= 1)) || die "--procs takes at least 1"
+
+OUT=${OUT:-target/bench/takeover-scale-$(date +%Y%m%d-%H%M%S)}
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+trap 'cleanup_all' EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# As many open files as allowed (root may raise the hard limit; a container may forbid it).
+ulimit -Hn 1048576 2>/dev/null || true
+HARD=$(ulimit -Hn)
+[[ $HARD == unlimited ]] && HARD=1048576
+ulimit -n "$HARD"
+MAX_CONNS=$((HARD - 1000))
+WANTED_SESSIONS=$SESSIONS
+((SESSIONS <= MAX_CONNS)) || SESSIONS=$MAX_CONNS
+((IDLE <= MAX_CONNS)) || die "--idle $IDLE needs $((IDLE + 1000)) open files; the hard limit is $HARD"
+
+[[ $BUILD == 1 ]] && build_examples
+need_python3
+need_jq
+nap_init "$OUT"
+
+# move NAME SERVER MODE N PROCS SOURCES [SERVER_ARGS...]: one restart with N connections;
+# writes $OUT/NAME.result (key=value).
+move() {
+    local name=$1 server=$2 mode=$3 n=$4 procs=$5 sources=$6
+    shift 6
+    local prefix="$OUT/$name" pidfile="$OUT/$name.pid" gofile="$OUT/$name.go"
+    rm -f "$pidfile" "$gofile"
+    RUST_LOG=${RUST_LOG:-warn} start_server "$server" "$BIN_DIR/$server" "$prefix-server" \
+        --pid-file "$pidfile" --probation 0 "$@"
+    local deadline=$(($(now_us) + 10000000))
+    until [[ $(pid_in "$pidfile") == "$SERVER_PID" ]]; do
+        (($(now_us) < deadline)) || die "$server did not write its pid file"
+        sleep 0.01
+    done
+    log "$name: $n connections to $server at $SERVER_ADDR (pid $SERVER_PID), $procs client processes"
+    local clients=() p per
+    per=$(((n + procs - 1) / procs))
+    for ((p = 0; p < procs; p++)); do
+        local count=$((n - p * per < per ? n - p * per : per))
+        ((count > 0)) || break
+        # Each process its own sources, so that no two share an ephemeral port range.
+        local srcs=$(((sources + procs - 1) / procs))
+        python3 "$ROOT/bench/takeover_clients.py" --mode "$mode" --addr "$SERVER_ADDR" \
+            --connections "$count" --sources "$srcs" --first $((1 + p * srcs)) \
+            --go-file "$gofile" >"$prefix.clients-$p" 2>"$prefix.clients-$p.err" &
+        clients+=($!)
+    done
+    BG_PIDS=("${clients[@]}")
+    deadline=$(($(now_us) + 300000000))
+    for ((p = 0; p < ${#clients[@]}; p++)); do
+        until grep -q '^ready ' "$prefix.clients-$p"; do
+            kill -0 "${clients[p]}" 2>/dev/null || { cat "$prefix.clients-$p.err" >&2; die "$name: client $p exited"; }
+            (($(now_us) < deadline)) || die "$name: the clients did not open their connections in 300 s"
+            sleep 0.05
+        done
+    done
+    log "$name: every connection open and used once; SIGHUP"
+    local old=$SERVER_PID
+    hup_and_wait "$pidfile" 30
+    [[ -n $HANDOVER_US ]] || die "$name: no new generation within 30 s (see $prefix-server.err)"
+    local ready_at=$((HUP_AT + HANDOVER_US))
+    wait_gone "$old" 120
+    [[ -n $GONE_AT ]] || die "$name: the old generation did not exit in 120 s"
+    local move_us=$((GONE_AT - ready_at))
+    echo "$NEW_PID" >"$gofile.tmp" && mv "$gofile.tmp" "$gofile"
+    local ok=0 failed=0 rc=0 c errors=""
+    for ((p = 0; p < ${#clients[@]}; p++)); do
+        wait "${clients[p]}" || rc=1
+        local json
+        json=$(tail -1 "$prefix.clients-$p")
+        c=$(jq -r '.moved_ok' <<<"$json")
+        ok=$((ok + c))
+        c=$(jq -r '.failed + .open_failed' <<<"$json")
+        failed=$((failed + c))
+        errors+=$(jq -r '.errors | join(" | ")' <<<"$json")
+    done
+    BG_PIDS=()
+    stop_server "$SERVER_SID"
+    {
+        echo "connections=$n"
+        echo "handover_us=$HANDOVER_US"
+        echo "move_us=$move_us"
+        echo "moved_ok=$ok"
+        echo "failed=$failed"
+        echo "clients_rc=$rc"
+        echo "errors=$errors"
+    } >"$prefix.result"
+    log "$name: moved in $((move_us / 1000)) ms; $ok ok, $failed failed"
+}
+
+LOAD_BEFORE=$(loadavg)
+move idle hello-hyper http "$IDLE" 1 1 --hand-over-idle
+# 28,000 ephemeral ports per source address, with room to spare.
+SOURCES=$(((SESSIONS + 19999) / 20000))
+((SOURCES >= PROCS)) || SOURCES=$PROCS
+move sessions pingpong pingpong "$SESSIONS" "$PROCS" "$SOURCES"
+
+P99_STATUS=0
+if [[ $SKIP_P99 == 0 ]]; then
+    for mode in plain idle; do
+        args=()
+        [[ $mode == idle ]] && args=(--server-arg --hand-over-idle)
+        log "p99: restart-under-load.sh, wrk, $P99_CONNECTIONS connections, $P99_RESTARTS restarts ($mode)"
+        bash "$ROOT/bench/restart-under-load.sh" --no-build --tools wrk \
+            --connections "$P99_CONNECTIONS" --restarts "$P99_RESTARTS" \
+            --out "$OUT/p99-$mode" "${args[@]}" >"$OUT/p99-$mode.txt" 2>&1 || P99_STATUS=1
+    done
+fi
+
+status=0
+echo
+printf 'Connection takeover at scale (release build, loopback, %d CPUs, load average %s before, %s after, open-file limit %s)\n' \
+    "$(nproc)" "$LOAD_BEFORE" "$(loadavg)" "$HARD"
+printf '%-9s %12s %12s %9s %9s %9s\n' what connections handover_ms move_ms moved_ok failed
+for name in idle sessions; do
+    declare -A x=()
+    while IFS='=' read -r k v; do x[$k]=$v; done <"$OUT/$name.result"
+    printf '%-9s %12s %12s %9s %9s %9s\n' "$name" "${x[connections]}" \
+        "$(awk -v v="${x[handover_us]}" 'BEGIN { printf "%.1f", v / 1000 }')" \
+        "$(awk -v v="${x[move_us]}" 'BEGIN { printf "%.1f", v / 1000 }')" \
+        "${x[moved_ok]}" "${x[failed]}"
+    if ((x[failed] > 0 || x[moved_ok] != x[connections] || x[clients_rc] != 0)); then
+        status=1
+        echo "  $name: ${x[errors]}"
+    fi
+    unset x
+done
+if ((SESSIONS < WANTED_SESSIONS)); then
+    echo "sessions: $SESSIONS, not $WANTED_SESSIONS: the hard open-file limit here is $HARD (each generation holds every session)"
+fi
+declare -A i=() s=()
+while IFS='=' read -r k v; do i[$k]=$v; done <"$OUT/idle.result"
+while IFS='=' read -r k v; do s[$k]=$v; done <"$OUT/sessions.result"
+awk -v n="${i[connections]}" -v us="${i[move_us]}" 'BEGIN {
+    printf "idle: %d connections in %.1f ms (%.1f us each); target 10,000 in < 200 ms: %s\n", n, us / 1000, us / n,
+        (n >= 10000 && us < 200000) ? "met" : (n < 10000 ? "not measured at 10,000" : "NOT met") }'
+awk -v n="${s[connections]}" -v us="${s[move_us]}" 'BEGIN {
+    printf "sessions: %d in %.1f ms (%.1f us each; at that rate 100,000 take %.0f ms); target 100,000 in < 2 s: %s\n",
+        n, us / 1000, us / n, us / n * 100000 / 1000,
+        (n >= 100000) ? (us < 2000000 ? "met" : "NOT met") : "not measured at 100,000" }'
+if [[ $SKIP_P99 == 0 ]]; then
+    declare -A a=() b=()
+    while IFS='=' read -r k v; do a[$k]=$v; done <"$OUT/p99-plain/wrk.result"
+    while IFS='=' read -r k v; do b[$k]=$v; done <"$OUT/p99-idle/wrk.result"
+    awk -v p0="${a[p99]}" -v p1="${b[p99]}" -v m0="${a[max]}" -v m1="${b[max]}" \
+        -v f0="${a[failures]}" -v f1="${b[failures]}" -v c="$P99_CONNECTIONS" 'BEGIN {
+        printf "p99 under wrk at %d connections with restarts: %.2f ms without --hand-over-idle, %.2f ms with (max %.1f / %.1f ms; failed %d / %d)\n",
+            c, p0, p1, m0, m1, f0, f1
+        printf "p99 with / without --hand-over-idle: %.2f (target <= 1.5: %s)\n", p1 / p0, (p1 / p0 <= 1.5) ? "met" : "NOT met" }'
+    ((P99_STATUS == 0)) || status=1
+fi
+echo "raw outputs and logs: $OUT"
+exit "$status"
