@@ -605,6 +605,8 @@ fn child_gets_exactly_the_handovers_at_3_and_on_and_its_variables() {
         &[
             ("ENDLESS_FD_9", "tcp-listener:stale"),
             ("ENDLESS_FDS", "7"),
+            // An earlier generation's: replaced by this parent's own.
+            ("ENDLESS_TAKEOVER_BATCH", "1"),
             ("LISTEN_FDS", "2"),
             ("LISTEN_PID", "1"),
             ("ENDLESS_LOG", "kept"),
@@ -658,6 +660,8 @@ fn child_gets_exactly_the_handovers_at_3_and_on_and_its_variables() {
             ("ENDLESS_FD_5", &values[2]),
             ("ENDLESS_FD_6", &values[3]),
             ("ENDLESS_READY_FD", &values[4]),
+            // It reads batched takeover answers.
+            ("ENDLESS_TAKEOVER_BATCH", pid.as_str()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
