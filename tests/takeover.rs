@@ -145,7 +145,9 @@ fn many_connections_move_in_one_restart(bin: &Path, n: usize) {
     // connection, the old one too until each moves), beside the other tests' (two at a
     // time on CI, one per CPU; at most 1,000 clients each).
     raise_fd_limit(n + 2500);
-    let server = Server::start(bin, &Options::default());
+    // The old generation's count of messages (debug).
+    let options = Options::default().env("RUST_LOG", "info,endless_unix::takeover=debug");
+    let server = Server::start(bin, &options);
     let old = server.pid();
     let mut conns: Vec<Conn> = (0..n).map(|_| server.connect()).collect();
     for (i, conn) in conns.iter_mut().enumerate() {
@@ -157,7 +159,36 @@ fn many_connections_move_in_one_restart(bin: &Path, n: usize) {
     for (i, conn) in conns.iter_mut().enumerate() {
         assert_eq!(ping(conn, &format!("c{i}"), 2), new, "connection {i}");
     }
-    eprintln!("{n} connections handed over: SIGHUP to the old generation's exit in {took:?}");
+    // Many sockets a message from the first one (the new generation says it reads batches
+    // with its readiness line): at most 253 a message, so at least n / 253, and far fewer
+    // than one a connection (44 for 10,000 in one run; the first ~250 one a message, as
+    // when the new generation's word came late, would be over the bound).
+    // The last count before the end (logged before the last connection's guard goes, so
+    // before the old generation can exit).
+    let ended = server
+        .group
+        .stderr
+        .last_from(0, |l| {
+            l.contains("every connection offered so far is answered")
+                && endless_test_support::has_field(l, "successor", new)
+        })
+        .expect("the old generation logs its answered handover");
+    let messages: usize = ended
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("messages="))
+        .and_then(|m| {
+            m.trim_end_matches(|c: char| !c.is_ascii_digit())
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no message count in {ended:?}"));
+    assert!(
+        messages >= n.div_ceil(253) && messages <= n / 60,
+        "{n} connections in {messages} messages"
+    );
+    eprintln!(
+        "{n} connections handed over in {messages} messages: SIGHUP to the old generation's exit in {took:?}"
+    );
 }
 
 /// The new generation dies while connections move: those it had not taken stay with the

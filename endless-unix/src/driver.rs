@@ -388,7 +388,15 @@ impl<R: Runtime> Driver<R> {
                     // Kept to receive connections and to depart, if the channel can carry
                     // them.
                     self.parent_channel = takeover_channel(&fd);
-                    match spawn::send_readiness(fd) {
+                    // A parent that reads batches learns with the line that this process
+                    // does, before it hands over anything.
+                    let accepts = match &self.parent_channel {
+                        Some(_) if crate::takeover::parent_reads_batches() => {
+                            crate::takeover::accepts()
+                        }
+                        _ => Vec::new(),
+                    };
+                    match sys::send_readiness_and(fd, &accepts) {
                         Ok(()) => tracing::info!("told the parent this process is ready"),
                         Err(e) => {
                             self.parent_channel = None;

@@ -822,7 +822,14 @@ pub(crate) fn getppid() -> u32 {
 /// parent is gone the write fails with `EPIPE` (Rust programs ignore `SIGPIPE` by default;
 /// a program that restored the default disposition is killed by it instead).
 pub(crate) fn send_readiness(fd: OwnedFd) -> io::Result<()> {
-    let message = endless_core::ready::message(getpid());
+    send_readiness_and(fd, &[])
+}
+
+/// [`send_readiness`], with `after` (the next messages) in the same write: the parent reads
+/// them with the line.
+pub(crate) fn send_readiness_and(fd: OwnedFd, after: &[u8]) -> io::Result<()> {
+    let mut message = endless_core::ready::message(getpid());
+    message.extend_from_slice(after);
     let mut channel = File::from(fd);
     // The whole line, in one write where the channel has room (it always has: it is new).
     channel.write_all(&message)?;

@@ -553,6 +553,17 @@ impl Sender {
                 }
             }
         }
+        if self.pending.is_empty() && self.queue.is_empty() {
+            // Before the last guard goes (its owner drops it when it learns the answer):
+            // the process may end right after.
+            tracing::debug!(
+                successor = self.successor,
+                sent = self.sent,
+                refused = self.refused,
+                messages = self.messages.load(Ordering::SeqCst),
+                "every connection offered so far is answered"
+            );
+        }
     }
 
     /// The new generation did not answer in time: stop listening to it. Every answer it
@@ -930,10 +941,18 @@ pub(crate) fn parent_reads_batches() -> bool {
     batch.is_some() && batch == std::env::var_os(endless_core::env::PARENT_PID_VAR)
 }
 
+/// The accepts message this process sends with its readiness line when the parent reads
+/// batches ([`parent_reads_batches`]): it reads as many offers a message as one message
+/// carries descriptors.
+pub(crate) fn accepts() -> Vec<u8> {
+    let most = u16::try_from(crate::sys::MAX_FDS.min(MAX_BATCH)).unwrap_or(1);
+    endless_core::takeover::encode_accepts(most)
+}
+
 /// Starts the new side's thread on `channel` (this process's readiness channel, kept after
 /// the "ready" line). If `batched` (the old side reads batched answers:
-/// [`parent_reads_batches`]), it first says that it reads batches of offers, and answers
-/// in batches. At the end of the stream (the old side's handover ended) it closes every
+/// [`parent_reads_batches`], and was told with the readiness line that this process reads
+/// batches: [`accepts`]), it answers in batches. At the end of the stream (the old side's handover ended) it closes every
 /// [`Inbox`]; it keeps the channel, for this process to say that it departs ([`depart`],
 /// through the returned reference), until the old side is gone.
 pub(crate) fn receive(
@@ -951,13 +970,6 @@ pub(crate) fn receive(
     std::thread::Builder::new()
         .name("endless-takeover".into())
         .spawn(move || {
-            if batched {
-                let most = u16::try_from(crate::sys::MAX_FDS.min(MAX_BATCH)).unwrap_or(1);
-                let accepts = endless_core::takeover::encode_accepts(most);
-                if let Err(e) = channel.send(&accepts, &[]) {
-                    tracing::debug!(error = %e, "cannot say that batches are read");
-                }
-            }
             receive_loop(&channel, &answers, &senders);
             drop(senders);
             // Hung up once the old side closed its end: it exited.
@@ -1133,13 +1145,10 @@ mod tests {
         let mut receivers = Receivers::new();
         let inbox = receivers.register("ping").unwrap();
         receive(Channel::new(new).unwrap(), receivers.close(), true).unwrap();
-        // The new side says it reads batches first; the driver's reader passes that on
-        // before the handover starts (it reads it with the readiness line).
-        let mut buf = Vec::new();
-        let reader = Channel::new(old.try_clone().unwrap()).unwrap();
-        reader.recv(&mut buf).unwrap().unwrap();
-        let Ok(Upstream::Accepts(most)) = Upstream::decode(&buf) else {
-            panic!("not an accepts message: {buf:?}");
+        // The new side said with its readiness line that it reads batches; the driver's
+        // reader passes that on before the handover starts.
+        let Ok(Upstream::Accepts(most)) = Upstream::decode(&accepts()) else {
+            panic!("not an accepts message");
         };
         assert_eq!(usize::from(most), sys::MAX_FDS.min(MAX_BATCH));
         sys::set_nonblocking(old.as_fd()).unwrap();

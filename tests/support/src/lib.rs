@@ -366,6 +366,17 @@ impl Lines {
             .cloned()
     }
 
+    /// The last line at index `from` or later that `pred` accepts.
+    pub fn last_from(&self, from: usize, pred: impl Fn(&str) -> bool) -> Option<String> {
+        self.lines
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .skip(from)
+            .rfind(|l| pred(l))
+            .cloned()
+    }
+
     /// How many lines at index `from` or later `pred` accepts.
     pub fn count_from(&self, from: usize, pred: impl Fn(&str) -> bool) -> usize {
         self.lines
