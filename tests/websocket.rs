@@ -24,6 +24,74 @@ fn chat() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_chat"))
 }
 
+fn chat_smol() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_chat-smol"))
+}
+
+fn chat_async_std() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_chat-async-std"))
+}
+
+/// One test per scenario for a server binary.
+macro_rules! websocket_scenarios {
+    ($module:ident, $bin:expr) => {
+        mod $module {
+            #[test]
+            fn four_websockets_survive_ten_restarts() {
+                super::four_websockets_survive_ten_restarts($bin, &[]);
+            }
+            #[test]
+            fn four_websockets_survive_ten_restarts_beside_idle_handover() {
+                // The upgrade goes through the HTTP/1 connection that `--hand-over-idle`
+                // serves (another stream type under hyper).
+                super::four_websockets_survive_ten_restarts($bin, &["--hand-over-idle"]);
+            }
+            #[test]
+            fn a_fragmented_message_is_completed_before_the_move() {
+                super::a_fragmented_message_is_completed_before_the_move($bin);
+            }
+            #[test]
+            fn a_websocket_that_stays_gets_going_away_at_the_deadline() {
+                super::a_websocket_that_stays_gets_going_away_at_the_deadline($bin);
+            }
+            #[test]
+            fn a_transfer_cut_short_leaves_the_old_generation_serving() {
+                super::a_transfer_cut_short_leaves_the_old_generation_serving($bin);
+            }
+        }
+    };
+}
+
+websocket_scenarios!(on_tokio, super::chat());
+websocket_scenarios!(on_smol, super::chat_smol());
+websocket_scenarios!(on_async_std, super::chat_async_std());
+
+/// One websocket moves across runtimes, and across websocket libraries:
+/// tokio-tungstenite on tokio → async-tungstenite on smol → on async-std → back to tokio.
+#[test]
+fn a_websocket_moves_between_runtimes() {
+    let server = Server::start(chat(), &Options::default());
+    let addr = addr(&server);
+    let rt = runtime();
+    let mut ws = rt.block_on(connect(addr, "traveller", "lobby"));
+    assert_eq!(rt.block_on(ask(&mut ws, "tokio")), Ok((server.pid(), 1)));
+    let mut seen = 1;
+    for (bin, name) in [
+        (chat_smol(), "smol"),
+        (chat_async_std(), "async-std"),
+        (chat(), "tokio"),
+    ] {
+        server.replace_exe(&std::fs::read(bin).expect("read the server binary"), 0o755);
+        let new = server.restart();
+        seen += 1;
+        assert_eq!(
+            rt.block_on(ask(&mut ws, name)),
+            Ok((new, seen)),
+            "on {name}"
+        );
+    }
+}
+
 type Client = WebSocketStream<TcpStream>;
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -126,10 +194,10 @@ impl Seen {
 /// Four websockets, one per room, each sending a text frame every 10 ms, through 10
 /// restarts: no close frame, no error, no lost or repeated answer (`seen` counts 1, 2, 3,
 /// … on each), and every generation answers each of them.
-#[test]
-fn four_websockets_survive_ten_restarts() {
+fn four_websockets_survive_ten_restarts(bin: &Path, args: &[&str]) {
     const CLIENTS: usize = 4;
-    let server = Server::start(chat(), &Options::default());
+    let options = args.iter().fold(Options::default(), |o, a| o.arg(*a));
+    let server = Server::start(bin, &options);
     let first = server.pid();
     let addr = addr(&server);
     let rt = runtime();
@@ -206,9 +274,8 @@ fn four_websockets_survive_ten_restarts() {
 /// A client in the middle of a fragmented message when the restart comes: the message is
 /// completed with the old generation and answered once, with the right count; the
 /// websocket moves only after it, and the next message is the new generation's.
-#[test]
-fn a_fragmented_message_is_completed_before_the_move() {
-    let server = Server::start(chat(), &Options::default());
+fn a_fragmented_message_is_completed_before_the_move(bin: &Path) {
+    let server = Server::start(bin, &Options::default());
     let old = server.pid();
     let addr = addr(&server);
     let rt = runtime();
@@ -262,13 +329,12 @@ fn a_fragmented_message_is_completed_before_the_move() {
 
 /// A new generation that takes no websocket (`CHAT_NO_RECEIVER=1`) leaves them with the
 /// old one, which serves on and, before its drain deadline, closes them with 1001.
-#[test]
-fn a_websocket_that_stays_gets_going_away_at_the_deadline() {
+fn a_websocket_that_stays_gets_going_away_at_the_deadline(bin: &Path) {
     let options = Options::default()
         .env("CHAT_NO_RECEIVER", "1")
         .arg("--drain-timeout")
         .arg("4");
-    let server = Server::start(chat(), &options);
+    let server = Server::start(bin, &options);
     let old = server.pid();
     let addr = addr(&server);
     let rt = runtime();
@@ -308,13 +374,12 @@ fn a_websocket_that_stays_gets_going_away_at_the_deadline() {
 
 /// The new generation dies (`SIGKILL`) while the websockets move: those it had not taken
 /// stay with the old generation, which answers them, counting on.
-#[test]
-fn a_transfer_cut_short_leaves_the_old_generation_serving() {
+fn a_transfer_cut_short_leaves_the_old_generation_serving(bin: &Path) {
     const N: usize = 20;
     // The new generation waits 100 ms before it takes each websocket: the transfer takes
     // about 2 s, and the kill lands in the middle of it.
     let options = Options::default().env("CHAT_TAKE_DELAY_MS", "100");
-    let server = Server::start(chat(), &options);
+    let server = Server::start(bin, &options);
     let old = server.pid();
     let addr = addr(&server);
     let rt = runtime();
