@@ -212,13 +212,11 @@ fn four_websockets_survive_ten_restarts(bin: &Path, args: &[&str]) {
                 while !stop.load(Ordering::SeqCst) {
                     count += 1;
                     let result = ask(&mut ws, &format!("hello {count}")).await;
-                    if let Err(e) = seen.lock().unwrap().record(count, result) {
-                        return Err(e);
-                    }
+                    seen.lock().unwrap().record(count, result)?;
                     // The pace of the client, not a wait for the server.
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
-                Ok(count)
+                Ok::<u64, String>(count)
             })
         })
         .collect();
