@@ -441,8 +441,9 @@ const READ_CHUNK: usize = 8 * 1024;
 /// It reads the stream into a buffer of its own and parses the header of each frame the
 /// client sends (RFC 6455 §5.2: two bytes, a 16- or 64-bit extended length, the mask key),
 /// and it never hands the library bytes past the end of the current frame. Control frames
-/// (close, ping, pong: at most 125 bytes of payload) are handed on whole, so the library
-/// never holds part of one; data frames are handed on as they arrive. It follows
+/// (close, ping, pong: at most 125 bytes of payload) are handed on whole (in one read, as
+/// the library's reads take kilobytes), so the library never holds part of one; data
+/// frames are handed on as they arrive. It follows
 /// fragmented messages (a data frame without FIN, up to a continuation with FIN; control
 /// frames may come in between).
 ///
@@ -513,6 +514,11 @@ impl<S> MessageBoundary<S> {
     /// The stream and the bytes read from it and not handed on: at a boundary, they start
     /// with the next frame. Take it apart at a boundary only, after the library flushed
     /// what it had to write.
+    ///
+    /// They are few: it reads at most 8 KiB at a time, and only when the current frame
+    /// needs more bytes, so a handover's unconsumed bytes stay well within endless'
+    /// limit (`MAX_UNCONSUMED_LEN`, 64 KiB) unless [`with_read`](Self::with_read) was given
+    /// more.
     pub fn into_parts(self) -> (S, Bytes) {
         (self.inner, self.buf.freeze())
     }

@@ -348,7 +348,8 @@ where
     let margin = goodbye_margin(chat.drain_timeout);
     let deadline = deadline_near::<N>(&tracker, chat.drain_timeout, margin);
     let mut deadline = std::pin::pin!(deadline);
-    // Hand it over at the next boundary; offered once per process.
+    // Hand it over at the next boundary; offered once per drain (again after a fallback,
+    // when this process serves again and a later restart drains it anew).
     let mut moving = false;
     let mut offered = false;
     loop {
@@ -402,6 +403,7 @@ where
                     offered = true;
                 }
             }
+            () = tracker.serving(), if offered => offered = false,
             () = &mut deadline => return going_away::<N, W>(ws, margin).await,
         }
     }
