@@ -426,6 +426,23 @@ fn a_transfer_cut_short_leaves_the_old_generation_serving(bin: &Path) {
         );
     }
     assert!(endless_test_support::is_alive(old));
+    // The old generation took the service back; at the next restart the websockets it
+    // kept move after all, counting on.
+    server
+        .group
+        .stderr
+        .wait_from(format_args!("{old} to serve again"), 0, |l| {
+            l.contains("serving again") && has_field(l, "pid", old)
+        });
+    server.set_pid(old);
+    let newer = server.restart();
+    for &i in &kept {
+        assert_eq!(
+            rt.block_on(ask(&mut clients[i], "d")),
+            Ok((newer, 4)),
+            "client {i}"
+        );
+    }
     eprintln!(
         "transfer cut short: {} websockets kept, {lost} lost with the new generation",
         kept.len()
