@@ -6,7 +6,7 @@
 //! drain deadline shuts its socket down. With it:
 //!
 //! 1. **Take the connection back from hyper**: [`upgraded_stream`] turns the
-//!    [`Upgraded`] of a connection endless-hyper serves into endless' tracked
+//!    `Upgraded` of a connection endless-hyper serves into endless' tracked
 //!    [`Stream`] (the same registration with the drain: a websocket counts once, and one
 //!    that is not moved is still closed at the deadline), plus the bytes hyper read past the
 //!    upgrade request. [`Socket`] sees that stream through tokio's I/O traits, on every
