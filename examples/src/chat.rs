@@ -262,6 +262,7 @@ where
                             pid = std::process::id(),
                             seen = session.seen,
                             room = %session.room,
+                            unconsumed = received.unconsumed.len(),
                             "websocket taken over"
                         );
                         let ws = W::resume(received.stream, received.unconsumed.into()).await;
