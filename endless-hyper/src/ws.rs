@@ -82,8 +82,8 @@
 //! ```
 //!
 //! A whole server (hyper's upgrade on endless-hyper's [`Server`](crate::Server), rooms,
-//! handover and resume, close 1001 at the deadline) is the `chat` example of the endless
-//! repository (`examples/src/bin/chat.rs`).
+//! handover and resume, close 1001 at the deadline, on tokio, smol and async-std) is the
+//! `chat` example of the endless repository (`examples/src/chat.rs`).
 
 use std::io;
 use std::pin::Pin;
@@ -454,7 +454,7 @@ const READ_CHUNK: usize = 8 * 1024;
 ///
 /// Read through tokio's I/O traits (tokio-tungstenite); for futures-io libraries
 /// (async-tungstenite on smol or async-std), wrap it in tokio-util's `Compat`
-/// (`FuturesAsyncReadCompatExt`'s counterpart, `TokioAsyncReadCompatExt::compat`).
+/// (`TokioAsyncReadCompatExt::compat`), which is how the `chat` example runs there.
 #[derive(Debug)]
 pub struct MessageBoundary<S> {
     inner: S,
