@@ -394,3 +394,41 @@ mod tungstenite {
         assert!(ws.get_ref().at_boundary());
     }
 }
+
+// ---- the deadline --------------------------------------------------------------------------
+
+#[cfg(feature = "runtime-tokio")]
+mod deadline {
+    use std::time::{Duration, Instant};
+
+    use endless_tokio::Tokio;
+    use endless_unix::Tracker;
+
+    use super::super::deadline_near;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    /// It waits for the drain, then resolves a margin before its timeout.
+    #[tokio::test]
+    async fn resolves_a_margin_before_the_deadline_counted_from_the_drain() {
+        let tracker = Tracker::new();
+        let near = deadline_near::<Tokio>(&tracker, Some(400 * MS), 100 * MS);
+        let mut near = std::pin::pin!(near);
+        let serving = tokio::time::timeout(500 * MS, near.as_mut()).await;
+        assert!(serving.is_err(), "no deadline while the process serves");
+        let drain = Instant::now();
+        tracker.close_idle();
+        near.await;
+        let took = drain.elapsed();
+        assert!(took >= 300 * MS && took < 3000 * MS, "{took:?}");
+    }
+
+    /// Without a drain timeout there is no deadline to warn of.
+    #[tokio::test]
+    async fn never_without_a_drain_timeout() {
+        let tracker = Tracker::new();
+        tracker.close_idle();
+        let near = deadline_near::<Tokio>(&tracker, None, 100 * MS);
+        assert!(tokio::time::timeout(300 * MS, near).await.is_err());
+    }
+}
