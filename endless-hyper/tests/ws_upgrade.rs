@@ -2,7 +2,8 @@
 //! beside idle takeover (`hand_over_idle`, another stream type under hyper). The stream
 //! comes back with the bytes the client sent right behind its upgrade request (hyper read
 //! them with it), it is the connection's tracked stream (the tracker counts it once, and
-//! no more once it is dropped), and it reads and writes the client's socket.
+//! no more once it is dropped), and it reads and writes the client's socket. Over TLS
+//! (with the `tls` feature) it is refused: the session cannot move.
 //!
 //! One test only: it starts `Endless` in this process.
 
@@ -27,7 +28,7 @@ const DEADLINE: Duration = Duration::from_secs(10);
 const EARLY: &[u8] = b"early bytes of the new protocol";
 
 /// The listeners of the test.
-const LISTENERS: usize = 2;
+const LISTENERS: usize = if cfg!(feature = "tls") { 3 } else { 2 };
 
 type Taken = Result<(Stream, Bytes), String>;
 
@@ -64,7 +65,12 @@ fn service(
 /// Upgrades a connection to `addr`, sending [`EARLY`] in the same write as the request;
 /// returns the client's socket, past the `101` response.
 async fn upgrade(addr: SocketAddr) -> TcpStream {
-    let mut client = TcpStream::connect(addr).await.expect("connect");
+    let client = TcpStream::connect(addr).await.expect("connect");
+    upgrade_on(client).await
+}
+
+/// [`upgrade`] on a connected client.
+async fn upgrade_on<C: AsyncReadExt + AsyncWriteExt + Unpin>(mut client: C) -> C {
     let mut request =
         b"GET /ws HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: test\r\n\r\n".to_vec();
     request.extend_from_slice(EARLY);
@@ -135,12 +141,71 @@ async fn the_tracked_stream_comes_back_out_of_an_upgrade() {
     Server::new()
         .hand_over_idle(&endless, "http")
         .unwrap()
-        .serve(idle, service(tx));
+        .serve(idle, service(tx.clone()));
+    #[cfg(feature = "tls")]
+    let tls = tls::serve(&endless, tx.clone());
+    drop(tx);
     endless.ready();
 
     check(&endless, plain_addr, &mut taken).await;
     check(&endless, idle_addr, &mut taken).await;
+    #[cfg(feature = "tls")]
+    tls.check(&mut taken).await;
 
     endless.request(Request::Stop);
     assert_eq!(endless.run().await.code, 0);
+}
+
+#[cfg(feature = "tls")]
+mod tls {
+    use std::sync::Arc;
+
+    use rustls_pki_types::{PrivateKeyDer, ServerName};
+
+    use super::*;
+
+    pub(super) struct Tls {
+        addr: SocketAddr,
+        connector: tokio_rustls::TlsConnector,
+    }
+
+    /// Serves the upgrading service over TLS, with a self-signed certificate.
+    pub(super) fn serve(endless: &Endless, taken: mpsc::UnboundedSender<Taken>) -> Tls {
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        let key = PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
+        let acceptor = endless_hyper::tls::acceptor(vec![cert.cert.der().clone()], key).unwrap();
+        let listener = endless.tcp_listener("tls", "127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        Server::new().tls(acceptor).serve(listener, service(taken));
+
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert.cert.der().clone()).unwrap();
+        // ring's provider, deprecated in rustls 0.23.48 (see endless_hyper::tls).
+        #[allow(deprecated)]
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        Tls { addr, connector }
+    }
+
+    impl Tls {
+        /// An upgrade over TLS is refused, with the connection back.
+        pub(super) async fn check(&self, taken: &mut mpsc::UnboundedReceiver<Taken>) {
+            let tcp = TcpStream::connect(self.addr).await.unwrap();
+            let name = ServerName::try_from("localhost").unwrap();
+            let client = self.connector.connect(name, tcp).await.expect("TLS");
+            let _client = upgrade_on(client).await;
+            let refused = tokio::time::timeout(DEADLINE, taken.recv())
+                .await
+                .expect("upgraded within the deadline")
+                .expect("the service sends");
+            let e = refused.expect_err("a TLS connection is not movable");
+            assert!(e.contains("not an endless stream"), "{e}");
+        }
+    }
 }
