@@ -67,6 +67,17 @@ impl<T, S: Future<Output = ()>> PongDelay<T, S> {
         }
     }
 
+    /// The stream, and the bytes read from it and not delivered yet (a held frame among
+    /// them, in its place): what an upgraded HTTP/1 connection reads next.
+    pub(crate) fn into_parts(self) -> (T, Vec<u8>) {
+        let mut buf = self.buf;
+        if let Some((frame, _)) = self.held {
+            let at = self.ready.min(buf.len());
+            buf.splice(at..at, frame);
+        }
+        (self.inner, buf)
+    }
+
     /// Advances `ready` over what can be delivered.
     fn parse(&mut self) {
         loop {

@@ -19,7 +19,9 @@
 //!   streams it opened just before it saw the first `GOAWAY` are served, not refused (an h2
 //!   race that otherwise fails requests at every restart under load).
 //! - **Upgraded connections** (websockets through hyper's upgrade) stay tracked: they
-//!   finish, or are closed at the drain deadline.
+//!   finish, or are closed at the drain deadline; or, with [`ws`], a websocket moves to
+//!   the new generation at a message boundary, and one that stays is told goodbye (close
+//!   code 1001) before the deadline.
 //!
 //! hyper-util's `GracefulShutdown` is not used for HTTP/1: it closes idle connections at
 //! once, which is the race above. The same hyper call it makes
@@ -192,6 +194,8 @@ mod takeover;
 #[cfg(feature = "tls")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
 pub mod tls;
+#[cfg(unix)]
+pub mod ws;
 
 #[cfg(unix)]
 pub use peer::{ConnectionInfo, MakeServiceFn, PeerAddr, make_service_fn};

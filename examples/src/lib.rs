@@ -94,6 +94,7 @@ pub mod crate_readmes {
     pub struct Hyper;
 }
 
+pub mod chat;
 pub mod echo;
 pub mod futures_rt;
 pub mod pingpong;
