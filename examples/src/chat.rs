@@ -242,6 +242,12 @@ where
     } else {
         match endless.receive_connections(RECEIVER) {
             Ok(connections) => {
+                // Slowed down (see `take_delay`): one at a time, each as it is taken.
+                let connections = if take_delay().is_some() {
+                    connections.take_at_most(1)
+                } else {
+                    connections
+                };
                 let chat = Arc::clone(&chat);
                 chat.clone().spawn(async move {
                     let delay = take_delay();
