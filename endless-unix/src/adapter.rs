@@ -330,9 +330,10 @@ impl<N: Net> Builder<N> {
         self
     }
 
-    /// How long a connection handed over ([`Endless::hand_over`]) waits for the new
-    /// generation's answer (default 5 s). A new generation that is alive but does not
-    /// answer in that time (its application does not take what it is offered) is cut off:
+    /// How long the new generation may answer nothing while connections handed over
+    /// ([`Endless::hand_over`]) wait for its answers (default 5 s). A new generation that is
+    /// alive but does not answer in that time (its application does not take what it is
+    /// offered) is cut off:
     /// the connections it did not take stay with this process, which serves them on, and it
     /// takes no more (see [`crate::takeover`]).
     ///

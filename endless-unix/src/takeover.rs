@@ -20,9 +20,10 @@
 //!   channel ended before an answer (the new generation died): the connection comes back
 //!   to the application, which goes on serving it.
 //! - A new generation that is alive but does not answer (its application never takes what
-//!   it is offered) does not hold the old one until its drain deadline: after the takeover
-//!   timeout ([`Builder::takeover_timeout`](crate::Builder::takeover_timeout)) the old side
-//!   stops listening to it (`shutdown(SHUT_RD)` of the channel). From then on every answer
+//!   it is offered) does not hold the old one until its drain deadline: once it answered
+//!   nothing for the takeover timeout
+//!   ([`Builder::takeover_timeout`](crate::Builder::takeover_timeout)) while connections
+//!   wait, the old side stops listening to it (`shutdown(2)` of the channel). From then on every answer
 //!   the new side tries to send fails, so its application never gets one more connection
 //!   ([`Incoming::take`] checks that its answer went out before it returns the socket);
 //!   every answer that did go out is still read, and every connection without one stays
@@ -153,8 +154,8 @@ pub type Held = (OwnedFd, ConnectionGuard);
 /// once (each holds a descriptor in both processes while it is in flight).
 pub const WINDOW: usize = 4 * MAX_BATCH;
 
-/// How long the old generation waits for the answer to a connection it offered, by
-/// default (see [`Builder::takeover_timeout`](crate::Builder::takeover_timeout)).
+/// How long the new generation may answer nothing while connections wait for its answers,
+/// by default (see [`Builder::takeover_timeout`](crate::Builder::takeover_timeout)).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the application hands over: the offer's fields and the connection.
@@ -257,6 +258,7 @@ impl Outbox {
             next_id: 1,
             queue: VecDeque::new(),
             pending: BTreeMap::new(),
+            progress: Instant::now(),
             cut_off: None,
             sent: 0,
             refused: 0,
@@ -317,8 +319,6 @@ struct Pending {
     fd: OwnedFd,
     guard: ConnectionGuard,
     done: Done,
-    /// When the old side stops waiting for its answer.
-    deadline: Instant,
 }
 
 /// The state of the old side's sending thread.
@@ -333,8 +333,11 @@ struct Sender {
     batch: usize,
     next_id: u64,
     queue: VecDeque<(Outgoing, Done)>,
-    /// By id: the first is the oldest, whose deadline comes first.
+    /// By id.
     pending: BTreeMap<u64, Pending>,
+    /// The last answer, or the send that found nothing waiting: the new generation is cut
+    /// off when it answers nothing for the timeout while connections wait.
+    progress: Instant,
     /// When the old side stopped listening to the new one (its timeout), if it did.
     cut_off: Option<Instant>,
     sent: u64,
@@ -442,13 +445,15 @@ impl Sender {
         self.open.load(Ordering::SeqCst)
     }
 
-    /// When to stop waiting for the next event: the oldest answer's deadline, or (once
-    /// cut off) the time by which every answer sent in time has been read.
+    /// When to stop waiting for the next event, while connections wait for answers: the
+    /// timeout after the last answer (a new generation that takes slowly but steadily is
+    /// not cut off), or (once cut off) the time by which every answer sent in time has
+    /// been read.
     fn wait_until(&self) -> Option<Instant> {
-        if let Some(at) = self.cut_off {
-            return (!self.pending.is_empty()).then_some(at + self.timeout);
+        if self.pending.is_empty() {
+            return None;
         }
-        self.pending.values().next().map(|p| p.deadline)
+        Some(self.cut_off.unwrap_or(self.progress) + self.timeout)
     }
 
     /// Sends the next batch of queued connections, as one message.
@@ -508,7 +513,9 @@ impl Sender {
             return;
         }
         self.messages.fetch_add(1, Ordering::SeqCst);
-        let deadline = now + self.timeout;
+        if self.pending.is_empty() {
+            self.progress = now;
+        }
         for (id, (outgoing, done)) in (first_id..).zip(batch) {
             self.pending.insert(
                 id,
@@ -516,7 +523,6 @@ impl Sender {
                     fd: outgoing.fd,
                     guard: outgoing.guard,
                     done,
-                    deadline,
                 },
             );
         }
@@ -524,6 +530,7 @@ impl Sender {
 
     /// Settles each connection answered.
     fn settle(&mut self, replies: Vec<Reply>) {
+        self.progress = Instant::now();
         for Reply { id, outcome } in replies {
             let Some(p) = self.pending.remove(&id) else {
                 tracing::error!(
@@ -1279,6 +1286,44 @@ mod tests {
         let (_client, server) = tcp_pair();
         let e = block_on(outbox.send(outgoing("ping", server, &tracker))).unwrap_err();
         assert!(matches!(e.failure, HandOverFailure::ChannelClosed), "{e}");
+    }
+
+    /// A new side that takes slowly but steadily is not cut off, however long the whole
+    /// takes: the timeout counts from its last answer.
+    #[test]
+    fn a_slow_but_steady_new_generation_is_not_cut_off() {
+        const N: usize = 6;
+        let (outbox, inbox) = sides_with(Duration::from_millis(300));
+        let tracker = Tracker::new();
+        let app = std::thread::spawn(move || {
+            let mut taken = 0;
+            while let Some(incoming) = block_on(inbox.next()) {
+                // Each 100 ms: 600 ms in all, twice the timeout.
+                std::thread::sleep(Duration::from_millis(100));
+                incoming.take(|fd| Ok(TcpStream::from(fd))).unwrap();
+                taken += 1;
+            }
+            taken
+        });
+        let executor = async_executor::LocalExecutor::new();
+        let mut clients = Vec::new();
+        let tasks: Vec<_> = (0..N)
+            .map(|_| {
+                let (client, server) = tcp_pair();
+                clients.push(client);
+                let outbox = outbox.clone();
+                let job = outgoing("ping", server, &tracker);
+                executor.spawn(async move { outbox.send(job).await })
+            })
+            .collect();
+        block_on(executor.run(async {
+            for task in tasks {
+                task.await.unwrap();
+            }
+        }));
+        assert!(outbox.is_open());
+        drop(outbox);
+        assert_eq!(app.join().unwrap(), N);
     }
 
     #[test]
