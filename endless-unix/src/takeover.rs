@@ -531,19 +531,36 @@ impl Sender {
     /// Settles each connection answered.
     fn settle(&mut self, replies: Vec<Reply>) {
         self.progress = Instant::now();
+        let mut settled = Vec::with_capacity(replies.len());
+        let mut unknown = None;
         for Reply { id, outcome } in replies {
-            let Some(p) = self.pending.remove(&id) else {
-                tracing::error!(
-                    successor = self.successor,
-                    id,
-                    "takeover reply for no offer waiting"
-                );
-                self.broken();
-                return;
-            };
+            match self.pending.remove(&id) {
+                Some(p) => settled.push((id, p, outcome)),
+                None => {
+                    unknown = Some(id);
+                    break;
+                }
+            }
+        }
+        for (_, _, outcome) in &settled {
+            match outcome {
+                Outcome::Taken => self.sent += 1,
+                Outcome::Refused(_) => self.refused += 1,
+            }
+        }
+        if unknown.is_none() && self.pending.is_empty() && self.queue.is_empty() {
+            // Before the guards go below: once the last one does, the process may end.
+            tracing::debug!(
+                successor = self.successor,
+                sent = self.sent,
+                refused = self.refused,
+                messages = self.messages.load(Ordering::SeqCst),
+                "every connection offered so far is answered"
+            );
+        }
+        for (id, p, outcome) in settled {
             match outcome {
                 Outcome::Taken => {
-                    self.sent += 1;
                     // The new generation owns it: close this process's copy, then stop
                     // counting it for the drain.
                     drop(p.fd);
@@ -551,7 +568,6 @@ impl Sender {
                     let _ = p.done.try_send(Ok(()));
                 }
                 Outcome::Refused(reason) => {
-                    self.refused += 1;
                     tracing::debug!(successor = self.successor, id, %reason, "connection refused by the new generation");
                     let _ = p.done.try_send(Err(HandOverError::new(
                         HandOverFailure::Refused(reason),
@@ -560,16 +576,13 @@ impl Sender {
                 }
             }
         }
-        if self.pending.is_empty() && self.queue.is_empty() {
-            // Before the last guard goes (its owner drops it when it learns the answer):
-            // the process may end right after.
-            tracing::debug!(
+        if let Some(id) = unknown {
+            tracing::error!(
                 successor = self.successor,
-                sent = self.sent,
-                refused = self.refused,
-                messages = self.messages.load(Ordering::SeqCst),
-                "every connection offered so far is answered"
+                id,
+                "takeover reply for no offer waiting"
             );
+            self.broken();
         }
     }
 
