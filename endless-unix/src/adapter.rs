@@ -333,9 +333,8 @@ impl<N: Net> Builder<N> {
     /// How long the new generation may answer nothing while connections handed over
     /// ([`Endless::hand_over`]) wait for its answers (default 5 s). A new generation that is
     /// alive but does not answer in that time (its application does not take what it is
-    /// offered) is cut off:
-    /// the connections it did not take stay with this process, which serves them on, and it
-    /// takes no more (see [`crate::takeover`]).
+    /// offered) is cut off: the connections it did not take stay with this process, which
+    /// serves them on, and it takes no more (see [`crate::takeover`]).
     ///
     /// # Examples
     ///

@@ -23,11 +23,13 @@
 //!   it is offered) does not hold the old one until its drain deadline: once it answered
 //!   nothing for the takeover timeout
 //!   ([`Builder::takeover_timeout`](crate::Builder::takeover_timeout)) while connections
-//!   wait, the old side stops listening to it (`shutdown(2)` of the channel). From then on every answer
-//!   the new side tries to send fails, so its application never gets one more connection
-//!   ([`Incoming::take`] checks that its answer went out before it returns the socket);
-//!   every answer that did go out is still read, and every connection without one stays
-//!   with the old generation.
+//!   wait, the old side stops listening to it (`shutdown(2)` of the channel). From then on
+//!   every answer the new side tries to send fails, so its application never gets one
+//!   more connection ([`Incoming::take`] checks that its answer went out before it returns
+//!   the socket); every answer that did go out is still read (a message cut short is no
+//!   answer on either side), and every connection without one stays with the old
+//!   generation. This relies on a write to a Unix socket whose peer shut its reading down
+//!   failing (`EPIPE`), as Linux does; tested there.
 //! - New side ([`Inbox`]): the thread reads offers and passes each to the application's
 //!   receiver of that name; the application answers with [`Incoming::take`] (the answer is
 //!   written before the application can read from the socket) or refuses by dropping it.
