@@ -1215,13 +1215,33 @@ mod tests {
         );
     }
 
+    /// Hands `n` fresh connections over at once (a task each), each taken; their clients.
+    fn hand_over_all(outbox: &Outbox, n: usize, tracker: &Tracker) -> Vec<TcpStream> {
+        let executor = async_executor::LocalExecutor::new();
+        let mut clients = Vec::new();
+        let tasks: Vec<_> = (0..n)
+            .map(|_| {
+                let (client, server) = tcp_pair();
+                clients.push(client);
+                let outbox = outbox.clone();
+                let job = outgoing("ping", server, tracker);
+                executor.spawn(async move { outbox.send(job).await })
+            })
+            .collect();
+        block_on(executor.run(async {
+            for task in tasks {
+                task.await.unwrap();
+            }
+        }));
+        clients
+    }
+
     /// Many connections handed over at once go many to a message, and each is settled.
     #[test]
     fn many_connections_go_in_batches() {
         const N: usize = 1000;
         let (outbox, inbox) = sides();
         let tracker = Tracker::new();
-        let pairs: Vec<(TcpStream, TcpStream)> = (0..N).map(|_| tcp_pair()).collect();
         let app = std::thread::spawn(move || {
             let mut taken = Vec::new();
             while let Some(first) = block_on(inbox.next()) {
@@ -1233,22 +1253,7 @@ mod tests {
             }
             taken
         });
-        let executor = async_executor::LocalExecutor::new();
-        let mut clients = Vec::new();
-        let tasks: Vec<_> = pairs
-            .into_iter()
-            .map(|(client, server)| {
-                clients.push(client);
-                let outbox = outbox.clone();
-                let job = outgoing("ping", server, &tracker);
-                executor.spawn(async move { outbox.send(job).await })
-            })
-            .collect();
-        block_on(executor.run(async {
-            for task in tasks {
-                task.await.unwrap();
-            }
-        }));
+        let mut clients = hand_over_all(&outbox, N, &tracker);
         assert_eq!(tracker.len(), 0, "every guard goes once taken");
         let messages = outbox.messages();
         // Batches fill with what is queued when the thread sends (103 messages in one
@@ -1320,22 +1325,7 @@ mod tests {
             }
             taken
         });
-        let executor = async_executor::LocalExecutor::new();
-        let mut clients = Vec::new();
-        let tasks: Vec<_> = (0..N)
-            .map(|_| {
-                let (client, server) = tcp_pair();
-                clients.push(client);
-                let outbox = outbox.clone();
-                let job = outgoing("ping", server, &tracker);
-                executor.spawn(async move { outbox.send(job).await })
-            })
-            .collect();
-        block_on(executor.run(async {
-            for task in tasks {
-                task.await.unwrap();
-            }
-        }));
+        let _clients = hand_over_all(&outbox, N, &tracker);
         assert!(outbox.is_open());
         drop(outbox);
         assert_eq!(app.join().unwrap(), N);
