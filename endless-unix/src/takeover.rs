@@ -13,7 +13,7 @@
 //!
 //! - Old side: [`Endless::hand_over`](crate::Endless::hand_over) queues a connection; the
 //!   thread sends what is queued in batches of up to
-//!   [`MAX_BATCH`](endless_core::takeover::MAX_BATCH) sockets a message (to a new
+//!   [`MAX_BATCH`] sockets a message (to a new
 //!   generation that says it reads them; one a message to an earlier version), with at
 //!   most [`WINDOW`] connections waiting for their answers, and settles each connection as
 //!   soon as its answer comes. Taken: the old generation closes its copy. Refused, or the
