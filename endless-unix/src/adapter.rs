@@ -1231,9 +1231,7 @@ impl<N: Net> Connections<N> {
     }
 
     fn lock_taken(&self) -> std::sync::MutexGuard<'_, std::collections::VecDeque<Received<N>>> {
-        self.taken
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        crate::handle::lock(&self.taken)
     }
 }
 

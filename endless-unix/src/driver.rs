@@ -391,7 +391,11 @@ impl<R: Runtime> Driver<R> {
                     // A parent that reads batches learns with the line that this process
                     // does, before it hands over anything.
                     let accepts = match &self.parent_channel {
-                        Some(_) if crate::takeover::parent_reads_batches() => {
+                        Some(_)
+                            if crate::takeover::parent_reads_batches(
+                                self.shared.inherited.parent_pid(),
+                            ) =>
+                        {
                             crate::takeover::accepts()
                         }
                         _ => Vec::new(),
@@ -421,7 +425,8 @@ impl<R: Runtime> Driver<R> {
                 // connection and drains it. Without a parent (a fresh start) the receivers
                 // end here.
                 if let Some(channel) = self.parent_channel.take() {
-                    let batched = crate::takeover::parent_reads_batches();
+                    let batched =
+                        crate::takeover::parent_reads_batches(self.shared.inherited.parent_pid());
                     match crate::takeover::receive(channel, senders, batched) {
                         Ok(kept) => self.to_parent = Some(kept),
                         Err(e) => tracing::error!(error = %e, "cannot receive connections"),

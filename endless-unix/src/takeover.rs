@@ -55,6 +55,7 @@ use endless_core::takeover::{
 use rustix::io::Errno;
 
 use crate::channel::Channel;
+use crate::handle::lock;
 use crate::tracker::ConnectionGuard;
 
 /// Why a connection was not handed over.
@@ -310,10 +311,6 @@ impl Outbox {
             .await
             .unwrap_or_else(|_| Err(HandOverError::new(HandOverFailure::InDoubt, None)))
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// A connection offered and not answered yet.
@@ -956,11 +953,13 @@ impl Receivers {
 }
 
 /// Whether the process that spawned this one reads batched answers: it said so in the
-/// environment ([`BATCH_VAR`](endless_core::takeover::BATCH_VAR), naming itself as
-/// `ENDLESS_PARENT_PID` does).
-pub(crate) fn parent_reads_batches() -> bool {
-    let batch = std::env::var_os(endless_core::takeover::BATCH_VAR);
-    batch.is_some() && batch == std::env::var_os(endless_core::env::PARENT_PID_VAR)
+/// environment ([`BATCH_VAR`](endless_core::takeover::BATCH_VAR)), naming itself as the
+/// handoff did (`parent_pid`, the pid `ENDLESS_PARENT_PID` named).
+pub(crate) fn parent_reads_batches(parent_pid: Option<u32>) -> bool {
+    let named = std::env::var(endless_core::takeover::BATCH_VAR)
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok());
+    parent_pid.is_some() && named == parent_pid
 }
 
 /// The accepts message this process sends with its readiness line when the parent reads
