@@ -293,10 +293,55 @@ hup_and_wait() {
     done
 }
 
-# wait_gone PID TIMEOUT_S: polls every millisecond until PID has exited (a zombie counts as
-# gone). Sets GONE_AT (µs since the epoch, empty on a timeout). Needs nap_init.
+# watch_exit PID TIMEOUT_S: call it before whatever ends PID. Starts a waiter that sleeps on
+# PID's pidfd (python3's os.pidfd_open, Linux 5.3 and later) and notes when PID exits; the
+# next wait_gone for PID then waits for that waiter instead of polling. A poll every
+# millisecond is a bash loop on one of this machine's two CPUs: during a takeover of 10,000
+# connections it took about 5 % of the samples, from the two processes being measured. The
+# waiter's start-up happens here, before the event. Where there is no pidfd, wait_gone polls.
+EXIT_WATCH_FOR=""
+EXIT_WATCH_JOB=""
+EXIT_WATCH_FILE=""
+watch_exit() {
+    EXIT_WATCH_FOR=$1
+    EXIT_WATCH_FILE=$(mktemp "${TMPDIR:-/tmp}/endless-exit-watch.XXXXXX")
+    python3 -c '
+import os, select, sys, time
+pid, timeout = int(sys.argv[1]), float(sys.argv[2])
+try:
+    fd = os.pidfd_open(pid)
+except (AttributeError, OSError) as e:
+    print("unsupported", e, flush=True)
+    sys.exit()
+print("watching", flush=True)
+poll = select.poll()
+poll.register(fd, select.POLLIN)
+print(time.time_ns() // 1000 if poll.poll(timeout * 1000) else "timeout", flush=True)
+' "$1" "$2" >"$EXIT_WATCH_FILE" 2>&1 &
+    EXIT_WATCH_JOB=$!
+    BG_PIDS+=("$EXIT_WATCH_JOB")
+    local line="" deadline=$((${EPOCHREALTIME/./} + 10000000))
+    until [[ -n $line ]]; do
+        { read -r line <"$EXIT_WATCH_FILE"; } 2>/dev/null || line=""
+        ((${EPOCHREALTIME/./} < deadline)) || die "the exit watcher for pid $1 did not start in 10 s"
+        [[ -n $line ]] || nap_1ms
+    done
+    [[ $line == watching ]] || { log "no pidfd here ($line): waiting for pid $1 by polling"; EXIT_WATCH_FOR=""; }
+}
+
+# wait_gone PID TIMEOUT_S: waits until PID has exited (a zombie counts as gone): through the
+# waiter of watch_exit PID if there is one, otherwise polling every millisecond. Sets
+# GONE_AT (µs since the epoch, empty on a timeout). Needs nap_init.
 wait_gone() {
     local pid=$1 deadline now
+    if [[ -n $EXIT_WATCH_FOR && $EXIT_WATCH_FOR == "$pid" ]]; then
+        EXIT_WATCH_FOR=""
+        wait "$EXIT_WATCH_JOB" 2>/dev/null || true
+        GONE_AT=$(tail -n 1 "$EXIT_WATCH_FILE")
+        rm -f "$EXIT_WATCH_FILE"
+        [[ $GONE_AT =~ ^[0-9]+$ ]] || GONE_AT=""
+        return 0
+    fi
     deadline=$((${EPOCHREALTIME/./} + $2 * 1000000))
     GONE_AT=""
     while proc_alive "$pid"; do

@@ -124,6 +124,7 @@ move() {
     done
     log "$name: every connection open and used once; SIGHUP"
     local old=$SERVER_PID
+    watch_exit "$old" 150
     hup_and_wait "$pidfile" 30
     [[ -n $HANDOVER_US ]] || die "$name: no new generation within 30 s (see $prefix-server.err)"
     local ready_at=$((HUP_AT + HANDOVER_US))
