@@ -1012,6 +1012,34 @@ impl Lifecycle {
         }
     }
 
+    /// When the drain closes every remaining connection ([`Action::ForceClose`]), while
+    /// [`Phase::Draining`] with a drain timeout ([`Config::drain_timeout`]); `None` in any
+    /// other phase, or when the drain waits for every connection however long it takes.
+    ///
+    /// An application that keeps long-lived connections (websockets) reads it when told
+    /// [`Action::CloseIdle`], to say goodbye to them a little before.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::{Duration, Instant};
+    /// use endless_core::{Config, Input, Lifecycle, Origin, Request};
+    ///
+    /// let config = Config::new().drain_timeout(Some(Duration::from_secs(30)));
+    /// let mut lifecycle = Lifecycle::new(config, Origin::Fresh);
+    /// let now = Instant::now();
+    /// lifecycle.handle(Input::Ready, now);
+    /// assert_eq!(lifecycle.drain_deadline(), None);
+    /// lifecycle.handle(Input::Request(Request::Stop), now);
+    /// assert_eq!(lifecycle.drain_deadline(), Some(now + Duration::from_secs(30)));
+    /// ```
+    pub fn drain_deadline(&self) -> Option<Instant> {
+        match self.state {
+            State::Draining { deadline, .. } => deadline,
+            _ => None,
+        }
+    }
+
     /// Why the process drains, while [`Phase::Draining`].
     pub fn drain_cause(&self) -> Option<DrainCause> {
         match self.state {

@@ -1083,6 +1083,15 @@ impl StateMachineTest for LifecycleTest {
         if let ModelPhase::Running { ready } = m.phase {
             assert_eq!(w.lc.is_ready(), ready);
         }
+        let drain_deadline = match m.phase {
+            ModelPhase::Draining { deadline, .. } => deadline,
+            _ => None,
+        };
+        assert_eq!(
+            w.lc.drain_deadline(),
+            drain_deadline.map(|ms| w.t0 + Duration::from_millis(ms)),
+            "the drain deadline"
+        );
         match m.phase {
             ModelPhase::Draining {
                 successor,

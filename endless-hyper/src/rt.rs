@@ -20,7 +20,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use endless_unix::{Net, Tracked};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -66,6 +66,12 @@ pub trait HttpRuntime: Net {
     fn spawn_task(task: impl Future<Output = ()> + Send + 'static);
     /// Resolves after `duration`.
     fn sleep(duration: Duration) -> Self::Sleep;
+    /// The time on the runtime's clock, the one endless' driver reads its deadlines from
+    /// (endless-unix's `Runtime::now`, without an instance): tokio's clock, which tests
+    /// may pause; the system's monotonic clock unless a runtime says otherwise.
+    fn clock() -> Instant {
+        Instant::now()
+    }
     /// hyper's timer on this runtime.
     fn timer() -> Self::Timer;
 }
@@ -184,6 +190,10 @@ mod tokio_rt {
 
         fn sleep(duration: Duration) -> Self::Sleep {
             tokio::time::sleep(duration)
+        }
+
+        fn clock() -> Instant {
+            tokio::time::Instant::now().into_std()
         }
 
         fn timer() -> Self::Timer {

@@ -40,9 +40,10 @@
 //! The drain deadline would then shut the socket down under the client, which sees a TCP
 //! end without a close frame. [`deadline_near`] resolves a margin before that deadline:
 //! send a close frame with code [`GOING_AWAY`] (1001) then, and wait (up to the margin)
-//! for the client's close frame. endless does not tell the application its deadline: the
-//! application configured it (`Config::drain_timeout`) and passes it in. A hammer request
-//! (`SIGUSR2`, a second stop) closes at once and cannot be foreseen.
+//! for the client's close frame. The deadline is the lifecycle's (the drain's start plus
+//! `Config::drain_timeout`), which the connection's tracker carries
+//! ([`Tracker::drain_deadline`]). A hammer request (`SIGUSR2`, a second stop) closes at
+//! once and cannot be foreseen.
 //!
 //! # Example
 //!
@@ -619,14 +620,13 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for MessageBoundary<S> {
 // ---- the drain deadline --------------------------------------------------------------------
 
 /// Resolves `margin` before the drain deadline of the process whose connections `tracker`
-/// counts: time for a websocket that stays here to send a close frame with code
-/// [`GOING_AWAY`] and to read the client's answer before the deadline shuts its socket
-/// down. `drain_timeout` is the one the application configured (`Config::drain_timeout`);
-/// `None` (never hammer) never resolves.
+/// counts ([`Tracker::drain_deadline`]): time for a websocket that stays here to send a
+/// close frame with code [`GOING_AWAY`] and to read the client's answer before the deadline
+/// shuts its socket down. A drain without a deadline (`Config::drain_timeout(None)`: never
+/// hammer) never comes near one.
 ///
-/// The deadline is counted from the drain's start, as this future sees it
-/// ([`Tracker::closing`]); if the process takes the service back (its successor died), it
-/// waits for the next drain. A hammer request closes at once, without this warning.
+/// If the process takes the service back (its successor died), it waits for the next
+/// drain. A hammer request closes at once, without this warning.
 ///
 /// # Examples
 ///
@@ -636,25 +636,27 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for MessageBoundary<S> {
 /// use endless_hyper::ws::deadline_near;
 /// use endless_tokio::Tokio;
 ///
-/// // Served with `--drain-timeout 60`: say goodbye a second before.
-/// deadline_near::<Tokio>(&tracker, Some(Duration::from_secs(60)), Duration::from_secs(1)).await;
+/// // Say goodbye a second before the drain closes the connection.
+/// deadline_near::<Tokio>(&tracker, Duration::from_secs(1)).await;
 /// // … `ws.close(Some(CloseFrame { code: CloseCode::Away, reason: "restart".into() }))` …
 /// # }
 /// ```
-pub async fn deadline_near<N: HttpRuntime>(
-    tracker: &Tracker,
-    drain_timeout: Option<Duration>,
-    margin: Duration,
-) {
+pub async fn deadline_near<N: HttpRuntime>(tracker: &Tracker, margin: Duration) {
     loop {
         tracker.closing().await;
-        let Some(timeout) = drain_timeout else {
-            return std::future::pending().await;
+        let wait = match tracker.drain_deadline() {
+            Some(deadline) => deadline
+                .saturating_duration_since(N::clock())
+                .saturating_sub(margin),
+            None => {
+                // No deadline to warn of in this drain; the next one may have one.
+                tracker.serving().await;
+                continue;
+            }
         };
-        let near = N::sleep(timeout.saturating_sub(margin));
         tokio::select! {
             biased;
-            () = near => return,
+            () = N::sleep(wait) => return,
             () = tracker.serving() => {}
         }
     }

@@ -3,7 +3,8 @@
 //! `tokio::signal`; the event hook sees each request before it is acted on and each
 //! transition after it (endless' PRE/POST hooks); the accept loop ends without the
 //! listening socket being closed; the drain deadline shuts down a connection that the
-//! application still holds, although the process lives on.
+//! application still holds, although the process lives on, and the connection's tracker
+//! knows that deadline beforehand.
 //!
 //! One test only: it signals its own process, and `SIGUSR1` kills a process that has no
 //! handler for it.
@@ -35,6 +36,12 @@ async fn configured_signal_stops_hooks_see_it_and_the_deadline_closes_what_is_he
         (next.is_none(), listener)
     });
     endless.ready();
+    // What a websocket reads to say goodbye before the drain closes it.
+    let tracker = held.guard().tracker();
+    let deadline = tokio::spawn(async move {
+        tracker.closing().await;
+        tracker.drain_deadline()
+    });
 
     let sent = Instant::now();
     let status = std::process::Command::new("kill")
@@ -47,6 +54,17 @@ async fn configured_signal_stops_hooks_see_it_and_the_deadline_closes_what_is_he
         .expect("the lifecycle ends at the drain deadline");
     assert_eq!(exit.reason, ExitReason::DeadlinePassed);
     assert!(sent.elapsed() >= Duration::from_millis(300));
+    // The lifecycle's deadline, as the connection's tracker carries it: the drain's start
+    // (after the signal) plus the drain timeout, and passed by the time the lifecycle ended.
+    let deadline = deadline
+        .await
+        .unwrap()
+        .expect("a drain with a timeout has a deadline");
+    assert!(
+        deadline >= sent + Duration::from_millis(300),
+        "{deadline:?}"
+    );
+    assert!(deadline <= Instant::now(), "{deadline:?}");
 
     // The connection is shut down, although `held` is still alive in this process.
     let mut buf = [0u8; 1];

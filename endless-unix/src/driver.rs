@@ -367,7 +367,9 @@ impl<R: Runtime> Driver<R> {
                 lock(&self.shared.outbox).take();
             }
             Action::CloseIdle => {
-                self.shared.tracker.close_idle();
+                self.shared
+                    .tracker
+                    .close_idle_until(self.lifecycle.drain_deadline());
                 let tracker = self.shared.tracker.clone();
                 let inputs = self.shared.inputs.clone();
                 tracing::info!(connections = tracker.len(), "draining");

@@ -18,6 +18,7 @@ use std::fmt;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 use event_listener::Event;
 
@@ -53,6 +54,9 @@ struct Inner {
     next_key: AtomicU64,
     count: AtomicUsize,
     phase: AtomicU8,
+    /// When the drain closes the connections still open, if it ever does: set before the
+    /// phase becomes closing, so that whoever wakes up then sees it.
+    deadline: Mutex<Option<Instant>>,
     /// Notified when the phase changes.
     phase_changed: Event,
     /// Notified when the count drops to zero.
@@ -121,10 +125,47 @@ impl Tracker {
         self.inner.advance(CLOSING);
     }
 
+    /// Asks every connection to close once it is idle, as [`close_idle`](Self::close_idle),
+    /// and says when the drain will close the ones still open ([`drain_deadline`](Self::drain_deadline));
+    /// `None`: it never does. endless' driver calls it with the lifecycle's deadline
+    /// ([`Lifecycle::drain_deadline`](endless_core::Lifecycle::drain_deadline)).
+    pub fn close_idle_until(&self, deadline: Option<Instant>) {
+        *self.inner.deadline() = deadline;
+        self.inner.advance(CLOSING);
+    }
+
+    /// When the drain closes every connection still open (a forced close), once
+    /// connections are asked to close and if the drain has a deadline (the drain timeout
+    /// of endless' configuration); `None` otherwise.
+    ///
+    /// A connection that can say goodbye in its protocol (a websocket's close frame) does
+    /// so a little before: endless-hyper's `ws::deadline_near` waits for that moment.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::{Duration, Instant};
+    /// use endless_unix::tracker::Tracker;
+    ///
+    /// let tracker = Tracker::new();
+    /// assert_eq!(tracker.drain_deadline(), None);
+    /// let deadline = Instant::now() + Duration::from_secs(30);
+    /// tracker.close_idle_until(Some(deadline));
+    /// assert_eq!(tracker.drain_deadline(), Some(deadline));
+    /// ```
+    pub fn drain_deadline(&self) -> Option<Instant> {
+        if self.is_closing() {
+            *self.inner.deadline()
+        } else {
+            None
+        }
+    }
+
     /// Serves as before [`close_idle`](Self::close_idle) or a forced close: the process took
     /// the service back after its successor died. Connections registered from now on are
     /// neither asked to close nor shut down; those asked before have acted on it.
     pub(crate) fn serve_again(&self) {
+        *self.inner.deadline() = None;
         if self.inner.phase.swap(SERVING, Ordering::SeqCst) != SERVING {
             self.inner.phase_changed.notify(usize::MAX);
         }
@@ -186,6 +227,11 @@ impl Inner {
         // A panic while holding the lock leaves the map consistent (single inserts and
         // removes), so a poisoned lock is still usable.
         self.sockets.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn deadline(&self) -> MutexGuard<'_, Option<Instant>> {
+        // Only ever assigned whole: a poisoned lock holds a consistent value.
+        self.deadline.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn advance(&self, phase: u8) {
@@ -380,6 +426,26 @@ mod tests {
             // Connections of the new serving period are not asked to close.
             assert!(!tracker.track(None).is_closing());
         }
+    }
+
+    #[test]
+    fn the_drain_deadline_lasts_one_drain() {
+        use std::time::{Duration, Instant};
+        let tracker = Tracker::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        tracker.close_idle_until(Some(deadline));
+        assert_eq!(tracker.drain_deadline(), Some(deadline));
+        // A connection registered later reads it too.
+        assert_eq!(
+            tracker.track(None).tracker().drain_deadline(),
+            Some(deadline)
+        );
+        // Taking the service back ends it: no deadline while serving, and none in a
+        // drain that has none.
+        tracker.serve_again();
+        assert_eq!(tracker.drain_deadline(), None);
+        tracker.close_idle();
+        assert_eq!(tracker.drain_deadline(), None);
     }
 
     #[test]

@@ -353,7 +353,7 @@ where
     let tracker = ws.boundary().get_ref().tracker();
     let (room, mut said) = chat.join(&session.room);
     let margin = goodbye_margin(chat.drain_timeout);
-    let deadline = deadline_near::<N>(&tracker, chat.drain_timeout, margin);
+    let deadline = deadline_near::<N>(&tracker, margin);
     let mut deadline = std::pin::pin!(deadline);
     // Hand it over at the next boundary; offered once per drain (again after a fallback,
     // when this process serves again and a later restart drains it anew).

@@ -408,27 +408,48 @@ mod deadline {
 
     const MS: Duration = Duration::from_millis(1);
 
-    /// It waits for the drain, then resolves a margin before its timeout.
+    /// It waits for the drain, then resolves a margin before the drain's deadline.
     #[tokio::test]
-    async fn resolves_a_margin_before_the_deadline_counted_from_the_drain() {
+    async fn resolves_a_margin_before_the_drain_deadline() {
         let tracker = Tracker::new();
-        let near = deadline_near::<Tokio>(&tracker, Some(400 * MS), 100 * MS);
+        let near = deadline_near::<Tokio>(&tracker, 100 * MS);
         let mut near = std::pin::pin!(near);
         let serving = tokio::time::timeout(500 * MS, near.as_mut()).await;
         assert!(serving.is_err(), "no deadline while the process serves");
         let drain = Instant::now();
-        tracker.close_idle();
+        tracker.close_idle_until(Some(drain + 400 * MS));
         near.await;
         let took = drain.elapsed();
         assert!(took >= 300 * MS && took < 3000 * MS, "{took:?}");
     }
 
-    /// Without a drain timeout there is no deadline to warn of.
+    /// A deadline closer than the margin: at once.
     #[tokio::test]
-    async fn never_without_a_drain_timeout() {
+    async fn at_once_when_the_deadline_is_nearer_than_the_margin() {
         let tracker = Tracker::new();
-        tracker.close_idle();
-        let near = deadline_near::<Tokio>(&tracker, None, 100 * MS);
+        tracker.close_idle_until(Some(Instant::now() + 50 * MS));
+        let near = deadline_near::<Tokio>(&tracker, 100 * MS);
+        tokio::time::timeout(2000 * MS, near)
+            .await
+            .expect("resolves at once");
+    }
+
+    /// Without a drain deadline there is nothing to warn of.
+    #[tokio::test]
+    async fn never_without_a_drain_deadline() {
+        let tracker = Tracker::new();
+        tracker.close_idle_until(None);
+        let near = deadline_near::<Tokio>(&tracker, 100 * MS);
         assert!(tokio::time::timeout(300 * MS, near).await.is_err());
+    }
+
+    /// The deadline is the driver's, counted on tokio's clock: a paused clock moves it.
+    #[tokio::test(start_paused = true)]
+    async fn on_the_runtimes_clock() {
+        let tracker = Tracker::new();
+        let drain = tokio::time::Instant::now();
+        tracker.close_idle_until(Some((drain + Duration::from_secs(3600)).into_std()));
+        deadline_near::<Tokio>(&tracker, Duration::from_secs(1)).await;
+        assert_eq!(drain.elapsed(), Duration::from_secs(3599));
     }
 }
