@@ -1,5 +1,6 @@
 //! End-to-end tests of websockets that survive restarts, against the example server `chat`
-//! (endless-hyper's `Server` on tokio, tokio-tungstenite over `endless_hyper::ws`): every
+//! (endless-hyper's `Server` on tokio, tokio-tungstenite over `endless_hyper::ws`; also
+//! on smol and async-std, and routed by axum in `chat-axum`): every
 //! text frame is answered to its sender with `pid=<pid> seen=<n>`, and on a restart each
 //! websocket moves, with its session, to the new generation at a message boundary. Real
 //! processes on 127.0.0.1, every one killed and reaped however a test ends; the clients
@@ -30,6 +31,10 @@ fn chat_smol() -> &'static Path {
 
 fn chat_async_std() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_chat-async-std"))
+}
+
+fn chat_axum() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_chat-axum"))
 }
 
 /// One test per scenario for a server binary.
@@ -69,9 +74,11 @@ macro_rules! websocket_scenarios {
 websocket_scenarios!(on_tokio, super::chat());
 websocket_scenarios!(on_smol, super::chat_smol());
 websocket_scenarios!(on_async_std, super::chat_async_std());
+websocket_scenarios!(on_axum, super::chat_axum());
 
-/// One websocket moves across runtimes, and across websocket libraries:
-/// tokio-tungstenite on tokio → async-tungstenite on smol → on async-std → back to tokio.
+/// One websocket moves across runtimes, and across websocket libraries and routers:
+/// tokio-tungstenite on tokio → async-tungstenite on smol → on async-std → axum's router
+/// on tokio → back to hyper's `service_fn`.
 #[test]
 fn a_websocket_moves_between_runtimes() {
     let server = Server::start(chat(), &Options::default());
@@ -83,6 +90,7 @@ fn a_websocket_moves_between_runtimes() {
     for (bin, name) in [
         (chat_smol(), "smol"),
         (chat_async_std(), "async-std"),
+        (chat_axum(), "axum"),
         (chat(), "tokio"),
     ] {
         server.replace_exe(&std::fs::read(bin).expect("read the server binary"), 0o755);
@@ -93,6 +101,52 @@ fn a_websocket_moves_between_runtimes() {
             Ok((new, seen)),
             "on {name}"
         );
+    }
+}
+
+/// A request that is not a websocket handshake gets the status `ws::HandshakeError` says,
+/// from hyper's `service_fn` and from axum's extractor alike, and the server serves on.
+#[test]
+fn a_bad_handshake_is_answered_with_its_status() {
+    for bin in [chat(), chat_axum()] {
+        let server = Server::start(bin, &Options::default());
+        let addr = addr(&server);
+        let status = |request: &str| {
+            use std::io::{Read, Write};
+            let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+            stream
+                .set_read_timeout(Some(DEADLINE))
+                .expect("a read timeout");
+            stream.write_all(request.as_bytes()).expect("send");
+            let mut head = [0u8; 12];
+            stream.read_exact(&mut head).expect("a status line");
+            String::from_utf8_lossy(&head[9..12]).into_owned()
+        };
+        let get = |headers: &str| format!("GET /ws HTTP/1.1\r\nHost: x\r\n{headers}\r\n");
+        let upgrade = "Connection: Upgrade\r\nUpgrade: websocket\r\n";
+        let key = "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+        assert_eq!(status(&get("")), "400", "{bin:?}: no upgrade");
+        assert_eq!(
+            status(&get(&format!("{upgrade}Sec-WebSocket-Version: 8\r\n{key}"))),
+            "426",
+            "{bin:?}: version 8"
+        );
+        assert_eq!(
+            status(&get(&format!("{upgrade}Sec-WebSocket-Version: 13\r\n"))),
+            "400",
+            "{bin:?}: no key"
+        );
+        assert_eq!(
+            status(&get(&format!(
+                "{upgrade}Sec-WebSocket-Version: 13\r\n{key}"
+            ))),
+            "101",
+            "{bin:?}: a handshake"
+        );
+        // And a websocket still works.
+        let rt = runtime();
+        let mut ws = rt.block_on(connect(addr, "after", "lobby"));
+        assert_eq!(rt.block_on(ask(&mut ws, "hi")), Ok((server.pid(), 1)));
     }
 }
 

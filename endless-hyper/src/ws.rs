@@ -98,6 +98,8 @@ use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+pub use handshake::{Handshake, HandshakeError, UpgradeError};
+
 use crate::h2_shutdown::PongDelay;
 use crate::rt::HttpRuntime;
 use crate::takeover::{IntoStream, Prefixed, Watched};
@@ -662,5 +664,6 @@ pub async fn deadline_near<N: HttpRuntime>(tracker: &Tracker, margin: Duration) 
     }
 }
 
+mod handshake;
 #[cfg(test)]
 mod tests;

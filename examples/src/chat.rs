@@ -19,15 +19,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use endless_hyper::rt::Task;
-use endless_hyper::ws::{MessageBoundary, Socket, deadline_near, upgraded_stream};
+use endless_hyper::ws::{Handshake, MessageBoundary, Socket, UpgradeError, deadline_near};
 use endless_hyper::{HttpRuntime, HyperService};
 use endless_unix::adapter::{Endless, Stream};
 use futures_util::{Sink, SinkExt, StreamExt};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::{Request, Response, StatusCode, header};
+use hyper::{Request, Response};
 use tokio::sync::broadcast;
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -220,10 +219,26 @@ impl<N: HttpRuntime> Chat<N> {
     }
 }
 
+/// How the chat's HTTP requests are routed: a hyper `service_fn`, or an axum `Router` whose
+/// `/ws` handler extracts a [`Handshake`] (in place of axum's `WebSocketUpgrade`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Front {
+    /// hyper's `service_fn`.
+    Hyper,
+    /// An axum `Router`.
+    Axum,
+}
+
 /// Serves the chat on every `--listen` address with `server` (a `Server` of the runtime
-/// `N`, with the application's spawner if it has one), websockets of the library `W`, tasks
-/// on `spawn`; reports ready, runs the lifecycle and returns the exit code.
-pub async fn run<N, W>(args: Args, server: endless_hyper::Server<N>, spawn: fn(Task)) -> i32
+/// `N`, with the application's spawner if it has one), routed by `front`, websockets of the
+/// library `W`, tasks on `spawn`; reports ready, runs the lifecycle and returns the exit
+/// code.
+pub async fn run<N, W>(
+    args: Args,
+    server: endless_hyper::Server<N>,
+    front: Front,
+    spawn: fn(Task),
+) -> i32
 where
     N: HttpRuntime,
     W: Websocket<N>,
@@ -283,11 +298,21 @@ where
             }
         }
     }
-    let service = {
-        let chat = Arc::clone(&chat);
-        hyper::service::service_fn(move |req| http::<N, W>(Arc::clone(&chat), req))
-    };
-    serve_http(&endless, &args, &server, HyperService(service));
+    match front {
+        Front::Hyper => {
+            let chat = Arc::clone(&chat);
+            let service =
+                hyper::service::service_fn(move |req| http::<N, W>(Arc::clone(&chat), req));
+            serve_http(&endless, &args, &server, HyperService(service));
+        }
+        Front::Axum => {
+            let app = axum::Router::new()
+                .route("/ws", axum::routing::get(ws_axum::<N, W>))
+                .fallback(|| async { pid_body() })
+                .with_state(Arc::clone(&chat));
+            serve_http(&endless, &args, &server, app);
+        }
+    }
     endless.ready();
     endless.run().await.code
 }
@@ -295,7 +320,7 @@ where
 /// `GET /ws` upgrades to a websocket; anything else gets the pid.
 async fn http<N, W>(
     chat: Arc<Chat<N>>,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible>
 where
     N: HttpRuntime,
@@ -304,41 +329,50 @@ where
     if req.uri().path() != "/ws" {
         return Ok(Response::new(Full::from(pid_body())));
     }
-    let upgrade = req
-        .headers()
-        .get(header::UPGRADE)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
-    let key = req.headers().get(header::SEC_WEBSOCKET_KEY).cloned();
-    let (true, Some(key)) = (upgrade, key) else {
-        let mut response = Response::new(Full::from("a websocket handshake, please\n"));
-        *response.status_mut() = StatusCode::BAD_REQUEST;
-        return Ok(response);
+    let handshake = match Handshake::new(&mut req) {
+        Ok(handshake) => handshake,
+        Err(e) => return Ok(e.response()),
     };
-    let session = Session::from_query(req.uri().query());
+    Ok(accept::<N, W, _>(
+        chat,
+        handshake,
+        Session::from_query(req.uri().query()),
+    ))
+}
+
+/// axum's `/ws`: the same websocket, the handshake extracted by axum (a bad one answered
+/// with its [`HandshakeError`](endless_hyper::ws::HandshakeError)'s status).
+async fn ws_axum<N, W>(
+    axum::extract::State(chat): axum::extract::State<Arc<Chat<N>>>,
+    uri: axum::http::Uri,
+    handshake: Handshake,
+) -> axum::response::Response
+where
+    N: HttpRuntime,
+    W: Websocket<N>,
+{
+    accept::<N, W, _>(chat, handshake, Session::from_query(uri.query()))
+}
+
+/// Answers a websocket handshake and serves the websocket once upgraded.
+fn accept<N, W, B>(chat: Arc<Chat<N>>, handshake: Handshake, session: Session) -> Response<B>
+where
+    N: HttpRuntime,
+    W: Websocket<N>,
+    B: Default,
+{
+    let response = handshake.response();
     chat.clone().spawn(async move {
-        let upgraded = match hyper::upgrade::on(req).await {
-            Ok(upgraded) => upgraded,
-            Err(e) => return tracing::debug!(error = %e, "upgrade failed"),
-        };
-        let (stream, read) = match upgraded_stream::<N>(upgraded) {
+        let (stream, read) = match handshake.upgraded::<N>().await {
             Ok(parts) => parts,
+            Err(UpgradeError::Failed(e)) => return tracing::debug!(error = %e, "upgrade failed"),
             // Over TLS, or not from endless' listener: nothing this example serves.
             Err(e) => return tracing::warn!(error = %e, "websocket not served"),
         };
         let ws = W::resume(stream, read).await;
         serve(chat, ws, session).await;
     });
-    let response = Response::builder()
-        .status(StatusCode::SWITCHING_PROTOCOLS)
-        .header(header::CONNECTION, "upgrade")
-        .header(header::UPGRADE, "websocket")
-        .header(
-            header::SEC_WEBSOCKET_ACCEPT,
-            derive_accept_key(key.as_bytes()),
-        )
-        .body(Full::default())
-        .expect("a valid response");
-    Ok(response)
+    response
 }
 
 /// Serves one websocket: answers and broadcasts each text frame; once the drain starts,

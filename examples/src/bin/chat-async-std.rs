@@ -5,7 +5,7 @@
 //! cargo run -p endless-examples --bin chat-async-std -- --listen 127.0.0.1:8080
 //! ```
 
-use endless_examples::chat::{self, AsyncWs};
+use endless_examples::chat::{self, AsyncWs, Front};
 use endless_examples::{Args, init_logging};
 use endless_smol::Smol;
 
@@ -18,6 +18,6 @@ async fn main() {
     init_logging();
     let args = Args::from_env();
     let server = endless_hyper::Server::new().spawner(spawn);
-    let code = chat::run::<Smol, AsyncWs<Smol>>(args, server, spawn).await;
+    let code = chat::run::<Smol, AsyncWs<Smol>>(args, server, Front::Hyper, spawn).await;
     std::process::exit(code);
 }

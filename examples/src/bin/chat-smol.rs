@@ -6,7 +6,7 @@
 //! cargo run -p endless-examples --bin chat-smol -- --listen 127.0.0.1:8080
 //! ```
 
-use endless_examples::chat::{self, AsyncWs};
+use endless_examples::chat::{self, AsyncWs, Front};
 use endless_examples::{Args, init_logging};
 use endless_smol::Smol;
 
@@ -16,6 +16,7 @@ fn main() {
     let code = smol::block_on(chat::run::<Smol, AsyncWs<Smol>>(
         args,
         endless_hyper::Server::new(),
+        Front::Hyper,
         |task| smol::spawn(task).detach(),
     ));
     std::process::exit(code);

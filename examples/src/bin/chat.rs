@@ -22,7 +22,7 @@
 //! away). `CHAT_TAKE_DELAY_MS` slows the new generation's takes down, for tests.
 //! `GET /` answers `pid=<pid>`, as every HTTP example does.
 
-use endless_examples::chat::{self, TokioWs};
+use endless_examples::chat::{self, Front, TokioWs};
 use endless_examples::{Args, init_logging};
 use endless_tokio::Tokio;
 
@@ -36,6 +36,7 @@ fn main() {
         .block_on(chat::run::<Tokio, TokioWs<Tokio>>(
             args,
             endless_hyper::Server::new(),
+            Front::Hyper,
             |task| drop(tokio::spawn(task)),
         ));
     std::process::exit(code);
