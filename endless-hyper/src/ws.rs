@@ -5,7 +5,10 @@
 //! Without this, an upgraded connection stays with the old generation until it ends or the
 //! drain deadline shuts its socket down. With it:
 //!
-//! 1. **Take the connection back from hyper**: [`upgraded_stream`] turns the
+//! 1. **Take the connection back from hyper**: [`Handshake`] checks and answers the
+//!    opening handshake (in a hyper service, or as an axum extractor in place of axum's
+//!    `WebSocketUpgrade`, whose websocket cannot be taken apart) and gives the upgraded
+//!    connection with [`Handshake::upgraded`]. Under it, [`upgraded_stream`] turns the
 //!    `Upgraded` of a connection endless-hyper serves into endless' tracked
 //!    [`Stream`] (the same registration with the drain: a websocket counts once, and one
 //!    that is not moved is still closed at the deadline), plus the bytes hyper read past the
