@@ -219,6 +219,21 @@ impl<N: HttpRuntime> Chat<N> {
     }
 }
 
+/// `chat` and `chat-axum`: the chat on tokio (a multi-threaded runtime, as
+/// `#[tokio::main]`), tokio-tungstenite's websockets, requests routed by `front`.
+pub fn run_tokio(args: Args, front: Front) -> i32 {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("cannot start the tokio runtime")
+        .block_on(run::<endless_tokio::Tokio, TokioWs<endless_tokio::Tokio>>(
+            args,
+            endless_hyper::Server::new(),
+            front,
+            |task| drop(tokio::spawn(task)),
+        ))
+}
+
 /// How the chat's HTTP requests are routed: a hyper `service_fn`, or an axum `Router` whose
 /// `/ws` handler extracts a [`Handshake`] (in place of axum's `WebSocketUpgrade`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

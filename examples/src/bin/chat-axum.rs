@@ -12,22 +12,10 @@
 //! kill -HUP $(cat /tmp/chat.pid)                            # the same websocket goes on
 //! ```
 
-use endless_examples::chat::{self, Front, TokioWs};
+use endless_examples::chat::{self, Front};
 use endless_examples::{Args, init_logging};
-use endless_tokio::Tokio;
 
 fn main() {
     init_logging();
-    let args = Args::from_env();
-    let code = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("cannot start the tokio runtime")
-        .block_on(chat::run::<Tokio, TokioWs<Tokio>>(
-            args,
-            endless_hyper::Server::new(),
-            Front::Axum,
-            |task| drop(tokio::spawn(task)),
-        ));
-    std::process::exit(code);
+    std::process::exit(chat::run_tokio(Args::from_env(), Front::Axum));
 }

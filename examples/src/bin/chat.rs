@@ -22,22 +22,10 @@
 //! away). `CHAT_TAKE_DELAY_MS` slows the new generation's takes down, for tests.
 //! `GET /` answers `pid=<pid>`, as every HTTP example does.
 
-use endless_examples::chat::{self, Front, TokioWs};
+use endless_examples::chat::{self, Front};
 use endless_examples::{Args, init_logging};
-use endless_tokio::Tokio;
 
 fn main() {
     init_logging();
-    let args = Args::from_env();
-    let code = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("cannot start the tokio runtime")
-        .block_on(chat::run::<Tokio, TokioWs<Tokio>>(
-            args,
-            endless_hyper::Server::new(),
-            Front::Hyper,
-            |task| drop(tokio::spawn(task)),
-        ));
-    std::process::exit(code);
+    std::process::exit(chat::run_tokio(Args::from_env(), Front::Hyper));
 }
