@@ -1016,8 +1016,8 @@ impl Lifecycle {
     /// [`Phase::Draining`] with a drain timeout ([`Config::drain_timeout`]); `None` in any
     /// other phase, or when the drain waits for every connection however long it takes.
     ///
-    /// An application that keeps long-lived connections (websockets) reads it when told
-    /// [`Action::CloseIdle`], to say goodbye to them a little before.
+    /// The adapter reads it when told [`Action::CloseIdle`] and hands it to the
+    /// connections, so that long-lived ones (websockets) can say goodbye a little before.
     ///
     /// # Examples
     ///

@@ -78,6 +78,10 @@ use crate::rt::HttpRuntime;
 /// ```
 pub struct Handshake {
     accept: HeaderValue,
+    /// The subprotocols the client offers (`Sec-WebSocket-Protocol`), as it sent them.
+    offered: Vec<HeaderValue>,
+    /// The one this server speaks, if any: answered in `Sec-WebSocket-Protocol`.
+    protocol: Option<HeaderValue>,
     on_upgrade: OnUpgrade,
 }
 
@@ -99,30 +103,56 @@ impl Handshake {
     /// [`HandshakeError::response`].
     pub fn new<B>(req: &mut Request<B>) -> Result<Self, HandshakeError> {
         let accept = check(req.method(), req.headers())?;
-        Self::with_upgrade(accept, req.extensions_mut())
+        let offered = offered(req.headers());
+        Self::with_upgrade(accept, offered, req.extensions_mut())
     }
 
     fn with_upgrade(
         accept: HeaderValue,
+        offered: Vec<HeaderValue>,
         extensions: &mut http::Extensions,
     ) -> Result<Self, HandshakeError> {
         let on_upgrade = extensions
             .remove::<OnUpgrade>()
             .ok_or(HandshakeError::CannotUpgrade)?;
-        Ok(Self { accept, on_upgrade })
+        Ok(Self {
+            accept,
+            offered,
+            protocol: None,
+            on_upgrade,
+        })
+    }
+
+    /// The subprotocols the client offers (`Sec-WebSocket-Protocol`), in its order of
+    /// preference.
+    pub fn offered_protocols(&self) -> impl Iterator<Item = &str> {
+        protocols_in(&self.offered)
+    }
+
+    /// Speaks the first of `supported` that the client offers, if any: the response then
+    /// names it (`Sec-WebSocket-Protocol`), as axum's `WebSocketUpgrade::protocols` does.
+    /// Without a match the handshake goes on without a subprotocol (the client decides
+    /// whether that will do).
+    #[must_use]
+    pub fn protocols<I>(mut self, supported: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: AsRef<str>,
+    {
+        self.protocol = choose(&self.offered, supported);
+        self
+    }
+
+    /// The subprotocol chosen by [`protocols`](Self::protocols), if any.
+    pub fn protocol(&self) -> Option<&str> {
+        self.protocol.as_ref().and_then(|p| p.to_str().ok())
     }
 
     /// The answer that completes the handshake: `101 Switching Protocols` with
     /// `Sec-WebSocket-Accept`, and an empty body. Send it, then await
     /// [`upgraded`](Self::upgraded).
     pub fn response<B: Default>(&self) -> Response<B> {
-        let mut response = Response::new(B::default());
-        *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-        let headers = response.headers_mut();
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        headers.insert(header::SEC_WEBSOCKET_ACCEPT, self.accept.clone());
-        response
+        switching(&self.accept, self.protocol.as_ref())
     }
 
     /// Once the response is sent: the connection as endless' tracked stream, and the bytes
@@ -162,6 +192,51 @@ fn check(method: &Method, headers: &HeaderMap) -> Result<HeaderValue, HandshakeE
         .get(header::SEC_WEBSOCKET_KEY)
         .ok_or(HandshakeError::MissingKey)?;
     Ok(accept_key(key.as_bytes()))
+}
+
+/// `101 Switching Protocols` to a websocket, with its accept key and subprotocol.
+fn switching<B: Default>(accept: &HeaderValue, protocol: Option<&HeaderValue>) -> Response<B> {
+    let mut response = Response::new(B::default());
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept.clone());
+    if let Some(protocol) = protocol {
+        headers.insert(header::SEC_WEBSOCKET_PROTOCOL, protocol.clone());
+    }
+    response
+}
+
+/// The subprotocols in `Sec-WebSocket-Protocol` values, in order.
+fn protocols_in(offered: &[HeaderValue]) -> impl Iterator<Item = &str> {
+    offered
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+}
+
+/// The first offered subprotocol that is `supported`.
+fn choose<I>(offered: &[HeaderValue], supported: I) -> Option<HeaderValue>
+where
+    I: IntoIterator,
+    I::Item: AsRef<str>,
+{
+    let supported: Vec<I::Item> = supported.into_iter().collect();
+    protocols_in(offered)
+        .find(|p| supported.iter().any(|s| s.as_ref() == *p))
+        .and_then(|p| HeaderValue::from_str(p).ok())
+}
+
+/// Every `Sec-WebSocket-Protocol` value of the request.
+fn offered(headers: &HeaderMap) -> Vec<HeaderValue> {
+    headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .cloned()
+        .collect()
 }
 
 /// Whether a comma-separated header has `token` (case-insensitive), in any of its values.
@@ -283,7 +358,8 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Handshake {
         _state: &S,
     ) -> Result<Self, Self::Rejection> {
         let accept = check(&parts.method, &parts.headers)?;
-        Self::with_upgrade(accept, &mut parts.extensions)
+        let offered = offered(&parts.headers);
+        Self::with_upgrade(accept, offered, &mut parts.extensions)
     }
 }
 
@@ -354,6 +430,46 @@ mod tests {
         assert_eq!(
             Handshake::new(&mut req).unwrap_err(),
             HandshakeError::MissingKey
+        );
+    }
+
+    #[test]
+    fn a_subprotocol_is_chosen_from_what_the_client_offers() {
+        let mut req = request(|_| {});
+        req.headers_mut().append(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static("chat.v2, chat.v1"),
+        );
+        req.headers_mut().append(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static("graphql-ws"),
+        );
+        let offered = offered(req.headers());
+        assert_eq!(
+            protocols_in(&offered).collect::<Vec<_>>(),
+            ["chat.v2", "chat.v1", "graphql-ws"]
+        );
+        // The client's preference wins.
+        let protocol = choose(&offered, ["graphql-ws", "chat.v1"]);
+        assert_eq!(protocol.as_ref().unwrap(), "chat.v1");
+        let accept = check(req.method(), req.headers()).unwrap();
+        let response = switching::<String>(&accept, protocol.as_ref());
+        assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+        assert_eq!(
+            response.headers()[header::SEC_WEBSOCKET_PROTOCOL],
+            "chat.v1"
+        );
+        assert_eq!(
+            response.headers()[header::SEC_WEBSOCKET_ACCEPT],
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+        // Nothing in common: no subprotocol.
+        assert_eq!(choose(&offered, ["mqtt"]), None);
+        let response = switching::<String>(&accept, None);
+        assert!(
+            !response
+                .headers()
+                .contains_key(header::SEC_WEBSOCKET_PROTOCOL)
         );
     }
 
