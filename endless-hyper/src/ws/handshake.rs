@@ -129,10 +129,10 @@ impl Handshake {
         protocols_in(&self.offered)
     }
 
-    /// Speaks the first of `supported` that the client offers, if any: the response then
-    /// names it (`Sec-WebSocket-Protocol`), as axum's `WebSocketUpgrade::protocols` does.
-    /// Without a match the handshake goes on without a subprotocol (the client decides
-    /// whether that will do).
+    /// Speaks the first of `supported` (the server's order of preference) that the client
+    /// offers, if any: the response then names it (`Sec-WebSocket-Protocol`), as axum's
+    /// `WebSocketUpgrade::protocols` does. Without a match the handshake goes on without a
+    /// subprotocol (the client decides whether that will do).
     #[must_use]
     pub fn protocols<I>(mut self, supported: I) -> Self
     where
@@ -218,16 +218,16 @@ fn protocols_in(offered: &[HeaderValue]) -> impl Iterator<Item = &str> {
         .filter(|p| !p.is_empty())
 }
 
-/// The first offered subprotocol that is `supported`.
+/// The first of `supported` that is offered.
 fn choose<I>(offered: &[HeaderValue], supported: I) -> Option<HeaderValue>
 where
     I: IntoIterator,
     I::Item: AsRef<str>,
 {
-    let supported: Vec<I::Item> = supported.into_iter().collect();
-    protocols_in(offered)
-        .find(|p| supported.iter().any(|s| s.as_ref() == *p))
-        .and_then(|p| HeaderValue::from_str(p).ok())
+    supported
+        .into_iter()
+        .find(|s| protocols_in(offered).any(|p| p == s.as_ref()))
+        .and_then(|p| HeaderValue::from_str(p.as_ref()).ok())
 }
 
 /// Every `Sec-WebSocket-Protocol` value of the request.
@@ -449,15 +449,15 @@ mod tests {
             protocols_in(&offered).collect::<Vec<_>>(),
             ["chat.v2", "chat.v1", "graphql-ws"]
         );
-        // The client's preference wins.
-        let protocol = choose(&offered, ["graphql-ws", "chat.v1"]);
-        assert_eq!(protocol.as_ref().unwrap(), "chat.v1");
+        // The server's order decides, as axum's.
+        let protocol = choose(&offered, ["mqtt", "graphql-ws", "chat.v1"]);
+        assert_eq!(protocol.as_ref().unwrap(), "graphql-ws");
         let accept = check(req.method(), req.headers()).unwrap();
         let response = switching::<String>(&accept, protocol.as_ref());
         assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
         assert_eq!(
             response.headers()[header::SEC_WEBSOCKET_PROTOCOL],
-            "chat.v1"
+            "graphql-ws"
         );
         assert_eq!(
             response.headers()[header::SEC_WEBSOCKET_ACCEPT],
