@@ -120,7 +120,7 @@ async fn a_plain_hyper_service_learns_its_peer_address() {
 
     let tcp = endless.tcp_listener("tcp", "127.0.0.1:0").unwrap();
     let tcp_addr = tcp.local_addr().unwrap();
-    server.serve_with_connect_info(tcp, service);
+    let mut serving = vec![server.serve_with_connect_info(tcp, service)];
 
     let path: PathBuf = std::env::temp_dir().join(format!(
         "endless-hyper-peer-addr-{}.sock",
@@ -128,12 +128,12 @@ async fn a_plain_hyper_service_learns_its_peer_address() {
     ));
     let _ = std::fs::remove_file(&path);
     let unix = endless.unix_listener("unix", &path).unwrap();
-    server.serve_with_connect_info(unix, service);
+    serving.push(server.serve_with_connect_info(unix, service));
 
     let allowed = OnlyFrom::default();
     let made = endless.tcp_listener("made", "127.0.0.1:0").unwrap();
     let made_addr = made.local_addr().unwrap();
-    server.serve_with_connect_info(made, allowed.clone());
+    serving.push(server.serve_with_connect_info(made, allowed.clone()));
     endless.ready();
 
     // TCP: the client's own address.
@@ -174,6 +174,13 @@ async fn a_plain_hyper_service_learns_its_peer_address() {
         .await
         .expect("stopped before the deadline");
     assert_eq!(exit.code, 0);
+    // Each accept loop logs its "stopped accepting" as it ends, which may come after the
+    // lifecycle's end.
+    for serving in serving {
+        tokio::time::timeout(DEADLINE, serving.stopped())
+            .await
+            .expect("every accept loop ends");
+    }
     let _ = std::fs::remove_file(&path);
     let _ = std::fs::remove_file(&client_path);
 
