@@ -521,8 +521,8 @@ fn hello_hyper_http2_restarts_under_load_handing_idle_connections_over() {
 /// Idle HTTP/1.1 keep-alive connections opened before a restart move to the new generation:
 /// once the old one has exited, each connection is still open and answers the next request
 /// from the new pid, without `Connection: close` (one drained instead would have been
-/// closed after the idle grace, before the old generation exited); and again after a second
-/// restart.
+/// closed after the idle grace, before the old generation exited); again after a second
+/// restart; and after two more with no request between them.
 #[test]
 fn idle_keep_alive_connections_move_to_the_new_generation() {
     idle_keep_alive_connections_move(hello_hyper());
@@ -575,6 +575,18 @@ fn idle_keep_alive_connections_move(bin: &Path) {
         for conn in &mut conns {
             assert_eq!(ask(conn), new, "connection {}", conn.id());
         }
+    }
+    // Two restarts with no request between them: a generation that took the connections
+    // and never served them (it waits for their next request to make hyper's connection)
+    // hands them over again.
+    for _ in 0..2 {
+        let old = server.pid();
+        server.hup();
+        assert_eq!(server.group.wait_exit(old), Exit::Code(0));
+    }
+    let newest = server.pid();
+    for conn in &mut conns {
+        assert_eq!(ask(conn), newest, "connection {}", conn.id());
     }
     for conn in &conns {
         assert!(!conn.is_closed(), "connection {} closed", conn.id());

@@ -286,6 +286,11 @@ impl Closing {
 }
 
 impl Closing {
+    /// Resolves once the drain has started.
+    pub(crate) async fn started(&mut self) {
+        std::future::poll_fn(|cx| self.poll_closing(cx)).await;
+    }
+
     /// One that has fired already.
     fn fired() -> Self {
         Self {

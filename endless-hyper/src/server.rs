@@ -232,6 +232,12 @@ impl<N: HttpRuntime> Server<N> {
     /// by hyper's HTTP/1 connection with upgrades and its default options (plus the timer):
     /// the options of [`builder_mut`](Self::builder_mut) do not apply to them.
     ///
+    /// A connection received idle (nothing read past its last request, as most are) costs
+    /// the new generation its socket and a small task until its client sends again: the
+    /// service and hyper's connection are made then. It is closed, as hyper would close it,
+    /// once idle past hyper's header read timeout (30 s), and handed on at the next restart
+    /// as it came.
+    ///
     /// # Errors
     ///
     /// When the receiver cannot be registered (a second one of this name, or after ready).
@@ -401,19 +407,65 @@ impl<N: HttpRuntime> Server<N> {
                 return tracing::debug!(error = %e, "connection taken over ended");
             }
         };
+        match stream {
+            Stream::Tcp(io) => {
+                self.taken_over_io(N::tcp_io(io), peer, prefix, make, closing)
+                    .await;
+            }
+            Stream::Unix(io) => {
+                self.taken_over_io(N::unix_io(io), peer, prefix, make, closing)
+                    .await;
+            }
+        }
+    }
+
+    /// Serves `io`, taken over with `prefix`. An idle one (nothing read yet, as most are)
+    /// costs its socket and a small task until its client sends again: its service and
+    /// hyper's connection (buffers, state) are made for the next request, which is what
+    /// lets a new generation take thousands of idle connections quickly, and hold them in
+    /// little memory. It waits as hyper's connection would: until the drain starts (then
+    /// the connection is moved again, or drained), the client closes, or hyper's header
+    /// read timeout passes.
+    async fn taken_over_io<T, M, B>(
+        self,
+        mut io: T,
+        peer: PeerAddr,
+        prefix: bytes::Bytes,
+        make: M,
+        mut closing: Closing,
+    ) where
+        T: IntoStream<N> + AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        M: MakeHttpService<B>,
+        B: ResponseBody,
+    {
+        let prefix = if prefix.is_empty() {
+            let mut first = [0u8; 1];
+            // Biased: a drain that has started wins over a byte that came meanwhile, which
+            // stays unread in the socket (the read is cancel-safe).
+            tokio::select! {
+                biased;
+                () = closing.started() => prefix,
+                read = tokio::io::AsyncReadExt::read(&mut io, &mut first) => match read {
+                    Ok(0) => return,
+                    Ok(n) => bytes::Bytes::copy_from_slice(&first[..n]),
+                    Err(e) => {
+                        let _in = self.span.enter();
+                        return tracing::debug!(error = %e, "connection taken over ended");
+                    }
+                },
+                () = N::sleep(takeover::HEADER_READ_TIMEOUT) => {
+                    let _in = self.span.enter();
+                    return tracing::debug!("connection taken over stayed idle past the header read timeout");
+                }
+            }
+        } else {
+            prefix
+        };
         let Some(service) = make_service(make, &peer, &self.span).await else {
             return;
         };
-        match stream {
-            Stream::Tcp(io) => {
-                let io = takeover::Prefixed::new(prefix, N::tcp_io(io));
-                self.h1_takeover(io, service, closing).await;
-            }
-            Stream::Unix(io) => {
-                let io = takeover::Prefixed::new(prefix, N::unix_io(io));
-                self.h1_takeover(io, service, closing).await;
-            }
-        }
+        // Boxed: the task of an idle connection stays small.
+        Box::pin(self.h1_takeover(takeover::Prefixed::new(prefix, io), service, closing)).await;
     }
 
     async fn connection<T, M, B>(self, io: T, peer: PeerAddr, make: M, closing: Closing)
