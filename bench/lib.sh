@@ -213,6 +213,11 @@ loadavg() {
 }
 
 # median of the arguments (numbers).
+# rss_mib PID: the resident memory of PID (VmRSS) in MiB, one decimal; empty if it is gone.
+rss_mib() {
+    awk '/^VmRSS:/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status" 2>/dev/null || true
+}
+
 median() {
     printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END {
         if (NR == 0) { print "-"; exit }

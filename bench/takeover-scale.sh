@@ -16,6 +16,10 @@
 # 3. p99: bench/restart-under-load.sh with wrk at C connections and R restarts, without and
 #    then with `--hand-over-idle`; the ratio of the two p99 (and max) latencies.
 #
+# The table also gives each generation's resident memory (VmRSS) while it holds the
+# connections: the old one's before the SIGHUP, the new one's once the old one is gone
+# (before any connection sends again).
+#
 # Prints one table and the ratios. Targets: 10,000 idle connections move in under 200 ms;
 # 100,000 sessions in under 2 s; p99 with --hand-over-idle within 1.5x of the run without.
 # Exits 1 if a connection failed or moved wrong, or a restart did not happen.
@@ -124,6 +128,8 @@ move() {
     done
     log "$name: every connection open and used once; SIGHUP"
     local old=$SERVER_PID
+    local old_rss
+    old_rss=$(rss_mib "$old")
     watch_exit "$old" 150
     hup_and_wait "$pidfile" 30
     [[ -n $HANDOVER_US ]] || die "$name: no new generation within 30 s (see $prefix-server.err)"
@@ -131,6 +137,9 @@ move() {
     wait_gone "$old" 120
     [[ -n $GONE_AT ]] || die "$name: the old generation did not exit in 120 s"
     local move_us=$((GONE_AT - ready_at))
+    # What holding the connections costs the new generation, before any sends again.
+    local new_rss
+    new_rss=$(rss_mib "$NEW_PID")
     echo "$NEW_PID" >"$gofile.tmp" && mv "$gofile.tmp" "$gofile"
     local ok=0 failed=0 rc=0 c errors=""
     for ((p = 0; p < ${#clients[@]}; p++)); do
@@ -149,6 +158,8 @@ move() {
         echo "connections=$n"
         echo "handover_us=$HANDOVER_US"
         echo "move_us=$move_us"
+        echo "old_rss_mib=$old_rss"
+        echo "new_rss_mib=$new_rss"
         echo "moved_ok=$ok"
         echo "failed=$failed"
         echo "clients_rc=$rc"
@@ -180,14 +191,15 @@ status=0
 echo
 printf 'Connection takeover at scale (release build, loopback, %d CPUs, load average %s before, %s after, open-file limit %s)\n' \
     "$(nproc)" "$LOAD_BEFORE" "$(loadavg)" "$HARD"
-printf '%-9s %12s %12s %9s %9s %9s\n' what connections handover_ms move_ms moved_ok failed
+printf '%-9s %12s %12s %9s %9s %9s %12s %12s\n' what connections handover_ms move_ms moved_ok failed \
+    old_rss_mib new_rss_mib
 for name in idle sessions; do
     declare -A x=()
     while IFS='=' read -r k v; do x[$k]=$v; done <"$OUT/$name.result"
-    printf '%-9s %12s %12s %9s %9s %9s\n' "$name" "${x[connections]}" \
+    printf '%-9s %12s %12s %9s %9s %9s %12s %12s\n' "$name" "${x[connections]}" \
         "$(awk -v v="${x[handover_us]}" 'BEGIN { printf "%.1f", v / 1000 }')" \
         "$(awk -v v="${x[move_us]}" 'BEGIN { printf "%.1f", v / 1000 }')" \
-        "${x[moved_ok]}" "${x[failed]}"
+        "${x[moved_ok]}" "${x[failed]}" "${x[old_rss_mib]:--}" "${x[new_rss_mib]:--}"
     if ((x[failed] > 0 || x[moved_ok] != x[connections] || x[clients_rc] != 0)); then
         status=1
         echo "  $name: ${x[errors]}"
