@@ -593,6 +593,78 @@ fn idle_keep_alive_connections_move(bin: &Path) {
     }
 }
 
+/// A connection taken over idle is held by the new generation without hyper's connection
+/// until its client sends again; one whose client closes instead is let go at once: the
+/// new generation sees the end of file and closes its socket (its open descriptors drop by
+/// as many), and the others are still served.
+#[test]
+fn an_idle_connection_taken_over_and_closed_by_its_client_is_let_go() {
+    idle_connection_taken_over_and_closed_is_let_go(hello_hyper());
+}
+
+#[test]
+fn an_idle_connection_taken_over_and_closed_by_its_client_is_let_go_on_smol() {
+    idle_connection_taken_over_and_closed_is_let_go(hello_smol());
+}
+
+fn idle_connection_taken_over_and_closed_is_let_go(bin: &Path) {
+    use std::io::{Read, Write};
+    const N: usize = 16;
+    const CLOSED: usize = 8;
+    let ask = |conn: &mut std::net::TcpStream, pid: u32| {
+        conn.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            .expect("send a GET");
+        let mut response = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !String::from_utf8_lossy(&response).contains(&format!("pid={pid}")) {
+            let n = conn.read(&mut buf).expect("read the response");
+            assert!(
+                n > 0,
+                "closed before the answer of {pid}: {:?}",
+                String::from_utf8_lossy(&response)
+            );
+            response.extend_from_slice(&buf[..n]);
+        }
+    };
+    let fds = |pid: u32| {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(Iterator::count)
+            .unwrap_or(0)
+    };
+    let (http, _) = HttpServer::start_with(bin, Transport::Cleartext, &["--hand-over-idle"]);
+    let server = &http.server;
+    let old = server.pid();
+    let mut conns: Vec<std::net::TcpStream> = (0..N)
+        .map(|_| {
+            let conn = std::net::TcpStream::connect(http.addr).expect("connect");
+            conn.set_read_timeout(Some(DEADLINE))
+                .expect("a read timeout");
+            conn
+        })
+        .collect();
+    for conn in &mut conns {
+        ask(conn, old);
+    }
+    let new = server.hup();
+    // Every connection answered (taken) once the old generation has exited.
+    assert_eq!(server.group.wait_exit(old), Exit::Code(0));
+    let holding = fds(new);
+    assert!(
+        holding > N,
+        "the new generation holds {holding} descriptors"
+    );
+    let closed: Vec<_> = conns.drain(..CLOSED).collect();
+    drop(closed);
+    wait_for(
+        format_args!("the new generation closes the {CLOSED} connections its clients closed"),
+        DEADLINE,
+        || (fds(new) <= holding - CLOSED).then_some(()),
+    );
+    for conn in &mut conns {
+        ask(conn, new);
+    }
+}
+
 /// A connection whose last request had a body is not moved (hyper may not have read all of
 /// it): it is drained as usual, closed after the idle grace, and the old generation exits
 /// then — not at the drain deadline.

@@ -143,12 +143,12 @@ impl<I: AsyncWrite> AsyncWrite for Prefixed<I> {
     }
 }
 
-/// The first bytes of an HTTP/2 connection (prior knowledge).
 /// hyper's default header read timeout, which the HTTP/1 connections of
 /// [`Server::hand_over_idle`](crate::Server::hand_over_idle) have: how long a connection
 /// may stay idle before its next request.
 pub(crate) const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// The first bytes of an HTTP/2 connection (prior knowledge).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Reads the first bytes of `io`, as many as it takes to tell HTTP/2's preface from
