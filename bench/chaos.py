@@ -9,6 +9,7 @@ reap -- CMD...
     not wait for), which is what chaos.sh checks. Exits once it has no child left.
 
 load --addr HOST:PORT --kills FILE --stop FILE --result FILE [--conns N] [--slow N]
+        [--moves --server-log FILE]
     Keeps HTTP/1.1 keep-alive load on the server until the file --stop appears: --conns
     connections sending `GET /` back to back, --slow connections sending `GET /?sleep=MS`
     (so that a drain has requests in flight), and a probe that opens a fresh connection
@@ -18,6 +19,10 @@ load --addr HOST:PORT --kills FILE --stop FILE --result FILE [--conns N] [--slow
     end it reads the kills chaos.sh made (FILE: `TIME_US PID KIND` lines) and attributes
     each failure: to a killed pid if the connection was held by one, else (pid unknown) to
     a kill within the window before it; the others are unattributed. Writes a JSON result.
+    With --moves (the server hands idle connections to its successor), the pid of a
+    connection's last answer need not hold it any more: a failure on it is also attributed
+    to a kill of a later generation of that pid (the lineage read from --server-log's
+    "spawned the new generation" lines).
 
 catch --log FILE --offset N --pid-file FILE --old PID --target new|old
     Sends SIGHUP to PID, follows the server's log from byte N for "spawned the new
@@ -215,11 +220,12 @@ class Load:
         killed = {}
         for t, pid, kind in kills:
             killed.setdefault(pid, t)
+        children = lineage(self.args.server_log) if self.args.moves else {}
         window = int(self.args.window * 1e6)
         attributed, unattributed = 0, []
         for t, pid, kind, err in self.failures:
             if pid is not None:
-                ok = pid in killed and killed[pid] <= t + 100_000
+                ok = any(q in killed and killed[q] <= t + 100_000 for q in descendants(children, pid))
             else:
                 ok = any(kt - 100_000 <= t <= kt + window for kt, _, _ in kills)
             if ok:
@@ -247,6 +253,29 @@ class Load:
 # ---- catch --------------------------------------------------------------------------------
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def lineage(path):
+    """The generations each process of the server's log spawned: {pid: [pid, ...]}."""
+    children = {}
+    with open(path, errors="replace") as f:
+        for line in f:
+            line = ANSI.sub("", line)
+            m = re.search(r"pid=(\d+)\}.*spawned the new generation pid=(\d+)", line)
+            if m:
+                children.setdefault(int(m.group(1)), []).append(int(m.group(2)))
+    return children
+
+
+def descendants(children, pid):
+    """`pid` and every generation descended from it."""
+    seen, todo = set(), [pid]
+    while todo:
+        p = todo.pop()
+        if p not in seen:
+            seen.add(p)
+            todo.extend(children.get(p, []))
+    return seen
 
 
 def read_pid(path):
@@ -310,6 +339,8 @@ def main():
     lo.add_argument("--slow", type=int, default=2)
     lo.add_argument("--slow-ms", type=int, default=1000)
     lo.add_argument("--window", type=float, default=3.0)
+    lo.add_argument("--moves", action="store_true")
+    lo.add_argument("--server-log")
     c = sub.add_parser("catch")
     c.add_argument("--log", required=True)
     c.add_argument("--offset", type=int, required=True)

@@ -343,8 +343,14 @@ until [[ $(main_pid) == "$SERVER_PID" ]]; do
 done
 PORT=${SERVER_ADDR##*:}
 rm -f "$STOP_FILE" "$OUT/load.ready"
+# A server that hands idle connections over moves them to its successor: a connection's
+# last answer then need not name the process that holds it.
+MOVES=()
+for a in "${SERVER_ARGS[@]}"; do
+    [[ $a == --hand-over-idle ]] && MOVES=(--moves --server-log "$LOG")
+done
 python3 "$HERE/chaos.py" load --addr "$SERVER_ADDR" --kills "$KILLS" --stop "$STOP_FILE" \
-    --ready "$OUT/load.ready" --result "$OUT/load.json" &
+    --ready "$OUT/load.ready" --result "$OUT/load.json" "${MOVES[@]}" &
 LOAD_PID=$!
 BG_PIDS+=("$LOAD_PID")
 deadline=$(($(now_us) + 10000000))
@@ -450,6 +456,7 @@ if ((${#breaches[@]})); then
     replay="bench/chaos.sh --seed $SEED --duration $DURATION --server $SERVER"
     [[ $PROFILE == debug ]] && replay+=" --debug"
     ((KILL_AFTER_READY)) && replay+=" --kill-after-ready"
+    for a in "${SERVER_ARGS[@]}"; do replay+=" --server-arg $a"; done
     echo "replay: $replay; raw outputs: $OUT"
     exit 1
 fi
