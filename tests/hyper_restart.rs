@@ -665,6 +665,102 @@ fn idle_connection_taken_over_and_closed_is_let_go(bin: &Path) {
     }
 }
 
+/// A generation that has drained (it waits as its successor's fallback) takes no connection
+/// from its own predecessor: it would hold it into its exit, and its lifecycle, over, would
+/// not wait for it. Here the predecessor A still serves a slow request when two restarts
+/// come (A → B → C) and B drains at once; at the request boundary A offers the connection to
+/// B, which refuses it, so A keeps it and answers its next request itself, with
+/// `Connection: close`. (B took it before, answered from its probation, and closed it when
+/// the probation ended.)
+#[test]
+fn a_drained_generation_takes_no_connection_from_its_predecessor() {
+    use std::io::{Read, Write};
+    // A response, read whole (hello's body is `pid=<pid>` and a newline): its pid, and
+    // whether it says `Connection: close`.
+    let read_answer = |conn: &mut std::net::TcpStream| {
+        let mut response = Vec::new();
+        let mut buf = [0u8; 1024];
+        loop {
+            let text = String::from_utf8_lossy(&response).to_string();
+            if let Some(body) = text.split("\r\n\r\n").nth(1)
+                && let Some(pid) = body.strip_prefix("pid=").and_then(|b| b.strip_suffix('\n'))
+            {
+                let close = text.to_ascii_lowercase().contains("connection: close");
+                return (pid.parse::<u32>().expect("a pid"), close);
+            }
+            let n = conn.read(&mut buf).expect("read an answer");
+            assert!(n > 0, "closed before the answer: {text:?}");
+            response.extend_from_slice(&buf[..n]);
+        }
+    };
+    let (http, _) = HttpServer::start_with(
+        hello_hyper(),
+        Transport::Cleartext,
+        &["--hand-over-idle", "--probation", "60"],
+    );
+    let server = &http.server;
+    // The slow request must be in A's hands when the restarts come; if A had not read it
+    // yet, the connection moved to B with it, and the case did not happen: again.
+    for attempt in 1..=3 {
+        let a = server.pid();
+        let mut conn = std::net::TcpStream::connect(http.addr).expect("connect");
+        conn.set_read_timeout(Some(DEADLINE))
+            .expect("a read timeout");
+        conn.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            .expect("send a GET");
+        assert_eq!(read_answer(&mut conn), (a, false));
+        conn.write_all(b"GET /?sleep=3000 HTTP/1.1\r\nhost: x\r\n\r\n")
+            .expect("send a slow GET");
+        std::thread::sleep(Duration::from_millis(200));
+        let mark = server.group.stderr.len();
+        let b = server.hup();
+        server.hup();
+        wait_for(
+            format_args!("{b} to drain (its probation)"),
+            DEADLINE,
+            || {
+                server
+                    .group
+                    .stderr
+                    .find_from(mark, |l| {
+                        l.contains(&format!("{{pid={b}}}")) && l.contains("to=probation")
+                    })
+                    .map(|_| ())
+            },
+        );
+        let (slow, _) = read_answer(&mut conn);
+        if slow != a {
+            assert!(
+                attempt < 3,
+                "the slow request never stayed with its generation"
+            );
+            continue;
+        }
+        conn.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            .expect("send a GET");
+        assert_eq!(
+            read_answer(&mut conn),
+            (a, true),
+            "the next request, after the drained {b} was offered the connection"
+        );
+        // Both sides say why: A that B refused it, B that it has drained.
+        for why in [
+            "the receiving process has drained",
+            "this process has drained",
+        ] {
+            assert!(
+                server
+                    .group
+                    .stderr
+                    .find_from(mark, |l| l.contains(why))
+                    .is_some(),
+                "no line says {why:?}"
+            );
+        }
+        return;
+    }
+}
+
 /// A connection whose last request had a body is not moved (hyper may not have read all of
 /// it): it is drained as usual, closed after the idle grace, and the old generation exits
 /// then — not at the drain deadline.

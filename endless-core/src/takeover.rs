@@ -795,6 +795,11 @@ pub enum RefuseReason {
     /// The message came without a socket, with more than one, or with one of another kind
     /// than declared.
     BadSocket,
+    /// The receiving process has drained: it has handed over or closed what it held and
+    /// waits only as a fallback, or to exit, so a connection it took now would outlive no
+    /// one to serve it. (An earlier version, which does not know this code, reads it as
+    /// [`Other`](Self::Other): a refusal all the same.)
+    Drained,
     /// A reason this version does not know (a later version sent it).
     Other(u8),
 }
@@ -806,6 +811,7 @@ impl RefuseReason {
             Self::ReceiverClosed => 2,
             Self::Malformed => 3,
             Self::BadSocket => 4,
+            Self::Drained => 5,
             Self::Other(code) => code,
         }
     }
@@ -816,6 +822,7 @@ impl RefuseReason {
             2 => Self::ReceiverClosed,
             3 => Self::Malformed,
             4 => Self::BadSocket,
+            5 => Self::Drained,
             other => Self::Other(other),
         }
     }
@@ -828,6 +835,7 @@ impl fmt::Display for RefuseReason {
             Self::ReceiverClosed => f.write_str("the receiver was dropped"),
             Self::Malformed => f.write_str("the offer was malformed"),
             Self::BadSocket => f.write_str("the socket was missing or of another kind"),
+            Self::Drained => f.write_str("the receiving process has drained"),
             Self::Other(code) => write!(f, "reason {code}"),
         }
     }

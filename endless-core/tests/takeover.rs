@@ -475,6 +475,11 @@ fn each_malformation_has_its_error() {
             kind: FrameErrorKind::ReasonWhenTaken(3)
         })
     ));
+    // Code 5, which versions before it read as `Other(5)`.
+    assert_eq!(
+        Reply::decode(&refusal(5)).unwrap().outcome,
+        Outcome::Refused(RefuseReason::Drained)
+    );
     // Reasons a later version may add are carried, not refused.
     assert_eq!(
         Reply::decode(&refusal(200)).unwrap().outcome,
@@ -502,6 +507,7 @@ fn display_messages() {
             RefuseReason::BadSocket,
             "the socket was missing or of another kind",
         ),
+        (RefuseReason::Drained, "the receiving process has drained"),
         (RefuseReason::Other(200), "reason 200"),
     ] {
         assert_eq!(reason.to_string(), expected);

@@ -12,7 +12,7 @@ use std::future::Future;
 use std::io;
 use std::marker::PhantomData;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
 use endless_core::takeover::StreamKind;
@@ -1036,18 +1036,39 @@ impl<N: Net> Endless<N> {
 
     /// Registers the socket `fd` of `kind` with the runtime and tracks it.
     fn adopt(&self, kind: StreamKind, fd: OwnedFd) -> io::Result<Stream<N>> {
+        self.adopt_with(kind, fd, |fd| Ok(self.tracker().track(Some(fd))))
+    }
+
+    /// As [`adopt`](Self::adopt), for a connection the previous generation hands over:
+    /// refused ([`crate::takeover::Drained`]) once this process has drained.
+    fn adopt_taken(&self, kind: StreamKind, fd: OwnedFd) -> io::Result<Stream<N>> {
+        self.adopt_with(kind, fd, |fd| {
+            self.tracker()
+                .track_unless_drained(Some(fd))
+                .ok_or_else(|| io::Error::other(crate::takeover::Drained))
+        })
+    }
+
+    fn adopt_with(
+        &self,
+        kind: StreamKind,
+        fd: OwnedFd,
+        track: impl Fn(RawFd) -> io::Result<ConnectionGuard>,
+    ) -> io::Result<Stream<N>> {
         Ok(match kind {
             StreamKind::Unix => {
                 let std = std::os::unix::net::UnixStream::from(fd);
                 std.set_nonblocking(true)?;
                 let stream = self.net.unix_stream(std)?;
-                Stream::Unix(self.track(stream))
+                let guard = track(stream.as_raw_fd())?;
+                Stream::Unix(Tracked::new(stream, guard))
             }
             StreamKind::Tcp => {
                 let std = std::net::TcpStream::from(fd);
                 std.set_nonblocking(true)?;
                 let stream = self.net.tcp_stream(std)?;
-                Stream::Tcp(self.track(stream))
+                let guard = track(stream.as_raw_fd())?;
+                Stream::Tcp(Tracked::new(stream, guard))
             }
             other => {
                 return Err(io::Error::new(
@@ -1212,7 +1233,8 @@ impl<N: Net> Connections<N> {
                     None => break,
                 }
             }
-            let results = crate::takeover::take_all(batch, |kind, fd| self.endless.adopt(kind, fd));
+            let results =
+                crate::takeover::take_all(batch, |kind, fd| self.endless.adopt_taken(kind, fd));
             let mut taken = self.lock_taken();
             for result in results {
                 match result {
@@ -1222,6 +1244,11 @@ impl<N: Net> Connections<N> {
                         state: offer.state,
                         unconsumed: offer.unconsumed,
                     }),
+                    Err(e) if crate::takeover::Drained::is(&e) => {
+                        self.endless.handle.span().in_scope(|| {
+                            tracing::info!(error = %e, "refused a connection handed over");
+                        });
+                    }
                     Err(e) => self.endless.handle.span().in_scope(|| {
                         tracing::warn!(error = %e, "refused a connection handed over");
                     }),

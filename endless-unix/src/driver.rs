@@ -37,6 +37,7 @@ use crate::spawn::{self, HandoffFd};
 use crate::state::ProvideError;
 use crate::sys;
 use crate::takeover::{Feed, Outbox, OutboxEvent};
+use crate::tracker::Sealing;
 
 /// What reaches the driver task.
 #[derive(Debug)]
@@ -374,8 +375,22 @@ impl<R: Runtime> Driver<R> {
                 let inputs = self.shared.inputs.clone();
                 tracing::info!(connections = tracker.len(), "draining");
                 spawn(&*self.runtime, &self.shared.span, async move {
-                    tracker.drained().await;
-                    let _ = inputs.send(Message::Input(Input::Drained)).await;
+                    loop {
+                        tracker.drained().await;
+                        match tracker.seal_if_drained() {
+                            // From now on a connection the previous generation offers is
+                            // refused: this process would take it into its exit.
+                            Sealing::Sealed => {
+                                let _ = inputs.send(Message::Input(Input::Drained)).await;
+                                return;
+                            }
+                            // One taken over meanwhile: the drain waits for it too.
+                            Sealing::Busy => {}
+                            // Served again (the successor died): a later drain has its own
+                            // waiter.
+                            Sealing::Serving => return,
+                        }
+                    }
                 });
             }
             Action::ForceClose => {

@@ -37,6 +37,13 @@
 //!   batch in one, and the connections a receiver takes in one go (what
 //!   [`Connections::next`](crate::adapter::Connections::next) does) in one. A malformed
 //!   offer costs that one connection, never the process.
+//! - A new generation takes connections until its own drain is complete. Then (it waits
+//!   as its successor's fallback, or exits) `Connections::next` refuses what is still
+//!   offered (`RefuseReason::Drained`), and the previous generation keeps it: a connection
+//!   taken then would be served by nobody once this process exits, and its lifecycle,
+//!   drained, would not wait for it. The drain is declared complete and sealed under one
+//!   lock with the tracker's count, so a connection is either counted before (the drain
+//!   waits for it) or refused.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
@@ -779,7 +786,9 @@ impl Incoming {
     /// is refused and stays with the previous generation; so it does if the answer cannot
     /// be sent (the previous generation stopped waiting for it, or is gone): the value
     /// `adopt` made is dropped, which closes this process's copy, and the error is
-    /// `BrokenPipe`.
+    /// `BrokenPipe`. (Unlike [`Connections::next`](crate::adapter::Connections::next), it
+    /// takes a connection after this process has drained: a caller that tracks what it
+    /// takes itself refuses then by dropping the offer.)
     pub fn take<T>(
         self,
         adopt: impl FnOnce(OwnedFd) -> io::Result<T>,
@@ -829,9 +838,14 @@ pub(crate) fn take_all<T>(
                 adopted.push(Ok((value, offer, number)));
             }
             Err(e) => {
+                let reason = if Drained::is(&e) {
+                    RefuseReason::Drained
+                } else {
+                    RefuseReason::BadSocket
+                };
                 one.answers.queue(Reply {
                     id,
-                    outcome: Outcome::Refused(RefuseReason::BadSocket),
+                    outcome: Outcome::Refused(reason),
                 });
                 adopted.push(Err(e));
             }
@@ -859,6 +873,26 @@ pub(crate) fn take_all<T>(
         })
         .collect()
 }
+
+/// Why a connection offered was not taken: this process has drained (its drain is
+/// complete; it waits as a fallback, or exits). The previous generation keeps it.
+#[derive(Debug)]
+pub(crate) struct Drained;
+
+impl Drained {
+    /// Whether `e` is this refusal.
+    pub(crate) fn is(e: &io::Error) -> bool {
+        e.get_ref().is_some_and(|inner| inner.is::<Self>())
+    }
+}
+
+impl fmt::Display for Drained {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("this process has drained: the previous generation keeps the connection")
+    }
+}
+
+impl std::error::Error for Drained {}
 
 impl Drop for Incoming {
     fn drop(&mut self) {

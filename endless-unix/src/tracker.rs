@@ -61,6 +61,22 @@ struct Inner {
     phase_changed: Event,
     /// Notified when the count drops to zero.
     emptied: Event,
+    /// Set when the drain completes (nothing left while closing, [`Tracker::seal_if_drained`]):
+    /// from then on a connection offered by the previous generation is refused, until the
+    /// process serves again. The phase is read or changed under this lock, so that a seal
+    /// and a return to serving are ordered.
+    sealed: Mutex<bool>,
+}
+
+/// What [`Tracker::seal_if_drained`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Sealing {
+    /// Nothing was left while closing: the drain is complete, and sealed.
+    Sealed,
+    /// A connection is alive (registered after the count reached zero).
+    Busy,
+    /// Connections are served as usual (the process took the service back): no drain.
+    Serving,
 }
 
 impl fmt::Debug for Tracker {
@@ -163,12 +179,44 @@ impl Tracker {
 
     /// Serves as before [`close_idle`](Self::close_idle) or a forced close: the process took
     /// the service back after its successor died. Connections registered from now on are
-    /// neither asked to close nor shut down; those asked before have acted on it.
+    /// neither asked to close nor shut down; those asked before have acted on it. Lifts the
+    /// seal of a completed drain.
     pub(crate) fn serve_again(&self) {
+        let mut sealed = self.inner.sealed();
+        *sealed = false;
         *self.inner.deadline() = None;
         if self.inner.phase.swap(SERVING, Ordering::SeqCst) != SERVING {
             self.inner.phase_changed.notify(usize::MAX);
         }
+    }
+
+    /// Completes the drain if nothing is left while closing: from then on
+    /// [`track_unless_drained`](Self::track_unless_drained) refuses, until
+    /// [`serve_again`](Self::serve_again). Checked and set under one lock with those, so a
+    /// connection is either registered before the drain is declared complete (and the drain
+    /// waits for it) or refused.
+    pub(crate) fn seal_if_drained(&self) -> Sealing {
+        let mut sealed = self.inner.sealed();
+        if self.inner.phase.load(Ordering::SeqCst) < CLOSING {
+            return Sealing::Serving;
+        }
+        if !self.is_empty() {
+            return Sealing::Busy;
+        }
+        *sealed = true;
+        Sealing::Sealed
+    }
+
+    /// Registers a connection as [`track`](Self::track) does, unless the drain is complete
+    /// ([`seal_if_drained`](Self::seal_if_drained)): then `None`. For the connections the
+    /// previous generation hands over, which may come at any time: one taken after this
+    /// process drained would be served by nobody once it exits.
+    pub(crate) fn track_unless_drained(&self, socket: Option<RawFd>) -> Option<ConnectionGuard> {
+        let sealed = self.inner.sealed();
+        if *sealed {
+            return None;
+        }
+        Some(self.track(socket))
     }
 
     /// Resolves once connections are served as usual again after a
@@ -227,6 +275,11 @@ impl Inner {
         // A panic while holding the lock leaves the map consistent (single inserts and
         // removes), so a poisoned lock is still usable.
         self.sockets.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn sealed(&self) -> MutexGuard<'_, bool> {
+        // Only ever assigned whole: a poisoned lock holds a consistent value.
+        self.sealed.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn deadline(&self) -> MutexGuard<'_, Option<Instant>> {
@@ -375,6 +428,37 @@ mod tests {
     use std::io::{Read, Write};
     use std::os::fd::AsRawFd;
     use std::os::unix::net::UnixStream;
+
+    #[test]
+    fn a_completed_drain_is_sealed_until_the_process_serves_again() {
+        let tracker = Tracker::new();
+        // Serving: nothing to seal, and a connection taken over is taken.
+        assert_eq!(tracker.seal_if_drained(), Sealing::Serving);
+        let taken = tracker
+            .track_unless_drained(None)
+            .expect("taken while serving");
+        tracker.close_idle();
+        // Closing with a connection left: not drained yet; one taken now counts too.
+        assert_eq!(tracker.seal_if_drained(), Sealing::Busy);
+        let late = tracker
+            .track_unless_drained(None)
+            .expect("taken while draining");
+        drop(taken);
+        assert_eq!(tracker.seal_if_drained(), Sealing::Busy);
+        drop(late);
+        // Nothing left: sealed; from now on a connection offered is refused.
+        assert_eq!(tracker.seal_if_drained(), Sealing::Sealed);
+        assert!(tracker.track_unless_drained(None).is_none());
+        assert!(tracker.is_empty());
+        // The service taken back: taken again, and no drain to seal.
+        tracker.serve_again();
+        assert_eq!(tracker.seal_if_drained(), Sealing::Serving);
+        let again = tracker
+            .track_unless_drained(None)
+            .expect("taken after serving again");
+        assert_eq!(tracker.len(), 1);
+        drop(again);
+    }
 
     #[test]
     fn drained_waits_for_the_last_guard() {
