@@ -23,7 +23,7 @@ use endless_test_support::http_client::{
     Answer, Conn, Load, LoadConfig, Outcome, Pki, Proto, Target, cert_id,
 };
 use endless_test_support::{
-    DEADLINE, Endpoint, Exit, Options, Server, TempDir, has_field, is_alive, wait_for,
+    DEADLINE, Endpoint, Exit, Options, Server, TempDir, fd_count, has_field, is_alive, wait_for,
 };
 use rustix::process::Signal;
 
@@ -593,6 +593,35 @@ fn idle_keep_alive_connections_move(bin: &Path) {
     }
 }
 
+/// `GET path` on `conn` (HTTP/1.1, one request at a time), answered by hello: the pid in
+/// the answer, and whether it says `Connection: close`.
+fn get(conn: &mut std::net::TcpStream, path: &str) -> (u32, bool) {
+    use std::io::Write;
+    conn.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
+        .expect("send a GET");
+    read_response(conn)
+}
+
+/// A response of hello's, read whole (its body is `pid=<pid>` and a newline): the pid, and
+/// whether it says `Connection: close`.
+fn read_response(conn: &mut std::net::TcpStream) -> (u32, bool) {
+    use std::io::Read;
+    let mut response = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        let text = String::from_utf8_lossy(&response).to_string();
+        if let Some(body) = text.split("\r\n\r\n").nth(1)
+            && let Some(pid) = body.strip_prefix("pid=").and_then(|b| b.strip_suffix('\n'))
+        {
+            let close = text.to_ascii_lowercase().contains("connection: close");
+            return (pid.parse::<u32>().expect("a pid"), close);
+        }
+        let n = conn.read(&mut buf).expect("read an answer");
+        assert!(n > 0, "closed before the answer: {text:?}");
+        response.extend_from_slice(&buf[..n]);
+    }
+}
+
 /// A connection taken over idle is held by the new generation without hyper's connection
 /// until its client sends again; one whose client closes instead is let go at once: the
 /// new generation sees the end of file and closes its socket (its open descriptors drop by
@@ -608,29 +637,12 @@ fn an_idle_connection_taken_over_and_closed_by_its_client_is_let_go_on_smol() {
 }
 
 fn idle_connection_taken_over_and_closed_is_let_go(bin: &Path) {
-    use std::io::{Read, Write};
     const N: usize = 16;
     const CLOSED: usize = 8;
     let ask = |conn: &mut std::net::TcpStream, pid: u32| {
-        conn.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
-            .expect("send a GET");
-        let mut response = Vec::new();
-        let mut buf = [0u8; 1024];
-        while !String::from_utf8_lossy(&response).contains(&format!("pid={pid}")) {
-            let n = conn.read(&mut buf).expect("read the response");
-            assert!(
-                n > 0,
-                "closed before the answer of {pid}: {:?}",
-                String::from_utf8_lossy(&response)
-            );
-            response.extend_from_slice(&buf[..n]);
-        }
+        assert_eq!(get(conn, "/").0, pid, "the answering generation");
     };
-    let fds = |pid: u32| {
-        std::fs::read_dir(format!("/proc/{pid}/fd"))
-            .map(Iterator::count)
-            .unwrap_or(0)
-    };
+    let fds = |pid: u32| fd_count(pid).unwrap_or(0);
     let (http, _) = HttpServer::start_with(bin, Transport::Cleartext, &["--hand-over-idle"]);
     let server = &http.server;
     let old = server.pid();
@@ -674,25 +686,7 @@ fn idle_connection_taken_over_and_closed_is_let_go(bin: &Path) {
 /// the probation ended.)
 #[test]
 fn a_drained_generation_takes_no_connection_from_its_predecessor() {
-    use std::io::{Read, Write};
-    // A response, read whole (hello's body is `pid=<pid>` and a newline): its pid, and
-    // whether it says `Connection: close`.
-    let read_answer = |conn: &mut std::net::TcpStream| {
-        let mut response = Vec::new();
-        let mut buf = [0u8; 1024];
-        loop {
-            let text = String::from_utf8_lossy(&response).to_string();
-            if let Some(body) = text.split("\r\n\r\n").nth(1)
-                && let Some(pid) = body.strip_prefix("pid=").and_then(|b| b.strip_suffix('\n'))
-            {
-                let close = text.to_ascii_lowercase().contains("connection: close");
-                return (pid.parse::<u32>().expect("a pid"), close);
-            }
-            let n = conn.read(&mut buf).expect("read an answer");
-            assert!(n > 0, "closed before the answer: {text:?}");
-            response.extend_from_slice(&buf[..n]);
-        }
-    };
+    use std::io::Write;
     let (http, _) = HttpServer::start_with(
         hello_hyper(),
         Transport::Cleartext,
@@ -706,11 +700,11 @@ fn a_drained_generation_takes_no_connection_from_its_predecessor() {
         let mut conn = std::net::TcpStream::connect(http.addr).expect("connect");
         conn.set_read_timeout(Some(DEADLINE))
             .expect("a read timeout");
-        conn.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
-            .expect("send a GET");
-        assert_eq!(read_answer(&mut conn), (a, false));
+        assert_eq!(get(&mut conn, "/"), (a, false));
         conn.write_all(b"GET /?sleep=3000 HTTP/1.1\r\nhost: x\r\n\r\n")
             .expect("send a slow GET");
+        // Time for A to read it. Pacing, not a wait for a condition (nothing outside A
+        // tells when it has read it): the retry below covers a run where it had not.
         std::thread::sleep(Duration::from_millis(200));
         let mark = server.group.stderr.len();
         let b = server.hup();
@@ -728,7 +722,7 @@ fn a_drained_generation_takes_no_connection_from_its_predecessor() {
                     .map(|_| ())
             },
         );
-        let (slow, _) = read_answer(&mut conn);
+        let (slow, _) = read_response(&mut conn);
         if slow != a {
             assert!(
                 attempt < 3,
@@ -736,10 +730,8 @@ fn a_drained_generation_takes_no_connection_from_its_predecessor() {
             );
             continue;
         }
-        conn.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
-            .expect("send a GET");
         assert_eq!(
-            read_answer(&mut conn),
+            get(&mut conn, "/"),
             (a, true),
             "the next request, after the drained {b} was offered the connection"
         );

@@ -235,7 +235,7 @@ pub(crate) fn fds(pid: u32) -> Vec<(RawFd, String)> {
 }
 
 /// The number of open fds of `pid`, if it exists.
-pub(crate) fn fd_count(pid: u32) -> Option<usize> {
+pub fn fd_count(pid: u32) -> Option<usize> {
     Some(fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())
 }
 
