@@ -190,7 +190,9 @@ impl Outgoing {
     }
 }
 
-type Done = async_channel::Sender<Result<(), HandOverError<Held>>>;
+/// Where a connection's result goes: sent once, by the thread, which owns the connection
+/// until then.
+type Done = oneshot::Sender<Result<(), HandOverError<Held>>>;
 
 /// What the old side's sending thread hears: connections to send (from the application),
 /// and what the new generation said (from the task that reads its channel, which sees its
@@ -300,7 +302,7 @@ impl Outbox {
 
     /// Hands `outgoing` over; resolves once the new generation answered (or will not).
     pub(crate) async fn send(&self, outgoing: Outgoing) -> Result<(), HandOverError<Held>> {
-        let (done, result) = async_channel::bounded(1);
+        let (done, result) = oneshot::channel();
         let sent = lock(&self.inner.jobs).send(OutboxEvent::Job(outgoing, done));
         if let Err(mpsc::SendError(event)) = sent {
             let OutboxEvent::Job(outgoing, _) = event else {
@@ -314,7 +316,6 @@ impl Outbox {
         // The thread answers every job it takes; a dropped sender means it panicked, with
         // the connection: it is gone.
         result
-            .recv()
             .await
             .unwrap_or_else(|_| Err(HandOverError::new(HandOverFailure::InDoubt, None)))
     }
@@ -571,11 +572,11 @@ impl Sender {
                     // counting it for the drain.
                     drop(p.fd);
                     drop(p.guard);
-                    let _ = p.done.try_send(Ok(()));
+                    let _ = p.done.send(Ok(()));
                 }
                 Outcome::Refused(reason) => {
                     tracing::debug!(successor = self.successor, id, %reason, "connection refused by the new generation");
-                    let _ = p.done.try_send(Err(HandOverError::new(
+                    let _ = p.done.send(Err(HandOverError::new(
                         HandOverFailure::Refused(reason),
                         Some((p.fd, p.guard)),
                     )));
@@ -635,7 +636,7 @@ impl Sender {
         for (_, p) in std::mem::take(&mut self.pending) {
             let _ = p
                 .done
-                .try_send(Err(HandOverError::new(HandOverFailure::InDoubt, None)));
+                .send(Err(HandOverError::new(HandOverFailure::InDoubt, None)));
         }
     }
 
@@ -646,7 +647,7 @@ impl Sender {
             give_back(done, HandOverFailure::ChannelClosed, outgoing);
         }
         for (_, p) in std::mem::take(&mut self.pending) {
-            let _ = p.done.try_send(Err(HandOverError::new(
+            let _ = p.done.send(Err(HandOverError::new(
                 HandOverFailure::ChannelClosed,
                 Some((p.fd, p.guard)),
             )));
@@ -655,7 +656,7 @@ impl Sender {
 }
 
 fn give_back(done: Done, failure: HandOverFailure, outgoing: Outgoing) {
-    let _ = done.try_send(Err(HandOverError::new(
+    let _ = done.send(Err(HandOverError::new(
         failure,
         Some((outgoing.fd, outgoing.guard)),
     )));
