@@ -56,10 +56,11 @@ pub trait HttpRuntime: Net {
     fn set_nodelay(stream: &Self::TcpStream);
     /// The address of a Unix peer, as the runtime's accept reports it.
     fn unix_peer(addr: Self::UnixAddr) -> PeerAddr;
-    /// The address of a TCP connection's peer.
-    fn tcp_peer(stream: &Self::TcpStream) -> std::io::Result<SocketAddr>;
+    /// The address of a TCP connection's peer (of one taken over: looked up only once it
+    /// is served, not while it waits idle).
+    fn tcp_peer(io: &Self::TcpIo) -> std::io::Result<SocketAddr>;
     /// The address of a Unix connection's peer.
-    fn unix_peer_of(stream: &Self::UnixStream) -> std::io::Result<PeerAddr>;
+    fn unix_peer_of(io: &Self::UnixIo) -> std::io::Result<PeerAddr>;
 
     /// Runs `task` in the background on the runtime's executor (unless the server was
     /// given a [`Spawner`]).
@@ -176,12 +177,12 @@ mod tokio_rt {
             PeerAddr::Unix(addr.into())
         }
 
-        fn tcp_peer(stream: &Self::TcpStream) -> std::io::Result<SocketAddr> {
-            stream.peer_addr()
+        fn tcp_peer(io: &Self::TcpIo) -> std::io::Result<SocketAddr> {
+            io.get_ref().peer_addr()
         }
 
-        fn unix_peer_of(stream: &Self::UnixStream) -> std::io::Result<PeerAddr> {
-            stream.peer_addr().map(PeerAddr::from)
+        fn unix_peer_of(io: &Self::UnixIo) -> std::io::Result<PeerAddr> {
+            io.get_ref().peer_addr().map(PeerAddr::from)
         }
 
         fn spawn_task(task: impl Future<Output = ()> + Send + 'static) {
@@ -233,12 +234,16 @@ mod smol_rt {
             PeerAddr::Unix(addr)
         }
 
-        fn tcp_peer(stream: &Self::TcpStream) -> std::io::Result<SocketAddr> {
-            stream.get_ref().peer_addr()
+        fn tcp_peer(io: &Self::TcpIo) -> std::io::Result<SocketAddr> {
+            io.get_ref().get_ref().get_ref().peer_addr()
         }
 
-        fn unix_peer_of(stream: &Self::UnixStream) -> std::io::Result<PeerAddr> {
-            stream.get_ref().peer_addr().map(PeerAddr::Unix)
+        fn unix_peer_of(io: &Self::UnixIo) -> std::io::Result<PeerAddr> {
+            io.get_ref()
+                .get_ref()
+                .get_ref()
+                .peer_addr()
+                .map(PeerAddr::Unix)
         }
 
         fn spawn_task(task: impl Future<Output = ()> + Send + 'static) {

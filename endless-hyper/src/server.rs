@@ -384,7 +384,7 @@ impl<N: HttpRuntime> Server<N> {
     }
 
     /// Serves a connection received from the previous generation (HTTP/1, at a request
-    /// boundary), whose peer is read from its socket.
+    /// boundary).
     async fn taken_over<M, B>(
         self,
         stream: Stream<N>,
@@ -395,41 +395,30 @@ impl<N: HttpRuntime> Server<N> {
         M: MakeHttpService<B>,
         B: ResponseBody,
     {
-        let peer = match &stream {
-            Stream::Tcp(io) => N::tcp_peer(io.get_ref()).map(PeerAddr::Tcp),
-            Stream::Unix(io) => N::unix_peer_of(io.get_ref()),
-        };
-        // Only a connection whose peer is gone has no peer address: nobody to answer.
-        let peer = match peer {
-            Ok(peer) => peer,
-            Err(e) => {
-                let _in = self.span.enter();
-                return tracing::debug!(error = %e, "connection taken over ended");
-            }
-        };
         match stream {
             Stream::Tcp(io) => {
+                let peer = |io: &N::TcpIo| N::tcp_peer(io).map(PeerAddr::Tcp);
                 self.taken_over_io(N::tcp_io(io), peer, prefix, make, closing)
                     .await;
             }
             Stream::Unix(io) => {
-                self.taken_over_io(N::unix_io(io), peer, prefix, make, closing)
+                self.taken_over_io(N::unix_io(io), N::unix_peer_of, prefix, make, closing)
                     .await;
             }
         }
     }
 
     /// Serves `io`, taken over with `prefix`. An idle one (nothing read yet, as most are)
-    /// costs its socket and a small task until its client sends again: its service and
-    /// hyper's connection (buffers, state) are made for the next request, which is what
-    /// lets a new generation take thousands of idle connections quickly, and hold them in
-    /// little memory. It waits as hyper's connection would: until the drain starts (then
-    /// the connection is moved again, or drained), the client closes, or hyper's header
-    /// read timeout passes.
+    /// costs its socket and a small task until its client sends again: its peer's address
+    /// (`peer_of` reads it from the socket), its service and hyper's connection (buffers,
+    /// state) are made for the next request, which is what lets a new generation take
+    /// thousands of idle connections quickly, and hold them in little memory. It waits as
+    /// hyper's connection would: until the drain starts (then the connection is moved
+    /// again, or drained), the client closes, or hyper's header read timeout passes.
     async fn taken_over_io<T, M, B>(
         self,
         mut io: T,
-        peer: PeerAddr,
+        peer_of: impl FnOnce(&T) -> io::Result<PeerAddr>,
         prefix: bytes::Bytes,
         make: M,
         mut closing: Closing,
@@ -460,6 +449,14 @@ impl<N: HttpRuntime> Server<N> {
             }
         } else {
             prefix
+        };
+        // Only a connection whose peer is gone has no peer address: nobody to answer.
+        let peer = match peer_of(&io) {
+            Ok(peer) => peer,
+            Err(e) => {
+                let _in = self.span.enter();
+                return tracing::debug!(error = %e, "connection taken over ended");
+            }
         };
         let Some(service) = make_service(make, &peer, &self.span).await else {
             return;
