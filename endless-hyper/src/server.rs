@@ -340,13 +340,13 @@ impl<N: HttpRuntime> Server<N> {
                     while let Some(received) = connections.next().await {
                         taken += 1;
                         let prefix = bytes::Bytes::from(received.unconsumed);
-                        let (server, make) = (server.clone(), make.clone());
+                        let (conn, make) = (server.clone(), make.clone());
                         let closing = closers.register();
-                        server.clone().spawn(async move {
-                            server
-                                .taken_over(received.stream, prefix, make, closing)
+                        // Boxed, as every connection's task (see the accept loop).
+                        server.spawn(Box::pin(async move {
+                            conn.taken_over(received.stream, prefix, make, closing)
                                 .await;
-                        });
+                        }));
                     }
                     if taken > 0 {
                         tracing::info!(taken, "idle connections taken over");
@@ -364,7 +364,14 @@ impl<N: HttpRuntime> Server<N> {
                         let make = make.clone();
                         let closing = closers.register();
                         let conn = server.clone();
-                        server.spawn(async move { conn.connection(io, peer, make, closing).await });
+                        // Boxed: a connection's future is large (hyper's connection is
+                        // in it: 7 KiB), and the runtime copies a task's future by value
+                        // when it spawns it, and again at each change of the task's
+                        // stage (its end, its drop). A task that holds only the box
+                        // copies a pointer (bench/takeover-cost.sh counts the difference).
+                        server.spawn(Box::pin(async move {
+                            conn.connection(io, peer, make, closing).await;
+                        }));
                     }
                     Ok(None) => break,
                     Err(e) => {
