@@ -239,8 +239,9 @@ struct ClosersShared {
     /// Set (under the lock of `wakers`) when the drain starts.
     closing: AtomicBool,
     next: AtomicU64,
-    /// The connections waiting for the drain, by key.
-    wakers: std::sync::Mutex<std::collections::HashMap<u64, Waker>>,
+    /// The connections waiting for the drain, by key (a counter of this process's: a fast
+    /// hash, which nobody outside can steer).
+    wakers: std::sync::Mutex<rustc_hash::FxHashMap<u64, Waker>>,
 }
 
 /// A connection's end of [`Closers`]: ready once the drain starts; unregisters on drop.

@@ -13,7 +13,7 @@
 //! It is runtime-neutral (atomics, a mutex and `event-listener`), so endless-tokio and
 //! endless-smol share it.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::fmt;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
@@ -49,8 +49,9 @@ pub struct Tracker {
 
 #[derive(Default)]
 struct Inner {
-    /// The sockets to shut down on a forced close, by guard key.
-    sockets: Mutex<HashMap<u64, RawFd>>,
+    /// The sockets to shut down on a forced close, by guard key (a counter of this
+    /// process's: a fast hash, which nobody outside can steer).
+    sockets: Mutex<FxHashMap<u64, RawFd>>,
     next_key: AtomicU64,
     count: AtomicUsize,
     phase: AtomicU8,
@@ -271,7 +272,7 @@ impl Tracker {
 }
 
 impl Inner {
-    fn lock(&self) -> MutexGuard<'_, HashMap<u64, RawFd>> {
+    fn lock(&self) -> MutexGuard<'_, FxHashMap<u64, RawFd>> {
         // A panic while holding the lock leaves the map consistent (single inserts and
         // removes), so a poisoned lock is still usable.
         self.sockets.lock().unwrap_or_else(|e| e.into_inner())
