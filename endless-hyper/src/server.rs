@@ -322,10 +322,13 @@ impl<N: HttpRuntime> Server<N> {
         B: ResponseBody,
     {
         let span = listener.span();
-        let server = Self {
+        // Shared by every connection's task: one pointer each, not a copy of the builder's
+        // settings (a connection's future holds it, and so does the task of each one
+        // taken over while it waits idle).
+        let server = Arc::new(Self {
             span: span.clone(),
             ..self.clone()
-        };
+        });
         let closers = Closers::watch(listener.tracker().clone(), |task| self.spawn(task));
         if let Some(takeover) = &self.takeover {
             let connections = takeover
@@ -334,13 +337,13 @@ impl<N: HttpRuntime> Server<N> {
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .take();
             if let Some(connections) = connections {
-                let (server, make, closers) = (server.clone(), make.clone(), closers.clone());
+                let (server, make, closers) = (Arc::clone(&server), make.clone(), closers.clone());
                 let receiving = async move {
                     let mut taken = 0u64;
                     while let Some(received) = connections.next().await {
                         taken += 1;
                         let prefix = bytes::Bytes::from(received.unconsumed);
-                        let (conn, make) = (server.clone(), make.clone());
+                        let (conn, make) = (Arc::clone(&server), make.clone());
                         let closing = closers.register();
                         // Boxed, as every connection's task (see the accept loop).
                         server.spawn(Box::pin(async move {
@@ -363,7 +366,7 @@ impl<N: HttpRuntime> Server<N> {
                     Ok(Some((io, peer))) => {
                         let make = make.clone();
                         let closing = closers.register();
-                        let conn = server.clone();
+                        let conn = Arc::clone(&server);
                         // Boxed: a connection's future is large (hyper's connection is
                         // in it: 7 KiB), and the runtime copies a task's future by value
                         // when it spawns it, and again at each change of the task's
@@ -393,7 +396,7 @@ impl<N: HttpRuntime> Server<N> {
     /// Serves a connection received from the previous generation (HTTP/1, at a request
     /// boundary).
     async fn taken_over<M, B>(
-        self,
+        &self,
         stream: Stream<N>,
         prefix: bytes::Bytes,
         make: M,
@@ -423,7 +426,7 @@ impl<N: HttpRuntime> Server<N> {
     /// hyper's connection would: until the drain starts (then the connection is moved
     /// again, or drained), the client closes, or hyper's header read timeout passes.
     async fn taken_over_io<T, M, B>(
-        self,
+        &self,
         mut io: T,
         peer_of: impl FnOnce(&T) -> io::Result<PeerAddr>,
         prefix: bytes::Bytes,
@@ -472,7 +475,7 @@ impl<N: HttpRuntime> Server<N> {
         Box::pin(self.h1_takeover(takeover::Prefixed::new(prefix, io), service, closing)).await;
     }
 
-    async fn connection<T, M, B>(self, io: T, peer: PeerAddr, make: M, closing: Closing)
+    async fn connection<T, M, B>(&self, io: T, peer: PeerAddr, make: M, closing: Closing)
     where
         T: IntoStream<N> + AsyncRead + AsyncWrite + Unpin + Send + 'static,
         M: MakeHttpService<B>,
