@@ -3,8 +3,8 @@
 # (callgrind): the old one from the SIGHUP to its exit, the new one from its start to the
 # last connection taken. The move's wall time (bench/takeover-scale.sh) varies from run
 # to run on a shared 2-CPU machine by more than a change worth making (±20 %); instruction
-# counts are the same from run to run within a fraction of a percent, so they tell whether a
-# change made the takeover cheaper.
+# counts repeat from run to run within 2 % (the batches a move falls into vary), so they
+# tell whether a change made the takeover cheaper.
 #
 # `hello-hyper --hand-over-idle` runs under callgrind (both generations: the new one is
 # traced through its exec). Two runs: one with N idle HTTP/1.1 keep-alive connections
