@@ -357,6 +357,11 @@ wait_gone() {
     GONE_AT=${EPOCHREALTIME/./}
 }
 
+# ms_or_dash US: microseconds as milliseconds with one decimal; "-" if empty.
+ms_or_dash() {
+    if [[ -n ${1:-} ]]; then awk -v v="$1" 'BEGIN { printf "%.1f", v / 1000 }'; else echo -; fi
+}
+
 # min / median / max of the arguments, as "min / median / max" (µs → ms, one decimal).
 ms_summary() {
     (($#)) || { echo "-"; return; }
@@ -365,4 +370,16 @@ ms_summary() {
     max=$(printf '%s\n' "$@" | sort -g | tail -1)
     med=$(median "$@")
     awk -v a="$min" -v b="$med" -v c="$max" 'BEGIN { printf "%.1f / %.1f / %.1f", a / 1000, b / 1000, c / 1000 }'
+}
+
+# log_time FILE REGEX AFTER_US: when (µs since the epoch, tracing's timestamp) the first line
+# of a server's log that matches REGEX, at or after AFTER_US, was written; nothing if none.
+log_time() {
+    python3 - "$ROOT/bench" "$@" <<'PY'
+import re, sys
+sys.path.insert(0, sys.argv[1])
+from latency_client import log_events
+path, pattern, after = sys.argv[2], re.compile(sys.argv[3]), int(sys.argv[4])
+print(next((t for t, line in log_events(path) if t >= after and pattern.search(line)), ""))
+PY
 }
