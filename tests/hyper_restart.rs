@@ -605,20 +605,79 @@ fn get(conn: &mut std::net::TcpStream, path: &str) -> (u32, bool) {
 /// A response of hello's, read whole (its body is `pid=<pid>` and a newline): the pid, and
 /// whether it says `Connection: close`.
 fn read_response(conn: &mut std::net::TcpStream) -> (u32, bool) {
+    let (body, close) = read_line_response(conn);
+    let pid = body.strip_prefix("pid=").expect("a pid=");
+    (pid.parse::<u32>().expect("a pid"), close)
+}
+
+/// A response whose body is one line, read whole: the line (without its newline), and
+/// whether the response says `Connection: close`.
+fn read_line_response(conn: &mut std::net::TcpStream) -> (String, bool) {
     use std::io::Read;
     let mut response = Vec::new();
     let mut buf = [0u8; 1024];
     loop {
         let text = String::from_utf8_lossy(&response).to_string();
         if let Some(body) = text.split("\r\n\r\n").nth(1)
-            && let Some(pid) = body.strip_prefix("pid=").and_then(|b| b.strip_suffix('\n'))
+            && let Some(line) = body.strip_suffix('\n')
         {
             let close = text.to_ascii_lowercase().contains("connection: close");
-            return (pid.parse::<u32>().expect("a pid"), close);
+            return (line.to_owned(), close);
         }
         let n = conn.read(&mut buf).expect("read an answer");
         assert!(n > 0, "closed before the answer: {text:?}");
         response.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// A connection taken over idle keeps its peer: axum's `ConnectInfo` in the new generation
+/// (looked up from the socket only once the connection is served again) is the client's
+/// own address, as in the old generation; after a restart, and again after two restarts
+/// with no request between them (a generation that took the connection and never served
+/// it hands it on).
+#[test]
+fn a_connection_taken_over_keeps_its_peer_address() {
+    use std::io::Write;
+    let (http, _) =
+        HttpServer::start_with(hello_axum(), Transport::Cleartext, &["--hand-over-idle"]);
+    let server = &http.server;
+    let mut conns: Vec<std::net::TcpStream> = (0..4)
+        .map(|_| {
+            let conn = std::net::TcpStream::connect(http.addr).expect("connect");
+            conn.set_read_timeout(Some(DEADLINE))
+                .expect("a read timeout");
+            conn
+        })
+        .collect();
+    let peer_of = |conn: &mut std::net::TcpStream, pid: u32| {
+        conn.write_all(b"GET /peer HTTP/1.1\r\nhost: x\r\n\r\n")
+            .expect("send a GET");
+        let (line, close) = read_line_response(conn);
+        assert!(!close, "told to close: {line}");
+        let me = conn.local_addr().expect("the client's address");
+        assert_eq!(
+            line,
+            format!("pid={pid} peer={me}"),
+            "the answering generation, the peer"
+        );
+    };
+    for conn in &mut conns {
+        peer_of(conn, server.pid());
+    }
+    let old = server.pid();
+    let new = server.hup();
+    assert_eq!(server.group.wait_exit(old), Exit::Code(0));
+    for conn in &mut conns {
+        peer_of(conn, new);
+    }
+    for _ in 0..2 {
+        let old = server.pid();
+        server.hup();
+        assert_eq!(server.group.wait_exit(old), Exit::Code(0));
+    }
+    let newest = server.pid();
+    for conn in &mut conns {
+        peer_of(conn, newest);
     }
 }
 

@@ -58,7 +58,9 @@
 //! generation beside the serving one, `SIGQUIT` commits, `SIGWINCH` rolls back.
 //!
 //! The HTTP examples answer `GET /` with `pid=<pid>` and a newline, and `GET /?sleep=MS`
-//! the same after MS milliseconds. `hello-hyper`, `hello-tls` and `hello-axum` also answer
+//! the same after MS milliseconds; `hello-axum` answers `GET /peer` with
+//! `pid=<pid> peer=<address>` (axum's `ConnectInfo`, the address a connection taken over at
+//! a restart keeps). `hello-hyper`, `hello-tls` and `hello-axum` also answer
 //! the probes `GET /readyz` (`200 ready` while serving, `503 draining` once draining) and
 //! `GET /livez` (`200 live`), with [`endless_hyper::Probes`].
 //!
@@ -514,6 +516,53 @@ pub fn serve_http<N, S, B>(
     S: endless_hyper::HttpService<B>,
     B: endless_hyper::ResponseBody,
 {
+    listen_http(
+        endless,
+        args,
+        server,
+        |server, l| drop(server.serve(l, service.clone())),
+        |server, l| drop(server.serve(l, service.clone())),
+    );
+}
+
+/// [`serve_http`] with a make service, called with each connection's
+/// [`endless_hyper::ConnectionInfo`] (its peer): `Server::serve_with_connect_info`.
+pub fn serve_http_with_peer<N, M, S, B>(
+    endless: &Endless<N>,
+    args: &Args,
+    server: &endless_hyper::Server<N>,
+    make: M,
+) where
+    N: endless_hyper::HttpRuntime,
+    M: tower_service::Service<
+            endless_hyper::ConnectionInfo,
+            Response = S,
+            Error: Into<endless_hyper::BoxError>,
+            Future: Send,
+        > + Clone
+        + Send
+        + 'static,
+    S: endless_hyper::HttpService<B>,
+    B: endless_hyper::ResponseBody,
+{
+    listen_http(
+        endless,
+        args,
+        server,
+        |server, l| drop(server.serve_with_connect_info(l, make.clone())),
+        |server, l| drop(server.serve_with_connect_info(l, make.clone())),
+    );
+}
+
+/// Listens on every `--listen` address and serves each listener with `tcp` or `unix`
+/// (through the server that hands idle connections over, with `--hand-over-idle`).
+fn listen_http<N: endless_hyper::HttpRuntime>(
+    endless: &Endless<N>,
+    args: &Args,
+    server: &endless_hyper::Server<N>,
+    tcp: impl Fn(&endless_hyper::Server<N>, endless_unix::adapter::TcpListener<N>),
+    unix: impl Fn(&endless_hyper::Server<N>, endless_unix::adapter::UnixListener<N>),
+) {
     let taking_over;
     let server = if args.hand_over_idle {
         taking_over = match server.clone().hand_over_idle(endless, "http") {
@@ -537,14 +586,14 @@ pub fn serve_http<N, S, B>(
                     if let Ok(local) = l.local_addr() {
                         announce(&name, local);
                     }
-                    server.serve(l, service.clone());
+                    tcp(server, l);
                 }),
             ListenAddr::Unix(path) => endless
                 .unix_listener(&name, path)
                 .map_err(std::io::Error::from)
                 .map(|l| {
                     announce(&name, addr);
-                    server.serve(l, service.clone());
+                    unix(server, l);
                 }),
             ListenAddr::Udp(_) => Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,

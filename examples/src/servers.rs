@@ -10,7 +10,7 @@ use std::time::Duration;
 use endless_hyper::{HttpService, HyperService, Probes, ResponseBody};
 use endless_unix::adapter::Endless;
 
-use crate::{Args, hello, hello_with, pid_body, serve_http};
+use crate::{Args, hello, hello_with, pid_body, serve_http, serve_http_with_peer};
 
 /// An HTTP example server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,7 +95,9 @@ pub fn hello_hyper(args: Args) -> i32 {
     })
 }
 
-/// `hello-axum`: an axum router, served by endless-hyper; with `--probes`, the probes
+/// `hello-axum`: an axum router, served by endless-hyper; `GET /peer` answers
+/// `pid=<pid> peer=<address>` and a newline, from axum's `ConnectInfo` (`unix` for a Unix
+/// peer, `unknown` with `--probes`, which serves without it); with `--probes`, the probes
 /// `GET /readyz` and `GET /livez` ([`Probes`]).
 pub fn hello_axum(args: Args) -> i32 {
     #[derive(serde::Deserialize)]
@@ -110,15 +112,30 @@ pub fn hello_axum(args: Args) -> i32 {
         pid_body()
     }
 
+    // The peer of the connection: the address a connection taken over at a restart keeps.
+    async fn peer(
+        info: Option<axum::Extension<axum::extract::ConnectInfo<endless_hyper::PeerAddr>>>,
+    ) -> String {
+        let peer = match info.map(|axum::Extension(axum::extract::ConnectInfo(peer))| peer) {
+            Some(endless_hyper::PeerAddr::Tcp(addr)) => addr.to_string(),
+            Some(_) => "unix".to_owned(),
+            None => "unknown".to_owned(),
+        };
+        format!("pid={} peer={peer}\n", std::process::id())
+    }
+
     tokio_main(async {
         let endless: endless_tokio::Endless = args.start_endless();
-        let app = axum::Router::new().route("/", axum::routing::get(hello));
+        let app = axum::Router::new()
+            .route("/", axum::routing::get(hello))
+            .route("/peer", axum::routing::get(peer));
         let server = endless_hyper::Server::new();
         if args.probes {
             let app = Probes::new(app, endless.tracker().clone());
             serve_http(&endless, &args, &server, app);
         } else {
-            serve_http(&endless, &args, &server, app);
+            let app = app.into_make_service_with_connect_info::<endless_hyper::PeerAddr>();
+            serve_http_with_peer(&endless, &args, &server, app);
         }
         endless.ready();
         args.take_ballast();
