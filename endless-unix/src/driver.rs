@@ -157,7 +157,7 @@ struct Driver<R> {
     owed: Vec<(UnixStream, Answer)>,
     /// This process's end of each live child's readiness channel, which carries the
     /// connections handed over once the child is ready, and the replies read from it.
-    channels: HashMap<u32, (OwnedFd, (Feed, std::sync::mpsc::Receiver<OutboxEvent>))>,
+    channels: HashMap<u32, (OwnedFd, (Feed, crate::takeover::Events))>,
     /// The readiness channel to the parent, kept after the "ready" line to receive
     /// connections.
     parent_channel: Option<Channel>,

@@ -93,6 +93,8 @@ pub mod listen;
 #[cfg(unix)]
 pub mod notify;
 #[cfg(unix)]
+mod outbox_queue;
+#[cfg(unix)]
 pub mod pidfile;
 #[cfg(unix)]
 pub mod runtime;

@@ -50,8 +50,7 @@ use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use endless_core::Departure;
@@ -63,6 +62,7 @@ use rustix::io::Errno;
 
 use crate::channel::Channel;
 use crate::handle::lock;
+use crate::outbox_queue::{self, RecvError};
 use crate::tracker::ConnectionGuard;
 
 /// Why a connection was not handed over.
@@ -213,14 +213,24 @@ pub(crate) enum OutboxEvent {
     Close,
 }
 
+impl outbox_queue::Event for OutboxEvent {
+    fn is_job(&self) -> bool {
+        matches!(self, Self::Job(..))
+    }
+}
+
 /// Where the reader of the new generation's channel sends what it reads (an
 /// [`OutboxEvent::Replies`], [`OutboxEvent::Accepts`], [`OutboxEvent::Bad`] or [`OutboxEvent::End`]).
-pub(crate) type Feed = mpsc::Sender<OutboxEvent>;
+pub(crate) type Feed = outbox_queue::Sender<OutboxEvent>;
+
+/// The sending thread's end of its events.
+pub(crate) type Events = outbox_queue::Receiver<OutboxEvent>;
 
 /// A sending thread's events and the sender for more (the driver makes one per child, when
-/// it spawns it, and starts the [`Outbox`] on it once the child is ready).
-pub(crate) fn events() -> (Feed, mpsc::Receiver<OutboxEvent>) {
-    mpsc::channel()
+/// it spawns it, and starts the [`Outbox`] on it once the child is ready). A job wakes the
+/// thread only when it can act on it (`outbox_queue`).
+pub(crate) fn events() -> (Feed, Events) {
+    outbox_queue::queue()
 }
 
 /// The old side of a takeover: one thread that sends the connections queued by
@@ -232,7 +242,7 @@ pub(crate) struct Outbox {
 
 #[derive(Debug)]
 struct OutboxInner {
-    jobs: Mutex<Feed>,
+    jobs: Feed,
     open: Arc<AtomicBool>,
     /// Messages of offers sent so far (the thread logs it at its end; tests read it).
     #[cfg_attr(not(test), allow(dead_code))]
@@ -241,8 +251,7 @@ struct OutboxInner {
 
 impl Drop for OutboxInner {
     fn drop(&mut self) {
-        let jobs = self.jobs.get_mut().unwrap_or_else(PoisonError::into_inner);
-        let _ = jobs.send(OutboxEvent::Close);
+        let _ = self.jobs.send(OutboxEvent::Close);
     }
 }
 
@@ -254,7 +263,7 @@ impl Outbox {
     /// and it can still say that it departs.
     pub(crate) fn start(
         channel: OwnedFd,
-        (feed, events): (Feed, mpsc::Receiver<OutboxEvent>),
+        (feed, events): (Feed, Events),
         successor: u32,
         timeout: Duration,
     ) -> io::Result<Self> {
@@ -282,7 +291,7 @@ impl Outbox {
             .spawn(move || span.in_scope(|| sender.run(&events)))?;
         Ok(Self {
             inner: Arc::new(OutboxInner {
-                jobs: Mutex::new(feed),
+                jobs: feed,
                 open,
                 messages,
             }),
@@ -303,8 +312,8 @@ impl Outbox {
     /// Hands `outgoing` over; resolves once the new generation answered (or will not).
     pub(crate) async fn send(&self, outgoing: Outgoing) -> Result<(), HandOverError<Held>> {
         let (done, result) = oneshot::channel();
-        let sent = lock(&self.inner.jobs).send(OutboxEvent::Job(outgoing, done));
-        if let Err(mpsc::SendError(event)) = sent {
+        let sent = self.inner.jobs.send(OutboxEvent::Job(outgoing, done));
+        if let Err(event) = sent {
             let OutboxEvent::Job(outgoing, _) = event else {
                 unreachable!("the event sent is a job")
             };
@@ -353,13 +362,13 @@ struct Sender {
 }
 
 impl Sender {
-    fn run(&mut self, events: &mpsc::Receiver<OutboxEvent>) {
+    fn run(&mut self, events: &Events) {
         let mut closing = false;
         let mut next = None;
         loop {
             // What is known now, before what is sent (an accepts message that came before
             // the connections, answers that free the window).
-            while let Some(event) = next.take().or_else(|| events.try_recv().ok()) {
+            while let Some(event) = next.take().or_else(|| events.try_recv()) {
                 if self.handle(event, &mut closing) {
                     return self.finish();
                 }
@@ -378,19 +387,11 @@ impl Sender {
             if closing && self.pending.is_empty() && self.queue.is_empty() {
                 return self.finish();
             }
-            let event = match self.wait_until() {
-                None => events
-                    .recv()
-                    .map_err(|_| mpsc::RecvTimeoutError::Disconnected),
-                Some(deadline) => {
-                    events.recv_timeout(deadline.saturating_duration_since(Instant::now()))
-                }
-            };
-            match event {
+            match events.recv_until(self.jobs_wanted(), self.wait_until()) {
                 Ok(event) => next = Some(event),
-                Err(mpsc::RecvTimeoutError::Timeout) => self.timed_out(),
+                Err(RecvError::Timeout) => self.timed_out(),
                 // Every sender is gone: nothing more will come.
-                Err(mpsc::RecvTimeoutError::Disconnected) => return self.finish(),
+                Err(RecvError::Disconnected) => return self.finish(),
             }
         }
     }
@@ -450,6 +451,22 @@ impl Sender {
 
     fn is_open(&self) -> bool {
         self.open.load(Ordering::SeqCst)
+    }
+
+    /// How many more jobs must be queued before the thread can do something with them: it
+    /// sleeps until then (or until any other event, or its deadline), so that the jobs
+    /// that only join a batch still waiting do not wake it one by one. A batch goes once it
+    /// is full, or at once while nothing waits for an answer (see [`run`](Self::run)); none
+    /// goes while the window is full (an answer wakes it then); a job that can no longer go
+    /// is given back at once.
+    fn jobs_wanted(&self) -> usize {
+        if !self.is_open() || self.pending.is_empty() {
+            1
+        } else if self.pending.len() >= WINDOW {
+            usize::MAX
+        } else {
+            self.batch.saturating_sub(self.queue.len()).max(1)
+        }
     }
 
     /// When to stop waiting for the next event, while connections wait for answers: the
