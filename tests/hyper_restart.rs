@@ -579,18 +579,24 @@ fn idle_keep_alive_connections_move(bin: &Path) {
     // Two restarts with no request between them: a generation that took the connections
     // and never served them (it waits for their next request to make hyper's connection)
     // hands them over again.
-    for _ in 0..2 {
-        let old = server.pid();
-        server.hup();
-        assert_eq!(server.group.wait_exit(old), Exit::Code(0));
-    }
-    let newest = server.pid();
+    let newest = restart_twice_unused(server);
     for conn in &mut conns {
         assert_eq!(ask(conn), newest, "connection {}", conn.id());
     }
     for conn in &conns {
         assert!(!conn.is_closed(), "connection {} closed", conn.id());
     }
+}
+
+/// Two restarts, each waited for until the old generation has exited, with no request
+/// between them: the newest generation's pid.
+fn restart_twice_unused(server: &Server) -> u32 {
+    for _ in 0..2 {
+        let old = server.pid();
+        server.hup();
+        assert_eq!(server.group.wait_exit(old), Exit::Code(0));
+    }
+    server.pid()
 }
 
 /// `GET path` on `conn` (HTTP/1.1, one request at a time), answered by hello: the pid in
@@ -608,6 +614,18 @@ fn read_response(conn: &mut std::net::TcpStream) -> (u32, bool) {
     let (body, close) = read_line_response(conn);
     let pid = body.strip_prefix("pid=").expect("a pid=");
     (pid.parse::<u32>().expect("a pid"), close)
+}
+
+/// `n` blocking connections to `addr`, each giving up a read after [`DEADLINE`].
+fn connect(addr: SocketAddr, n: usize) -> Vec<std::net::TcpStream> {
+    (0..n)
+        .map(|_| {
+            let conn = std::net::TcpStream::connect(addr).expect("connect");
+            conn.set_read_timeout(Some(DEADLINE))
+                .expect("a read timeout");
+            conn
+        })
+        .collect()
 }
 
 /// A response whose body is one line, read whole: the line (without its newline), and
@@ -641,14 +659,7 @@ fn a_connection_taken_over_keeps_its_peer_address() {
     let (http, _) =
         HttpServer::start_with(hello_axum(), Transport::Cleartext, &["--hand-over-idle"]);
     let server = &http.server;
-    let mut conns: Vec<std::net::TcpStream> = (0..4)
-        .map(|_| {
-            let conn = std::net::TcpStream::connect(http.addr).expect("connect");
-            conn.set_read_timeout(Some(DEADLINE))
-                .expect("a read timeout");
-            conn
-        })
-        .collect();
+    let mut conns = connect(http.addr, 4);
     let peer_of = |conn: &mut std::net::TcpStream, pid: u32| {
         conn.write_all(b"GET /peer HTTP/1.1\r\nhost: x\r\n\r\n")
             .expect("send a GET");
@@ -670,12 +681,7 @@ fn a_connection_taken_over_keeps_its_peer_address() {
     for conn in &mut conns {
         peer_of(conn, new);
     }
-    for _ in 0..2 {
-        let old = server.pid();
-        server.hup();
-        assert_eq!(server.group.wait_exit(old), Exit::Code(0));
-    }
-    let newest = server.pid();
+    let newest = restart_twice_unused(server);
     for conn in &mut conns {
         peer_of(conn, newest);
     }
@@ -705,14 +711,7 @@ fn idle_connection_taken_over_and_closed_is_let_go(bin: &Path) {
     let (http, _) = HttpServer::start_with(bin, Transport::Cleartext, &["--hand-over-idle"]);
     let server = &http.server;
     let old = server.pid();
-    let mut conns: Vec<std::net::TcpStream> = (0..N)
-        .map(|_| {
-            let conn = std::net::TcpStream::connect(http.addr).expect("connect");
-            conn.set_read_timeout(Some(DEADLINE))
-                .expect("a read timeout");
-            conn
-        })
-        .collect();
+    let mut conns = connect(http.addr, N);
     for conn in &mut conns {
         ask(conn, old);
     }
