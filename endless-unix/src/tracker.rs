@@ -13,7 +13,6 @@
 //! It is runtime-neutral (atomics, a mutex and `event-listener`), so endless-tokio and
 //! endless-smol share it.
 
-use rustc_hash::FxHashMap;
 use std::fmt;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
@@ -21,6 +20,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use event_listener::Event;
+use rustc_hash::FxHashMap;
 
 // The phases, in order; a tracker starts serving, and serves again after a fallback.
 const SERVING: u8 = 0;
