@@ -325,11 +325,7 @@ inject() {
 # ---- a fresh server: the fd count to compare with at the end --------------------------------
 log "seed $SEED; $SERVER ($PROFILE build), ${DURATION}s"
 start_server "$SERVER" "$BIN_DIR/$SERVER" "$OUT/fresh" --pid-file "$OUT/fresh.pid" "${FLAGS[@]}"
-deadline=$(($(now_us) + 10000000))
-until [[ $(pid_in "$OUT/fresh.pid") == "$SERVER_PID" ]]; do
-    (($(now_us) < deadline)) || die "the fresh $SERVER did not write its pid file"
-    sleep 0.01
-done
+wait_pid_file "$OUT/fresh.pid" 10 "the fresh $SERVER"
 FRESH_FDS=$(fd_count "$SERVER_PID")
 stop_server "$SERVER_SID"
 

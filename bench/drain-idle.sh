@@ -76,22 +76,13 @@ round() {
     rm -f "$pidfile" "$hupfile"
     RUST_LOG=${RUST_LOG:-info} start_server "$SERVER" "$BIN_DIR/$SERVER" "$prefix-server" \
         --pid-file "$pidfile"
-    local deadline=$(($(now_us) + 10000000))
-    until [[ $(pid_in "$pidfile") == "$SERVER_PID" ]]; do
-        (($(now_us) < deadline)) || die "$SERVER did not write its pid file"
-        sleep 0.01
-    done
+    wait_pid_file "$pidfile" 10 "$SERVER"
     log "round $i: opening $CONNECTIONS connections to $SERVER at $SERVER_ADDR (pid $SERVER_PID)"
     python3 "$ROOT/bench/idle_clients.py" --addr "$SERVER_ADDR" --connections "$CONNECTIONS" \
         --sample "$SAMPLE" --hup-file "$hupfile" >"$prefix.clients" 2>"$prefix.clients.err" &
     local clients=$!
     BG_PIDS=("$clients")
-    deadline=$(($(now_us) + 120000000))
-    until grep -q '^ready ' "$prefix.clients"; do
-        kill -0 "$clients" 2>/dev/null || { cat "$prefix.clients.err" >&2; die "the clients exited"; }
-        (($(now_us) < deadline)) || die "the clients did not open their connections in 120 s"
-        sleep 0.05
-    done
+    wait_clients_ready "$prefix.clients" "$clients" $(($(now_us) + 120000000)) "the clients"
     local opened
     opened=$(sed -n 's/^ready //p' "$prefix.clients")
     log "round $i: $opened connections open and idle; SIGHUP"

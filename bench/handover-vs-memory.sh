@@ -131,11 +131,7 @@ size() {
     rm -f "$pidfile"
     RUST_LOG=${RUST_LOG:-info} start_server "$SERVER" "$BIN_DIR/$SERVER" "$prefix-server" \
         --pid-file "$pidfile" --probation 0 --ballast-mib "$mib"
-    local deadline=$(($(now_us) + 30000000))
-    until [[ $(pid_in "$pidfile") == "$SERVER_PID" ]]; do
-        (($(now_us) < deadline)) || die "$SERVER did not write its pid file in 30 s"
-        nap_1ms
-    done
+    wait_pid_file "$pidfile" 30 "$SERVER"
     wait_ballast "$log" "$SERVER_PID" "$mib"
     log "$mib MiB: pid $SERVER_PID ready, ballast resident ($(awk '/^VmRSS:/ { print $2 / 1024 " MiB" }' "/proc/$SERVER_PID/status")); load $RATE req/s on $CONNECTIONS connections, $RESTARTS restarts"
 

@@ -264,6 +264,31 @@ pid_in() {
     echo "$pid"
 }
 
+# wait_pid_file PIDFILE SECS WHAT: waits until the pid file names $SERVER_PID (the server
+# writes it once ready); dies after SECS, saying that WHAT did not write it. Polls every
+# millisecond after nap_init (for the scripts that time the start), every 10 ms otherwise.
+wait_pid_file() {
+    local pidfile=$1 secs=$2 what=$3
+    local deadline=$(($(now_us) + secs * 1000000))
+    until [[ $(pid_in "$pidfile") == "$SERVER_PID" ]]; do
+        (($(now_us) < deadline)) || die "$what did not write its pid file in $secs s"
+        if [[ -n $NAP_FD ]]; then nap_1ms; else sleep 0.01; fi
+    done
+}
+
+# wait_clients_ready FILE PID DEADLINE_US WHAT: waits until the client process PID
+# (bench/takeover_clients.py or idle_clients.py) writes its `ready` line into FILE, every
+# connection open; dies, with its FILE.err, if it exits first, or at DEADLINE_US (µs since
+# the epoch, now_us).
+wait_clients_ready() {
+    local file=$1 pid=$2 deadline=$3 what=$4
+    until grep -q '^ready ' "$file"; do
+        kill -0 "$pid" 2>/dev/null || { cat "$file.err" >&2; die "$what exited"; }
+        (($(now_us) < deadline)) || die "$what did not open their connections in time"
+        sleep 0.05
+    done
+}
+
 # proc_alive PID: the process exists and is not a zombie (no fork).
 proc_alive() {
     local stat

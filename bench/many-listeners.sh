@@ -98,11 +98,7 @@ count() {
     t0=$(now_us)
     RUST_LOG=${RUST_LOG:-warn} start_server "$SERVER" "$BIN_DIR/$SERVER" "$prefix-server" \
         --pid-file "$pidfile" "${extra[@]}"
-    local deadline=$(($(now_us) + 30000000))
-    until [[ $(pid_in "$pidfile") == "$SERVER_PID" ]]; do
-        (($(now_us) < deadline)) || die "$SERVER with $n listeners did not write its pid file in 30 s"
-        nap_1ms
-    done
+    wait_pid_file "$pidfile" 30 "$SERVER with $n listeners"
     local start_us=$(($(now_us) - t0))
     # The first generation's addresses: the first n `listening` lines.
     grep '^listening ' "$prefix-server.out" | head -n "$n" | awk '{ print $3 }' >"$prefix.addrs"

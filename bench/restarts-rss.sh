@@ -71,11 +71,7 @@ nap_init "$OUT"
 pidfile="$OUT/server.pid"
 RUST_LOG=${RUST_LOG:-warn} start_server "$SERVER" "$BIN_DIR/$SERVER" "$OUT/server" \
     --pid-file "$pidfile"
-deadline=$(($(now_us) + 10000000))
-until [[ $(pid_in "$pidfile") == "$SERVER_PID" ]]; do
-    (($(now_us) < deadline)) || die "$SERVER did not write its pid file"
-    sleep 0.01
-done
+wait_pid_file "$pidfile" 10 "$SERVER"
 url="http://$SERVER_ADDR/"
 # One curl, REQUESTS requests on one keep-alive connection.
 urls=()

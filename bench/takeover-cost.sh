@@ -74,23 +74,14 @@ run() {
         RUST_LOG=warn start_server hello-hyper "$BIN_DIR/hello-hyper" "$prefix-server" \
         --pid-file "$pidfile" --probation 0 --upgrade-timeout 300 --drain-timeout 300 \
         --hand-over-idle
-    local deadline=$(($(now_us) + 60000000))
-    until [[ $(pid_in "$pidfile") == "$SERVER_PID" ]]; do
-        (($(now_us) < deadline)) || die "$name: the server did not write its pid file"
-        sleep 0.05
-    done
+    wait_pid_file "$pidfile" 60 "$name: the server"
     local client=""
     if ((n > 0)); then
         python3 "$ROOT/bench/takeover_clients.py" --mode http --addr "$SERVER_ADDR" \
             --connections "$n" --go-file "$gofile" >"$prefix.clients" 2>"$prefix.clients.err" &
         client=$!
         BG_PIDS=("$client")
-        deadline=$(($(now_us) + 600000000))
-        until grep -q '^ready ' "$prefix.clients"; do
-            kill -0 "$client" 2>/dev/null || { cat "$prefix.clients.err" >&2; die "$name: the clients exited"; }
-            (($(now_us) < deadline)) || die "$name: the clients did not open their connections"
-            sleep 0.1
-        done
+        wait_clients_ready "$prefix.clients" "$client" $(($(now_us) + 600000000)) "$name: the clients"
     fi
     local old=$SERVER_PID
     # Counted from here: what the old generation did before (its start, the first requests)
@@ -103,7 +94,7 @@ run() {
     [[ -n $GONE_AT ]] || die "$name: the old generation did not exit"
     # The new generation's count so far: its start and every connection it took.
     callgrind_control --dump "$NEW_PID" >>"$prefix.control" 2>&1
-    local new_dump
+    local new_dump deadline
     deadline=$(($(now_us) + 60000000))
     until new_dump=$(ls "$prefix.callgrind.$NEW_PID".[0-9]* 2>/dev/null | head -1) && [[ -n $new_dump ]]; do
         (($(now_us) < deadline)) || die "$name: no dump from the new generation"

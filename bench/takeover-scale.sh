@@ -111,11 +111,7 @@ move() {
     # Warnings, and the takeover's two lines a restart (its end marks `taken`).
     RUST_LOG=${RUST_LOG:-warn,endless_unix::takeover=info} start_server "$server" "$BIN_DIR/$server" "$prefix-server" \
         --pid-file "$pidfile" --probation 0 "$@"
-    local deadline=$(($(now_us) + 10000000))
-    until [[ $(pid_in "$pidfile") == "$SERVER_PID" ]]; do
-        (($(now_us) < deadline)) || die "$server did not write its pid file"
-        sleep 0.01
-    done
+    wait_pid_file "$pidfile" 10 "$server"
     log "$name: $n connections to $server at $SERVER_ADDR (pid $SERVER_PID), $procs client processes"
     local clients=() p per
     per=$(((n + procs - 1) / procs))
@@ -130,13 +126,9 @@ move() {
         clients+=($!)
     done
     BG_PIDS=("${clients[@]}")
-    deadline=$(($(now_us) + 300000000))
+    local deadline=$(($(now_us) + 300000000))
     for ((p = 0; p < ${#clients[@]}; p++)); do
-        until grep -q '^ready ' "$prefix.clients-$p"; do
-            kill -0 "${clients[p]}" 2>/dev/null || { cat "$prefix.clients-$p.err" >&2; die "$name: client $p exited"; }
-            (($(now_us) < deadline)) || die "$name: the clients did not open their connections in 300 s"
-            sleep 0.05
-        done
+        wait_clients_ready "$prefix.clients-$p" "${clients[p]}" "$deadline" "$name: client $p"
     done
     log "$name: every connection open and used once; SIGHUP"
     local old=$SERVER_PID
